@@ -1,0 +1,83 @@
+// Element-wise activations, forward and backward to the input.
+// ACT selects the function (specialisation constant):
+//   0 relu, 1 relu6, 2 leaky_relu(alpha), 3 sigmoid, 4 silu, 5 hardswish,
+//   6 hardsigmoid(alpha * x + beta clamped to [0, 1]), 7 identity
+
+override ACT: u32 = 0u;
+
+struct Params {
+    count: u32,
+    alpha: f32,
+    beta: f32,
+    _pad: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+
+fn sigmoid(x: f32) -> f32 {
+    return 1.0 / (1.0 + exp(-x));
+}
+
+fn act(x: f32) -> f32 {
+    switch ACT {
+        case 0u: { return max(x, 0.0); }
+        case 1u: { return clamp(x, 0.0, 6.0); }
+        case 2u: { return select(x * p.alpha, x, x >= 0.0); }
+        case 3u: { return sigmoid(x); }
+        case 4u: { return x * sigmoid(x); }
+        case 5u: { return x * clamp(x + 3.0, 0.0, 6.0) / 6.0; }
+        case 6u: { return clamp(p.alpha * x + p.beta, 0.0, 1.0); }
+        default: { return x; }
+    }
+}
+
+// d act / dx at x. Matches PyTorch's choices at the kinks: relu'(0) = 0,
+// relu6' is 1 on the open interval (0, 6), hardswish' on [-3, 3] is (2x + 3) / 6,
+// leaky_relu'(0) = alpha... PyTorch uses x > 0 for leaky_relu's backward.
+fn dact(x: f32) -> f32 {
+    switch ACT {
+        case 0u: { return select(0.0, 1.0, x > 0.0); }
+        case 1u: { return select(0.0, 1.0, x > 0.0 && x < 6.0); }
+        case 2u: { return select(p.alpha, 1.0, x > 0.0); }
+        case 3u: { let s = sigmoid(x); return s * (1.0 - s); }
+        case 4u: { let s = sigmoid(x); return s * (1.0 + x * (1.0 - s)); }
+        case 5u: {
+            if (x < -3.0) { return 0.0; }
+            if (x > 3.0) { return 1.0; }
+            return (2.0 * x + 3.0) / 6.0;
+        }
+        case 6u: {
+            let y = p.alpha * x + p.beta;
+            return select(0.0, p.alpha, y > 0.0 && y < 1.0);
+        }
+        default: { return 1.0; }
+    }
+}
+
+fn flat(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
+    return (wid.x + wid.y * nwg.x) * 256u + lid;
+}
+
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read_write> y: array<f32>;
+
+@compute @workgroup_size(256)
+fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+           @builtin(local_invocation_index) lid: u32) {
+    let i = flat(wid, nwg, lid);
+    if (i >= p.count) { return; }
+    y[i] = act(x[i]);
+}
+
+// backward: binding 1 = x (forward input), binding 2 = gy, binding 3 = gx
+@group(0) @binding(1) var<storage, read> bx: array<f32>;
+@group(0) @binding(2) var<storage, read> gy: array<f32>;
+@group(0) @binding(3) var<storage, read_write> gx: array<f32>;
+
+@compute @workgroup_size(256)
+fn backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+            @builtin(local_invocation_index) lid: u32) {
+    let i = flat(wid, nwg, lid);
+    if (i >= p.count) { return; }
+    gx[i] = gy[i] * dact(bx[i]);
+}

@@ -1,0 +1,107 @@
+//! Typed errors. Every message says what went wrong and, where it can, what to do next.
+
+use std::path::PathBuf;
+
+/// Result alias used across the crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A problem with a model file: which file, node and tensor are at fault.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelError {
+    pub file: PathBuf,
+    pub node: Option<String>,
+    pub tensor: Option<String>,
+    pub message: String,
+}
+
+impl ModelError {
+    pub fn new(file: impl Into<PathBuf>, message: impl Into<String>) -> Self {
+        ModelError {
+            file: file.into(),
+            node: None,
+            tensor: None,
+            message: message.into(),
+        }
+    }
+    pub fn node(mut self, node: impl Into<String>) -> Self {
+        self.node = Some(node.into());
+        self
+    }
+    pub fn tensor(mut self, tensor: impl Into<String>) -> Self {
+        self.tensor = Some(tensor.into());
+        self
+    }
+}
+
+impl std::fmt::Display for ModelError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "model {}", self.file.display())?;
+        if let Some(n) = &self.node {
+            write!(f, ", node `{n}`")?;
+        }
+        if let Some(t) = &self.tensor {
+            write!(f, ", tensor `{t}`")?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+impl std::error::Error for ModelError {}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("no GPU adapter found. On Linux without a GPU install Mesa's software Vulkan (`apt-get install mesa-vulkan-drivers`); `advex devices` lists what wgpu sees")]
+    NoAdapter,
+    #[error("no adapter name contains {wanted:?}; available adapters: {available}. Run `advex devices` to list them")]
+    AdapterNotFound { wanted: String, available: String },
+    #[error("could not create a device on adapter {adapter}: {message}")]
+    RequestDevice { adapter: String, message: String },
+    #[error("the GPU ran out of memory while {context}; try a smaller --batch-size")]
+    OutOfMemory { context: String },
+    #[error("GPU validation error while {context}: {message}")]
+    Validation { context: String, message: String },
+    #[error("GPU internal error while {context}: {message}")]
+    GpuInternal { context: String, message: String },
+    #[error("GPU device lost: {0}")]
+    DeviceLost(String),
+    #[error("tensor of {bytes} bytes exceeds this adapter's largest storage binding ({limit} bytes) in {context}; use a smaller --batch-size")]
+    TooLarge {
+        context: String,
+        bytes: u64,
+        limit: u64,
+    },
+    #[error("{op}: {message}")]
+    Shape { op: String, message: String },
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Usage(String),
+}
+
+impl Error {
+    pub fn shape(op: impl Into<String>, message: impl Into<String>) -> Self {
+        Error::Shape {
+            op: op.into(),
+            message: message.into(),
+        }
+    }
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+    /// Exit code for the CLI: 1 for a user error, 2 for an internal one.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Error::Validation { .. } | Error::GpuInternal { .. } | Error::DeviceLost(_) => 2,
+            _ => 1,
+        }
+    }
+}

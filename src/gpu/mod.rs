@@ -1,0 +1,22 @@
+//! GPU infrastructure: adapter and device, buffers and their pool, the pipeline
+//! cache, recording many dispatches into one submit, and readback.
+
+mod adapter;
+mod buffer;
+mod context;
+mod pipeline;
+mod record;
+
+pub use adapter::{describe_adapter, list_adapters, AdapterSummary};
+pub use buffer::{GpuBuffer, Shape, Tensor};
+pub use context::{Context, ContextOptions};
+pub use pipeline::{Binding, Kernel, KernelKey};
+pub use record::{Recording, Step};
+
+/// Threads per workgroup used by the simple element-wise kernels.
+pub const WORKGROUP_1D: u32 = 256;
+
+/// Ceiling division.
+pub fn div_ceil(a: u32, b: u32) -> u32 {
+    a.div_ceil(b)
+}

@@ -1,0 +1,126 @@
+//! Element-wise activations: relu, relu6, leaky_relu, sigmoid, silu, hardswish,
+//! hardsigmoid. One shader, the function chosen by a specialisation constant.
+
+use crate::error::{Error, Result};
+use crate::gpu::{Binding, Context, Recording, Tensor, WORKGROUP_1D};
+
+const SHADER: &str = include_str!("../../shaders/activation.wgsl");
+
+/// An element-wise activation function.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Activation {
+    Relu,
+    Relu6,
+    LeakyRelu { negative_slope: f32 },
+    Sigmoid,
+    Silu,
+    Hardswish,
+    /// clamp(alpha * x + beta, 0, 1); PyTorch's hardsigmoid is alpha 1/6, beta 1/2.
+    Hardsigmoid { alpha: f32, beta: f32 },
+    Identity,
+}
+
+impl Activation {
+    fn code(&self) -> (u32, f32, f32) {
+        match *self {
+            Activation::Relu => (0, 0.0, 0.0),
+            Activation::Relu6 => (1, 0.0, 0.0),
+            Activation::LeakyRelu { negative_slope } => (2, negative_slope, 0.0),
+            Activation::Sigmoid => (3, 0.0, 0.0),
+            Activation::Silu => (4, 0.0, 0.0),
+            Activation::Hardswish => (5, 0.0, 0.0),
+            Activation::Hardsigmoid { alpha, beta } => (6, alpha, beta),
+            Activation::Identity => (7, 0.0, 0.0),
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Activation::Relu => "relu",
+            Activation::Relu6 => "relu6",
+            Activation::LeakyRelu { .. } => "leaky_relu",
+            Activation::Sigmoid => "sigmoid",
+            Activation::Silu => "silu",
+            Activation::Hardswish => "hardswish",
+            Activation::Hardsigmoid { .. } => "hardsigmoid",
+            Activation::Identity => "identity",
+        }
+    }
+
+    /// Plain f64 reference of the function (used by tests and CPU checks).
+    pub fn apply_f64(&self, x: f64) -> f64 {
+        match *self {
+            Activation::Relu => x.max(0.0),
+            Activation::Relu6 => x.clamp(0.0, 6.0),
+            Activation::LeakyRelu { negative_slope } => {
+                if x >= 0.0 {
+                    x
+                } else {
+                    x * negative_slope as f64
+                }
+            }
+            Activation::Sigmoid => 1.0 / (1.0 + (-x).exp()),
+            Activation::Silu => x / (1.0 + (-x).exp()),
+            Activation::Hardswish => x * (x + 3.0).clamp(0.0, 6.0) / 6.0,
+            Activation::Hardsigmoid { alpha, beta } => (alpha as f64 * x + beta as f64).clamp(0.0, 1.0),
+            Activation::Identity => x,
+        }
+    }
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    count: u32,
+    alpha: f32,
+    beta: f32,
+    _pad: u32,
+}
+
+fn params(ctx: &Context, act: Activation, count: u64) -> Result<(wgpu::Buffer, u32, f64)> {
+    let count = u32::try_from(count)
+        .map_err(|_| Error::shape(act.name(), format!("{count} elements exceed u32 indexing")))?;
+    let (code, alpha, beta) = act.code();
+    let buf = ctx.uniform(&Params { count, alpha, beta, _pad: 0 });
+    Ok((buf, count.div_ceil(WORKGROUP_1D), code as f64))
+}
+
+/// y = act(x).
+pub fn forward(ctx: &Context, rec: &mut Recording, act: Activation, x: &Tensor, y: &Tensor) -> Result<()> {
+    check(act, x, y)?;
+    let (p, groups, code) = params(ctx, act, x.numel())?;
+    let k = ctx.kernel("activation", SHADER, "forward", &[Binding::Read, Binding::ReadWrite], &[("ACT", code)])?;
+    rec.push(ctx.dispatch(act.name(), &k, &p, &[x, y], groups)?);
+    Ok(())
+}
+
+/// gx = gy * act'(x).
+pub fn backward(
+    ctx: &Context,
+    rec: &mut Recording,
+    act: Activation,
+    x: &Tensor,
+    gy: &Tensor,
+    gx: &Tensor,
+) -> Result<()> {
+    check(act, x, gy)?;
+    check(act, x, gx)?;
+    let (p, groups, code) = params(ctx, act, x.numel())?;
+    let k = ctx.kernel(
+        "activation",
+        SHADER,
+        "backward",
+        &[Binding::Read, Binding::Read, Binding::ReadWrite],
+        &[("ACT", code)],
+    )?;
+    rec.push(ctx.dispatch(format!("{}_backward", act.name()), &k, &p, &[x, gy, gx], groups)?);
+    Ok(())
+}
+
+fn check(act: Activation, a: &Tensor, b: &Tensor) -> Result<()> {
+    if a.numel() != b.numel() {
+        return Err(Error::shape(act.name(), format!("tensor shapes {} and {} differ", a.shape, b.shape)));
+    }
+    Ok(())
+}
