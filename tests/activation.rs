@@ -7,11 +7,16 @@ use common::*;
 const ALL: [Activation; 8] = [
     Activation::Relu,
     Activation::Relu6,
-    Activation::LeakyRelu { negative_slope: 0.1 },
+    Activation::LeakyRelu {
+        negative_slope: 0.1,
+    },
     Activation::Sigmoid,
     Activation::Silu,
     Activation::Hardswish,
-    Activation::Hardsigmoid { alpha: 1.0 / 6.0, beta: 0.5 },
+    Activation::Hardsigmoid {
+        alpha: 1.0 / 6.0,
+        beta: 0.5,
+    },
     Activation::Identity,
 ];
 
@@ -39,8 +44,11 @@ fn activations_forward_backward_match_reference() {
         activation::backward(&ctx, &mut rec, act, &x, &gy, &gx).unwrap();
         let out = ctx.run_read(&[&rec], &[&y, &gx]).unwrap();
         let want_y: Vec<f64> = xs.iter().map(|&v| act.apply_f64(v as f64)).collect();
-        let want_gx: Vec<f64> =
-            xs.iter().zip(&gys).map(|(&v, &g)| g as f64 * dact(act, v as f64)).collect();
+        let want_gx: Vec<f64> = xs
+            .iter()
+            .zip(&gys)
+            .map(|(&v, &g)| g as f64 * dact(act, v as f64))
+            .collect();
         assert_close(&format!("{} forward", act.name()), &out[0], &want_y, 1e-4);
         assert_close(&format!("{} backward", act.name()), &out[1], &want_gx, 1e-4);
     }

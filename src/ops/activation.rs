@@ -12,12 +12,17 @@ const SHADER: &str = include_str!("../../shaders/activation.wgsl");
 pub enum Activation {
     Relu,
     Relu6,
-    LeakyRelu { negative_slope: f32 },
+    LeakyRelu {
+        negative_slope: f32,
+    },
     Sigmoid,
     Silu,
     Hardswish,
     /// clamp(alpha * x + beta, 0, 1); PyTorch's hardsigmoid is alpha 1/6, beta 1/2.
-    Hardsigmoid { alpha: f32, beta: f32 },
+    Hardsigmoid {
+        alpha: f32,
+        beta: f32,
+    },
     Identity,
 }
 
@@ -63,7 +68,9 @@ impl Activation {
             Activation::Sigmoid => 1.0 / (1.0 + (-x).exp()),
             Activation::Silu => x / (1.0 + (-x).exp()),
             Activation::Hardswish => x * (x + 3.0).clamp(0.0, 6.0) / 6.0,
-            Activation::Hardsigmoid { alpha, beta } => (alpha as f64 * x + beta as f64).clamp(0.0, 1.0),
+            Activation::Hardsigmoid { alpha, beta } => {
+                (alpha as f64 * x + beta as f64).clamp(0.0, 1.0)
+            }
             Activation::Identity => x,
         }
     }
@@ -82,15 +89,32 @@ fn params(ctx: &Context, act: Activation, count: u64) -> Result<(wgpu::Buffer, u
     let count = u32::try_from(count)
         .map_err(|_| Error::shape(act.name(), format!("{count} elements exceed u32 indexing")))?;
     let (code, alpha, beta) = act.code();
-    let buf = ctx.uniform(&Params { count, alpha, beta, _pad: 0 });
+    let buf = ctx.uniform(&Params {
+        count,
+        alpha,
+        beta,
+        _pad: 0,
+    });
     Ok((buf, count.div_ceil(WORKGROUP_1D), code as f64))
 }
 
 /// y = act(x).
-pub fn forward(ctx: &Context, rec: &mut Recording, act: Activation, x: &Tensor, y: &Tensor) -> Result<()> {
+pub fn forward(
+    ctx: &Context,
+    rec: &mut Recording,
+    act: Activation,
+    x: &Tensor,
+    y: &Tensor,
+) -> Result<()> {
     check(act, x, y)?;
     let (p, groups, code) = params(ctx, act, x.numel())?;
-    let k = ctx.kernel("activation", SHADER, "forward", &[Binding::Read, Binding::ReadWrite], &[("ACT", code)])?;
+    let k = ctx.kernel(
+        "activation",
+        SHADER,
+        "forward",
+        &[Binding::Read, Binding::ReadWrite],
+        &[("ACT", code)],
+    )?;
     rec.push(ctx.dispatch(act.name(), &k, &p, &[x, y], groups)?);
     Ok(())
 }
@@ -114,13 +138,22 @@ pub fn backward(
         &[Binding::Read, Binding::Read, Binding::ReadWrite],
         &[("ACT", code)],
     )?;
-    rec.push(ctx.dispatch(format!("{}_backward", act.name()), &k, &p, &[x, gy, gx], groups)?);
+    rec.push(ctx.dispatch(
+        format!("{}_backward", act.name()),
+        &k,
+        &p,
+        &[x, gy, gx],
+        groups,
+    )?);
     Ok(())
 }
 
 fn check(act: Activation, a: &Tensor, b: &Tensor) -> Result<()> {
     if a.numel() != b.numel() {
-        return Err(Error::shape(act.name(), format!("tensor shapes {} and {} differ", a.shape, b.shape)));
+        return Err(Error::shape(
+            act.name(),
+            format!("tensor shapes {} and {} differ", a.shape, b.shape),
+        ));
     }
     Ok(())
 }

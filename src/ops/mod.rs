@@ -10,3 +10,16 @@
 //! - backward functions compute the gradient with respect to the input(s) only.
 
 pub mod activation;
+pub mod affine;
+pub mod binary;
+pub mod concat;
+pub mod conv;
+pub mod elementwise;
+pub mod linear;
+pub mod loss;
+pub mod params;
+pub mod pool;
+pub mod softmax;
+
+pub use activation::Activation;
+pub use params::{Conv2dParams, Pool2dParams};

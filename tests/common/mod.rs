@@ -7,21 +7,27 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::sync::{Arc, OnceLock};
 
-pub mod reference;
+pub mod ref_conv;
+pub mod ref_misc;
 
 /// One context per test binary (adapter creation is slow on lavapipe).
 pub fn ctx() -> Arc<Context> {
     static CTX: OnceLock<Arc<Context>> = OnceLock::new();
     CTX.get_or_init(|| {
-        Arc::new(Context::new(ContextOptions::default()).expect("a GPU adapter (see README: lavapipe)"))
+        Arc::new(
+            Context::new(ContextOptions::default()).expect("a GPU adapter (see README: lavapipe)"),
+        )
     })
     .clone()
 }
 
 /// A context whose dispatch grids fold past `max` workgroups per dimension.
 pub fn ctx_with_fold(max: u32) -> Context {
-    Context::new(ContextOptions { max_workgroups_per_dim: Some(max), ..Default::default() })
-        .expect("a GPU adapter")
+    Context::new(ContextOptions {
+        max_workgroups_per_dim: Some(max),
+        ..Default::default()
+    })
+    .expect("a GPU adapter")
 }
 
 pub fn rng(seed: u64) -> ChaCha8Rng {
@@ -41,14 +47,24 @@ pub fn to_f64(v: &[f32]) -> Vec<f64> {
 /// Assert |got - want| <= rtol * |want| + atol_scale * max|want| everywhere; on
 /// failure report the worst index.
 pub fn assert_close(what: &str, got: &[f32], want: &[f64], rtol: f64) {
-    assert_eq!(got.len(), want.len(), "{what}: length {} vs reference {}", got.len(), want.len());
+    assert_eq!(
+        got.len(),
+        want.len(),
+        "{what}: length {} vs reference {}",
+        got.len(),
+        want.len()
+    );
     let scale = want.iter().fold(0.0f64, |m, &v| m.max(v.abs()));
     let atol = rtol * 0.1 * scale + 1e-30;
     let mut worst = (0usize, 0.0f64);
     for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
         let err = (g as f64 - w).abs();
         let allowed = rtol * w.abs() + atol;
-        let ratio = if g.is_finite() { err / allowed } else { f64::INFINITY };
+        let ratio = if g.is_finite() {
+            err / allowed
+        } else {
+            f64::INFINITY
+        };
         if ratio > worst.1 {
             worst = (i, ratio);
         }
