@@ -1,9 +1,31 @@
 //! advex: adversarial examples (FGSM) on the GPU, with WGSL compute shaders on wgpu.
+//!
+//! - [`gpu`]: device context, buffers, pipeline cache, recordings.
+//! - [`ops`]: the WGSL kernels' host side, forward and backward to the input.
+//! - [`model`]: the model file format (safetensors + JSON graph), loading, checks.
+//! - [`plan`]: a model on the GPU and its recorded forward/backward passes.
 
+pub mod attack;
+pub mod bench;
+pub mod data;
 pub mod error;
 pub mod gpu;
 pub mod model;
 pub mod ops;
+pub mod report;
+// pub mod plan; (enabled once the ops land)
 
 pub use error::{Error, ModelError, Result};
 pub use gpu::{Context, ContextOptions, Shape, Tensor};
+
+/// The bundled default model, looked up next to the executable's crate root at
+/// build time, then relative to the working directory.
+pub fn default_model_path() -> std::path::PathBuf {
+    let rel = std::path::Path::new("weights").join("efficientnet_lite0.safetensors");
+    let built = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(&rel);
+    if built.exists() {
+        built
+    } else {
+        rel
+    }
+}

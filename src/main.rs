@@ -1,1 +1,374 @@
-fn main() {}
+//! The `advex` command line: parse, call the library, print.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use advex::{Context, ContextOptions, Error};
+
+#[derive(Parser)]
+#[command(
+    name = "advex",
+    version,
+    about = "Adversarial examples (FGSM) on the GPU",
+    propagate_version = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args)]
+struct ImageArgs {
+    /// Model file (.safetensors with advex metadata, or a sidecar .json).
+    #[arg(long, default_value_os_t = advex::default_model_path())]
+    model: PathBuf,
+    /// An image, or a folder walked recursively (png, jpeg, bmp, webp, gif, tiff).
+    #[arg(long)]
+    images: PathBuf,
+    /// CSV `image,label` (label = index or class name; image relative to --images).
+    /// Without it, class-named sub-folders give labels, else the clean prediction.
+    #[arg(long)]
+    labels: Option<PathBuf>,
+    /// Write one row per image (and eps) here.
+    #[arg(long)]
+    predictions: Option<PathBuf>,
+    /// JSON report (or an .svg plot of accuracy against eps).
+    #[arg(long)]
+    report: Option<PathBuf>,
+    /// Images per GPU batch (default: chosen from the adapter's limits).
+    #[arg(long)]
+    batch_size: Option<u32>,
+    /// Adapter name substring (see `advex devices`).
+    #[arg(long)]
+    adapter: Option<String>,
+    /// Stop at the first unreadable image instead of skipping it.
+    #[arg(long)]
+    strict: bool,
+    /// No progress bar.
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+impl ImageArgs {
+    fn options(&self) -> advex::attack::RunOptions {
+        let mut o = advex::attack::RunOptions::new(&self.model, &self.images);
+        o.labels = self.labels.clone();
+        o.predictions = self.predictions.clone();
+        o.report = self.report.clone();
+        o.batch_size = self.batch_size;
+        o.adapter = self.adapter.clone();
+        o.strict = self.strict;
+        o.quiet = self.quiet;
+        o
+    }
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Make adversarial examples (FGSM) for every eps from one gradient per batch.
+    Attack {
+        #[command(flatten)]
+        common: ImageArgs,
+        /// Comma list of eps in [0,1] pixel units: decimals or fractions (1/255).
+        #[arg(long, default_value = "1/255,2/255,4/255,8/255")]
+        eps: String,
+        /// Attack method.
+        #[arg(long, default_value = "fgsm", value_parser = ["fgsm"])]
+        method: String,
+        /// Targeted attack: a class index or name, or `least-likely`.
+        #[arg(long)]
+        target: Option<String>,
+        /// Write adversarial PNGs to DIR/eps_<value>/<relative path>.png.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Replace the eps_* folders of an existing --out.
+        #[arg(long)]
+        overwrite: bool,
+        /// Also draw accuracy against eps as SVG here.
+        #[arg(long)]
+        plot: Option<PathBuf>,
+        /// Keep adversarial pixels in f32 instead of rounding to the 8-bit grid.
+        #[arg(long)]
+        no_quantize: bool,
+    },
+    /// Throughput of FGSM on synthetic images: images/s per batch size.
+    Bench {
+        /// Model file.
+        #[arg(long, default_value_os_t = advex::default_model_path())]
+        model: PathBuf,
+        /// Batch sizes, comma separated (sizes that do not fit are skipped).
+        #[arg(long, default_value = "1,8,32,128")]
+        batch_size: String,
+        /// Eps list; its length is the sweep size (8 for an 8-eps sweep).
+        #[arg(long, default_value = "1/255")]
+        eps: String,
+        /// Timed batches per configuration (after one warm-up).
+        #[arg(long, default_value_t = 5)]
+        iterations: u32,
+        /// Adapter name substring.
+        #[arg(long)]
+        adapter: Option<String>,
+        /// Print one JSON object per configuration.
+        #[arg(long)]
+        json: bool,
+        /// GPU time per op kind from timestamp queries.
+        #[arg(long)]
+        profile: bool,
+    },
+    /// Clean predictions only.
+    Eval {
+        #[command(flatten)]
+        common: ImageArgs,
+    },
+    /// List GPU adapters: name, backend, type and key limits.
+    Devices {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Describe a model: layers, output shapes, parameters, input, classes, FLOPs.
+    Info {
+        /// Model file (.safetensors with advex metadata, or a sidecar .json).
+        #[arg(long, default_value_os_t = advex::default_model_path())]
+        model: PathBuf,
+        /// Also build the model on the GPU and check that it records (slower).
+        #[arg(long)]
+        check: bool,
+        /// Adapter name substring (see `advex devices`).
+        #[arg(long)]
+        adapter: Option<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
+        .format_timestamp(None)
+        .init();
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(e.exit_code() as u8)
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<(), Error> {
+    match cli.command {
+        Command::Devices { json } => devices(json),
+        Command::Info {
+            model,
+            check,
+            adapter,
+        } => info(model, check, adapter),
+        Command::Attack {
+            common,
+            eps,
+            method: _,
+            target,
+            out,
+            overwrite,
+            plot,
+            no_quantize,
+        } => {
+            let mut o = common.options();
+            o.eps = advex::attack::parse_eps_list(&eps)?;
+            o.target = match target.as_deref() {
+                None => advex::attack::TargetSpec::None,
+                Some("least-likely") => advex::attack::TargetSpec::LeastLikely,
+                Some(t) => advex::attack::TargetSpec::Class(t.to_string()),
+            };
+            o.out = out;
+            o.overwrite = overwrite;
+            o.plot = plot;
+            o.quantize = !no_quantize;
+            let report = advex::attack::run_attack(&o)?;
+            print_attack_summary(&report);
+            Ok(())
+        }
+        Command::Bench {
+            model,
+            batch_size,
+            eps,
+            iterations,
+            adapter,
+            json,
+            profile,
+        } => {
+            let batch_sizes = batch_size
+                .split(',')
+                .map(|s| {
+                    s.trim()
+                        .parse::<u32>()
+                        .ok()
+                        .filter(|&b| b > 0)
+                        .ok_or_else(|| {
+                            Error::Usage(format!(
+                                "--batch-size {s:?}: expected positive integers like 1,8,32"
+                            ))
+                        })
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let opts = advex::bench::BenchOptions {
+                model,
+                batch_sizes,
+                eps: advex::attack::parse_eps_list(&eps)?,
+                iterations,
+                adapter,
+                profile,
+            };
+            if !json {
+                println!(
+                    "{:>6} {:>5} {:>12} {:>12} {:>10}  adapter",
+                    "batch", "eps", "images/s", "ms/batch", "dispatches"
+                );
+            }
+            advex::bench::run_bench(&opts, |r| {
+                if json {
+                    println!("{}", serde_json::to_string(r).expect("serialisable"));
+                } else {
+                    println!(
+                        "{:>6} {:>5} {:>12.2} {:>12.2} {:>10}  {} ({})",
+                        r.batch_size,
+                        r.eps_count,
+                        r.images_per_second,
+                        r.seconds_per_batch * 1e3,
+                        r.dispatches,
+                        r.adapter,
+                        r.backend
+                    );
+                    if let Some(p) = &r.profile {
+                        println!("        GPU {:.2} ms per batch", p.gpu_ms);
+                        for (k, ms) in &p.ops {
+                            println!("        {k:<28} {ms:>9.3} ms");
+                        }
+                        if let Some(g) = p.conv_gflops {
+                            println!("        conv/linear forward: {g:.1} GFLOP/s");
+                        }
+                        if let Some(g) = p.perturb_gbps {
+                            println!("        perturbation kernel: {g:.1} GB/s");
+                        }
+                    }
+                }
+            })?;
+            Ok(())
+        }
+        Command::Eval { common } => {
+            let (rows, report) = advex::attack::run_eval(&common.options())?;
+            if common.predictions.is_none() && rows.len() <= 50 {
+                for r in &rows {
+                    println!(
+                        "{}\tpred {} ({:.4})\tlabel {}",
+                        r.image, r.pred, r.pred_prob, r.label
+                    );
+                }
+            }
+            println!(
+                "{} images, clean accuracy {:.4}, {:.1} images/s on {}",
+                report.images,
+                report.clean.accuracy,
+                report.timing.images_per_second,
+                report.adapter.name
+            );
+            Ok(())
+        }
+    }
+}
+
+fn devices(json: bool) -> Result<(), Error> {
+    let adapters = advex::gpu::list_adapters();
+    let summaries: Vec<_> = adapters.iter().map(advex::gpu::describe_adapter).collect();
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&summaries).expect("serialisable")
+        );
+        return Ok(());
+    }
+    if summaries.is_empty() {
+        return Err(Error::NoAdapter);
+    }
+    for (i, s) in summaries.iter().enumerate() {
+        println!("{}{}: {}", if i == 0 { "* " } else { "  " }, i, s.name);
+        println!(
+            "     backend {}, {}, driver {}",
+            s.backend, s.device_type, s.driver
+        );
+        println!(
+            "     max storage binding {} MiB, max buffer {} MiB, workgroups/dim {}, invocations/workgroup {}, workgroup memory {} KiB",
+            s.max_storage_buffer_binding_size >> 20,
+            s.max_buffer_size >> 20,
+            s.max_compute_workgroups_per_dimension,
+            s.max_compute_invocations_per_workgroup,
+            s.max_compute_workgroup_storage_size >> 10
+        );
+        println!(
+            "     shader-f16 {}, timestamps {}",
+            yes(s.shader_f16),
+            yes(s.timestamp_query)
+        );
+    }
+    println!("(* = chosen by default; pick another with --adapter NAME or WGPU_ADAPTER_NAME)");
+    Ok(())
+}
+
+fn print_attack_summary(r: &advex::report::Report) {
+    println!(
+        "{} on {} images ({}), adapter {}: clean accuracy {:.4}",
+        r.method.to_uppercase(),
+        r.images,
+        r.model.name,
+        r.adapter.name,
+        r.clean.accuracy
+    );
+    println!(
+        "{:>10} {:>9} {:>9} {:>10} {:>9} {:>9}",
+        "eps", "accuracy", "success", "adv conf", "L-inf", "L2"
+    );
+    for e in &r.epsilons {
+        println!(
+            "{:>10} {:>9.4} {:>9.4} {:>10.4} {:>9.5} {:>9.4}",
+            e.eps_text, e.accuracy, e.success_rate, e.mean_adv_confidence, e.mean_linf, e.mean_l2
+        );
+    }
+    if !r.skipped.is_empty() {
+        println!(
+            "skipped {} unreadable images (listed in the report)",
+            r.skipped.len()
+        );
+    }
+    println!(
+        "{:.2} s, {:.1} images/s",
+        r.timing.seconds, r.timing.images_per_second
+    );
+}
+
+fn yes(b: bool) -> &'static str {
+    if b {
+        "yes"
+    } else {
+        "no"
+    }
+}
+
+fn info(path: PathBuf, check: bool, adapter: Option<String>) -> Result<(), Error> {
+    let model = advex::model::Model::load(&path)?;
+    print!("{}", model.summary());
+    if check {
+        let ctx = std::sync::Arc::new(Context::new(ContextOptions {
+            adapter,
+            ..Default::default()
+        })?);
+        let gpu = advex::plan::GpuModel::new(ctx.clone(), std::sync::Arc::new(model))?;
+        let plan = gpu.gradient_plan(1, 1.0)?;
+        println!(
+            "GPU check on {}: forward + backward records {} dispatches in one submit",
+            ctx.summary.name,
+            plan.forward.dispatch_count() + plan.backward.dispatch_count()
+        );
+    }
+    Ok(())
+}

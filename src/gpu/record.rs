@@ -16,10 +16,12 @@ pub enum Step {
     },
     /// Fill a buffer with zeros.
     Clear { buffer: Arc<GpuBuffer> },
-    /// Copy bytes between buffers.
+    /// Copy `bytes` bytes between buffers (offsets and size multiples of 4).
     Copy {
         src: Arc<GpuBuffer>,
+        src_offset: u64,
         dst: Arc<GpuBuffer>,
+        dst_offset: u64,
         bytes: u64,
     },
 }
@@ -106,9 +108,19 @@ pub(crate) fn encode(
                 }
             }
             Step::Clear { buffer } => encoder.clear_buffer(buffer.raw(), 0, None),
-            Step::Copy { src, dst, bytes } => {
-                encoder.copy_buffer_to_buffer(src.raw(), 0, dst.raw(), 0, *bytes)
-            }
+            Step::Copy {
+                src,
+                src_offset,
+                dst,
+                dst_offset,
+                bytes,
+            } => encoder.copy_buffer_to_buffer(
+                src.raw(),
+                *src_offset,
+                dst.raw(),
+                *dst_offset,
+                *bytes,
+            ),
         }
     }
 }

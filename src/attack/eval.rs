@@ -1,0 +1,106 @@
+//! Clean evaluation: forward only, predictions reduced on the GPU.
+
+use std::sync::Arc;
+
+use super::fgsm::Pred;
+use crate::error::{Error, Result};
+use crate::gpu::{Binding, Context, Recording, Shape, Tensor};
+use crate::ops::loss::{argmax_prob, ARGMAX_PROB_WIDTH};
+use crate::plan::{ForwardPlan, GpuModel};
+
+const SHADER: &str = include_str!("../../shaders/attack.wgsl");
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct LabelParams {
+    n: u32,
+    classes: u32,
+    target: u32,
+    _pad: u32,
+}
+
+pub struct EvalPlan {
+    ctx: Arc<Context>,
+    pub batch: u32,
+    item: usize,
+    fwd: ForwardPlan,
+    labels: Tensor,
+    stats: Tensor,
+    tail: Recording,
+}
+
+impl EvalPlan {
+    pub fn new(gpu: &GpuModel, batch: u32) -> Result<Self> {
+        let ctx = gpu.ctx.clone();
+        let c = &*ctx;
+        let fwd = gpu.forward_plan(batch)?;
+        let labels = c.tensor(Shape::new(batch, 1, 1, 1), "labels")?;
+        let scratch = c.tensor(Shape::new(batch, 1, 1, 1), "loss labels")?;
+        let stats = c.tensor(Shape::new(batch, ARGMAX_PROB_WIDTH, 1, 1), "stats")?;
+        let mut tail = Recording::new();
+        let k = c.kernel(
+            "attack",
+            SHADER,
+            "resolve_labels",
+            &[Binding::Read, Binding::ReadWrite, Binding::ReadWrite],
+            &[("MODE", 0.0)],
+        )?;
+        let p = c.uniform(&LabelParams {
+            n: batch,
+            classes: gpu.num_classes(),
+            target: 0,
+            _pad: 0,
+        });
+        tail.push(c.dispatch(
+            "resolve_labels",
+            &k,
+            &p,
+            &[&fwd.logits, &labels, &scratch],
+            batch.div_ceil(64),
+        )?);
+        argmax_prob(c, &mut tail, &fwd.logits, &labels, &stats)?;
+        let item = gpu.input_shape(1).numel() as usize;
+        Ok(EvalPlan {
+            ctx,
+            batch,
+            item,
+            fwd,
+            labels,
+            stats,
+            tail,
+        })
+    }
+
+    /// Predictions for `labels.len()` images; returns (labels used, predictions).
+    pub fn run(&self, pixels: &[f32], labels: &[Option<u32>]) -> Result<(Vec<u32>, Vec<Pred>)> {
+        let ctx = &*self.ctx;
+        let count = labels.len();
+        let n = self.batch as usize;
+        if count == 0 || count > n || pixels.len() != count * self.item {
+            return Err(Error::shape(
+                "eval",
+                format!("{count} images for batch size {n}"),
+            ));
+        }
+        let mut px = pixels.to_vec();
+        px.resize(n * self.item, 0.0);
+        ctx.write(&self.fwd.input, &px);
+        let mut raw: Vec<u32> = labels.iter().map(|l| l.unwrap_or(u32::MAX)).collect();
+        raw.resize(n, 0);
+        ctx.write_bytes(&self.labels, bytemuck::cast_slice(&raw));
+        let out = ctx.run_read_bytes(
+            &[&self.fwd.recording, &self.tail],
+            &[&self.labels, &self.stats],
+        )?;
+        let l: Vec<u32> = bytemuck::pod_collect_to_vec(&out[0]);
+        let s: Vec<f32> = bytemuck::pod_collect_to_vec(&out[1]);
+        let preds = (0..count)
+            .map(|i| Pred {
+                class: s[3 * i] as u32,
+                prob: s[3 * i + 1],
+                label_prob: s[3 * i + 2],
+            })
+            .collect();
+        Ok((l[..count].to_vec(), preds))
+    }
+}

@@ -1,0 +1,11 @@
+//! Attacks: FGSM and its eps sweeps, and the perturbation kernel's host side.
+
+pub mod eps;
+pub mod eval;
+pub mod fgsm;
+pub mod run;
+
+pub use eps::{parse_eps_list, Eps};
+pub use eval::EvalPlan;
+pub use fgsm::{BatchOutcome, FgsmPlan, Pred, Target};
+pub use run::{run_attack, run_eval, RunOptions, TargetSpec};

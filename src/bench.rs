@@ -1,0 +1,163 @@
+//! `advex bench`: end-to-end FGSM throughput on synthetic images (decoding
+//! excluded, GPU work, uploads and readbacks included), and per-kernel GPU time
+//! from timestamp queries.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::attack::{Eps, FgsmPlan, Target};
+use crate::error::Result;
+use crate::model::{Model, Op};
+use crate::plan::GpuModel;
+use crate::{Context, ContextOptions};
+
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    pub model: PathBuf,
+    pub batch_sizes: Vec<u32>,
+    pub eps: Vec<Eps>,
+    /// Timed batches per configuration (after one warm-up batch).
+    pub iterations: u32,
+    pub adapter: Option<String>,
+    pub profile: bool,
+}
+
+/// One configuration's result (`--json` prints one per line).
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchResult {
+    pub model: String,
+    pub batch_size: u32,
+    pub eps_count: usize,
+    pub images_per_second: f64,
+    pub seconds_per_batch: f64,
+    pub adapter: String,
+    pub backend: String,
+    pub dispatches: usize,
+    /// GPU time per op kind in ms per batch (with --profile).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub profile: Option<Profile>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Profile {
+    pub gpu_ms: f64,
+    pub ops: BTreeMap<String, f64>,
+    /// Conv + linear forward FLOPs over their GPU time (clean and eps forwards).
+    pub conv_gflops: Option<f64>,
+    /// The fused perturbation kernel's bytes moved per second.
+    pub perturb_gbps: Option<f64>,
+}
+
+/// Kind of a dispatch from its label (`conv2d_backward`, `relu6`, ...).
+fn kind(label: &str) -> String {
+    label.split([' ', ':']).next().unwrap_or(label).to_string()
+}
+
+fn synthetic(n: usize, seed: u64) -> Vec<f32> {
+    // A fixed pseudo-random image batch on the 8-bit grid (xorshift).
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s % 256) as f32 / 255.0
+        })
+        .collect()
+}
+
+fn conv_flops(model: &Model) -> u64 {
+    model
+        .nodes
+        .iter()
+        .filter(|n| matches!(n.op, Op::Conv2d { .. } | Op::Linear { .. }))
+        .map(|n| match &n.op {
+            Op::Conv2d { weight, .. } | Op::Linear { weight, .. } => {
+                let [_, icg, kh, kw] = weight.shape;
+                2 * n.shape.numel() * (icg * kh * kw) as u64
+            }
+            _ => 0,
+        })
+        .sum()
+}
+
+pub fn run_bench(
+    opts: &BenchOptions,
+    mut each: impl FnMut(&BenchResult),
+) -> Result<Vec<BenchResult>> {
+    let model = Arc::new(Model::load(&opts.model)?);
+    let ctx = Arc::new(Context::new(ContextOptions {
+        adapter: opts.adapter.clone(),
+        ..Default::default()
+    })?);
+    let gpu = GpuModel::new(ctx.clone(), model.clone())?;
+    let mut results = Vec::new();
+    for &batch in &opts.batch_sizes {
+        let plan = match FgsmPlan::new(&gpu, batch, &opts.eps, true, Target::Untargeted) {
+            Ok(p) => p,
+            Err(e) => {
+                log::warn!("batch size {batch} skipped: {e}");
+                continue;
+            }
+        };
+        let item = gpu.input_shape(1).numel() as usize;
+        let pixels = synthetic(item * batch as usize, batch as u64);
+        let labels = vec![None; batch as usize];
+        if let Err(e) = plan.run(&pixels, &labels, false) {
+            log::warn!("batch size {batch} skipped: {e}");
+            continue;
+        }
+        let iterations = opts.iterations.max(1);
+        let start = Instant::now();
+        for _ in 0..iterations {
+            plan.run(&pixels, &labels, false)?;
+        }
+        let seconds = start.elapsed().as_secs_f64() / iterations as f64;
+        let profile = if opts.profile {
+            let times = ctx.profile(&plan.recordings())?;
+            let mut ops: BTreeMap<String, f64> = BTreeMap::new();
+            for (label, ns) in &times {
+                *ops.entry(kind(label)).or_default() += ns / 1e6;
+            }
+            let gpu_ms = ops.values().sum();
+            let conv_ms: f64 = ops
+                .iter()
+                .filter(|(k, _)| {
+                    (k.starts_with("conv") || k.starts_with("linear") || k.starts_with("depthwise"))
+                        && !k.contains("backward")
+                })
+                .map(|(_, v)| v)
+                .sum();
+            let fwd_flops = conv_flops(&model) as f64 * batch as f64 * (1 + opts.eps.len()) as f64;
+            let perturb_ms = ops.get("perturb").copied();
+            Some(Profile {
+                gpu_ms,
+                conv_gflops: (conv_ms > 0.0).then(|| fwd_flops / (conv_ms / 1e3) / 1e9),
+                perturb_gbps: perturb_ms
+                    .filter(|&m| m > 0.0)
+                    .map(|m| plan.perturb_bytes() as f64 / (m / 1e3) / 1e9),
+                ops,
+            })
+        } else {
+            None
+        };
+        let r = BenchResult {
+            model: model.name.clone(),
+            batch_size: batch,
+            eps_count: opts.eps.len(),
+            images_per_second: batch as f64 / seconds,
+            seconds_per_batch: seconds,
+            adapter: ctx.summary.name.clone(),
+            backend: ctx.summary.backend.clone(),
+            dispatches: plan.dispatch_count(),
+            profile,
+        };
+        each(&r);
+        results.push(r);
+    }
+    Ok(results)
+}

@@ -1,0 +1,12 @@
+//! Images in and out: discovery, labels, decoding and preprocessing, batching
+//! with prefetch on CPU threads, and atomic PNG writing.
+
+mod discover;
+mod image_io;
+mod labels;
+mod loader;
+
+pub use discover::{discover, ImageEntry};
+pub use image_io::{load_image, write_png_atomic, Preprocessor};
+pub use labels::{assign_labels, LabelSource};
+pub use loader::{Batch, BatchLoader, Skipped};

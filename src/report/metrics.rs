@@ -1,0 +1,110 @@
+//! Running sums for one eps (or the clean pass).
+
+use super::EpsStats;
+
+/// What the GPU reported for one image at one eps.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Observation {
+    pub label: u32,
+    pub pred: u32,
+    pub pred_prob: f32,
+    pub label_prob: f32,
+    /// Whether the clean prediction was right (success rate counts only those).
+    pub clean_correct: bool,
+    /// Targeted attacks: the target class (success = reaching it).
+    pub target: Option<u32>,
+    pub linf: f32,
+    pub l2: f32,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct EpsAccumulator {
+    pub images: u64,
+    pub correct: u64,
+    pub clean_correct: u64,
+    pub successes: u64,
+    pub confidence: f64,
+    pub linf: f64,
+    pub l2: f64,
+}
+
+impl EpsAccumulator {
+    pub fn add(&mut self, o: &Observation) {
+        self.images += 1;
+        self.correct += (o.pred == o.label) as u64;
+        self.confidence += o.pred_prob as f64;
+        self.linf += o.linf as f64;
+        self.l2 += o.l2 as f64;
+        if o.clean_correct {
+            self.clean_correct += 1;
+            let success = match o.target {
+                Some(t) => o.pred == t,
+                None => o.pred != o.label,
+            };
+            self.successes += success as u64;
+        }
+    }
+
+    fn ratio(a: u64, b: u64) -> f64 {
+        if b == 0 {
+            0.0
+        } else {
+            a as f64 / b as f64
+        }
+    }
+
+    pub fn accuracy(&self) -> f64 {
+        Self::ratio(self.correct, self.images)
+    }
+
+    pub fn mean_confidence(&self) -> f64 {
+        if self.images == 0 {
+            0.0
+        } else {
+            self.confidence / self.images as f64
+        }
+    }
+
+    pub fn stats(&self, eps: f64, eps_text: &str) -> EpsStats {
+        let n = self.images.max(1) as f64;
+        EpsStats {
+            eps,
+            eps_text: eps_text.to_string(),
+            accuracy: self.accuracy(),
+            success_rate: Self::ratio(self.successes, self.clean_correct),
+            mean_adv_confidence: self.mean_confidence(),
+            mean_linf: self.linf / n,
+            mean_l2: self.l2 / n,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn obs(label: u32, pred: u32, clean_correct: bool) -> Observation {
+        Observation {
+            label,
+            pred,
+            pred_prob: 0.5,
+            label_prob: 0.1,
+            clean_correct,
+            target: None,
+            linf: 0.1,
+            l2: 1.0,
+        }
+    }
+
+    #[test]
+    fn success_counts_only_clean_correct_images() {
+        let mut a = EpsAccumulator::default();
+        a.add(&obs(1, 2, true)); // fooled
+        a.add(&obs(1, 1, true)); // held
+        a.add(&obs(3, 4, false)); // wrong before: not in the success rate
+        let s = a.stats(0.1, "0.1");
+        assert!((s.accuracy - 1.0 / 3.0).abs() < 1e-12);
+        assert!((s.success_rate - 0.5).abs() < 1e-12);
+        assert!((s.mean_l2 - 1.0).abs() < 1e-12);
+    }
+}

@@ -1,0 +1,72 @@
+//! Metrics per eps, the JSON report, the predictions CSV and the accuracy plot.
+
+mod metrics;
+mod plot;
+mod predictions;
+
+pub use metrics::{EpsAccumulator, Observation};
+pub use plot::write_svg_plot;
+pub use predictions::PredictionWriter;
+
+use serde::Serialize;
+
+use crate::data::{LabelSource, Skipped};
+use crate::gpu::AdapterSummary;
+
+/// The model as the report describes it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelInfo {
+    pub name: String,
+    pub path: String,
+    pub input: [u32; 3],
+    pub classes: u32,
+    pub parameters: u64,
+    pub flops: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CleanStats {
+    pub accuracy: f64,
+    pub mean_confidence: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct EpsStats {
+    pub eps: f64,
+    /// As written on the command line (`1/255`).
+    pub eps_text: String,
+    pub accuracy: f64,
+    pub success_rate: f64,
+    pub mean_adv_confidence: f64,
+    pub mean_linf: f64,
+    pub mean_l2: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Timing {
+    pub seconds: f64,
+    pub images_per_second: f64,
+}
+
+/// The `--report` JSON (DESIGN.md's schema, plus a few extra fields).
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub model: ModelInfo,
+    pub adapter: AdapterSummary,
+    pub method: String,
+    /// `None` for untargeted; else the target (class index, or `least-likely`).
+    pub target: Option<String>,
+    pub images: usize,
+    pub labels: LabelSource,
+    pub quantized: bool,
+    pub clean: CleanStats,
+    pub epsilons: Vec<EpsStats>,
+    pub timing: Timing,
+    pub skipped: Vec<Skipped>,
+}
+
+impl Report {
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("report serialises")
+    }
+}
