@@ -179,6 +179,14 @@ fn conv3x3_stride1_pad1() {
         false,
         11,
     );
+    // deep reduction: K = 64*9 = 576 forward, 48*9 = 432 backward (many K slices)
+    check(
+        &Case::new("3x3 deep K", 2, 64, [6, 6], 48, [3, 3])
+            .pad([1; 4])
+            .bias(),
+        false,
+        12,
+    );
 }
 
 #[test]
