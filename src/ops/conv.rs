@@ -1,1 +1,330 @@
-//! (in progress)
+//! 2-D convolution, forward and backward to the input.
+//!
+//! Two kernel families:
+//! - `shaders/conv.wgsl`: a tiled implicit GEMM (64 x 64 output tile per workgroup,
+//!   16 x 16 threads with a 4 x 4 register block each, K in slices of 16 through
+//!   workgroup memory) for dense and grouped convolutions, and for `linear`;
+//! - `shaders/depthwise.wgsl`: depthwise convolution (groups == input channels,
+//!   channel multiplier >= 1), a direct kernel with 4 outputs per thread.
+//!
+//! Shapes travel in a uniform block, so one pipeline per (entry, bias flag) serves
+//! every layer.
+
+use crate::error::{Error, Result};
+use crate::gpu::{Binding, Context, Recording, Shape, Tensor};
+use crate::ops::params::Conv2dParams;
+
+const GEMM_SHADER: &str = include_str!("../../shaders/conv.wgsl");
+const DW_SHADER: &str = include_str!("../../shaders/depthwise.wgsl");
+
+/// Output tile of the GEMM kernel (must match `BM`, `BN` in conv.wgsl).
+const GEMM_TILE_M: u32 = 64;
+const GEMM_TILE_N: u32 = 64;
+/// Threads per workgroup and outputs per thread of the depthwise kernel.
+const DW_THREADS: u32 = 256;
+const DW_PER_THREAD: u32 = 4;
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct GemmParams {
+    batch: u32,
+    in_c: u32,
+    in_h: u32,
+    in_w: u32,
+    out_c: u32,
+    out_h: u32,
+    out_w: u32,
+    groups: u32,
+    k_h: u32,
+    k_w: u32,
+    stride_h: u32,
+    stride_w: u32,
+    dil_h: u32,
+    dil_w: u32,
+    pad_t: u32,
+    pad_l: u32,
+    icg: u32,
+    ocg: u32,
+    gemm_m: u32,
+    gemm_n: u32,
+    gemm_k: u32,
+    tiles_m: u32,
+    tiles_n: u32,
+    total_wg: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct DwParams {
+    batch: u32,
+    in_c: u32,
+    in_h: u32,
+    in_w: u32,
+    out_c: u32,
+    out_h: u32,
+    out_w: u32,
+    mult: u32,
+    k_h: u32,
+    k_w: u32,
+    stride_h: u32,
+    stride_w: u32,
+    dil_h: u32,
+    dil_w: u32,
+    pad_t: u32,
+    pad_l: u32,
+    quads: u32,
+    items: u32,
+    _pad0: u32,
+    _pad1: u32,
+}
+
+/// y = conv2d(x, w) (+ b). `w` is `[oc, ic / groups, kh, kw]`, `b` is `[1, oc, 1, 1]`
+/// (any shape of `oc` elements), `y` must have the shape [`Conv2dParams::out_shape`]
+/// gives.
+pub fn forward(
+    ctx: &Context,
+    rec: &mut Recording,
+    p: &Conv2dParams,
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    y: &Tensor,
+) -> Result<()> {
+    let geo = Geometry::new(p, x.shape, w.shape, y.shape, "output")?;
+    if let Some(b) = b {
+        if b.numel() != geo.oc as u64 {
+            return Err(Error::shape(
+                "conv2d",
+                format!(
+                    "bias has shape {} ({} values) but the convolution has {} output channels",
+                    b.shape,
+                    b.numel(),
+                    geo.oc
+                ),
+            ));
+        }
+    }
+    check_index_range(&[x, w, y])?;
+    if y.numel() == 0 {
+        return Ok(());
+    }
+    let has_bias = [("HAS_BIAS", if b.is_some() { 1.0 } else { 0.0 })];
+    // Without a bias the weight is bound in its place (never read).
+    let bias = b.unwrap_or(w);
+    let bindings = [
+        Binding::Read,
+        Binding::Read,
+        Binding::Read,
+        Binding::ReadWrite,
+    ];
+    if geo.depthwise {
+        let (params, groups) = geo.dw_params(false)?;
+        let k = ctx.kernel("depthwise", DW_SHADER, "forward", &bindings, &has_bias)?;
+        let u = ctx.uniform(&params);
+        rec.push(ctx.dispatch("depthwise_conv2d", &k, &u, &[x, w, bias, y], groups)?);
+    } else {
+        let params = geo.gemm_params(false)?;
+        let k = ctx.kernel("conv", GEMM_SHADER, "forward", &bindings, &has_bias)?;
+        let u = ctx.uniform(&params);
+        rec.push(ctx.dispatch("conv2d", &k, &u, &[x, w, bias, y], params.total_wg)?);
+    }
+    Ok(())
+}
+
+/// gx = d(sum gy * conv2d(x, w)) / dx: the gradient with respect to the input only.
+/// `gx` (shape of the forward input) is overwritten; `gy` has the forward output's
+/// shape.
+pub fn backward(
+    ctx: &Context,
+    rec: &mut Recording,
+    p: &Conv2dParams,
+    gy: &Tensor,
+    w: &Tensor,
+    gx: &Tensor,
+) -> Result<()> {
+    let geo = Geometry::new(p, gx.shape, w.shape, gy.shape, "output gradient")?;
+    check_index_range(&[gy, w, gx])?;
+    if gx.numel() == 0 {
+        return Ok(());
+    }
+    let bindings = [Binding::Read, Binding::Read, Binding::ReadWrite];
+    if geo.depthwise {
+        let (params, groups) = geo.dw_params(true)?;
+        let k = ctx.kernel("depthwise", DW_SHADER, "backward", &bindings, &[])?;
+        let u = ctx.uniform(&params);
+        rec.push(ctx.dispatch("depthwise_conv2d_backward", &k, &u, &[gy, w, gx], groups)?);
+    } else if gy.numel() == 0 {
+        // No output elements (zero channels): the gradient is zero.
+        rec.push(crate::gpu::Step::Clear {
+            buffer: gx.buffer.clone(),
+        });
+    } else {
+        let params = geo.gemm_params(true)?;
+        let k = ctx.kernel("conv", GEMM_SHADER, "backward", &bindings, &[])?;
+        let u = ctx.uniform(&params);
+        rec.push(ctx.dispatch("conv2d_backward", &k, &u, &[gy, w, gx], params.total_wg)?);
+    }
+    Ok(())
+}
+
+/// Validated convolution geometry.
+struct Geometry {
+    x: Shape,
+    y: Shape,
+    oc: u32,
+    kh: u32,
+    kw: u32,
+    p: Conv2dParams,
+    depthwise: bool,
+}
+
+impl Geometry {
+    fn new(p: &Conv2dParams, x: Shape, w: Shape, y: Shape, y_name: &str) -> Result<Self> {
+        let wd = w.dims();
+        let out = p.out_shape(x, wd)?;
+        if y != out {
+            return Err(Error::shape(
+                "conv2d",
+                format!(
+                    "{y_name} has shape {y}, but input {x} with weight {w} and {p:?} gives {out}"
+                ),
+            ));
+        }
+        Ok(Geometry {
+            x,
+            y,
+            oc: wd[0],
+            kh: wd[2],
+            kw: wd[3],
+            p: *p,
+            depthwise: p.is_depthwise(x, wd),
+        })
+    }
+
+    fn gemm_params(&self, backward: bool) -> Result<GemmParams> {
+        let (x, y, p) = (self.x, self.y, &self.p);
+        let g = p.groups;
+        let icg = x.c / g;
+        let ocg = self.oc / g;
+        let khw = self.kh as u64 * self.kw as u64;
+        let (m, n, k) = if backward {
+            (
+                x.n as u64 * x.h as u64 * x.w as u64,
+                icg as u64,
+                ocg as u64 * khw,
+            )
+        } else {
+            (
+                y.n as u64 * y.h as u64 * y.w as u64,
+                ocg as u64,
+                icg as u64 * khw,
+            )
+        };
+        let tiles_m = m.div_ceil(GEMM_TILE_M as u64);
+        let tiles_n = n.div_ceil(GEMM_TILE_N as u64);
+        let total = g as u64 * tiles_m * tiles_n;
+        let fits = |v: u64| u32::try_from(v).ok();
+        // The kernel steps k in slices of 16 and m in tiles of 64: keep headroom.
+        match (
+            fits(m + GEMM_TILE_M as u64),
+            fits(n),
+            fits(k + 16),
+            fits(total),
+        ) {
+            (Some(_), Some(_), Some(_), Some(total_wg)) => Ok(GemmParams {
+                batch: x.n,
+                in_c: x.c,
+                in_h: x.h,
+                in_w: x.w,
+                out_c: self.oc,
+                out_h: y.h,
+                out_w: y.w,
+                groups: g,
+                k_h: self.kh,
+                k_w: self.kw,
+                stride_h: p.stride[0],
+                stride_w: p.stride[1],
+                dil_h: p.dilation[0],
+                dil_w: p.dilation[1],
+                pad_t: p.padding[0],
+                pad_l: p.padding[1],
+                icg,
+                ocg,
+                gemm_m: m as u32,
+                gemm_n: n as u32,
+                gemm_k: k as u32,
+                tiles_m: tiles_m as u32,
+                tiles_n: tiles_n as u32,
+                total_wg,
+            }),
+            _ => Err(Error::shape(
+                "conv2d",
+                format!(
+                    "input {x} with output {y} is too large for 32-bit indexing; use a smaller batch"
+                ),
+            )),
+        }
+    }
+
+    fn dw_params(&self, backward: bool) -> Result<(DwParams, u32)> {
+        let (x, y, p) = (self.x, self.y, &self.p);
+        // Threads cover (n, c, h, ceil(w / 4)) of the tensor being written.
+        let t = if backward { x } else { y };
+        let quads = t.w.div_ceil(DW_PER_THREAD);
+        let items = t.n as u64 * t.c as u64 * t.h as u64 * quads as u64;
+        let groups = items.div_ceil(DW_THREADS as u64);
+        let (Ok(items), Ok(groups)) = (u32::try_from(items), u32::try_from(groups)) else {
+            return Err(Error::shape(
+                "depthwise conv2d",
+                format!("tensor {t} is too large for 32-bit indexing; use a smaller batch"),
+            ));
+        };
+        if items.checked_add(DW_THREADS).is_none() {
+            return Err(Error::shape(
+                "depthwise conv2d",
+                format!("tensor {t} is too large for 32-bit indexing; use a smaller batch"),
+            ));
+        }
+        Ok((
+            DwParams {
+                batch: x.n,
+                in_c: x.c,
+                in_h: x.h,
+                in_w: x.w,
+                out_c: self.oc,
+                out_h: y.h,
+                out_w: y.w,
+                mult: self.oc / x.c,
+                k_h: self.kh,
+                k_w: self.kw,
+                stride_h: p.stride[0],
+                stride_w: p.stride[1],
+                dil_h: p.dilation[0],
+                dil_w: p.dilation[1],
+                pad_t: p.padding[0],
+                pad_l: p.padding[1],
+                quads,
+                items,
+                _pad0: 0,
+                _pad1: 0,
+            },
+            groups,
+        ))
+    }
+}
+
+/// Kernels index with u32: every tensor must have fewer than 2^32 elements.
+fn check_index_range(tensors: &[&Tensor]) -> Result<()> {
+    for t in tensors {
+        if t.numel() >= u32::MAX as u64 {
+            return Err(Error::shape(
+                "conv2d",
+                format!(
+                    "tensor {} is too large for 32-bit indexing; use a smaller batch",
+                    t.shape
+                ),
+            ));
+        }
+    }
+    Ok(())
+}

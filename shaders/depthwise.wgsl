@@ -1,0 +1,165 @@
+// Depthwise 2-D convolution (groups == input channels, one input channel per
+// group, channel multiplier MULT = OC / C >= 1), forward and backward to the input.
+// Output channel oc reads input channel oc / MULT; weight is [OC, 1, KH, KW].
+//
+// Each thread computes PER consecutive outputs along W (forward: output pixels,
+// backward: input pixels), so the input row segment and the weight tap are reused
+// across them from registers and cache. Backward is a gather (no atomics): every
+// gx element is written exactly once.
+
+const WG: u32 = 256u;
+const PER: u32 = 4u;
+
+struct Params {
+    batch: u32,
+    in_c: u32,
+    in_h: u32,
+    in_w: u32,
+    out_c: u32,
+    out_h: u32,
+    out_w: u32,
+    mult: u32,
+    k_h: u32,
+    k_w: u32,
+    stride_h: u32,
+    stride_w: u32,
+    dil_h: u32,
+    dil_w: u32,
+    pad_t: u32,
+    pad_l: u32,
+    quads: u32, // ceil(row width / PER): threads per row
+    items: u32, // threads with work
+    _pad0: u32,
+    _pad1: u32,
+}
+
+override HAS_BIAS: bool = false;
+
+@group(0) @binding(0) var<uniform> p: Params;
+
+fn thread_index(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
+    return (wid.x + wid.y * nwg.x) * WG + lid;
+}
+
+// ---------------------------------------------------------------- forward
+
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read> w: array<f32>;
+@group(0) @binding(3) var<storage, read> bias: array<f32>;
+@group(0) @binding(4) var<storage, read_write> y: array<f32>;
+
+@compute @workgroup_size(256)
+fn forward(@builtin(workgroup_id) wid: vec3<u32>,
+           @builtin(num_workgroups) nwg: vec3<u32>,
+           @builtin(local_invocation_index) lid: u32) {
+    let t = thread_index(wid, nwg, lid);
+    if (t >= p.items) {
+        return;
+    }
+    let q = t % p.quads;
+    var r = t / p.quads;
+    let oh = r % p.out_h;
+    r = r / p.out_h;
+    let oc = r % p.out_c;
+    let img = r / p.out_c;
+    let c = oc / p.mult;
+    let ow0 = q * PER;
+
+    let x_base = (img * p.in_c + c) * p.in_h * p.in_w;
+    let w_base = oc * p.k_h * p.k_w;
+    let ih0 = i32(oh * p.stride_h) - i32(p.pad_t);
+    let iw0 = i32(ow0 * p.stride_w) - i32(p.pad_l);
+    let sw = i32(p.stride_w);
+    var acc = vec4<f32>(0.0);
+    for (var kh = 0u; kh < p.k_h; kh++) {
+        let ih = ih0 + i32(kh * p.dil_h);
+        if (u32(ih) >= p.in_h) {
+            continue;
+        }
+        let row = x_base + u32(ih) * p.in_w;
+        for (var kw = 0u; kw < p.k_w; kw++) {
+            let wv = w[w_base + kh * p.k_w + kw];
+            let iw = iw0 + i32(kw * p.dil_w);
+            for (var j = 0u; j < PER; j++) {
+                let iwj = iw + i32(j) * sw;
+                if (u32(iwj) < p.in_w) {
+                    acc[j] += wv * x[row + u32(iwj)];
+                }
+            }
+        }
+    }
+    var b = 0.0;
+    if (HAS_BIAS) {
+        b = bias[oc];
+    }
+    let y_base = ((img * p.out_c + oc) * p.out_h + oh) * p.out_w + ow0;
+    for (var j = 0u; j < PER; j++) {
+        if (ow0 + j < p.out_w) {
+            y[y_base + j] = acc[j] + b;
+        }
+    }
+}
+
+// --------------------------------------------------------------- backward
+
+@group(0) @binding(1) var<storage, read> gy: array<f32>;
+@group(0) @binding(2) var<storage, read> bw: array<f32>;
+@group(0) @binding(3) var<storage, read_write> gx: array<f32>;
+
+@compute @workgroup_size(256)
+fn backward(@builtin(workgroup_id) wid: vec3<u32>,
+            @builtin(num_workgroups) nwg: vec3<u32>,
+            @builtin(local_invocation_index) lid: u32) {
+    let t = thread_index(wid, nwg, lid);
+    if (t >= p.items) {
+        return;
+    }
+    let q = t % p.quads;
+    var r = t / p.quads;
+    let ih = r % p.in_h;
+    r = r / p.in_h;
+    let c = r % p.in_c;
+    let img = r / p.in_c;
+    let iw0 = q * PER;
+
+    let ohw = p.out_h * p.out_w;
+    let th0 = ih + p.pad_t;
+    let tw0 = iw0 + p.pad_l;
+    var acc = vec4<f32>(0.0);
+    for (var mj = 0u; mj < p.mult; mj++) {
+        let oc = c * p.mult + mj;
+        let g_base = (img * p.out_c + oc) * ohw;
+        let w_base = oc * p.k_h * p.k_w;
+        for (var kh = 0u; kh < p.k_h; kh++) {
+            let dh = kh * p.dil_h;
+            if (dh > th0) {
+                break;
+            }
+            let th = th0 - dh;
+            let oh = th / p.stride_h;
+            if (oh * p.stride_h != th || oh >= p.out_h) {
+                continue;
+            }
+            let row = g_base + oh * p.out_w;
+            for (var kw = 0u; kw < p.k_w; kw++) {
+                let wv = bw[w_base + kh * p.k_w + kw];
+                let dw = kw * p.dil_w;
+                for (var j = 0u; j < PER; j++) {
+                    let tw = tw0 + j;
+                    if (dw <= tw) {
+                        let ow = (tw - dw) / p.stride_w;
+                        if (ow * p.stride_w == tw - dw && ow < p.out_w) {
+                            acc[j] += wv * gy[row + ow];
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let x_base = ((img * p.in_c + c) * p.in_h + ih) * p.in_w + iw0;
+    for (var j = 0u; j < PER; j++) {
+        if (iw0 + j < p.in_w) {
+            gx[x_base + j] = acc[j];
+        }
+    }
+}

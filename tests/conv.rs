@@ -1,0 +1,554 @@
+mod common;
+
+use advex::gpu::{Recording, Shape, Step};
+use advex::ops::{conv, linear, Conv2dParams};
+use advex::Context;
+use common::ref_conv::{linear_backward, linear_forward, RefConv};
+use common::*;
+
+/// Value the outputs are filled with before a run, to prove every element is written.
+const POISON: f32 = 1.0e30;
+
+#[derive(Debug, Clone, Copy)]
+struct Case {
+    name: &'static str,
+    n: u32,
+    c: u32,
+    h: u32,
+    w: u32,
+    oc: u32,
+    k: [u32; 2],
+    stride: [u32; 2],
+    padding: [u32; 4],
+    dilation: [u32; 2],
+    groups: u32,
+    bias: bool,
+}
+
+impl Case {
+    fn new(name: &'static str, n: u32, c: u32, hw: [u32; 2], oc: u32, k: [u32; 2]) -> Self {
+        Case {
+            name,
+            n,
+            c,
+            h: hw[0],
+            w: hw[1],
+            oc,
+            k,
+            stride: [1, 1],
+            padding: [0; 4],
+            dilation: [1, 1],
+            groups: 1,
+            bias: false,
+        }
+    }
+    fn stride(mut self, s: [u32; 2]) -> Self {
+        self.stride = s;
+        self
+    }
+    fn pad(mut self, p: [u32; 4]) -> Self {
+        self.padding = p;
+        self
+    }
+    fn dil(mut self, d: [u32; 2]) -> Self {
+        self.dilation = d;
+        self
+    }
+    fn groups(mut self, g: u32) -> Self {
+        self.groups = g;
+        self
+    }
+    fn bias(mut self) -> Self {
+        self.bias = true;
+        self
+    }
+    fn params(&self) -> Conv2dParams {
+        Conv2dParams {
+            stride: self.stride,
+            padding: self.padding,
+            dilation: self.dilation,
+            groups: self.groups,
+        }
+    }
+    fn x_shape(&self) -> Shape {
+        Shape::new(self.n, self.c, self.h, self.w)
+    }
+    fn w_shape(&self) -> Shape {
+        Shape::new(self.oc, self.c / self.groups, self.k[0], self.k[1])
+    }
+    fn reference(&self) -> RefConv {
+        let u = |v: u32| v as usize;
+        RefConv {
+            x: self.x_shape().dims().map(u),
+            w: self.w_shape().dims().map(u),
+            stride: self.stride.map(u),
+            padding: self.padding.map(u),
+            dilation: self.dilation.map(u),
+            groups: u(self.groups),
+        }
+    }
+}
+
+fn poisoned(ctx: &Context, shape: Shape, label: &str) -> advex::Tensor {
+    ctx.upload(&vec![POISON; shape.numel() as usize], shape, label)
+        .unwrap()
+}
+
+fn labels(rec: &Recording) -> Vec<String> {
+    rec.steps
+        .iter()
+        .filter_map(|s| match s {
+            Step::Dispatch { label, .. } => Some(label.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Run forward and backward of `case` on the GPU and compare with the reference.
+/// `depthwise` says which kernel family must have been chosen.
+fn check_on(ctx: &Context, case: &Case, depthwise: bool, seed: u64) {
+    let p = case.params();
+    let xs = case.x_shape();
+    let ws = case.w_shape();
+    let ys = p.out_shape(xs, ws.dims()).unwrap();
+    let r = case.reference();
+    assert_eq!(
+        r.out(),
+        ys.dims().map(|v| v as usize),
+        "{}: out_shape",
+        case.name
+    );
+    assert_eq!(
+        p.is_depthwise(xs, ws.dims()),
+        depthwise,
+        "{}: depthwise dispatch",
+        case.name
+    );
+
+    let xv = random(seed, xs.numel() as usize);
+    let wv = random(seed + 1, ws.numel() as usize);
+    let bv = random(seed + 2, case.oc as usize);
+    let gyv = random(seed + 3, ys.numel() as usize);
+
+    let x = ctx.upload(&xv, xs, "x").unwrap();
+    let w = ctx.upload(&wv, ws, "w").unwrap();
+    let b = ctx.upload(&bv, Shape::new(1, case.oc, 1, 1), "b").unwrap();
+    let gy = ctx.upload(&gyv, ys, "gy").unwrap();
+    let y = poisoned(ctx, ys, "y");
+    let gx = poisoned(ctx, xs, "gx");
+
+    let mut rec = Recording::new();
+    let bias = case.bias.then_some(&b);
+    conv::forward(ctx, &mut rec, &p, &x, &w, bias, &y).unwrap();
+    conv::backward(ctx, &mut rec, &p, &gy, &w, &gx).unwrap();
+    let l = labels(&rec);
+    assert_eq!(l.len(), 2, "{}: dispatches {l:?}", case.name);
+    for label in &l {
+        assert_eq!(
+            label.starts_with("depthwise"),
+            depthwise,
+            "{}: kernel {label}",
+            case.name
+        );
+    }
+    let out = ctx.run_read(&[&rec], &[&y, &gx]).unwrap();
+
+    let bias64 = to_f64(&bv);
+    let want_y = r.forward(&to_f64(&xv), &to_f64(&wv), case.bias.then_some(&bias64[..]));
+    let want_gx = r.backward(&to_f64(&gyv), &to_f64(&wv));
+    assert_close(&format!("{} forward", case.name), &out[0], &want_y, 1e-4);
+    assert_close(&format!("{} backward", case.name), &out[1], &want_gx, 1e-4);
+}
+
+fn check(case: &Case, depthwise: bool, seed: u64) {
+    check_on(&ctx(), case, depthwise, seed);
+}
+
+#[test]
+fn conv3x3_stride1_pad1() {
+    check(
+        &Case::new("3x3 s1 p1", 2, 8, [10, 10], 16, [3, 3])
+            .pad([1; 4])
+            .bias(),
+        false,
+        10,
+    );
+    // wider than one output-channel tile (70 > 64), K = 13*9 not a multiple of 16
+    check(
+        &Case::new("3x3 s1 p1 wide", 1, 13, [9, 9], 70, [3, 3]).pad([1; 4]),
+        false,
+        11,
+    );
+    // deep reduction: K = 64*9 = 576 forward, 48*9 = 432 backward (many K slices)
+    check(
+        &Case::new("3x3 deep K", 2, 64, [6, 6], 48, [3, 3])
+            .pad([1; 4])
+            .bias(),
+        false,
+        12,
+    );
+}
+
+#[test]
+fn conv_stride2_odd_sizes() {
+    check(
+        &Case::new("3x3 s2 13x11", 1, 5, [13, 11], 7, [3, 3])
+            .stride([2, 2])
+            .pad([1; 4]),
+        false,
+        20,
+    );
+    check(
+        &Case::new("3x3 s(2,3) 13x11 bias", 2, 3, [13, 11], 6, [3, 3])
+            .stride([2, 3])
+            .bias(),
+        false,
+        21,
+    );
+    check(
+        &Case::new("1x1 s2 11x13", 1, 7, [11, 13], 5, [1, 1]).stride([2, 2]),
+        false,
+        22,
+    );
+}
+
+#[test]
+fn conv_asymmetric_padding() {
+    let pads = [
+        [0, 1, 1, 0],
+        [1, 0, 2, 3],
+        [3, 2, 0, 1],
+        [0, 0, 1, 1],
+        [2, 3, 3, 0],
+    ];
+    for (i, pad) in pads.into_iter().enumerate() {
+        let s = if i % 2 == 0 { [1, 1] } else { [2, 2] };
+        check(
+            &Case::new("3x3 asymmetric padding", 1, 3, [8, 9], 6, [3, 3])
+                .pad(pad)
+                .stride(s)
+                .bias(),
+            false,
+            30 + i as u64,
+        );
+    }
+}
+
+#[test]
+fn conv_1x1_5x5_dilation() {
+    check(
+        &Case::new("1x1", 2, 13, [6, 5], 7, [1, 1]).bias(),
+        false,
+        40,
+    );
+    check(
+        &Case::new("5x5 p2", 1, 4, [12, 12], 9, [5, 5]).pad([2; 4]),
+        false,
+        41,
+    );
+    check(
+        &Case::new("3x3 dilation 2", 1, 3, [11, 10], 5, [3, 3])
+            .pad([2; 4])
+            .dil([2, 2])
+            .bias(),
+        false,
+        42,
+    );
+    check(
+        &Case::new(
+            "3x3 dilation (2,3) stride 2 asym",
+            2,
+            4,
+            [13, 12],
+            6,
+            [3, 3],
+        )
+        .pad([1, 3, 2, 0])
+        .dil([2, 3])
+        .stride([2, 2]),
+        false,
+        43,
+    );
+    check(
+        &Case::new("2x4 kernel", 1, 3, [7, 9], 5, [2, 4]).pad([0, 1, 1, 2]),
+        false,
+        44,
+    );
+}
+
+#[test]
+fn conv_grouped() {
+    check(
+        &Case::new("groups 2", 2, 8, [7, 7], 12, [3, 3])
+            .pad([1; 4])
+            .groups(2)
+            .bias(),
+        false,
+        50,
+    );
+    check(
+        &Case::new("groups 4 stride 2", 1, 12, [9, 8], 8, [3, 3])
+            .pad([1; 4])
+            .stride([2, 2])
+            .groups(4),
+        false,
+        51,
+    );
+    check(
+        &Case::new("groups 3 1x1", 1, 9, [5, 5], 6, [1, 1])
+            .groups(3)
+            .bias(),
+        false,
+        52,
+    );
+}
+
+#[test]
+fn conv_depthwise() {
+    check(
+        &Case::new("depthwise 3x3 s1", 2, 7, [10, 9], 7, [3, 3])
+            .pad([1; 4])
+            .groups(7)
+            .bias(),
+        true,
+        60,
+    );
+    // TF SAME, stride 2, even input: pad total 1 -> [0, 0, 1, 1]
+    check(
+        &Case::new("depthwise 3x3 s2 SAME", 1, 5, [12, 10], 5, [3, 3])
+            .pad([0, 0, 1, 1])
+            .stride([2, 2])
+            .groups(5),
+        true,
+        61,
+    );
+    // TF SAME 5x5 stride 2 on 12x13: pad totals 3 and 4 -> [1, 2, 2, 2]
+    check(
+        &Case::new("depthwise 5x5 s2 SAME", 1, 3, [12, 13], 3, [5, 5])
+            .pad([1, 2, 2, 2])
+            .stride([2, 2])
+            .groups(3)
+            .bias(),
+        true,
+        62,
+    );
+    check(
+        &Case::new("depthwise multiplier 2", 2, 6, [9, 11], 12, [3, 3])
+            .pad([1, 0, 1, 2])
+            .groups(6)
+            .bias(),
+        true,
+        63,
+    );
+    check(
+        &Case::new(
+            "depthwise dilation 2 multiplier 3",
+            1,
+            4,
+            [11, 9],
+            12,
+            [3, 3],
+        )
+        .pad([2, 2, 2, 2])
+        .dil([2, 2])
+        .stride([2, 1])
+        .groups(4),
+        true,
+        64,
+    );
+}
+
+#[test]
+fn conv_batches() {
+    check(
+        &Case::new("batch 1", 1, 3, [7, 7], 5, [3, 3])
+            .pad([1; 4])
+            .bias(),
+        false,
+        70,
+    );
+    check(
+        &Case::new("batch 17", 17, 3, [7, 7], 5, [3, 3])
+            .pad([1; 4])
+            .stride([2, 2])
+            .bias(),
+        false,
+        71,
+    );
+    check(
+        &Case::new("depthwise batch 17", 17, 13, [5, 6], 13, [3, 3])
+            .pad([0, 1, 1, 1])
+            .groups(13),
+        true,
+        72,
+    );
+}
+
+#[test]
+fn linear_forward_backward() {
+    let ctx = ctx();
+    for (seed, n, k, out, with_bias) in [
+        (80u64, 5u32, 37u32, 23u32, true),
+        (81, 1, 130, 70, false),
+        (82, 17, 3, 1, true),
+    ] {
+        let xv = random(seed, (n * k) as usize);
+        let wv = random(seed + 1, (out * k) as usize);
+        let bv = random(seed + 2, out as usize);
+        let gyv = random(seed + 3, (n * out) as usize);
+        let x = ctx.upload(&xv, Shape::new(n, k, 1, 1), "x").unwrap();
+        let w = ctx.upload(&wv, Shape::new(out, k, 1, 1), "w").unwrap();
+        let b = ctx.upload(&bv, Shape::new(1, out, 1, 1), "b").unwrap();
+        let gy = ctx.upload(&gyv, Shape::new(n, out, 1, 1), "gy").unwrap();
+        let y = poisoned(&ctx, Shape::new(n, out, 1, 1), "y");
+        let gx = poisoned(&ctx, Shape::new(n, k, 1, 1), "gx");
+        let mut rec = Recording::new();
+        linear::forward(&ctx, &mut rec, &x, &w, with_bias.then_some(&b), &y).unwrap();
+        linear::backward(&ctx, &mut rec, &gy, &w, &gx).unwrap();
+        let got = ctx.run_read(&[&rec], &[&y, &gx]).unwrap();
+        let b64 = to_f64(&bv);
+        let (n, k, out) = (n as usize, k as usize, out as usize);
+        let want_y = linear_forward(
+            &to_f64(&xv),
+            &to_f64(&wv),
+            with_bias.then_some(&b64[..]),
+            n,
+            k,
+            out,
+        );
+        let want_gx = linear_backward(&to_f64(&gyv), &to_f64(&wv), n, k, out);
+        assert_close(
+            &format!("linear {n}x{k}->{out} forward"),
+            &got[0],
+            &want_y,
+            1e-4,
+        );
+        assert_close(
+            &format!("linear {n}x{k}->{out} backward"),
+            &got[1],
+            &want_gx,
+            1e-4,
+        );
+    }
+}
+
+#[test]
+fn linear_accepts_unflattened_input() {
+    // [2, 3, 2, 2] is seen as 2 vectors of 12 features
+    let ctx = ctx();
+    let xv = random(90, 24);
+    let wv = random(91, 5 * 12);
+    let gyv = random(92, 10);
+    let x = ctx.upload(&xv, Shape::new(2, 3, 2, 2), "x").unwrap();
+    let w = ctx.upload(&wv, Shape::new(5, 12, 1, 1), "w").unwrap();
+    let gy = ctx.upload(&gyv, Shape::new(2, 5, 1, 1), "gy").unwrap();
+    let y = poisoned(&ctx, Shape::new(2, 5, 1, 1), "y");
+    let gx = poisoned(&ctx, Shape::new(2, 3, 2, 2), "gx");
+    let mut rec = Recording::new();
+    linear::forward(&ctx, &mut rec, &x, &w, None, &y).unwrap();
+    linear::backward(&ctx, &mut rec, &gy, &w, &gx).unwrap();
+    let got = ctx.run_read(&[&rec], &[&y, &gx]).unwrap();
+    let want_y = linear_forward(&to_f64(&xv), &to_f64(&wv), None, 2, 12, 5);
+    let want_gx = linear_backward(&to_f64(&gyv), &to_f64(&wv), 2, 12, 5);
+    assert_close("linear unflattened forward", &got[0], &want_y, 1e-4);
+    assert_close("linear unflattened backward", &got[1], &want_gx, 1e-4);
+}
+
+#[test]
+fn grid_fold() {
+    // At most 3 workgroups per dimension: every kernel's grid folds into 2-D,
+    // with spare workgroups that must do nothing.
+    let ctx = ctx_with_fold(3);
+    // GEMM: forward 3 m tiles x 2 n tiles = 6 (grid 3x2), backward 4 m tiles x 1 (grid 2x2)
+    check_on(
+        &ctx,
+        &Case::new("fold gemm", 2, 7, [9, 11], 70, [3, 3])
+            .pad([1; 4])
+            .stride([2, 1])
+            .bias(),
+        false,
+        100,
+    );
+    // GEMM, grouped: 5 groups x 2 m tiles = 10 (grid 3x4, 2 spare)
+    check_on(
+        &ctx,
+        &Case::new("fold gemm groups", 1, 10, [9, 9], 15, [3, 3])
+            .pad([1; 4])
+            .groups(5),
+        false,
+        101,
+    );
+    // Depthwise: forward 2*6*13*ceil(10/4) = 468 threads (2 workgroups),
+    // backward 2*6*13*ceil(19/4) = 780 threads (4 workgroups, grid 2x2)
+    check_on(
+        &ctx,
+        &Case::new("fold depthwise", 2, 6, [13, 19], 6, [3, 3])
+            .pad([1; 4])
+            .stride([1, 2])
+            .groups(6),
+        true,
+        102,
+    );
+    // Depthwise with more work: 3*8*20*5 = 2400 threads -> 10 workgroups (grid 3x4)
+    check_on(
+        &ctx,
+        &Case::new("fold depthwise big", 3, 8, [20, 20], 8, [3, 3])
+            .pad([1; 4])
+            .groups(8)
+            .bias(),
+        true,
+        103,
+    );
+}
+
+#[test]
+fn dispatch_past_65535_workgroups() {
+    // The cheapest kernel per workgroup is depthwise: a 3x1 kernel on a
+    // one-pixel-wide image, 64 * 262400 rows of one thread each = 65600 workgroups
+    // of 256 threads, forward and backward (the device's own 2-D grid fold).
+    check(
+        &Case::new("65600 workgroups", 1, 64, [262_400, 1], 64, [3, 1])
+            .pad([1, 0, 1, 0])
+            .groups(64)
+            .bias(),
+        true,
+        110,
+    );
+}
+
+#[test]
+fn bad_shapes_are_errors() {
+    let ctx = ctx();
+    let x = ctx.tensor(Shape::new(1, 4, 8, 8), "x").unwrap();
+    let w = ctx.tensor(Shape::new(6, 4, 3, 3), "w").unwrap();
+    let p = Conv2dParams {
+        padding: [1; 4],
+        ..Default::default()
+    };
+    let mut rec = Recording::new();
+    // wrong output shape
+    let y_bad = ctx.tensor(Shape::new(1, 6, 7, 8), "y").unwrap();
+    assert!(conv::forward(&ctx, &mut rec, &p, &x, &w, None, &y_bad).is_err());
+    // wrong bias length
+    let y = ctx.tensor(Shape::new(1, 6, 8, 8), "y").unwrap();
+    let b = ctx.tensor(Shape::new(1, 5, 1, 1), "b").unwrap();
+    assert!(conv::forward(&ctx, &mut rec, &p, &x, &w, Some(&b), &y).is_err());
+    // groups that do not divide the channels
+    let pg = Conv2dParams { groups: 3, ..p };
+    assert!(conv::forward(&ctx, &mut rec, &pg, &x, &w, None, &y).is_err());
+    // weight channels do not match the input
+    let w_bad = ctx.tensor(Shape::new(6, 3, 3, 3), "w").unwrap();
+    assert!(conv::forward(&ctx, &mut rec, &p, &x, &w_bad, None, &y).is_err());
+    assert!(conv::backward(&ctx, &mut rec, &p, &y, &w_bad, &x).is_err());
+    // gradient of the wrong shape
+    assert!(conv::backward(&ctx, &mut rec, &p, &y_bad, &w, &x).is_err());
+    // linear: feature mismatch and wrong output
+    let lx = ctx.tensor(Shape::new(2, 10, 1, 1), "lx").unwrap();
+    let lw = ctx.tensor(Shape::new(3, 9, 1, 1), "lw").unwrap();
+    let ly = ctx.tensor(Shape::new(2, 3, 1, 1), "ly").unwrap();
+    assert!(linear::forward(&ctx, &mut rec, &lx, &lw, None, &ly).is_err());
+    let lw = ctx.tensor(Shape::new(4, 10, 1, 1), "lw").unwrap();
+    assert!(linear::forward(&ctx, &mut rec, &lx, &lw, None, &ly).is_err());
+    assert!(linear::backward(&ctx, &mut rec, &ly, &lw, &lx).is_err());
+    assert!(rec.is_empty());
+}
