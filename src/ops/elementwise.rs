@@ -1,1 +1,106 @@
-//! (in progress)
+//! Element-wise helpers: `dst += src` (summing the gradients of a value that has
+//! several consumers), copies and scaling; plus small checks shared by the op
+//! families of this crate's non-convolution kernels.
+
+use std::sync::Arc;
+
+use crate::error::{Error, Result};
+use crate::gpu::{Binding, Context, Recording, Step, Tensor, WORKGROUP_1D};
+
+const SHADER: &str = include_str!("../../shaders/elementwise.wgsl");
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    count: u32,
+    alpha: f32,
+    _p0: u32,
+    _p1: u32,
+}
+
+/// Element count as the u32 the kernels index with.
+pub(crate) fn count_u32(op: &str, n: u64) -> Result<u32> {
+    u32::try_from(n).map_err(|_| Error::shape(op, format!("{n} elements exceed u32 indexing")))
+}
+
+/// Workgroups for one thread per element.
+pub(crate) fn groups_1d(count: u32) -> u32 {
+    count.div_ceil(WORKGROUP_1D)
+}
+
+/// An output must not share storage with an input of the same dispatch.
+pub(crate) fn distinct(op: &str, out: &Tensor, inputs: &[&Tensor]) -> Result<()> {
+    if inputs.iter().any(|t| Arc::ptr_eq(&t.buffer, &out.buffer)) {
+        return Err(Error::shape(
+            op,
+            "the output tensor must not share storage with an input",
+        ));
+    }
+    Ok(())
+}
+
+pub(crate) fn same_size(op: &str, a: &Tensor, b: &Tensor) -> Result<()> {
+    if a.numel() != b.numel() {
+        return Err(Error::shape(
+            op,
+            format!("tensor shapes {} and {} differ in size", a.shape, b.shape),
+        ));
+    }
+    Ok(())
+}
+
+fn run(
+    ctx: &Context,
+    rec: &mut Recording,
+    entry: &'static str,
+    alpha: f32,
+    src: &Tensor,
+    dst: &Tensor,
+) -> Result<()> {
+    same_size(entry, src, dst)?;
+    distinct(entry, dst, &[src])?;
+    let count = count_u32(entry, src.numel())?;
+    if count == 0 {
+        return Ok(());
+    }
+    let k = ctx.kernel(
+        "elementwise",
+        SHADER,
+        entry,
+        &[Binding::Read, Binding::ReadWrite],
+        &[],
+    )?;
+    let p = ctx.uniform(&Params {
+        count,
+        alpha,
+        _p0: 0,
+        _p1: 0,
+    });
+    rec.push(ctx.dispatch(entry, &k, &p, &[src, dst], groups_1d(count))?);
+    Ok(())
+}
+
+/// `dst += src` (same element count, distinct storage).
+pub fn accumulate(ctx: &Context, rec: &mut Recording, src: &Tensor, dst: &Tensor) -> Result<()> {
+    run(ctx, rec, "accumulate", 1.0, src, dst)
+}
+
+/// `y = alpha * x` (same element count, distinct storage).
+pub fn scale(ctx: &Context, rec: &mut Recording, x: &Tensor, alpha: f32, y: &Tensor) -> Result<()> {
+    run(ctx, rec, "scale", alpha, x, y)
+}
+
+/// `dst = src`, as a buffer copy (same element count, distinct storage).
+pub fn copy(ctx: &Context, rec: &mut Recording, src: &Tensor, dst: &Tensor) -> Result<()> {
+    let _ = ctx;
+    same_size("copy", src, dst)?;
+    distinct("copy", dst, &[src])?;
+    if src.numel() > 0 {
+        rec.push(Step::Copy {
+            src: src.buffer.clone(),
+            dst: dst.buffer.clone(),
+            bytes: src.shape.bytes(),
+        });
+    }
+    Ok(())
+}

@@ -1,1 +1,124 @@
-//! (in progress)
+//! The attack's loss and the read-out of predictions, both from logits
+//! `[n, k, 1, 1]` and u32 labels (a `[n, 1, 1, 1]` tensor holding u32 bits,
+//! written with [`Context::write_bytes`]). One workgroup per sample.
+
+use crate::error::{Error, Result};
+use crate::gpu::{Binding, Context, Recording, Shape, Tensor};
+use crate::ops::elementwise::distinct;
+use crate::ops::softmax::{rows, SHADER};
+
+/// Values per sample written by [`argmax_prob`].
+pub const ARGMAX_PROB_WIDTH: u32 = 3;
+
+fn check(op: &str, logits: &Tensor, labels: &Tensor) -> Result<Shape> {
+    let s = logits.shape;
+    if s.h != 1 || s.w != 1 || s.c == 0 {
+        return Err(Error::shape(
+            op,
+            format!("logits must be [n, k, 1, 1] with k > 0, got {s}"),
+        ));
+    }
+    if labels.numel() != s.n as u64 {
+        return Err(Error::shape(
+            op,
+            format!("{} labels for {} samples", labels.numel(), s.n),
+        ));
+    }
+    Ok(s)
+}
+
+/// Softmax cross-entropy of `logits` against `labels`.
+///
+/// Writes the per-sample loss `logsumexp(z) - z[label]` to `loss` (`[n, 1, 1, 1]`)
+/// and `grad = sign * (softmax(z) - onehot(label))` to `grad` (`[n, k, 1, 1]`):
+/// the gradient of the batch's summed loss (no 1/n), times `sign` (+1 to ascend
+/// the loss of the true label, -1 to descend towards a target label). A label
+/// `>= k` gives a NaN loss and a gradient without the one-hot term.
+pub fn softmax_cross_entropy(
+    ctx: &Context,
+    rec: &mut Recording,
+    logits: &Tensor,
+    labels: &Tensor,
+    sign: f32,
+    loss: &Tensor,
+    grad: &Tensor,
+) -> Result<()> {
+    let op = "softmax_cross_entropy";
+    let s = check(op, logits, labels)?;
+    if loss.numel() != s.n as u64 {
+        return Err(Error::shape(
+            op,
+            format!("loss tensor {} must hold {} values", loss.shape, s.n),
+        ));
+    }
+    if grad.shape != s {
+        return Err(Error::shape(
+            op,
+            format!("gradient tensor {} must match the logits {s}", grad.shape),
+        ));
+    }
+    distinct(op, loss, &[logits, labels, grad])?;
+    distinct(op, grad, &[logits, labels])?;
+    let p = rows(op, s, sign)?;
+    if p.rows == 0 {
+        return Ok(());
+    }
+    let k = ctx.kernel(
+        "softmax",
+        SHADER,
+        "cross_entropy",
+        &[
+            Binding::Read,
+            Binding::Read,
+            Binding::ReadWrite,
+            Binding::ReadWrite,
+        ],
+        &[],
+    )?;
+    let params = ctx.uniform(&p);
+    rec.push(ctx.dispatch(op, &k, &params, &[logits, labels, loss, grad], p.rows)?);
+    Ok(())
+}
+
+/// Predictions and probabilities, reduced on the GPU.
+///
+/// `out` is `[n, 3, 1, 1]` (see [`ARGMAX_PROB_WIDTH`]); row `i` holds, as f32:
+/// - `out[3i]`: the predicted class, `argmax(logits[i])` (the first maximum on
+///   ties, like `torch.argmax`), an integer value exact below 2^24;
+/// - `out[3i + 1]`: its softmax probability;
+/// - `out[3i + 2]`: the softmax probability of `labels[i]` (NaN for a label `>= k`,
+///   e.g. `u32::MAX` when no label is known).
+pub fn argmax_prob(
+    ctx: &Context,
+    rec: &mut Recording,
+    logits: &Tensor,
+    labels: &Tensor,
+    out: &Tensor,
+) -> Result<()> {
+    let op = "argmax_prob";
+    let s = check(op, logits, labels)?;
+    if out.numel() != s.n as u64 * ARGMAX_PROB_WIDTH as u64 {
+        return Err(Error::shape(
+            op,
+            format!(
+                "output tensor {} must be [{}, {ARGMAX_PROB_WIDTH}, 1, 1]",
+                out.shape, s.n
+            ),
+        ));
+    }
+    distinct(op, out, &[logits, labels])?;
+    let p = rows(op, s, 0.0)?;
+    if p.rows == 0 {
+        return Ok(());
+    }
+    let k = ctx.kernel(
+        "softmax",
+        SHADER,
+        "argmax_prob",
+        &[Binding::Read, Binding::Read, Binding::ReadWrite],
+        &[],
+    )?;
+    let params = ctx.uniform(&p);
+    rec.push(ctx.dispatch(op, &k, &params, &[logits, labels, out], p.rows)?);
+    Ok(())
+}

@@ -1,0 +1,43 @@
+// Per-channel affine map y = x * scale[c] + shift[c] on NCHW tensors (input
+// normalisation, unfolded batch norm) and its gradient gx = gy * scale[c].
+
+const WG: u32 = 256u;
+
+struct Params {
+    count: u32,
+    hw: u32,
+    c: u32,
+    _pad: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+
+// forward: x (1), scale (2), shift (3) -> y (4)
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read> scale: array<f32>;
+@group(0) @binding(3) var<storage, read> shift: array<f32>;
+@group(0) @binding(4) var<storage, read_write> y: array<f32>;
+// backward: gy (1), scale (2) -> gx (3)
+@group(0) @binding(1) var<storage, read> gy: array<f32>;
+@group(0) @binding(3) var<storage, read_write> gx: array<f32>;
+
+@compute @workgroup_size(256)
+fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+           @builtin(local_invocation_index) lid: u32) {
+    let i = (wid.x + wid.y * nwg.x) * WG + lid;
+    if (i >= p.count) {
+        return;
+    }
+    let c = (i / p.hw) % p.c;
+    y[i] = fma(x[i], scale[c], shift[c]);
+}
+
+@compute @workgroup_size(256)
+fn backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+            @builtin(local_invocation_index) lid: u32) {
+    let i = (wid.x + wid.y * nwg.x) * WG + lid;
+    if (i >= p.count) {
+        return;
+    }
+    gx[i] = gy[i] * scale[(i / p.hw) % p.c];
+}
