@@ -98,7 +98,9 @@ pub fn copy(ctx: &Context, rec: &mut Recording, src: &Tensor, dst: &Tensor) -> R
     if src.numel() > 0 {
         rec.push(Step::Copy {
             src: src.buffer.clone(),
+            src_offset: 0,
             dst: dst.buffer.clone(),
+            dst_offset: 0,
             bytes: src.shape.bytes(),
         });
     }
