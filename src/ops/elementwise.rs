@@ -91,8 +91,7 @@ pub fn scale(ctx: &Context, rec: &mut Recording, x: &Tensor, alpha: f32, y: &Ten
 }
 
 /// `dst = src`, as a buffer copy (same element count, distinct storage).
-pub fn copy(ctx: &Context, rec: &mut Recording, src: &Tensor, dst: &Tensor) -> Result<()> {
-    let _ = ctx;
+pub fn copy(_ctx: &Context, rec: &mut Recording, src: &Tensor, dst: &Tensor) -> Result<()> {
     same_size("copy", src, dst)?;
     distinct("copy", dst, &[src])?;
     if src.numel() > 0 {

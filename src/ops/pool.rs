@@ -207,16 +207,26 @@ pub fn avg_backward(
     )
 }
 
+/// Parameters of the global kernels: `count` work items over planes of `x`.
 fn plane_params(count: u32, x: Shape) -> Params {
-    let mut p = window_params(
-        &Pool2dParams::new([1, 1], [1, 1], [0; 4]),
-        x,
-        Shape::new(x.n, x.c, 1, 1),
+    Params {
         count,
-    );
-    p.oh = 1;
-    p.ow = 1;
-    p
+        ih: x.h,
+        iw: x.w,
+        oh: 1,
+        ow: 1,
+        kh: x.h,
+        kw: x.w,
+        sh: 1,
+        sw: 1,
+        pt: 0,
+        pl: 0,
+        dh: 1,
+        dw: 1,
+        hend: x.h,
+        wend: x.w,
+        include_pad: 1,
+    }
 }
 
 fn check_global(op: &str, x: Shape, y: Shape) -> Result<()> {
