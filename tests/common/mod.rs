@@ -7,6 +7,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::sync::{Arc, OnceLock};
 
+pub mod builder;
 pub mod ref_conv;
 pub mod ref_misc;
 
