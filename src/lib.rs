@@ -12,8 +12,8 @@ pub mod error;
 pub mod gpu;
 pub mod model;
 pub mod ops;
+pub mod plan;
 pub mod report;
-// pub mod plan; (enabled once the ops land)
 
 pub use error::{Error, ModelError, Result};
 pub use gpu::{Context, ContextOptions, Shape, Tensor};
