@@ -11,7 +11,9 @@
 //!
 //! Runs:
 //! - `cargo bench --bench kernels` (criterion, 10 samples per op);
-//! - `cargo bench --bench kernels -- fwd/stem` (criterion filter);
+//! - `cargo bench --bench kernels -- fwd/stem` (substring filter on the op ids
+//!   `fwd/LAYER`, `bwd/LAYER`, `fused/LAYER` (conv + relu6 in one dispatch) and
+//!   `unfused/LAYER` (conv, then relu6 as its own dispatch));
 //! - `ADVEX_BENCH_QUICK=1 cargo bench --bench kernels` skips criterion and times
 //!   every op `ADVEX_BENCH_ROUNDS` (default 5) times, printing the median (what the
 //!   A/B comparisons in PERF_NOTES.md use: two builds run alternately).
@@ -20,11 +22,11 @@
 //! `ADVEX_BENCH_ROUNDS`, `WGPU_ADAPTER_NAME` (adapter choice, as everywhere).
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use advex::gpu::{Recording, Shape, Tensor};
-use advex::ops::{conv, linear, Conv2dParams};
+use advex::ops::{activation, conv, linear, Activation, Conv2dParams};
 use advex::{Context, ContextOptions};
 use criterion::{Criterion, Throughput};
 
@@ -39,7 +41,12 @@ struct Layer {
     pad: [u32; 4],
     groups: u32,
     linear: bool,
+    /// followed by relu6 in the network (the fused / unfused comparison)
+    act: bool,
 }
+
+/// EfficientNet-Lite0's activation.
+const ACT: Activation = Activation::Relu6;
 
 const fn conv(
     name: &'static str,
@@ -50,6 +57,7 @@ const fn conv(
     stride: u32,
     pad: [u32; 4],
     groups: u32,
+    act: bool,
 ) -> Layer {
     Layer {
         name,
@@ -61,17 +69,18 @@ const fn conv(
         pad,
         groups,
         linear: false,
+        act,
     }
 }
 
 const LAYERS: [Layer; 7] = [
     // TF-SAME stride 2 on an even input: pad [top, left, bottom, right] = [0, 0, 1, 1]
-    conv("stem_3x3s2_3_32", 3, 224, 32, 3, 2, [0, 0, 1, 1], 1),
-    conv("expand_1x1_24_144", 24, 56, 144, 1, 1, [0; 4], 1),
-    conv("dw_3x3s1_144", 144, 56, 144, 3, 1, [1; 4], 144),
-    conv("dw_5x5s2_240", 240, 28, 240, 5, 2, [1, 1, 2, 2], 240),
-    conv("project_1x1_144_24", 144, 56, 24, 1, 1, [0; 4], 1),
-    conv("head_1x1_320_1280", 320, 7, 1280, 1, 1, [0; 4], 1),
+    conv("stem_3x3s2_3_32", 3, 224, 32, 3, 2, [0, 0, 1, 1], 1, true),
+    conv("expand_1x1_24_144", 24, 56, 144, 1, 1, [0; 4], 1, true),
+    conv("dw_3x3s1_144", 144, 56, 144, 3, 1, [1; 4], 144, true),
+    conv("dw_5x5s2_240", 240, 28, 240, 5, 2, [1, 1, 2, 2], 240, true),
+    conv("project_1x1_144_24", 144, 56, 24, 1, 1, [0; 4], 1, false),
+    conv("head_1x1_320_1280", 320, 7, 1280, 1, 1, [0; 4], 1, true),
     Layer {
         name: "linear_1280_1000",
         c: 1280,
@@ -82,6 +91,7 @@ const LAYERS: [Layer; 7] = [
         pad: [0; 4],
         groups: 1,
         linear: true,
+        act: false,
     },
 ];
 
@@ -105,29 +115,53 @@ fn fill(n: u64, seed: u32) -> Vec<f32> {
         .collect()
 }
 
-/// One layer's tensors and its forward / backward recordings.
-struct Bench {
-    ctx: std::sync::Arc<Context>,
-    layer: Layer,
+/// The op an entry times.
+#[derive(Clone, Copy, PartialEq)]
+enum Kind {
+    /// conv / linear forward (bias, no activation)
+    Fwd,
+    /// backward to the input
+    Bwd,
+    /// forward with the layer's activation fused in the epilogue
+    FwdAct,
+    /// forward, then the activation as its own dispatch (the unfused baseline)
+    FwdThenAct,
+}
+
+impl Kind {
+    fn prefix(self) -> &'static str {
+        match self {
+            Kind::Fwd => "fwd",
+            Kind::Bwd => "bwd",
+            Kind::FwdAct => "fused",
+            Kind::FwdThenAct => "unfused",
+        }
+    }
+}
+
+/// One timed op: a recording of `reps` repetitions, replayed in one submit.
+struct Entry {
+    ctx: Arc<Context>,
+    id: String,
     flops: u64,
-    fwd: Recording,
-    bwd: Recording,
+    reps: u32,
+    rec: Recording,
     // keep the tensors alive
     _t: Vec<Tensor>,
 }
 
-impl Bench {
-    fn params(l: &Layer) -> Conv2dParams {
-        Conv2dParams {
-            stride: [l.stride; 2],
-            padding: l.pad,
-            dilation: [1, 1],
-            groups: l.groups,
-        }
+fn params(l: &Layer) -> Conv2dParams {
+    Conv2dParams {
+        stride: [l.stride; 2],
+        padding: l.pad,
+        dilation: [1, 1],
+        groups: l.groups,
     }
+}
 
-    fn new(ctx: std::sync::Arc<Context>, l: Layer, batch: u32) -> Self {
-        let p = Self::params(&l);
+impl Entry {
+    fn new(ctx: Arc<Context>, l: Layer, kind: Kind, batch: u32) -> Self {
+        let p = params(&l);
         let xs = Shape::new(batch, l.c, l.hw, l.hw);
         let ws = Shape::new(l.oc, l.c / l.groups, l.k, l.k);
         let ys = p.out_shape(xs, ws.dims()).expect("layer shape");
@@ -141,87 +175,48 @@ impl Bench {
         let b = up(Shape::new(1, l.oc, 1, 1), 3, "b");
         let gy = up(ys, 4, "gy");
         let y = ctx.tensor(ys, "y").expect("y");
+        let y2 = ctx.tensor(ys, "y2").expect("y2");
         let gx = ctx.tensor(xs, "gx").expect("gx");
-        let mut bench = Bench {
+        let record = |n: u32| {
+            let mut rec = Recording::new();
+            let c = &*ctx;
+            for _ in 0..n {
+                let r = &mut rec;
+                match (kind, l.linear) {
+                    (Kind::Fwd, false) => conv::forward(c, r, &p, &x, &w, Some(&b), &y),
+                    (Kind::Fwd, true) => linear::forward(c, r, &x, &w, Some(&b), &y),
+                    (Kind::Bwd, false) => conv::backward(c, r, &p, &gy, &w, &gx),
+                    (Kind::Bwd, true) => linear::backward(c, r, &gy, &w, &gx),
+                    (Kind::FwdAct, _) => conv::forward_act(c, r, &p, &x, &w, Some(&b), ACT, &y),
+                    (Kind::FwdThenAct, _) => conv::forward(c, r, &p, &x, &w, Some(&b), &y)
+                        .and_then(|_| activation::forward(c, r, ACT, &y, &y2)),
+                }
+                .expect("recording");
+            }
+            rec
+        };
+        let mut e = Entry {
             ctx: ctx.clone(),
-            layer: l,
+            id: format!("{}/{}", kind.prefix(), l.name),
             flops: 2 * macs,
-            fwd: Recording::new(),
-            bwd: Recording::new(),
+            reps: 1,
+            rec: record(1),
             _t: vec![],
         };
-        bench.record(1, &x, &w, &b, &gy, &y, &gx);
         // Size the repetition count: ~1 s per iteration at most on slow adapters
-        // (first runs compile the pipelines: time the second).
-        let reps_max = env_u32("ADVEX_BENCH_REPS", 10);
-        bench.time_once(true);
-        bench.time_once(false);
-        let t_f = bench.time_once(true).max(1e-6);
-        let t_b = bench.time_once(false).max(1e-6);
-        let reps = |t: f64| ((1.0 / t) as u32).clamp(1, reps_max);
-        let (rf, rb) = (reps(t_f), reps(t_b));
-        bench.fwd = Recording::new();
-        bench.bwd = Recording::new();
-        bench.record_n(rf, rb, &x, &w, &b, &gy, &y, &gx);
-        bench._t = vec![x, w, b, gy, y, gx];
-        bench
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn record(
-        &mut self,
-        reps: u32,
-        x: &Tensor,
-        w: &Tensor,
-        b: &Tensor,
-        gy: &Tensor,
-        y: &Tensor,
-        gx: &Tensor,
-    ) {
-        self.record_n(reps, reps, x, w, b, gy, y, gx)
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn record_n(
-        &mut self,
-        rf: u32,
-        rb: u32,
-        x: &Tensor,
-        w: &Tensor,
-        b: &Tensor,
-        gy: &Tensor,
-        y: &Tensor,
-        gx: &Tensor,
-    ) {
-        let ctx = &*self.ctx;
-        let l = self.layer;
-        let p = Self::params(&l);
-        for _ in 0..rf {
-            if l.linear {
-                linear::forward(ctx, &mut self.fwd, x, w, Some(b), y).expect("linear forward");
-            } else {
-                conv::forward(ctx, &mut self.fwd, &p, x, w, Some(b), y).expect("conv forward");
-            }
-        }
-        for _ in 0..rb {
-            if l.linear {
-                linear::backward(ctx, &mut self.bwd, gy, w, gx).expect("linear backward");
-            } else {
-                conv::backward(ctx, &mut self.bwd, &p, gy, w, gx).expect("conv backward");
-            }
-        }
-    }
-
-    fn reps(&self, forward: bool) -> u32 {
-        let r = if forward { &self.fwd } else { &self.bwd };
-        r.dispatch_count().max(1) as u32
+        // (the first run compiles the pipelines: time the second).
+        e.time_once();
+        let t = e.time_once().max(1e-6);
+        e.reps = ((1.0 / t) as u32).clamp(1, env_u32("ADVEX_BENCH_REPS", 10));
+        e.rec = record(e.reps);
+        e._t = vec![x, w, b, gy, y, y2, gx];
+        e
     }
 
     /// Seconds for one submit of the recording (all its repetitions).
-    fn time_once(&self, forward: bool) -> f64 {
-        let r = if forward { &self.fwd } else { &self.bwd };
+    fn time_once(&self) -> f64 {
         let t = Instant::now();
-        self.ctx.run(&[r]).expect("run");
+        self.ctx.run(&[&self.rec]).expect("run");
         t.elapsed().as_secs_f64()
     }
 }
@@ -272,77 +267,64 @@ fn print_table(ctx: &Context, batch: u32) {
     }
 }
 
-fn benches(c: &mut Criterion, ctx: &std::sync::Arc<Context>, list: &[Bench]) {
-    for dir in ["fwd", "bwd"] {
-        let forward = dir == "fwd";
-        let mut g = c.benchmark_group(dir);
-        g.sample_size(10)
-            .warm_up_time(Duration::from_millis(300))
-            .measurement_time(Duration::from_secs(2));
-        for b in list {
-            let reps = b.reps(forward);
-            g.throughput(Throughput::Elements(b.flops * reps as u64));
-            let id = format!("{dir}/{}", b.layer.name);
-            g.bench_function(b.layer.name, |bencher| {
-                bencher.iter_custom(|iters| {
-                    let mut total = Duration::ZERO;
-                    for _ in 0..iters {
-                        let t = b.time_once(forward);
-                        note(&id, b.flops, t / reps as f64);
-                        total += Duration::from_secs_f64(t);
-                    }
-                    total
-                })
-            });
-        }
-        g.finish();
+fn benches(c: &mut Criterion, list: &[Entry]) {
+    let mut g = c.benchmark_group("kernels");
+    g.sample_size(10)
+        .warm_up_time(Duration::from_millis(300))
+        .measurement_time(Duration::from_secs(2));
+    for e in list {
+        g.throughput(Throughput::Elements(e.flops * e.reps as u64));
+        g.bench_function(&e.id, |bencher| {
+            bencher.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    let t = e.time_once();
+                    note(&e.id, e.flops, t / e.reps as f64);
+                    total += Duration::from_secs_f64(t);
+                }
+                total
+            })
+        });
     }
-    let _ = ctx;
+    g.finish();
 }
 
-fn quick(list: &[Bench], rounds: u32) {
+fn quick(list: &[Entry], rounds: u32) {
     for _ in 0..rounds {
-        for b in list {
-            for (dir, forward) in [("fwd", true), ("bwd", false)] {
-                let t = b.time_once(forward);
-                note(
-                    &format!("{dir}/{}", b.layer.name),
-                    b.flops,
-                    t / b.reps(forward) as f64,
-                );
-            }
+        for e in list {
+            let t = e.time_once();
+            note(&e.id, e.flops, t / e.reps as f64);
         }
     }
 }
 
 fn main() {
-    let ctx = std::sync::Arc::new(Context::new(ContextOptions::default()).expect("a GPU adapter"));
+    let ctx = Arc::new(Context::new(ContextOptions::default()).expect("a GPU adapter"));
     let batch = env_u32("ADVEX_BENCH_BATCH", 8);
+    // Positional arguments filter the ops by substring of their id
+    // (`fwd/stem_3x3s2_3_32`, `bwd/...`, `fused/...`, `unfused/...`).
     let filter: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| !a.starts_with('-'))
         .collect();
-    let wanted = |name: &str| {
-        filter.is_empty()
-            || filter
-                .iter()
-                .any(|f| format!("fwd/{name}").contains(f) || format!("bwd/{name}").contains(f))
-    };
-    let list: Vec<Bench> = LAYERS
-        .iter()
-        .filter(|l| wanted(l.name))
-        .map(|&l| Bench::new(ctx.clone(), l, batch))
-        .collect();
-    // Warm every pipeline once before timing.
-    for b in &list {
-        b.time_once(true);
-        b.time_once(false);
+    let mut list = Vec::new();
+    for l in LAYERS {
+        let mut kinds = vec![Kind::Fwd, Kind::Bwd];
+        if l.act {
+            kinds.extend([Kind::FwdAct, Kind::FwdThenAct]);
+        }
+        for kind in kinds {
+            let id = format!("{}/{}", kind.prefix(), l.name);
+            if filter.is_empty() || filter.iter().any(|f| id.contains(f.as_str())) {
+                list.push(Entry::new(ctx.clone(), l, kind, batch));
+            }
+        }
     }
     if std::env::var("ADVEX_BENCH_QUICK").is_ok_and(|v| !v.is_empty() && v != "0") {
         quick(&list, env_u32("ADVEX_BENCH_ROUNDS", 5));
     } else {
         let mut c = Criterion::default().configure_from_args();
-        benches(&mut c, &ctx, &list);
+        benches(&mut c, &list);
         c.final_summary();
     }
     print_table(&ctx, batch);

@@ -60,11 +60,33 @@ struct Params {
     tiles_m: u32,
     tiles_n: u32,
     total_wg: u32,
+    act_alpha: f32, // epilogue activation parameters (leaky_relu, hardsigmoid)
+    act_beta: f32,
+    _pad0: u32,
+    _pad1: u32,
 }
 
 override HAS_BIAS: bool = false;
 
 @group(0) @binding(0) var<uniform> p: Params;
+
+// Epilogue activation, codes and formulas as in activation.wgsl (keep in sync):
+//   0 relu, 1 relu6, 2 leaky_relu(alpha), 3 sigmoid, 4 silu, 5 hardswish,
+//   6 hardsigmoid(alpha x + beta clamped to [0, 1]), 7 identity
+override ACT: u32 = 7u;
+
+fn act(v: f32) -> f32 {
+    switch ACT {
+        case 0u: { return max(v, 0.0); }
+        case 1u: { return clamp(v, 0.0, 6.0); }
+        case 2u: { return select(v * p.act_alpha, v, v >= 0.0); }
+        case 3u: { return 1.0 / (1.0 + exp(-v)); }
+        case 4u: { return v * (1.0 / (1.0 + exp(-v))); }
+        case 5u: { return v * clamp(v + 3.0, 0.0, 6.0) / 6.0; }
+        case 6u: { return clamp(p.act_alpha * v + p.act_beta, 0.0, 1.0); }
+        default: { return v; }
+    }
+}
 
 // A tile, [BK][BM] as vec4 along m.
 var<workgroup> tile_a: array<vec4<f32>, 256>;   // BK * BM4
@@ -232,7 +254,7 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>,
         acc = mma(acc, tx, ty);
     }
 
-    // Epilogue: bias, write y.
+    // Epilogue: bias, activation, write y.
     let nb = n0 + 4u * ty;
     var bv = vec4<f32>(0.0);
     if (HAS_BIAS) {
@@ -250,10 +272,10 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>,
         let im = mm / ohw;
         let px = mm - im * ohw;
         let base = (im * p.out_c + g * p.ocg + nb) * ohw + px;
-        if (nb < p.gemm_n) { y[base] = pick(acc.c0, i) + bv.x; }
-        if (nb + 1u < p.gemm_n) { y[base + ohw] = pick(acc.c1, i) + bv.y; }
-        if (nb + 2u < p.gemm_n) { y[base + 2u * ohw] = pick(acc.c2, i) + bv.z; }
-        if (nb + 3u < p.gemm_n) { y[base + 3u * ohw] = pick(acc.c3, i) + bv.w; }
+        if (nb < p.gemm_n) { y[base] = act(pick(acc.c0, i) + bv.x); }
+        if (nb + 1u < p.gemm_n) { y[base + ohw] = act(pick(acc.c1, i) + bv.y); }
+        if (nb + 2u < p.gemm_n) { y[base + 2u * ohw] = act(pick(acc.c2, i) + bv.z); }
+        if (nb + 3u < p.gemm_n) { y[base + 3u * ohw] = act(pick(acc.c3, i) + bv.w); }
     }
 }
 

@@ -1,7 +1,7 @@
 mod common;
 
 use advex::gpu::{Recording, Shape, Step};
-use advex::ops::{conv, linear, Conv2dParams};
+use advex::ops::{conv, linear, Activation, Conv2dParams};
 use advex::Context;
 use common::ref_conv::{linear_backward, linear_forward, RefConv};
 use common::*;
@@ -551,4 +551,107 @@ fn bad_shapes_are_errors() {
     assert!(linear::forward(&ctx, &mut rec, &lx, &lw, None, &ly).is_err());
     assert!(linear::backward(&ctx, &mut rec, &ly, &lw, &lx).is_err());
     assert!(rec.is_empty());
+}
+
+/// Every activation code the fused epilogues accept.
+const ACTS: [Activation; 8] = [
+    Activation::Relu,
+    Activation::Relu6,
+    Activation::LeakyRelu {
+        negative_slope: 0.1,
+    },
+    Activation::Sigmoid,
+    Activation::Silu,
+    Activation::Hardswish,
+    Activation::Hardsigmoid {
+        alpha: 1.0 / 6.0,
+        beta: 0.5,
+    },
+    Activation::Identity,
+];
+
+/// forward_act against the reference conv followed by the reference activation.
+/// Inputs are scaled by `scale` so relu6's top and hardswish's tails are reached.
+fn check_fused(ctx: &Context, case: &Case, depthwise: bool, act: Activation, seed: u64) {
+    let p = case.params();
+    let xs = case.x_shape();
+    let ws = case.w_shape();
+    let ys = p.out_shape(xs, ws.dims()).unwrap();
+    let r = case.reference();
+    let xv: Vec<f32> = random(seed, xs.numel() as usize)
+        .iter()
+        .map(|v| v * 3.0)
+        .collect();
+    let wv = random(seed + 1, ws.numel() as usize);
+    let bv = random(seed + 2, case.oc as usize);
+    let x = ctx.upload(&xv, xs, "x").unwrap();
+    let w = ctx.upload(&wv, ws, "w").unwrap();
+    let b = ctx.upload(&bv, Shape::new(1, case.oc, 1, 1), "b").unwrap();
+    let y = poisoned(ctx, ys, "y");
+    let mut rec = Recording::new();
+    conv::forward_act(ctx, &mut rec, &p, &x, &w, case.bias.then_some(&b), act, &y).unwrap();
+    let l = labels(&rec);
+    assert_eq!(l.len(), 1, "{}: one fused dispatch, got {l:?}", case.name);
+    assert_eq!(l[0].starts_with("depthwise"), depthwise, "{}", case.name);
+    let got = ctx.run_read(&[&rec], &[&y]).unwrap().remove(0);
+    let b64 = to_f64(&bv);
+    let want: Vec<f64> = r
+        .forward(&to_f64(&xv), &to_f64(&wv), case.bias.then_some(&b64[..]))
+        .into_iter()
+        .map(|v| act.apply_f64(v))
+        .collect();
+    assert_close(
+        &format!("{} fused {}", case.name, act.name()),
+        &got,
+        &want,
+        1e-4,
+    );
+}
+
+#[test]
+fn conv_fused_activation() {
+    let ctx = ctx();
+    let gemm = Case::new("gemm 3x3 s2 fused", 2, 5, [9, 11], 70, [3, 3])
+        .pad([0, 0, 1, 1])
+        .stride([2, 2])
+        .bias();
+    let dw = Case::new("depthwise 3x3 fused", 2, 6, [7, 9], 12, [3, 3])
+        .pad([1; 4])
+        .groups(6)
+        .bias();
+    for (i, act) in ACTS.into_iter().enumerate() {
+        check_fused(&ctx, &gemm, false, act, 200 + 10 * i as u64);
+        check_fused(&ctx, &dw, true, act, 205 + 10 * i as u64);
+    }
+    // without a bias
+    let nob = Case::new("gemm 1x1 fused no bias", 1, 8, [5, 5], 9, [1, 1]);
+    check_fused(&ctx, &nob, false, Activation::Relu6, 290);
+}
+
+#[test]
+fn linear_fused_activation() {
+    let ctx = ctx();
+    let (n, k, out) = (3u32, 37u32, 21u32);
+    let xv: Vec<f32> = random(300, (n * k) as usize)
+        .iter()
+        .map(|v| v * 3.0)
+        .collect();
+    let wv = random(301, (out * k) as usize);
+    let bv = random(302, out as usize);
+    let x = ctx.upload(&xv, Shape::new(n, k, 1, 1), "x").unwrap();
+    let w = ctx.upload(&wv, Shape::new(out, k, 1, 1), "w").unwrap();
+    let b = ctx.upload(&bv, Shape::new(1, out, 1, 1), "b").unwrap();
+    for act in [Activation::Relu, Activation::Relu6, Activation::Sigmoid] {
+        let y = poisoned(&ctx, Shape::new(n, out, 1, 1), "y");
+        let mut rec = Recording::new();
+        linear::forward_act(&ctx, &mut rec, &x, &w, Some(&b), act, &y).unwrap();
+        let got = ctx.run_read(&[&rec], &[&y]).unwrap().remove(0);
+        let b64 = to_f64(&bv);
+        let (n, k, out) = (n as usize, k as usize, out as usize);
+        let want: Vec<f64> = linear_forward(&to_f64(&xv), &to_f64(&wv), Some(&b64[..]), n, k, out)
+            .into_iter()
+            .map(|v| act.apply_f64(v))
+            .collect();
+        assert_close(&format!("linear fused {}", act.name()), &got, &want, 1e-4);
+    }
 }

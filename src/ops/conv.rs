@@ -12,6 +12,7 @@
 
 use crate::error::{Error, Result};
 use crate::gpu::{Binding, Context, Recording, Shape, Tensor};
+use crate::ops::activation::Activation;
 use crate::ops::params::Conv2dParams;
 
 const GEMM_SHADER: &str = include_str!("../../shaders/conv.wgsl");
@@ -51,6 +52,10 @@ struct GemmParams {
     tiles_m: u32,
     tiles_n: u32,
     total_wg: u32,
+    act_alpha: f32,
+    act_beta: f32,
+    _pad0: u32,
+    _pad1: u32,
 }
 
 #[repr(C)]
@@ -74,13 +79,13 @@ struct DwParams {
     pad_l: u32,
     quads: u32,
     items: u32,
-    _pad0: u32,
-    _pad1: u32,
+    act_alpha: f32,
+    act_beta: f32,
 }
 
 /// y = conv2d(x, w) (+ b). `w` is `[oc, ic / groups, kh, kw]`, `b` is `[1, oc, 1, 1]`
 /// (any shape of `oc` elements), `y` must have the shape [`Conv2dParams::out_shape`]
-/// gives.
+/// gives. Same as [`forward_act`] with [`Activation::Identity`].
 pub fn forward(
     ctx: &Context,
     rec: &mut Recording,
@@ -88,6 +93,25 @@ pub fn forward(
     x: &Tensor,
     w: &Tensor,
     b: Option<&Tensor>,
+    y: &Tensor,
+) -> Result<()> {
+    forward_act(ctx, rec, p, x, w, b, Activation::Identity, y)
+}
+
+/// y = act(conv2d(x, w) (+ b)) in one dispatch: the activation runs in the kernel's
+/// epilogue (same formulas as [`crate::ops::activation::forward`]), so the
+/// pre-activation tensor is never written. For the backward pass of the fused op,
+/// [`crate::ops::activation::backward_from_output`] turns the output gradient into
+/// the pre-activation gradient from `y` alone (relu, relu6, ...), then [`backward`].
+#[allow(clippy::too_many_arguments)]
+pub fn forward_act(
+    ctx: &Context,
+    rec: &mut Recording,
+    p: &Conv2dParams,
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    act: Activation,
     y: &Tensor,
 ) -> Result<()> {
     let geo = Geometry::new(p, x.shape, w.shape, y.shape, "output")?;
@@ -108,7 +132,15 @@ pub fn forward(
     if y.numel() == 0 {
         return Ok(());
     }
-    let has_bias = [("HAS_BIAS", if b.is_some() { 1.0 } else { 0.0 })];
+    let (act_code, act_alpha, act_beta) = act.code();
+    let constants = [
+        ("HAS_BIAS", if b.is_some() { 1.0 } else { 0.0 }),
+        ("ACT", act_code as f64),
+    ];
+    let suffix = match act {
+        Activation::Identity => String::new(),
+        a => format!("+{}", a.name()),
+    };
     // Without a bias the weight is bound in its place (never read).
     let bias = b.unwrap_or(w);
     let bindings = [
@@ -118,15 +150,31 @@ pub fn forward(
         Binding::ReadWrite,
     ];
     if geo.depthwise {
-        let (params, groups) = geo.dw_params(false)?;
-        let k = ctx.kernel("depthwise", DW_SHADER, "forward", &bindings, &has_bias)?;
+        let (mut params, groups) = geo.dw_params(false)?;
+        params.act_alpha = act_alpha;
+        params.act_beta = act_beta;
+        let k = ctx.kernel("depthwise", DW_SHADER, "forward", &bindings, &constants)?;
         let u = ctx.uniform(&params);
-        rec.push(ctx.dispatch("depthwise_conv2d", &k, &u, &[x, w, bias, y], groups)?);
+        rec.push(ctx.dispatch(
+            format!("depthwise_conv2d{suffix}"),
+            &k,
+            &u,
+            &[x, w, bias, y],
+            groups,
+        )?);
     } else {
-        let params = geo.gemm_params(false)?;
-        let k = ctx.kernel("conv", GEMM_SHADER, "forward", &bindings, &has_bias)?;
+        let mut params = geo.gemm_params(false)?;
+        params.act_alpha = act_alpha;
+        params.act_beta = act_beta;
+        let k = ctx.kernel("conv", GEMM_SHADER, "forward", &bindings, &constants)?;
         let u = ctx.uniform(&params);
-        rec.push(ctx.dispatch("conv2d", &k, &u, &[x, w, bias, y], params.total_wg)?);
+        rec.push(ctx.dispatch(
+            format!("conv2d{suffix}"),
+            &k,
+            &u,
+            &[x, w, bias, y],
+            params.total_wg,
+        )?);
     }
     Ok(())
 }
@@ -256,6 +304,10 @@ impl Geometry {
                 tiles_m: tiles_m as u32,
                 tiles_n: tiles_n as u32,
                 total_wg,
+                act_alpha: 0.0,
+                act_beta: 0.0,
+                _pad0: 0,
+                _pad1: 0,
             }),
             _ => Err(Error::shape(
                 "conv2d",
@@ -305,8 +357,8 @@ impl Geometry {
                 pad_l: p.padding[1],
                 quads,
                 items,
-                _pad0: 0,
-                _pad1: 0,
+                act_alpha: 0.0,
+                act_beta: 0.0,
             },
             groups,
         ))
