@@ -25,6 +25,15 @@
 // The flat workgroup index is (group, m tile, n tile) with the n tile fastest, so
 // neighbouring workgroups share their A (input) tile in cache.
 //
+// Compiled without wgpu's runtime checks (Context::kernel's TRUSTED_SHADERS), so
+// every access guards itself: A / B loads check m < gemm_m, k < gemm_k, n < gemm_n
+// and the input / output coordinate ranges before indexing; stores check
+// m < gemm_m and n < gemm_n (partial tiles); workgroup-memory indices are bounded
+// by the tile constants; workgroups past total_wg return before any division by
+// tiles_n / tiles_m; every divisor (kernel, image, tile and stride sizes) is
+// non-zero by the host's shape validation; all loops have uniform bounds.
+// Keep it so when editing.
+//
 // Tile sizes live here. The loaders assume BM == BN == 64, BK == 16 and 256
 // threads: every thread moves 4 elements of A and 4 of B per K slice.
 

@@ -7,6 +7,14 @@
 // across them from registers and cache. Backward is a gather (no atomics): every
 // gx element is written exactly once.
 
+//
+// Compiled without wgpu's runtime checks (Context::kernel's TRUSTED_SHADERS), so
+// every access guards itself: threads past `items` return first; input reads
+// check the row / column ranges; output gradient reads check oh < out_h,
+// ow < out_w; writes check the last partial quad of a row. Divisors (quads,
+// sizes, strides, multiplier) are non-zero by the host's validation (a zero-size
+// output records no forward dispatch). Keep it so when editing.
+
 const WG: u32 = 256u;
 const PER: u32 = 4u;
 
