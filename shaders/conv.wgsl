@@ -9,7 +9,7 @@
 //   B = weight[g*OCg + n, ic, kh, kw] (row-major [OC, K], so B[k, n] = w[n*K + k])
 //   y[image, g*OCg + n, oh, ow] = C[m, n] (+ bias)
 //
-// Backward to the input (entry `backward`), per group g:
+// Backward to the input, stride 1 (entry `backward`), per group g:
 //   m = (image, ih, iw)  over N*IH*IW input pixels
 //   n = input channel within the group (ICg)
 //   k = (oc, kh, kw)     over OCg*KH*KW
@@ -17,6 +17,18 @@
 //       exactly and lands inside [0, OH) (zero otherwise), same for w
 //   B = weight[g*OCg + oc, n, kh, kw]
 //   gx[image, g*ICg + n, ih, iw] = C[m, n]   (overwritten, never accumulated)
+//
+// Backward to the input, stride > 1 (entry `backward_phased`): the input pixels
+// split into stride_h x stride_w phases (ih % stride_h, iw % stride_w); in a phase
+// only the taps kh with (ih + pad_top - kh*dil) % stride_h == 0 contribute, and
+// they are the same for every pixel of the phase: kh = kh0 + t*step_h, so each
+// phase is a dense GEMM over its own taps (no multiplications by the zeros the
+// stride-1 formulation would gather), per group g and phase (ah, aw):
+//   m = (image, jh, jw)  ih = ah + jh*stride_h, iw = aw + jw*stride_w
+//   k = (oc, th, tw)     kh = kh0 + th*step_h, kw = kw0 + tw*step_w
+//   A = gy[image, g*OCg + oc, oh0 + jh - th*dstep_h, ow0 + jw - tw*dstep_w]
+//       (zero outside [0, OH) x [0, OW)), B = weight[g*OCg + oc, n, kh, kw]
+// A phase without taps (e.g. a 1x1 kernel's odd rows) writes zeros.
 //
 // Tiling: one workgroup computes a BM x BN tile of C with 16 x 16 threads, each
 // thread a 4 x 4 register block (4 consecutive m by 4 consecutive n). K advances
@@ -71,8 +83,13 @@ struct Params {
     total_wg: u32,
     act_alpha: f32, // epilogue activation parameters (leaky_relu, hardsigmoid)
     act_beta: f32,
-    _pad0: u32,
-    _pad1: u32,
+    // backward_phased only (see there):
+    step_h: u32,    // stride_h / gcd(dil_h, stride_h): tap step within a phase
+    step_w: u32,
+    dstep_h: u32,   // dil_h / gcd(dil_h, stride_h): output step per tap step
+    dstep_w: u32,
+    ph_rows: u32,   // ceil(in_h / stride_h): input rows of the largest phase
+    ph_cols: u32,   // ceil(in_w / stride_w)
 }
 
 override HAS_BIAS: bool = false;
@@ -429,6 +446,195 @@ fn backward(@builtin(workgroup_id) wid: vec3<u32>,
         let im = mm / in_hw;
         let px = mm - im * in_hw;
         let base = (im * p.in_c + g * p.icg + nb) * in_hw + px;
+        if (nb < p.gemm_n) { gx[base] = pick(acc.c0, i); }
+        if (nb + 1u < p.gemm_n) { gx[base + in_hw] = pick(acc.c1, i); }
+        if (nb + 2u < p.gemm_n) { gx[base + 2u * in_hw] = pick(acc.c2, i); }
+        if (nb + 3u < p.gemm_n) { gx[base + 3u * in_hw] = pick(acc.c3, i); }
+    }
+}
+
+// --------------------------------------------------------- backward, phased
+
+// One axis of a stride phase: input positions a + j*s for j < count; taps
+// k0 + t*step for t < ntaps; output position ob + j - t*dstep for (j, t).
+struct Axis {
+    count: u32,
+    k0: u32,
+    ntaps: u32,
+    ob: i32,
+}
+
+fn phase_axis(a: u32, s: u32, size: u32, pad: u32, k: u32, dil: u32, step: u32) -> Axis {
+    var ax = Axis(0u, 0u, 0u, 0);
+    if (a < size) {
+        ax.count = (size - a + s - 1u) / s;
+    }
+    // The taps kk with (a + pad - kk*dil) % s == 0 are kk = k0 (mod step), k0 < step.
+    let r = (a + pad) % s;
+    var k0 = k;
+    for (var kk = 0u; kk < step && kk < k; kk++) {
+        if ((kk * dil) % s == r) {
+            k0 = kk;
+            break;
+        }
+    }
+    if (k0 < k) {
+        ax.k0 = k0;
+        ax.ntaps = (k - k0 + step - 1u) / step;
+        ax.ob = (i32(a + pad) - i32(k0 * dil)) / i32(s);
+    }
+    return ax;
+}
+
+// Phased A loader state: column m = lid % BM (one input pixel of the phase).
+var<private> qa_ok: bool;
+var<private> qa_oh: i32;   // oh0 + jh
+var<private> qa_ow: i32;   // ow0 + jw
+var<private> qa_base: u32;
+var<private> q_ntw: u32;   // taps along w
+var<private> q_taps: u32;  // taps per output channel
+
+// gy gathered for 4 consecutive k = (oc, th, tw) of this thread's pixel; `gk` is
+// the phase's K.
+fn ph_load_a(k: u32, gk: u32) -> vec4<f32> {
+    var v = vec4<f32>(0.0);
+    if (!qa_ok) {
+        return v;
+    }
+    let ohw = p.out_h * p.out_w;
+    var oc = k / q_taps;
+    let r = k - oc * q_taps;
+    var th = r / q_ntw;
+    var tw = r - th * q_ntw;
+    for (var i = 0u; i < 4u; i++) {
+        if (k + i < gk) {
+            let oh = qa_oh - i32(th * p.dstep_h);
+            let ow = qa_ow - i32(tw * p.dstep_w);
+            if (u32(oh) < p.out_h && u32(ow) < p.out_w) {
+                v[i] = gy[qa_base + oc * ohw + u32(oh) * p.out_w + u32(ow)];
+            }
+        }
+        tw += 1u;
+        if (tw == q_ntw) {
+            tw = 0u;
+            th += 1u;
+            if (th * q_ntw == q_taps) {
+                th = 0u;
+                oc += 1u;
+            }
+        }
+    }
+    return v;
+}
+
+// B[k, n] = w[g*OCg + oc, n, kh0 + th*step_h, kw0 + tw*step_w] for 4 consecutive k.
+fn ph_load_b(k: u32, gk: u32, n: u32, g: u32, kh0: u32, kw0: u32) -> vec4<f32> {
+    var v = vec4<f32>(0.0);
+    if (n >= p.gemm_n) {
+        return v;
+    }
+    let khw = p.k_h * p.k_w;
+    var oc = k / q_taps;
+    let r = k - oc * q_taps;
+    var th = r / q_ntw;
+    var tw = r - th * q_ntw;
+    for (var i = 0u; i < 4u; i++) {
+        if (k + i < gk) {
+            let kh = kh0 + th * p.step_h;
+            let kw = kw0 + tw * p.step_w;
+            v[i] = bw[((g * p.ocg + oc) * p.icg + n) * khw + kh * p.k_w + kw];
+        }
+        tw += 1u;
+        if (tw == q_ntw) {
+            tw = 0u;
+            th += 1u;
+            if (th * q_ntw == q_taps) {
+                th = 0u;
+                oc += 1u;
+            }
+        }
+    }
+    return v;
+}
+
+@compute @workgroup_size(16, 16)
+fn backward_phased(@builtin(workgroup_id) wid: vec3<u32>,
+                   @builtin(num_workgroups) nwg: vec3<u32>,
+                   @builtin(local_invocation_index) lid: u32) {
+    let wg = flat_wg(wid, nwg);
+    if (wg >= p.total_wg) {
+        return;
+    }
+    // Workgroup order: (phase, group, m tile, n tile), n tile fastest.
+    let tn = wg % p.tiles_n;
+    var rest = wg / p.tiles_n;
+    let tm = rest % p.tiles_m;
+    rest = rest / p.tiles_m;
+    let g = rest % p.groups;
+    let phase = rest / p.groups;
+    let ah = phase / p.stride_w;
+    let aw = phase - ah * p.stride_w;
+    let axh = phase_axis(ah, p.stride_h, p.in_h, p.pad_t, p.k_h, p.dil_h, p.step_h);
+    let axw = phase_axis(aw, p.stride_w, p.in_w, p.pad_l, p.k_w, p.dil_w, p.step_w);
+    let ph_hw = axh.count * axw.count;
+    let gm = p.batch * ph_hw;
+    let m0 = tm * BM;
+    if (m0 >= gm) {
+        return; // spare m tile of a smaller phase (or an empty phase)
+    }
+    let taps = axh.ntaps * axw.ntaps;
+    let gk = p.ocg * taps;
+    let n0 = tn * BN;
+    let tx = lid % THREADS_X;
+    let ty = lid / THREADS_X;
+    let in_hw = p.in_h * p.in_w;
+    let ohw = p.out_h * p.out_w;
+    // (q_taps / q_ntw only divide when gk > 0, i.e. when taps > 0.)
+    q_taps = max(taps, 1u);
+    q_ntw = max(axw.ntaps, 1u);
+
+    let col = lid % BM;
+    let kq = (lid / BM) * 4u;
+    let m = m0 + col;
+    qa_ok = m < gm;
+    let img = m / ph_hw;
+    let pix = m - img * ph_hw;
+    let jh = pix / axw.count;
+    let jw = pix - jh * axw.count;
+    qa_oh = axh.ob + i32(jh);
+    qa_ow = axw.ob + i32(jw);
+    qa_base = (img * p.out_c + g * p.ocg) * ohw;
+    let bn = n0 + col;
+
+    var ra = ph_load_a(kq, gk);
+    var rb = ph_load_b(kq, gk, bn, g, axh.k0, axw.k0);
+    var acc = Acc(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
+    for (var k0 = 0u; k0 < gk; k0 += BK) {
+        workgroupBarrier();
+        store_a(kq, col, ra);
+        bwd_store_b(kq, col, rb);
+        workgroupBarrier();
+        let k1 = k0 + BK;
+        if (k1 < gk) {
+            ra = ph_load_a(k1 + kq, gk);
+            rb = ph_load_b(k1 + kq, gk, bn, g, axh.k0, axw.k0);
+        }
+        acc = mma(acc, tx, ty);
+    }
+
+    let nb = n0 + 4u * ty;
+    for (var i = 0u; i < 4u; i++) {
+        let mm = m0 + 4u * tx + i;
+        if (mm >= gm) {
+            break;
+        }
+        let im = mm / ph_hw;
+        let px = mm - im * ph_hw;
+        let qh = px / axw.count;
+        let qw = px - qh * axw.count;
+        let ih = ah + qh * p.stride_h;
+        let iw = aw + qw * p.stride_w;
+        let base = (im * p.in_c + g * p.icg + nb) * in_hw + ih * p.in_w + iw;
         if (nb < p.gemm_n) { gx[base] = pick(acc.c0, i); }
         if (nb + 1u < p.gemm_n) { gx[base + in_hw] = pick(acc.c1, i); }
         if (nb + 2u < p.gemm_n) { gx[base + 2u * in_hw] = pick(acc.c2, i); }

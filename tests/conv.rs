@@ -655,3 +655,57 @@ fn linear_fused_activation() {
         assert_close(&format!("linear fused {}", act.name()), &got, &want, 1e-4);
     }
 }
+
+#[test]
+fn conv_backward_stride_phases() {
+    // stride 3 with a 2-wide kernel: every phase has 0 or 1 tap per axis
+    check(
+        &Case::new("2x2 s3", 2, 3, [11, 10], 5, [2, 2])
+            .stride([3, 3])
+            .pad([1, 0, 0, 2]),
+        false,
+        400,
+    );
+    // stride 2, dilation 3 (coprime): taps step by 2, outputs by 3
+    check(
+        &Case::new("3x3 s2 d3", 1, 4, [13, 12], 6, [3, 3])
+            .stride([2, 2])
+            .dil([3, 3])
+            .pad([3, 2, 3, 3]),
+        false,
+        401,
+    );
+    // stride 3, dilation 3: only the phases with (ih + pad) % 3 == 0 get taps
+    check(
+        &Case::new("3x3 s3 d3", 1, 3, [14, 13], 4, [3, 3])
+            .stride([3, 3])
+            .dil([3, 3])
+            .pad([2, 1, 0, 4]),
+        false,
+        402,
+    );
+    // stride larger than the kernel (phases without taps), stride (4, 2), groups,
+    // a 5x3 kernel and more than one n tile (70 input channels per group)
+    check(
+        &Case::new("1x1 s4x2", 1, 5, [9, 7], 3, [1, 1]).stride([4, 2]),
+        false,
+        403,
+    );
+    check(
+        &Case::new("5x3 s(2,3) groups 2 wide", 1, 140, [7, 8], 6, [5, 3])
+            .stride([2, 3])
+            .pad([2, 1, 2, 1])
+            .groups(2)
+            .bias(),
+        false,
+        404,
+    );
+    // input smaller than the stride (empty phases)
+    check(
+        &Case::new("3x3 s4 tiny", 2, 2, [3, 2], 3, [3, 3])
+            .stride([4, 4])
+            .pad([1; 4]),
+        false,
+        405,
+    );
+}

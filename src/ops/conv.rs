@@ -54,8 +54,12 @@ struct GemmParams {
     total_wg: u32,
     act_alpha: f32,
     act_beta: f32,
-    _pad0: u32,
-    _pad1: u32,
+    step_h: u32,
+    step_w: u32,
+    dstep_h: u32,
+    dstep_w: u32,
+    ph_rows: u32,
+    ph_cols: u32,
 }
 
 #[repr(C)]
@@ -208,7 +212,13 @@ pub fn backward(
         });
     } else {
         let params = geo.gemm_params(true)?;
-        let k = ctx.kernel("conv", GEMM_SHADER, "backward", &bindings, &[])?;
+        // Stride > 1: phase by phase, without the zero taps (see conv.wgsl).
+        let entry = if geo.phased() {
+            "backward_phased"
+        } else {
+            "backward"
+        };
+        let k = ctx.kernel("conv", GEMM_SHADER, entry, &bindings, &[])?;
         let u = ctx.uniform(&params);
         rec.push(ctx.dispatch("conv2d_backward", &k, &u, &[gy, w, gx], params.total_wg)?);
     }
@@ -249,13 +259,40 @@ impl Geometry {
         })
     }
 
+    /// Whether the backward pass runs phase by phase (`backward_phased`).
+    fn phased(&self) -> bool {
+        self.p.stride != [1, 1]
+    }
+
     fn gemm_params(&self, backward: bool) -> Result<GemmParams> {
         let (x, y, p) = (self.x, self.y, &self.p);
         let g = p.groups;
         let icg = x.c / g;
         let ocg = self.oc / g;
         let khw = self.kh as u64 * self.kw as u64;
-        let (m, n, k) = if backward {
+        let [sh, sw] = p.stride;
+        let [dh, dw] = p.dilation;
+        // Stride phases (backward_phased): taps step by stride / gcd(dil, stride)
+        // within a phase, outputs by dil / gcd.
+        let (step_h, dstep_h) = (sh / gcd(dh, sh), dh / gcd(dh, sh));
+        let (step_w, dstep_w) = (sw / gcd(dw, sw), dw / gcd(dw, sw));
+        let ph_rows = (x.h as u64).div_ceil(sh as u64);
+        let ph_cols = (x.w as u64).div_ceil(sw as u64);
+        let phases = if backward && self.phased() {
+            sh as u64 * sw as u64
+        } else {
+            1
+        };
+        let (m, n, k) = if backward && self.phased() {
+            // the largest phase: the kernel skips the spare tiles of smaller ones
+            (
+                x.n as u64 * ph_rows * ph_cols,
+                icg as u64,
+                ocg as u64
+                    * (self.kh as u64).div_ceil(step_h as u64)
+                    * (self.kw as u64).div_ceil(step_w as u64),
+            )
+        } else if backward {
             (
                 x.n as u64 * x.h as u64 * x.w as u64,
                 icg as u64,
@@ -270,7 +307,7 @@ impl Geometry {
         };
         let tiles_m = m.div_ceil(GEMM_TILE_M as u64);
         let tiles_n = n.div_ceil(GEMM_TILE_N as u64);
-        let total = g as u64 * tiles_m * tiles_n;
+        let total = phases * g as u64 * tiles_m * tiles_n;
         let fits = |v: u64| u32::try_from(v).ok();
         // The kernel steps k in slices of 16 and m in tiles of 64: keep headroom.
         match (
@@ -306,8 +343,12 @@ impl Geometry {
                 total_wg,
                 act_alpha: 0.0,
                 act_beta: 0.0,
-                _pad0: 0,
-                _pad1: 0,
+                step_h,
+                step_w,
+                dstep_h,
+                dstep_w,
+                ph_rows: ph_rows as u32,
+                ph_cols: ph_cols as u32,
             }),
             _ => Err(Error::shape(
                 "conv2d",
@@ -362,6 +403,14 @@ impl Geometry {
             },
             groups,
         ))
+    }
+}
+
+fn gcd(a: u32, b: u32) -> u32 {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
     }
 }
 
