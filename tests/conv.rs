@@ -709,3 +709,89 @@ fn conv_backward_stride_phases() {
         405,
     );
 }
+
+/// (WG_M, TM) of every conv GEMM dispatch in `rec` (the tile variant chosen).
+fn tiles(rec: &Recording) -> Vec<(u32, u32)> {
+    rec.steps
+        .iter()
+        .filter_map(|s| match s {
+            Step::Dispatch { kernel, .. } if kernel.key.shader == "conv" => {
+                let get = |name: &str| {
+                    kernel
+                        .key
+                        .constants
+                        .iter()
+                        .find(|(k, _)| k == name)
+                        .map(|(_, v)| f64::from_bits(*v) as u32)
+                        .unwrap()
+                };
+                Some((get("WG_M"), get("TM")))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// Like `check`, and asserts the GEMM tile variants of forward and backward.
+fn check_tiles(case: &Case, want: [(u32, u32); 2], seed: u64) {
+    let ctx = ctx();
+    let p = case.params();
+    let xs = case.x_shape();
+    let ws = case.w_shape();
+    let ys = p.out_shape(xs, ws.dims()).unwrap();
+    let x = ctx.tensor(xs, "x").unwrap();
+    let w = ctx.tensor(ws, "w").unwrap();
+    let y = ctx.tensor(ys, "y").unwrap();
+    let mut rec = Recording::new();
+    conv::forward(&ctx, &mut rec, &p, &x, &w, None, &y).unwrap();
+    conv::backward(&ctx, &mut rec, &p, &y, &w, &x).unwrap();
+    assert_eq!(tiles(&rec), want.to_vec(), "{}: tile variants", case.name);
+    check_on(&ctx, case, false, seed);
+}
+
+const SQUARE: (u32, u32) = (16, 4);
+const TALL: (u32, u32) = (16, 8);
+const NARROW: (u32, u32) = (64, 4);
+
+#[test]
+fn conv_tile_variants() {
+    // 256 x 16 tiles (few GEMM columns): forward N = 24, backward N = 5, with
+    // partial m and n tiles and K = 45 not a multiple of the K slice (8)
+    check_tiles(
+        &Case::new("narrow 3x3", 1, 5, [21, 19], 24, [3, 3])
+            .pad([1; 4])
+            .bias(),
+        [NARROW, NARROW],
+        500,
+    );
+    // narrow, stride 2 (phased backward), N = 3 like the stem's backward
+    check_tiles(
+        &Case::new("narrow stem-like s2", 2, 3, [30, 26], 20, [3, 3])
+            .pad([0, 0, 1, 1])
+            .stride([2, 2]),
+        [NARROW, NARROW],
+        501,
+    );
+    // 128 x 64 tiles: forward M = 250 * 263 = 65750 (514 tall m tiles, the last
+    // partial), N = 40; backward N = 36 over the same pixels
+    check_tiles(
+        &Case::new("tall 1x1", 1, 36, [250, 263], 40, [1, 1]).bias(),
+        [TALL, TALL],
+        502,
+    );
+    // tall phased backward: 4 phases x 128 m tiles; forward (16384 pixels, N = 3)
+    // is narrow
+    check_tiles(
+        &Case::new("tall phased s2", 1, 40, [256, 256], 3, [3, 3])
+            .pad([1; 4])
+            .stride([2, 2]),
+        [NARROW, TALL],
+        503,
+    );
+    // small layers keep 64 x 64
+    check_tiles(
+        &Case::new("square", 2, 40, [6, 7], 48, [3, 3]).pad([1; 4]),
+        [SQUARE, SQUARE],
+        504,
+    );
+}

@@ -1,14 +1,21 @@
 //! 2-D convolution, forward and backward to the input.
 //!
 //! Two kernel families:
-//! - `shaders/conv.wgsl`: a tiled implicit GEMM (64 x 64 output tile per workgroup,
-//!   16 x 16 threads with a 4 x 4 register block each, K in slices of 16 through
-//!   workgroup memory) for dense and grouped convolutions, and for `linear`;
+//! - `shaders/conv.wgsl`: a tiled implicit GEMM for dense and grouped convolutions
+//!   and for `linear`: 256 threads per workgroup, K in slices through workgroup
+//!   memory, the output tile picked per layer by `Tile::pick` (64 x 64 in
+//!   general, 128 x 64 for large layers, 256 x 16 when the GEMM has at most 32
+//!   columns). The backward pass of a strided convolution runs one dense GEMM per
+//!   stride phase (`backward_phased`) instead of gathering zeros;
 //! - `shaders/depthwise.wgsl`: depthwise convolution (groups == input channels,
 //!   channel multiplier >= 1), a direct kernel with 4 outputs per thread.
 //!
-//! Shapes travel in a uniform block, so one pipeline per (entry, bias flag) serves
-//! every layer.
+//! Both forward kernels apply bias and an optional activation in their epilogue
+//! ([`forward_act`]). Shapes travel in a uniform block, so one pipeline per
+//! (entry, bias flag, activation, tile) serves every layer.
+//!
+//! Both shaders run as trusted modules, without wgpu's injected bounds checks (see
+//! `Context::kernel`): they guard every index themselves; keep it so.
 
 use crate::error::{Error, Result};
 use crate::gpu::{Binding, Context, Recording, Shape, Tensor};
@@ -18,9 +25,70 @@ use crate::ops::params::Conv2dParams;
 const GEMM_SHADER: &str = include_str!("../../shaders/conv.wgsl");
 const DW_SHADER: &str = include_str!("../../shaders/depthwise.wgsl");
 
-/// Output tile of the GEMM kernel (must match `BM`, `BN` in conv.wgsl).
-const GEMM_TILE_M: u32 = 64;
-const GEMM_TILE_N: u32 = 64;
+/// Tile shape of the GEMM kernel, set through its override constants (`WG_M`
+/// threads along m, `TM` m per thread, `BK` the K slice); conv.wgsl supports
+/// exactly these three (its workgroup arrays and index bounds are sized for them).
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Tile {
+    wg_m: u32,
+    tm: u32,
+    bk: u32,
+}
+
+impl Tile {
+    /// 64 x 64, 4 x 4 per thread: the general case.
+    const SQUARE: Tile = Tile {
+        wg_m: 16,
+        tm: 4,
+        bk: 16,
+    };
+    /// 128 x 64, 8 x 4 per thread: twice the FMAs per workgroup-memory read, for
+    /// layers with enough tiles to fill a GPU anyway.
+    const TALL: Tile = Tile {
+        wg_m: 16,
+        tm: 8,
+        bk: 16,
+    };
+    /// 256 x 16, 4 x 4 per thread: few GEMM columns (the stem's backward has 3,
+    /// 1x1 projections 24), where a 64-wide tile would mostly compute padding.
+    const NARROW: Tile = Tile {
+        wg_m: 64,
+        tm: 4,
+        bk: 8,
+    };
+
+    fn bm(self) -> u64 {
+        (self.tm * self.wg_m) as u64
+    }
+    fn bn(self) -> u64 {
+        (4 * (256 / self.wg_m)) as u64
+    }
+
+    /// The tile for a GEMM of `m` x `n` repeated `batches` times (groups, phases).
+    fn pick(m: u64, n: u64, batches: u64) -> Tile {
+        if n <= 32 && m >= 256 {
+            return Tile::NARROW;
+        }
+        let tall_tiles = batches * m.div_ceil(Tile::TALL.bm()) * n.div_ceil(Tile::TALL.bn());
+        if n > 32 && tall_tiles >= TALL_MIN_WORKGROUPS {
+            Tile::TALL
+        } else {
+            Tile::SQUARE
+        }
+    }
+
+    fn constants(self) -> [(&'static str, f64); 3] {
+        [
+            ("WG_M", self.wg_m as f64),
+            ("TM", self.tm as f64),
+            ("BK", self.bk as f64),
+        ]
+    }
+}
+
+/// Use the 128 x 64 tile only when it still gives this many workgroups (a few
+/// waves on a large GPU); smaller layers keep 64 x 64 for parallelism.
+const TALL_MIN_WORKGROUPS: u64 = 512;
 /// Threads per workgroup and outputs per thread of the depthwise kernel.
 const DW_THREADS: u32 = 256;
 const DW_PER_THREAD: u32 = 4;
@@ -167,9 +235,11 @@ pub fn forward_act(
             groups,
         )?);
     } else {
-        let mut params = geo.gemm_params(false)?;
+        let (mut params, tile) = geo.gemm_params(false)?;
         params.act_alpha = act_alpha;
         params.act_beta = act_beta;
+        let [c0, c1, c2] = tile.constants();
+        let constants = [constants[0], constants[1], c0, c1, c2];
         let k = ctx.kernel("conv", GEMM_SHADER, "forward", &bindings, &constants)?;
         let u = ctx.uniform(&params);
         rec.push(ctx.dispatch(
@@ -211,14 +281,14 @@ pub fn backward(
             buffer: gx.buffer.clone(),
         });
     } else {
-        let params = geo.gemm_params(true)?;
+        let (params, tile) = geo.gemm_params(true)?;
         // Stride > 1: phase by phase, without the zero taps (see conv.wgsl).
         let entry = if geo.phased() {
             "backward_phased"
         } else {
             "backward"
         };
-        let k = ctx.kernel("conv", GEMM_SHADER, entry, &bindings, &[])?;
+        let k = ctx.kernel("conv", GEMM_SHADER, entry, &bindings, &tile.constants())?;
         let u = ctx.uniform(&params);
         rec.push(ctx.dispatch("conv2d_backward", &k, &u, &[gy, w, gx], params.total_wg)?);
     }
@@ -264,7 +334,7 @@ impl Geometry {
         self.p.stride != [1, 1]
     }
 
-    fn gemm_params(&self, backward: bool) -> Result<GemmParams> {
+    fn gemm_params(&self, backward: bool) -> Result<(GemmParams, Tile)> {
         let (x, y, p) = (self.x, self.y, &self.p);
         let g = p.groups;
         let icg = x.c / g;
@@ -305,18 +375,19 @@ impl Geometry {
                 icg as u64 * khw,
             )
         };
-        let tiles_m = m.div_ceil(GEMM_TILE_M as u64);
-        let tiles_n = n.div_ceil(GEMM_TILE_N as u64);
+        let tile = Tile::pick(m, n, phases * g as u64);
+        let tiles_m = m.div_ceil(tile.bm());
+        let tiles_n = n.div_ceil(tile.bn());
         let total = phases * g as u64 * tiles_m * tiles_n;
         let fits = |v: u64| u32::try_from(v).ok();
-        // The kernel steps k in slices of 16 and m in tiles of 64: keep headroom.
+        // The kernel steps k in slices of 16 and m in tiles: keep headroom.
         match (
-            fits(m + GEMM_TILE_M as u64),
+            fits(m + tile.bm()),
             fits(n),
             fits(k + 16),
             fits(total),
         ) {
-            (Some(_), Some(_), Some(_), Some(total_wg)) => Ok(GemmParams {
+            (Some(_), Some(_), Some(_), Some(total_wg)) => Ok((GemmParams {
                 batch: x.n,
                 in_c: x.c,
                 in_h: x.h,
@@ -349,7 +420,7 @@ impl Geometry {
                 dstep_w,
                 ph_rows: ph_rows as u32,
                 ph_cols: ph_cols as u32,
-            }),
+            }, tile)),
             _ => Err(Error::shape(
                 "conv2d",
                 format!(
