@@ -39,6 +39,12 @@ struct Params {
     items: u32, // threads with work
     act_alpha: f32, // epilogue activation parameters (leaky_relu, hardsigmoid)
     act_beta: f32,
+    // backward: taps of one stride phase step by step = stride / gcd(dil, stride),
+    // their outputs by dstep = dil / gcd(dil, stride)
+    step_h: u32,
+    step_w: u32,
+    dstep_h: u32,
+    dstep_w: u32,
 }
 
 override HAS_BIAS: bool = false;
@@ -151,33 +157,55 @@ fn backward(@builtin(workgroup_id) wid: vec3<u32>,
     let ohw = p.out_h * p.out_w;
     let th0 = ih + p.pad_t;
     let tw0 = iw0 + p.pad_l;
+    // Only the taps with (t - k*dil) % stride == 0 reach an output: per axis they
+    // are k0 + i*step (k0 < step), so the loops below visit exactly those (no
+    // division or divisibility test per tap). Rows: first tap kh0.
+    var kh0 = p.k_h;
+    for (var kk = 0u; kk < p.step_h && kk < p.k_h; kk++) {
+        if ((kk * p.dil_h) % p.stride_h == th0 % p.stride_h) {
+            kh0 = kk;
+            break;
+        }
+    }
+    // Columns, per output j: first tap and the output column it reaches.
+    var kw0 = vec4<u32>(p.k_w);
+    var ow0 = vec4<i32>(0);
+    for (var j = 0u; j < PER; j++) {
+        let tw = tw0 + j;
+        for (var kk = 0u; kk < p.step_w && kk < p.k_w; kk++) {
+            if ((kk * p.dil_w) % p.stride_w == tw % p.stride_w) {
+                kw0[j] = kk;
+                ow0[j] = (i32(tw) - i32(kk * p.dil_w)) / i32(p.stride_w);
+                break;
+            }
+        }
+    }
     var acc = vec4<f32>(0.0);
     for (var mj = 0u; mj < p.mult; mj++) {
         let oc = c * p.mult + mj;
         let g_base = (img * p.out_c + oc) * ohw;
         let w_base = oc * p.k_h * p.k_w;
-        for (var kh = 0u; kh < p.k_h; kh++) {
+        for (var kh = kh0; kh < p.k_h; kh += p.step_h) {
             let dh = kh * p.dil_h;
             if (dh > th0) {
                 break;
             }
-            let th = th0 - dh;
-            let oh = th / p.stride_h;
-            if (oh * p.stride_h != th || oh >= p.out_h) {
+            let oh = (th0 - dh) / p.stride_h;
+            if (oh >= p.out_h) {
                 continue;
             }
             let row = g_base + oh * p.out_w;
-            for (var kw = 0u; kw < p.k_w; kw++) {
-                let wv = bw[w_base + kh * p.k_w + kw];
-                let dw = kw * p.dil_w;
-                for (var j = 0u; j < PER; j++) {
-                    let tw = tw0 + j;
-                    if (dw <= tw) {
-                        let ow = (tw - dw) / p.stride_w;
-                        if (ow * p.stride_w == tw - dw && ow < p.out_w) {
-                            acc[j] += wv * gy[row + ow];
-                        }
+            let wrow = w_base + kh * p.k_w;
+            for (var j = 0u; j < PER; j++) {
+                var ow = ow0[j];
+                for (var kw = kw0[j]; kw < p.k_w; kw += p.step_w) {
+                    if (ow < 0) {
+                        break;
                     }
+                    if (u32(ow) < p.out_w) {
+                        acc[j] += bw[wrow + kw] * gy[row + u32(ow)];
+                    }
+                    ow -= i32(p.dstep_w);
                 }
             }
         }
