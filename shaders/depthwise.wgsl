@@ -39,6 +39,12 @@ struct Params {
     items: u32, // threads with work
     act_alpha: f32, // epilogue activation parameters (leaky_relu, hardsigmoid)
     act_beta: f32,
+    // backward: the row taps of one stride phase step by
+    // step_h = stride_h / gcd(dil_h, stride_h)
+    step_h: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 override HAS_BIAS: bool = false;
@@ -151,33 +157,59 @@ fn backward(@builtin(workgroup_id) wid: vec3<u32>,
     let ohw = p.out_h * p.out_w;
     let th0 = ih + p.pad_t;
     let tw0 = iw0 + p.pad_l;
+    // Only the taps with (t - k*dil) % stride == 0 reach an output. Rows: those
+    // are kh0 + i*step_h (kh0 < step_h), visited without a test per tap.
+    var kh0 = p.k_h;
+    for (var kk = 0u; kk < p.step_h && kk < p.k_h; kk++) {
+        if ((kk * p.dil_h) % p.stride_h == th0 % p.stride_h) {
+            kh0 = kk;
+            break;
+        }
+    }
+    // Columns: tap kw reaches output j when (kw*dil) % stride == (tw0 + j) % stride;
+    // the residues are tracked incrementally (no division per tap, and none at all
+    // at stride 1). The weight of a tap is read once for the 4 outputs.
+    let sw = p.stride_w;
+    let dil_r = p.dil_w % sw;
+    var rj = vec4<u32>(0u);
+    for (var j = 0u; j < PER; j++) {
+        rj[j] = (tw0 + j) % sw;
+    }
     var acc = vec4<f32>(0.0);
     for (var mj = 0u; mj < p.mult; mj++) {
         let oc = c * p.mult + mj;
         let g_base = (img * p.out_c + oc) * ohw;
         let w_base = oc * p.k_h * p.k_w;
-        for (var kh = 0u; kh < p.k_h; kh++) {
+        for (var kh = kh0; kh < p.k_h; kh += p.step_h) {
             let dh = kh * p.dil_h;
             if (dh > th0) {
                 break;
             }
-            let th = th0 - dh;
-            let oh = th / p.stride_h;
-            if (oh * p.stride_h != th || oh >= p.out_h) {
+            let oh = (th0 - dh) / p.stride_h;
+            if (oh >= p.out_h) {
                 continue;
             }
             let row = g_base + oh * p.out_w;
+            let wrow = w_base + kh * p.k_w;
+            var rk = 0u; // (kw * dil_w) % stride_w
             for (var kw = 0u; kw < p.k_w; kw++) {
-                let wv = bw[w_base + kh * p.k_w + kw];
+                let wv = bw[wrow + kw];
                 let dw = kw * p.dil_w;
                 for (var j = 0u; j < PER; j++) {
                     let tw = tw0 + j;
-                    if (dw <= tw) {
-                        let ow = (tw - dw) / p.stride_w;
-                        if (ow * p.stride_w == tw - dw && ow < p.out_w) {
+                    if (rk == rj[j] && dw <= tw) {
+                        var ow = tw - dw;
+                        if (sw != 1u) {
+                            ow = ow / sw;
+                        }
+                        if (ow < p.out_w) {
                             acc[j] += wv * gy[row + ow];
                         }
                     }
+                }
+                rk += dil_r;
+                if (rk >= sw) {
+                    rk -= sw;
                 }
             }
         }

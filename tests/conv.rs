@@ -795,3 +795,37 @@ fn conv_tile_variants() {
         504,
     );
 }
+
+#[test]
+fn depthwise_backward_stride_phases() {
+    // EfficientNet-Lite0's 5x5 stride-2 depthwise (TF SAME on an even input)
+    check(
+        &Case::new("depthwise 5x5 s2 [1,1,2,2]", 2, 4, [14, 14], 4, [5, 5])
+            .pad([1, 1, 2, 2])
+            .stride([2, 2])
+            .groups(4)
+            .bias(),
+        true,
+        600,
+    );
+    // stride 3, dilation 2 (coprime): taps step by 3, outputs by 2; multiplier 2
+    check(
+        &Case::new("depthwise 5x4 s3 d2", 1, 3, [17, 16], 6, [5, 4])
+            .pad([3, 2, 1, 4])
+            .stride([3, 3])
+            .dil([2, 2])
+            .groups(3),
+        true,
+        601,
+    );
+    // stride 2, dilation 4 (not coprime: odd phases get no taps), stride (2, 4)
+    check(
+        &Case::new("depthwise 3x3 s(2,4) d4", 1, 2, [15, 18], 2, [3, 3])
+            .pad([4, 4, 4, 3])
+            .stride([2, 4])
+            .dil([4, 4])
+            .groups(2),
+        true,
+        602,
+    );
+}

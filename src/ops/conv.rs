@@ -153,6 +153,10 @@ struct DwParams {
     items: u32,
     act_alpha: f32,
     act_beta: f32,
+    step_h: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 /// y = conv2d(x, w) (+ b). `w` is `[oc, ic / groups, kh, kw]`, `b` is `[1, oc, 1, 1]`
@@ -471,6 +475,10 @@ impl Geometry {
                 items,
                 act_alpha: 0.0,
                 act_beta: 0.0,
+                step_h: p.stride[0] / gcd(p.dilation[0], p.stride[0]),
+                _pad0: 0,
+                _pad1: 0,
+                _pad2: 0,
             },
             groups,
         ))
