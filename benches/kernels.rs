@@ -49,6 +49,7 @@ struct Layer {
 /// EfficientNet-Lite0's activation.
 const ACT: Activation = Activation::Relu6;
 
+#[allow(clippy::too_many_arguments)]
 const fn conv(
     name: &'static str,
     c: u32,
