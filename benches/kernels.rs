@@ -11,7 +11,8 @@
 //!
 //! Runs:
 //! - `cargo bench --bench kernels` (criterion, 10 samples per op);
-//! - `cargo bench --bench kernels -- fwd/stem` (substring filter on the op ids
+//! - `cargo bench --bench kernels -- 'fwd/stem|bwd/stem'` (substring filters,
+//!   `|`-separated as criterion takes one regex, on the op ids
 //!   `fwd/LAYER`, `bwd/LAYER`, `fused/LAYER` (conv + relu6 in one dispatch) and
 //!   `unfused/LAYER` (conv, then relu6 as its own dispatch));
 //! - `ADVEX_BENCH_QUICK=1 cargo bench --bench kernels` skips criterion and times
@@ -48,6 +49,7 @@ struct Layer {
 /// EfficientNet-Lite0's activation.
 const ACT: Activation = Activation::Relu6;
 
+#[allow(clippy::too_many_arguments)]
 const fn conv(
     name: &'static str,
     c: u32,
@@ -303,9 +305,11 @@ fn main() {
     let batch = env_u32("ADVEX_BENCH_BATCH", 8);
     // Positional arguments filter the ops by substring of their id
     // (`fwd/stem_3x3s2_3_32`, `bwd/...`, `fused/...`, `unfused/...`).
+    // (criterion takes one filter, a regex: `a|b` selects either here too)
     let filter: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| !a.starts_with('-'))
+        .flat_map(|a| a.split('|').map(str::to_string).collect::<Vec<_>>())
         .collect();
     let mut list = Vec::new();
     for l in LAYERS {

@@ -39,12 +39,12 @@ struct Params {
     items: u32, // threads with work
     act_alpha: f32, // epilogue activation parameters (leaky_relu, hardsigmoid)
     act_beta: f32,
-    // backward: taps of one stride phase step by step = stride / gcd(dil, stride),
-    // their outputs by dstep = dil / gcd(dil, stride)
+    // backward: the row taps of one stride phase step by
+    // step_h = stride_h / gcd(dil_h, stride_h)
     step_h: u32,
-    step_w: u32,
-    dstep_h: u32,
-    dstep_w: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 override HAS_BIAS: bool = false;
@@ -157,9 +157,8 @@ fn backward(@builtin(workgroup_id) wid: vec3<u32>,
     let ohw = p.out_h * p.out_w;
     let th0 = ih + p.pad_t;
     let tw0 = iw0 + p.pad_l;
-    // Only the taps with (t - k*dil) % stride == 0 reach an output: per axis they
-    // are k0 + i*step (k0 < step), so the loops below visit exactly those (no
-    // division or divisibility test per tap). Rows: first tap kh0.
+    // Only the taps with (t - k*dil) % stride == 0 reach an output. Rows: those
+    // are kh0 + i*step_h (kh0 < step_h), visited without a test per tap.
     var kh0 = p.k_h;
     for (var kk = 0u; kk < p.step_h && kk < p.k_h; kk++) {
         if ((kk * p.dil_h) % p.stride_h == th0 % p.stride_h) {
@@ -167,18 +166,14 @@ fn backward(@builtin(workgroup_id) wid: vec3<u32>,
             break;
         }
     }
-    // Columns, per output j: first tap and the output column it reaches.
-    var kw0 = vec4<u32>(p.k_w);
-    var ow0 = vec4<i32>(0);
+    // Columns: tap kw reaches output j when (kw*dil) % stride == (tw0 + j) % stride;
+    // the residues are tracked incrementally (no division per tap, and none at all
+    // at stride 1). The weight of a tap is read once for the 4 outputs.
+    let sw = p.stride_w;
+    let dil_r = p.dil_w % sw;
+    var rj = vec4<u32>(0u);
     for (var j = 0u; j < PER; j++) {
-        let tw = tw0 + j;
-        for (var kk = 0u; kk < p.step_w && kk < p.k_w; kk++) {
-            if ((kk * p.dil_w) % p.stride_w == tw % p.stride_w) {
-                kw0[j] = kk;
-                ow0[j] = (i32(tw) - i32(kk * p.dil_w)) / i32(p.stride_w);
-                break;
-            }
-        }
+        rj[j] = (tw0 + j) % sw;
     }
     var acc = vec4<f32>(0.0);
     for (var mj = 0u; mj < p.mult; mj++) {
@@ -196,16 +191,25 @@ fn backward(@builtin(workgroup_id) wid: vec3<u32>,
             }
             let row = g_base + oh * p.out_w;
             let wrow = w_base + kh * p.k_w;
-            for (var j = 0u; j < PER; j++) {
-                var ow = ow0[j];
-                for (var kw = kw0[j]; kw < p.k_w; kw += p.step_w) {
-                    if (ow < 0) {
-                        break;
+            var rk = 0u; // (kw * dil_w) % stride_w
+            for (var kw = 0u; kw < p.k_w; kw++) {
+                let wv = bw[wrow + kw];
+                let dw = kw * p.dil_w;
+                for (var j = 0u; j < PER; j++) {
+                    let tw = tw0 + j;
+                    if (rk == rj[j] && dw <= tw) {
+                        var ow = tw - dw;
+                        if (sw != 1u) {
+                            ow = ow / sw;
+                        }
+                        if (ow < p.out_w) {
+                            acc[j] += wv * gy[row + ow];
+                        }
                     }
-                    if (u32(ow) < p.out_w) {
-                        acc[j] += bw[wrow + kw] * gy[row + u32(ow)];
-                    }
-                    ow -= i32(p.dstep_w);
+                }
+                rk += dil_r;
+                if (rk >= sw) {
+                    rk -= sw;
                 }
             }
         }

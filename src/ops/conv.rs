@@ -154,9 +154,9 @@ struct DwParams {
     act_alpha: f32,
     act_beta: f32,
     step_h: u32,
-    step_w: u32,
-    dstep_h: u32,
-    dstep_w: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 /// y = conv2d(x, w) (+ b). `w` is `[oc, ic / groups, kh, kw]`, `b` is `[1, oc, 1, 1]`
@@ -476,9 +476,9 @@ impl Geometry {
                 act_alpha: 0.0,
                 act_beta: 0.0,
                 step_h: p.stride[0] / gcd(p.dilation[0], p.stride[0]),
-                step_w: p.stride[1] / gcd(p.dilation[1], p.stride[1]),
-                dstep_h: p.dilation[0] / gcd(p.dilation[0], p.stride[0]),
-                dstep_w: p.dilation[1] / gcd(p.dilation[1], p.stride[1]),
+                _pad0: 0,
+                _pad1: 0,
+                _pad2: 0,
             },
             groups,
         ))
