@@ -108,7 +108,7 @@ override MODE: u32 = 0u;
 struct LabelParams {
     n: u32,
     classes: u32,
-    target: u32,
+    target_class: u32,
     _pad: u32,
 }
 
@@ -133,7 +133,7 @@ fn resolve_labels(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups
     }
     if (llabels[i] == 0xffffffffu) { llabels[i] = best; }
     switch MODE {
-        case 1u: { lloss[i] = lp.target; }
+        case 1u: { lloss[i] = lp.target_class; }
         case 2u: { lloss[i] = worst; }
         default: { lloss[i] = llabels[i]; }
     }

@@ -13,8 +13,8 @@ pub mod gpu;
 pub mod model;
 pub mod onnx;
 pub mod ops;
+pub mod plan;
 pub mod report;
-// pub mod plan; (enabled once the ops land)
 
 pub use error::{Error, ModelError, Result};
 pub use gpu::{Context, ContextOptions, Shape, Tensor};

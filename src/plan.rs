@@ -19,7 +19,10 @@ struct Arena<'a> {
 
 impl<'a> Arena<'a> {
     fn new(ctx: &'a Context) -> Self {
-        Arena { ctx, free: Vec::new() }
+        Arena {
+            ctx,
+            free: Vec::new(),
+        }
     }
 
     fn tensor(&mut self, shape: Shape, label: &str) -> Result<Tensor> {
@@ -32,7 +35,10 @@ impl<'a> Arena<'a> {
             .min_by_key(|(_, b)| b.size())
             .map(|(i, _)| i);
         match best {
-            Some(i) => Ok(Tensor { buffer: self.free.swap_remove(i), shape }),
+            Some(i) => Ok(Tensor {
+                buffer: self.free.swap_remove(i),
+                shape,
+            }),
             None => self.ctx.tensor(shape, label),
         }
     }
@@ -96,7 +102,12 @@ impl GpuModel {
                 logits = i;
             }
         }
-        Ok(GpuModel { ctx, model, params, logits })
+        Ok(GpuModel {
+            ctx,
+            model,
+            params,
+            logits,
+        })
     }
 
     pub fn num_classes(&self) -> u32 {
@@ -178,13 +189,25 @@ impl GpuModel {
                         (Op::Activation(a), _) => ops::activation::forward(ctx, rec, *a, x(0), &y)?,
                         (Op::MaxPool(p), _) => ops::pool::max_forward(ctx, rec, p, x(0), &y)?,
                         (Op::AvgPool(p), _) => ops::pool::avg_forward(ctx, rec, p, x(0), &y)?,
-                        (Op::GlobalAvgPool, _) => ops::pool::global_avg_forward(ctx, rec, x(0), &y)?,
-                        (Op::Add, _) => {
-                            ops::binary::forward(ctx, rec, ops::binary::BinaryOp::Add, x(0), x(1), &y)?
+                        (Op::GlobalAvgPool, _) => {
+                            ops::pool::global_avg_forward(ctx, rec, x(0), &y)?
                         }
-                        (Op::Mul, _) => {
-                            ops::binary::forward(ctx, rec, ops::binary::BinaryOp::Mul, x(0), x(1), &y)?
-                        }
+                        (Op::Add, _) => ops::binary::forward(
+                            ctx,
+                            rec,
+                            ops::binary::BinaryOp::Add,
+                            x(0),
+                            x(1),
+                            &y,
+                        )?,
+                        (Op::Mul, _) => ops::binary::forward(
+                            ctx,
+                            rec,
+                            ops::binary::BinaryOp::Mul,
+                            x(0),
+                            x(1),
+                            &y,
+                        )?,
                         (Op::Concat, _) => {
                             let xs: Vec<&Tensor> = (0..node.inputs.len()).map(x).collect();
                             ops::concat::forward(ctx, rec, &xs, &y)?
@@ -222,7 +245,12 @@ impl GpuModel {
         let mut recording = Recording::new();
         let values = self.record_forward(&mut recording, &input, batch, self.logits, true)?;
         let logits = values[self.logits].clone();
-        Ok(ForwardPlan { batch, input, logits, recording })
+        Ok(ForwardPlan {
+            batch,
+            input,
+            logits,
+            recording,
+        })
     }
 }
 
@@ -334,7 +362,8 @@ impl GpuModel {
                         targets.push((t, None));
                     }
                     Some(existing) => {
-                        let scratch = arena.tensor(shape, &format!("grad scratch {}", node.name))?;
+                        let scratch =
+                            arena.tensor(shape, &format!("grad scratch {}", node.name))?;
                         targets.push((scratch, Some(existing.clone())));
                     }
                 }
@@ -350,17 +379,32 @@ impl GpuModel {
                 (Op::Affine { .. }, Params::Affine { scale, .. }) => {
                     ops::affine::backward(ctx, &mut rec, &gy, scale, gx(0))?
                 }
-                (Op::Activation(a), _) => ops::activation::backward(ctx, &mut rec, *a, &x(0), &gy, gx(0))?,
-                (Op::MaxPool(p), _) => ops::pool::max_backward(ctx, &mut rec, p, &x(0), &gy, gx(0))?,
+                (Op::Activation(a), _) => {
+                    ops::activation::backward(ctx, &mut rec, *a, &x(0), &gy, gx(0))?
+                }
+                (Op::MaxPool(p), _) => {
+                    ops::pool::max_backward(ctx, &mut rec, p, &x(0), &gy, gx(0))?
+                }
                 (Op::AvgPool(p), _) => ops::pool::avg_backward(ctx, &mut rec, p, &gy, gx(0))?,
-                (Op::GlobalAvgPool, _) => ops::pool::global_avg_backward(ctx, &mut rec, &gy, gx(0))?,
+                (Op::GlobalAvgPool, _) => {
+                    ops::pool::global_avg_backward(ctx, &mut rec, &gy, gx(0))?
+                }
                 (Op::Add, _) | (Op::Mul, _) => {
                     let op = if matches!(node.op, Op::Add) {
                         ops::binary::BinaryOp::Add
                     } else {
                         ops::binary::BinaryOp::Mul
                     };
-                    ops::binary::backward(ctx, &mut rec, op, &x(0), &x(1), &gy, Some(gx(0)), Some(gx(1)))?
+                    ops::binary::backward(
+                        ctx,
+                        &mut rec,
+                        op,
+                        &x(0),
+                        &x(1),
+                        &gy,
+                        Some(gx(0)),
+                        Some(gx(1)),
+                    )?
                 }
                 (Op::Concat, _) => {
                     let gs: Vec<&Tensor> = (0..node.inputs.len()).map(gx).collect();
@@ -382,7 +426,11 @@ impl GpuModel {
             }
             // This node's output gradient is consumed: free it unless a view shares it.
             let gy = grads[i].take().expect("present");
-            let shared = grads.iter().flatten().chain(input_grad.iter()).any(|g| Arc::ptr_eq(&g.buffer, &gy.buffer));
+            let shared = grads
+                .iter()
+                .flatten()
+                .chain(input_grad.iter())
+                .any(|g| Arc::ptr_eq(&g.buffer, &gy.buffer));
             if !shared {
                 arena.release(&gy);
             }
@@ -392,11 +440,23 @@ impl GpuModel {
             None => {
                 // The logits do not depend on the input: the gradient is zero.
                 let g = ctx.tensor(input.shape, "input grad")?;
-                rec.push(Step::Clear { buffer: g.buffer.clone() });
+                rec.push(Step::Clear {
+                    buffer: g.buffer.clone(),
+                });
                 g
             }
         };
-        Ok(GradientPlan { batch, input, labels, logits, loss, input_grad, forward, backward: rec, values })
+        Ok(GradientPlan {
+            batch,
+            input,
+            labels,
+            logits,
+            loss,
+            input_grad,
+            forward,
+            backward: rec,
+            values,
+        })
     }
 }
 
@@ -423,12 +483,18 @@ impl GradientPlan {
     /// Run forward, loss and backward in one submit; read back the input gradient,
     /// logits and per-image loss.
     pub fn run(&self, ctx: &Context) -> Result<GradientResult> {
-        let mut out =
-            ctx.run_read(&[&self.forward, &self.backward], &[&self.input_grad, &self.logits, &self.loss])?;
+        let mut out = ctx.run_read(
+            &[&self.forward, &self.backward],
+            &[&self.input_grad, &self.logits, &self.loss],
+        )?;
         let loss = out.pop().unwrap();
         let logits = out.pop().unwrap();
         let input_grad = out.pop().unwrap();
-        Ok(GradientResult { input_grad, logits, loss })
+        Ok(GradientResult {
+            input_grad,
+            logits,
+            loss,
+        })
     }
 }
 

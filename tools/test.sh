@@ -24,6 +24,11 @@ if ! have_vulkan_driver; then
     apt-get install -y -qq --no-install-recommends mesa-vulkan-drivers libvulkan1 >/dev/null
 fi
 
+# The Vulkan loader's window-system probes complain without a runtime dir.
+if [ -z "${XDG_RUNTIME_DIR:-}" ]; then
+    export XDG_RUNTIME_DIR="${TMPDIR:-/tmp}/advex-xdg-$(id -u)"
+    mkdir -p -m 700 "$XDG_RUNTIME_DIR"
+fi
 # lavapipe's threads: use every core the machine has.
 export LP_NUM_THREADS="${LP_NUM_THREADS:-$(nproc)}"
 exec cargo test --locked "$@"

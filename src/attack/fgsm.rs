@@ -251,6 +251,11 @@ impl FgsmPlan {
                 .sum::<usize>()
     }
 
+    /// The clean logits of the last batch run (`[batch, classes]`; one more readback).
+    pub fn clean_logits(&self) -> Result<Vec<f32>> {
+        self.ctx.read(&self.grad.logits)
+    }
+
     /// Every recording of one batch, in submit order.
     pub fn recordings(&self) -> Vec<&Recording> {
         let mut recs: Vec<&Recording> = vec![

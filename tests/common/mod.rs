@@ -7,7 +7,9 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::sync::{Arc, OnceLock};
 
+pub mod builder;
 pub mod ref_conv;
+pub mod ref_graph;
 pub mod ref_misc;
 
 /// One context per test binary (adapter creation is slow on lavapipe).

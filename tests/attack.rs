@@ -1,0 +1,341 @@
+//! FGSM end to end on the bundled models and images: PyTorch parity from the
+//! committed fixtures, sweeps, gradient reuse, honest quantisation, bad input.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use advex::attack::{
+    parse_eps_list, run_attack, run_eval, FgsmPlan, RunOptions, Target, TargetSpec,
+};
+use advex::data::{load_image, Preprocessor};
+use advex::model::Model;
+use advex::plan::GpuModel;
+use common::*;
+use serde_json::Value;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn fixture(name: &str) -> Value {
+    let text = std::fs::read_to_string(root().join("tests/fixtures").join(name)).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+fn prep(model: &Model) -> Preprocessor {
+    let [c, h, w] = model.input;
+    Preprocessor {
+        channels: c,
+        height: h,
+        width: w,
+        resize: model.preprocess.resize,
+    }
+}
+
+/// Loads the fixture's images; returns (model on the GPU, pixels, labels).
+fn load_fixture_batch(model_file: &str, fx: &Value) -> (GpuModel, Vec<f32>, Vec<Option<u32>>) {
+    let model = Arc::new(Model::load(&root().join(model_file)).unwrap());
+    let p = prep(&model);
+    let mut pixels = Vec::new();
+    let mut labels = Vec::new();
+    for im in fx["images"].as_array().unwrap() {
+        pixels.extend(load_image(&root().join(im["file"].as_str().unwrap()), &p).unwrap());
+        labels.push(Some(im["label"].as_u64().unwrap() as u32));
+    }
+    (GpuModel::new(ctx(), model).unwrap(), pixels, labels)
+}
+
+fn softmax(z: &[f32]) -> Vec<f64> {
+    let m = z.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let e: Vec<f64> = z.iter().map(|&v| (v as f64 - m).exp()).collect();
+    let s: f64 = e.iter().sum();
+    e.iter().map(|v| v / s).collect()
+}
+
+/// Runs the fixture's FGSM on the GPU and checks clean top-5 probabilities and
+/// the adversarial top-1 of every image at every eps against PyTorch.
+fn check_fgsm_parity(model_file: &str, fixture_name: &str, prob_tol: f64) {
+    let fx = fixture(fixture_name);
+    let (gpu, pixels, labels) = load_fixture_batch(model_file, &fx);
+    let eps_text: Vec<String> = fx["images"][0]["adversarial"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["eps"].as_str().unwrap().to_string())
+        .collect();
+    let eps = parse_eps_list(&eps_text.join(",")).unwrap();
+    let n = labels.len() as u32;
+    let plan = FgsmPlan::new(&gpu, n, &eps, true, Target::Untargeted).unwrap();
+    let out = plan.run(&pixels, &labels, false).unwrap();
+    let logits = plan.clean_logits().unwrap();
+    let k = gpu.num_classes() as usize;
+    for (i, im) in fx["images"].as_array().unwrap().iter().enumerate() {
+        let name = im["file"].as_str().unwrap();
+        let probs = softmax(&logits[i * k..(i + 1) * k]);
+        let top: Vec<u64> = im["clean"]["top"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap())
+            .collect();
+        for (j, &c) in top.iter().enumerate() {
+            let want = im["clean"]["probs"][j].as_f64().unwrap();
+            let got = probs[c as usize];
+            assert!(
+                (got - want).abs() <= prob_tol,
+                "{name}: class {c} probability {got} vs PyTorch {want}"
+            );
+        }
+        assert_eq!(out.clean[i].class as u64, top[0], "{name}: clean top-1");
+        for (e, adv) in im["adversarial"].as_array().unwrap().iter().enumerate() {
+            assert_eq!(
+                out.adv[e][i].class as u64,
+                adv["pred"].as_u64().unwrap(),
+                "{name} at eps {}: adversarial top-1 differs from PyTorch",
+                adv["eps"]
+            );
+            let (linf, _) = out.norms[e][i];
+            assert!(
+                (linf as f64 - adv["linf"].as_f64().unwrap()).abs() < 1e-6,
+                "{name}: L-inf"
+            );
+        }
+    }
+}
+
+#[test]
+fn efficientnet_lite0_matches_pytorch_on_the_photos() {
+    check_fgsm_parity(
+        "weights/efficientnet_lite0.safetensors",
+        "efficientnet_lite0_photos.json",
+        1e-4,
+    );
+}
+
+#[test]
+fn mnist_cnn_matches_pytorch_on_the_digits() {
+    check_fgsm_parity("weights/mnist_cnn.safetensors", "mnist_digits.json", 1e-4);
+}
+
+fn digits_run(eps: &str) -> RunOptions {
+    let mut o = RunOptions::new(
+        root().join("weights/mnist_cnn.safetensors"),
+        root().join("examples/digits"),
+    );
+    o.eps = parse_eps_list(eps).unwrap();
+    o
+}
+
+#[test]
+fn mnist_sweep_accuracy_falls_with_eps() {
+    let report = run_attack(&digits_run("0.05,0.1,0.2,0.3")).unwrap();
+    assert_eq!(report.images, 100);
+    assert!(
+        report.clean.accuracy >= 0.97,
+        "clean accuracy {}",
+        report.clean.accuracy
+    );
+    let mut last = report.clean.accuracy;
+    for e in &report.epsilons {
+        assert!(
+            e.accuracy < last,
+            "accuracy must fall: {} at eps {} after {last}",
+            e.accuracy,
+            e.eps_text
+        );
+        last = e.accuracy;
+    }
+    assert!(report.epsilons[3].accuracy < 0.5);
+    assert!(report
+        .epsilons
+        .iter()
+        .all(|e| (e.mean_linf - e.eps).abs() < 0.5 / 255.0 + 1e-6));
+}
+
+#[test]
+fn one_gradient_sweep_equals_separate_runs() {
+    let fx = fixture("mnist_digits.json");
+    let (gpu, pixels, labels) = load_fixture_batch("weights/mnist_cnn.safetensors", &fx);
+    let n = labels.len() as u32;
+    let eps = parse_eps_list("0.05,0.1,0.2,0.3").unwrap();
+    let sweep = FgsmPlan::new(&gpu, n, &eps, true, Target::Untargeted).unwrap();
+    let all = sweep.run(&pixels, &labels, true).unwrap();
+    for (e, one) in eps.iter().enumerate() {
+        let single =
+            FgsmPlan::new(&gpu, n, std::slice::from_ref(one), true, Target::Untargeted).unwrap();
+        let out = single.run(&pixels, &labels, true).unwrap();
+        assert_eq!(
+            out.images.as_ref().unwrap()[0],
+            all.images.as_ref().unwrap()[e],
+            "eps {}: images differ",
+            one.text
+        );
+        assert_eq!(
+            out.adv[0], all.adv[e],
+            "eps {}: predictions differ",
+            one.text
+        );
+    }
+}
+
+#[test]
+fn saved_pngs_evaluate_to_the_reported_predictions() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut o = digits_run("0.1,0.2");
+    o.out = Some(dir.path().join("adv"));
+    o.predictions = Some(dir.path().join("pred.csv"));
+    o.report = Some(dir.path().join("report.json"));
+    run_attack(&o).unwrap();
+    let csv = std::fs::read_to_string(dir.path().join("pred.csv")).unwrap();
+    for eps in ["0.1", "0.2"] {
+        let mut e = RunOptions::new(&o.model, dir.path().join("adv").join(format!("eps_{eps}")));
+        // the ImageFolder labels of the saved copies are the true digits, as in the attack
+        e.predictions = Some(dir.path().join(format!("eval_{eps}.csv")));
+        let (rows, report) = run_eval(&e).unwrap();
+        assert_eq!(rows.len(), 100);
+        for r in rows {
+            let orig = r.image.trim_end_matches(".png");
+            let line = csv
+                .lines()
+                .find(|l| l.starts_with(orig) && l.split(',').nth(2) == Some(eps))
+                .unwrap_or_else(|| panic!("no attack row for {orig} at {eps}"));
+            let pred: u32 = line.split(',').nth(3).unwrap().parse().unwrap();
+            assert_eq!(
+                r.pred, pred,
+                "{} at eps {eps}: eval of the saved PNG disagrees with the attack",
+                r.image
+            );
+        }
+        assert!(report.clean.accuracy < 1.0);
+    }
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("report.json")).unwrap())
+            .unwrap();
+    for key in [
+        "model", "adapter", "method", "images", "clean", "epsilons", "timing",
+    ] {
+        assert!(report.get(key).is_some(), "report lacks {key}");
+    }
+    for key in [
+        "eps",
+        "accuracy",
+        "success_rate",
+        "mean_adv_confidence",
+        "mean_linf",
+        "mean_l2",
+    ] {
+        assert!(
+            report["epsilons"][0].get(key).is_some(),
+            "report epsilons lack {key}"
+        );
+    }
+}
+
+#[test]
+fn targeted_attacks_move_towards_the_target() {
+    let mut o = digits_run("0.2");
+    o.target = TargetSpec::Class("3".into());
+    let r = run_attack(&o).unwrap();
+    // success = reaching class 3, over the images right before the attack
+    assert!(
+        r.epsilons[0].success_rate > 0.2,
+        "targeted success {}",
+        r.epsilons[0].success_rate
+    );
+    let mut o = digits_run("0.2");
+    o.target = TargetSpec::LeastLikely;
+    let ll = run_attack(&o).unwrap();
+    assert!(ll.epsilons[0].accuracy < r.clean.accuracy);
+}
+
+fn write_file(path: &Path, bytes: &[u8]) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, bytes).unwrap();
+}
+
+#[test]
+fn unreadable_images_are_skipped_and_listed_or_fatal_with_strict() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = root().join("examples/digits/7");
+    std::fs::create_dir_all(dir.path().join("7")).unwrap();
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&src)
+        .unwrap()
+        .map(|f| f.unwrap().path())
+        .collect();
+    files.sort();
+    for (i, f) in files.iter().take(3).enumerate() {
+        std::fs::copy(f, dir.path().join(format!("7/{i}.png"))).unwrap();
+    }
+    write_file(
+        &dir.path().join("7/broken.png"),
+        b"\x89PNG\r\n\x1a\nthis is not a png",
+    );
+    let mut o = RunOptions::new(root().join("weights/mnist_cnn.safetensors"), dir.path());
+    o.eps = parse_eps_list("0.1").unwrap();
+    let r = run_attack(&o).unwrap();
+    assert_eq!(r.images, 3);
+    assert_eq!(r.skipped.len(), 1);
+    assert_eq!(r.skipped[0].image, "7/broken.png");
+    o.strict = true;
+    let err = run_attack(&o).unwrap_err().to_string();
+    assert!(err.contains("broken.png"), "{err}");
+}
+
+#[test]
+fn bad_arguments_fail_before_gpu_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = root().join("weights/mnist_cnn.safetensors");
+    let digits = root().join("examples/digits");
+    let run = |o: &RunOptions| run_attack(o).unwrap_err().to_string();
+
+    let mut o = RunOptions::new(&model, &digits);
+    o.eps = parse_eps_list("0.1").unwrap();
+    // labels CSV naming a missing file, then an unknown class
+    let labels = dir.path().join("labels.csv");
+    std::fs::write(&labels, "image,label\nnope/missing.png,3\n").unwrap();
+    o.labels = Some(labels.clone());
+    assert!(run(&o).contains("missing.png"));
+    std::fs::write(&labels, "0/0400.png,eleven\n").unwrap();
+    assert!(run(&o).contains("eleven"));
+    o.labels = None;
+
+    // empty folder
+    let empty = dir.path().join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    let e = RunOptions {
+        images: empty,
+        ..o.clone()
+    };
+    assert!(run(&e).contains("no images"));
+
+    // --out that already holds files, then one that is a file
+    let out = dir.path().join("out");
+    write_file(&out.join("old.txt"), b"x");
+    let e = RunOptions {
+        out: Some(out.clone()),
+        ..o.clone()
+    };
+    assert!(run(&e).contains("--overwrite"));
+    let e = RunOptions {
+        out: Some(out.join("old.txt")),
+        ..o.clone()
+    };
+    assert!(run(&e).contains("not a folder"));
+    // report in a folder that does not exist
+    let e = RunOptions {
+        report: Some(dir.path().join("no/such/dir/r.json")),
+        ..o.clone()
+    };
+    assert!(run(&e).contains("does not exist"));
+    // a target out of range
+    let e = RunOptions {
+        target: TargetSpec::Class("12".into()),
+        ..o.clone()
+    };
+    assert!(run(&e).contains("12"));
+    // eps outside [0, 1] or unparsable never reach a run
+    assert!(parse_eps_list("1.5").is_err());
+    assert!(parse_eps_list("abc").is_err());
+}
