@@ -17,8 +17,8 @@ use crate::model::{Hw, NodeSpec, Padding};
 use crate::ops::params::{Conv2dParams, Pool2dParams};
 
 /// Oldest and newest default-domain opsets the importer knows.
-pub(crate) const MIN_OPSET: i64 = 7;
-pub(crate) const MAX_OPSET: i64 = 28;
+pub const MIN_OPSET: i64 = 7;
+pub const MAX_OPSET: i64 = 28;
 
 /// Why a node did not convert.
 pub(crate) enum Fail {
@@ -132,7 +132,9 @@ fn attr_ints(n: &NodeProto, name: &str) -> Option<Vec<i64>> {
 }
 
 fn attr_s(n: &NodeProto, name: &str) -> Option<String> {
-    attr(n, name).and_then(|a| a.s.as_ref()).map(|s| String::from_utf8_lossy(s).into_owned())
+    attr(n, name)
+        .and_then(|a| a.s.as_ref())
+        .map(|s| String::from_utf8_lossy(s).into_owned())
 }
 
 /// Two positive values (kernel, stride, dilation) from an attribute.
@@ -208,7 +210,10 @@ impl<'a> Converter<'a> {
             output: String::new(),
             final_softmax: HashSet::new(),
             nodes: Vec::new(),
-            names: ["input", "normalize"].iter().map(|s| s.to_string()).collect(),
+            names: ["input", "normalize"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
             tensors: Vec::new(),
             tensor_index: HashMap::new(),
             reserved_tensors: HashSet::new(),
@@ -275,7 +280,9 @@ impl<'a> Converter<'a> {
                 }
                 Err(f) => {
                     match f {
-                        Fail::Unsupported(m) => c.unsupported.push(format!("`{label}` ({op}): {m}")),
+                        Fail::Unsupported(m) => {
+                            c.unsupported.push(format!("`{label}` ({op}): {m}"))
+                        }
                         Fail::Invalid(m) => {
                             return Err(c.err(format!("{op}: {m}")).node(label));
                         }
@@ -395,7 +402,11 @@ impl<'a> Converter<'a> {
                     _ => None,
                 })
                 .collect(),
-            None => return Err(ierr("its shape is not given; advex needs [N, C, H, W]".into())),
+            None => {
+                return Err(ierr(
+                    "its shape is not given; advex needs [N, C, H, W]".into(),
+                ))
+            }
         };
         if dims.len() != 4 {
             return Err(ierr(format!(
@@ -413,14 +424,12 @@ impl<'a> Converter<'a> {
                 None => "?".into(),
             })
             .collect();
-        let c = dims[1]
-            .and_then(|c| u32::try_from(c).ok())
-            .ok_or_else(|| {
-                ierr(format!(
-                    "its channel count is not fixed (shape [{}]); re-export with a fixed channel count",
-                    show.join(", ")
-                ))
-            })?;
+        let c = dims[1].and_then(|c| u32::try_from(c).ok()).ok_or_else(|| {
+            ierr(format!(
+                "its channel count is not fixed (shape [{}]); re-export with a fixed channel count",
+                show.join(", ")
+            ))
+        })?;
         let fixed = |k: usize| dims[k].and_then(|v| u32::try_from(v).ok());
         let hw = match (fixed(2), fixed(3), size) {
             (Some(h), Some(w), None) => [h, w],
@@ -528,8 +537,9 @@ impl<'a> Converter<'a> {
             }
         }
         *self.consumers.entry(self.output.clone()).or_default() += 1;
-        let mut ready: std::collections::BTreeSet<usize> =
-            (0..graph.node.len()).filter(|&i| live[i] && indeg[i] == 0).collect();
+        let mut ready: std::collections::BTreeSet<usize> = (0..graph.node.len())
+            .filter(|&i| live[i] && indeg[i] == 0)
+            .collect();
         let mut order = Vec::new();
         while let Some(i) = ready.pop_first() {
             order.push(i);
@@ -571,8 +581,13 @@ impl<'a> Converter<'a> {
                 let layout_only = matches!(
                     m.op_type.as_deref(),
                     Some(
-                        "Identity" | "Dropout" | "Flatten" | "Reshape" | "Squeeze"
-                            | "Unsqueeze" | "Cast"
+                        "Identity"
+                            | "Dropout"
+                            | "Flatten"
+                            | "Reshape"
+                            | "Squeeze"
+                            | "Unsqueeze"
+                            | "Cast"
                     )
                 );
                 if !layout_only
@@ -812,7 +827,10 @@ impl<'a> Converter<'a> {
             })
             .collect();
         let tensors = std::mem::take(&mut self.tensors);
-        self.tensors = tensors.into_iter().filter(|t| used.contains(&t.0)).collect();
+        self.tensors = tensors
+            .into_iter()
+            .filter(|t| used.contains(&t.0))
+            .collect();
     }
 
     // ---- ops ----------------------------------------------------------
@@ -948,7 +966,11 @@ impl<'a> Converter<'a> {
                 let fix = |v: i64| (if v < 0 { v + r } else { v }).clamp(0, r) as usize;
                 let s = fix(attr_i(n, "start", 0));
                 let e = fix(attr_i(n, "end", r));
-                let v = if s < e { dims[s..e].to_vec() } else { Vec::new() };
+                let v = if s < e {
+                    dims[s..e].to_vec()
+                } else {
+                    Vec::new()
+                };
                 Ok(vec![Val::Const(Rc::new(Const::i64(vec![v.len()], v)))])
             }
             "Size" => {
@@ -988,10 +1010,11 @@ impl<'a> Converter<'a> {
     fn fold(&self, n: &NodeProto) -> R<Const> {
         let op = n.op_type.as_deref().unwrap_or("");
         let c = |k: usize| self.const_in(n, k, "input");
+        let cv = |k: usize| -> R<Const> { Ok((*self.const_in(n, k, "input")?).clone()) };
         let r = match op {
             "Constant" => return self.constant(n),
-            "Identity" | "Dropout" => return Ok(strip(&c(0)?)),
-            "Cast" => t::cast(&c(0)?, attr_i(n, "to", 1)),
+            "Identity" | "Dropout" => return Ok(strip(&cv(0)?)),
+            "Cast" => t::cast(&cv(0)?, attr_i(n, "to", 1)),
             "Shape" => {
                 let x = c(0)?;
                 let dims: Vec<i64> = x.dims.iter().map(|&d| d as i64).collect();
@@ -1002,7 +1025,7 @@ impl<'a> Converter<'a> {
                 Ok(Const::i64(vec![v.len()], v))
             }
             "Size" => Ok(Const::i64(vec![], vec![c(0)?.len() as i64])),
-            "Gather" => t::gather(&c(0)?, &c(1)?, attr_i(n, "axis", 0)),
+            "Gather" => t::gather(&cv(0)?, &cv(1)?, attr_i(n, "axis", 0)),
             "Unsqueeze" | "Squeeze" => {
                 let x = c(0)?;
                 let axes = self.ints_attr_or_input(n, "axes", 1)?.unwrap_or_default();
@@ -1064,9 +1087,9 @@ impl<'a> Converter<'a> {
                 };
                 t::slice(&x, &starts, &ends, axes.as_deref(), steps.as_deref())
             }
-            "Transpose" => t::transpose(&c(0)?, attr_ints(n, "perm").as_deref()),
-            "Add" | "Sub" | "Mul" | "Div" => t::binary(op, &c(0)?, &c(1)?),
-            "Neg" | "Sqrt" | "Reciprocal" | "Floor" | "Ceil" => t::unary(op, &c(0)?),
+            "Transpose" => t::transpose(&cv(0)?, attr_ints(n, "perm").as_deref()),
+            "Add" | "Sub" | "Mul" | "Div" => t::binary(op, &cv(0)?, &cv(1)?),
+            "Neg" | "Sqrt" | "Reciprocal" | "Floor" | "Ceil" => t::unary(op, &cv(0)?),
             "ConstantOfShape" => {
                 let shape = c(0)?.to_i64()?;
                 let value = match attr(n, "value").and_then(|a| a.t.as_ref()) {
@@ -1078,7 +1101,7 @@ impl<'a> Converter<'a> {
                 };
                 t::constant_of_shape(&shape, value.as_ref())
             }
-            "Expand" => t::expand(&c(0)?, &c(1)?.to_i64()?),
+            "Expand" => t::expand(&cv(0)?, &c(1)?.to_i64()?),
             _ => {
                 return unsup(format!(
                     "{op} on constant inputs is not supported (advex evaluates only shape arithmetic and simple element-wise ops on constants)"
@@ -1183,7 +1206,8 @@ impl<'a> Converter<'a> {
                     } else {
                         (big, small)
                     };
-                    out[k] = u32::try_from(b).map_err(|_| Fail::Invalid("padding too large".into()))?;
+                    out[k] =
+                        u32::try_from(b).map_err(|_| Fail::Invalid("padding too large".into()))?;
                     out[k + 2] =
                         u32::try_from(e).map_err(|_| Fail::Invalid("padding too large".into()))?;
                 }
@@ -1271,8 +1295,12 @@ impl<'a> Converter<'a> {
     }
 
     fn batch_norm(&mut self, n: &NodeProto, idx: usize) -> R<Vec<Val>> {
-        if attr_i(n, "training_mode", 0) != 0 || n.output.iter().skip(1).any(|o| self.is_used(Some(o))) {
-            return unsup("training-mode BatchNormalization (running statistics outputs) is not supported");
+        if attr_i(n, "training_mode", 0) != 0
+            || n.output.iter().skip(1).any(|o| self.is_used(Some(o)))
+        {
+            return unsup(
+                "training-mode BatchNormalization (running statistics outputs) is not supported",
+            );
         }
         let x = self.dyn_in(n, 0)?;
         if !(x.dims.len() == 4 || x.dims.len() == 2) {
@@ -1295,7 +1323,10 @@ impl<'a> Converter<'a> {
         }
         let base = self.label(n, idx);
         let mut names = Vec::new();
-        for (v, role) in ts.iter().zip(["weight", "bias", "running_mean", "running_var"]) {
+        for (v, role) in ts
+            .iter()
+            .zip(["weight", "bias", "running_mean", "running_var"])
+        {
             let flat = if v.dims == [c] {
                 (**v).clone()
             } else {
@@ -1381,7 +1412,9 @@ impl<'a> Converter<'a> {
         };
         let bname = match c {
             None => None,
-            Some(c) if beta == 1.0 && c.dims == [out] => Some(self.tensor_of(&c, &format!("{base}.bias"))),
+            Some(c) if beta == 1.0 && c.dims == [out] => {
+                Some(self.tensor_of(&c, &format!("{base}.bias")))
+            }
             Some(c) => {
                 let v = t::expand_f32(&c, &[1, out])
                     .map_err(|m| Fail::Invalid(format!("bias: {m}")))?;
@@ -1505,7 +1538,11 @@ impl<'a> Converter<'a> {
                         fmt_dims(&y.dims)
                     ));
                 }
-                let spec = NodeSpec::new("", if op == "Add" { "add" } else { "mul" }, &[&x.src, &y.src]);
+                let spec = NodeSpec::new(
+                    "",
+                    if op == "Add" { "add" } else { "mul" },
+                    &[&x.src, &y.src],
+                );
                 let (name, _) = self.emit(n, idx, spec);
                 let mut d = Self::out_dyn(name, dims)?;
                 d.nonneg = x.nonneg && y.nonneg;
@@ -1550,11 +1587,18 @@ impl<'a> Converter<'a> {
             ("Sub", true) => (vec![-1.0; v.len()], v),
             ("Mul", _) => (v, zeros),
             ("Div", false) => (v.iter().map(|x| 1.0 / x).collect(), zeros),
-            _ => return unsup(format!("{op} of a constant by a run-time value is not supported")),
+            _ => {
+                return unsup(format!(
+                    "{op} of a constant by a run-time value is not supported"
+                ))
+            }
         };
         // A bias after a linear node (MatMul + Add) joins the linear node.
         if let Origin::Linear(i) = x.origin {
-            if scale.iter().all(|&s| s == 1.0) && self.single_consumer(x_name) && i < self.nodes.len() {
+            if scale.iter().all(|&s| s == 1.0)
+                && self.single_consumer(x_name)
+                && i < self.nodes.len()
+            {
                 let out = x.adv[0];
                 let add = if shift.len() == 1 {
                     vec![shift[0]; out]
@@ -1632,7 +1676,12 @@ impl<'a> Converter<'a> {
         if folded {
             // The padded tensor pooled with the pool's own padding must give the
             // same windows (ceil_mode may differ at the edge).
-            let padded = Shape::new(1, out.c, u32_of(x.dims[2], "height")?, u32_of(x.dims[3], "width")?);
+            let padded = Shape::new(
+                1,
+                out.c,
+                u32_of(x.dims[2], "height")?,
+                u32_of(x.dims[3], "width")?,
+            );
             let plain = Pool2dParams {
                 padding: own,
                 ..params
@@ -1657,12 +1706,22 @@ impl<'a> Converter<'a> {
             spec.count_include_pad = Some(count_include_pad);
         }
         let (name, _) = self.emit(n, idx, spec);
-        let mut d = Self::out_dyn(name, vec![1, out.c as usize, out.h as usize, out.w as usize])?;
+        let mut d = Self::out_dyn(
+            name,
+            vec![1, out.c as usize, out.h as usize, out.w as usize],
+        )?;
         d.nonneg = x.nonneg;
         Ok(vec![Val::Dyn(d)])
     }
 
-    fn global_pool(&mut self, n: &NodeProto, idx: usize, x: &Dyn, keep: bool, max: bool) -> R<Vec<Val>> {
+    fn global_pool(
+        &mut self,
+        n: &NodeProto,
+        idx: usize,
+        x: &Dyn,
+        keep: bool,
+        max: bool,
+    ) -> R<Vec<Val>> {
         if x.dims.len() != 4 {
             return unsup(format!(
                 "input of rank {} (only [N, C, H, W] is supported)",
@@ -1762,7 +1821,9 @@ impl<'a> Converter<'a> {
         let x = self.dyn_padded(n, 0)?;
         let mode = attr_s(n, "mode").unwrap_or_else(|| "constant".into());
         if mode != "constant" {
-            return unsup(format!("Pad mode `{mode}` (only constant zero padding is supported)"));
+            return unsup(format!(
+                "Pad mode `{mode}` (only constant zero padding is supported)"
+            ));
         }
         let pads = self
             .ints_attr_or_input(n, "pads", 1)?
@@ -1775,7 +1836,9 @@ impl<'a> Converter<'a> {
             },
         };
         if value != 0.0 {
-            return unsup(format!("Pad with value {value} (only zero padding is supported)"));
+            return unsup(format!(
+                "Pad with value {value} (only zero padding is supported)"
+            ));
         }
         let r = x.dims.len();
         let axes: Vec<usize> = match self.opt_const(n, 3, "axes")? {
@@ -1806,10 +1869,22 @@ impl<'a> Converter<'a> {
                 fmt_dims(&x.dims)
             ));
         }
-        if begin.iter().chain(&end).any(|&p| !(0..=1 << 16).contains(&p)) {
-            return unsup(format!("Pad {} (negative padding, a crop, is not supported)", fmt_dims(&pads)));
+        if begin
+            .iter()
+            .chain(&end)
+            .any(|&p| !(0..=1 << 16).contains(&p))
+        {
+            return unsup(format!(
+                "Pad {} (negative padding, a crop, is not supported)",
+                fmt_dims(&pads)
+            ));
         }
-        let add = [begin[2] as u32, begin[3] as u32, end[2] as u32, end[3] as u32];
+        let add = [
+            begin[2] as u32,
+            begin[3] as u32,
+            end[2] as u32,
+            end[3] as u32,
+        ];
         let mut d = x.clone();
         d.pad = add_pads(d.pad, add)?;
         d.dims[2] += (add[0] + add[2]) as usize;

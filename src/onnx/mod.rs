@@ -310,10 +310,7 @@ pub fn parse_size(s: &str) -> Result<[u32; 2]> {
             "--size `{s}` is not a size: give HxW (for example 224x224) or one number"
         ))
     };
-    let parts: Vec<&str> = s
-        .split(['x', 'X', ','])
-        .map(str::trim)
-        .collect();
+    let parts: Vec<&str> = s.split(['x', 'X', ',']).map(str::trim).collect();
     let nums: Vec<u32> = parts
         .iter()
         .map(|p| p.parse::<u32>().map_err(|_| bad()))

@@ -221,9 +221,14 @@ pub(crate) fn decode_tensor(t: &TensorProto, ext: &mut ExternalData) -> Result<C
     let mut dims = Vec::with_capacity(t.dims.len());
     for &d in &t.dims {
         if d < 0 {
-            return Err(format!("dims {} contain a negative size", fmt_dims(&t.dims)));
+            return Err(format!(
+                "dims {} contain a negative size",
+                fmt_dims(&t.dims)
+            ));
         }
-        dims.push(usize::try_from(d).map_err(|_| format!("dims {} are too large", fmt_dims(&t.dims)))?);
+        dims.push(
+            usize::try_from(d).map_err(|_| format!("dims {} are too large", fmt_dims(&t.dims)))?,
+        );
     }
     let n = numel(&dims)
         .filter(|&n| n <= MAX_CONST_ELEMS)
@@ -271,17 +276,15 @@ pub(crate) fn decode_tensor(t: &TensorProto, ext: &mut ExternalData) -> Result<C
         let i = |f: fn(&[u8]) -> i64| Data::I64(raw.chunks_exact(elem).map(f).collect());
         let data = match dtype {
             D::Float => f(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
-            D::Double => f(|c| {
-                f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32
-            }),
-            D::Float16 => f(|c| half::f16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32()),
-            D::Bfloat16 => {
-                f(|c| half::bf16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32())
+            D::Double => {
+                f(|c| f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32)
             }
+            D::Float16 => f(|c| half::f16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32()),
+            D::Bfloat16 => f(|c| half::bf16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32()),
             D::Int64 => i(|c| i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]])),
             D::Uint64 => i(|c| {
-                u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]).min(i64::MAX as u64)
-                    as i64
+                u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]])
+                    .min(i64::MAX as u64) as i64
             }),
             D::Int32 => i(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as i64),
             D::Uint32 => i(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]) as i64),
@@ -387,8 +390,16 @@ pub(crate) fn broadcast_dims(a: &[usize], b: &[usize]) -> Result<Vec<usize>, Str
     let r = a.len().max(b.len());
     let mut out = vec![0; r];
     for k in 0..r {
-        let da = if k + a.len() >= r { a[k + a.len() - r] } else { 1 };
-        let db = if k + b.len() >= r { b[k + b.len() - r] } else { 1 };
+        let da = if k + a.len() >= r {
+            a[k + a.len() - r]
+        } else {
+            1
+        };
+        let db = if k + b.len() >= r {
+            b[k + b.len() - r]
+        } else {
+            1
+        };
         out[k] = if da == db || db == 1 {
             da
         } else if da == 1 {
@@ -444,7 +455,10 @@ pub(crate) fn expand_f32(a: &Const, dims: &[usize]) -> Result<Vec<f32>, String> 
     }
     check_size(dims)?;
     let v = a.to_f32();
-    Ok(broadcast_index(&a.dims, dims).into_iter().map(|i| v[i]).collect())
+    Ok(broadcast_index(&a.dims, dims)
+        .into_iter()
+        .map(|i| v[i])
+        .collect())
 }
 
 /// An element-wise binary op on constants, numpy broadcasting. Integer inputs
@@ -633,7 +647,10 @@ pub(crate) fn concat(parts: &[&Const], axis: i64) -> Result<Const, String> {
     dims[axis] = 0;
     for p in parts {
         if p.dims.len() != r
-            || p.dims.iter().enumerate().any(|(k, &d)| k != axis && d != first.dims[k])
+            || p.dims
+                .iter()
+                .enumerate()
+                .any(|(k, &d)| k != axis && d != first.dims[k])
         {
             return Err(format!(
                 "cannot concatenate {} with {} along axis {axis}",
@@ -833,7 +850,8 @@ pub(crate) fn reshape(a: &Const, dims: Vec<usize>) -> Result<Const, String> {
 pub(crate) fn expand(a: &Const, shape: &[i64]) -> Result<Const, String> {
     let mut target = Vec::with_capacity(shape.len());
     for &s in shape {
-        target.push(usize::try_from(s).map_err(|_| format!("bad Expand shape {}", fmt_dims(shape)))?);
+        target
+            .push(usize::try_from(s).map_err(|_| format!("bad Expand shape {}", fmt_dims(shape)))?);
     }
     let dims = broadcast_dims(&a.dims, &target)?;
     check_size(&dims)?;
@@ -868,9 +886,16 @@ pub(crate) fn unary(op: &str, a: &Const) -> Result<Const, String> {
                 .collect::<Result<_, _>>()?,
         ),
         ("Neg", _) => Const::f32(a.dims.clone(), a.to_f32().iter().map(|x| -x).collect()),
-        ("Sqrt", _) => Const::f32(a.dims.clone(), a.to_f32().iter().map(|x| x.sqrt()).collect()),
-        ("Reciprocal", _) => Const::f32(a.dims.clone(), a.to_f32().iter().map(|x| 1.0 / x).collect()),
-        ("Floor", Data::F32(v)) => Const::f32(a.dims.clone(), v.iter().map(|x| x.floor()).collect()),
+        ("Sqrt", _) => Const::f32(
+            a.dims.clone(),
+            a.to_f32().iter().map(|x| x.sqrt()).collect(),
+        ),
+        ("Reciprocal", _) => {
+            Const::f32(a.dims.clone(), a.to_f32().iter().map(|x| 1.0 / x).collect())
+        }
+        ("Floor", Data::F32(v)) => {
+            Const::f32(a.dims.clone(), v.iter().map(|x| x.floor()).collect())
+        }
         ("Ceil", Data::F32(v)) => Const::f32(a.dims.clone(), v.iter().map(|x| x.ceil()).collect()),
         ("Floor" | "Ceil", Data::I64(_)) => a.reshaped(a.dims.clone()),
         _ => return Err(format!("{op} is not a unary op")),
