@@ -11,7 +11,7 @@ use std::path::Path;
 use std::rc::Rc;
 
 use super::proto::{AttributeProto, GraphProto, ModelProto, NodeProto};
-use super::tensor::{self as t, fmt_dims, numel, Const, ExternalData};
+use super::tensor::{self as t, fmt_dims, numel, Const, Data, ExternalData};
 use crate::gpu::Shape;
 use crate::model::{Hw, NodeSpec, Padding};
 use crate::ops::params::{Conv2dParams, Pool2dParams};
@@ -73,7 +73,19 @@ struct Dyn {
     /// the following convolution or pooling.
     pad: [u32; 4],
     origin: Origin,
+    /// Set when layout ops (Transpose, Gather, GatherND, Slice, Expand, a
+    /// ReduceMean that is not a global pool) rearranged the value: each element
+    /// (row-major in `dims`) is a weighted sum of `src`'s elements. Such a
+    /// value can only feed reshapes, more layout ops, or a Gemm/MatMul, into
+    /// whose weights the map is folded.
+    map: Option<Map>,
 }
+
+/// Per element, `(src element, weight)` pairs.
+type Map = Rc<Vec<Vec<(u32, f32)>>>;
+
+/// Most elements (and map entries) a rearranged value may have.
+const MAX_MAP: usize = 1 << 24;
 
 #[derive(Clone, Debug)]
 enum Val {
@@ -246,6 +258,7 @@ impl<'a> Converter<'a> {
                 nonneg: false,
                 pad: [0; 4],
                 origin: Origin::Other,
+                map: None,
             }),
         );
         let out_name = match graph.output.as_slice() {
@@ -619,6 +632,30 @@ impl<'a> Converter<'a> {
 
     /// A run-time input, padding allowed.
     fn dyn_padded(&self, n: &NodeProto, k: usize) -> R<Dyn> {
+        let d = self.dyn_any(n, k)?;
+        if d.map.is_some() {
+            return unsup(format!(
+                "its input `{}` is a rearrangement (Transpose, Gather, GatherND, Slice, Expand or ReduceMean) of a run-time value; advex supports those only when they feed a Gemm or MatMul",
+                Self::inp(n, k).unwrap_or("")
+            ));
+        }
+        Ok(d)
+    }
+
+    /// A run-time input without pending padding, possibly rearranged.
+    fn dyn_in_any(&self, n: &NodeProto, k: usize) -> R<Dyn> {
+        let d = self.dyn_any(n, k)?;
+        if d.pad != [0; 4] {
+            return unsup(format!(
+                "its input `{}` comes from a Pad; advex folds zero padding only into a directly following Conv, AveragePool or MaxPool",
+                Self::inp(n, k).unwrap_or("")
+            ));
+        }
+        Ok(d)
+    }
+
+    /// A run-time input, padded or rearranged.
+    fn dyn_any(&self, n: &NodeProto, k: usize) -> R<Dyn> {
         let name = Self::inp(n, k).ok_or_else(|| Fail::Invalid(format!("input {k} is missing")))?;
         match self.get(name)? {
             Val::Dyn(d) => Ok(d),
@@ -736,6 +773,7 @@ impl<'a> Converter<'a> {
             nonneg: false,
             pad: [0; 4],
             origin: Origin::Other,
+            map: None,
         })
     }
 
@@ -908,7 +946,7 @@ impl<'a> Converter<'a> {
             }
             "ReduceMean" => self.reduce_mean(n, idx),
             "Flatten" => {
-                let x = self.dyn_in(n, 0)?;
+                let x = self.dyn_in_any(n, 0)?;
                 let axis = attr_i(n, "axis", 1);
                 let a = t::norm_axis(axis, x.dims.len() + 1).map_err(Fail::Invalid)?;
                 if a != 1 {
@@ -916,17 +954,17 @@ impl<'a> Converter<'a> {
                         "Flatten with axis {axis} (only axis 1, keeping the batch dimension, is supported)"
                     ));
                 }
-                let dims = vec![1, numel(&x.dims[1..]).unwrap_or(0)];
+                let dims = vec![x.dims[0], numel(&x.dims[1..]).unwrap_or(0)];
                 self.relayout(n, idx, &x, dims)
             }
             "Reshape" => {
-                let x = self.dyn_in(n, 0)?;
+                let x = self.dyn_in_any(n, 0)?;
                 let target = self.const_in(n, 1, "shape")?.to_i64()?;
                 let dims = t::reshape_target(&x.dims, &target, attr_i(n, "allowzero", 0) != 0)?;
                 self.relayout(n, idx, &x, dims)
             }
             "Squeeze" | "Unsqueeze" => {
-                let x = self.dyn_in(n, 0)?;
+                let x = self.dyn_in_any(n, 0)?;
                 let axes = self.ints_attr_or_input(n, "axes", 1)?.unwrap_or_default();
                 let dims = if op == "Squeeze" {
                     t::squeeze_dims(&x.dims, &axes)?
@@ -940,16 +978,42 @@ impl<'a> Converter<'a> {
             }
             "Concat" => self.concat(n, idx),
             "Pad" => self.pad(n),
+            "Transpose" => {
+                let perm = attr_ints(n, "perm");
+                self.rearrange(n, |c| t::transpose(c, perm.as_deref()))
+            }
+            "Gather" => {
+                let ind = self.const_in(n, 1, "indices")?;
+                let axis = attr_i(n, "axis", 0);
+                self.rearrange(n, |c| t::gather(c, &ind, axis))
+            }
+            "GatherND" => {
+                if attr_i(n, "batch_dims", 0) != 0 {
+                    return unsup("GatherND with batch_dims != 0 is not supported");
+                }
+                let ind = self.const_in(n, 1, "indices")?;
+                self.rearrange(n, |c| t::gather_nd(c, &ind))
+            }
+            "Expand" => {
+                let shape = self.const_in(n, 1, "shape")?.to_i64()?;
+                self.rearrange(n, |c| t::expand(c, &shape))
+            }
+            "Slice" => {
+                let (starts, ends, axes, steps) = self.slice_args(n)?;
+                self.rearrange(n, |c| {
+                    t::slice(c, &starts, &ends, axes.as_deref(), steps.as_deref())
+                })
+            }
             "Dropout" => {
                 if self.is_used(n.output.get(1)) {
                     return unsup("its mask output is used");
                 }
-                let x = self.dyn_padded(n, 0)?;
+                let x = self.dyn_any(n, 0)?;
                 Ok(vec![Val::Dyn(x)])
             }
-            "Identity" => Ok(vec![Val::Dyn(self.dyn_padded(n, 0)?)]),
+            "Identity" => Ok(vec![Val::Dyn(self.dyn_any(n, 0)?)]),
             "Cast" => {
-                let x = self.dyn_padded(n, 0)?;
+                let x = self.dyn_any(n, 0)?;
                 let to = attr_i(n, "to", 1);
                 if to != super::proto::tensor_proto::DataType::Float as i64 {
                     return unsup(format!(
@@ -960,7 +1024,7 @@ impl<'a> Converter<'a> {
                 Ok(vec![Val::Dyn(x)])
             }
             "Shape" => {
-                let x = self.dyn_padded(n, 0)?;
+                let x = self.dyn_any(n, 0)?;
                 let dims: Vec<i64> = x.dims.iter().map(|&d| d as i64).collect();
                 let r = dims.len() as i64;
                 let fix = |v: i64| (if v < 0 { v + r } else { v }).clamp(0, r) as usize;
@@ -974,7 +1038,7 @@ impl<'a> Converter<'a> {
                 Ok(vec![Val::Const(Rc::new(Const::i64(vec![v.len()], v)))])
             }
             "Size" => {
-                let x = self.dyn_padded(n, 0)?;
+                let x = self.dyn_any(n, 0)?;
                 let v = numel(&x.dims).unwrap_or(0) as i64;
                 Ok(vec![Val::Const(Rc::new(Const::i64(vec![], vec![v])))])
             }
@@ -1063,29 +1127,35 @@ impl<'a> Converter<'a> {
                 t::reshape(&x, d)
             }
             "Slice" => {
-                let x = c(0)?;
-                let (starts, ends, axes, steps) = if self.opset < 10 {
-                    (
-                        attr_ints(n, "starts").unwrap_or_default(),
-                        attr_ints(n, "ends").unwrap_or_default(),
-                        attr_ints(n, "axes"),
-                        None,
-                    )
-                } else {
-                    let opt = |k| -> R<Option<Vec<i64>>> {
-                        match self.opt_const(n, k, "input")? {
-                            Some(v) => Ok(Some(v.to_i64()?)),
-                            None => Ok(None),
-                        }
-                    };
-                    (
-                        opt(1)?.unwrap_or_default(),
-                        opt(2)?.unwrap_or_default(),
-                        opt(3)?,
-                        opt(4)?,
-                    )
-                };
+                let x = cv(0)?;
+                let (starts, ends, axes, steps) = self.slice_args(n)?;
                 t::slice(&x, &starts, &ends, axes.as_deref(), steps.as_deref())
+            }
+            "GatherND" => {
+                if attr_i(n, "batch_dims", 0) != 0 {
+                    return unsup("GatherND with batch_dims != 0 is not supported");
+                }
+                t::gather_nd(&cv(0)?, &cv(1)?)
+            }
+            "ReduceMean" => {
+                let x = cv(0)?;
+                let r = x.dims.len();
+                let axes = match self.ints_attr_or_input(n, "axes", 1)? {
+                    Some(a) if !a.is_empty() => a
+                        .iter()
+                        .map(|&v| t::norm_axis(v, r))
+                        .collect::<Result<Vec<_>, _>>()?,
+                    _ => (0..r).collect(),
+                };
+                let (dims, groups) = t::reduce_groups(&x.dims, &axes, attr_i(n, "keepdims", 1) != 0)?;
+                let v = x.to_f64();
+                Ok(Const::f32(
+                    dims,
+                    groups
+                        .iter()
+                        .map(|g| (g.iter().map(|&i| v[i]).sum::<f64>() / g.len().max(1) as f64) as f32)
+                        .collect(),
+                ))
             }
             "Transpose" => t::transpose(&cv(0)?, attr_ints(n, "perm").as_deref()),
             "Add" | "Sub" | "Mul" | "Div" => t::binary(op, &cv(0)?, &cv(1)?),
@@ -1138,6 +1208,11 @@ impl<'a> Converter<'a> {
 
     /// A reshape-like op on a run-time value: nothing, or a flatten.
     fn relayout(&mut self, n: &NodeProto, idx: usize, x: &Dyn, dims: Vec<usize>) -> R<Vec<Val>> {
+        if x.map.is_some() {
+            let mut d = x.clone();
+            d.dims = dims;
+            return Ok(vec![Val::Dyn(simplify(d))]);
+        }
         let Some(adv) = adv_of(&dims) else {
             return unsup(format!(
                 "reshaping {} to {} moves the batch dimension",
@@ -1369,7 +1444,7 @@ impl<'a> Converter<'a> {
     }
 
     fn gemm(&mut self, n: &NodeProto, idx: usize) -> R<Vec<Val>> {
-        let x = self.dyn_in(n, 0)?;
+        let x = self.dyn_in_any(n, 0)?;
         let b = self.const_in(n, 1, "weights")?;
         let c = self.opt_const(n, 2, "bias")?;
         if attr_i(n, "transA", 0) != 0 {
@@ -1399,6 +1474,30 @@ impl<'a> Converter<'a> {
             ));
         }
         let base = self.label(n, idx);
+        let bias = |this: &mut Self, c: Option<Rc<Const>>| -> R<Option<String>> {
+            Ok(match c {
+                None => None,
+                Some(c) if beta == 1.0 && c.dims == [out] => {
+                    Some(this.tensor_of(&c, &format!("{base}.bias")))
+                }
+                Some(c) => {
+                    let v = t::expand_f32(&c, &[1, out])
+                        .map_err(|m| Fail::Invalid(format!("bias: {m}")))?;
+                    let data = v.iter().map(|v| v * beta).collect();
+                    Some(this.new_tensor(&format!("{base}.bias"), vec![out], data))
+                }
+            })
+        };
+        if x.map.is_some() {
+            let bt = if trans_b {
+                strip(&b)
+            } else {
+                t::transpose(&b, None)?
+            };
+            let data: Vec<f32> = bt.to_f32().iter().map(|v| v * alpha).collect();
+            let bname = bias(self, c)?;
+            return self.mapped_linear(n, idx, &x, &data, out, bname);
+        }
         let wname = if trans_b && alpha == 1.0 {
             self.tensor_of(&b, &format!("{base}.weight"))
         } else {
@@ -1410,23 +1509,12 @@ impl<'a> Converter<'a> {
             let data = bt.to_f32().iter().map(|v| v * alpha).collect();
             self.new_tensor(&format!("{base}.weight"), vec![out, k], data)
         };
-        let bname = match c {
-            None => None,
-            Some(c) if beta == 1.0 && c.dims == [out] => {
-                Some(self.tensor_of(&c, &format!("{base}.bias")))
-            }
-            Some(c) => {
-                let v = t::expand_f32(&c, &[1, out])
-                    .map_err(|m| Fail::Invalid(format!("bias: {m}")))?;
-                let data = v.iter().map(|v| v * beta).collect();
-                Some(self.new_tensor(&format!("{base}.bias"), vec![out], data))
-            }
-        };
+        let bname = bias(self, c)?;
         self.linear(n, idx, &x, wname, bname, out)
     }
 
     fn matmul(&mut self, n: &NodeProto, idx: usize) -> R<Vec<Val>> {
-        let x = self.dyn_in(n, 0)?;
+        let x = self.dyn_in_any(n, 0)?;
         let b = self.const_in(n, 1, "weights")?;
         if x.dims.len() != 2 || b.dims.len() != 2 {
             return unsup(format!(
@@ -1444,6 +1532,9 @@ impl<'a> Converter<'a> {
         }
         let out = b.dims[1];
         let wt = t::transpose(&b, None)?;
+        if x.map.is_some() {
+            return self.mapped_linear(n, idx, &x, &wt.to_f32(), out, None);
+        }
         let base = self.label(n, idx);
         let wname = self.new_tensor(&format!("{base}.weight"), vec![out, x.dims[1]], wt.to_f32());
         self.linear(n, idx, &x, wname, None, out)
@@ -1746,7 +1837,7 @@ impl<'a> Converter<'a> {
     }
 
     fn reduce_mean(&mut self, n: &NodeProto, idx: usize) -> R<Vec<Val>> {
-        let x = self.dyn_in(n, 0)?;
+        let x = self.dyn_in_any(n, 0)?;
         let axes = self.ints_attr_or_input(n, "axes", 1)?.unwrap_or_default();
         let keep = attr_i(n, "keepdims", 1) != 0;
         let r = x.dims.len();
@@ -1755,14 +1846,168 @@ impl<'a> Converter<'a> {
             .map(|&a| t::norm_axis(a, r))
             .collect::<Result<_, _>>()?;
         norm.sort_unstable();
-        if r != 4 || norm != [2, 3] {
+        norm.dedup();
+        if norm.is_empty() {
+            if attr_i(n, "noop_with_empty_axes", 0) != 0 {
+                return Ok(vec![Val::Dyn(x)]);
+            }
+            norm = (0..r).collect();
+        }
+        if x.map.is_none() && r == 4 && norm == [2, 3] {
+            return self.global_pool(n, idx, &x, keep, false);
+        }
+        // Any other mean is a constant linear map of the value.
+        let (dims, groups) = t::reduce_groups(&x.dims, &norm, keep)?;
+        let mut rows = Vec::with_capacity(groups.len());
+        let mut entries = 0usize;
+        for g in &groups {
+            let w = 1.0 / g.len().max(1) as f64;
+            let mut acc: HashMap<u32, f64> = HashMap::new();
+            for &i in g {
+                match &x.map {
+                    Some(m) => {
+                        for &(j, a) in m.get(i).map(Vec::as_slice).unwrap_or(&[]) {
+                            *acc.entry(j).or_default() += a as f64 * w;
+                        }
+                    }
+                    None => *acc.entry(i as u32).or_default() += w,
+                }
+            }
+            let mut row: Vec<(u32, f32)> = acc.into_iter().map(|(j, a)| (j, a as f32)).collect();
+            row.sort_unstable_by_key(|e| e.0);
+            entries += row.len();
+            if entries > MAX_MAP {
+                return unsup("the ReduceMean is too large to fold into the next layer");
+            }
+            rows.push(row);
+        }
+        let mut d = x.clone();
+        d.dims = dims;
+        d.map = Some(Rc::new(rows));
+        d.origin = Origin::Other;
+        Ok(vec![Val::Dyn(simplify(d))])
+    }
+
+    /// Applies a selection (Transpose, Gather, ...) to a run-time value by
+    /// running it on the element indices.
+    fn rearrange(
+        &mut self,
+        n: &NodeProto,
+        f: impl FnOnce(&Const) -> Result<Const, String>,
+    ) -> R<Vec<Val>> {
+        let x = self.dyn_in_any(n, 0)?;
+        let count = numel(&x.dims)
+            .filter(|&c| c <= MAX_MAP)
+            .ok_or_else(|| Fail::Unsupported("the value is too large to rearrange".into()))?;
+        let iota = Const::i64(x.dims.clone(), (0..count as i64).collect());
+        let out = f(&iota)?;
+        let Data::I64(pick) = &out.data else {
+            return invalid("rearrangement lost the element indices");
+        };
+        let mut entries = 0usize;
+        let mut rows = Vec::with_capacity(pick.len());
+        for &p in pick {
+            let row = match &x.map {
+                Some(m) => m.get(p as usize).cloned().unwrap_or_default(),
+                None => vec![(p as u32, 1.0)],
+            };
+            entries += row.len();
+            if entries > MAX_MAP {
+                return unsup("the value is too large to rearrange");
+            }
+            rows.push(row);
+        }
+        let mut d = x.clone();
+        d.dims = out.dims;
+        d.map = Some(Rc::new(rows));
+        d.origin = Origin::Other;
+        Ok(vec![Val::Dyn(simplify(d))])
+    }
+
+    /// Slice's starts, ends, axes and steps (attributes before opset 10).
+    #[allow(clippy::type_complexity)]
+    fn slice_args(
+        &self,
+        n: &NodeProto,
+    ) -> R<(Vec<i64>, Vec<i64>, Option<Vec<i64>>, Option<Vec<i64>>)> {
+        if self.opset < 10 {
+            return Ok((
+                attr_ints(n, "starts").unwrap_or_default(),
+                attr_ints(n, "ends").unwrap_or_default(),
+                attr_ints(n, "axes"),
+                None,
+            ));
+        }
+        let opt = |k| -> R<Option<Vec<i64>>> {
+            match self.opt_const(n, k, "slice bounds")? {
+                Some(v) => Ok(Some(v.to_i64()?)),
+                None => Ok(None),
+            }
+        };
+        Ok((
+            opt(1)?.unwrap_or_default(),
+            opt(2)?.unwrap_or_default(),
+            opt(3)?,
+            opt(4)?,
+        ))
+    }
+
+    /// A linear layer on a rearranged value: the map is folded into the
+    /// weights (`weight` is `[out, K]` row-major over the value's K elements)
+    /// and the layer reads `src` (flattened if needed).
+    fn mapped_linear(
+        &mut self,
+        n: &NodeProto,
+        idx: usize,
+        x: &Dyn,
+        weight: &[f32],
+        out: usize,
+        bias: Option<String>,
+    ) -> R<Vec<Val>> {
+        let Some(map) = &x.map else {
+            return invalid("internal: not a rearranged value");
+        };
+        let k = map.len();
+        if x.dims.len() != 2 || x.dims[0] != 1 || weight.len() != out * k {
             return unsup(format!(
-                "ReduceMean over axes {} of {} (only the mean over H and W is supported)",
-                fmt_dims(&axes),
+                "a rearranged value of shape {} feeding a linear layer (it must be [1, K])",
                 fmt_dims(&x.dims)
             ));
         }
-        self.global_pool(n, idx, &x, keep, false)
+        let m = numel(&x.adv).unwrap_or(0);
+        if out.checked_mul(m).is_none_or(|s| s > t::MAX_CONST_ELEMS) {
+            return unsup("the folded linear layer is too large");
+        }
+        let mut w = vec![0f64; out * m];
+        for o in 0..out {
+            let dst = &mut w[o * m..(o + 1) * m];
+            for (kk, row) in map.iter().enumerate() {
+                let wk = weight[o * k + kk] as f64;
+                for &(j, a) in row {
+                    if let Some(v) = dst.get_mut(j as usize) {
+                        *v += wk * a as f64;
+                    }
+                }
+            }
+        }
+        let src = if x.adv[1] == 1 && x.adv[2] == 1 {
+            x.src.clone()
+        } else {
+            let base = format!("{}/flatten", self.label(n, idx));
+            let name = self.unique_node_name(&base);
+            let mut spec = NodeSpec::new("", "flatten", &[&x.src]);
+            spec.name = name.clone();
+            self.nodes.push(spec);
+            name
+        };
+        let base = self.label(n, idx);
+        let wname = self.new_tensor(
+            &format!("{base}.weight"),
+            vec![out, m],
+            w.iter().map(|&v| v as f32).collect(),
+        );
+        let flat = Self::out_dyn(src, vec![1, m])?;
+        self.linear(n, idx, &flat, wname, bias, out)
     }
 
     fn concat(&mut self, n: &NodeProto, idx: usize) -> R<Vec<Val>> {
@@ -1894,6 +2139,21 @@ impl<'a> Converter<'a> {
     }
 }
 
+/// A rearranged value whose map is the identity on `src`, in `src`'s layout,
+/// is `src` itself.
+fn simplify(mut d: Dyn) -> Dyn {
+    let identity = d.map.as_ref().is_some_and(|m| {
+        Some(m.len()) == numel(&d.adv)
+            && m.iter()
+                .enumerate()
+                .all(|(i, r)| r.len() == 1 && r[0].0 as usize == i && r[0].1 == 1.0)
+    });
+    if identity && adv_of(&d.dims) == Some(d.adv) {
+        d.map = None;
+    }
+    d
+}
+
 fn add_pads(a: [u32; 4], b: [u32; 4]) -> R<[u32; 4]> {
     let mut out = [0u32; 4];
     for k in 0..4 {
@@ -1951,6 +2211,7 @@ const KNOWN: &[&str] = &[
     "Shape",
     "Size",
     "Gather",
+    "GatherND",
     "Cast",
     "Slice",
     "Transpose",

@@ -901,3 +901,88 @@ pub(crate) fn unary(op: &str, a: &Const) -> Result<Const, String> {
         _ => return Err(format!("{op} is not a unary op")),
     })
 }
+
+/// GatherND with `batch_dims` 0.
+pub(crate) fn gather_nd(data: &Const, indices: &Const) -> Result<Const, String> {
+    let q = indices.dims.len();
+    let last = *indices
+        .dims
+        .last()
+        .ok_or("GatherND indices must have rank >= 1")?;
+    if last > data.dims.len() {
+        return Err(format!(
+            "GatherND index tuples of length {last} for data of rank {}",
+            data.dims.len()
+        ));
+    }
+    let idx = indices.to_i64()?;
+    let mut dims = indices.dims[..q - 1].to_vec();
+    dims.extend_from_slice(&data.dims[last..]);
+    check_size(&dims)?;
+    let s = strides(&data.dims);
+    let inner: usize = data.dims[last..].iter().product();
+    let tuples = if last == 0 {
+        numel(&indices.dims[..q - 1]).unwrap_or(0)
+    } else {
+        idx.len() / last
+    };
+    let mut pick = Vec::with_capacity(tuples * inner);
+    for t in 0..tuples {
+        let mut base = 0usize;
+        for j in 0..last {
+            let d = data.dims[j] as i64;
+            let v = idx[t * last + j];
+            let v = if v < 0 { v + d } else { v };
+            if v < 0 || v >= d {
+                return Err(format!(
+                    "GatherND index {} is out of range for a dim of size {d}",
+                    idx[t * last + j]
+                ));
+            }
+            base += v as usize * s[j];
+        }
+        pick.extend(base..base + inner);
+    }
+    Ok(data.with_data_like(dims, &pick))
+}
+
+/// For a mean over `axes` (normalised, any order) of a tensor of `dims`: the
+/// output dims and, per output element, the input elements it averages.
+pub(crate) fn reduce_groups(
+    dims: &[usize],
+    axes: &[usize],
+    keepdims: bool,
+) -> Result<(Vec<usize>, Vec<Vec<usize>>), String> {
+    let r = dims.len();
+    let out_full: Vec<usize> = (0..r)
+        .map(|k| if axes.contains(&k) { 1 } else { dims[k] })
+        .collect();
+    let out_dims: Vec<usize> = if keepdims {
+        out_full.clone()
+    } else {
+        (0..r)
+            .filter(|k| !axes.contains(k))
+            .map(|k| dims[k])
+            .collect()
+    };
+    let total = check_size(dims)?;
+    let n_out = numel(&out_full).unwrap_or(0);
+    let os = strides(&out_full);
+    let mut groups = vec![Vec::new(); n_out];
+    let mut pos = vec![0usize; r];
+    for i in 0..total {
+        let o: usize = (0..r)
+            .filter(|k| !axes.contains(k))
+            .map(|k| pos[k] * os[k])
+            .sum();
+        groups[o].push(i);
+        for k in (0..r).rev() {
+            pos[k] += 1;
+            if pos[k] < dims[k] {
+                break;
+            }
+            pos[k] = 0;
+        }
+    }
+    Ok((out_dims, groups))
+}
