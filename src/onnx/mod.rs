@@ -274,29 +274,35 @@ fn read_classes(file: &Path, want: usize) -> Result<Vec<String>> {
     Ok(names)
 }
 
-/// Serialises an import as a safetensors file in memory (f32).
-fn encode(imported: &Imported) -> Result<Vec<u8>> {
-    let json = serde_json::to_string(&imported.spec)
-        .map_err(|e| Error::Usage(format!("cannot serialise the model description: {e}")))?;
-    let mut meta = BTreeMap::new();
-    meta.insert(METADATA_KEY.to_string(), json);
-    Ok(encode_safetensors(&meta, &imported.tensors, Dtype::F32)?)
+impl Imported {
+    /// The model file's bytes: safetensors (f32) with the description in
+    /// `__metadata__.advex`.
+    pub fn to_safetensors(&self) -> Result<Vec<u8>> {
+        let json = serde_json::to_string(&self.spec)
+            .map_err(|e| Error::Usage(format!("cannot serialise the model description: {e}")))?;
+        let mut meta = BTreeMap::new();
+        meta.insert(METADATA_KEY.to_string(), json);
+        Ok(encode_safetensors(&meta, &self.tensors, Dtype::F32)?)
+    }
+
+    /// Loads the result as a [`Model`] (the model module's checks, shape
+    /// inference and BatchNorm folding); `path` names it in messages.
+    pub fn to_model(&self, path: &Path) -> Result<Model> {
+        Ok(Model::from_bytes(path, &self.to_safetensors()?, None)?)
+    }
 }
 
 /// Loads an ONNX file as a [`Model`] (for `--model x.onnx`): import, then the
 /// model module's checks, shape inference and BatchNorm folding.
 pub fn load_onnx_model(path: &Path, opts: &ImportOptions) -> Result<Model> {
-    let imported = import_onnx_full(path, opts)?;
-    let bytes = encode(&imported)?;
-    Ok(Model::from_bytes(path, &bytes, None)?)
+    import_onnx_full(path, opts)?.to_model(path)
 }
 
 /// Converts an ONNX file to an advex model file at `out` (for `advex import`).
 /// The result is loaded once to check it before it is written (atomically).
 pub fn convert_onnx(path: &Path, out: &Path, opts: &ImportOptions) -> Result<()> {
     let imported = import_onnx_full(path, opts)?;
-    let bytes = encode(&imported)?;
-    Model::from_bytes(path, &bytes, None)?;
+    imported.to_model(path)?;
     let json = serde_json::to_value(&imported.spec)
         .map_err(|e| Error::Usage(format!("cannot serialise the model description: {e}")))?;
     write_model(out, &json, &imported.tensors, Dtype::F32)?;
