@@ -85,7 +85,7 @@ struct Dyn {
 type Map = Rc<Vec<Vec<(u32, f32)>>>;
 
 /// Most elements (and map entries) a rearranged value may have.
-const MAX_MAP: usize = 1 << 24;
+const MAX_MAP: usize = 1 << 22;
 
 #[derive(Clone, Debug)]
 enum Val {
@@ -954,7 +954,10 @@ impl<'a> Converter<'a> {
                         "Flatten with axis {axis} (only axis 1, keeping the batch dimension, is supported)"
                     ));
                 }
-                let dims = vec![x.dims[0], numel(&x.dims[1..]).unwrap_or(0)];
+                let dims = match x.dims.split_first() {
+                    Some((&n0, rest)) => vec![n0, numel(rest).unwrap_or(0)],
+                    None => return invalid("Flatten of a scalar"),
+                };
                 self.relayout(n, idx, &x, dims)
             }
             "Reshape" => {
@@ -1978,17 +1981,19 @@ impl<'a> Converter<'a> {
         if out.checked_mul(m).is_none_or(|s| s > t::MAX_CONST_ELEMS) {
             return unsup("the folded linear layer is too large");
         }
-        let mut w = vec![0f64; out * m];
+        let mut w = Vec::with_capacity(out * m);
+        let mut acc = vec![0f64; m];
         for o in 0..out {
-            let dst = &mut w[o * m..(o + 1) * m];
+            acc.iter_mut().for_each(|v| *v = 0.0);
             for (kk, row) in map.iter().enumerate() {
                 let wk = weight[o * k + kk] as f64;
                 for &(j, a) in row {
-                    if let Some(v) = dst.get_mut(j as usize) {
+                    if let Some(v) = acc.get_mut(j as usize) {
                         *v += wk * a as f64;
                     }
                 }
             }
+            w.extend(acc.iter().map(|&v| v as f32));
         }
         let src = if x.adv[1] == 1 && x.adv[2] == 1 {
             x.src.clone()
@@ -2001,11 +2006,7 @@ impl<'a> Converter<'a> {
             name
         };
         let base = self.label(n, idx);
-        let wname = self.new_tensor(
-            &format!("{base}.weight"),
-            vec![out, m],
-            w.iter().map(|&v| v as f32).collect(),
-        );
+        let wname = self.new_tensor(&format!("{base}.weight"), vec![out, m], w);
         let flat = Self::out_dyn(src, vec![1, m])?;
         self.linear(n, idx, &flat, wname, bias, out)
     }

@@ -385,6 +385,21 @@ fn check_size(dims: &[usize]) -> Result<usize, String> {
         .ok_or_else(|| format!("result {} is too large", fmt_dims(dims)))
 }
 
+/// Most elements an op that can grow its input (broadcast, Expand,
+/// ConstantOfShape, Gather) may create beyond its inputs' size.
+const MAX_GROWN: usize = 1 << 22;
+
+/// [`check_size`] for ops whose result may be larger than their inputs: at
+/// most the largest input or [`MAX_GROWN`].
+fn check_grow(dims: &[usize], inputs: &[usize]) -> Result<usize, String> {
+    let n = check_size(dims)?;
+    let limit = inputs.iter().copied().max().unwrap_or(0).max(MAX_GROWN);
+    if n > limit {
+        return Err(format!("result {} is too large", fmt_dims(dims)));
+    }
+    Ok(n)
+}
+
 /// Numpy-style broadcast of two shapes.
 pub(crate) fn broadcast_dims(a: &[usize], b: &[usize]) -> Result<Vec<usize>, String> {
     let r = a.len().max(b.len());
@@ -465,7 +480,7 @@ pub(crate) fn expand_f32(a: &Const, dims: &[usize]) -> Result<Vec<f32>, String> 
 /// give integer results (division truncates); a float input makes it float.
 pub(crate) fn binary(op: &str, a: &Const, b: &Const) -> Result<Const, String> {
     let dims = broadcast_dims(&a.dims, &b.dims)?;
-    check_size(&dims)?;
+    check_grow(&dims, &[a.len(), b.len()])?;
     let ia = broadcast_index(&a.dims, &dims);
     let ib = broadcast_index(&b.dims, &dims);
     match (&a.data, &b.data) {
@@ -626,7 +641,7 @@ pub(crate) fn gather(data: &Const, indices: &Const, axis: i64) -> Result<Const, 
     let mut dims = data.dims[..axis].to_vec();
     dims.extend_from_slice(&indices.dims);
     dims.extend_from_slice(&data.dims[axis + 1..]);
-    check_size(&dims)?;
+    check_grow(&dims, &[data.len(), indices.len()])?;
     let mut pick = Vec::with_capacity(outer * fixed.len() * inner);
     for o in 0..outer {
         for &j in &fixed {
@@ -767,14 +782,15 @@ pub(crate) fn slice(
         } else {
             (fix(starts[k], 0, d - 1), fix(ends[k], -1, d - 1))
         };
-        let n = if st > 0 {
-            if e > s {
-                (e - s + st - 1) / st
+        let (s1, e1, st1) = (s as i128, e as i128, st as i128);
+        let n = if st1 > 0 {
+            if e1 > s1 {
+                (e1 - s1 + st1 - 1) / st1
             } else {
                 0
             }
-        } else if s > e {
-            (s - e + (-st) - 1) / (-st)
+        } else if s1 > e1 {
+            (s1 - e1 - st1 - 1) / -st1
         } else {
             0
         };
@@ -854,7 +870,7 @@ pub(crate) fn expand(a: &Const, shape: &[i64]) -> Result<Const, String> {
             .push(usize::try_from(s).map_err(|_| format!("bad Expand shape {}", fmt_dims(shape)))?);
     }
     let dims = broadcast_dims(&a.dims, &target)?;
-    check_size(&dims)?;
+    check_grow(&dims, &[a.len()])?;
     let pick = broadcast_index(&a.dims, &dims);
     Ok(a.with_data_like(dims, &pick))
 }
@@ -865,7 +881,7 @@ pub(crate) fn constant_of_shape(shape: &[i64], value: Option<&Const>) -> Result<
     for &s in shape {
         dims.push(usize::try_from(s).map_err(|_| format!("bad shape {}", fmt_dims(shape)))?);
     }
-    let n = check_size(&dims)?;
+    let n = check_grow(&dims, &[])?;
     Ok(match value {
         Some(v) if v.len() == 1 => match &v.data {
             Data::F32(x) => Const::f32(dims, vec![x[0]; n]),
@@ -918,7 +934,7 @@ pub(crate) fn gather_nd(data: &Const, indices: &Const) -> Result<Const, String> 
     let idx = indices.to_i64()?;
     let mut dims = indices.dims[..q - 1].to_vec();
     dims.extend_from_slice(&data.dims[last..]);
-    check_size(&dims)?;
+    check_grow(&dims, &[data.len(), indices.len()])?;
     let s = strides(&data.dims);
     let inner: usize = data.dims[last..].iter().product();
     let tuples = if last == 0 {
