@@ -54,6 +54,22 @@ fn dact(x: f32) -> f32 {
     }
 }
 
+// d act / dx from the output y = act(x), for the functions whose derivative the
+// output determines (the host refuses the others). The kinks match dact exactly:
+// relu: y > 0 <=> x > 0; relu6: 0 < y < 6 <=> 0 < x < 6; leaky_relu with a
+// slope >= 0: y > 0 <=> x > 0; sigmoid: y (1 - y) (PyTorch's own formula);
+// hardsigmoid: 0 < y < 1 <=> 0 < alpha x + beta < 1.
+fn dact_from_output(y: f32) -> f32 {
+    switch ACT {
+        case 0u: { return select(0.0, 1.0, y > 0.0); }
+        case 1u: { return select(0.0, 1.0, y > 0.0 && y < 6.0); }
+        case 2u: { return select(p.alpha, 1.0, y > 0.0); }
+        case 3u: { return y * (1.0 - y); }
+        case 6u: { return select(0.0, p.alpha, y > 0.0 && y < 1.0); }
+        default: { return 1.0; }
+    }
+}
+
 fn flat(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
     return (wid.x + wid.y * nwg.x) * 256u + lid;
 }
@@ -80,4 +96,16 @@ fn backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
     let i = flat(wid, nwg, lid);
     if (i >= p.count) { return; }
     gx[i] = gy[i] * dact(bx[i]);
+}
+
+// backward from the output: binding 1 = y (forward output), 2 = gy, 3 = gx
+@group(0) @binding(1) var<storage, read> oy: array<f32>;
+
+@compute @workgroup_size(256)
+fn backward_from_output(@builtin(workgroup_id) wid: vec3<u32>,
+                        @builtin(num_workgroups) nwg: vec3<u32>,
+                        @builtin(local_invocation_index) lid: u32) {
+    let i = flat(wid, nwg, lid);
+    if (i >= p.count) { return; }
+    gx[i] = gy[i] * dact_from_output(oy[i]);
 }

@@ -9,7 +9,7 @@
 //   B = weight[g*OCg + n, ic, kh, kw] (row-major [OC, K], so B[k, n] = w[n*K + k])
 //   y[image, g*OCg + n, oh, ow] = C[m, n] (+ bias)
 //
-// Backward to the input (entry `backward`), per group g:
+// Backward to the input, stride 1 (entry `backward`), per group g:
 //   m = (image, ih, iw)  over N*IH*IW input pixels
 //   n = input channel within the group (ICg)
 //   k = (oc, kh, kw)     over OCg*KH*KW
@@ -18,22 +18,62 @@
 //   B = weight[g*OCg + oc, n, kh, kw]
 //   gx[image, g*ICg + n, ih, iw] = C[m, n]   (overwritten, never accumulated)
 //
-// Tiling: one workgroup computes a BM x BN tile of C with 16 x 16 threads, each
-// thread a 4 x 4 register block (4 consecutive m by 4 consecutive n). K advances
-// BK at a time through workgroup memory; the next K slice is fetched from global
-// memory into registers while the current one is multiplied (one-stage prefetch).
-// The flat workgroup index is (group, m tile, n tile) with the n tile fastest, so
-// neighbouring workgroups share their A (input) tile in cache.
+// Backward to the input, stride > 1 (entry `backward_phased`): the input pixels
+// split into stride_h x stride_w phases (ih % stride_h, iw % stride_w); in a phase
+// only the taps kh with (ih + pad_top - kh*dil) % stride_h == 0 contribute, and
+// they are the same for every pixel of the phase: kh = kh0 + t*step_h, so each
+// phase is a dense GEMM over its own taps (no multiplications by the zeros the
+// stride-1 formulation would gather), per group g and phase (ah, aw):
+//   m = (image, jh, jw)  ih = ah + jh*stride_h, iw = aw + jw*stride_w
+//   k = (oc, th, tw)     kh = kh0 + th*step_h, kw = kw0 + tw*step_w
+//   A = gy[image, g*OCg + oc, oh0 + jh - th*dstep_h, ow0 + jw - tw*dstep_w]
+//       (zero outside [0, OH) x [0, OW)), B = weight[g*OCg + oc, n, kh, kw]
+// A phase without taps (e.g. a 1x1 kernel's odd rows) writes zeros.
 //
-// Tile sizes live here. The loaders assume BM == BN == 64, BK == 16 and 256
-// threads: every thread moves 4 elements of A and 4 of B per K slice.
+// Tiling: one workgroup of 256 threads computes a BM x BN tile of C; each thread
+// a TM x 4 register block (TM = 4 or 8 m by 4 consecutive n; with TM = 8 the two
+// halves are 4 m apart by 4 * WG_M, so vec4 reads of tile_a stay contiguous across
+// threads). K advances BK at a time through workgroup memory; the next K slice is
+// fetched from global memory into registers while the current one is multiplied
+// (one-stage prefetch). The flat workgroup index is (group, m tile, n tile) with
+// the n tile fastest, so neighbouring workgroups share their A (input) tile in
+// cache.
+//
+// The tile shape is chosen per layer by the host through override constants
+// (WG_M threads along m, TM rows per thread, BK), one of three variants only:
+//   64 x 64,  BK 16: WG_M 16, TM 4   (the default)
+//   128 x 64, BK 16: WG_M 16, TM 8   (large layers: twice the FMAs per tile read)
+//   256 x 16, BK 8:  WG_M 64, TM 4   (few columns: the stem's backward has 3,
+//                                     1x1 projections 24)
+// so BM = TM * WG_M, BN = 4 * (256 / WG_M), BK * BM <= 2048 and BK * BN <= 1024:
+// the workgroup arrays below are sized for the largest of them, and every
+// workgroup-memory index stays below BK * BM / 4 (tile_a) or BK * (BN / 4 + 1)
+// (tile_b). Do not add variants without re-checking those bounds.
+//
+// Compiled without wgpu's runtime checks (Context::kernel's TRUSTED_SHADERS), so
+// every access guards itself: A / B loads check m < gemm_m, k < gemm_k, n < gemm_n
+// and the input / output coordinate ranges before indexing; stores check
+// m < gemm_m and n < gemm_n (partial tiles); workgroup-memory indices are bounded
+// by the tile constants; workgroups past total_wg return before any division by
+// tiles_n / tiles_m; every divisor (kernel, image, tile and stride sizes) is
+// non-zero by the host's shape validation; all loops have uniform bounds.
+// Keep it so when editing.
+//
+override WG_M: u32 = 16u; // threads along m (16 or 64)
+override TM: u32 = 4u;    // m per thread (4 or 8)
+override BK: u32 = 16u;   // K slice (16 or 8)
 
-const BM: u32 = 64u;
-const BN: u32 = 64u;
-const BK: u32 = 16u;
-const THREADS_X: u32 = 16u; // along m, 4 outputs each
-const BM4: u32 = 16u;       // BM / 4: vec4 columns of a tile_a row
-const BN4P: u32 = 17u;      // BN / 4 + 1: tile_b row stride, padded against bank conflicts
+const THREADS: u32 = 256u;
+
+// Derived tile sizes (override expressions, folded when the pipeline is built).
+fn bm() -> u32 { return TM * WG_M; }
+fn bn() -> u32 { return 4u * (THREADS / WG_M); }
+fn bm4() -> u32 { return bm() / 4u; }          // vec4 columns of a tile_a row
+fn bn4p() -> u32 { return bn() / 4u + 1u; }    // tile_b row stride, padded against bank conflicts
+// A loaders: thread column lid % BM, rows in runs of 4; rows covered per pass and
+// the number of passes per K slice (1 or 2).
+fn a_rows_per_pass() -> u32 { return (THREADS / bm()) * 4u; }
+fn a_passes() -> u32 { return BK / a_rows_per_pass(); }
 
 struct Params {
     batch: u32,
@@ -60,34 +100,79 @@ struct Params {
     tiles_m: u32,
     tiles_n: u32,
     total_wg: u32,
+    act_alpha: f32, // epilogue activation parameters (leaky_relu, hardsigmoid)
+    act_beta: f32,
+    // backward_phased only (see there):
+    step_h: u32,    // stride_h / gcd(dil_h, stride_h): tap step within a phase
+    step_w: u32,
+    dstep_h: u32,   // dil_h / gcd(dil_h, stride_h): output step per tap step
+    dstep_w: u32,
+    ph_rows: u32,   // ceil(in_h / stride_h): input rows of the largest phase
+    ph_cols: u32,   // ceil(in_w / stride_w)
 }
 
 override HAS_BIAS: bool = false;
 
 @group(0) @binding(0) var<uniform> p: Params;
 
-// A tile, [BK][BM] as vec4 along m.
-var<workgroup> tile_a: array<vec4<f32>, 256>;   // BK * BM4
-// B tile, [BK][BN] as vec4 along n, rows padded to BN4P.
-var<workgroup> tile_b: array<vec4<f32>, 272>;   // BK * BN4P
+// Epilogue activation, codes and formulas as in activation.wgsl (keep in sync):
+//   0 relu, 1 relu6, 2 leaky_relu(alpha), 3 sigmoid, 4 silu, 5 hardswish,
+//   6 hardsigmoid(alpha x + beta clamped to [0, 1]), 7 identity
+override ACT: u32 = 7u;
+
+fn act(v: f32) -> f32 {
+    switch ACT {
+        case 0u: { return max(v, 0.0); }
+        case 1u: { return clamp(v, 0.0, 6.0); }
+        case 2u: { return select(v * p.act_alpha, v, v >= 0.0); }
+        case 3u: { return 1.0 / (1.0 + exp(-v)); }
+        case 4u: { return v * (1.0 / (1.0 + exp(-v))); }
+        case 5u: { return v * clamp(v + 3.0, 0.0, 6.0) / 6.0; }
+        case 6u: { return clamp(p.act_alpha * v + p.act_beta, 0.0, 1.0); }
+        default: { return v; }
+    }
+}
+
+// A tile, [BK][BM] as vec4 along m (at most 2048 floats).
+var<workgroup> tile_a: array<vec4<f32>, 512>;   // >= BK * BM / 4
+// B tile, [BK][BN] as vec4 along n, rows padded to BN / 4 + 1.
+var<workgroup> tile_b: array<vec4<f32>, 272>;   // >= BK * (BN / 4 + 1)
 
 struct Acc {
     c0: vec4<f32>, // n = 4*ty + 0, components over m = 4*tx + 0..3
     c1: vec4<f32>,
     c2: vec4<f32>,
     c3: vec4<f32>,
+    d0: vec4<f32>, // TM == 8: m = 4*(tx + WG_M) + 0..3
+    d1: vec4<f32>,
+    d2: vec4<f32>,
+    d3: vec4<f32>,
 }
 
-// Multiply the tiles in workgroup memory into the thread's 4 x 4 block.
+fn zero_acc() -> Acc {
+    let z = vec4<f32>(0.0);
+    return Acc(z, z, z, z, z, z, z, z);
+}
+
+// Multiply the tiles in workgroup memory into the thread's TM x 4 block.
 fn mma(acc_in: Acc, tx: u32, ty: u32) -> Acc {
     var acc = acc_in;
+    let sa = bm4();
+    let sb = bn4p();
     for (var kk = 0u; kk < BK; kk++) {
-        let a = tile_a[kk * BM4 + tx];
-        let b = tile_b[kk * BN4P + ty];
+        let a = tile_a[kk * sa + tx];
+        let b = tile_b[kk * sb + ty];
         acc.c0 += a * b.x;
         acc.c1 += a * b.y;
         acc.c2 += a * b.z;
         acc.c3 += a * b.w;
+        if (TM == 8u) {
+            let a2 = tile_a[kk * sa + tx + WG_M];
+            acc.d0 += a2 * b.x;
+            acc.d1 += a2 * b.y;
+            acc.d2 += a2 * b.z;
+            acc.d3 += a2 * b.w;
+        }
     }
     return acc;
 }
@@ -96,10 +181,11 @@ fn mma(acc_in: Acc, tx: u32, ty: u32) -> Acc {
 fn store_a(kq: u32, m: u32, v: vec4<f32>) {
     let col = m / 4u;
     let c = m % 4u;
-    tile_a[(kq + 0u) * BM4 + col][c] = v.x;
-    tile_a[(kq + 1u) * BM4 + col][c] = v.y;
-    tile_a[(kq + 2u) * BM4 + col][c] = v.z;
-    tile_a[(kq + 3u) * BM4 + col][c] = v.w;
+    let sa = bm4();
+    tile_a[(kq + 0u) * sa + col][c] = v.x;
+    tile_a[(kq + 1u) * sa + col][c] = v.y;
+    tile_a[(kq + 2u) * sa + col][c] = v.z;
+    tile_a[(kq + 3u) * sa + col][c] = v.w;
 }
 
 fn flat_wg(wid: vec3<u32>, nwg: vec3<u32>) -> u32 {
@@ -155,15 +241,15 @@ fn fwd_load_a(k: u32) -> vec4<f32> {
     return v;
 }
 
-// B loader: thread loads k = k0 + lid % BK for n = lid / BK + 16 i (k fastest:
-// weight rows are contiguous along k).
+// B loader: thread loads k = k0 + lid % BK for n = lid / BK + (256 / BK) i
+// (k fastest: weight rows are contiguous along k), for the n < BN of the tile.
 // `n_left` is how many columns of this tile exist.
 fn fwd_load_b(k: u32, n: u32, w_row0: u32, n_left: u32) -> vec4<f32> {
     var v = vec4<f32>(0.0);
     if (k < p.gemm_k) {
         for (var i = 0u; i < 4u; i++) {
-            let nn = n + 16u * i;
-            if (nn < n_left) {
+            let nn = n + (THREADS / BK) * i;
+            if (nn < bn() && nn < n_left) {
                 v[i] = w[(w_row0 + nn) * p.gemm_k + k];
             }
         }
@@ -172,13 +258,36 @@ fn fwd_load_b(k: u32, n: u32, w_row0: u32, n_left: u32) -> vec4<f32> {
 }
 
 fn fwd_store_b(kl: u32, nl: u32, v: vec4<f32>) {
+    let sb = bn4p();
     for (var i = 0u; i < 4u; i++) {
-        let nn = nl + 16u * i;
-        tile_b[kl * BN4P + nn / 4u][nn % 4u] = v[i];
+        let nn = nl + (THREADS / BK) * i;
+        if (nn < bn()) {
+            tile_b[kl * sb + nn / 4u][nn % 4u] = v[i];
+        }
     }
 }
 
-@compute @workgroup_size(16, 16)
+// Write the forward outputs of 4 consecutive m from `mstart` (components of the
+// c's) for columns nb..nb+3: bias, activation, store (partial tiles skipped).
+fn fwd_epilogue(mstart: u32, nb: u32, g: u32, bv: vec4<f32>,
+                c0: vec4<f32>, c1: vec4<f32>, c2: vec4<f32>, c3: vec4<f32>) {
+    let ohw = p.out_h * p.out_w;
+    for (var i = 0u; i < 4u; i++) {
+        let mm = mstart + i;
+        if (mm >= p.gemm_m) {
+            break;
+        }
+        let im = mm / ohw;
+        let px = mm - im * ohw;
+        let base = (im * p.out_c + g * p.ocg + nb) * ohw + px;
+        if (nb < p.gemm_n) { y[base] = act(pick(c0, i) + bv.x); }
+        if (nb + 1u < p.gemm_n) { y[base + ohw] = act(pick(c1, i) + bv.y); }
+        if (nb + 2u < p.gemm_n) { y[base + 2u * ohw] = act(pick(c2, i) + bv.z); }
+        if (nb + 3u < p.gemm_n) { y[base + 3u * ohw] = act(pick(c3, i) + bv.w); }
+    }
+}
+
+@compute @workgroup_size(256)
 fn forward(@builtin(workgroup_id) wid: vec3<u32>,
            @builtin(num_workgroups) nwg: vec3<u32>,
            @builtin(local_invocation_index) lid: u32) {
@@ -190,16 +299,17 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>,
     let rest = wg / p.tiles_n;
     let tm = rest % p.tiles_m;
     let g = rest / p.tiles_m;
-    let m0 = tm * BM;
-    let n0 = tn * BN;
-    let tx = lid % THREADS_X;
-    let ty = lid / THREADS_X;
+    let m0 = tm * bm();
+    let n0 = tn * bn();
+    let tx = lid % WG_M;
+    let ty = lid / WG_M;
     let ohw = p.out_h * p.out_w;
     let in_hw = p.in_h * p.in_w;
 
-    // A loader: column am, rows akq..akq+3 of each K slice.
-    let am = lid % BM;
-    let akq = (lid / BM) * 4u;
+    // A loader: column am, rows akq..akq+3 (and + a_rows_per_pass()) of each K slice.
+    let am = lid % bm();
+    let akq = (lid / bm()) * 4u;
+    let arp = a_rows_per_pass();
     let m = m0 + am;
     fa_ok = m < p.gemm_m;
     let img = m / ohw;
@@ -212,27 +322,37 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>,
 
     // B loader.
     let bk = lid % BK;
-    let bn = lid / BK;
+    let bnl = lid / BK;
     let w_row0 = g * p.ocg + n0;
     let n_left = p.gemm_n - n0;
 
-    var ra = fwd_load_a(akq);
-    var rb = fwd_load_b(bk, bn, w_row0, n_left);
-    var acc = Acc(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
+    var ra0 = fwd_load_a(akq);
+    var ra1 = vec4<f32>(0.0);
+    if (a_passes() == 2u) {
+        ra1 = fwd_load_a(akq + arp);
+    }
+    var rb = fwd_load_b(bk, bnl, w_row0, n_left);
+    var acc = zero_acc();
     for (var k0 = 0u; k0 < p.gemm_k; k0 += BK) {
         workgroupBarrier();
-        store_a(akq, am, ra);
-        fwd_store_b(bk, bn, rb);
+        store_a(akq, am, ra0);
+        if (a_passes() == 2u) {
+            store_a(akq + arp, am, ra1);
+        }
+        fwd_store_b(bk, bnl, rb);
         workgroupBarrier();
         let k1 = k0 + BK;
         if (k1 < p.gemm_k) {
-            ra = fwd_load_a(k1 + akq);
-            rb = fwd_load_b(k1 + bk, bn, w_row0, n_left);
+            ra0 = fwd_load_a(k1 + akq);
+            if (a_passes() == 2u) {
+                ra1 = fwd_load_a(k1 + akq + arp);
+            }
+            rb = fwd_load_b(k1 + bk, bnl, w_row0, n_left);
         }
         acc = mma(acc, tx, ty);
     }
 
-    // Epilogue: bias, write y.
+    // Epilogue: bias, activation, write y.
     let nb = n0 + 4u * ty;
     var bv = vec4<f32>(0.0);
     if (HAS_BIAS) {
@@ -242,18 +362,9 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>,
             }
         }
     }
-    for (var i = 0u; i < 4u; i++) {
-        let mm = m0 + 4u * tx + i;
-        if (mm >= p.gemm_m) {
-            break;
-        }
-        let im = mm / ohw;
-        let px = mm - im * ohw;
-        let base = (im * p.out_c + g * p.ocg + nb) * ohw + px;
-        if (nb < p.gemm_n) { y[base] = pick(acc.c0, i) + bv.x; }
-        if (nb + 1u < p.gemm_n) { y[base + ohw] = pick(acc.c1, i) + bv.y; }
-        if (nb + 2u < p.gemm_n) { y[base + 2u * ohw] = pick(acc.c2, i) + bv.z; }
-        if (nb + 3u < p.gemm_n) { y[base + 3u * ohw] = pick(acc.c3, i) + bv.w; }
+    fwd_epilogue(m0 + 4u * tx, nb, g, bv, acc.c0, acc.c1, acc.c2, acc.c3);
+    if (TM == 8u) {
+        fwd_epilogue(m0 + 4u * (tx + WG_M), nb, g, bv, acc.d0, acc.d1, acc.d2, acc.d3);
     }
 }
 
@@ -331,16 +442,37 @@ fn bwd_load_b(k: u32, n: u32, g: u32) -> vec4<f32> {
 }
 
 // Store 4 B values: rows k = kq..kq+3 of column n (n fastest across threads).
+// (Only threads with kq < BK store: with BN = 16 and BK = 8, the first 32.)
 fn bwd_store_b(kq: u32, n: u32, v: vec4<f32>) {
     let col = n / 4u;
     let c = n % 4u;
-    tile_b[(kq + 0u) * BN4P + col][c] = v.x;
-    tile_b[(kq + 1u) * BN4P + col][c] = v.y;
-    tile_b[(kq + 2u) * BN4P + col][c] = v.z;
-    tile_b[(kq + 3u) * BN4P + col][c] = v.w;
+    let sb = bn4p();
+    tile_b[(kq + 0u) * sb + col][c] = v.x;
+    tile_b[(kq + 1u) * sb + col][c] = v.y;
+    tile_b[(kq + 2u) * sb + col][c] = v.z;
+    tile_b[(kq + 3u) * sb + col][c] = v.w;
 }
 
-@compute @workgroup_size(16, 16)
+// Write gx for 4 consecutive m from `mstart` (stride-1 backward), columns nb..nb+3.
+fn bwd_epilogue(mstart: u32, nb: u32, g: u32,
+                c0: vec4<f32>, c1: vec4<f32>, c2: vec4<f32>, c3: vec4<f32>) {
+    let in_hw = p.in_h * p.in_w;
+    for (var i = 0u; i < 4u; i++) {
+        let mm = mstart + i;
+        if (mm >= p.gemm_m) {
+            break;
+        }
+        let im = mm / in_hw;
+        let px = mm - im * in_hw;
+        let base = (im * p.in_c + g * p.icg + nb) * in_hw + px;
+        if (nb < p.gemm_n) { gx[base] = pick(c0, i); }
+        if (nb + 1u < p.gemm_n) { gx[base + in_hw] = pick(c1, i); }
+        if (nb + 2u < p.gemm_n) { gx[base + 2u * in_hw] = pick(c2, i); }
+        if (nb + 3u < p.gemm_n) { gx[base + 3u * in_hw] = pick(c3, i); }
+    }
+}
+
+@compute @workgroup_size(256)
 fn backward(@builtin(workgroup_id) wid: vec3<u32>,
             @builtin(num_workgroups) nwg: vec3<u32>,
             @builtin(local_invocation_index) lid: u32) {
@@ -352,16 +484,17 @@ fn backward(@builtin(workgroup_id) wid: vec3<u32>,
     let rest = wg / p.tiles_n;
     let tm = rest % p.tiles_m;
     let g = rest / p.tiles_m;
-    let m0 = tm * BM;
-    let n0 = tn * BN;
-    let tx = lid % THREADS_X;
-    let ty = lid / THREADS_X;
+    let m0 = tm * bm();
+    let n0 = tn * bn();
+    let tx = lid % WG_M;
+    let ty = lid / WG_M;
     let in_hw = p.in_h * p.in_w;
     let ohw = p.out_h * p.out_w;
 
-    // A and B loaders share the mapping: column lid % 64, rows kq..kq+3.
-    let col = lid % BM;
-    let kq = (lid / BM) * 4u;
+    // A loader: column col of the tile, rows kq..kq+3 (and + a_rows_per_pass()).
+    let col = lid % bm();
+    let kq = (lid / bm()) * 4u;
+    let arp = a_rows_per_pass();
     let m = m0 + col;
     ba_ok = m < p.gemm_m;
     let img = m / in_hw;
@@ -371,36 +504,270 @@ fn backward(@builtin(workgroup_id) wid: vec3<u32>,
     ba_th = ih + p.pad_t;
     ba_tw = iw + p.pad_l;
     ba_base = (img * p.out_c + g * p.ocg) * ohw;
-    let bn = n0 + col;
+    // B loader: column bcol, rows bkq..bkq+3 (threads with bkq < BK).
+    let bcol = lid % bn();
+    let bkq = (lid / bn()) * 4u;
+    let b_on = bkq < BK;
+    let bn_ = n0 + bcol;
 
-    var ra = bwd_load_a(kq);
-    var rb = bwd_load_b(kq, bn, g);
-    var acc = Acc(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
+    var ra0 = bwd_load_a(kq);
+    var ra1 = vec4<f32>(0.0);
+    if (a_passes() == 2u) {
+        ra1 = bwd_load_a(kq + arp);
+    }
+    var rb = vec4<f32>(0.0);
+    if (b_on) {
+        rb = bwd_load_b(bkq, bn_, g);
+    }
+    var acc = zero_acc();
     for (var k0 = 0u; k0 < p.gemm_k; k0 += BK) {
         workgroupBarrier();
-        store_a(kq, col, ra);
-        bwd_store_b(kq, col, rb);
+        store_a(kq, col, ra0);
+        if (a_passes() == 2u) {
+            store_a(kq + arp, col, ra1);
+        }
+        if (b_on) {
+            bwd_store_b(bkq, bcol, rb);
+        }
         workgroupBarrier();
         let k1 = k0 + BK;
         if (k1 < p.gemm_k) {
-            ra = bwd_load_a(k1 + kq);
-            rb = bwd_load_b(k1 + kq, bn, g);
+            ra0 = bwd_load_a(k1 + kq);
+            if (a_passes() == 2u) {
+                ra1 = bwd_load_a(k1 + kq + arp);
+            }
+            if (b_on) {
+                rb = bwd_load_b(k1 + bkq, bn_, g);
+            }
         }
         acc = mma(acc, tx, ty);
     }
 
     let nb = n0 + 4u * ty;
-    for (var i = 0u; i < 4u; i++) {
-        let mm = m0 + 4u * tx + i;
-        if (mm >= p.gemm_m) {
+    bwd_epilogue(m0 + 4u * tx, nb, g, acc.c0, acc.c1, acc.c2, acc.c3);
+    if (TM == 8u) {
+        bwd_epilogue(m0 + 4u * (tx + WG_M), nb, g, acc.d0, acc.d1, acc.d2, acc.d3);
+    }
+}
+
+// --------------------------------------------------------- backward, phased
+
+// One axis of a stride phase: input positions a + j*s for j < count; taps
+// k0 + t*step for t < ntaps; output position ob + j - t*dstep for (j, t).
+struct Axis {
+    count: u32,
+    k0: u32,
+    ntaps: u32,
+    ob: i32,
+}
+
+fn phase_axis(a: u32, s: u32, size: u32, pad: u32, k: u32, dil: u32, step: u32) -> Axis {
+    var ax = Axis(0u, 0u, 0u, 0);
+    if (a < size) {
+        ax.count = (size - a + s - 1u) / s;
+    }
+    // The taps kk with (a + pad - kk*dil) % s == 0 are kk = k0 (mod step), k0 < step.
+    let r = (a + pad) % s;
+    var k0 = k;
+    for (var kk = 0u; kk < step && kk < k; kk++) {
+        if ((kk * dil) % s == r) {
+            k0 = kk;
             break;
         }
-        let im = mm / in_hw;
-        let px = mm - im * in_hw;
-        let base = (im * p.in_c + g * p.icg + nb) * in_hw + px;
-        if (nb < p.gemm_n) { gx[base] = pick(acc.c0, i); }
-        if (nb + 1u < p.gemm_n) { gx[base + in_hw] = pick(acc.c1, i); }
-        if (nb + 2u < p.gemm_n) { gx[base + 2u * in_hw] = pick(acc.c2, i); }
-        if (nb + 3u < p.gemm_n) { gx[base + 3u * in_hw] = pick(acc.c3, i); }
+    }
+    if (k0 < k) {
+        ax.k0 = k0;
+        ax.ntaps = (k - k0 + step - 1u) / step;
+        ax.ob = (i32(a + pad) - i32(k0 * dil)) / i32(s);
+    }
+    return ax;
+}
+
+// Phased A loader state: column m = lid % BM (one input pixel of the phase).
+var<private> qa_ok: bool;
+var<private> qa_oh: i32;   // oh0 + jh
+var<private> qa_ow: i32;   // ow0 + jw
+var<private> qa_base: u32;
+var<private> q_ntw: u32;   // taps along w
+var<private> q_taps: u32;  // taps per output channel
+
+// gy gathered for 4 consecutive k = (oc, th, tw) of this thread's pixel; `gk` is
+// the phase's K.
+fn ph_load_a(k: u32, gk: u32) -> vec4<f32> {
+    var v = vec4<f32>(0.0);
+    if (!qa_ok) {
+        return v;
+    }
+    let ohw = p.out_h * p.out_w;
+    var oc = k / q_taps;
+    let r = k - oc * q_taps;
+    var th = r / q_ntw;
+    var tw = r - th * q_ntw;
+    for (var i = 0u; i < 4u; i++) {
+        if (k + i < gk) {
+            let oh = qa_oh - i32(th * p.dstep_h);
+            let ow = qa_ow - i32(tw * p.dstep_w);
+            if (u32(oh) < p.out_h && u32(ow) < p.out_w) {
+                v[i] = gy[qa_base + oc * ohw + u32(oh) * p.out_w + u32(ow)];
+            }
+        }
+        tw += 1u;
+        if (tw == q_ntw) {
+            tw = 0u;
+            th += 1u;
+            if (th * q_ntw == q_taps) {
+                th = 0u;
+                oc += 1u;
+            }
+        }
+    }
+    return v;
+}
+
+// B[k, n] = w[g*OCg + oc, n, kh0 + th*step_h, kw0 + tw*step_w] for 4 consecutive k.
+fn ph_load_b(k: u32, gk: u32, n: u32, g: u32, kh0: u32, kw0: u32) -> vec4<f32> {
+    var v = vec4<f32>(0.0);
+    if (n >= p.gemm_n) {
+        return v;
+    }
+    let khw = p.k_h * p.k_w;
+    var oc = k / q_taps;
+    let r = k - oc * q_taps;
+    var th = r / q_ntw;
+    var tw = r - th * q_ntw;
+    for (var i = 0u; i < 4u; i++) {
+        if (k + i < gk) {
+            let kh = kh0 + th * p.step_h;
+            let kw = kw0 + tw * p.step_w;
+            v[i] = bw[((g * p.ocg + oc) * p.icg + n) * khw + kh * p.k_w + kw];
+        }
+        tw += 1u;
+        if (tw == q_ntw) {
+            tw = 0u;
+            th += 1u;
+            if (th * q_ntw == q_taps) {
+                th = 0u;
+                oc += 1u;
+            }
+        }
+    }
+    return v;
+}
+
+// Write gx for 4 consecutive m from `mstart` of phase (ah, aw), columns nb..nb+3.
+// `cols` is the phase's column count, `gm` its GEMM M.
+fn ph_epilogue(mstart: u32, nb: u32, g: u32, ah: u32, aw: u32, cols: u32, gm: u32,
+               c0: vec4<f32>, c1: vec4<f32>, c2: vec4<f32>, c3: vec4<f32>) {
+    let in_hw = p.in_h * p.in_w;
+    for (var i = 0u; i < 4u; i++) {
+        let mm = mstart + i;
+        if (mm >= gm) {
+            break;
+        }
+        let ph_hw = gm / p.batch;
+        let im = mm / ph_hw;
+        let px = mm - im * ph_hw;
+        let qh = px / cols;
+        let qw = px - qh * cols;
+        let ih = ah + qh * p.stride_h;
+        let iw = aw + qw * p.stride_w;
+        let base = (im * p.in_c + g * p.icg + nb) * in_hw + ih * p.in_w + iw;
+        if (nb < p.gemm_n) { gx[base] = pick(c0, i); }
+        if (nb + 1u < p.gemm_n) { gx[base + in_hw] = pick(c1, i); }
+        if (nb + 2u < p.gemm_n) { gx[base + 2u * in_hw] = pick(c2, i); }
+        if (nb + 3u < p.gemm_n) { gx[base + 3u * in_hw] = pick(c3, i); }
+    }
+}
+
+@compute @workgroup_size(256)
+fn backward_phased(@builtin(workgroup_id) wid: vec3<u32>,
+                   @builtin(num_workgroups) nwg: vec3<u32>,
+                   @builtin(local_invocation_index) lid: u32) {
+    let wg = flat_wg(wid, nwg);
+    if (wg >= p.total_wg) {
+        return;
+    }
+    // Workgroup order: (phase, group, m tile, n tile), n tile fastest.
+    let tn = wg % p.tiles_n;
+    var rest = wg / p.tiles_n;
+    let tm = rest % p.tiles_m;
+    rest = rest / p.tiles_m;
+    let g = rest % p.groups;
+    let phase = rest / p.groups;
+    let ah = phase / p.stride_w;
+    let aw = phase - ah * p.stride_w;
+    let axh = phase_axis(ah, p.stride_h, p.in_h, p.pad_t, p.k_h, p.dil_h, p.step_h);
+    let axw = phase_axis(aw, p.stride_w, p.in_w, p.pad_l, p.k_w, p.dil_w, p.step_w);
+    let ph_hw = axh.count * axw.count;
+    let gm = p.batch * ph_hw;
+    let m0 = tm * bm();
+    if (m0 >= gm) {
+        return; // spare m tile of a smaller phase (or an empty phase)
+    }
+    let taps = axh.ntaps * axw.ntaps;
+    let gk = p.ocg * taps;
+    let n0 = tn * bn();
+    let tx = lid % WG_M;
+    let ty = lid / WG_M;
+    let ohw = p.out_h * p.out_w;
+    // (q_taps / q_ntw only divide when gk > 0, i.e. when taps > 0.)
+    q_taps = max(taps, 1u);
+    q_ntw = max(axw.ntaps, 1u);
+
+    let col = lid % bm();
+    let kq = (lid / bm()) * 4u;
+    let arp = a_rows_per_pass();
+    let m = m0 + col;
+    qa_ok = m < gm;
+    let img = m / ph_hw;
+    let pix = m - img * ph_hw;
+    let jh = pix / axw.count;
+    let jw = pix - jh * axw.count;
+    qa_oh = axh.ob + i32(jh);
+    qa_ow = axw.ob + i32(jw);
+    qa_base = (img * p.out_c + g * p.ocg) * ohw;
+    let bcol = lid % bn();
+    let bkq = (lid / bn()) * 4u;
+    let b_on = bkq < BK;
+    let bn_ = n0 + bcol;
+
+    var ra0 = ph_load_a(kq, gk);
+    var ra1 = vec4<f32>(0.0);
+    if (a_passes() == 2u) {
+        ra1 = ph_load_a(kq + arp, gk);
+    }
+    var rb = vec4<f32>(0.0);
+    if (b_on) {
+        rb = ph_load_b(bkq, gk, bn_, g, axh.k0, axw.k0);
+    }
+    var acc = zero_acc();
+    for (var k0 = 0u; k0 < gk; k0 += BK) {
+        workgroupBarrier();
+        store_a(kq, col, ra0);
+        if (a_passes() == 2u) {
+            store_a(kq + arp, col, ra1);
+        }
+        if (b_on) {
+            bwd_store_b(bkq, bcol, rb);
+        }
+        workgroupBarrier();
+        let k1 = k0 + BK;
+        if (k1 < gk) {
+            ra0 = ph_load_a(k1 + kq, gk);
+            if (a_passes() == 2u) {
+                ra1 = ph_load_a(k1 + kq + arp, gk);
+            }
+            if (b_on) {
+                rb = ph_load_b(k1 + bkq, gk, bn_, g, axh.k0, axw.k0);
+            }
+        }
+        acc = mma(acc, tx, ty);
+    }
+
+    let nb = n0 + 4u * ty;
+    ph_epilogue(m0 + 4u * tx, nb, g, ah, aw, axw.count, gm, acc.c0, acc.c1, acc.c2, acc.c3);
+    if (TM == 8u) {
+        ph_epilogue(m0 + 4u * (tx + WG_M), nb, g, ah, aw, axw.count, gm,
+                    acc.d0, acc.d1, acc.d2, acc.d3);
     }
 }

@@ -7,6 +7,14 @@
 // across them from registers and cache. Backward is a gather (no atomics): every
 // gx element is written exactly once.
 
+//
+// Compiled without wgpu's runtime checks (Context::kernel's TRUSTED_SHADERS), so
+// every access guards itself: threads past `items` return first; input reads
+// check the row / column ranges; output gradient reads check oh < out_h,
+// ow < out_w; writes check the last partial quad of a row. Divisors (quads,
+// sizes, strides, multiplier) are non-zero by the host's validation (a zero-size
+// output records no forward dispatch). Keep it so when editing.
+
 const WG: u32 = 256u;
 const PER: u32 = 4u;
 
@@ -29,13 +37,37 @@ struct Params {
     pad_l: u32,
     quads: u32, // ceil(row width / PER): threads per row
     items: u32, // threads with work
-    _pad0: u32,
-    _pad1: u32,
+    act_alpha: f32, // epilogue activation parameters (leaky_relu, hardsigmoid)
+    act_beta: f32,
+    // backward: taps of one stride phase step by step = stride / gcd(dil, stride),
+    // their outputs by dstep = dil / gcd(dil, stride)
+    step_h: u32,
+    step_w: u32,
+    dstep_h: u32,
+    dstep_w: u32,
 }
 
 override HAS_BIAS: bool = false;
 
 @group(0) @binding(0) var<uniform> p: Params;
+
+// Epilogue activation, codes and formulas as in activation.wgsl (keep in sync):
+//   0 relu, 1 relu6, 2 leaky_relu(alpha), 3 sigmoid, 4 silu, 5 hardswish,
+//   6 hardsigmoid(alpha x + beta clamped to [0, 1]), 7 identity
+override ACT: u32 = 7u;
+
+fn act(v: f32) -> f32 {
+    switch ACT {
+        case 0u: { return max(v, 0.0); }
+        case 1u: { return clamp(v, 0.0, 6.0); }
+        case 2u: { return select(v * p.act_alpha, v, v >= 0.0); }
+        case 3u: { return 1.0 / (1.0 + exp(-v)); }
+        case 4u: { return v * (1.0 / (1.0 + exp(-v))); }
+        case 5u: { return v * clamp(v + 3.0, 0.0, 6.0) / 6.0; }
+        case 6u: { return clamp(p.act_alpha * v + p.act_beta, 0.0, 1.0); }
+        default: { return v; }
+    }
+}
 
 fn thread_index(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
     return (wid.x + wid.y * nwg.x) * WG + lid;
@@ -95,7 +127,7 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>,
     let y_base = ((img * p.out_c + oc) * p.out_h + oh) * p.out_w + ow0;
     for (var j = 0u; j < PER; j++) {
         if (ow0 + j < p.out_w) {
-            y[y_base + j] = acc[j] + b;
+            y[y_base + j] = act(acc[j] + b);
         }
     }
 }
@@ -125,33 +157,55 @@ fn backward(@builtin(workgroup_id) wid: vec3<u32>,
     let ohw = p.out_h * p.out_w;
     let th0 = ih + p.pad_t;
     let tw0 = iw0 + p.pad_l;
+    // Only the taps with (t - k*dil) % stride == 0 reach an output: per axis they
+    // are k0 + i*step (k0 < step), so the loops below visit exactly those (no
+    // division or divisibility test per tap). Rows: first tap kh0.
+    var kh0 = p.k_h;
+    for (var kk = 0u; kk < p.step_h && kk < p.k_h; kk++) {
+        if ((kk * p.dil_h) % p.stride_h == th0 % p.stride_h) {
+            kh0 = kk;
+            break;
+        }
+    }
+    // Columns, per output j: first tap and the output column it reaches.
+    var kw0 = vec4<u32>(p.k_w);
+    var ow0 = vec4<i32>(0);
+    for (var j = 0u; j < PER; j++) {
+        let tw = tw0 + j;
+        for (var kk = 0u; kk < p.step_w && kk < p.k_w; kk++) {
+            if ((kk * p.dil_w) % p.stride_w == tw % p.stride_w) {
+                kw0[j] = kk;
+                ow0[j] = (i32(tw) - i32(kk * p.dil_w)) / i32(p.stride_w);
+                break;
+            }
+        }
+    }
     var acc = vec4<f32>(0.0);
     for (var mj = 0u; mj < p.mult; mj++) {
         let oc = c * p.mult + mj;
         let g_base = (img * p.out_c + oc) * ohw;
         let w_base = oc * p.k_h * p.k_w;
-        for (var kh = 0u; kh < p.k_h; kh++) {
+        for (var kh = kh0; kh < p.k_h; kh += p.step_h) {
             let dh = kh * p.dil_h;
             if (dh > th0) {
                 break;
             }
-            let th = th0 - dh;
-            let oh = th / p.stride_h;
-            if (oh * p.stride_h != th || oh >= p.out_h) {
+            let oh = (th0 - dh) / p.stride_h;
+            if (oh >= p.out_h) {
                 continue;
             }
             let row = g_base + oh * p.out_w;
-            for (var kw = 0u; kw < p.k_w; kw++) {
-                let wv = bw[w_base + kh * p.k_w + kw];
-                let dw = kw * p.dil_w;
-                for (var j = 0u; j < PER; j++) {
-                    let tw = tw0 + j;
-                    if (dw <= tw) {
-                        let ow = (tw - dw) / p.stride_w;
-                        if (ow * p.stride_w == tw - dw && ow < p.out_w) {
-                            acc[j] += wv * gy[row + ow];
-                        }
+            let wrow = w_base + kh * p.k_w;
+            for (var j = 0u; j < PER; j++) {
+                var ow = ow0[j];
+                for (var kw = kw0[j]; kw < p.k_w; kw += p.step_w) {
+                    if (ow < 0) {
+                        break;
                     }
+                    if (u32(ow) < p.out_w) {
+                        acc[j] += bw[wrow + kw] * gy[row + u32(ow)];
+                    }
+                    ow -= i32(p.dstep_w);
                 }
             }
         }

@@ -1,7 +1,7 @@
 mod common;
 
 use advex::gpu::{Recording, Shape, Step};
-use advex::ops::{conv, linear, Conv2dParams};
+use advex::ops::{conv, linear, Activation, Conv2dParams};
 use advex::Context;
 use common::ref_conv::{linear_backward, linear_forward, RefConv};
 use common::*;
@@ -551,4 +551,281 @@ fn bad_shapes_are_errors() {
     assert!(linear::forward(&ctx, &mut rec, &lx, &lw, None, &ly).is_err());
     assert!(linear::backward(&ctx, &mut rec, &ly, &lw, &lx).is_err());
     assert!(rec.is_empty());
+}
+
+/// Every activation code the fused epilogues accept.
+const ACTS: [Activation; 8] = [
+    Activation::Relu,
+    Activation::Relu6,
+    Activation::LeakyRelu {
+        negative_slope: 0.1,
+    },
+    Activation::Sigmoid,
+    Activation::Silu,
+    Activation::Hardswish,
+    Activation::Hardsigmoid {
+        alpha: 1.0 / 6.0,
+        beta: 0.5,
+    },
+    Activation::Identity,
+];
+
+/// forward_act against the reference conv followed by the reference activation.
+/// Inputs are scaled by `scale` so relu6's top and hardswish's tails are reached.
+fn check_fused(ctx: &Context, case: &Case, depthwise: bool, act: Activation, seed: u64) {
+    let p = case.params();
+    let xs = case.x_shape();
+    let ws = case.w_shape();
+    let ys = p.out_shape(xs, ws.dims()).unwrap();
+    let r = case.reference();
+    let xv: Vec<f32> = random(seed, xs.numel() as usize)
+        .iter()
+        .map(|v| v * 3.0)
+        .collect();
+    let wv = random(seed + 1, ws.numel() as usize);
+    let bv = random(seed + 2, case.oc as usize);
+    let x = ctx.upload(&xv, xs, "x").unwrap();
+    let w = ctx.upload(&wv, ws, "w").unwrap();
+    let b = ctx.upload(&bv, Shape::new(1, case.oc, 1, 1), "b").unwrap();
+    let y = poisoned(ctx, ys, "y");
+    let mut rec = Recording::new();
+    conv::forward_act(ctx, &mut rec, &p, &x, &w, case.bias.then_some(&b), act, &y).unwrap();
+    let l = labels(&rec);
+    assert_eq!(l.len(), 1, "{}: one fused dispatch, got {l:?}", case.name);
+    assert_eq!(l[0].starts_with("depthwise"), depthwise, "{}", case.name);
+    let got = ctx.run_read(&[&rec], &[&y]).unwrap().remove(0);
+    let b64 = to_f64(&bv);
+    let want: Vec<f64> = r
+        .forward(&to_f64(&xv), &to_f64(&wv), case.bias.then_some(&b64[..]))
+        .into_iter()
+        .map(|v| act.apply_f64(v))
+        .collect();
+    assert_close(
+        &format!("{} fused {}", case.name, act.name()),
+        &got,
+        &want,
+        1e-4,
+    );
+}
+
+#[test]
+fn conv_fused_activation() {
+    let ctx = ctx();
+    let gemm = Case::new("gemm 3x3 s2 fused", 2, 5, [9, 11], 70, [3, 3])
+        .pad([0, 0, 1, 1])
+        .stride([2, 2])
+        .bias();
+    let dw = Case::new("depthwise 3x3 fused", 2, 6, [7, 9], 12, [3, 3])
+        .pad([1; 4])
+        .groups(6)
+        .bias();
+    for (i, act) in ACTS.into_iter().enumerate() {
+        check_fused(&ctx, &gemm, false, act, 200 + 10 * i as u64);
+        check_fused(&ctx, &dw, true, act, 205 + 10 * i as u64);
+    }
+    // without a bias
+    let nob = Case::new("gemm 1x1 fused no bias", 1, 8, [5, 5], 9, [1, 1]);
+    check_fused(&ctx, &nob, false, Activation::Relu6, 290);
+}
+
+#[test]
+fn linear_fused_activation() {
+    let ctx = ctx();
+    let (n, k, out) = (3u32, 37u32, 21u32);
+    let xv: Vec<f32> = random(300, (n * k) as usize)
+        .iter()
+        .map(|v| v * 3.0)
+        .collect();
+    let wv = random(301, (out * k) as usize);
+    let bv = random(302, out as usize);
+    let x = ctx.upload(&xv, Shape::new(n, k, 1, 1), "x").unwrap();
+    let w = ctx.upload(&wv, Shape::new(out, k, 1, 1), "w").unwrap();
+    let b = ctx.upload(&bv, Shape::new(1, out, 1, 1), "b").unwrap();
+    for act in [Activation::Relu, Activation::Relu6, Activation::Sigmoid] {
+        let y = poisoned(&ctx, Shape::new(n, out, 1, 1), "y");
+        let mut rec = Recording::new();
+        linear::forward_act(&ctx, &mut rec, &x, &w, Some(&b), act, &y).unwrap();
+        let got = ctx.run_read(&[&rec], &[&y]).unwrap().remove(0);
+        let b64 = to_f64(&bv);
+        let (n, k, out) = (n as usize, k as usize, out as usize);
+        let want: Vec<f64> = linear_forward(&to_f64(&xv), &to_f64(&wv), Some(&b64[..]), n, k, out)
+            .into_iter()
+            .map(|v| act.apply_f64(v))
+            .collect();
+        assert_close(&format!("linear fused {}", act.name()), &got, &want, 1e-4);
+    }
+}
+
+#[test]
+fn conv_backward_stride_phases() {
+    // stride 3 with a 2-wide kernel: every phase has 0 or 1 tap per axis
+    check(
+        &Case::new("2x2 s3", 2, 3, [11, 10], 5, [2, 2])
+            .stride([3, 3])
+            .pad([1, 0, 0, 2]),
+        false,
+        400,
+    );
+    // stride 2, dilation 3 (coprime): taps step by 2, outputs by 3
+    check(
+        &Case::new("3x3 s2 d3", 1, 4, [13, 12], 6, [3, 3])
+            .stride([2, 2])
+            .dil([3, 3])
+            .pad([3, 2, 3, 3]),
+        false,
+        401,
+    );
+    // stride 3, dilation 3: only the phases with (ih + pad) % 3 == 0 get taps
+    check(
+        &Case::new("3x3 s3 d3", 1, 3, [14, 13], 4, [3, 3])
+            .stride([3, 3])
+            .dil([3, 3])
+            .pad([2, 1, 0, 4]),
+        false,
+        402,
+    );
+    // stride larger than the kernel (phases without taps), stride (4, 2), groups,
+    // a 5x3 kernel and more than one n tile (70 input channels per group)
+    check(
+        &Case::new("1x1 s4x2", 1, 5, [9, 7], 3, [1, 1]).stride([4, 2]),
+        false,
+        403,
+    );
+    check(
+        &Case::new("5x3 s(2,3) groups 2 wide", 1, 140, [7, 8], 6, [5, 3])
+            .stride([2, 3])
+            .pad([2, 1, 2, 1])
+            .groups(2)
+            .bias(),
+        false,
+        404,
+    );
+    // input smaller than the stride (empty phases)
+    check(
+        &Case::new("3x3 s4 tiny", 2, 2, [3, 2], 3, [3, 3])
+            .stride([4, 4])
+            .pad([1; 4]),
+        false,
+        405,
+    );
+}
+
+/// (WG_M, TM) of every conv GEMM dispatch in `rec` (the tile variant chosen).
+fn tiles(rec: &Recording) -> Vec<(u32, u32)> {
+    rec.steps
+        .iter()
+        .filter_map(|s| match s {
+            Step::Dispatch { kernel, .. } if kernel.key.shader == "conv" => {
+                let get = |name: &str| {
+                    kernel
+                        .key
+                        .constants
+                        .iter()
+                        .find(|(k, _)| k == name)
+                        .map(|(_, v)| f64::from_bits(*v) as u32)
+                        .unwrap()
+                };
+                Some((get("WG_M"), get("TM")))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// Like `check`, and asserts the GEMM tile variants of forward and backward.
+fn check_tiles(case: &Case, want: [(u32, u32); 2], seed: u64) {
+    let ctx = ctx();
+    let p = case.params();
+    let xs = case.x_shape();
+    let ws = case.w_shape();
+    let ys = p.out_shape(xs, ws.dims()).unwrap();
+    let x = ctx.tensor(xs, "x").unwrap();
+    let w = ctx.tensor(ws, "w").unwrap();
+    let y = ctx.tensor(ys, "y").unwrap();
+    let mut rec = Recording::new();
+    conv::forward(&ctx, &mut rec, &p, &x, &w, None, &y).unwrap();
+    conv::backward(&ctx, &mut rec, &p, &y, &w, &x).unwrap();
+    assert_eq!(tiles(&rec), want.to_vec(), "{}: tile variants", case.name);
+    check_on(&ctx, case, false, seed);
+}
+
+const SQUARE: (u32, u32) = (16, 4);
+const TALL: (u32, u32) = (16, 8);
+const NARROW: (u32, u32) = (64, 4);
+
+#[test]
+fn conv_tile_variants() {
+    // 256 x 16 tiles (few GEMM columns): forward N = 24, backward N = 5, with
+    // partial m and n tiles and K = 45 not a multiple of the K slice (8)
+    check_tiles(
+        &Case::new("narrow 3x3", 1, 5, [21, 19], 24, [3, 3])
+            .pad([1; 4])
+            .bias(),
+        [NARROW, NARROW],
+        500,
+    );
+    // narrow, stride 2 (phased backward), N = 3 like the stem's backward
+    check_tiles(
+        &Case::new("narrow stem-like s2", 2, 3, [30, 26], 20, [3, 3])
+            .pad([0, 0, 1, 1])
+            .stride([2, 2]),
+        [NARROW, NARROW],
+        501,
+    );
+    // 128 x 64 tiles: forward M = 250 * 263 = 65750 (514 tall m tiles, the last
+    // partial), N = 40; backward N = 36 over the same pixels
+    check_tiles(
+        &Case::new("tall 1x1", 1, 36, [250, 263], 40, [1, 1]).bias(),
+        [TALL, TALL],
+        502,
+    );
+    // tall phased backward: 4 phases x 128 m tiles; forward (16384 pixels, N = 3)
+    // is narrow
+    check_tiles(
+        &Case::new("tall phased s2", 1, 40, [256, 256], 3, [3, 3])
+            .pad([1; 4])
+            .stride([2, 2]),
+        [NARROW, TALL],
+        503,
+    );
+    // small layers keep 64 x 64
+    check_tiles(
+        &Case::new("square", 2, 40, [6, 7], 48, [3, 3]).pad([1; 4]),
+        [SQUARE, SQUARE],
+        504,
+    );
+}
+
+#[test]
+fn depthwise_backward_stride_phases() {
+    // EfficientNet-Lite0's 5x5 stride-2 depthwise (TF SAME on an even input)
+    check(
+        &Case::new("depthwise 5x5 s2 [1,1,2,2]", 2, 4, [14, 14], 4, [5, 5])
+            .pad([1, 1, 2, 2])
+            .stride([2, 2])
+            .groups(4)
+            .bias(),
+        true,
+        600,
+    );
+    // stride 3, dilation 2 (coprime): taps step by 3, outputs by 2; multiplier 2
+    check(
+        &Case::new("depthwise 5x4 s3 d2", 1, 3, [17, 16], 6, [5, 4])
+            .pad([3, 2, 1, 4])
+            .stride([3, 3])
+            .dil([2, 2])
+            .groups(3),
+        true,
+        601,
+    );
+    // stride 2, dilation 4 (not coprime: odd phases get no taps), stride (2, 4)
+    check(
+        &Case::new("depthwise 3x3 s(2,4) d4", 1, 2, [15, 18], 2, [3, 3])
+            .pad([4, 4, 4, 3])
+            .stride([2, 4])
+            .dil([4, 4])
+            .groups(2),
+        true,
+        602,
+    );
 }

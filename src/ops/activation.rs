@@ -27,7 +27,9 @@ pub enum Activation {
 }
 
 impl Activation {
-    fn code(&self) -> (u32, f32, f32) {
+    /// (ACT override code, alpha, beta) as `shaders/activation.wgsl` and the fused
+    /// conv epilogues (`shaders/conv.wgsl`, `shaders/depthwise.wgsl`) read them.
+    pub(crate) fn code(&self) -> (u32, f32, f32) {
         match *self {
             Activation::Relu => (0, 0.0, 0.0),
             Activation::Relu6 => (1, 0.0, 0.0),
@@ -50,6 +52,21 @@ impl Activation {
             Activation::Hardswish => "hardswish",
             Activation::Hardsigmoid { .. } => "hardsigmoid",
             Activation::Identity => "identity",
+        }
+    }
+
+    /// Whether the derivative can be computed from the output alone (see
+    /// [`backward_from_output`]): relu, relu6, identity, sigmoid, hardsigmoid and
+    /// leaky_relu with a slope >= 0. silu and hardswish need the input.
+    pub fn derivative_from_output(&self) -> bool {
+        match *self {
+            Activation::Relu
+            | Activation::Relu6
+            | Activation::Identity
+            | Activation::Sigmoid
+            | Activation::Hardsigmoid { .. } => true,
+            Activation::LeakyRelu { negative_slope } => negative_slope >= 0.0,
+            Activation::Silu | Activation::Hardswish => false,
         }
     }
 
@@ -155,5 +172,46 @@ fn check(act: Activation, a: &Tensor, b: &Tensor) -> Result<()> {
             format!("tensor shapes {} and {} differ", a.shape, b.shape),
         ));
     }
+    Ok(())
+}
+
+/// gx = gy * act'(x), computed from the forward OUTPUT y = act(x) instead of the
+/// input, so a fused conv + activation need not keep its pre-activation tensor.
+/// The derivative at the kinks is PyTorch's, exactly as [`backward`] from the
+/// input: relu: y > 0; relu6: 0 < y < 6; leaky_relu (slope >= 0): y > 0;
+/// sigmoid: y (1 - y); hardsigmoid: alpha where 0 < y < 1; identity: 1.
+/// Activations whose derivative needs the input (silu, hardswish, leaky_relu with a
+/// negative slope) are refused with [`Error::Usage`].
+pub fn backward_from_output(
+    ctx: &Context,
+    rec: &mut Recording,
+    act: Activation,
+    y: &Tensor,
+    gy: &Tensor,
+    gx: &Tensor,
+) -> Result<()> {
+    if !act.derivative_from_output() {
+        return Err(Error::Usage(format!(
+            "the derivative of {} cannot be computed from its output; use the input",
+            act.name()
+        )));
+    }
+    check(act, y, gy)?;
+    check(act, y, gx)?;
+    let (p, groups, code) = params(ctx, act, y.numel())?;
+    let k = ctx.kernel(
+        "activation",
+        SHADER,
+        "backward_from_output",
+        &[Binding::Read, Binding::Read, Binding::ReadWrite],
+        &[("ACT", code)],
+    )?;
+    rec.push(ctx.dispatch(
+        format!("{}_backward", act.name()),
+        &k,
+        &p,
+        &[y, gy, gx],
+        groups,
+    )?);
     Ok(())
 }

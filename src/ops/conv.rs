@@ -1,25 +1,94 @@
 //! 2-D convolution, forward and backward to the input.
 //!
 //! Two kernel families:
-//! - `shaders/conv.wgsl`: a tiled implicit GEMM (64 x 64 output tile per workgroup,
-//!   16 x 16 threads with a 4 x 4 register block each, K in slices of 16 through
-//!   workgroup memory) for dense and grouped convolutions, and for `linear`;
+//! - `shaders/conv.wgsl`: a tiled implicit GEMM for dense and grouped convolutions
+//!   and for `linear`: 256 threads per workgroup, K in slices through workgroup
+//!   memory, the output tile picked per layer by `Tile::pick` (64 x 64 in
+//!   general, 128 x 64 for large layers, 256 x 16 when the GEMM has at most 32
+//!   columns). The backward pass of a strided convolution runs one dense GEMM per
+//!   stride phase (`backward_phased`) instead of gathering zeros;
 //! - `shaders/depthwise.wgsl`: depthwise convolution (groups == input channels,
 //!   channel multiplier >= 1), a direct kernel with 4 outputs per thread.
 //!
-//! Shapes travel in a uniform block, so one pipeline per (entry, bias flag) serves
-//! every layer.
+//! Both forward kernels apply bias and an optional activation in their epilogue
+//! ([`forward_act`]). Shapes travel in a uniform block, so one pipeline per
+//! (entry, bias flag, activation, tile) serves every layer.
+//!
+//! Both shaders run as trusted modules, without wgpu's injected bounds checks (see
+//! `Context::kernel`): they guard every index themselves; keep it so.
 
 use crate::error::{Error, Result};
 use crate::gpu::{Binding, Context, Recording, Shape, Tensor};
+use crate::ops::activation::Activation;
 use crate::ops::params::Conv2dParams;
 
 const GEMM_SHADER: &str = include_str!("../../shaders/conv.wgsl");
 const DW_SHADER: &str = include_str!("../../shaders/depthwise.wgsl");
 
-/// Output tile of the GEMM kernel (must match `BM`, `BN` in conv.wgsl).
-const GEMM_TILE_M: u32 = 64;
-const GEMM_TILE_N: u32 = 64;
+/// Tile shape of the GEMM kernel, set through its override constants (`WG_M`
+/// threads along m, `TM` m per thread, `BK` the K slice); conv.wgsl supports
+/// exactly these three (its workgroup arrays and index bounds are sized for them).
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Tile {
+    wg_m: u32,
+    tm: u32,
+    bk: u32,
+}
+
+impl Tile {
+    /// 64 x 64, 4 x 4 per thread: the general case.
+    const SQUARE: Tile = Tile {
+        wg_m: 16,
+        tm: 4,
+        bk: 16,
+    };
+    /// 128 x 64, 8 x 4 per thread: twice the FMAs per workgroup-memory read, for
+    /// layers with enough tiles to fill a GPU anyway.
+    const TALL: Tile = Tile {
+        wg_m: 16,
+        tm: 8,
+        bk: 16,
+    };
+    /// 256 x 16, 4 x 4 per thread: few GEMM columns (the stem's backward has 3,
+    /// 1x1 projections 24), where a 64-wide tile would mostly compute padding.
+    const NARROW: Tile = Tile {
+        wg_m: 64,
+        tm: 4,
+        bk: 8,
+    };
+
+    fn bm(self) -> u64 {
+        (self.tm * self.wg_m) as u64
+    }
+    fn bn(self) -> u64 {
+        (4 * (256 / self.wg_m)) as u64
+    }
+
+    /// The tile for a GEMM of `m` x `n` repeated `batches` times (groups, phases).
+    fn pick(m: u64, n: u64, batches: u64) -> Tile {
+        if n <= 32 && m >= 256 {
+            return Tile::NARROW;
+        }
+        let tall_tiles = batches * m.div_ceil(Tile::TALL.bm()) * n.div_ceil(Tile::TALL.bn());
+        if n > 32 && tall_tiles >= TALL_MIN_WORKGROUPS {
+            Tile::TALL
+        } else {
+            Tile::SQUARE
+        }
+    }
+
+    fn constants(self) -> [(&'static str, f64); 3] {
+        [
+            ("WG_M", self.wg_m as f64),
+            ("TM", self.tm as f64),
+            ("BK", self.bk as f64),
+        ]
+    }
+}
+
+/// Use the 128 x 64 tile only when it still gives this many workgroups (a few
+/// waves on a large GPU); smaller layers keep 64 x 64 for parallelism.
+const TALL_MIN_WORKGROUPS: u64 = 512;
 /// Threads per workgroup and outputs per thread of the depthwise kernel.
 const DW_THREADS: u32 = 256;
 const DW_PER_THREAD: u32 = 4;
@@ -51,6 +120,14 @@ struct GemmParams {
     tiles_m: u32,
     tiles_n: u32,
     total_wg: u32,
+    act_alpha: f32,
+    act_beta: f32,
+    step_h: u32,
+    step_w: u32,
+    dstep_h: u32,
+    dstep_w: u32,
+    ph_rows: u32,
+    ph_cols: u32,
 }
 
 #[repr(C)]
@@ -74,13 +151,17 @@ struct DwParams {
     pad_l: u32,
     quads: u32,
     items: u32,
-    _pad0: u32,
-    _pad1: u32,
+    act_alpha: f32,
+    act_beta: f32,
+    step_h: u32,
+    step_w: u32,
+    dstep_h: u32,
+    dstep_w: u32,
 }
 
 /// y = conv2d(x, w) (+ b). `w` is `[oc, ic / groups, kh, kw]`, `b` is `[1, oc, 1, 1]`
 /// (any shape of `oc` elements), `y` must have the shape [`Conv2dParams::out_shape`]
-/// gives.
+/// gives. Same as [`forward_act`] with [`Activation::Identity`].
 pub fn forward(
     ctx: &Context,
     rec: &mut Recording,
@@ -88,6 +169,25 @@ pub fn forward(
     x: &Tensor,
     w: &Tensor,
     b: Option<&Tensor>,
+    y: &Tensor,
+) -> Result<()> {
+    forward_act(ctx, rec, p, x, w, b, Activation::Identity, y)
+}
+
+/// y = act(conv2d(x, w) (+ b)) in one dispatch: the activation runs in the kernel's
+/// epilogue (same formulas as [`crate::ops::activation::forward`]), so the
+/// pre-activation tensor is never written. For the backward pass of the fused op,
+/// [`crate::ops::activation::backward_from_output`] turns the output gradient into
+/// the pre-activation gradient from `y` alone (relu, relu6, ...), then [`backward`].
+#[allow(clippy::too_many_arguments)]
+pub fn forward_act(
+    ctx: &Context,
+    rec: &mut Recording,
+    p: &Conv2dParams,
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    act: Activation,
     y: &Tensor,
 ) -> Result<()> {
     let geo = Geometry::new(p, x.shape, w.shape, y.shape, "output")?;
@@ -108,7 +208,15 @@ pub fn forward(
     if y.numel() == 0 {
         return Ok(());
     }
-    let has_bias = [("HAS_BIAS", if b.is_some() { 1.0 } else { 0.0 })];
+    let (act_code, act_alpha, act_beta) = act.code();
+    let constants = [
+        ("HAS_BIAS", if b.is_some() { 1.0 } else { 0.0 }),
+        ("ACT", act_code as f64),
+    ];
+    let suffix = match act {
+        Activation::Identity => String::new(),
+        a => format!("+{}", a.name()),
+    };
     // Without a bias the weight is bound in its place (never read).
     let bias = b.unwrap_or(w);
     let bindings = [
@@ -118,15 +226,33 @@ pub fn forward(
         Binding::ReadWrite,
     ];
     if geo.depthwise {
-        let (params, groups) = geo.dw_params(false)?;
-        let k = ctx.kernel("depthwise", DW_SHADER, "forward", &bindings, &has_bias)?;
+        let (mut params, groups) = geo.dw_params(false)?;
+        params.act_alpha = act_alpha;
+        params.act_beta = act_beta;
+        let k = ctx.kernel("depthwise", DW_SHADER, "forward", &bindings, &constants)?;
         let u = ctx.uniform(&params);
-        rec.push(ctx.dispatch("depthwise_conv2d", &k, &u, &[x, w, bias, y], groups)?);
+        rec.push(ctx.dispatch(
+            format!("depthwise_conv2d{suffix}"),
+            &k,
+            &u,
+            &[x, w, bias, y],
+            groups,
+        )?);
     } else {
-        let params = geo.gemm_params(false)?;
-        let k = ctx.kernel("conv", GEMM_SHADER, "forward", &bindings, &has_bias)?;
+        let (mut params, tile) = geo.gemm_params(false)?;
+        params.act_alpha = act_alpha;
+        params.act_beta = act_beta;
+        let [c0, c1, c2] = tile.constants();
+        let constants = [constants[0], constants[1], c0, c1, c2];
+        let k = ctx.kernel("conv", GEMM_SHADER, "forward", &bindings, &constants)?;
         let u = ctx.uniform(&params);
-        rec.push(ctx.dispatch("conv2d", &k, &u, &[x, w, bias, y], params.total_wg)?);
+        rec.push(ctx.dispatch(
+            format!("conv2d{suffix}"),
+            &k,
+            &u,
+            &[x, w, bias, y],
+            params.total_wg,
+        )?);
     }
     Ok(())
 }
@@ -159,8 +285,14 @@ pub fn backward(
             buffer: gx.buffer.clone(),
         });
     } else {
-        let params = geo.gemm_params(true)?;
-        let k = ctx.kernel("conv", GEMM_SHADER, "backward", &bindings, &[])?;
+        let (params, tile) = geo.gemm_params(true)?;
+        // Stride > 1: phase by phase, without the zero taps (see conv.wgsl).
+        let entry = if geo.phased() {
+            "backward_phased"
+        } else {
+            "backward"
+        };
+        let k = ctx.kernel("conv", GEMM_SHADER, entry, &bindings, &tile.constants())?;
         let u = ctx.uniform(&params);
         rec.push(ctx.dispatch("conv2d_backward", &k, &u, &[gy, w, gx], params.total_wg)?);
     }
@@ -201,13 +333,40 @@ impl Geometry {
         })
     }
 
-    fn gemm_params(&self, backward: bool) -> Result<GemmParams> {
+    /// Whether the backward pass runs phase by phase (`backward_phased`).
+    fn phased(&self) -> bool {
+        self.p.stride != [1, 1]
+    }
+
+    fn gemm_params(&self, backward: bool) -> Result<(GemmParams, Tile)> {
         let (x, y, p) = (self.x, self.y, &self.p);
         let g = p.groups;
         let icg = x.c / g;
         let ocg = self.oc / g;
         let khw = self.kh as u64 * self.kw as u64;
-        let (m, n, k) = if backward {
+        let [sh, sw] = p.stride;
+        let [dh, dw] = p.dilation;
+        // Stride phases (backward_phased): taps step by stride / gcd(dil, stride)
+        // within a phase, outputs by dil / gcd.
+        let (step_h, dstep_h) = (sh / gcd(dh, sh), dh / gcd(dh, sh));
+        let (step_w, dstep_w) = (sw / gcd(dw, sw), dw / gcd(dw, sw));
+        let ph_rows = (x.h as u64).div_ceil(sh as u64);
+        let ph_cols = (x.w as u64).div_ceil(sw as u64);
+        let phases = if backward && self.phased() {
+            sh as u64 * sw as u64
+        } else {
+            1
+        };
+        let (m, n, k) = if backward && self.phased() {
+            // the largest phase: the kernel skips the spare tiles of smaller ones
+            (
+                x.n as u64 * ph_rows * ph_cols,
+                icg as u64,
+                ocg as u64
+                    * (self.kh as u64).div_ceil(step_h as u64)
+                    * (self.kw as u64).div_ceil(step_w as u64),
+            )
+        } else if backward {
             (
                 x.n as u64 * x.h as u64 * x.w as u64,
                 icg as u64,
@@ -220,18 +379,19 @@ impl Geometry {
                 icg as u64 * khw,
             )
         };
-        let tiles_m = m.div_ceil(GEMM_TILE_M as u64);
-        let tiles_n = n.div_ceil(GEMM_TILE_N as u64);
-        let total = g as u64 * tiles_m * tiles_n;
+        let tile = Tile::pick(m, n, phases * g as u64);
+        let tiles_m = m.div_ceil(tile.bm());
+        let tiles_n = n.div_ceil(tile.bn());
+        let total = phases * g as u64 * tiles_m * tiles_n;
         let fits = |v: u64| u32::try_from(v).ok();
-        // The kernel steps k in slices of 16 and m in tiles of 64: keep headroom.
+        // The kernel steps k in slices of 16 and m in tiles: keep headroom.
         match (
-            fits(m + GEMM_TILE_M as u64),
+            fits(m + tile.bm()),
             fits(n),
             fits(k + 16),
             fits(total),
         ) {
-            (Some(_), Some(_), Some(_), Some(total_wg)) => Ok(GemmParams {
+            (Some(_), Some(_), Some(_), Some(total_wg)) => Ok((GemmParams {
                 batch: x.n,
                 in_c: x.c,
                 in_h: x.h,
@@ -256,7 +416,15 @@ impl Geometry {
                 tiles_m: tiles_m as u32,
                 tiles_n: tiles_n as u32,
                 total_wg,
-            }),
+                act_alpha: 0.0,
+                act_beta: 0.0,
+                step_h,
+                step_w,
+                dstep_h,
+                dstep_w,
+                ph_rows: ph_rows as u32,
+                ph_cols: ph_cols as u32,
+            }, tile)),
             _ => Err(Error::shape(
                 "conv2d",
                 format!(
@@ -305,11 +473,23 @@ impl Geometry {
                 pad_l: p.padding[1],
                 quads,
                 items,
-                _pad0: 0,
-                _pad1: 0,
+                act_alpha: 0.0,
+                act_beta: 0.0,
+                step_h: p.stride[0] / gcd(p.dilation[0], p.stride[0]),
+                step_w: p.stride[1] / gcd(p.dilation[1], p.stride[1]),
+                dstep_h: p.dilation[0] / gcd(p.dilation[0], p.stride[0]),
+                dstep_w: p.dilation[1] / gcd(p.dilation[1], p.stride[1]),
             },
             groups,
         ))
+    }
+}
+
+fn gcd(a: u32, b: u32) -> u32 {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
     }
 }
 

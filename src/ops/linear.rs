@@ -4,6 +4,7 @@
 
 use crate::error::{Error, Result};
 use crate::gpu::{Context, Recording, Shape, Tensor};
+use crate::ops::activation::Activation;
 use crate::ops::conv;
 use crate::ops::params::Conv2dParams;
 
@@ -16,6 +17,20 @@ pub fn forward(
     x: &Tensor,
     w: &Tensor,
     b: Option<&Tensor>,
+    y: &Tensor,
+) -> Result<()> {
+    forward_act(ctx, rec, x, w, b, Activation::Identity, y)
+}
+
+/// y = act(x W^T + b) in one dispatch (the activation in the GEMM epilogue; see
+/// [`conv::forward_act`]).
+pub fn forward_act(
+    ctx: &Context,
+    rec: &mut Recording,
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    act: Activation,
     y: &Tensor,
 ) -> Result<()> {
     let (xv, wv) = views(x, w)?;
@@ -37,13 +52,14 @@ pub fn forward(
             ));
         }
     }
-    conv::forward(
+    conv::forward_act(
         ctx,
         rec,
         &Conv2dParams::default(),
         &xv,
         &wv,
         b,
+        act,
         &y.reshaped(want),
     )
 }
