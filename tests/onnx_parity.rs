@@ -20,9 +20,10 @@ fn dir() -> PathBuf {
 }
 
 fn check(family: &str, file: &str) {
-    let fx: Value =
-        serde_json::from_str(&std::fs::read_to_string(dir().join(format!("{family}.json"))).unwrap())
-            .unwrap();
+    let fx: Value = serde_json::from_str(
+        &std::fs::read_to_string(dir().join(format!("{family}.json"))).unwrap(),
+    )
+    .unwrap();
     let model = Arc::new(load_onnx_model(&dir().join(file), &ImportOptions::default()).unwrap());
     let shape: Vec<u32> = fx["input_shape"]
         .as_array()
@@ -102,7 +103,10 @@ fn check(family: &str, file: &str) {
     let given: Vec<Option<u32>> = labels.iter().map(|&l| Some(l)).collect();
     let res = fgsm.run(&pixels, &given, false).unwrap();
     for (i, im) in images.iter().enumerate() {
-        assert_eq!(res.clean[i].class, labels[i], "{file} image {i}: clean top-1");
+        assert_eq!(
+            res.clean[i].class, labels[i],
+            "{file} image {i}: clean top-1"
+        );
         for (e, f) in im["fgsm"].as_array().unwrap().iter().enumerate() {
             assert_eq!(
                 res.adv[e][i].class as u64,

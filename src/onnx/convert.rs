@@ -619,7 +619,7 @@ impl<'a> Converter<'a> {
 
     // ---- value access -------------------------------------------------
 
-    fn inp<'n>(n: &'n NodeProto, k: usize) -> Option<&'n str> {
+    fn inp(n: &NodeProto, k: usize) -> Option<&str> {
         n.input.get(k).map(String::as_str).filter(|s| !s.is_empty())
     }
 

@@ -118,13 +118,15 @@ pub struct ImportOptions {
     pub name: Option<String>,
 }
 
+/// Named tensors `(name, shape, row-major f32 values)`, as the model writer takes them.
+pub type Tensors = Vec<(String, Vec<usize>, Vec<f32>)>;
+
 /// A converted model: description, tensors and the importer's warnings
 /// (dropped softmax, extra outputs ignored).
 #[derive(Debug, Clone)]
 pub struct Imported {
     pub spec: ModelSpec,
-    /// `(name, shape, values)`, row-major f32.
-    pub tensors: Vec<(String, Vec<usize>, Vec<f32>)>,
+    pub tensors: Tensors,
     pub warnings: Vec<String>,
 }
 
@@ -136,10 +138,7 @@ pub fn is_onnx_path(path: &Path) -> bool {
 
 /// Converts the ONNX file at `path` to an advex model description and tensors.
 /// External data files are read relative to `path`'s folder.
-pub fn import_onnx(
-    path: &Path,
-    opts: &ImportOptions,
-) -> Result<(ModelSpec, Vec<(String, Vec<usize>, Vec<f32>)>)> {
+pub fn import_onnx(path: &Path, opts: &ImportOptions) -> Result<(ModelSpec, Tensors)> {
     let i = import_onnx_full(path, opts)?;
     Ok((i.spec, i.tensors))
 }

@@ -937,11 +937,10 @@ pub(crate) fn gather_nd(data: &Const, indices: &Const) -> Result<Const, String> 
     check_grow(&dims, &[data.len(), indices.len()])?;
     let s = strides(&data.dims);
     let inner: usize = data.dims[last..].iter().product();
-    let tuples = if last == 0 {
-        numel(&indices.dims[..q - 1]).unwrap_or(0)
-    } else {
-        idx.len() / last
-    };
+    let tuples = idx
+        .len()
+        .checked_div(last)
+        .unwrap_or_else(|| numel(&indices.dims[..q - 1]).unwrap_or(0));
     let mut pick = Vec::with_capacity(tuples * inner);
     for t in 0..tuples {
         let mut base = 0usize;
