@@ -252,6 +252,24 @@ fn matmul_then_add_is_one_linear() {
         })
         .collect();
     close("matmul+add", &cpu(&m, &x), &want);
+
+    // The MatMul's output also feeds a ReLU: the bias must not join the
+    // linear node (the ReLU reads the product without it).
+    let mut g = G::new(13, k as i64, 1, 1);
+    g.init(tf("W", &[k as i64, out as i64], &b))
+        .init(tf("bias", &[out as i64], &bias))
+        .n("flat", "Flatten", &["x"], &["f"], vec![])
+        .n("mm", "MatMul", &["f", "W"], &["mm_out"], vec![])
+        .n("add", "Add", &["mm_out", "bias"], &["a"], vec![])
+        .n("relu", "Relu", &["mm_out"], &["r"], vec![])
+        .n("sum", "Add", &["a", "r"], &["y"], vec![]);
+    let m = g.import().unwrap().to_model(Path::new("t.onnx")).unwrap();
+    let want2: Vec<f64> = want
+        .iter()
+        .zip(&bias)
+        .map(|(&v, &bb)| v + (v - bb as f64).max(0.0))
+        .collect();
+    close("shared matmul output", &cpu(&m, &x), &want2);
 }
 
 #[test]

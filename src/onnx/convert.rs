@@ -54,8 +54,9 @@ enum Origin {
     Sigmoid(String),
     /// `hardsigmoid(src)` with these parameters.
     HardSigmoid(String, f32, f32),
-    /// A linear node (index into `nodes`), whose bias an `Add` may absorb.
-    Linear(usize),
+    /// A linear node (index into `nodes`) and the ONNX value it produced: an
+    /// `Add` reading exactly that value, its only consumer, may join its bias.
+    Linear(usize, String),
 }
 
 /// A run-time value.
@@ -1442,7 +1443,7 @@ impl<'a> Converter<'a> {
         spec.bias = bias;
         let (name, i) = self.emit(n, idx, spec);
         let mut d = Self::out_dyn(name, vec![1, out])?;
-        d.origin = Origin::Linear(i);
+        d.origin = Origin::Linear(i, n.output.first().cloned().unwrap_or_default());
         Ok(vec![Val::Dyn(d)])
     }
 
@@ -1688,8 +1689,10 @@ impl<'a> Converter<'a> {
             }
         };
         // A bias after a linear node (MatMul + Add) joins the linear node.
-        if let Origin::Linear(i) = x.origin {
-            if scale.iter().all(|&s| s == 1.0)
+        if let Origin::Linear(i, value) = &x.origin {
+            let i = *i;
+            if value == x_name
+                && scale.iter().all(|&s| s == 1.0)
                 && self.single_consumer(x_name)
                 && i < self.nodes.len()
             {
