@@ -978,6 +978,14 @@ fn dead_branches_and_extra_outputs_are_ignored() {
         .n("relu", "Relu", &["x"], &["a"], vec![]);
     head(&mut g, "a", 2, 2);
     g.outputs.push(vi("t", &[]));
+    // An initializer nothing live reads may be of a type advex does not read.
+    g.init(TensorProto {
+        name: Some("label_names".into()),
+        dims: vec![1],
+        data_type: Some(8),
+        string_data: vec![b"cat".to_vec()],
+        ..Default::default()
+    });
     let imp = g.import().unwrap();
     assert_eq!(ops(&imp), ["relu", "linear"]);
     assert!(

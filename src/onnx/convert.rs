@@ -233,35 +233,18 @@ impl<'a> Converter<'a> {
             unsupported: Vec::new(),
             warnings: Vec::new(),
         };
-        let mut ext = ExternalData::new(path);
+        if !graph.sparse_initializer.is_empty() {
+            return Err(c.err("sparse initializers are not supported"));
+        }
         for init in &graph.initializer {
             let name = init.name.clone().unwrap_or_default();
             if name.is_empty() {
                 return Err(c.err("an initializer has no name"));
             }
-            let mut k = t::decode_tensor(init, &mut ext)
-                .map_err(|m| c.err(format!("initializer: {m}")).tensor(name.clone()))?;
-            k.origin = Some(name.clone());
-            c.reserved_tensors.insert(name.clone());
-            c.values.insert(name, Val::Const(Rc::new(k)));
-        }
-        if !graph.sparse_initializer.is_empty() {
-            return Err(c.err("sparse initializers are not supported"));
+            c.reserved_tensors.insert(name);
         }
         let input = c.graph_input(graph, size)?;
         let [ch, h, w] = input.chw;
-        c.values.insert(
-            input.name.clone(),
-            Val::Dyn(Dyn {
-                src: "input".into(),
-                dims: vec![1, ch as usize, h as usize, w as usize],
-                adv: [ch as usize, h as usize, w as usize],
-                nonneg: false,
-                pad: [0; 4],
-                origin: Origin::Other,
-                map: None,
-            }),
-        );
         let out_name = match graph.output.as_slice() {
             [] => return Err(c.err("the graph has no output")),
             [first, rest @ ..] => {
@@ -276,7 +259,34 @@ impl<'a> Converter<'a> {
             }
         };
         c.output = out_name.clone();
-        let order = c.plan(graph, &known_names(&c.values))?;
+        let mut known = c.reserved_tensors.clone();
+        known.insert(input.name.clone());
+        let order = c.plan(graph, &known)?;
+        // Decode the initializers the output depends on (others may be of
+        // types advex does not read).
+        let mut ext = ExternalData::new(path);
+        for init in &graph.initializer {
+            let name = init.name.clone().unwrap_or_default();
+            if !c.consumers.contains_key(&name) || c.values.contains_key(&name) {
+                continue;
+            }
+            let mut k = t::decode_tensor(init, &mut ext)
+                .map_err(|m| c.err(format!("initializer: {m}")).tensor(name.clone()))?;
+            k.origin = Some(name.clone());
+            c.values.insert(name, Val::Const(Rc::new(k)));
+        }
+        c.values.insert(
+            input.name.clone(),
+            Val::Dyn(Dyn {
+                src: "input".into(),
+                dims: vec![1, ch as usize, h as usize, w as usize],
+                adv: [ch as usize, h as usize, w as usize],
+                nonneg: false,
+                pad: [0; 4],
+                origin: Origin::Other,
+                map: None,
+            }),
+        );
         for idx in order {
             let n = &graph.node[idx];
             let result = c.convert_node(idx, n);
@@ -326,6 +336,11 @@ impl<'a> Converter<'a> {
             }
             _ => return Err(c.err(format!("the output `{out_name}` is not computed"))),
         };
+        if d.map.is_some() {
+            return Err(c.err(format!(
+                "the output `{out_name}` is a rearrangement (Transpose, Gather, ...) of a run-time value; advex supports those only before a Gemm or MatMul"
+            )));
+        }
         let is_classifier = matches!(d.dims.as_slice(), [1, _] | [1, _, 1, 1]) && d.pad == [0; 4];
         if !is_classifier {
             return Err(c.err(format!(
@@ -377,7 +392,11 @@ impl<'a> Converter<'a> {
         let real: Vec<_> = graph
             .input
             .iter()
-            .filter(|i| !self.values.contains_key(i.name.as_deref().unwrap_or("")))
+            .filter(|i| {
+                !self
+                    .reserved_tensors
+                    .contains(i.name.as_deref().unwrap_or(""))
+            })
             .collect();
         let vi = match real.as_slice() {
             [one] => *one,
@@ -2175,11 +2194,6 @@ fn strip(c: &Const) -> Const {
         origin: None,
         ..c.clone()
     }
-}
-
-/// The names already known before any node runs.
-fn known_names(values: &HashMap<String, Val>) -> HashSet<String> {
-    values.keys().cloned().collect()
 }
 
 /// Every op type the importer understands (some only on constants).
