@@ -597,7 +597,9 @@ impl<'a> Converter<'a> {
             let mut steps = 0;
             loop {
                 if v == self.output {
-                    self.final_softmax.insert(i);
+                    if self.consumers.get(&v) == Some(&1) {
+                        self.final_softmax.insert(i);
+                    }
                     break;
                 }
                 let next: Vec<usize> = users

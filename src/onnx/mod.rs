@@ -31,8 +31,12 @@
 //! `GlobalMaxPool`, `ReduceMean` over H and W, `Flatten`/`Reshape`/`Squeeze`/
 //! `Unsqueeze` (nothing or a `flatten`), `Concat` along channels, `Pad` with
 //! zeros (folded into the next convolution or pooling), `Dropout`, `Identity`,
-//! `Cast` to float. A final `Softmax`/`LogSoftmax` is dropped with a warning:
-//! attacks need logits.
+//! `Cast` to float. `Transpose`, `Gather`, `GatherND`, `Slice`, `Expand` and a
+//! `ReduceMean` over other axes, applied to run-time values, are constant
+//! linear maps folded into the weights of the `Gemm`/`MatMul` they feed (this
+//! is how the dynamo exporter writes an `AdaptiveAvgPool2d` that enlarges a
+//! small map, as in VGG on small inputs). A final `Softmax`/`LogSoftmax` is
+//! dropped with a warning: attacks need logits.
 //!
 //! Everything unsupported is reported at once: one error listing every
 //! unsupported node with its name, op type and the reason.
@@ -60,9 +64,9 @@ use crate::model::{
 pub use convert::{MAX_OPSET, MIN_OPSET};
 
 /// ONNX operators the importer converts when they act on the image (run-time
-/// values). On constants it also evaluates `Constant`, `Shape`, `Size`,
-/// `Gather`, `Cast`, `Slice`, `Transpose`, `Neg`, `Sqrt`, `Reciprocal`,
-/// `Floor`, `Ceil`, `ConstantOfShape` and `Expand`.
+/// values; the layout ops among them only before a `Gemm`/`MatMul`). On
+/// constants it also evaluates `Constant`, `Shape`, `Size`, `Neg`, `Sqrt`,
+/// `Reciprocal`, `Floor`, `Ceil` and `ConstantOfShape`.
 pub const SUPPORTED_OPS: &[&str] = &[
     "Conv",
     "BatchNormalization",
@@ -92,6 +96,11 @@ pub const SUPPORTED_OPS: &[&str] = &[
     "Dropout",
     "Identity",
     "Cast",
+    "Transpose",
+    "Gather",
+    "GatherND",
+    "Slice",
+    "Expand",
     "Softmax",
     "LogSoftmax",
 ];
