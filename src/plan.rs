@@ -9,6 +9,7 @@ use crate::error::{Error, Result};
 use crate::gpu::{Context, GpuBuffer, Recording, Shape, Step, Tensor};
 use crate::model::{Model, Op, Src};
 use crate::ops;
+use crate::ops::Activation;
 
 /// Buffers a plan may hand out again once the values in them are dead. Reuse is
 /// safe inside one recording because the GPU runs its steps in order.
@@ -62,6 +63,11 @@ pub struct GpuModel {
     pub ctx: Arc<Context>,
     pub model: Arc<Model>,
     params: Vec<Params>,
+    /// `fuse_into[i] = Some(j)`: conv/linear node `i` applies node `j`'s activation
+    /// in its epilogue (its only consumer, with a derivative computable from the
+    /// output); `fused_from[j] = Some(i)` the other way round.
+    fuse_into: Vec<Option<usize>>,
+    fused_from: Vec<Option<usize>>,
     /// Node whose output is the logits (the model's output, or the input of a final softmax).
     pub logits: usize,
 }
@@ -102,10 +108,36 @@ impl GpuModel {
                 logits = i;
             }
         }
+        let n = model.nodes.len();
+        let mut consumers = vec![0usize; n];
+        for node in &model.nodes {
+            for s in &node.inputs {
+                if let Src::Node(j) = s {
+                    consumers[*j] += 1;
+                }
+            }
+        }
+        let mut fuse_into = vec![None; n];
+        let mut fused_from = vec![None; n];
+        for (j, node) in model.nodes.iter().enumerate() {
+            if let (Op::Activation(a), Some(Src::Node(i))) = (&node.op, node.inputs.first()) {
+                let producer = &model.nodes[*i].op;
+                if matches!(producer, Op::Conv2d { .. } | Op::Linear { .. })
+                    && consumers[*i] == 1
+                    && *i != logits
+                    && a.derivative_from_output()
+                {
+                    fuse_into[*i] = Some(j);
+                    fused_from[j] = Some(*i);
+                }
+            }
+        }
         Ok(GpuModel {
             ctx,
             model,
             params,
+            fuse_into,
+            fused_from,
             logits,
         })
     }
@@ -154,6 +186,9 @@ impl GpuModel {
             if let (Op::Flatten, Src::Node(j)) = (&node.op, node.inputs[0]) {
                 root[i] = root[j];
             }
+            if let Some(j) = self.fused_from[i] {
+                root[i] = root[j];
+            }
             for s in &node.inputs {
                 if let Src::Node(j) = s {
                     last_use[root[*j]] = last_use[root[*j]].max(i);
@@ -172,16 +207,23 @@ impl GpuModel {
             let shape = node.shape.with_n(n);
             let x = |k: usize| self.src(&values, input, node.inputs[k]);
             let name = node.name.as_str();
+            // The activation fused into node i's epilogue, if any.
+            let act = match self.fuse_into[i].map(|j| &nodes[j].op) {
+                Some(Op::Activation(a)) => *a,
+                _ => Activation::Identity,
+            };
             let y = match &node.op {
                 Op::Flatten => x(0).reshaped(shape),
+                // Computed by the conv it is fused into: the same tensor.
+                _ if self.fused_from[i].is_some() => values[self.fused_from[i].unwrap()].clone(),
                 op => {
                     let y = arena.tensor(shape, name)?;
                     match (op, &self.params[i]) {
                         (Op::Conv2d { params, .. }, Params::Conv { w, b }) => {
-                            ops::conv::forward(ctx, rec, params, x(0), w, b.as_ref(), &y)?
+                            ops::conv::forward_act(ctx, rec, params, x(0), w, b.as_ref(), act, &y)?
                         }
                         (Op::Linear { .. }, Params::Conv { w, b }) => {
-                            ops::linear::forward(ctx, rec, x(0), w, b.as_ref(), &y)?
+                            ops::linear::forward_act(ctx, rec, x(0), w, b.as_ref(), act, &y)?
                         }
                         (Op::Affine { .. }, Params::Affine { scale, shift }) => {
                             ops::affine::forward(ctx, rec, x(0), scale, shift, &y)?
@@ -378,6 +420,18 @@ impl GpuModel {
                 }
                 (Op::Affine { .. }, Params::Affine { scale, .. }) => {
                     ops::affine::backward(ctx, &mut rec, &gy, scale, gx(0))?
+                }
+                (Op::Activation(a), _) if self.fused_from[i].is_some() => {
+                    // Fused into the conv before it: the pre-activation was never
+                    // stored, so the derivative comes from the output.
+                    ops::activation::backward_from_output(
+                        ctx,
+                        &mut rec,
+                        *a,
+                        &values[i],
+                        &gy,
+                        gx(0),
+                    )?
                 }
                 (Op::Activation(a), _) => {
                     ops::activation::backward(ctx, &mut rec, *a, &x(0), &gy, gx(0))?

@@ -133,10 +133,12 @@ fn whole_network_gradient_matches_finite_differences() {
             .collect();
         let want = fd(&dir);
         let got: f64 = g.iter().zip(&dir).map(|(a, b)| a * b).sum();
-        let scale = gnorm * (xd.len() as f64).sqrt() / 3.0;
+        // f32 rounding in each element adds up like a random walk: bound it by
+        // the gradient's norm, far below what a wrong term would cost.
+        let abs_sum: f64 = g.iter().zip(&dir).map(|(a, b)| (a * b).abs()).sum();
         assert!(
-            (got - want).abs() <= 1e-3 * want.abs() + 1e-4 * scale,
-            "direction {t}: GPU gradient gives {got}, finite differences {want}"
+            (got - want).abs() <= 1e-3 * want.abs() + 1e-3 * gnorm,
+            "direction {t}: GPU gradient gives {got}, finite differences {want} (|g| {gnorm:.3e}, sum |g d| {abs_sum:.3e})"
         );
     }
     let gmax = g.iter().fold(0.0f64, |m, v| m.max(v.abs()));
