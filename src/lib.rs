@@ -11,6 +11,7 @@ pub mod data;
 pub mod error;
 pub mod gpu;
 pub mod model;
+pub mod onnx;
 pub mod ops;
 pub mod plan;
 pub mod report;
