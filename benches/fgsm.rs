@@ -16,13 +16,21 @@ use advex::{Context, ContextOptions};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 
 fn bench_model(c: &mut Criterion, ctx: &Arc<Context>, file: &str, batches: &[u32]) {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("weights").join(file);
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("weights")
+        .join(file);
     let model = Arc::new(Model::load(&path).expect("bundled model"));
     let gpu = GpuModel::new(ctx.clone(), model.clone()).expect("model on the GPU");
     let item = gpu.input_shape(1).numel() as usize;
     let mut group = c.benchmark_group(format!("fgsm/{}", model.name));
-    group.sample_size(10).warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(5));
-    for (sweep, eps) in [("1eps", "1/255"), ("8eps", "1/255,2/255,3/255,4/255,5/255,6/255,7/255,8/255")] {
+    group
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(5));
+    for (sweep, eps) in [
+        ("1eps", "1/255"),
+        ("8eps", "1/255,2/255,3/255,4/255,5/255,6/255,7/255,8/255"),
+    ] {
         let eps = parse_eps_list(eps).unwrap();
         for &batch in batches {
             let plan = match FgsmPlan::new(&gpu, batch, &eps, true, Target::Untargeted) {
@@ -32,7 +40,9 @@ fn bench_model(c: &mut Criterion, ctx: &Arc<Context>, file: &str, batches: &[u32
                     continue;
                 }
             };
-            let pixels: Vec<f32> = (0..item * batch as usize).map(|i| ((i * 7919) % 256) as f32 / 255.0).collect();
+            let pixels: Vec<f32> = (0..item * batch as usize)
+                .map(|i| ((i * 7919) % 256) as f32 / 255.0)
+                .collect();
             let labels = vec![None; batch as usize];
             group.throughput(Throughput::Elements(batch as u64));
             group.bench_function(format!("{sweep}/batch{batch}"), |b| {

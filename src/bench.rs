@@ -89,7 +89,7 @@ pub fn run_bench(
     opts: &BenchOptions,
     mut each: impl FnMut(&BenchResult),
 ) -> Result<Vec<BenchResult>> {
-    let model = Arc::new(Model::load(&opts.model)?);
+    let model = Arc::new(crate::load_model(&opts.model)?);
     let ctx = Arc::new(Context::new(ContextOptions {
         adapter: opts.adapter.clone(),
         ..Default::default()

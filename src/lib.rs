@@ -19,6 +19,16 @@ pub mod report;
 pub use error::{Error, ModelError, Result};
 pub use gpu::{Context, ContextOptions, Shape, Tensor};
 
+/// Load a model file: an advex `.safetensors` (or its sidecar form), or an
+/// `.onnx` file converted on the fly with default import options.
+pub fn load_model(path: &std::path::Path) -> Result<model::Model> {
+    if onnx::is_onnx_path(path) {
+        onnx::load_onnx_model(path, &onnx::ImportOptions::default())
+    } else {
+        Ok(model::Model::load(path)?)
+    }
+}
+
 /// The bundled default model, looked up next to the executable's crate root at
 /// build time, then relative to the working directory.
 pub fn default_model_path() -> std::path::PathBuf {

@@ -117,6 +117,29 @@ enum Command {
         #[arg(long)]
         profile: bool,
     },
+    /// Convert an ONNX model (e.g. from `torch.onnx.export`) to an advex model file.
+    Import {
+        /// The .onnx file (external weights in FILE.onnx.data are read too).
+        onnx: PathBuf,
+        /// Output .safetensors file.
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Class names, one per line.
+        #[arg(long)]
+        classes: Option<PathBuf>,
+        /// Per-channel mean of the normalisation the model expects (comma list, [0,1] units).
+        #[arg(long)]
+        mean: Option<String>,
+        /// Per-channel standard deviation (comma list).
+        #[arg(long)]
+        std: Option<String>,
+        /// Input size HxW when the file leaves it dynamic (or one number).
+        #[arg(long)]
+        size: Option<String>,
+        /// Shorter-side resize before the center crop, for images of other sizes.
+        #[arg(long)]
+        resize: Option<u32>,
+    },
     /// Clean predictions only.
     Eval {
         #[command(flatten)]
@@ -267,6 +290,46 @@ fn run(cli: Cli) -> Result<(), Error> {
             })?;
             Ok(())
         }
+        Command::Import {
+            onnx,
+            output,
+            classes,
+            mean,
+            std,
+            size,
+            resize,
+        } => {
+            let opts = advex::onnx::ImportOptions {
+                size: size.as_deref().map(advex::onnx::parse_size).transpose()?,
+                classes,
+                mean: mean
+                    .as_deref()
+                    .map(|m| advex::onnx::parse_floats("--mean", m))
+                    .transpose()?,
+                std: std
+                    .as_deref()
+                    .map(|s| advex::onnx::parse_floats("--std", s))
+                    .transpose()?,
+                resize,
+                ..Default::default()
+            };
+            let imported = advex::onnx::import_onnx_full(&onnx, &opts)?;
+            for w in &imported.warnings {
+                eprintln!("warning: {w}");
+            }
+            let model = imported.to_model(&onnx)?;
+            let spec = serde_json::to_value(&imported.spec).expect("the description serialises");
+            advex::model::write_model(&output, &spec, &imported.tensors, advex::model::Dtype::F32)?;
+            println!(
+                "wrote {}: {} nodes, {} parameters, input {:?}, {} classes",
+                output.display(),
+                model.nodes.len(),
+                model.param_count(),
+                model.input,
+                model.num_classes()
+            );
+            Ok(())
+        }
         Command::Eval { common } => {
             let (rows, report) = advex::attack::run_eval(&common.options())?;
             if common.predictions.is_none() && rows.len() <= 50 {
@@ -366,7 +429,7 @@ fn yes(b: bool) -> &'static str {
 }
 
 fn info(path: PathBuf, check: bool, adapter: Option<String>) -> Result<(), Error> {
-    let model = advex::model::Model::load(&path)?;
+    let model = advex::load_model(&path)?;
     print!("{}", model.summary());
     if check {
         let ctx = std::sync::Arc::new(Context::new(ContextOptions {

@@ -82,7 +82,7 @@ struct Prepared {
 }
 
 fn prepare(opts: &RunOptions) -> Result<Prepared> {
-    let model = Arc::new(Model::load(&opts.model)?);
+    let model = Arc::new(crate::load_model(&opts.model)?);
     let entries = discover(&opts.images)?;
     let classes = model.classes.as_deref();
     let (labels, label_source) = assign_labels(
