@@ -901,7 +901,7 @@ impl<'a> Converter<'a> {
         if !domain.is_empty() && domain != "ai.onnx" {
             return unsup(format!("operator domain `{domain}` is not supported"));
         }
-        if !KNOWN.contains(&op) {
+        if !super::SUPPORTED_OPS.contains(&op) && !CONSTANT_ONLY.contains(&op) {
             return unsup("this operator is not supported");
         }
         let mut any_dyn = false;
@@ -2198,50 +2198,15 @@ fn strip(c: &Const) -> Const {
     }
 }
 
-/// Every op type the importer understands (some only on constants).
-const KNOWN: &[&str] = &[
-    "Conv",
-    "BatchNormalization",
-    "Gemm",
-    "MatMul",
-    "Relu",
-    "Clip",
-    "LeakyRelu",
-    "Sigmoid",
-    "HardSigmoid",
-    "HardSwish",
-    "Add",
-    "Sub",
-    "Mul",
-    "Div",
-    "MaxPool",
-    "AveragePool",
-    "GlobalAveragePool",
-    "GlobalMaxPool",
-    "ReduceMean",
-    "Flatten",
-    "Reshape",
-    "Squeeze",
-    "Unsqueeze",
-    "Concat",
-    "Pad",
-    "Dropout",
-    "Identity",
+/// Ops the importer evaluates only on constants, besides [`super::SUPPORTED_OPS`].
+const CONSTANT_ONLY: &[&str] = &[
     "Constant",
+    "ConstantOfShape",
     "Shape",
     "Size",
-    "Gather",
-    "GatherND",
-    "Cast",
-    "Slice",
-    "Transpose",
     "Neg",
     "Sqrt",
     "Reciprocal",
     "Floor",
     "Ceil",
-    "ConstantOfShape",
-    "Expand",
-    "Softmax",
-    "LogSoftmax",
 ];
