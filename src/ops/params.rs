@@ -37,22 +37,46 @@ pub fn window_out(
     dilation: u32,
     ceil: bool,
 ) -> Option<u32> {
-    let padded = input as i64 + pad_a as i64 + pad_b as i64;
-    let span = dilation as i64 * (kernel as i64 - 1) + 1;
-    if kernel == 0 || stride == 0 || dilation == 0 || padded < span {
+    // i128: dilation * (kernel - 1) overflows i64 for extreme u32 attributes.
+    let padded = input as i128 + pad_a as i128 + pad_b as i128;
+    if kernel == 0 || stride == 0 || dilation == 0 {
         return None;
     }
-    let s = stride as i64;
+    let span = dilation as i128 * (kernel as i128 - 1) + 1;
+    if padded < span {
+        return None;
+    }
+    let s = stride as i128;
     let mut out = if ceil {
         (padded - span + s - 1) / s + 1
     } else {
         (padded - span) / s + 1
     };
     // PyTorch: with ceil_mode the last window must start inside the input or left padding.
-    if ceil && (out - 1) * s >= input as i64 + pad_a as i64 {
+    if ceil && (out - 1) * s >= input as i128 + pad_a as i128 {
         out -= 1;
     }
-    Some(out as u32)
+    u32::try_from(out).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::window_out;
+
+    #[test]
+    fn window_out_matches_pytorch_and_never_overflows() {
+        assert_eq!(window_out(224, 0, 1, 3, 2, 1, false), Some(112)); // TF-SAME stride 2
+        assert_eq!(window_out(13, 0, 0, 3, 2, 1, true), Some(6)); // ceil_mode
+        assert_eq!(window_out(2, 0, 0, 3, 1, 1, false), None); // does not fit
+        assert_eq!(
+            window_out(u32::MAX, 0, 0, u32::MAX, u32::MAX, u32::MAX, false),
+            None
+        );
+        assert_eq!(
+            window_out(u32::MAX, u32::MAX, u32::MAX, 1, 1, 1, false),
+            None
+        ); // output past u32
+    }
 }
 
 impl Conv2dParams {
