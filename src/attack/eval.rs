@@ -82,9 +82,9 @@ impl EvalPlan {
                 format!("{count} images for batch size {n}"),
             ));
         }
-        let mut px = pixels.to_vec();
-        px.resize(n * self.item, 0.0);
-        ctx.write(&self.fwd.input, &px);
+        // A partial batch leaves the previous images in the tail rows: their
+        // results are never read, so nothing is copied to pad them.
+        ctx.write(&self.fwd.input, pixels);
         let mut raw: Vec<u32> = labels.iter().map(|l| l.unwrap_or(u32::MAX)).collect();
         raw.resize(n, 0);
         ctx.write_bytes(&self.labels, bytemuck::cast_slice(&raw));

@@ -299,14 +299,8 @@ impl FgsmPlan {
                 ),
             ));
         }
-        let mut padded;
-        let pixels = if count < n {
-            padded = pixels.to_vec();
-            padded.resize(n * item, 0.0);
-            &padded[..]
-        } else {
-            pixels
-        };
+        // A partial batch leaves the previous images in the tail rows: their
+        // results are never read, so nothing is copied to pad them.
         ctx.write(&self.grad.input, pixels);
         let mut raw: Vec<u32> = labels.iter().map(|l| l.unwrap_or(u32::MAX)).collect();
         raw.resize(n, 0);

@@ -452,9 +452,7 @@ impl Context {
             .create_command_encoder(&wgpu::CommandEncoderDescriptor {
                 label: Some("advex"),
             });
-        let has_timer = timer.is_some();
-        let timer_ref = timer;
-        let mut timer_opt = timer_ref;
+        let mut timer_opt = timer;
         encode(&mut encoder, recordings, timer_opt.as_deref_mut());
         if let Some(t) = timer_opt.as_deref_mut() {
             t.resolve(&mut encoder);
@@ -474,7 +472,6 @@ impl Context {
         }
         self.queue.submit([encoder.finish()]);
         self.submits.fetch_add(1, Ordering::Relaxed);
-        let _ = has_timer;
         let mut out = Vec::with_capacity(staging.len());
         let mut pending = Vec::new();
         for (s, bytes) in &staging {
