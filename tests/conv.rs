@@ -2,7 +2,7 @@ mod common;
 
 use advex::gpu::{Recording, Shape, Step};
 use advex::ops::{conv, linear, Activation, Conv2dParams};
-use advex::Context;
+use advex::{Context, KernelStyle};
 use common::ref_conv::{linear_backward, linear_forward, RefConv};
 use common::*;
 
@@ -734,7 +734,7 @@ fn tiles(rec: &Recording) -> Vec<(u32, u32)> {
 
 /// Like `check`, and asserts the GEMM tile variants of forward and backward.
 fn check_tiles(case: &Case, want: [(u32, u32); 2], seed: u64) {
-    let ctx = ctx();
+    let ctx = ctx_style(KernelStyle::Tiled);
     let p = case.params();
     let xs = case.x_shape();
     let ws = case.w_shape();
@@ -828,4 +828,103 @@ fn depthwise_backward_stride_phases() {
         true,
         602,
     );
+}
+
+/// Shader of every dispatch in `rec`.
+fn shaders(rec: &Recording) -> Vec<&'static str> {
+    rec.steps
+        .iter()
+        .filter_map(|s| match s {
+            Step::Dispatch { kernel, .. } => Some(kernel.key.shader),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Pointwise layers on both kernel families: the direct one (CPU adapters) in its
+/// vec4 layout (pixels per image a multiple of 4) and its scalar layout, with
+/// partial pixel and column tiles, groups, batch 1, and every fused activation.
+#[test]
+fn pointwise_direct_and_tiled() {
+    let cases = [
+        // vec4: 3 * 36 pixels (one partial tile), 20 columns (5 of 4)
+        (Case::new("pw vec4", 3, 8, [6, 6], 20, [1, 1]).bias(), "conv_direct_vec4"),
+        // vec4: 2 * 1520 pixels = 6 tiles of 512, the last partial; backward 12
+        // columns (1.5 tiles of 8)
+        (Case::new("pw vec4 tiles", 2, 12, [40, 38], 9, [1, 1]), "conv_direct_vec4"),
+        // scalar: 7 x 7 maps, 37 columns (16 + 16 + 5)
+        (Case::new("pw scalar 7x7", 2, 12, [7, 7], 37, [1, 1]).bias(), "conv_direct_scalar"),
+        // scalar, batch 1, odd sizes, 300 pixels past one 256-pixel tile
+        (Case::new("pw scalar batch 1", 1, 4, [15, 21], 3, [1, 1]), "conv_direct_scalar"),
+        // grouped: 2 groups of 8 -> 5
+        (Case::new("pw grouped", 2, 16, [5, 4], 10, [1, 1]).groups(2).bias(), "conv_direct_vec4"),
+    ];
+    let direct = ctx_style(KernelStyle::Direct);
+    let tiled = ctx_style(KernelStyle::Tiled);
+    for (i, (case, shader)) in cases.iter().enumerate() {
+        let seed = 900 + 10 * i as u64;
+        for (ctx, want) in [(&direct, *shader), (&tiled, "conv")] {
+            let p = case.params();
+            let xs = case.x_shape();
+            let ws = case.w_shape();
+            let ys = p.out_shape(xs, ws.dims()).unwrap();
+            let x = ctx.tensor(xs, "x").unwrap();
+            let w = ctx.tensor(ws, "w").unwrap();
+            let y = ctx.tensor(ys, "y").unwrap();
+            let mut rec = Recording::new();
+            conv::forward(ctx, &mut rec, &p, &x, &w, None, &y).unwrap();
+            conv::backward(ctx, &mut rec, &p, &y, &w, &x).unwrap();
+            assert_eq!(shaders(&rec), [want, want], "{}: kernels", case.name);
+            check_on(ctx, case, false, seed);
+        }
+        for (j, act) in [
+            Activation::Relu,
+            Activation::Relu6,
+            Activation::LeakyRelu {
+                negative_slope: 0.1,
+            },
+            Activation::Sigmoid,
+            Activation::Silu,
+            Activation::Hardswish,
+            Activation::Hardsigmoid {
+                alpha: 0.2,
+                beta: 0.5,
+            },
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            check_fused(&direct, case, false, act, seed + 100 + j as u64);
+        }
+    }
+}
+
+/// Linear layers with K a multiple of 4 take the direct kernels (scalar layout:
+/// one pixel per item) on a direct context.
+#[test]
+fn linear_direct() {
+    let ctx = ctx_style(KernelStyle::Direct);
+    for (seed, n, k, out) in [(950u64, 5u32, 36u32, 23u32), (951, 1, 128, 70), (952, 9, 4, 1)] {
+        let xv = random(seed, (n * k) as usize);
+        let wv = random(seed + 1, (out * k) as usize);
+        let bv = random(seed + 2, out as usize);
+        let gyv = random(seed + 3, (n * out) as usize);
+        let x = ctx.upload(&xv, Shape::new(n, k, 1, 1), "x").unwrap();
+        let w = ctx.upload(&wv, Shape::new(out, k, 1, 1), "w").unwrap();
+        let b = ctx.upload(&bv, Shape::new(1, out, 1, 1), "b").unwrap();
+        let gy = ctx.upload(&gyv, Shape::new(n, out, 1, 1), "gy").unwrap();
+        let y = poisoned(&ctx, Shape::new(n, out, 1, 1), "y");
+        let gx = poisoned(&ctx, Shape::new(n, k, 1, 1), "gx");
+        let mut rec = Recording::new();
+        linear::forward(&ctx, &mut rec, &x, &w, Some(&b), &y).unwrap();
+        linear::backward(&ctx, &mut rec, &gy, &w, &gx).unwrap();
+        assert_eq!(shaders(&rec), ["conv_direct_scalar"; 2]);
+        let got = ctx.run_read(&[&rec], &[&y, &gx]).unwrap();
+        let b64 = to_f64(&bv);
+        let (n, k, out) = (n as usize, k as usize, out as usize);
+        let want_y = linear_forward(&to_f64(&xv), &to_f64(&wv), Some(&b64[..]), n, k, out);
+        let want_gx = linear_backward(&to_f64(&gyv), &to_f64(&wv), n, k, out);
+        assert_close(&format!("direct linear {n}x{k}->{out} forward"), &got[0], &want_y, 1e-4);
+        assert_close(&format!("direct linear {n}x{k}->{out} backward"), &got[1], &want_gx, 1e-4);
+    }
 }

@@ -23,6 +23,49 @@ pub struct ContextOptions {
     /// Cap on workgroups per grid dimension used when folding large dispatches
     /// (tests lower it to exercise the fold; defaults to the adapter's limit).
     pub max_workgroups_per_dim: Option<u32>,
+    /// Kernel family for convolutions and linear layers; `None` reads the
+    /// `ADVEX_KERNELS` environment variable (`tiled` or `direct`), then picks by
+    /// adapter type ([`KernelStyle::for_adapter`]).
+    pub kernels: Option<KernelStyle>,
+}
+
+/// Which kernel family runs pointwise convolutions and linear layers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KernelStyle {
+    /// Workgroup-tiled GEMM (`shaders/conv.wgsl`): for GPUs.
+    Tiled,
+    /// Register-blocked GEMM straight from global memory, no workgroup memory
+    /// (`shaders/conv_direct.wgsl`): for CPU adapters such as llvmpipe, where each
+    /// load instruction and barrier is costly. Shapes it does not cover fall back
+    /// to the tiled kernels.
+    Direct,
+}
+
+impl KernelStyle {
+    /// Direct on CPU adapters (software Vulkan), tiled everywhere else.
+    pub fn for_adapter(device_type: wgpu::DeviceType) -> Self {
+        if device_type == wgpu::DeviceType::Cpu {
+            KernelStyle::Direct
+        } else {
+            KernelStyle::Tiled
+        }
+    }
+
+    /// Parse `tiled` / `direct` (case-insensitive).
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "tiled" => Some(KernelStyle::Tiled),
+            "direct" => Some(KernelStyle::Direct),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            KernelStyle::Tiled => "tiled",
+            KernelStyle::Direct => "direct",
+        }
+    }
 }
 
 /// The GPU: device, queue, caches. Cheap to share behind an `Arc`.
@@ -34,6 +77,7 @@ pub struct Context {
     pub limits: wgpu::Limits,
     pub features: wgpu::Features,
     max_groups: u32,
+    style: KernelStyle,
     modules: Mutex<HashMap<&'static str, Arc<wgpu::ShaderModule>>>,
     kernels: Mutex<HashMap<KernelKey, Arc<Kernel>>>,
     pool: Arc<Mutex<PoolInner>>,
@@ -141,7 +185,20 @@ impl Context {
             .unwrap_or(limits.max_compute_workgroups_per_dimension)
             .min(limits.max_compute_workgroups_per_dimension)
             .max(1);
+        let style = match options.kernels {
+            Some(s) => s,
+            None => match std::env::var("ADVEX_KERNELS") {
+                Ok(v) if !v.trim().is_empty() => {
+                    KernelStyle::parse(&v).ok_or_else(|| Error::Validation {
+                        context: "ADVEX_KERNELS".into(),
+                        message: format!("{v:?} is not a kernel family; use tiled or direct"),
+                    })?
+                }
+                _ => KernelStyle::for_adapter(adapter.get_info().device_type),
+            },
+        };
         Ok(Context {
+            style,
             adapter,
             summary,
             device,
@@ -155,6 +212,11 @@ impl Context {
             submits: AtomicU64::new(0),
             uncaptured,
         })
+    }
+
+    /// Kernel family for pointwise convolutions and linear layers.
+    pub fn kernel_style(&self) -> KernelStyle {
+        self.style
     }
 
     /// Number of queue submits so far (a forward + backward pass is one).

@@ -9,7 +9,7 @@ mod record;
 
 pub use adapter::{describe_adapter, list_adapters, AdapterSummary};
 pub use buffer::{GpuBuffer, Shape, Tensor};
-pub use context::{Context, ContextOptions};
+pub use context::{Context, ContextOptions, KernelStyle};
 pub use pipeline::{Binding, Kernel, KernelKey};
 pub use record::{Recording, Step};
 

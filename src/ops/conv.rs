@@ -20,6 +20,7 @@
 use crate::error::{Error, Result};
 use crate::gpu::{Binding, Context, Recording, Shape, Tensor};
 use crate::ops::activation::Activation;
+use crate::ops::conv_direct::{self, Pointwise};
 use crate::ops::params::Conv2dParams;
 
 const GEMM_SHADER: &str = include_str!("../../shaders/conv.wgsl");
@@ -238,6 +239,18 @@ pub fn forward_act(
             &[x, w, bias, y],
             groups,
         )?);
+    } else if let Some(pw) = geo.pointwise().filter(|pw| pw.eligible(ctx)) {
+        conv_direct::forward(
+            ctx,
+            rec,
+            &pw,
+            x,
+            w,
+            b,
+            act,
+            y,
+            format!("conv2d{suffix}"),
+        )?;
     } else {
         let (mut params, tile) = geo.gemm_params(false)?;
         params.act_alpha = act_alpha;
@@ -284,6 +297,8 @@ pub fn backward(
         rec.push(crate::gpu::Step::Clear {
             buffer: gx.buffer.clone(),
         });
+    } else if let Some(pw) = geo.pointwise().filter(|pw| pw.eligible(ctx)) {
+        conv_direct::backward(ctx, rec, &pw, gy, w, gx, "conv2d_backward")?;
     } else {
         let (params, tile) = geo.gemm_params(true)?;
         // Stride > 1: phase by phase, without the zero taps (see conv.wgsl).
@@ -331,6 +346,22 @@ impl Geometry {
             p: *p,
             depthwise: p.is_depthwise(x, wd),
         })
+    }
+
+    /// The layer as a pointwise GEMM (1x1 kernel, stride 1, no padding), if it is one.
+    fn pointwise(&self) -> Option<Pointwise> {
+        (self.kh == 1
+            && self.kw == 1
+            && self.p.stride == [1, 1]
+            && self.p.padding == [0; 4]
+            && !self.depthwise)
+            .then_some(Pointwise {
+                batch: self.x.n,
+                hw: self.x.h * self.x.w,
+                in_c: self.x.c,
+                out_c: self.oc,
+                groups: self.p.groups,
+            })
     }
 
     /// Whether the backward pass runs phase by phase (`backward_phased`).

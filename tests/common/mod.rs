@@ -2,7 +2,7 @@
 //! worst index.
 #![allow(dead_code)]
 
-use advex::{Context, ContextOptions};
+use advex::{Context, ContextOptions, KernelStyle};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::sync::{Arc, OnceLock};
@@ -18,6 +18,27 @@ pub fn ctx() -> Arc<Context> {
     CTX.get_or_init(|| {
         Arc::new(
             Context::new(ContextOptions::default()).expect("a GPU adapter (see README: lavapipe)"),
+        )
+    })
+    .clone()
+}
+
+/// One context per test binary and kernel family (tiled GEMM or direct), whatever
+/// the adapter would pick: tests run both families on any adapter.
+pub fn ctx_style(style: KernelStyle) -> Arc<Context> {
+    static TILED: OnceLock<Arc<Context>> = OnceLock::new();
+    static DIRECT: OnceLock<Arc<Context>> = OnceLock::new();
+    let cell = match style {
+        KernelStyle::Tiled => &TILED,
+        KernelStyle::Direct => &DIRECT,
+    };
+    cell.get_or_init(|| {
+        Arc::new(
+            Context::new(ContextOptions {
+                kernels: Some(style),
+                ..Default::default()
+            })
+            .expect("a GPU adapter (see README: lavapipe)"),
         )
     })
     .clone()

@@ -1,0 +1,203 @@
+//! Pointwise convolutions (1x1, stride 1, no padding) and linear layers on CPU
+//! adapters: `shaders/conv_direct.wgsl`, a register-blocked GEMM without
+//! workgroup memory.
+//!
+//! Chosen by [`crate::ops::conv`] when the context's [`KernelStyle`] is
+//! `Direct` (CPU adapters by default) and the layer is pointwise with input
+//! channels per group a multiple of 4; everything else keeps the tiled kernels.
+//! Two layouts, picked per layer: `vec4` (pixels per image a multiple of 4: loads
+//! and stores 4 pixels at a time) and `scalar` (any size, e.g. 7 x 7 maps and
+//! linear layers).
+
+use crate::error::Result;
+use crate::gpu::{Binding, Context, KernelStyle, Recording, Tensor};
+use crate::ops::activation::Activation;
+
+/// Prelude of the vec4 layout: 8 pixels (2 groups of 4 consecutive) per thread,
+/// 4 columns forward, 8 backward.
+const VEC4: &str = concat!(
+    "const G: u32 = 2u;\n",
+    "const TN_F: u32 = 4u;\n",
+    "const TN_B: u32 = 8u;\n",
+    "@group(0) @binding(1) var<storage, read> a: array<vec4<f32>>;\n",
+    "@group(0) @binding(3) var<storage, read_write> y: array<vec4<f32>>;\n",
+    "fn pixels(tm: u32, lid: u32, g: u32) -> vec4<u32> {\n",
+    "    let q = tm * (WG * G) + g * WG + lid;\n",
+    "    return vec4(4u * q) + vec4(0u, 1u, 2u, 3u);\n",
+    "}\n",
+    "fn load_a(o: vec4<u32>) -> vec4<f32> { return a[o.x / 4u]; }\n",
+    "fn store_y(o: vec4<u32>, ok: vec4<bool>, v: vec4<f32>) {\n",
+    "    if (ok.x) { y[o.x / 4u] = v; }\n",
+    "}\n",
+    include_str!("../../shaders/conv_direct.wgsl"),
+);
+
+/// Prelude of the scalar layout: 4 pixels per thread, WG apart, 16 columns.
+const SCALAR: &str = concat!(
+    "const G: u32 = 1u;\n",
+    "const TN_F: u32 = 16u;\n",
+    "const TN_B: u32 = 16u;\n",
+    "@group(0) @binding(1) var<storage, read> a: array<f32>;\n",
+    "@group(0) @binding(3) var<storage, read_write> y: array<f32>;\n",
+    "fn pixels(tm: u32, lid: u32, g: u32) -> vec4<u32> {\n",
+    "    let b = tm * (WG * 4u * G) + g * 4u * WG + lid;\n",
+    "    return vec4(b, b + WG, b + 2u * WG, b + 3u * WG);\n",
+    "}\n",
+    "fn load_a(o: vec4<u32>) -> vec4<f32> {\n",
+    "    return vec4(a[o.x], a[o.y], a[o.z], a[o.w]);\n",
+    "}\n",
+    "fn store_y(o: vec4<u32>, ok: vec4<bool>, v: vec4<f32>) {\n",
+    "    if (ok.x) { y[o.x] = v.x; }\n",
+    "    if (ok.y) { y[o.y] = v.y; }\n",
+    "    if (ok.z) { y[o.z] = v.z; }\n",
+    "    if (ok.w) { y[o.w] = v.w; }\n",
+    "}\n",
+    include_str!("../../shaders/conv_direct.wgsl"),
+);
+
+/// Threads per workgroup.
+const WG: u32 = 64;
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    m: u32,
+    hw: u32,
+    kdim: u32,
+    ncols: u32,
+    a_c: u32,
+    out_c: u32,
+    tiles_m: u32,
+    tiles_n: u32,
+    total_wg: u32,
+    act_alpha: f32,
+    act_beta: f32,
+    _pad: u32,
+}
+
+/// A pointwise convolution seen as per-group GEMMs over `batch * hw` pixels.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Pointwise {
+    pub batch: u32,
+    pub hw: u32,
+    pub in_c: u32,
+    pub out_c: u32,
+    pub groups: u32,
+}
+
+impl Pointwise {
+    fn icg(&self) -> u32 {
+        self.in_c / self.groups
+    }
+    fn ocg(&self) -> u32 {
+        self.out_c / self.groups
+    }
+
+    /// Whether the direct kernels take this layer on `ctx`.
+    pub fn eligible(&self, ctx: &Context) -> bool {
+        ctx.kernel_style() == KernelStyle::Direct
+            && self.groups > 0
+            && self.in_c % self.groups == 0
+            && self.out_c % self.groups == 0
+            && self.icg() % 4 == 0
+            && self.ocg() > 0
+            && self.batch > 0
+            && self.hw > 0
+            // u32 pixel and element offsets (the tiled path has the same bound)
+            && (self.batch as u64 * self.hw as u64 * self.in_c.max(self.out_c) as u64) < u32::MAX as u64
+    }
+
+    fn layout(&self) -> (&'static str, &'static str, u32) {
+        if self.hw % 4 == 0 {
+            ("conv_direct_vec4", VEC4, 2)
+        } else {
+            ("conv_direct_scalar", SCALAR, 1)
+        }
+    }
+
+    fn params(&self, kdim: u32, ncols: u32, a_c: u32, out_c: u32, tn: u32) -> Params {
+        let (_, _, g) = self.layout();
+        let m = self.batch * self.hw;
+        let tiles_m = m.div_ceil(4 * g * WG);
+        let tiles_n = ncols.div_ceil(tn);
+        Params {
+            m,
+            hw: self.hw,
+            kdim,
+            ncols,
+            a_c,
+            out_c,
+            tiles_m,
+            tiles_n,
+            total_wg: tiles_m * tiles_n * self.groups,
+            act_alpha: 0.0,
+            act_beta: 0.0,
+            _pad: 0,
+        }
+    }
+}
+
+fn tn(shader: &str, backward: bool) -> u32 {
+    match (shader, backward) {
+        ("conv_direct_vec4", false) => 4,
+        ("conv_direct_vec4", true) => 8,
+        _ => 16,
+    }
+}
+
+/// y = act(pointwise_conv(x, w) + b); shapes validated by the caller.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn forward(
+    ctx: &Context,
+    rec: &mut Recording,
+    pw: &Pointwise,
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    act: Activation,
+    y: &Tensor,
+    label: String,
+) -> Result<()> {
+    let (shader, source, _) = pw.layout();
+    let (code, alpha, beta) = act.code();
+    let mut params = pw.params(pw.icg(), pw.ocg(), pw.in_c, pw.out_c, tn(shader, false));
+    params.act_alpha = alpha;
+    params.act_beta = beta;
+    let constants = [
+        ("HAS_BIAS", if b.is_some() { 1.0 } else { 0.0 }),
+        ("ACT", code as f64),
+        ("WG", WG as f64),
+    ];
+    let bindings = [
+        Binding::Read,
+        Binding::Read,
+        Binding::ReadWrite,
+        Binding::Read,
+    ];
+    let k = ctx.kernel(shader, source, "forward", &bindings, &constants)?;
+    let u = ctx.uniform(&params);
+    // Without a bias the weight is bound in its place (never read).
+    let bias = b.unwrap_or(w);
+    rec.push(ctx.dispatch(label, &k, &u, &[x, w, y, bias], params.total_wg)?);
+    Ok(())
+}
+
+/// gx = pointwise_conv_backward(gy, w), overwriting gx; shapes validated by the
+/// caller.
+pub(crate) fn backward(
+    ctx: &Context,
+    rec: &mut Recording,
+    pw: &Pointwise,
+    gy: &Tensor,
+    w: &Tensor,
+    gx: &Tensor,
+    label: &str,
+) -> Result<()> {
+    let (shader, source, _) = pw.layout();
+    let params = pw.params(pw.ocg(), pw.icg(), pw.out_c, pw.in_c, tn(shader, true));
+    let bindings = [Binding::Read, Binding::Read, Binding::ReadWrite];
+    let k = ctx.kernel(shader, source, "backward", &bindings, &[("WG", WG as f64)])?;
+    let u = ctx.uniform(&params);
+    rec.push(ctx.dispatch(label, &k, &u, &[gy, w, gx], params.total_wg)?);
+    Ok(())
+}
