@@ -266,6 +266,24 @@ fn global_avg_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgr
     }
 }
 
+// One thread per plane (for CPU adapters, where the barriers of the tree
+// reduction above cost more than the additions): p.count planes.
+@compute @workgroup_size(256)
+fn global_avg_forward_thread(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                             @builtin(local_invocation_index) lid: u32) {
+    let plane = group_index(wid, nwg) * WG + lid;
+    if (plane >= p.count) {
+        return;
+    }
+    let hw = p.ih * p.iw;
+    let base = plane * hw;
+    var acc = 0.0;
+    for (var j = 0u; j < hw; j++) {
+        acc += x[base + j];
+    }
+    y[plane] = acc / f32(hw);
+}
+
 // gx[i] = gy[plane(i)] / (ih * iw); p.count is the number of input elements.
 @compute @workgroup_size(256)
 fn global_avg_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,

@@ -848,16 +848,33 @@ fn shaders(rec: &Recording) -> Vec<&'static str> {
 fn pointwise_direct_and_tiled() {
     let cases = [
         // vec4: 3 * 36 pixels (one partial tile), 20 columns (5 of 4)
-        (Case::new("pw vec4", 3, 8, [6, 6], 20, [1, 1]).bias(), "conv_direct_vec4"),
+        (
+            Case::new("pw vec4", 3, 8, [6, 6], 20, [1, 1]).bias(),
+            "conv_direct_vec4",
+        ),
         // vec4: 2 * 1520 pixels = 6 tiles of 512, the last partial; backward 12
         // columns (1.5 tiles of 8)
-        (Case::new("pw vec4 tiles", 2, 12, [40, 38], 9, [1, 1]), "conv_direct_vec4"),
+        (
+            Case::new("pw vec4 tiles", 2, 12, [40, 38], 9, [1, 1]),
+            "conv_direct_vec4",
+        ),
         // scalar: 7 x 7 maps, 37 columns (16 + 16 + 5)
-        (Case::new("pw scalar 7x7", 2, 12, [7, 7], 37, [1, 1]).bias(), "conv_direct_scalar"),
+        (
+            Case::new("pw scalar 7x7", 2, 12, [7, 7], 37, [1, 1]).bias(),
+            "conv_direct_scalar",
+        ),
         // scalar, batch 1, odd sizes, 300 pixels past one 256-pixel tile
-        (Case::new("pw scalar batch 1", 1, 4, [15, 21], 3, [1, 1]), "conv_direct_scalar"),
+        (
+            Case::new("pw scalar batch 1", 1, 4, [15, 21], 3, [1, 1]),
+            "conv_direct_scalar",
+        ),
         // grouped: 2 groups of 8 -> 5
-        (Case::new("pw grouped", 2, 16, [5, 4], 10, [1, 1]).groups(2).bias(), "conv_direct_vec4"),
+        (
+            Case::new("pw grouped", 2, 16, [5, 4], 10, [1, 1])
+                .groups(2)
+                .bias(),
+            "conv_direct_vec4",
+        ),
     ];
     let direct = ctx_style(KernelStyle::Direct);
     let tiled = ctx_style(KernelStyle::Tiled);
@@ -904,7 +921,11 @@ fn pointwise_direct_and_tiled() {
 #[test]
 fn linear_direct() {
     let ctx = ctx_style(KernelStyle::Direct);
-    for (seed, n, k, out) in [(950u64, 5u32, 36u32, 23u32), (951, 1, 128, 70), (952, 9, 4, 1)] {
+    for (seed, n, k, out) in [
+        (950u64, 5u32, 36u32, 23u32),
+        (951, 1, 128, 70),
+        (952, 9, 4, 1),
+    ] {
         let xv = random(seed, (n * k) as usize);
         let wv = random(seed + 1, (out * k) as usize);
         let bv = random(seed + 2, out as usize);
@@ -924,7 +945,17 @@ fn linear_direct() {
         let (n, k, out) = (n as usize, k as usize, out as usize);
         let want_y = linear_forward(&to_f64(&xv), &to_f64(&wv), Some(&b64[..]), n, k, out);
         let want_gx = linear_backward(&to_f64(&gyv), &to_f64(&wv), n, k, out);
-        assert_close(&format!("direct linear {n}x{k}->{out} forward"), &got[0], &want_y, 1e-4);
-        assert_close(&format!("direct linear {n}x{k}->{out} backward"), &got[1], &want_gx, 1e-4);
+        assert_close(
+            &format!("direct linear {n}x{k}->{out} forward"),
+            &got[0],
+            &want_y,
+            1e-4,
+        );
+        assert_close(
+            &format!("direct linear {n}x{k}->{out} backward"),
+            &got[1],
+            &want_gx,
+            1e-4,
+        );
     }
 }

@@ -3,7 +3,7 @@ mod common;
 use advex::gpu::{Recording, Shape};
 use advex::ops::pool;
 use advex::ops::Pool2dParams;
-use advex::Context;
+use advex::{Context, KernelStyle};
 use common::ref_misc as r;
 use common::*;
 
@@ -200,39 +200,44 @@ fn avg_pool_matches_reference() {
 
 #[test]
 fn global_avg_pool_matches_reference() {
-    let ctx = ctx();
-    for (i, xs) in [
-        Shape::new(1, 3, 112, 112),
-        Shape::new(17, 5, 7, 7),
-        Shape::new(2, 4, 1, 1),
-        Shape::new(3, 2, 23, 17),
-    ]
-    .into_iter()
-    .enumerate()
-    {
-        let ys = Shape::new(xs.n, xs.c, 1, 1);
-        let x = random(400 + i as u64, xs.numel() as usize);
-        let gys = random(500 + i as u64, ys.numel() as usize);
-        let xt = ctx.upload(&x, xs, "x").unwrap();
-        let gy = ctx.upload(&gys, ys, "gy").unwrap();
-        let y = ctx.tensor(ys, "y").unwrap();
-        let gx = ctx.tensor(xs, "gx").unwrap();
-        let mut rec = Recording::new();
-        pool::global_avg_forward(&ctx, &mut rec, &xt, &y).unwrap();
-        pool::global_avg_backward(&ctx, &mut rec, &gy, &gx).unwrap();
-        let out = ctx.run_read(&[&rec], &[&y, &gx]).unwrap();
-        assert_close(
-            &format!("global avg {xs}"),
-            &out[0],
-            &r::global_avg(&to_f64(&x), xs),
-            1e-4,
-        );
-        assert_close(
-            &format!("global avg backward {xs}"),
-            &out[1],
-            &r::global_avg_backward(&to_f64(&gys), xs),
-            1e-4,
-        );
+    // one workgroup per plane (tiled, GPUs) and one thread per plane (direct, CPUs)
+    for ctx in [
+        ctx_style(KernelStyle::Tiled),
+        ctx_style(KernelStyle::Direct),
+    ] {
+        for (i, xs) in [
+            Shape::new(1, 3, 112, 112),
+            Shape::new(17, 5, 7, 7),
+            Shape::new(2, 4, 1, 1),
+            Shape::new(3, 2, 23, 17),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let ys = Shape::new(xs.n, xs.c, 1, 1);
+            let x = random(400 + i as u64, xs.numel() as usize);
+            let gys = random(500 + i as u64, ys.numel() as usize);
+            let xt = ctx.upload(&x, xs, "x").unwrap();
+            let gy = ctx.upload(&gys, ys, "gy").unwrap();
+            let y = ctx.tensor(ys, "y").unwrap();
+            let gx = ctx.tensor(xs, "gx").unwrap();
+            let mut rec = Recording::new();
+            pool::global_avg_forward(&ctx, &mut rec, &xt, &y).unwrap();
+            pool::global_avg_backward(&ctx, &mut rec, &gy, &gx).unwrap();
+            let out = ctx.run_read(&[&rec], &[&y, &gx]).unwrap();
+            assert_close(
+                &format!("global avg {xs}"),
+                &out[0],
+                &r::global_avg(&to_f64(&x), xs),
+                1e-4,
+            );
+            assert_close(
+                &format!("global avg backward {xs}"),
+                &out[1],
+                &r::global_avg_backward(&to_f64(&gys), xs),
+                1e-4,
+            );
+        }
     }
 }
 

@@ -240,17 +240,7 @@ pub fn forward_act(
             groups,
         )?);
     } else if let Some(pw) = geo.pointwise().filter(|pw| pw.eligible(ctx)) {
-        conv_direct::forward(
-            ctx,
-            rec,
-            &pw,
-            x,
-            w,
-            b,
-            act,
-            y,
-            format!("conv2d{suffix}"),
-        )?;
+        conv_direct::forward(ctx, rec, &pw, x, w, b, act, y, format!("conv2d{suffix}"))?;
     } else {
         let (mut params, tile) = geo.gemm_params(false)?;
         params.act_alpha = act_alpha;

@@ -8,7 +8,7 @@
 //! wins) rather than storing indices.
 
 use crate::error::{Error, Result};
-use crate::gpu::{Binding, Context, Recording, Shape, Tensor};
+use crate::gpu::{Binding, Context, KernelStyle, Recording, Shape, Tensor};
 use crate::ops::elementwise::{count_u32, distinct, groups_1d};
 use crate::ops::Pool2dParams;
 
@@ -246,7 +246,7 @@ fn check_global(op: &str, x: Shape, y: Shape) -> Result<()> {
 }
 
 /// Global average pooling: `y[n, c, 0, 0]` is the mean of plane `x[n, c]`; one
-/// workgroup reduces one plane.
+/// workgroup reduces one plane (one thread on CPU adapters).
 pub fn global_avg_forward(
     ctx: &Context,
     rec: &mut Recording,
@@ -261,15 +261,22 @@ pub fn global_avg_forward(
     if planes == 0 {
         return Ok(());
     }
+    // CPU adapters: one thread per plane (no barriers); GPUs: one workgroup per plane.
+    let per_thread = ctx.kernel_style() == KernelStyle::Direct;
+    let (entry, groups) = if per_thread {
+        ("global_avg_forward_thread", groups_1d(planes))
+    } else {
+        ("global_avg_forward", planes)
+    };
     let k = ctx.kernel(
         "pool",
         SHADER,
-        "global_avg_forward",
+        entry,
         &[Binding::Read, Binding::ReadWrite],
         &[],
     )?;
     let params = ctx.uniform(&plane_params(planes, x.shape));
-    rec.push(ctx.dispatch(op, &k, &params, &[x, y], planes)?);
+    rec.push(ctx.dispatch(op, &k, &params, &[x, y], groups)?);
     Ok(())
 }
 
