@@ -847,9 +847,9 @@ fn shaders(rec: &Recording) -> Vec<&'static str> {
 #[test]
 fn pointwise_direct_and_tiled() {
     let cases = [
-        // vec4: 3 * 36 pixels (one partial tile), 20 columns (5 of 4)
+        // vec4: 3 * 120 pixels (one partial tile), 20 columns (5 of 4)
         (
-            Case::new("pw vec4", 3, 8, [6, 6], 20, [1, 1]).bias(),
+            Case::new("pw vec4", 3, 8, [10, 12], 20, [1, 1]).bias(),
             "conv_direct_vec4",
         ),
         // vec4: 2 * 1520 pixels = 6 tiles of 512, the last partial; backward 12
@@ -858,9 +858,10 @@ fn pointwise_direct_and_tiled() {
             Case::new("pw vec4 tiles", 2, 12, [40, 38], 9, [1, 1]),
             "conv_direct_vec4",
         ),
-        // scalar: 7 x 7 maps, 37 columns (16 + 16 + 5)
+        // scalar: 7 x 7 maps, 6 * 49 pixels (2 tiles, one partial), 37 columns
+        // (16 + 16 + 5)
         (
-            Case::new("pw scalar 7x7", 2, 12, [7, 7], 37, [1, 1]).bias(),
+            Case::new("pw scalar 7x7", 6, 12, [7, 7], 37, [1, 1]).bias(),
             "conv_direct_scalar",
         ),
         // scalar, batch 1, odd sizes, 300 pixels past one 256-pixel tile
@@ -870,7 +871,7 @@ fn pointwise_direct_and_tiled() {
         ),
         // grouped: 2 groups of 8 -> 5
         (
-            Case::new("pw grouped", 2, 16, [5, 4], 10, [1, 1])
+            Case::new("pw grouped", 2, 16, [10, 16], 10, [1, 1])
                 .groups(2)
                 .bias(),
             "conv_direct_vec4",
@@ -917,14 +918,15 @@ fn pointwise_direct_and_tiled() {
 }
 
 /// Linear layers with K a multiple of 4 take the direct kernels (scalar layout:
-/// one pixel per item) on a direct context.
+/// one pixel per item) on a direct context from batch 256 on; smaller batches
+/// keep the tiled GEMM.
 #[test]
 fn linear_direct() {
     let ctx = ctx_style(KernelStyle::Direct);
-    for (seed, n, k, out) in [
-        (950u64, 5u32, 36u32, 23u32),
-        (951, 1, 128, 70),
-        (952, 9, 4, 1),
+    for (seed, n, k, out, want) in [
+        (950u64, 300u32, 36u32, 23u32, "conv_direct_scalar"),
+        (951, 256, 128, 70, "conv_direct_scalar"),
+        (952, 9, 4, 1, "conv"),
     ] {
         let xv = random(seed, (n * k) as usize);
         let wv = random(seed + 1, (out * k) as usize);
@@ -939,7 +941,7 @@ fn linear_direct() {
         let mut rec = Recording::new();
         linear::forward(&ctx, &mut rec, &x, &w, Some(&b), &y).unwrap();
         linear::backward(&ctx, &mut rec, &gy, &w, &gx).unwrap();
-        assert_eq!(shaders(&rec), ["conv_direct_scalar"; 2]);
+        assert_eq!(shaders(&rec), [want; 2], "linear {n}x{k}->{out}");
         let got = ctx.run_read(&[&rec], &[&y, &gx]).unwrap();
         let b64 = to_f64(&bv);
         let (n, k, out) = (n as usize, k as usize, out as usize);

@@ -7,7 +7,8 @@
 //! channels per group a multiple of 4; everything else keeps the tiled kernels.
 //! Two layouts, picked per layer: `vec4` (pixels per image a multiple of 4: loads
 //! and stores 4 pixels at a time) and `scalar` (any size, e.g. 7 x 7 maps and
-//! linear layers).
+//! linear layers at batch 256 and more). Layers with fewer than 256 pixels in
+//! all (linear layers at small batch) stay on the tiled kernels.
 
 use crate::error::Result;
 use crate::gpu::{Binding, Context, KernelStyle, Recording, Tensor};
@@ -57,6 +58,8 @@ const SCALAR: &str = concat!(
 
 /// Threads per workgroup.
 const WG: u32 = 64;
+/// Fewest GEMM rows (pixels) the direct kernels take: one scalar-layout tile.
+const MIN_PIXELS: u64 = 4 * WG as u64;
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -103,6 +106,9 @@ impl Pointwise {
             && self.ocg() > 0
             && self.batch > 0
             && self.hw > 0
+            // at least one full tile of pixels: with fewer (linear layers at small
+            // batch) most SIMD lanes would idle and the tiled GEMM is faster
+            && self.batch as u64 * self.hw as u64 >= MIN_PIXELS
             // u32 pixel and element offsets (the tiled path has the same bound)
             && (self.batch as u64 * self.hw as u64 * self.in_c.max(self.out_c) as u64) < u32::MAX as u64
     }
