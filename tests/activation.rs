@@ -72,54 +72,56 @@ const FROM_OUTPUT: [Activation; 6] = [
 #[test]
 fn backward_from_output_matches_backward_from_input() {
     let ctx = ctx();
-    let shape = Shape::new(2, 3, 5, 7);
-    let n = shape.numel() as usize;
-    let mut xs: Vec<f32> = random(3, n).iter().map(|v| v * 8.0).collect();
-    // the kinks themselves: PyTorch's choices must hold exactly
-    for (i, v) in [0.0f32, -0.0, 6.0, -3.0, 3.0, 1e-30, 5.999_999_5, 6.000_001]
-        .into_iter()
-        .enumerate()
-    {
-        xs[i] = v;
-    }
-    let gys = random(4, n);
-    for act in FROM_OUTPUT {
-        assert!(act.derivative_from_output());
-        let x = ctx.upload(&xs, shape, "x").unwrap();
-        let gy = ctx.upload(&gys, shape, "gy").unwrap();
-        let y = ctx.tensor(shape, "y").unwrap();
-        let gx_in = ctx.tensor(shape, "gx_in").unwrap();
-        let gx_out = ctx.tensor(shape, "gx_out").unwrap();
-        let mut rec = Recording::new();
-        activation::forward(&ctx, &mut rec, act, &x, &y).unwrap();
-        activation::backward(&ctx, &mut rec, act, &x, &gy, &gx_in).unwrap();
-        activation::backward_from_output(&ctx, &mut rec, act, &y, &gy, &gx_out).unwrap();
-        let out = ctx.run_read(&[&rec], &[&gx_in, &gx_out]).unwrap();
-        // away from the kinks: the f64 reference
-        let want: Vec<f64> = xs
-            .iter()
-            .zip(&gys)
-            .map(|(&v, &g)| g as f64 * dact(act, v as f64))
-            .collect();
-        assert_close(
-            &format!("{} backward from output (reference)", act.name()),
-            &out[1][8..],
-            &want[8..],
-            1e-4,
-        );
-        // everywhere, kinks included: the same values as the backward from the input
-        // (sigmoid's two formulas may differ by rounding)
-        let from_input = to_f64(&out[0]);
-        assert_close(
-            &format!("{} backward from output vs from input", act.name()),
-            &out[1],
-            &from_input,
-            if act == Activation::Sigmoid {
-                1e-4
-            } else {
-                0.0
-            },
-        );
+    // 210 elements: one per thread; 240: vec4s
+    for shape in [Shape::new(2, 3, 5, 7), Shape::new(2, 3, 5, 8)] {
+        let n = shape.numel() as usize;
+        let mut xs: Vec<f32> = random(3, n).iter().map(|v| v * 8.0).collect();
+        // the kinks themselves: PyTorch's choices must hold exactly
+        for (i, v) in [0.0f32, -0.0, 6.0, -3.0, 3.0, 1e-30, 5.999_999_5, 6.000_001]
+            .into_iter()
+            .enumerate()
+        {
+            xs[i] = v;
+        }
+        let gys = random(4, n);
+        for act in FROM_OUTPUT {
+            assert!(act.derivative_from_output());
+            let x = ctx.upload(&xs, shape, "x").unwrap();
+            let gy = ctx.upload(&gys, shape, "gy").unwrap();
+            let y = ctx.tensor(shape, "y").unwrap();
+            let gx_in = ctx.tensor(shape, "gx_in").unwrap();
+            let gx_out = ctx.tensor(shape, "gx_out").unwrap();
+            let mut rec = Recording::new();
+            activation::forward(&ctx, &mut rec, act, &x, &y).unwrap();
+            activation::backward(&ctx, &mut rec, act, &x, &gy, &gx_in).unwrap();
+            activation::backward_from_output(&ctx, &mut rec, act, &y, &gy, &gx_out).unwrap();
+            let out = ctx.run_read(&[&rec], &[&gx_in, &gx_out]).unwrap();
+            // away from the kinks: the f64 reference
+            let want: Vec<f64> = xs
+                .iter()
+                .zip(&gys)
+                .map(|(&v, &g)| g as f64 * dact(act, v as f64))
+                .collect();
+            assert_close(
+                &format!("{} backward from output (reference)", act.name()),
+                &out[1][8..],
+                &want[8..],
+                1e-4,
+            );
+            // everywhere, kinks included: the same values as the backward from the input
+            // (sigmoid's two formulas may differ by rounding)
+            let from_input = to_f64(&out[0]);
+            assert_close(
+                &format!("{} backward from output vs from input", act.name()),
+                &out[1],
+                &from_input,
+                if act == Activation::Sigmoid {
+                    1e-4
+                } else {
+                    0.0
+                },
+            );
+        }
     }
 }
 
