@@ -919,14 +919,15 @@ fn pointwise_direct_and_tiled() {
 
 /// Linear layers with K a multiple of 4 take the direct kernels (scalar layout:
 /// one pixel per item) on a direct context from batch 256 on; smaller batches
-/// keep the tiled GEMM.
+/// keep the tiled GEMM forward.
 #[test]
 fn linear_direct() {
     let ctx = ctx_style(KernelStyle::Direct);
     for (seed, n, k, out, want) in [
-        (950u64, 300u32, 36u32, 23u32, "conv_direct_scalar"),
-        (951, 256, 128, 70, "conv_direct_scalar"),
-        (952, 9, 4, 1, "conv"),
+        (950u64, 300u32, 36u32, 23u32, ["conv_direct_scalar"; 2]),
+        (951, 256, 128, 70, ["conv_direct_scalar"; 2]),
+        // 9 rows: tiled forward; 4 inputs: the few-channel backward
+        (952, 9, 4, 1, ["conv", "conv_backward_few"]),
     ] {
         let xv = random(seed, (n * k) as usize);
         let wv = random(seed + 1, (out * k) as usize);
@@ -941,7 +942,7 @@ fn linear_direct() {
         let mut rec = Recording::new();
         linear::forward(&ctx, &mut rec, &x, &w, Some(&b), &y).unwrap();
         linear::backward(&ctx, &mut rec, &gy, &w, &gx).unwrap();
-        assert_eq!(shaders(&rec), [want; 2], "linear {n}x{k}->{out}");
+        assert_eq!(shaders(&rec), want, "linear {n}x{k}->{out}");
         let got = ctx.run_read(&[&rec], &[&y, &gx]).unwrap();
         let b64 = to_f64(&bv);
         let (n, k, out) = (n as usize, k as usize, out as usize);
@@ -959,5 +960,42 @@ fn linear_direct() {
             &want_gx,
             1e-4,
         );
+    }
+}
+
+/// The backward of convolutions with at most 4 input channels (stems) on a direct
+/// context: strides 1-3, dilation, asymmetric padding, batch 1, phases no tap
+/// reaches, and a phase grid with partial rows (odd sizes).
+#[test]
+fn few_channel_backward() {
+    let direct = ctx_style(KernelStyle::Direct);
+    let cases = [
+        Case::new("stem s2 same", 2, 3, [30, 26], 8, [3, 3])
+            .pad([0, 0, 1, 1])
+            .stride([2, 2]),
+        Case::new("stem s2 odd", 1, 3, [17, 23], 5, [3, 3])
+            .pad([1; 4])
+            .stride([2, 2])
+            .bias(),
+        Case::new("1 channel s3 1x1", 2, 1, [10, 11], 4, [1, 1]).stride([3, 3]),
+        Case::new("4 channels dilated", 1, 4, [12, 9], 6, [3, 2])
+            .pad([2, 1, 0, 1])
+            .dil([2, 3]),
+        Case::new("2 channels s(2,1) 5x5", 3, 2, [13, 14], 7, [5, 5])
+            .pad([2; 4])
+            .stride([2, 1]),
+    ];
+    for (i, case) in cases.iter().enumerate() {
+        let p = case.params();
+        let xs = case.x_shape();
+        let ws = case.w_shape();
+        let ys = p.out_shape(xs, ws.dims()).unwrap();
+        let gy = direct.tensor(ys, "gy").unwrap();
+        let w = direct.tensor(ws, "w").unwrap();
+        let gx = direct.tensor(xs, "gx").unwrap();
+        let mut rec = Recording::new();
+        conv::backward(&direct, &mut rec, &p, &gy, &w, &gx).unwrap();
+        assert_eq!(shaders(&rec), ["conv_backward_few"], "{}", case.name);
+        check_on(&direct, case, false, 970 + i as u64);
     }
 }

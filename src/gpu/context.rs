@@ -188,14 +188,12 @@ impl Context {
         let style = match options.kernels {
             Some(s) => s,
             None => match std::env::var("ADVEX_KERNELS") {
-                Ok(v) if !v.trim().is_empty() => {
-                    KernelStyle::parse(&v).ok_or_else(|| {
-                        Error::Usage(format!(
-                            "ADVEX_KERNELS={v:?} is not a kernel family: use tiled or direct, \
+                Ok(v) if !v.trim().is_empty() => KernelStyle::parse(&v).ok_or_else(|| {
+                    Error::Usage(format!(
+                        "ADVEX_KERNELS={v:?} is not a kernel family: use tiled or direct, \
                              or unset it to pick by adapter"
-                        ))
-                    })?
-                }
+                    ))
+                })?,
                 _ => KernelStyle::for_adapter(adapter.get_info().device_type),
             },
         };

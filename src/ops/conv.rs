@@ -18,13 +18,14 @@
 //! `Context::kernel`): they guard every index themselves; keep it so.
 
 use crate::error::{Error, Result};
-use crate::gpu::{Binding, Context, Recording, Shape, Tensor};
+use crate::gpu::{Binding, Context, KernelStyle, Recording, Shape, Tensor};
 use crate::ops::activation::Activation;
 use crate::ops::conv_direct::{self, Pointwise};
 use crate::ops::params::Conv2dParams;
 
 const GEMM_SHADER: &str = include_str!("../../shaders/conv.wgsl");
 const DW_SHADER: &str = include_str!("../../shaders/depthwise.wgsl");
+const FEW_SHADER: &str = include_str!("../../shaders/conv_backward_few.wgsl");
 
 /// Tile shape of the GEMM kernel, set through its override constants (`WG_M`
 /// threads along m, `TM` m per thread, `BK` the K slice); conv.wgsl supports
@@ -130,6 +131,37 @@ struct GemmParams {
     ph_rows: u32,
     ph_cols: u32,
 }
+
+/// Parameters of `conv_backward_few.wgsl` (its header explains them).
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct FewParams {
+    batch: u32,
+    in_c: u32,
+    in_h: u32,
+    in_w: u32,
+    out_c: u32,
+    out_h: u32,
+    out_w: u32,
+    k_h: u32,
+    k_w: u32,
+    stride_h: u32,
+    stride_w: u32,
+    dil_h: u32,
+    dil_w: u32,
+    pad_t: u32,
+    pad_l: u32,
+    step_h: u32,
+    step_w: u32,
+    ph_rows: u32,
+    ph_cols: u32,
+    tiles: u32,
+    total_wg: u32,
+    _pad: [u32; 3],
+}
+
+/// Threads per workgroup of `conv_backward_few.wgsl` (4 pixels each).
+const FEW_WG: u32 = 64;
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -289,6 +321,11 @@ pub fn backward(
         });
     } else if let Some(pw) = geo.pointwise().filter(|pw| pw.eligible(ctx)) {
         conv_direct::backward(ctx, rec, &pw, gy, w, gx, "conv2d_backward")?;
+    } else if geo.few_inputs(ctx) {
+        let params = geo.few_params();
+        let k = ctx.kernel("conv_backward_few", FEW_SHADER, "backward", &bindings, &[])?;
+        let u = ctx.uniform(&params);
+        rec.push(ctx.dispatch("conv2d_backward", &k, &u, &[gy, w, gx], params.total_wg)?);
     } else {
         let (params, tile) = geo.gemm_params(true)?;
         // Stride > 1: phase by phase, without the zero taps (see conv.wgsl).
@@ -352,6 +389,52 @@ impl Geometry {
                 out_c: self.oc,
                 groups: self.p.groups,
             })
+    }
+
+    /// Whether the backward pass runs on `conv_backward_few.wgsl`: CPU adapters,
+    /// one group, at most 4 input channels (a stem), offsets within i32.
+    fn few_inputs(&self, ctx: &Context) -> bool {
+        ctx.kernel_style() == KernelStyle::Direct
+            && self.p.groups == 1
+            && self.x.c <= 4
+            && !self.depthwise
+            && self.x.numel() < i32::MAX as u64
+            && self.y.numel() < i32::MAX as u64
+            && (self.kh as u64 * self.p.dilation[0] as u64) < i32::MAX as u64
+            && (self.kw as u64 * self.p.dilation[1] as u64) < i32::MAX as u64
+    }
+
+    fn few_params(&self) -> FewParams {
+        let [sh, sw] = self.p.stride;
+        let [dh, dw] = self.p.dilation;
+        let ph_rows = self.x.h.div_ceil(sh);
+        let ph_cols = self.x.w.div_ceil(sw);
+        let per_phase = self.x.n * ph_rows * ph_cols;
+        let tiles = per_phase.div_ceil(4 * FEW_WG);
+        FewParams {
+            batch: self.x.n,
+            in_c: self.x.c,
+            in_h: self.x.h,
+            in_w: self.x.w,
+            out_c: self.oc,
+            out_h: self.y.h,
+            out_w: self.y.w,
+            k_h: self.kh,
+            k_w: self.kw,
+            stride_h: sh,
+            stride_w: sw,
+            dil_h: dh,
+            dil_w: dw,
+            pad_t: self.p.padding[0],
+            pad_l: self.p.padding[1],
+            step_h: sh / gcd(dh, sh),
+            step_w: sw / gcd(dw, sw),
+            ph_rows,
+            ph_cols,
+            tiles,
+            total_wg: tiles * sh * sw,
+            _pad: [0; 3],
+        }
     }
 
     /// Whether the backward pass runs phase by phase (`backward_phased`).
