@@ -10,6 +10,13 @@
 //! - `shaders/depthwise.wgsl`: depthwise convolution (groups == input channels,
 //!   channel multiplier >= 1), a direct kernel with 4 outputs per thread.
 //!
+//! On CPU adapters ([`crate::gpu::KernelStyle::Direct`]) two more families take
+//! the layers they fit: `shaders/conv_direct.wgsl` for pointwise layers and
+//! linear layers of 256 rows and more ([`crate::ops::conv_direct`]), and
+//! `shaders/conv_backward_few.wgsl` for the backward of layers with at most 4
+//! input channels (stems): no workgroup memory, vec4 loads, as llvmpipe charges
+//! per load instruction and per barrier.
+//!
 //! Both forward kernels apply bias and an optional activation in their epilogue
 //! ([`forward_act`]). Shapes travel in a uniform block, so one pipeline per
 //! (entry, bias flag, activation, tile) serves every layer.
