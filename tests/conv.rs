@@ -384,6 +384,56 @@ fn conv_batches() {
     );
 }
 
+/// Run linear forward (+ bias if `with_bias`) and backward on `ctx`, compare
+/// with the reference, and return the shaders of the two dispatches.
+fn check_linear(
+    ctx: &Context,
+    seed: u64,
+    n: u32,
+    k: u32,
+    out: u32,
+    with_bias: bool,
+) -> Vec<&'static str> {
+    let xv = random(seed, (n * k) as usize);
+    let wv = random(seed + 1, (out * k) as usize);
+    let bv = random(seed + 2, out as usize);
+    let gyv = random(seed + 3, (n * out) as usize);
+    let x = ctx.upload(&xv, Shape::new(n, k, 1, 1), "x").unwrap();
+    let w = ctx.upload(&wv, Shape::new(out, k, 1, 1), "w").unwrap();
+    let b = ctx.upload(&bv, Shape::new(1, out, 1, 1), "b").unwrap();
+    let gy = ctx.upload(&gyv, Shape::new(n, out, 1, 1), "gy").unwrap();
+    let y = poisoned(ctx, Shape::new(n, out, 1, 1), "y");
+    let gx = poisoned(ctx, Shape::new(n, k, 1, 1), "gx");
+    let mut rec = Recording::new();
+    linear::forward(ctx, &mut rec, &x, &w, with_bias.then_some(&b), &y).unwrap();
+    linear::backward(ctx, &mut rec, &gy, &w, &gx).unwrap();
+    let got = ctx.run_read(&[&rec], &[&y, &gx]).unwrap();
+    let b64 = to_f64(&bv);
+    let (nu, ku, ou) = (n as usize, k as usize, out as usize);
+    let want_y = linear_forward(
+        &to_f64(&xv),
+        &to_f64(&wv),
+        with_bias.then_some(&b64[..]),
+        nu,
+        ku,
+        ou,
+    );
+    let want_gx = linear_backward(&to_f64(&gyv), &to_f64(&wv), nu, ku, ou);
+    assert_close(
+        &format!("linear {n}x{k}->{out} forward"),
+        &got[0],
+        &want_y,
+        1e-4,
+    );
+    assert_close(
+        &format!("linear {n}x{k}->{out} backward"),
+        &got[1],
+        &want_gx,
+        1e-4,
+    );
+    shaders(&rec)
+}
+
 #[test]
 fn linear_forward_backward() {
     let ctx = ctx();
@@ -392,43 +442,7 @@ fn linear_forward_backward() {
         (81, 1, 130, 70, false),
         (82, 17, 3, 1, true),
     ] {
-        let xv = random(seed, (n * k) as usize);
-        let wv = random(seed + 1, (out * k) as usize);
-        let bv = random(seed + 2, out as usize);
-        let gyv = random(seed + 3, (n * out) as usize);
-        let x = ctx.upload(&xv, Shape::new(n, k, 1, 1), "x").unwrap();
-        let w = ctx.upload(&wv, Shape::new(out, k, 1, 1), "w").unwrap();
-        let b = ctx.upload(&bv, Shape::new(1, out, 1, 1), "b").unwrap();
-        let gy = ctx.upload(&gyv, Shape::new(n, out, 1, 1), "gy").unwrap();
-        let y = poisoned(&ctx, Shape::new(n, out, 1, 1), "y");
-        let gx = poisoned(&ctx, Shape::new(n, k, 1, 1), "gx");
-        let mut rec = Recording::new();
-        linear::forward(&ctx, &mut rec, &x, &w, with_bias.then_some(&b), &y).unwrap();
-        linear::backward(&ctx, &mut rec, &gy, &w, &gx).unwrap();
-        let got = ctx.run_read(&[&rec], &[&y, &gx]).unwrap();
-        let b64 = to_f64(&bv);
-        let (n, k, out) = (n as usize, k as usize, out as usize);
-        let want_y = linear_forward(
-            &to_f64(&xv),
-            &to_f64(&wv),
-            with_bias.then_some(&b64[..]),
-            n,
-            k,
-            out,
-        );
-        let want_gx = linear_backward(&to_f64(&gyv), &to_f64(&wv), n, k, out);
-        assert_close(
-            &format!("linear {n}x{k}->{out} forward"),
-            &got[0],
-            &want_y,
-            1e-4,
-        );
-        assert_close(
-            &format!("linear {n}x{k}->{out} backward"),
-            &got[1],
-            &want_gx,
-            1e-4,
-        );
+        check_linear(&ctx, seed, n, k, out, with_bias);
     }
 }
 
@@ -929,37 +943,8 @@ fn linear_direct() {
         // 9 rows: tiled forward; 4 inputs: the few-channel backward
         (952, 9, 4, 1, ["conv", "conv_backward_few"]),
     ] {
-        let xv = random(seed, (n * k) as usize);
-        let wv = random(seed + 1, (out * k) as usize);
-        let bv = random(seed + 2, out as usize);
-        let gyv = random(seed + 3, (n * out) as usize);
-        let x = ctx.upload(&xv, Shape::new(n, k, 1, 1), "x").unwrap();
-        let w = ctx.upload(&wv, Shape::new(out, k, 1, 1), "w").unwrap();
-        let b = ctx.upload(&bv, Shape::new(1, out, 1, 1), "b").unwrap();
-        let gy = ctx.upload(&gyv, Shape::new(n, out, 1, 1), "gy").unwrap();
-        let y = poisoned(&ctx, Shape::new(n, out, 1, 1), "y");
-        let gx = poisoned(&ctx, Shape::new(n, k, 1, 1), "gx");
-        let mut rec = Recording::new();
-        linear::forward(&ctx, &mut rec, &x, &w, Some(&b), &y).unwrap();
-        linear::backward(&ctx, &mut rec, &gy, &w, &gx).unwrap();
-        assert_eq!(shaders(&rec), want, "linear {n}x{k}->{out}");
-        let got = ctx.run_read(&[&rec], &[&y, &gx]).unwrap();
-        let b64 = to_f64(&bv);
-        let (n, k, out) = (n as usize, k as usize, out as usize);
-        let want_y = linear_forward(&to_f64(&xv), &to_f64(&wv), Some(&b64[..]), n, k, out);
-        let want_gx = linear_backward(&to_f64(&gyv), &to_f64(&wv), n, k, out);
-        assert_close(
-            &format!("direct linear {n}x{k}->{out} forward"),
-            &got[0],
-            &want_y,
-            1e-4,
-        );
-        assert_close(
-            &format!("direct linear {n}x{k}->{out} backward"),
-            &got[1],
-            &want_gx,
-            1e-4,
-        );
+        let got = check_linear(&ctx, seed, n, k, out, true);
+        assert_eq!(got, want, "linear {n}x{k}->{out}");
     }
 }
 

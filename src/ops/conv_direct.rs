@@ -56,6 +56,32 @@ const SCALAR: &str = concat!(
     include_str!("../../shaders/conv_direct.wgsl"),
 );
 
+/// One layout: its module and the tile constants its prelude sets (G pixel
+/// groups of 4 per thread, TN_F / TN_B columns forward / backward).
+#[derive(Clone, Copy)]
+struct Layout {
+    shader: &'static str,
+    source: &'static str,
+    g: u32,
+    tn_f: u32,
+    tn_b: u32,
+}
+
+const LAYOUT_VEC4: Layout = Layout {
+    shader: "conv_direct_vec4",
+    source: VEC4,
+    g: 2,
+    tn_f: 4,
+    tn_b: 8,
+};
+const LAYOUT_SCALAR: Layout = Layout {
+    shader: "conv_direct_scalar",
+    source: SCALAR,
+    g: 1,
+    tn_f: 16,
+    tn_b: 16,
+};
+
 /// Threads per workgroup.
 const WG: u32 = 64;
 /// Fewest GEMM rows (pixels) the direct kernels take: one scalar-layout tile.
@@ -113,16 +139,16 @@ impl Pointwise {
             && (self.batch as u64 * self.hw as u64 * self.in_c.max(self.out_c) as u64) < u32::MAX as u64
     }
 
-    fn layout(&self) -> (&'static str, &'static str, u32) {
+    fn layout(&self) -> Layout {
         if self.hw % 4 == 0 {
-            ("conv_direct_vec4", VEC4, 2)
+            LAYOUT_VEC4
         } else {
-            ("conv_direct_scalar", SCALAR, 1)
+            LAYOUT_SCALAR
         }
     }
 
     fn params(&self, kdim: u32, ncols: u32, a_c: u32, out_c: u32, tn: u32) -> Params {
-        let (_, _, g) = self.layout();
+        let g = self.layout().g;
         let m = self.batch * self.hw;
         let tiles_m = m.div_ceil(4 * g * WG);
         let tiles_n = ncols.div_ceil(tn);
@@ -143,14 +169,6 @@ impl Pointwise {
     }
 }
 
-fn tn(shader: &str, backward: bool) -> u32 {
-    match (shader, backward) {
-        ("conv_direct_vec4", false) => 4,
-        ("conv_direct_vec4", true) => 8,
-        _ => 16,
-    }
-}
-
 /// y = act(pointwise_conv(x, w) + b); shapes validated by the caller.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn forward(
@@ -164,9 +182,9 @@ pub(crate) fn forward(
     y: &Tensor,
     label: String,
 ) -> Result<()> {
-    let (shader, source, _) = pw.layout();
+    let l = pw.layout();
     let (code, alpha, beta) = act.code();
-    let mut params = pw.params(pw.icg(), pw.ocg(), pw.in_c, pw.out_c, tn(shader, false));
+    let mut params = pw.params(pw.icg(), pw.ocg(), pw.in_c, pw.out_c, l.tn_f);
     params.act_alpha = alpha;
     params.act_beta = beta;
     let constants = [
@@ -180,7 +198,7 @@ pub(crate) fn forward(
         Binding::ReadWrite,
         Binding::Read,
     ];
-    let k = ctx.kernel(shader, source, "forward", &bindings, &constants)?;
+    let k = ctx.kernel(l.shader, l.source, "forward", &bindings, &constants)?;
     let u = ctx.uniform(&params);
     // Without a bias the weight is bound in its place (never read).
     let bias = b.unwrap_or(w);
@@ -199,10 +217,16 @@ pub(crate) fn backward(
     gx: &Tensor,
     label: &str,
 ) -> Result<()> {
-    let (shader, source, _) = pw.layout();
-    let params = pw.params(pw.ocg(), pw.icg(), pw.out_c, pw.in_c, tn(shader, true));
+    let l = pw.layout();
+    let params = pw.params(pw.ocg(), pw.icg(), pw.out_c, pw.in_c, l.tn_b);
     let bindings = [Binding::Read, Binding::Read, Binding::ReadWrite];
-    let k = ctx.kernel(shader, source, "backward", &bindings, &[("WG", WG as f64)])?;
+    let k = ctx.kernel(
+        l.shader,
+        l.source,
+        "backward",
+        &bindings,
+        &[("WG", WG as f64)],
+    )?;
     let u = ctx.uniform(&params);
     rec.push(ctx.dispatch(label, &k, &u, &[gy, w, gx], params.total_wg)?);
     Ok(())
