@@ -1,4 +1,6 @@
 // Element-wise activations, forward and backward to the input.
+// Storage elements are `st` (f32, or f16 on the half-precision path; the host
+// prepends the alias); arithmetic is f32.
 // ACT selects the function (specialisation constant):
 //   0 relu, 1 relu6, 2 leaky_relu(alpha), 3 sigmoid, 4 silu, 5 hardswish,
 //   6 hardsigmoid(alpha * x + beta clamped to [0, 1]), 7 identity
@@ -74,32 +76,32 @@ fn flat(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
     return (wid.x + wid.y * nwg.x) * 256u + lid;
 }
 
-@group(0) @binding(1) var<storage, read> x: array<f32>;
-@group(0) @binding(2) var<storage, read_write> y: array<f32>;
+@group(0) @binding(1) var<storage, read> x: array<st>;
+@group(0) @binding(2) var<storage, read_write> y: array<st>;
 
 @compute @workgroup_size(256)
 fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
            @builtin(local_invocation_index) lid: u32) {
     let i = flat(wid, nwg, lid);
     if (i >= p.count) { return; }
-    y[i] = act(x[i]);
+    y[i] = st(act(f32(x[i])));
 }
 
 // backward: binding 1 = x (forward input), binding 2 = gy, binding 3 = gx
-@group(0) @binding(1) var<storage, read> bx: array<f32>;
-@group(0) @binding(2) var<storage, read> gy: array<f32>;
-@group(0) @binding(3) var<storage, read_write> gx: array<f32>;
+@group(0) @binding(1) var<storage, read> bx: array<st>;
+@group(0) @binding(2) var<storage, read> gy: array<st>;
+@group(0) @binding(3) var<storage, read_write> gx: array<st>;
 
 @compute @workgroup_size(256)
 fn backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
             @builtin(local_invocation_index) lid: u32) {
     let i = flat(wid, nwg, lid);
     if (i >= p.count) { return; }
-    gx[i] = gy[i] * dact(bx[i]);
+    gx[i] = st(f32(gy[i]) * dact(f32(bx[i])));
 }
 
 // backward from the output: binding 1 = y (forward output), 2 = gy, 3 = gx
-@group(0) @binding(1) var<storage, read> oy: array<f32>;
+@group(0) @binding(1) var<storage, read> oy: array<st>;
 
 @compute @workgroup_size(256)
 fn backward_from_output(@builtin(workgroup_id) wid: vec3<u32>,
@@ -107,15 +109,15 @@ fn backward_from_output(@builtin(workgroup_id) wid: vec3<u32>,
                         @builtin(local_invocation_index) lid: u32) {
     let i = flat(wid, nwg, lid);
     if (i >= p.count) { return; }
-    gx[i] = gy[i] * dact_from_output(oy[i]);
+    gx[i] = st(f32(gy[i]) * dact_from_output(f32(oy[i])));
 }
 
 // The same, 4 elements per thread as vec4s (p.count = elements / 4; the host
 // uses it when the element count is a multiple of 4): a quarter of the load and
 // store instructions, which is what elementwise kernels cost on CPU adapters.
-@group(0) @binding(1) var<storage, read> oy4: array<vec4<f32>>;
-@group(0) @binding(2) var<storage, read> gy4: array<vec4<f32>>;
-@group(0) @binding(3) var<storage, read_write> gx4: array<vec4<f32>>;
+@group(0) @binding(1) var<storage, read> oy4: array<vec4<st>>;
+@group(0) @binding(2) var<storage, read> gy4: array<vec4<st>>;
+@group(0) @binding(3) var<storage, read_write> gx4: array<vec4<st>>;
 
 @compute @workgroup_size(256)
 fn backward_from_output4(@builtin(workgroup_id) wid: vec3<u32>,
@@ -123,8 +125,8 @@ fn backward_from_output4(@builtin(workgroup_id) wid: vec3<u32>,
                          @builtin(local_invocation_index) lid: u32) {
     let i = flat(wid, nwg, lid);
     if (i >= p.count) { return; }
-    let yv = oy4[i];
+    let yv = vec4<f32>(oy4[i]);
     let d = vec4(dact_from_output(yv.x), dact_from_output(yv.y),
                  dact_from_output(yv.z), dact_from_output(yv.w));
-    gx4[i] = gy4[i] * d;
+    gx4[i] = vec4<st>(vec4<f32>(gy4[i]) * d);
 }

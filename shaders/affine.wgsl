@@ -1,5 +1,6 @@
 // Per-channel affine map y = x * scale[c] + shift[c] on NCHW tensors (input
 // normalisation, unfolded batch norm) and its gradient gx = gy * scale[c].
+// Storage elements are `st` (f32 or f16, aliased by the host); arithmetic is f32.
 
 const WG: u32 = 256u;
 
@@ -13,13 +14,13 @@ struct Params {
 @group(0) @binding(0) var<uniform> p: Params;
 
 // forward: x (1), scale (2), shift (3) -> y (4)
-@group(0) @binding(1) var<storage, read> x: array<f32>;
-@group(0) @binding(2) var<storage, read> scale: array<f32>;
-@group(0) @binding(3) var<storage, read> shift: array<f32>;
-@group(0) @binding(4) var<storage, read_write> y: array<f32>;
+@group(0) @binding(1) var<storage, read> x: array<st>;
+@group(0) @binding(2) var<storage, read> scale: array<st>;
+@group(0) @binding(3) var<storage, read> shift: array<st>;
+@group(0) @binding(4) var<storage, read_write> y: array<st>;
 // backward: gy (1), scale (2) -> gx (3)
-@group(0) @binding(1) var<storage, read> gy: array<f32>;
-@group(0) @binding(3) var<storage, read_write> gx: array<f32>;
+@group(0) @binding(1) var<storage, read> gy: array<st>;
+@group(0) @binding(3) var<storage, read_write> gx: array<st>;
 
 @compute @workgroup_size(256)
 fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -29,7 +30,7 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
         return;
     }
     let c = (i / p.hw) % p.c;
-    y[i] = fma(x[i], scale[c], shift[c]);
+    y[i] = st(fma(f32(x[i]), f32(scale[c]), f32(shift[c])));
 }
 
 @compute @workgroup_size(256)
@@ -39,5 +40,5 @@ fn backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
     if (i >= p.count) {
         return;
     }
-    gx[i] = gy[i] * scale[(i / p.hw) % p.c];
+    gx[i] = st(f32(gy[i]) * f32(scale[(i / p.hw) % p.c]));
 }

@@ -113,7 +113,8 @@ struct LabelParams {
 }
 
 @group(0) @binding(0) var<uniform> lp: LabelParams;
-@group(0) @binding(1) var<storage, read> llogits: array<f32>;
+// Logits are `st` (f32 or f16, aliased by the host); everything else here is f32.
+@group(0) @binding(1) var<storage, read> llogits: array<st>;
 @group(0) @binding(2) var<storage, read_write> llabels: array<u32>;
 @group(0) @binding(3) var<storage, read_write> lloss: array<u32>;
 
@@ -127,9 +128,9 @@ fn resolve_labels(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups
     var best = 0u;
     var worst = 0u;
     for (var c = 1u; c < lp.classes; c = c + 1u) {
-        let v = llogits[base + c];
-        if (v > llogits[base + best]) { best = c; }
-        if (v < llogits[base + worst]) { worst = c; }
+        let v = f32(llogits[base + c]);
+        if (v > f32(llogits[base + best])) { best = c; }
+        if (v < f32(llogits[base + worst])) { worst = c; }
     }
     if (llabels[i] == 0xffffffffu) { llabels[i] = best; }
     switch MODE {

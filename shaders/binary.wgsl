@@ -4,6 +4,7 @@
 // The gradient of an operand that was broadcast is reduced over the broadcast
 // dimensions: one workgroup per element of that operand (grad_reduce), or one
 // thread per element when nothing is reduced (grad_map).
+// Storage elements are `st` (f32 or f16, aliased by the host); arithmetic is f32.
 
 override OP: u32 = 0u;
 
@@ -34,13 +35,13 @@ struct Bwd {
 @group(0) @binding(0) var<uniform> bp: Bwd;
 
 // forward: a (1), b (2) -> y (3)
-@group(0) @binding(1) var<storage, read> a: array<f32>;
-@group(0) @binding(2) var<storage, read> b: array<f32>;
-@group(0) @binding(3) var<storage, read_write> y: array<f32>;
+@group(0) @binding(1) var<storage, read> a: array<st>;
+@group(0) @binding(2) var<storage, read> b: array<st>;
+@group(0) @binding(3) var<storage, read_write> y: array<st>;
 // gradients: gy (1), other operand (2) -> g (3)
-@group(0) @binding(1) var<storage, read> gy: array<f32>;
-@group(0) @binding(2) var<storage, read> other: array<f32>;
-@group(0) @binding(3) var<storage, read_write> g: array<f32>;
+@group(0) @binding(1) var<storage, read> gy: array<st>;
+@group(0) @binding(2) var<storage, read> other: array<st>;
+@group(0) @binding(3) var<storage, read_write> g: array<st>;
 
 fn group_index(wid: vec3<u32>, nwg: vec3<u32>) -> u32 {
     return wid.x + wid.y * nwg.x;
@@ -67,19 +68,19 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
         return;
     }
     let c = coords(i, fp.od);
-    let va = a[dot(c, fp.sa)];
-    let vb = b[dot(c, fp.sb)];
+    let va = f32(a[dot(c, fp.sa)]);
+    let vb = f32(b[dot(c, fp.sb)]);
     if (OP == 1u) {
-        y[i] = va * vb;
+        y[i] = st(va * vb);
     } else {
-        y[i] = va + vb;
+        y[i] = st(va + vb);
     }
 }
 
 fn term(oc: vec4<u32>) -> f32 {
-    let v = gy[dot(oc, contiguous(bp.od))];
+    let v = f32(gy[dot(oc, contiguous(bp.od))]);
     if (OP == 1u) {
-        return v * other[dot(oc, bp.so)];
+        return v * f32(other[dot(oc, bp.so)]);
     }
     return v;
 }
@@ -92,7 +93,7 @@ fn grad_map(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
     if (i >= bp.count) {
         return;
     }
-    g[i] = term(coords(i, bp.od));
+    g[i] = st(term(coords(i, bp.od)));
 }
 
 var<workgroup> partial: array<f32, WG>;
@@ -119,6 +120,6 @@ fn grad_reduce(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
         workgroupBarrier();
     }
     if (lid == 0u) {
-        g[j] = partial[0];
+        g[j] = st(partial[0]);
     }
 }

@@ -15,8 +15,9 @@ struct Params {
 @group(0) @binding(0) var<uniform> p: Params;
 
 // forward: part (1) -> joint (2); backward: joint (1) -> part (2)
-@group(0) @binding(1) var<storage, read> src: array<f32>;
-@group(0) @binding(2) var<storage, read_write> dst: array<f32>;
+// Elements are `st` (f32 or f16, aliased by the host): copied as they are.
+@group(0) @binding(1) var<storage, read> src: array<st>;
+@group(0) @binding(2) var<storage, read_write> dst: array<st>;
 
 fn joint_index(i: u32) -> u32 {
     return (i / p.item_part) * p.item_all + p.offset + i % p.item_part;

@@ -59,6 +59,9 @@
 // non-zero by the host's shape validation; all loops have uniform bounds.
 // Keep it so when editing.
 //
+// Storage elements are `st` (f32 or f16, aliased by the host); loads convert to
+// f32, workgroup tiles and accumulators are f32.
+//
 override WG_M: u32 = 16u; // threads along m (16 or 64)
 override TM: u32 = 4u;    // m per thread (4 or 8)
 override BK: u32 = 16u;   // K slice (16 or 8)
@@ -198,10 +201,10 @@ fn pick(v: vec4<f32>, i: u32) -> f32 {
 
 // ---------------------------------------------------------------- forward
 
-@group(0) @binding(1) var<storage, read> x: array<f32>;
-@group(0) @binding(2) var<storage, read> w: array<f32>;
-@group(0) @binding(3) var<storage, read> bias: array<f32>;
-@group(0) @binding(4) var<storage, read_write> y: array<f32>;
+@group(0) @binding(1) var<storage, read> x: array<st>;
+@group(0) @binding(2) var<storage, read> w: array<st>;
+@group(0) @binding(3) var<storage, read> bias: array<st>;
+@group(0) @binding(4) var<storage, read_write> y: array<st>;
 
 // Forward A loader state: this thread always loads column m = lid % BM of A.
 var<private> fa_ok: bool;
@@ -225,7 +228,7 @@ fn fwd_load_a(k: u32) -> vec4<f32> {
             let ih = fa_ih0 + i32(kh * p.dil_h);
             let iw = fa_iw0 + i32(kw * p.dil_w);
             if (u32(ih) < p.in_h && u32(iw) < p.in_w) {
-                v[i] = x[fa_base + (ic * p.in_h + u32(ih)) * p.in_w + u32(iw)];
+                v[i] = f32(x[fa_base + (ic * p.in_h + u32(ih)) * p.in_w + u32(iw)]);
             }
         }
         kw += 1u;
@@ -250,7 +253,7 @@ fn fwd_load_b(k: u32, n: u32, w_row0: u32, n_left: u32) -> vec4<f32> {
         for (var i = 0u; i < 4u; i++) {
             let nn = n + (THREADS / BK) * i;
             if (nn < bn() && nn < n_left) {
-                v[i] = w[(w_row0 + nn) * p.gemm_k + k];
+                v[i] = f32(w[(w_row0 + nn) * p.gemm_k + k]);
             }
         }
     }
@@ -280,10 +283,10 @@ fn fwd_epilogue(mstart: u32, nb: u32, g: u32, bv: vec4<f32>,
         let im = mm / ohw;
         let px = mm - im * ohw;
         let base = (im * p.out_c + g * p.ocg + nb) * ohw + px;
-        if (nb < p.gemm_n) { y[base] = act(pick(c0, i) + bv.x); }
-        if (nb + 1u < p.gemm_n) { y[base + ohw] = act(pick(c1, i) + bv.y); }
-        if (nb + 2u < p.gemm_n) { y[base + 2u * ohw] = act(pick(c2, i) + bv.z); }
-        if (nb + 3u < p.gemm_n) { y[base + 3u * ohw] = act(pick(c3, i) + bv.w); }
+        if (nb < p.gemm_n) { y[base] = st(act(pick(c0, i) + bv.x)); }
+        if (nb + 1u < p.gemm_n) { y[base + ohw] = st(act(pick(c1, i) + bv.y)); }
+        if (nb + 2u < p.gemm_n) { y[base + 2u * ohw] = st(act(pick(c2, i) + bv.z)); }
+        if (nb + 3u < p.gemm_n) { y[base + 3u * ohw] = st(act(pick(c3, i) + bv.w)); }
     }
 }
 
@@ -358,7 +361,7 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>,
     if (HAS_BIAS) {
         for (var j = 0u; j < 4u; j++) {
             if (nb + j < p.gemm_n) {
-                bv[j] = bias[g * p.ocg + nb + j];
+                bv[j] = f32(bias[g * p.ocg + nb + j]);
             }
         }
     }
@@ -370,9 +373,9 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>,
 
 // --------------------------------------------------------------- backward
 
-@group(0) @binding(1) var<storage, read> gy: array<f32>;
-@group(0) @binding(2) var<storage, read> bw: array<f32>;
-@group(0) @binding(3) var<storage, read_write> gx: array<f32>;
+@group(0) @binding(1) var<storage, read> gy: array<st>;
+@group(0) @binding(2) var<storage, read> bw: array<st>;
+@group(0) @binding(3) var<storage, read_write> gx: array<st>;
 
 // Backward A loader state: column m = lid % BM of A (one input pixel).
 var<private> ba_ok: bool;
@@ -402,7 +405,7 @@ fn bwd_load_a(k: u32) -> vec4<f32> {
                 let oh = th / p.stride_h;
                 let ow = tw / p.stride_w;
                 if (oh * p.stride_h == th && ow * p.stride_w == tw && oh < p.out_h && ow < p.out_w) {
-                    v[i] = gy[ba_base + oc * ohw + oh * p.out_w + ow];
+                    v[i] = f32(gy[ba_base + oc * ohw + oh * p.out_w + ow]);
                 }
             }
         }
@@ -430,7 +433,7 @@ fn bwd_load_b(k: u32, n: u32, g: u32) -> vec4<f32> {
     var r = k - oc * khw;
     for (var i = 0u; i < 4u; i++) {
         if (k + i < p.gemm_k) {
-            v[i] = bw[((g * p.ocg + oc) * p.icg + n) * khw + r];
+            v[i] = f32(bw[((g * p.ocg + oc) * p.icg + n) * khw + r]);
         }
         r += 1u;
         if (r == khw) {
@@ -465,10 +468,10 @@ fn bwd_epilogue(mstart: u32, nb: u32, g: u32,
         let im = mm / in_hw;
         let px = mm - im * in_hw;
         let base = (im * p.in_c + g * p.icg + nb) * in_hw + px;
-        if (nb < p.gemm_n) { gx[base] = pick(c0, i); }
-        if (nb + 1u < p.gemm_n) { gx[base + in_hw] = pick(c1, i); }
-        if (nb + 2u < p.gemm_n) { gx[base + 2u * in_hw] = pick(c2, i); }
-        if (nb + 3u < p.gemm_n) { gx[base + 3u * in_hw] = pick(c3, i); }
+        if (nb < p.gemm_n) { gx[base] = st(pick(c0, i)); }
+        if (nb + 1u < p.gemm_n) { gx[base + in_hw] = st(pick(c1, i)); }
+        if (nb + 2u < p.gemm_n) { gx[base + 2u * in_hw] = st(pick(c2, i)); }
+        if (nb + 3u < p.gemm_n) { gx[base + 3u * in_hw] = st(pick(c3, i)); }
     }
 }
 
@@ -608,7 +611,7 @@ fn ph_load_a(k: u32, gk: u32) -> vec4<f32> {
             let oh = qa_oh - i32(th * p.dstep_h);
             let ow = qa_ow - i32(tw * p.dstep_w);
             if (u32(oh) < p.out_h && u32(ow) < p.out_w) {
-                v[i] = gy[qa_base + oc * ohw + u32(oh) * p.out_w + u32(ow)];
+                v[i] = f32(gy[qa_base + oc * ohw + u32(oh) * p.out_w + u32(ow)]);
             }
         }
         tw += 1u;
@@ -639,7 +642,7 @@ fn ph_load_b(k: u32, gk: u32, n: u32, g: u32, kh0: u32, kw0: u32) -> vec4<f32> {
         if (k + i < gk) {
             let kh = kh0 + th * p.step_h;
             let kw = kw0 + tw * p.step_w;
-            v[i] = bw[((g * p.ocg + oc) * p.icg + n) * khw + kh * p.k_w + kw];
+            v[i] = f32(bw[((g * p.ocg + oc) * p.icg + n) * khw + kh * p.k_w + kw]);
         }
         tw += 1u;
         if (tw == q_ntw) {
@@ -672,10 +675,10 @@ fn ph_epilogue(mstart: u32, nb: u32, g: u32, ah: u32, aw: u32, cols: u32, gm: u3
         let ih = ah + qh * p.stride_h;
         let iw = aw + qw * p.stride_w;
         let base = (im * p.in_c + g * p.icg + nb) * in_hw + ih * p.in_w + iw;
-        if (nb < p.gemm_n) { gx[base] = pick(c0, i); }
-        if (nb + 1u < p.gemm_n) { gx[base + in_hw] = pick(c1, i); }
-        if (nb + 2u < p.gemm_n) { gx[base + 2u * in_hw] = pick(c2, i); }
-        if (nb + 3u < p.gemm_n) { gx[base + 3u * in_hw] = pick(c3, i); }
+        if (nb < p.gemm_n) { gx[base] = st(pick(c0, i)); }
+        if (nb + 1u < p.gemm_n) { gx[base + in_hw] = st(pick(c1, i)); }
+        if (nb + 2u < p.gemm_n) { gx[base + 2u * in_hw] = st(pick(c2, i)); }
+        if (nb + 3u < p.gemm_n) { gx[base + 3u * in_hw] = st(pick(c3, i)); }
     }
 }
 

@@ -48,9 +48,10 @@ struct Params {
 const WG: u32 = 64u;
 
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> gy: array<f32>;
-@group(0) @binding(2) var<storage, read> w: array<f32>;
-@group(0) @binding(3) var<storage, read_write> gx: array<f32>;
+// Storage elements are `st` (f32 or f16, aliased by the host); arithmetic is f32.
+@group(0) @binding(1) var<storage, read> gy: array<st>;
+@group(0) @binding(2) var<storage, read> w: array<st>;
+@group(0) @binding(3) var<storage, read_write> gx: array<st>;
 
 // First tap k >= 0 with (a + pad - k * dil) % stride == 0 (k_max if none).
 fn first_tap(a: u32, pad: u32, dil: u32, stride: u32, step: u32, k_max: u32) -> u32 {
@@ -117,11 +118,11 @@ fn backward(@builtin(workgroup_id) wid: vec3<u32>,
                 let go = g0 + vec4(i32(oc) * ohw);
                 let gi = vec4<u32>(select(vec4(0), go, m));
                 let g = select(vec4(0.0),
-                               vec4(gy[gi.x], gy[gi.y], gy[gi.z], gy[gi.w]), m);
+                               vec4<f32>(vec4<st>(gy[gi.x], gy[gi.y], gy[gi.z], gy[gi.w])), m);
                 let wo = oc * p.in_c * khw + tap;
                 for (var c = 0u; c < 4u; c++) {
                     if (c < p.in_c) {
-                        acc[c] = fma(g, vec4(w[wo + c * khw]), acc[c]);
+                        acc[c] = fma(g, vec4(f32(w[wo + c * khw])), acc[c]);
                     }
                 }
             }
@@ -132,7 +133,7 @@ fn backward(@builtin(workgroup_id) wid: vec3<u32>,
         if (c < p.in_c) {
             for (var t = 0u; t < 4u; t++) {
                 if (ok[t]) {
-                    gx[xoff[t] + c * plane] = acc[c][t];
+                    gx[xoff[t] + c * plane] = st(acc[c][t]);
                 }
             }
         }

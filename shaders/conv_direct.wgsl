@@ -27,6 +27,9 @@
 // group's 4 pixel indices m, unclamped), fn load_a(o: vec4<u32>) -> vec4<f32> and
 // fn store_y(o: vec4<u32>, ok: vec4<bool>, v: vec4<f32>).
 //
+// Storage elements are `st` (f32 or f16, aliased by the host); loads convert to
+// f32 and the accumulators are f32.
+//
 // Checked module (wgpu's bounds checks stay on); every index is clamped to the
 // tensor shapes anyway: pixels past M load pixel M - 1 and are never stored,
 // columns past ncols load the last column and are never stored.
@@ -54,8 +57,8 @@ override HAS_BIAS: bool = false;
 override ACT: u32 = 7u;
 
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(2) var<storage, read> w: array<vec4<f32>>;
-@group(0) @binding(4) var<storage, read> bias: array<f32>;
+@group(0) @binding(2) var<storage, read> w: array<vec4<st>>;
+@group(0) @binding(4) var<storage, read> bias: array<st>;
 
 fn act4(v: vec4<f32>) -> vec4<f32> {
     switch ACT {
@@ -121,7 +124,7 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>,
             av[g][3] = load_a(ao[g] + o + vec4(3u * hw));
         }
         for (var j = 0u; j < TN_F; j++) {
-            let b = w[wrow[j] + kk];
+            let b = vec4<f32>(w[wrow[j] + kk]);
             for (var g = 0u; g < G; g++) {
                 acc[g][j] = fma(av[g][3], vec4(b.w), fma(av[g][2], vec4(b.z),
                             fma(av[g][1], vec4(b.y), fma(av[g][0], vec4(b.x), acc[g][j]))));
@@ -136,7 +139,7 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>,
             if (n0 + j < p.ncols) {
                 var v = acc[g][j];
                 if (HAS_BIAS) {
-                    v += vec4(bias[t.grp * p.ncols + n0 + j]);
+                    v += vec4(f32(bias[t.grp * p.ncols + n0 + j]));
                 }
                 store_y(yo + vec4(j * hw), ok, act4(v));
             }
@@ -171,7 +174,7 @@ fn backward(@builtin(workgroup_id) wid: vec3<u32>,
         }
         let wbase = (t.grp * p.kdim + k) * row4;
         for (var q = 0u; q < TN_B / 4u; q++) {
-            let b = w[wbase + wq[q]];
+            let b = vec4<f32>(w[wbase + wq[q]]);
             for (var g = 0u; g < G; g++) {
                 acc[g][4u * q] = fma(av[g], vec4(b.x), acc[g][4u * q]);
                 acc[g][4u * q + 1u] = fma(av[g], vec4(b.y), acc[g][4u * q + 1u]);

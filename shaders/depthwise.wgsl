@@ -6,6 +6,7 @@
 // backward: input pixels), so the input row segment and the weight tap are reused
 // across them from registers and cache. Backward is a gather (no atomics): every
 // gx element is written exactly once.
+// Storage elements are `st` (f32 or f16, aliased by the host); arithmetic is f32.
 
 //
 // Compiled without wgpu's runtime checks (Context::kernel's TRUSTED_SHADERS), so
@@ -75,10 +76,10 @@ fn thread_index(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
 
 // ---------------------------------------------------------------- forward
 
-@group(0) @binding(1) var<storage, read> x: array<f32>;
-@group(0) @binding(2) var<storage, read> w: array<f32>;
-@group(0) @binding(3) var<storage, read> bias: array<f32>;
-@group(0) @binding(4) var<storage, read_write> y: array<f32>;
+@group(0) @binding(1) var<storage, read> x: array<st>;
+@group(0) @binding(2) var<storage, read> w: array<st>;
+@group(0) @binding(3) var<storage, read> bias: array<st>;
+@group(0) @binding(4) var<storage, read_write> y: array<st>;
 
 @compute @workgroup_size(256)
 fn forward(@builtin(workgroup_id) wid: vec3<u32>,
@@ -110,33 +111,33 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>,
         }
         let row = x_base + u32(ih) * p.in_w;
         for (var kw = 0u; kw < p.k_w; kw++) {
-            let wv = w[w_base + kh * p.k_w + kw];
+            let wv = f32(w[w_base + kh * p.k_w + kw]);
             let iw = iw0 + i32(kw * p.dil_w);
             for (var j = 0u; j < PER; j++) {
                 let iwj = iw + i32(j) * sw;
                 if (u32(iwj) < p.in_w) {
-                    acc[j] += wv * x[row + u32(iwj)];
+                    acc[j] += wv * f32(x[row + u32(iwj)]);
                 }
             }
         }
     }
     var b = 0.0;
     if (HAS_BIAS) {
-        b = bias[oc];
+        b = f32(bias[oc]);
     }
     let y_base = ((img * p.out_c + oc) * p.out_h + oh) * p.out_w + ow0;
     for (var j = 0u; j < PER; j++) {
         if (ow0 + j < p.out_w) {
-            y[y_base + j] = act(acc[j] + b);
+            y[y_base + j] = st(act(acc[j] + b));
         }
     }
 }
 
 // --------------------------------------------------------------- backward
 
-@group(0) @binding(1) var<storage, read> gy: array<f32>;
-@group(0) @binding(2) var<storage, read> bw: array<f32>;
-@group(0) @binding(3) var<storage, read_write> gx: array<f32>;
+@group(0) @binding(1) var<storage, read> gy: array<st>;
+@group(0) @binding(2) var<storage, read> bw: array<st>;
+@group(0) @binding(3) var<storage, read_write> gx: array<st>;
 
 @compute @workgroup_size(256)
 fn backward(@builtin(workgroup_id) wid: vec3<u32>,
@@ -193,7 +194,7 @@ fn backward(@builtin(workgroup_id) wid: vec3<u32>,
             let wrow = w_base + kh * p.k_w;
             var rk = 0u; // (kw * dil_w) % stride_w
             for (var kw = 0u; kw < p.k_w; kw++) {
-                let wv = bw[wrow + kw];
+                let wv = f32(bw[wrow + kw]);
                 let dw = kw * p.dil_w;
                 for (var j = 0u; j < PER; j++) {
                     let tw = tw0 + j;
@@ -203,7 +204,7 @@ fn backward(@builtin(workgroup_id) wid: vec3<u32>,
                             ow = ow / sw;
                         }
                         if (ow < p.out_w) {
-                            acc[j] += wv * gy[row + ow];
+                            acc[j] += wv * f32(gy[row + ow]);
                         }
                     }
                 }
@@ -217,7 +218,7 @@ fn backward(@builtin(workgroup_id) wid: vec3<u32>,
     let x_base = ((img * p.in_c + c) * p.in_h + ih) * p.in_w + iw0;
     for (var j = 0u; j < PER; j++) {
         if (iw0 + j < p.in_w) {
-            gx[x_base + j] = acc[j];
+            gx[x_base + j] = st(acc[j]);
         }
     }
 }

@@ -1,5 +1,6 @@
 // Element-wise helpers: dst += src (summing the gradients of a value with
-// several consumers) and y = alpha * x.
+// several consumers), y = alpha * x, and conversions between f32 and the
+// storage type `st` (f32 or f16, aliased by the host). Arithmetic is f32.
 
 const WG: u32 = 256u;
 
@@ -11,8 +12,8 @@ struct Params {
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> src: array<f32>;
-@group(0) @binding(2) var<storage, read_write> dst: array<f32>;
+@group(0) @binding(1) var<storage, read> src: array<st>;
+@group(0) @binding(2) var<storage, read_write> dst: array<st>;
 
 @compute @workgroup_size(256)
 fn accumulate(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -21,7 +22,7 @@ fn accumulate(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
     if (i >= p.count) {
         return;
     }
-    dst[i] += src[i];
+    dst[i] = st(f32(dst[i]) + f32(src[i]));
 }
 
 @compute @workgroup_size(256)
@@ -31,5 +32,31 @@ fn scale(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: ve
     if (i >= p.count) {
         return;
     }
-    dst[i] = p.alpha * src[i];
+    dst[i] = st(p.alpha * f32(src[i]));
+}
+
+// f32 (1) -> st (2)
+@group(0) @binding(1) var<storage, read> src32: array<f32>;
+
+@compute @workgroup_size(256)
+fn to_storage(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+              @builtin(local_invocation_index) lid: u32) {
+    let i = (wid.x + wid.y * nwg.x) * WG + lid;
+    if (i >= p.count) {
+        return;
+    }
+    dst[i] = st(src32[i]);
+}
+
+// st (1) -> f32 (2)
+@group(0) @binding(2) var<storage, read_write> dst32: array<f32>;
+
+@compute @workgroup_size(256)
+fn from_storage(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                @builtin(local_invocation_index) lid: u32) {
+    let i = (wid.x + wid.y * nwg.x) * WG + lid;
+    if (i >= p.count) {
+        return;
+    }
+    dst32[i] = f32(src[i]);
 }

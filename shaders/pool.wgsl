@@ -9,6 +9,7 @@
 //   number of input elements in it. A window holding no input gives 0.
 // - global average: one workgroup reduces one plane.
 // Every kernel rebuilds its flat workgroup index from the folded grid.
+// Storage elements are `st` (f32 or f16, aliased by the host); arithmetic is f32.
 
 const WG: u32 = 256u;
 
@@ -34,14 +35,14 @@ struct Params {
 @group(0) @binding(0) var<uniform> p: Params;
 
 // max_forward, global_avg_forward: x (1) -> y (2); avg_forward: x (1) -> y (2)
-@group(0) @binding(1) var<storage, read> x: array<f32>;
-@group(0) @binding(2) var<storage, read_write> y: array<f32>;
+@group(0) @binding(1) var<storage, read> x: array<st>;
+@group(0) @binding(2) var<storage, read_write> y: array<st>;
 // max_backward: x (1), gy (2) -> gx (3)
-@group(0) @binding(2) var<storage, read> gy: array<f32>;
-@group(0) @binding(3) var<storage, read_write> gx: array<f32>;
+@group(0) @binding(2) var<storage, read> gy: array<st>;
+@group(0) @binding(3) var<storage, read_write> gx: array<st>;
 // avg_backward, global_avg_backward: gy (1) -> gx (2)
-@group(0) @binding(1) var<storage, read> agy: array<f32>;
-@group(0) @binding(2) var<storage, read_write> agx: array<f32>;
+@group(0) @binding(1) var<storage, read> agy: array<st>;
+@group(0) @binding(2) var<storage, read_write> agx: array<st>;
 
 fn group_index(wid: vec3<u32>, nwg: vec3<u32>) -> u32 {
     return wid.x + wid.y * nwg.x;
@@ -72,7 +73,7 @@ fn window_max(base: u32, oy: u32, ox: u32) -> Best {
                 continue;
             }
             let idx = iy * i32(p.iw) + ix;
-            let v = x[base + u32(idx)];
+            let v = f32(x[base + u32(idx)]);
             if (best.idx < 0 || v > best.val || v != v) {
                 best = Best(idx, v);
             }
@@ -92,7 +93,7 @@ fn max_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
     let plane = i / ohw;
     let r = i % ohw;
     let b = window_max(plane * p.ih * p.iw, r / p.ow, r % p.ow);
-    y[i] = b.val;
+    y[i] = st(b.val);
 }
 
 @compute @workgroup_size(256)
@@ -133,11 +134,11 @@ fn max_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
             }
             let b = window_max(xbase, oy, ox);
             if (b.idx == r) {
-                acc += gy[ybase + oy * p.ow + ox];
+                acc += f32(gy[ybase + oy * p.ow + ox]);
             }
         }
     }
-    gx[i] = acc;
+    gx[i] = st(acc);
 }
 
 // Average window (oy, ox): clipped bounds and divisor (0 when the window holds no input).
@@ -178,7 +179,7 @@ fn avg_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
     let r = i % ohw;
     let win = avg_window(r / p.ow, r % p.ow);
     if (win.div == 0.0) {
-        y[i] = 0.0;
+        y[i] = st(0.0);
         return;
     }
     let base = plane * p.ih * p.iw;
@@ -186,10 +187,10 @@ fn avg_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
     for (var iy = win.y0; iy < win.y1; iy++) {
         let row = base + u32(iy) * p.iw;
         for (var ix = win.x0; ix < win.x1; ix++) {
-            acc += x[row + u32(ix)];
+            acc += f32(x[row + u32(ix)]);
         }
     }
-    y[i] = acc / win.div;
+    y[i] = st(acc / win.div);
 }
 
 @compute @workgroup_size(256)
@@ -230,11 +231,11 @@ fn avg_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
             // this window's clipped range; the divisor is the window's own.
             let win = avg_window(oy, ox);
             if (win.div != 0.0) {
-                acc += agy[ybase + oy * p.ow + ox] / win.div;
+                acc += f32(agy[ybase + oy * p.ow + ox]) / win.div;
             }
         }
     }
-    agx[i] = acc;
+    agx[i] = st(acc);
 }
 
 var<workgroup> partial: array<f32, WG>;
@@ -251,7 +252,7 @@ fn global_avg_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgr
     let base = plane * hw;
     var acc = 0.0;
     for (var j = lid; j < hw; j += WG) {
-        acc += x[base + j];
+        acc += f32(x[base + j]);
     }
     partial[lid] = acc;
     workgroupBarrier();
@@ -262,7 +263,7 @@ fn global_avg_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgr
         workgroupBarrier();
     }
     if (lid == 0u) {
-        y[plane] = partial[0] / f32(hw);
+        y[plane] = st(partial[0] / f32(hw));
     }
 }
 
@@ -279,9 +280,9 @@ fn global_avg_forward_thread(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num
     let base = plane * hw;
     var acc = 0.0;
     for (var j = 0u; j < hw; j++) {
-        acc += x[base + j];
+        acc += f32(x[base + j]);
     }
-    y[plane] = acc / f32(hw);
+    y[plane] = st(acc / f32(hw));
 }
 
 // gx[i] = gy[plane(i)] / (ih * iw); p.count is the number of input elements.
@@ -293,5 +294,5 @@ fn global_avg_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workg
         return;
     }
     let hw = p.ih * p.iw;
-    agx[i] = agy[i / hw] / f32(hw);
+    agx[i] = st(f32(agy[i / hw]) / f32(hw));
 }

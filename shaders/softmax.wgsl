@@ -13,6 +13,8 @@
 // - argmax_prob: logits (1), labels u32 (2) -> out (3), three f32 per row:
 //   [argmax index (first maximum), its probability, the label's probability
 //   (NaN for a label >= k)].
+// x, y, sy, gy, gx and grad hold `st` (f32 or f16, aliased by the host); labels,
+// loss and out are always 4-byte. Arithmetic is f32.
 
 const WG: u32 = 256u;
 
@@ -25,16 +27,16 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> p: Params;
 
-@group(0) @binding(1) var<storage, read> x: array<f32>;
-@group(0) @binding(2) var<storage, read_write> y: array<f32>;
+@group(0) @binding(1) var<storage, read> x: array<st>;
+@group(0) @binding(2) var<storage, read_write> y: array<st>;
 
-@group(0) @binding(1) var<storage, read> sy: array<f32>;
-@group(0) @binding(2) var<storage, read> gy: array<f32>;
-@group(0) @binding(3) var<storage, read_write> gx: array<f32>;
+@group(0) @binding(1) var<storage, read> sy: array<st>;
+@group(0) @binding(2) var<storage, read> gy: array<st>;
+@group(0) @binding(3) var<storage, read_write> gx: array<st>;
 
 @group(0) @binding(2) var<storage, read> labels: array<u32>;
 @group(0) @binding(3) var<storage, read_write> loss: array<f32>;
-@group(0) @binding(4) var<storage, read_write> grad: array<f32>;
+@group(0) @binding(4) var<storage, read_write> grad: array<st>;
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;
 
 var<workgroup> partial: array<f32, WG>;
@@ -89,7 +91,7 @@ fn reduce_sum(lid: u32, v: f32) -> f32 {
 fn row_max(r: u32, lid: u32) -> f32 {
     var m = neg_inf();
     for (var j = lid; j < p.k; j += WG) {
-        m = max(m, x[at(r, j)]);
+        m = max(m, f32(x[at(r, j)]));
     }
     return reduce_max(lid, m);
 }
@@ -98,7 +100,7 @@ fn row_max(r: u32, lid: u32) -> f32 {
 fn row_sum_exp(r: u32, lid: u32, m: f32) -> f32 {
     var s = 0.0;
     for (var j = lid; j < p.k; j += WG) {
-        s += exp(x[at(r, j)] - m);
+        s += exp(f32(x[at(r, j)]) - m);
     }
     return reduce_sum(lid, s);
 }
@@ -114,7 +116,7 @@ fn softmax_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroup
     let inv = 1.0 / row_sum_exp(r, lid, m);
     for (var j = lid; j < p.k; j += WG) {
         let i = at(r, j);
-        y[i] = exp(x[i] - m) * inv;
+        y[i] = st(exp(f32(x[i]) - m) * inv);
     }
 }
 
@@ -128,12 +130,12 @@ fn softmax_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgrou
     var d = 0.0;
     for (var j = lid; j < p.k; j += WG) {
         let i = at(r, j);
-        d += gy[i] * sy[i];
+        d += f32(gy[i]) * f32(sy[i]);
     }
     let dot = reduce_sum(lid, d);
     for (var j = lid; j < p.k; j += WG) {
         let i = at(r, j);
-        gx[i] = sy[i] * (gy[i] - dot);
+        gx[i] = st(f32(sy[i]) * (f32(gy[i]) - dot));
     }
 }
 
@@ -151,7 +153,7 @@ fn cross_entropy(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups)
     if (lid == 0u) {
         if (label < p.k) {
             // (m - z_label) + log(s) keeps precision when the label wins.
-            loss[r] = (m - x[at(r, label)]) + log(s);
+            loss[r] = (m - f32(x[at(r, label)])) + log(s);
         } else {
             loss[r] = nan();
         }
@@ -159,7 +161,7 @@ fn cross_entropy(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups)
     for (var j = lid; j < p.k; j += WG) {
         let i = at(r, j);
         let onehot = select(0.0, 1.0, j == label);
-        grad[i] = p.sign * (exp(x[i] - m) * inv - onehot);
+        grad[i] = st(p.sign * (exp(f32(x[i]) - m) * inv - onehot));
     }
 }
 
@@ -183,7 +185,7 @@ fn argmax_prob(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
     var bv = neg_inf();
     var bi = 0xffffffffu;
     for (var j = lid; j < p.k; j += WG) {
-        let v = x[at(r, j)];
+        let v = f32(x[at(r, j)]);
         if (bi == 0xffffffffu || beats(v, j, bv, bi)) {
             bv = v;
             bi = j;
@@ -213,7 +215,7 @@ fn argmax_prob(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
         out[3u * r] = f32(pred);
         out[3u * r + 1u] = 1.0 / s;
         if (label < p.k) {
-            out[3u * r + 2u] = exp(x[at(r, label)] - m) / s;
+            out[3u * r + 2u] = exp(f32(x[at(r, label)]) - m) / s;
         } else {
             out[3u * r + 2u] = nan();
         }

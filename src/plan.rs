@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
-use crate::gpu::{Context, GpuBuffer, Recording, Shape, Step, Tensor};
+use crate::gpu::{Context, DType, GpuBuffer, Recording, Shape, Step, Tensor};
 use crate::model::{Model, Op, Src};
 use crate::ops;
 use crate::ops::Activation;
@@ -26,8 +26,8 @@ impl<'a> Arena<'a> {
         }
     }
 
-    fn tensor(&mut self, shape: Shape, label: &str) -> Result<Tensor> {
-        let need = shape.bytes();
+    fn tensor(&mut self, shape: Shape, dtype: DType, label: &str) -> Result<Tensor> {
+        let need = shape.bytes_as(dtype);
         let best = self
             .free
             .iter()
@@ -39,8 +39,9 @@ impl<'a> Arena<'a> {
             Some(i) => Ok(Tensor {
                 buffer: self.free.swap_remove(i),
                 shape,
+                dtype,
             }),
-            None => self.ctx.tensor(shape, label),
+            None => self.ctx.tensor_as(shape, dtype, label),
         }
     }
 
@@ -70,29 +71,49 @@ pub struct GpuModel {
     fused_from: Vec<Option<usize>>,
     /// Node whose output is the logits (the model's output, or the input of a final softmax).
     pub logits: usize,
+    /// Storage type of weights, activations and gradients on the device (F16:
+    /// `--precision f16`; arithmetic stays f32). Images in, input gradients,
+    /// losses and read-outs are f32 either way.
+    pub dtype: DType,
 }
 
-fn vector(ctx: &Context, data: &[f32], label: &str) -> Result<Tensor> {
-    ctx.upload(data, Shape::new(1, data.len() as u32, 1, 1), label)
+fn vector(ctx: &Context, data: &[f32], dtype: DType, label: &str) -> Result<Tensor> {
+    ctx.upload_as(data, Shape::new(1, data.len() as u32, 1, 1), dtype, label)
 }
+
+/// Factor on the loss gradient of F16 plans: the backward pass runs in half
+/// precision, whose normal range ends at 6.1e-5, and input gradients of image
+/// models are often far smaller; scaling the seed keeps them representable. The
+/// sign of the gradient, all FGSM reads, is unchanged; the input gradient is
+/// divided back before it leaves the plan. Logit gradients are at most 1 in
+/// magnitude, so 2^10 leaves ample headroom below f16's 65504.
+pub const F16_GRAD_SCALE: f32 = 1024.0;
 
 impl GpuModel {
+    /// The model on the device in f32.
     pub fn new(ctx: Arc<Context>, model: Arc<Model>) -> Result<Self> {
+        Self::with_precision(ctx, model, DType::F32)
+    }
+
+    /// The model on the device with weights, activations and gradients stored as
+    /// `dtype` (F16 needs the adapter's `SHADER_F16`).
+    pub fn with_precision(ctx: Arc<Context>, model: Arc<Model>, dtype: DType) -> Result<Self> {
+        ctx.check_dtype(dtype)?;
         let mut params = Vec::with_capacity(model.nodes.len());
         for node in &model.nodes {
             params.push(match &node.op {
                 Op::Conv2d { weight, bias, .. } | Op::Linear { weight, bias } => {
                     let [a, b, c, d] = weight.shape;
-                    let w = ctx.upload(&weight.data, Shape::new(a, b, c, d), &node.name)?;
+                    let w = ctx.upload_as(&weight.data, Shape::new(a, b, c, d), dtype, &node.name)?;
                     let b = match bias {
-                        Some(b) => Some(vector(&ctx, b, &node.name)?),
+                        Some(b) => Some(vector(&ctx, b, dtype, &node.name)?),
                         None => None,
                     };
                     Params::Conv { w, b }
                 }
                 Op::Affine { scale, shift } => Params::Affine {
-                    scale: vector(&ctx, scale, &node.name)?,
-                    shift: vector(&ctx, shift, &node.name)?,
+                    scale: vector(&ctx, scale, dtype, &node.name)?,
+                    shift: vector(&ctx, shift, dtype, &node.name)?,
                 },
                 _ => Params::None,
             });
@@ -139,6 +160,7 @@ impl GpuModel {
             fuse_into,
             fused_from,
             logits,
+            dtype,
         })
     }
 
@@ -155,8 +177,19 @@ impl GpuModel {
     /// Bytes of device memory a gradient plan needs per image (activations and
     /// gradients), for choosing batch sizes.
     pub fn bytes_per_image(&self) -> u64 {
-        let acts: u64 = self.model.nodes.iter().map(|n| n.shape.bytes()).sum();
+        let acts: u64 = self.model.nodes.iter().map(|n| n.shape.bytes_as(self.dtype)).sum();
         self.input_shape(1).bytes() * 2 + acts * 2
+    }
+
+    /// The f32 input as the network's storage type: itself in f32, else a cast
+    /// recorded into `rec`.
+    fn storage_input(&self, rec: &mut Recording, input: &Tensor) -> Result<Tensor> {
+        if input.dtype == self.dtype {
+            return Ok(input.clone());
+        }
+        let t = self.ctx.tensor_as(input.shape, self.dtype, "input (storage type)")?;
+        ops::elementwise::cast(&self.ctx, rec, input, &t)?;
+        Ok(t)
     }
 
     fn src<'a>(&self, values: &'a [Tensor], input: &'a Tensor, s: Src) -> &'a Tensor {
@@ -217,7 +250,7 @@ impl GpuModel {
                 // Computed by the conv it is fused into: the same tensor.
                 _ if self.fused_from[i].is_some() => values[self.fused_from[i].unwrap()].clone(),
                 op => {
-                    let y = arena.tensor(shape, name)?;
+                    let y = arena.tensor(shape, self.dtype, name)?;
                     match (op, &self.params[i]) {
                         (Op::Conv2d { params, .. }, Params::Conv { w, b }) => {
                             ops::conv::forward_act(ctx, rec, params, x(0), w, b.as_ref(), act, &y)?
@@ -285,7 +318,8 @@ impl GpuModel {
     pub fn forward_plan(&self, batch: u32) -> Result<ForwardPlan> {
         let input = self.ctx.tensor(self.input_shape(batch), "input")?;
         let mut recording = Recording::new();
-        let values = self.record_forward(&mut recording, &input, batch, self.logits, true)?;
+        let input_st = self.storage_input(&mut recording, &input)?;
+        let values = self.record_forward(&mut recording, &input_st, batch, self.logits, true)?;
         let logits = values[self.logits].clone();
         Ok(ForwardPlan {
             batch,
@@ -332,10 +366,11 @@ impl GpuModel {
     pub fn gradient_plan(&self, batch: u32, sign: f32) -> Result<GradientPlan> {
         let ctx = &*self.ctx;
         let model = &self.model;
-        let input = ctx.tensor(self.input_shape(batch), "input")?;
+        let input32 = ctx.tensor(self.input_shape(batch), "input")?;
         let labels = ctx.tensor(Shape::new(batch, 1, 1, 1), "labels")?;
         let loss = ctx.tensor(Shape::new(batch, 1, 1, 1), "loss")?;
         let mut forward = Recording::new();
+        let input = self.storage_input(&mut forward, &input32)?;
         let values = self.record_forward(&mut forward, &input, batch, self.logits, false)?;
         let mut rec = Recording::new();
         let last = self.logits;
@@ -357,8 +392,21 @@ impl GpuModel {
         // Gradient buffers are handed out again once consumed.
         let mut arena = Arena::new(ctx);
         let mut grads: Vec<Option<Tensor>> = vec![None; last + 1];
-        let g_logits = arena.tensor(logits.shape, "grad logits")?;
-        ops::loss::softmax_cross_entropy(ctx, &mut rec, &logits, &labels, sign, &loss, &g_logits)?;
+        let g_logits = arena.tensor(logits.shape, self.dtype, "grad logits")?;
+        let seed = if self.dtype == DType::F16 {
+            F16_GRAD_SCALE
+        } else {
+            1.0
+        };
+        ops::loss::softmax_cross_entropy(
+            ctx,
+            &mut rec,
+            &logits,
+            &labels,
+            sign * seed,
+            &loss,
+            &g_logits,
+        )?;
         grads[last] = Some(g_logits);
         let mut input_grad: Option<Tensor> = None;
 
@@ -399,13 +447,16 @@ impl GpuModel {
                 };
                 match slot {
                     None => {
-                        let t = arena.tensor(shape, &format!("grad {}", node.name))?;
+                        let t = arena.tensor(shape, self.dtype, &format!("grad {}", node.name))?;
                         *slot = Some(t.clone());
                         targets.push((t, None));
                     }
                     Some(existing) => {
-                        let scratch =
-                            arena.tensor(shape, &format!("grad scratch {}", node.name))?;
+                        let scratch = arena.tensor(
+                            shape,
+                            self.dtype,
+                            &format!("grad scratch {}", node.name),
+                        )?;
                         targets.push((scratch, Some(existing.clone())));
                     }
                 }
@@ -490,7 +541,15 @@ impl GpuModel {
             }
         }
         let input_grad = match input_grad {
-            Some(g) => g,
+            Some(g) if g.dtype == DType::F32 => g,
+            Some(g) => {
+                // Back to f32, undoing the seed's scale.
+                let g32 = ctx.tensor(input.shape, "input grad")?;
+                ops::elementwise::cast(ctx, &mut rec, &g, &g32)?;
+                let out = ctx.tensor(input.shape, "input grad")?;
+                ops::elementwise::scale(ctx, &mut rec, &g32, 1.0 / seed, &out)?;
+                out
+            }
             None => {
                 // The logits do not depend on the input: the gradient is zero.
                 let g = ctx.tensor(input.shape, "input grad")?;
@@ -502,7 +561,7 @@ impl GpuModel {
         };
         Ok(GradientPlan {
             batch,
-            input,
+            input: input32,
             labels,
             logits,
             loss,

@@ -41,8 +41,9 @@ impl EvalPlan {
         let k = c.kernel(
             "attack",
             SHADER,
+            fwd.logits.dtype,
             "resolve_labels",
-            &[Binding::Read, Binding::ReadWrite, Binding::ReadWrite],
+            &[Binding::Read, Binding::ReadWriteF32, Binding::ReadWriteF32],
             &[("MODE", 0.0)],
         )?;
         let p = c.uniform(&LabelParams {

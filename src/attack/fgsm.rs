@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use super::Eps;
 use crate::error::{Error, Result};
-use crate::gpu::{Binding, Context, Recording, Shape, Step, Tensor};
+use crate::gpu::{Binding, Context, DType, Recording, Shape, Step, Tensor};
 use crate::ops::loss::{argmax_prob, ARGMAX_PROB_WIDTH};
 use crate::plan::{ForwardPlan, GpuModel, GradientPlan};
 
@@ -123,8 +123,9 @@ impl FgsmPlan {
         let kl = c.kernel(
             "attack",
             SHADER,
+            grad.logits.dtype,
             "resolve_labels",
-            &[Binding::Read, Binding::ReadWrite, Binding::ReadWrite],
+            &[Binding::Read, Binding::ReadWriteF32, Binding::ReadWriteF32],
             &[("MODE", mode)],
         )?;
         let p = c.uniform(&Params4 {
@@ -162,13 +163,14 @@ impl FgsmPlan {
         let kp = c.kernel(
             "attack",
             SHADER,
+            DType::F32,
             "perturb",
             &[
-                Binding::Read,
-                Binding::Read,
-                Binding::Read,
-                Binding::ReadWrite,
-                Binding::ReadWrite,
+                Binding::ReadF32,
+                Binding::ReadF32,
+                Binding::ReadF32,
+                Binding::ReadWriteF32,
+                Binding::ReadWriteF32,
             ],
             &[("QUANTIZE", if quantize { 1.0 } else { 0.0 })],
         )?;
@@ -189,8 +191,9 @@ impl FgsmPlan {
         let kn = c.kernel(
             "attack",
             SHADER,
+            DType::F32,
             "norms",
-            &[Binding::Read, Binding::Read, Binding::ReadWrite],
+            &[Binding::ReadF32, Binding::ReadF32, Binding::ReadWriteF32],
             &[],
         )?;
         let p = c.uniform(&Params4 {

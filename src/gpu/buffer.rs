@@ -3,6 +3,49 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 
+/// Element type of a tensor's storage. Arithmetic always runs in f32; F16
+/// tensors (the `--precision f16` path, on adapters with `SHADER_F16`) store
+/// activations, gradients and weights in half precision and convert on load
+/// and store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum DType {
+    #[default]
+    F32,
+    F16,
+}
+
+impl DType {
+    /// Bytes per element.
+    pub fn size(self) -> u64 {
+        match self {
+            DType::F32 => 4,
+            DType::F16 => 2,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            DType::F32 => "f32",
+            DType::F16 => "f16",
+        }
+    }
+
+    /// Parse `f32` / `f16` (case-insensitive).
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "f32" | "fp32" | "float32" => Some(DType::F32),
+            "f16" | "fp16" | "half" | "float16" => Some(DType::F16),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for DType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// NCHW shape. Vectors (after flatten or linear) are `[n, k, 1, 1]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct Shape {
@@ -23,8 +66,14 @@ impl Shape {
     pub fn item(&self) -> u64 {
         self.c as u64 * self.h as u64 * self.w as u64
     }
+    /// Bytes as f32.
     pub fn bytes(&self) -> u64 {
         self.numel() * 4
+    }
+    /// Bytes of storage with elements of `dtype`, rounded up to whole 4-byte words
+    /// (storage bindings are word-sized).
+    pub fn bytes_as(&self, dtype: DType) -> u64 {
+        (self.numel() * dtype.size()).div_ceil(4) * 4
     }
     pub fn with_n(self, n: u32) -> Self {
         Shape { n, ..self }
@@ -139,11 +188,12 @@ pub(crate) fn trim(pool: &Arc<Mutex<PoolInner>>) {
     p.idle_bytes = 0;
 }
 
-/// An f32 NCHW tensor living in a device buffer of its own.
+/// An NCHW tensor (f32 unless it says otherwise) in a device buffer of its own.
 #[derive(Clone)]
 pub struct Tensor {
     pub buffer: Arc<GpuBuffer>,
     pub shape: Shape,
+    pub dtype: DType,
 }
 
 impl Tensor {
@@ -163,20 +213,28 @@ impl Tensor {
         Tensor {
             buffer: self.buffer.clone(),
             shape,
+            dtype: self.dtype,
         }
+    }
+    /// Bytes the tensor occupies (whole words).
+    pub fn bytes(&self) -> u64 {
+        self.shape.bytes_as(self.dtype)
     }
     /// Binding of exactly the tensor's bytes.
     pub fn binding(&self) -> wgpu::BindingResource<'_> {
         wgpu::BindingResource::Buffer(wgpu::BufferBinding {
             buffer: self.raw(),
             offset: 0,
-            size: wgpu::BufferSize::new(self.shape.bytes().max(4)),
+            size: wgpu::BufferSize::new(self.bytes().max(4)),
         })
     }
 }
 
 impl std::fmt::Debug for Tensor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Tensor{}", self.shape)
+        match self.dtype {
+            DType::F32 => write!(f, "Tensor{}", self.shape),
+            d => write!(f, "Tensor{}:{d}", self.shape),
+        }
     }
 }

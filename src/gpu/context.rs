@@ -9,7 +9,7 @@ use bytemuck::Pod;
 use wgpu::util::DeviceExt;
 
 use super::adapter::{describe_adapter, list_adapters, AdapterSummary};
-use super::buffer::{self, GpuBuffer, PoolInner, Shape, Tensor};
+use super::buffer::{self, DType, GpuBuffer, PoolInner, Shape, Tensor};
 use super::pipeline::{layout_entries, Binding, Kernel, KernelKey};
 use super::record::{encode, Recording, Step};
 use crate::error::{Error, Result};
@@ -78,7 +78,7 @@ pub struct Context {
     pub features: wgpu::Features,
     max_groups: u32,
     style: KernelStyle,
-    modules: Mutex<HashMap<&'static str, Arc<wgpu::ShaderModule>>>,
+    modules: Mutex<HashMap<(&'static str, DType), Arc<wgpu::ShaderModule>>>,
     kernels: Mutex<HashMap<KernelKey, Arc<Kernel>>>,
     pool: Arc<Mutex<PoolInner>>,
     submits: AtomicU64,
@@ -229,20 +229,40 @@ impl Context {
         (self.limits.max_storage_buffer_binding_size as u64).min(self.limits.max_buffer_size)
     }
 
-    /// Get or compile a kernel. `source` is the WGSL of shader `shader`; `constants`
-    /// are override constants (part of the cache key).
+    /// Whether the adapter can run F16 kernels (`SHADER_F16`).
+    pub fn supports_f16(&self) -> bool {
+        self.features.contains(wgpu::Features::SHADER_F16)
+    }
+
+    /// An error unless tensors of `dtype` can be computed on here.
+    pub fn check_dtype(&self, dtype: DType) -> Result<()> {
+        if dtype == DType::F16 && !self.supports_f16() {
+            return Err(Error::Usage(format!(
+                "adapter {} has no SHADER_F16 feature, so --precision f16 cannot run on it; \
+                 use --precision f32 (the default) or pick another adapter with --adapter",
+                self.summary.name
+            )));
+        }
+        Ok(())
+    }
+
+    /// Get or compile a kernel. `source` is the WGSL of shader `shader`, compiled
+    /// with its storage type `st` aliased to `dtype` (f32 or f16); `constants` are
+    /// override constants (part of the cache key).
     pub fn kernel(
         &self,
         shader: &'static str,
         source: &'static str,
+        dtype: DType,
         entry: &'static str,
         bindings: &[Binding],
         constants: &[(&str, f64)],
     ) -> Result<Arc<Kernel>> {
-        let key = KernelKey::new(shader, entry, bindings, constants);
+        let key = KernelKey::new(shader, dtype, entry, bindings, constants);
         if let Some(k) = self.kernels.lock().unwrap().get(&key) {
             return Ok(k.clone());
         }
+        self.check_dtype(dtype)?;
         // Shaders compiled WITHOUT wgpu's injected runtime checks (no bounds
         // clamping of buffer / array / vector indices, no loop bounding, no
         // integer-division guards). Only sound for shaders that guard every index
@@ -250,16 +270,21 @@ impl Context {
         // a shader joins this list only after such an audit (see the comment at the
         // top of each listed file). Every other shader keeps the checked module.
         const TRUSTED_SHADERS: &[&str] = &["conv", "depthwise"];
-        let context = format!("compiling {shader}.wgsl entry {entry}");
+        let context = format!("compiling {shader}.wgsl ({dtype}) entry {entry}");
         let scopes = Scopes::push(&self.device);
         let module = {
             let mut modules = self.modules.lock().unwrap();
             modules
-                .entry(shader)
+                .entry((shader, dtype))
                 .or_insert_with(|| {
+                    // Every shader names its storage element type `st`.
+                    let prelude = match dtype {
+                        DType::F32 => "alias st = f32;\n",
+                        DType::F16 => "enable f16;\nalias st = f16;\n",
+                    };
                     let desc = wgpu::ShaderModuleDescriptor {
                         label: Some(shader),
-                        source: wgpu::ShaderSource::Wgsl(source.into()),
+                        source: wgpu::ShaderSource::Wgsl(format!("{prelude}{source}").into()),
                     };
                     Arc::new(if TRUSTED_SHADERS.contains(&shader) {
                         // SAFETY: the listed shaders bounds-check every storage,
@@ -308,7 +333,7 @@ impl Context {
             });
         if let Err(e) = scopes.pop(&context) {
             // A failed module stays broken; forget it so the error repeats cleanly.
-            self.modules.lock().unwrap().remove(shader);
+            self.modules.lock().unwrap().remove(&(shader, dtype));
             return Err(e);
         }
         let kernel = Arc::new(Kernel {
@@ -376,10 +401,24 @@ impl Context {
             resource: params.as_entire_binding(),
         }];
         for (i, t) in tensors.iter().enumerate() {
-            if t.shape.bytes() > self.max_binding_bytes() {
+            let want = kernel.key.bindings[i].dtype(kernel.key.dtype);
+            if t.dtype != want {
+                return Err(Error::Validation {
+                    context: format!("recording {label}"),
+                    message: format!(
+                        "kernel {}::{} ({}) takes {want} at binding {}, got a {} tensor",
+                        kernel.key.shader,
+                        kernel.key.entry,
+                        kernel.key.dtype,
+                        i + 1,
+                        t.dtype
+                    ),
+                });
+            }
+            if t.bytes() > self.max_binding_bytes() {
                 return Err(Error::TooLarge {
                     context: label,
-                    bytes: t.shape.bytes(),
+                    bytes: t.bytes(),
                     limit: self.max_binding_bytes(),
                 });
             }
@@ -408,7 +447,12 @@ impl Context {
 
     /// An uninitialised f32 tensor from the pool.
     pub fn tensor(&self, shape: Shape, label: &str) -> Result<Tensor> {
-        let bytes = shape.bytes();
+        self.tensor_as(shape, DType::F32, label)
+    }
+
+    /// An uninitialised tensor of `dtype` from the pool.
+    pub fn tensor_as(&self, shape: Shape, dtype: DType, label: &str) -> Result<Tensor> {
+        let bytes = shape.bytes_as(dtype);
         if bytes > self.limits.max_buffer_size {
             return Err(Error::TooLarge {
                 context: label.to_string(),
@@ -422,25 +466,41 @@ impl Context {
         Ok(Tensor {
             buffer: Arc::new(self.raw_buffer(bytes, usage, label)),
             shape,
+            dtype,
         })
     }
 
-    /// A tensor holding `data` (length must match the shape).
+    /// An f32 tensor holding `data` (length must match the shape).
     pub fn upload(&self, data: &[f32], shape: Shape, label: &str) -> Result<Tensor> {
+        self.upload_as(data, shape, DType::F32, label)
+    }
+
+    /// A tensor of `dtype` holding `data` (converted; length must match the shape).
+    pub fn upload_as(&self, data: &[f32], shape: Shape, dtype: DType, label: &str) -> Result<Tensor> {
         if data.len() as u64 != shape.numel() {
             return Err(Error::shape(
                 label,
                 format!("{} values for shape {shape}", data.len()),
             ));
         }
-        let t = self.tensor(shape, label)?;
+        let t = self.tensor_as(shape, dtype, label)?;
         self.write(&t, data);
         Ok(t)
     }
 
-    /// Overwrite a tensor's contents (queued before the next submit).
+    /// Overwrite a tensor's contents (queued before the next submit), converting
+    /// to the tensor's dtype.
     pub fn write(&self, t: &Tensor, data: &[f32]) {
-        self.write_bytes(t, bytemuck::cast_slice(data));
+        match t.dtype {
+            DType::F32 => self.write_bytes(t, bytemuck::cast_slice(data)),
+            DType::F16 => {
+                let mut h: Vec<half::f16> = data.iter().map(|&v| half::f16::from_f32(v)).collect();
+                if h.len() % 2 == 1 {
+                    h.push(half::f16::ZERO); // whole words
+                }
+                self.write_bytes(t, bytemuck::cast_slice(&h));
+            }
+        }
     }
 
     pub fn write_bytes(&self, t: &Tensor, bytes: &[u8]) {
@@ -478,12 +538,14 @@ impl Context {
         self.run_read_bytes(recordings, &[]).map(|_| ())
     }
 
-    /// Run recordings, then copy `reads` back, all in one submit. Returns f32 data.
+    /// Run recordings, then copy `reads` back, all in one submit. Returns f32 data
+    /// (F16 tensors converted).
     pub fn run_read(&self, recordings: &[&Recording], reads: &[&Tensor]) -> Result<Vec<Vec<f32>>> {
         Ok(self
             .run_read_bytes(recordings, reads)?
             .into_iter()
-            .map(|b| bytemuck::pod_collect_to_vec(&b))
+            .zip(reads)
+            .map(|(b, t)| decode(t, &b))
             .collect())
     }
 
@@ -521,7 +583,7 @@ impl Context {
         }
         let mut staging = Vec::with_capacity(reads.len());
         for t in reads {
-            let bytes = t.shape.bytes();
+            let bytes = t.bytes();
             let s = self.raw_buffer(
                 bytes.max(4),
                 wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
@@ -607,6 +669,18 @@ impl Context {
     pub fn pool_stats(&self) -> (u64, u64, u64) {
         let p = self.pool.lock().unwrap();
         (p.created, p.reused, p.idle_bytes)
+    }
+}
+
+/// A tensor's values from its raw bytes (as read back), as f32.
+pub fn decode(t: &Tensor, bytes: &[u8]) -> Vec<f32> {
+    let n = t.numel() as usize;
+    match t.dtype {
+        DType::F32 => bytemuck::pod_collect_to_vec(&bytes[..(n * 4).min(bytes.len())]),
+        DType::F16 => {
+            let h: Vec<half::f16> = bytemuck::pod_collect_to_vec(&bytes[..(n * 2).min(bytes.len())]);
+            h.into_iter().map(f32::from).collect()
+        }
     }
 }
 

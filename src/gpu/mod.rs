@@ -8,8 +8,8 @@ mod pipeline;
 mod record;
 
 pub use adapter::{describe_adapter, list_adapters, AdapterSummary};
-pub use buffer::{GpuBuffer, Shape, Tensor};
-pub use context::{Context, ContextOptions, KernelStyle};
+pub use buffer::{DType, GpuBuffer, Shape, Tensor};
+pub use context::{decode, Context, ContextOptions, KernelStyle};
 pub use pipeline::{Binding, Kernel, KernelKey};
 pub use record::{Recording, Step};
 

@@ -128,6 +128,7 @@ pub fn forward(
     let k = ctx.kernel(
         "activation",
         SHADER,
+        x.dtype,
         "forward",
         &[Binding::Read, Binding::ReadWrite],
         &[("ACT", code)],
@@ -151,6 +152,7 @@ pub fn backward(
     let k = ctx.kernel(
         "activation",
         SHADER,
+        x.dtype,
         "backward",
         &[Binding::Read, Binding::Read, Binding::ReadWrite],
         &[("ACT", code)],
@@ -209,6 +211,7 @@ pub fn backward_from_output(
     let k = ctx.kernel(
         "activation",
         SHADER,
+        y.dtype,
         entry,
         &[Binding::Read, Binding::Read, Binding::ReadWrite],
         &[("ACT", code)],

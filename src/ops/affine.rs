@@ -60,6 +60,7 @@ pub fn forward(
     let k = ctx.kernel(
         "affine",
         SHADER,
+        x.dtype,
         "forward",
         &[
             Binding::Read,
@@ -94,6 +95,7 @@ pub fn backward(
     let k = ctx.kernel(
         "affine",
         SHADER,
+        gy.dtype,
         "backward",
         &[Binding::Read, Binding::Read, Binding::ReadWrite],
         &[],

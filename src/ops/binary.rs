@@ -128,6 +128,7 @@ pub fn forward(
     let k = ctx.kernel(
         "binary",
         SHADER,
+        y.dtype,
         "forward",
         &[Binding::Read, Binding::Read, Binding::ReadWrite],
         &[("OP", op.code())],
@@ -239,6 +240,7 @@ fn grad(
     let k = ctx.kernel(
         "binary",
         SHADER,
+        g.dtype,
         entry,
         &[Binding::Read, Binding::Read, Binding::ReadWrite],
         &[("OP", op.code())],

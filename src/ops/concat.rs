@@ -67,6 +67,7 @@ fn run(
     let k = ctx.kernel(
         "concat",
         SHADER,
+        joint.dtype,
         entry,
         &[Binding::Read, Binding::ReadWrite],
         &[],

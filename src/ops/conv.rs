@@ -269,7 +269,7 @@ pub fn forward_act(
         let (mut params, groups) = geo.dw_params(false)?;
         params.act_alpha = act_alpha;
         params.act_beta = act_beta;
-        let k = ctx.kernel("depthwise", DW_SHADER, "forward", &bindings, &constants)?;
+        let k = ctx.kernel("depthwise", DW_SHADER, y.dtype, "forward", &bindings, &constants)?;
         let u = ctx.uniform(&params);
         rec.push(ctx.dispatch(
             format!("depthwise_conv2d{suffix}"),
@@ -286,7 +286,7 @@ pub fn forward_act(
         params.act_beta = act_beta;
         let [c0, c1, c2] = tile.constants();
         let constants = [constants[0], constants[1], c0, c1, c2];
-        let k = ctx.kernel("conv", GEMM_SHADER, "forward", &bindings, &constants)?;
+        let k = ctx.kernel("conv", GEMM_SHADER, y.dtype, "forward", &bindings, &constants)?;
         let u = ctx.uniform(&params);
         rec.push(ctx.dispatch(
             format!("conv2d{suffix}"),
@@ -318,7 +318,7 @@ pub fn backward(
     let bindings = [Binding::Read, Binding::Read, Binding::ReadWrite];
     if geo.depthwise {
         let (params, groups) = geo.dw_params(true)?;
-        let k = ctx.kernel("depthwise", DW_SHADER, "backward", &bindings, &[])?;
+        let k = ctx.kernel("depthwise", DW_SHADER, gx.dtype, "backward", &bindings, &[])?;
         let u = ctx.uniform(&params);
         rec.push(ctx.dispatch("depthwise_conv2d_backward", &k, &u, &[gy, w, gx], groups)?);
     } else if gy.numel() == 0 {
@@ -330,7 +330,7 @@ pub fn backward(
         conv_direct::backward(ctx, rec, &pw, gy, w, gx, "conv2d_backward")?;
     } else if geo.few_inputs(ctx) {
         let params = geo.few_params();
-        let k = ctx.kernel("conv_backward_few", FEW_SHADER, "backward", &bindings, &[])?;
+        let k = ctx.kernel("conv_backward_few", FEW_SHADER, gx.dtype, "backward", &bindings, &[])?;
         let u = ctx.uniform(&params);
         rec.push(ctx.dispatch("conv2d_backward", &k, &u, &[gy, w, gx], params.total_wg)?);
     } else {
@@ -341,7 +341,7 @@ pub fn backward(
         } else {
             "backward"
         };
-        let k = ctx.kernel("conv", GEMM_SHADER, entry, &bindings, &tile.constants())?;
+        let k = ctx.kernel("conv", GEMM_SHADER, gx.dtype, entry, &bindings, &tile.constants())?;
         let u = ctx.uniform(&params);
         rec.push(ctx.dispatch("conv2d_backward", &k, &u, &[gy, w, gx], params.total_wg)?);
     }

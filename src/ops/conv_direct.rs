@@ -20,15 +20,15 @@ const VEC4: &str = concat!(
     "const G: u32 = 2u;\n",
     "const TN_F: u32 = 4u;\n",
     "const TN_B: u32 = 8u;\n",
-    "@group(0) @binding(1) var<storage, read> a: array<vec4<f32>>;\n",
-    "@group(0) @binding(3) var<storage, read_write> y: array<vec4<f32>>;\n",
+    "@group(0) @binding(1) var<storage, read> a: array<vec4<st>>;\n",
+    "@group(0) @binding(3) var<storage, read_write> y: array<vec4<st>>;\n",
     "fn pixels(tm: u32, lid: u32, g: u32) -> vec4<u32> {\n",
     "    let q = tm * (WG * G) + g * WG + lid;\n",
     "    return vec4(4u * q) + vec4(0u, 1u, 2u, 3u);\n",
     "}\n",
-    "fn load_a(o: vec4<u32>) -> vec4<f32> { return a[o.x / 4u]; }\n",
+    "fn load_a(o: vec4<u32>) -> vec4<f32> { return vec4<f32>(a[o.x / 4u]); }\n",
     "fn store_y(o: vec4<u32>, ok: vec4<bool>, v: vec4<f32>) {\n",
-    "    if (ok.x) { y[o.x / 4u] = v; }\n",
+    "    if (ok.x) { y[o.x / 4u] = vec4<st>(v); }\n",
     "}\n",
     include_str!("../../shaders/conv_direct.wgsl"),
 );
@@ -38,20 +38,20 @@ const SCALAR: &str = concat!(
     "const G: u32 = 1u;\n",
     "const TN_F: u32 = 16u;\n",
     "const TN_B: u32 = 16u;\n",
-    "@group(0) @binding(1) var<storage, read> a: array<f32>;\n",
-    "@group(0) @binding(3) var<storage, read_write> y: array<f32>;\n",
+    "@group(0) @binding(1) var<storage, read> a: array<st>;\n",
+    "@group(0) @binding(3) var<storage, read_write> y: array<st>;\n",
     "fn pixels(tm: u32, lid: u32, g: u32) -> vec4<u32> {\n",
     "    let b = tm * (WG * 4u * G) + g * 4u * WG + lid;\n",
     "    return vec4(b, b + WG, b + 2u * WG, b + 3u * WG);\n",
     "}\n",
     "fn load_a(o: vec4<u32>) -> vec4<f32> {\n",
-    "    return vec4(a[o.x], a[o.y], a[o.z], a[o.w]);\n",
+    "    return vec4<f32>(vec4<st>(a[o.x], a[o.y], a[o.z], a[o.w]));\n",
     "}\n",
     "fn store_y(o: vec4<u32>, ok: vec4<bool>, v: vec4<f32>) {\n",
-    "    if (ok.x) { y[o.x] = v.x; }\n",
-    "    if (ok.y) { y[o.y] = v.y; }\n",
-    "    if (ok.z) { y[o.z] = v.z; }\n",
-    "    if (ok.w) { y[o.w] = v.w; }\n",
+    "    if (ok.x) { y[o.x] = st(v.x); }\n",
+    "    if (ok.y) { y[o.y] = st(v.y); }\n",
+    "    if (ok.z) { y[o.z] = st(v.z); }\n",
+    "    if (ok.w) { y[o.w] = st(v.w); }\n",
     "}\n",
     include_str!("../../shaders/conv_direct.wgsl"),
 );
@@ -198,7 +198,7 @@ pub(crate) fn forward(
         Binding::ReadWrite,
         Binding::Read,
     ];
-    let k = ctx.kernel(l.shader, l.source, "forward", &bindings, &constants)?;
+    let k = ctx.kernel(l.shader, l.source, x.dtype, "forward", &bindings, &constants)?;
     let u = ctx.uniform(&params);
     // Without a bias the weight is bound in its place (never read).
     let bias = b.unwrap_or(w);
@@ -223,6 +223,7 @@ pub(crate) fn backward(
     let k = ctx.kernel(
         l.shader,
         l.source,
+        gx.dtype,
         "backward",
         &bindings,
         &[("WG", WG as f64)],

@@ -1,11 +1,11 @@
 //! Element-wise helpers: `dst += src` (summing the gradients of a value that has
-//! several consumers), copies and scaling; plus small checks shared by the op
+//! several consumers), copies, casts between dtypes and scaling; plus small checks shared by the op
 //! families of this crate's non-convolution kernels.
 
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
-use crate::gpu::{Binding, Context, Recording, Step, Tensor, WORKGROUP_1D};
+use crate::gpu::{Binding, Context, DType, Recording, Step, Tensor, WORKGROUP_1D};
 
 const SHADER: &str = include_str!("../../shaders/elementwise.wgsl");
 
@@ -66,6 +66,7 @@ fn run(
     let k = ctx.kernel(
         "elementwise",
         SHADER,
+        dst.dtype,
         entry,
         &[Binding::Read, Binding::ReadWrite],
         &[],
@@ -90,9 +91,45 @@ pub fn scale(ctx: &Context, rec: &mut Recording, x: &Tensor, alpha: f32, y: &Ten
     run(ctx, rec, "scale", alpha, x, y)
 }
 
-/// `dst = src`, as a buffer copy (same element count, distinct storage).
+/// `dst = src` converted to `dst`'s dtype (a plain copy when the dtypes agree).
+pub fn cast(ctx: &Context, rec: &mut Recording, src: &Tensor, dst: &Tensor) -> Result<()> {
+    if src.dtype == dst.dtype {
+        return copy(ctx, rec, src, dst);
+    }
+    let entry = "cast";
+    same_size(entry, src, dst)?;
+    distinct(entry, dst, &[src])?;
+    let count = count_u32(entry, src.numel())?;
+    if count == 0 {
+        return Ok(());
+    }
+    // One side is f32, the other the kernel's storage type.
+    let (name, dtype, bindings) = if src.dtype == DType::F32 {
+        ("to_storage", dst.dtype, [Binding::ReadF32, Binding::ReadWrite])
+    } else {
+        ("from_storage", src.dtype, [Binding::Read, Binding::ReadWriteF32])
+    };
+    let k = ctx.kernel("elementwise", SHADER, dtype, name, &bindings, &[])?;
+    let p = ctx.uniform(&Params {
+        count,
+        alpha: 1.0,
+        _p0: 0,
+        _p1: 0,
+    });
+    let label = format!("cast_{}_{}", src.dtype, dst.dtype);
+    rec.push(ctx.dispatch(label, &k, &p, &[src, dst], groups_1d(count))?);
+    Ok(())
+}
+
+/// `dst = src`, as a buffer copy (same element count and dtype, distinct storage).
 pub fn copy(_ctx: &Context, rec: &mut Recording, src: &Tensor, dst: &Tensor) -> Result<()> {
     same_size("copy", src, dst)?;
+    if src.dtype != dst.dtype {
+        return Err(Error::shape(
+            "copy",
+            format!("dtypes differ ({} to {}); use cast", src.dtype, dst.dtype),
+        ));
+    }
     distinct("copy", dst, &[src])?;
     if src.numel() > 0 {
         rec.push(Step::Copy {
@@ -100,7 +137,7 @@ pub fn copy(_ctx: &Context, rec: &mut Recording, src: &Tensor, dst: &Tensor) -> 
             src_offset: 0,
             dst: dst.buffer.clone(),
             dst_offset: 0,
-            bytes: src.shape.bytes(),
+            bytes: src.bytes(),
         });
     }
     Ok(())

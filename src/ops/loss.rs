@@ -66,11 +66,12 @@ pub fn softmax_cross_entropy(
     let k = ctx.kernel(
         "softmax",
         SHADER,
+        logits.dtype,
         "cross_entropy",
         &[
             Binding::Read,
-            Binding::Read,
-            Binding::ReadWrite,
+            Binding::ReadF32,
+            Binding::ReadWriteF32,
             Binding::ReadWrite,
         ],
         &[],
@@ -114,8 +115,9 @@ pub fn argmax_prob(
     let k = ctx.kernel(
         "softmax",
         SHADER,
+        logits.dtype,
         "argmax_prob",
-        &[Binding::Read, Binding::Read, Binding::ReadWrite],
+        &[Binding::Read, Binding::ReadF32, Binding::ReadWriteF32],
         &[],
     )?;
     let params = ctx.uniform(&p);

@@ -102,7 +102,7 @@ fn launch(
     }
     let mut bindings = vec![Binding::Read; tensors.len() - 1];
     bindings.push(Binding::ReadWrite);
-    let k = ctx.kernel("pool", SHADER, entry, &bindings, &[])?;
+    let k = ctx.kernel("pool", SHADER, tensors[tensors.len() - 1].dtype, entry, &bindings, &[])?;
     let params = ctx.uniform(&window_params(p, xs, ys, count));
     rec.push(ctx.dispatch(entry, &k, &params, tensors, groups_1d(count))?);
     Ok(())
@@ -271,6 +271,7 @@ pub fn global_avg_forward(
     let k = ctx.kernel(
         "pool",
         SHADER,
+        y.dtype,
         entry,
         &[Binding::Read, Binding::ReadWrite],
         &[],
@@ -297,6 +298,7 @@ pub fn global_avg_backward(
     let k = ctx.kernel(
         "pool",
         SHADER,
+        gx.dtype,
         "global_avg_backward",
         &[Binding::Read, Binding::ReadWrite],
         &[],

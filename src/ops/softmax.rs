@@ -50,6 +50,7 @@ pub fn forward(ctx: &Context, rec: &mut Recording, x: &Tensor, y: &Tensor) -> Re
     let k = ctx.kernel(
         "softmax",
         SHADER,
+        x.dtype,
         "softmax_forward",
         &[Binding::Read, Binding::ReadWrite],
         &[],
@@ -78,6 +79,7 @@ pub fn backward(
     let k = ctx.kernel(
         "softmax",
         SHADER,
+        y.dtype,
         "softmax_backward",
         &[Binding::Read, Binding::Read, Binding::ReadWrite],
         &[],
