@@ -11,6 +11,7 @@ use serde::Serialize;
 
 use crate::attack::{Eps, FgsmPlan, Target};
 use crate::error::Result;
+use crate::gpu::DType;
 use crate::model::{Model, Op};
 use crate::plan::GpuModel;
 use crate::{Context, ContextOptions};
@@ -23,6 +24,8 @@ pub struct BenchOptions {
     /// Timed batches per configuration (after one warm-up batch).
     pub iterations: u32,
     pub adapter: Option<String>,
+    /// Storage type on the device (see [`GpuModel::with_precision`]).
+    pub precision: DType,
     pub profile: bool,
 }
 
@@ -36,6 +39,8 @@ pub struct BenchResult {
     pub seconds_per_batch: f64,
     pub adapter: String,
     pub backend: String,
+    /// `f32` or `f16` (storage type of weights, activations and gradients).
+    pub precision: String,
     pub dispatches: usize,
     /// GPU time per op kind in ms per batch (with --profile).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -94,7 +99,7 @@ pub fn run_bench(
         adapter: opts.adapter.clone(),
         ..Default::default()
     })?);
-    let gpu = GpuModel::new(ctx.clone(), model.clone())?;
+    let gpu = GpuModel::with_precision(ctx.clone(), model.clone(), opts.precision)?;
     let mut results = Vec::new();
     for &batch in &opts.batch_sizes {
         let plan = match FgsmPlan::new(&gpu, batch, &opts.eps, true, Target::Untargeted) {
@@ -153,6 +158,7 @@ pub fn run_bench(
             seconds_per_batch: seconds,
             adapter: ctx.summary.name.clone(),
             backend: ctx.summary.backend.clone(),
+            precision: opts.precision.name().into(),
             dispatches: plan.dispatch_count(),
             profile,
         };

@@ -17,7 +17,7 @@ pub mod plan;
 pub mod report;
 
 pub use error::{Error, ModelError, Result};
-pub use gpu::{Context, ContextOptions, KernelStyle, Shape, Tensor};
+pub use gpu::{Context, ContextOptions, DType, KernelStyle, Shape, Tensor};
 
 /// Load a model file: an advex `.safetensors` (or its sidecar form), or an
 /// `.onnx` file converted on the fly with default import options.

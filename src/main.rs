@@ -43,6 +43,10 @@ struct ImageArgs {
     /// Adapter name substring (see `advex devices`).
     #[arg(long)]
     adapter: Option<String>,
+    /// Storage type of weights, activations and gradients on the GPU: f16 halves
+    /// memory traffic (needs an adapter with SHADER_F16; arithmetic stays f32).
+    #[arg(long, default_value = "f32", value_parser = ["f32", "f16"])]
+    precision: String,
     /// Stop at the first unreadable image instead of skipping it.
     #[arg(long)]
     strict: bool,
@@ -59,6 +63,7 @@ impl ImageArgs {
         o.report = self.report.clone();
         o.batch_size = self.batch_size;
         o.adapter = self.adapter.clone();
+        o.precision = precision(&self.precision);
         o.strict = self.strict;
         o.quiet = self.quiet;
         o
@@ -110,6 +115,9 @@ enum Command {
         /// Adapter name substring.
         #[arg(long)]
         adapter: Option<String>,
+        /// Storage type on the GPU (f16 needs SHADER_F16; arithmetic stays f32).
+        #[arg(long, default_value = "f32", value_parser = ["f32", "f16"])]
+        precision: String,
         /// Print one JSON object per configuration.
         #[arg(long)]
         json: bool,
@@ -163,6 +171,11 @@ enum Command {
         #[arg(long)]
         adapter: Option<String>,
     },
+}
+
+/// `--precision` (clap has already checked the value).
+fn precision(s: &str) -> advex::DType {
+    advex::DType::parse(s).expect("clap checks --precision")
 }
 
 fn main() -> ExitCode {
@@ -229,6 +242,7 @@ fn run(cli: Cli) -> Result<(), Error> {
             eps,
             iterations,
             adapter,
+            precision: prec,
             json,
             profile,
         } => {
@@ -252,12 +266,13 @@ fn run(cli: Cli) -> Result<(), Error> {
                 eps: advex::attack::parse_eps_list(&eps)?,
                 iterations,
                 adapter,
+                precision: precision(&prec),
                 profile,
             };
             if !json {
                 println!(
-                    "{:>6} {:>5} {:>12} {:>12} {:>10}  adapter",
-                    "batch", "eps", "images/s", "ms/batch", "dispatches"
+                    "{:>6} {:>5} {:>9} {:>12} {:>12} {:>10}  adapter",
+                    "batch", "eps", "precision", "images/s", "ms/batch", "dispatches"
                 );
             }
             advex::bench::run_bench(&opts, |r| {
@@ -265,9 +280,10 @@ fn run(cli: Cli) -> Result<(), Error> {
                     println!("{}", serde_json::to_string(r).expect("serialisable"));
                 } else {
                     println!(
-                        "{:>6} {:>5} {:>12.2} {:>12.2} {:>10}  {} ({})",
+                        "{:>6} {:>5} {:>9} {:>12.2} {:>12.2} {:>10}  {} ({})",
                         r.batch_size,
                         r.eps_count,
+                        r.precision,
                         r.images_per_second,
                         r.seconds_per_batch * 1e3,
                         r.dispatches,

@@ -104,7 +104,8 @@ impl GpuModel {
             params.push(match &node.op {
                 Op::Conv2d { weight, bias, .. } | Op::Linear { weight, bias } => {
                     let [a, b, c, d] = weight.shape;
-                    let w = ctx.upload_as(&weight.data, Shape::new(a, b, c, d), dtype, &node.name)?;
+                    let w =
+                        ctx.upload_as(&weight.data, Shape::new(a, b, c, d), dtype, &node.name)?;
                     let b = match bias {
                         Some(b) => Some(vector(&ctx, b, dtype, &node.name)?),
                         None => None,
@@ -177,7 +178,12 @@ impl GpuModel {
     /// Bytes of device memory a gradient plan needs per image (activations and
     /// gradients), for choosing batch sizes.
     pub fn bytes_per_image(&self) -> u64 {
-        let acts: u64 = self.model.nodes.iter().map(|n| n.shape.bytes_as(self.dtype)).sum();
+        let acts: u64 = self
+            .model
+            .nodes
+            .iter()
+            .map(|n| n.shape.bytes_as(self.dtype))
+            .sum();
         self.input_shape(1).bytes() * 2 + acts * 2
     }
 
@@ -187,7 +193,9 @@ impl GpuModel {
         if input.dtype == self.dtype {
             return Ok(input.clone());
         }
-        let t = self.ctx.tensor_as(input.shape, self.dtype, "input (storage type)")?;
+        let t = self
+            .ctx
+            .tensor_as(input.shape, self.dtype, "input (storage type)")?;
         ops::elementwise::cast(&self.ctx, rec, input, &t)?;
         Ok(t)
     }

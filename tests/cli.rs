@@ -124,3 +124,55 @@ fn attack_writes_report_predictions_plot_and_pngs() {
     assert_eq!(code, 1);
     assert!(err.contains("--overwrite"), "{err}");
 }
+
+#[test]
+fn precision_f16_runs_and_is_reported() {
+    let d = tempfile::tempdir().unwrap();
+    let report = d.path().join("r.json");
+    let (code, _, err) = run(advex()
+        .args([
+            "attack",
+            "--model",
+            "weights/mnist_cnn.safetensors",
+            "--images",
+            "examples/digits/3",
+            "--eps",
+            "0.1",
+            "--precision",
+            "f16",
+            "-q",
+            "--report",
+        ])
+        .arg(&report)
+        .current_dir(root()));
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    assert_eq!(v["precision"], "f16");
+    assert_eq!(v["clean"]["accuracy"], 1.0, "{v}");
+
+    let (code, out, err) = run(advex()
+        .args([
+            "bench",
+            "--model",
+            "weights/mnist_cnn.safetensors",
+            "--batch-size",
+            "4",
+            "--iterations",
+            "1",
+            "--precision",
+            "f16",
+            "--json",
+        ])
+        .current_dir(root()));
+    assert_eq!(code, 0, "{err}");
+    let b: serde_json::Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
+    assert_eq!(b["precision"], "f16");
+    assert!(b["images_per_second"].as_f64().unwrap() > 0.0);
+
+    let (code, _, err) = run(advex()
+        .args(["bench", "--precision", "f64"])
+        .current_dir(root()));
+    assert_eq!(code, 1);
+    assert!(err.contains("f16"), "{err}");
+}

@@ -14,6 +14,7 @@ use crate::data::{
     Skipped,
 };
 use crate::error::{Error, Result};
+use crate::gpu::DType;
 use crate::model::Model;
 use crate::plan::GpuModel;
 use crate::report::{
@@ -45,6 +46,8 @@ pub struct RunOptions {
     pub predictions: Option<PathBuf>,
     pub batch_size: Option<u32>,
     pub adapter: Option<String>,
+    /// Storage type on the device (`--precision`; see [`GpuModel::with_precision`]).
+    pub precision: DType,
     pub quantize: bool,
     pub strict: bool,
     pub quiet: bool,
@@ -65,6 +68,7 @@ impl RunOptions {
             predictions: None,
             batch_size: None,
             adapter: None,
+            precision: DType::F32,
             quantize: true,
             strict: false,
             quiet: true,
@@ -230,7 +234,7 @@ fn open_gpu(opts: &RunOptions, model: Arc<Model>) -> Result<GpuModel> {
         adapter: opts.adapter.clone(),
         ..Default::default()
     })?);
-    GpuModel::new(ctx, model)
+    GpuModel::with_precision(ctx, model, opts.precision)
 }
 
 fn progress(total: usize, quiet: bool) -> indicatif::ProgressBar {
@@ -395,6 +399,7 @@ pub fn run_attack(opts: &RunOptions) -> Result<Report> {
     let report = Report {
         model: model_info(&prep.model, &opts.model),
         adapter: gpu.ctx.summary.clone(),
+        precision: gpu.dtype.name().into(),
         method: "fgsm".into(),
         target: match &opts.target {
             TargetSpec::None => None,
@@ -521,6 +526,7 @@ pub fn run_eval(opts: &RunOptions) -> Result<(Vec<EvalRow>, Report)> {
     let report = Report {
         model: model_info(&prep.model, &opts.model),
         adapter: gpu.ctx.summary.clone(),
+        precision: gpu.dtype.name().into(),
         method: "clean".into(),
         target: None,
         images: rows.len(),

@@ -31,7 +31,7 @@ pub fn describe_adapter(adapter: &wgpu::Adapter) -> AdapterSummary {
         } else {
             format!("{} {}", info.driver, info.driver_info)
         },
-        max_storage_buffer_binding_size: limits.max_storage_buffer_binding_size as u64,
+        max_storage_buffer_binding_size: limits.max_storage_buffer_binding_size,
         max_buffer_size: limits.max_buffer_size,
         max_compute_workgroups_per_dimension: limits.max_compute_workgroups_per_dimension,
         max_compute_invocations_per_workgroup: limits.max_compute_invocations_per_workgroup,

@@ -226,7 +226,9 @@ impl Context {
 
     /// Largest tensor in bytes a kernel can bind.
     pub fn max_binding_bytes(&self) -> u64 {
-        (self.limits.max_storage_buffer_binding_size as u64).min(self.limits.max_buffer_size)
+        self.limits
+            .max_storage_buffer_binding_size
+            .min(self.limits.max_buffer_size)
     }
 
     /// Whether the adapter can run F16 kernels (`SHADER_F16`).
@@ -476,7 +478,13 @@ impl Context {
     }
 
     /// A tensor of `dtype` holding `data` (converted; length must match the shape).
-    pub fn upload_as(&self, data: &[f32], shape: Shape, dtype: DType, label: &str) -> Result<Tensor> {
+    pub fn upload_as(
+        &self,
+        data: &[f32],
+        shape: Shape,
+        dtype: DType,
+        label: &str,
+    ) -> Result<Tensor> {
         if data.len() as u64 != shape.numel() {
             return Err(Error::shape(
                 label,
@@ -610,7 +618,7 @@ impl Context {
                 });
             pending.push(rx);
         }
-        if let Some(t) = timer_opt.as_deref_mut() {
+        if let Some(t) = timer_opt.as_mut() {
             t.map();
         }
         self.device
@@ -678,7 +686,8 @@ pub fn decode(t: &Tensor, bytes: &[u8]) -> Vec<f32> {
     match t.dtype {
         DType::F32 => bytemuck::pod_collect_to_vec(&bytes[..(n * 4).min(bytes.len())]),
         DType::F16 => {
-            let h: Vec<half::f16> = bytemuck::pod_collect_to_vec(&bytes[..(n * 2).min(bytes.len())]);
+            let h: Vec<half::f16> =
+                bytemuck::pod_collect_to_vec(&bytes[..(n * 2).min(bytes.len())]);
             h.into_iter().map(f32::from).collect()
         }
     }

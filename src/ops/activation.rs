@@ -201,7 +201,7 @@ pub fn backward_from_output(
     check(act, y, gy)?;
     check(act, y, gx)?;
     // vec4 elements when the count allows (a quarter of the loads and stores)
-    let vec4 = y.numel() % 4 == 0;
+    let vec4 = y.numel().is_multiple_of(4);
     let (entry, count) = if vec4 {
         ("backward_from_output4", y.numel() / 4)
     } else {

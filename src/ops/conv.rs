@@ -269,7 +269,14 @@ pub fn forward_act(
         let (mut params, groups) = geo.dw_params(false)?;
         params.act_alpha = act_alpha;
         params.act_beta = act_beta;
-        let k = ctx.kernel("depthwise", DW_SHADER, y.dtype, "forward", &bindings, &constants)?;
+        let k = ctx.kernel(
+            "depthwise",
+            DW_SHADER,
+            y.dtype,
+            "forward",
+            &bindings,
+            &constants,
+        )?;
         let u = ctx.uniform(&params);
         rec.push(ctx.dispatch(
             format!("depthwise_conv2d{suffix}"),
@@ -286,7 +293,14 @@ pub fn forward_act(
         params.act_beta = act_beta;
         let [c0, c1, c2] = tile.constants();
         let constants = [constants[0], constants[1], c0, c1, c2];
-        let k = ctx.kernel("conv", GEMM_SHADER, y.dtype, "forward", &bindings, &constants)?;
+        let k = ctx.kernel(
+            "conv",
+            GEMM_SHADER,
+            y.dtype,
+            "forward",
+            &bindings,
+            &constants,
+        )?;
         let u = ctx.uniform(&params);
         rec.push(ctx.dispatch(
             format!("conv2d{suffix}"),
@@ -330,7 +344,14 @@ pub fn backward(
         conv_direct::backward(ctx, rec, &pw, gy, w, gx, "conv2d_backward")?;
     } else if geo.few_inputs(ctx) {
         let params = geo.few_params();
-        let k = ctx.kernel("conv_backward_few", FEW_SHADER, gx.dtype, "backward", &bindings, &[])?;
+        let k = ctx.kernel(
+            "conv_backward_few",
+            FEW_SHADER,
+            gx.dtype,
+            "backward",
+            &bindings,
+            &[],
+        )?;
         let u = ctx.uniform(&params);
         rec.push(ctx.dispatch("conv2d_backward", &k, &u, &[gy, w, gx], params.total_wg)?);
     } else {
@@ -341,7 +362,14 @@ pub fn backward(
         } else {
             "backward"
         };
-        let k = ctx.kernel("conv", GEMM_SHADER, gx.dtype, entry, &bindings, &tile.constants())?;
+        let k = ctx.kernel(
+            "conv",
+            GEMM_SHADER,
+            gx.dtype,
+            entry,
+            &bindings,
+            &tile.constants(),
+        )?;
         let u = ctx.uniform(&params);
         rec.push(ctx.dispatch("conv2d_backward", &k, &u, &[gy, w, gx], params.total_wg)?);
     }

@@ -126,9 +126,9 @@ impl Pointwise {
     pub fn eligible(&self, ctx: &Context) -> bool {
         ctx.kernel_style() == KernelStyle::Direct
             && self.groups > 0
-            && self.in_c % self.groups == 0
-            && self.out_c % self.groups == 0
-            && self.icg() % 4 == 0
+            && self.in_c.is_multiple_of(self.groups)
+            && self.out_c.is_multiple_of(self.groups)
+            && self.icg().is_multiple_of(4)
             && self.ocg() > 0
             && self.batch > 0
             && self.hw > 0
@@ -140,7 +140,7 @@ impl Pointwise {
     }
 
     fn layout(&self) -> Layout {
-        if self.hw % 4 == 0 {
+        if self.hw.is_multiple_of(4) {
             LAYOUT_VEC4
         } else {
             LAYOUT_SCALAR
@@ -198,7 +198,9 @@ pub(crate) fn forward(
         Binding::ReadWrite,
         Binding::Read,
     ];
-    let k = ctx.kernel(l.shader, l.source, x.dtype, "forward", &bindings, &constants)?;
+    let k = ctx.kernel(
+        l.shader, l.source, x.dtype, "forward", &bindings, &constants,
+    )?;
     let u = ctx.uniform(&params);
     // Without a bias the weight is bound in its place (never read).
     let bias = b.unwrap_or(w);

@@ -105,9 +105,17 @@ pub fn cast(ctx: &Context, rec: &mut Recording, src: &Tensor, dst: &Tensor) -> R
     }
     // One side is f32, the other the kernel's storage type.
     let (name, dtype, bindings) = if src.dtype == DType::F32 {
-        ("to_storage", dst.dtype, [Binding::ReadF32, Binding::ReadWrite])
+        (
+            "to_storage",
+            dst.dtype,
+            [Binding::ReadF32, Binding::ReadWrite],
+        )
     } else {
-        ("from_storage", src.dtype, [Binding::Read, Binding::ReadWriteF32])
+        (
+            "from_storage",
+            src.dtype,
+            [Binding::Read, Binding::ReadWriteF32],
+        )
     };
     let k = ctx.kernel("elementwise", SHADER, dtype, name, &bindings, &[])?;
     let p = ctx.uniform(&Params {

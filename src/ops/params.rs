@@ -84,7 +84,7 @@ impl Conv2dParams {
     pub fn out_shape(&self, x: Shape, weight: [u32; 4]) -> Result<Shape> {
         let [oc, icg, kh, kw] = weight;
         let g = self.groups;
-        if g == 0 || x.c % g != 0 || oc % g != 0 {
+        if g == 0 || !x.c.is_multiple_of(g) || oc % g != 0 {
             return Err(Error::shape(
                 "conv2d",
                 format!(

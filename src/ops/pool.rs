@@ -102,7 +102,14 @@ fn launch(
     }
     let mut bindings = vec![Binding::Read; tensors.len() - 1];
     bindings.push(Binding::ReadWrite);
-    let k = ctx.kernel("pool", SHADER, tensors[tensors.len() - 1].dtype, entry, &bindings, &[])?;
+    let k = ctx.kernel(
+        "pool",
+        SHADER,
+        tensors[tensors.len() - 1].dtype,
+        entry,
+        &bindings,
+        &[],
+    )?;
     let params = ctx.uniform(&window_params(p, xs, ys, count));
     rec.push(ctx.dispatch(entry, &k, &params, tensors, groups_1d(count))?);
     Ok(())

@@ -53,6 +53,8 @@ pub struct Timing {
 pub struct Report {
     pub model: ModelInfo,
     pub adapter: AdapterSummary,
+    /// `f32` or `f16`: storage type of weights, activations and gradients.
+    pub precision: String,
     pub method: String,
     /// `None` for untargeted; else the target (class index, or `least-likely`).
     pub target: Option<String>,

@@ -1,0 +1,715 @@
+//! The half-precision path (`--precision f16`): every kernel family with f16
+//! storage against the f64 CPU reference, dtype checks at dispatch, and whole
+//! models in f16 against f32 (labels and gradient signs).
+//!
+//! Inputs are rounded to f16 before the reference sees them, so the reference
+//! computes exactly what the GPU was given; the kernels accumulate in f32 and
+//! round once on store, so results agree to about f16's half-ulp (2^-11
+//! relative) of each element, plus the rounding of intermediate f16 values for
+//! composite checks.
+
+mod common;
+
+use std::sync::Arc;
+
+use advex::attack::{parse_eps_list, FgsmPlan, Target};
+use advex::gpu::{Recording, Shape};
+use advex::model::Model;
+use advex::ops::binary::BinaryOp;
+use advex::ops::{
+    activation, affine, binary, concat, conv, elementwise, linear, loss, pool, softmax, Activation,
+    Conv2dParams, Pool2dParams,
+};
+use advex::plan::GpuModel;
+use advex::{Context, DType, KernelStyle, Tensor};
+use common::ref_conv::{linear_backward, linear_forward, RefConv};
+use common::ref_misc as r;
+use common::*;
+
+/// Per-element tolerance of f16 results (relative; `assert_close` adds a tenth
+/// of it times the largest magnitude as absolute slack).
+const TOL: f64 = 2e-3;
+
+/// Values as f16 would store them.
+fn h(v: &[f32]) -> Vec<f32> {
+    v.iter().map(|&x| half::f16::from_f32(x).to_f32()).collect()
+}
+
+/// Seeded values in [-1, 1), rounded to f16.
+fn hrandom(seed: u64, n: usize) -> Vec<f32> {
+    h(&random(seed, n))
+}
+
+fn up(ctx: &Context, v: &[f32], s: Shape) -> Tensor {
+    ctx.upload_as(v, s, DType::F16, "f16 input").unwrap()
+}
+
+/// An f16 output tensor filled with infinities (1e30 as f16), so an element the
+/// kernel does not write fails the comparison.
+fn out16(ctx: &Context, s: Shape) -> Tensor {
+    ctx.upload_as(
+        &vec![1.0e30; s.numel() as usize],
+        s,
+        DType::F16,
+        "f16 output",
+    )
+    .unwrap()
+}
+
+fn f16_ctx(style: KernelStyle) -> Arc<Context> {
+    let c = ctx_style(style);
+    assert!(
+        c.supports_f16(),
+        "adapter {} lacks SHADER_F16 (lavapipe has it)",
+        c.summary.name
+    );
+    c
+}
+
+struct ConvCase {
+    name: &'static str,
+    x: [u32; 4],
+    oc: u32,
+    k: u32,
+    stride: u32,
+    padding: [u32; 4],
+    groups: u32,
+}
+
+fn check_conv(ctx: &Context, c: &ConvCase, seed: u64) {
+    let p = Conv2dParams {
+        stride: [c.stride; 2],
+        padding: c.padding,
+        dilation: [1, 1],
+        groups: c.groups,
+    };
+    let [n, ic, hh, ww] = c.x;
+    let xs = Shape::new(n, ic, hh, ww);
+    let ws = Shape::new(c.oc, ic / c.groups, c.k, c.k);
+    let ys = p.out_shape(xs, ws.dims()).unwrap();
+    let u = |v: u32| v as usize;
+    let reference = RefConv {
+        x: xs.dims().map(u),
+        w: ws.dims().map(u),
+        stride: [u(c.stride); 2],
+        padding: c.padding.map(u),
+        dilation: [1, 1],
+        groups: u(c.groups),
+    };
+    let xv = hrandom(seed, xs.numel() as usize);
+    let wv = hrandom(seed + 1, ws.numel() as usize);
+    let bv = hrandom(seed + 2, c.oc as usize);
+    let gyv = hrandom(seed + 3, ys.numel() as usize);
+    let x = up(ctx, &xv, xs);
+    let w = up(ctx, &wv, ws);
+    let b = up(ctx, &bv, Shape::new(1, c.oc, 1, 1));
+    let gy = up(ctx, &gyv, ys);
+    let y = out16(ctx, ys);
+    let gx = out16(ctx, xs);
+    let mut rec = Recording::new();
+    conv::forward(ctx, &mut rec, &p, &x, &w, Some(&b), &y).unwrap();
+    conv::backward(ctx, &mut rec, &p, &gy, &w, &gx).unwrap();
+    let out = ctx.run_read(&[&rec], &[&y, &gx]).unwrap();
+    let b64 = to_f64(&bv);
+    let want_y = reference.forward(&to_f64(&xv), &to_f64(&wv), Some(&b64));
+    let want_gx = reference.backward(&to_f64(&gyv), &to_f64(&wv));
+    let style = ctx.kernel_style().name();
+    assert_close(
+        &format!("{} ({style}) f16 forward", c.name),
+        &out[0],
+        &want_y,
+        TOL,
+    );
+    assert_close(
+        &format!("{} ({style}) f16 backward", c.name),
+        &out[1],
+        &want_gx,
+        TOL,
+    );
+}
+
+#[test]
+fn f16_convolutions_match_reference() {
+    let cases = [
+        ConvCase {
+            name: "3x3 stride 1 pad 1",
+            x: [2, 5, 8, 8],
+            oc: 7,
+            k: 3,
+            stride: 1,
+            padding: [1; 4],
+            groups: 1,
+        },
+        ConvCase {
+            name: "3x3 stride 2 odd sizes",
+            x: [1, 6, 9, 11],
+            oc: 10,
+            k: 3,
+            stride: 2,
+            padding: [1, 1, 0, 0],
+            groups: 1,
+        },
+        ConvCase {
+            name: "grouped",
+            x: [2, 8, 6, 6],
+            oc: 6,
+            k: 3,
+            stride: 1,
+            padding: [1; 4],
+            groups: 2,
+        },
+        ConvCase {
+            name: "depthwise stride 2",
+            x: [2, 8, 9, 9],
+            oc: 8,
+            k: 3,
+            stride: 2,
+            padding: [0, 0, 1, 1],
+            groups: 8,
+        },
+        ConvCase {
+            name: "depthwise 5x5",
+            x: [1, 6, 7, 10],
+            oc: 6,
+            k: 5,
+            stride: 1,
+            padding: [2; 4],
+            groups: 6,
+        },
+        // Pointwise: the direct kernels' vec4 layout (8x8 maps) and scalar
+        // layout (7x7 maps) on CPU adapters, the tiled GEMM elsewhere.
+        ConvCase {
+            name: "pointwise 8x8",
+            x: [4, 16, 8, 8],
+            oc: 24,
+            k: 1,
+            stride: 1,
+            padding: [0; 4],
+            groups: 1,
+        },
+        ConvCase {
+            name: "pointwise 7x7",
+            x: [6, 16, 7, 7],
+            oc: 20,
+            k: 1,
+            stride: 1,
+            padding: [0; 4],
+            groups: 1,
+        },
+        // The stem: 3 input channels (few-channel backward on CPU adapters).
+        ConvCase {
+            name: "stem 3x3 stride 2",
+            x: [2, 3, 15, 15],
+            oc: 8,
+            k: 3,
+            stride: 2,
+            padding: [0, 0, 1, 1],
+            groups: 1,
+        },
+    ];
+    for style in [KernelStyle::Tiled, KernelStyle::Direct] {
+        let ctx = f16_ctx(style);
+        for (i, c) in cases.iter().enumerate() {
+            check_conv(&ctx, c, 100 + i as u64 * 10);
+        }
+    }
+}
+
+#[test]
+fn f16_linear_matches_reference() {
+    for style in [KernelStyle::Tiled, KernelStyle::Direct] {
+        let ctx = f16_ctx(style);
+        // 300 rows take the direct kernels on CPU adapters.
+        for (seed, n, k, out) in [(1u64, 3u32, 20u32, 10u32), (2, 300, 16, 12)] {
+            let xv = hrandom(seed, (n * k) as usize);
+            let wv = hrandom(seed + 1, (out * k) as usize);
+            let bv = hrandom(seed + 2, out as usize);
+            let gyv = hrandom(seed + 3, (n * out) as usize);
+            let x = up(&ctx, &xv, Shape::new(n, k, 1, 1));
+            let w = up(&ctx, &wv, Shape::new(out, k, 1, 1));
+            let b = up(&ctx, &bv, Shape::new(1, out, 1, 1));
+            let gy = up(&ctx, &gyv, Shape::new(n, out, 1, 1));
+            let y = out16(&ctx, Shape::new(n, out, 1, 1));
+            let gx = out16(&ctx, Shape::new(n, k, 1, 1));
+            let mut rec = Recording::new();
+            linear::forward(&ctx, &mut rec, &x, &w, Some(&b), &y).unwrap();
+            linear::backward(&ctx, &mut rec, &gy, &w, &gx).unwrap();
+            let got = ctx.run_read(&[&rec], &[&y, &gx]).unwrap();
+            let (nu, ku, ou) = (n as usize, k as usize, out as usize);
+            let b64 = to_f64(&bv);
+            let want_y = linear_forward(&to_f64(&xv), &to_f64(&wv), Some(&b64), nu, ku, ou);
+            let want_gx = linear_backward(&to_f64(&gyv), &to_f64(&wv), nu, ku, ou);
+            assert_close(&format!("f16 linear {n}x{k}->{out}"), &got[0], &want_y, TOL);
+            assert_close(
+                &format!("f16 linear {n}x{k}->{out} backward"),
+                &got[1],
+                &want_gx,
+                TOL,
+            );
+        }
+    }
+}
+
+#[test]
+fn f16_activations_match_reference() {
+    let ctx = f16_ctx(KernelStyle::Tiled);
+    // 4 * 60 elements take the vec4 backward-from-output entry, 210 the scalar one.
+    for count in [240u32, 210] {
+        let s = Shape::new(1, count, 1, 1);
+        let xv: Vec<f32> = h(&random(count as u64, count as usize)
+            .iter()
+            .map(|v| v * 8.0)
+            .collect::<Vec<_>>());
+        let gyv = hrandom(count as u64 + 1, count as usize);
+        let x = up(&ctx, &xv, s);
+        let gy = up(&ctx, &gyv, s);
+        for act in [Activation::Silu, Activation::Hardswish, Activation::Relu6] {
+            let y = out16(&ctx, s);
+            let gx = out16(&ctx, s);
+            let mut rec = Recording::new();
+            activation::forward(&ctx, &mut rec, act, &x, &y).unwrap();
+            activation::backward(&ctx, &mut rec, act, &x, &gy, &gx).unwrap();
+            let mut reads = vec![&y, &gx];
+            let gxo = out16(&ctx, s);
+            if act.derivative_from_output() {
+                activation::backward_from_output(&ctx, &mut rec, act, &y, &gy, &gxo).unwrap();
+                reads.push(&gxo);
+            }
+            let out = ctx.run_read(&[&rec], &reads).unwrap();
+            let want_y: Vec<f64> = xv.iter().map(|&v| act.apply_f64(v as f64)).collect();
+            let d = |v: f64| {
+                let e = 1e-6;
+                (act.apply_f64(v + e) - act.apply_f64(v - e)) / (2.0 * e)
+            };
+            let want_gx: Vec<f64> = xv
+                .iter()
+                .zip(&gyv)
+                .map(|(&v, &g)| g as f64 * d(v as f64))
+                .collect();
+            let name = act.name();
+            assert_close(
+                &format!("f16 {name} forward ({count})"),
+                &out[0],
+                &want_y,
+                TOL,
+            );
+            assert_close(
+                &format!("f16 {name} backward ({count})"),
+                &out[1],
+                &want_gx,
+                TOL,
+            );
+            if out.len() == 3 {
+                assert_close(
+                    &format!("f16 {name} backward from output ({count})"),
+                    &out[2],
+                    &want_gx,
+                    TOL,
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn f16_pooling_matches_reference() {
+    for style in [KernelStyle::Tiled, KernelStyle::Direct] {
+        let ctx = f16_ctx(style);
+        let xs = Shape::new(2, 3, 9, 8);
+        let p = Pool2dParams::new([3, 3], [2, 2], [1, 1, 1, 1]);
+        let xv = hrandom(1, xs.numel() as usize);
+        let (want_max, _, ys) = r::max_pool(&to_f64(&xv), xs, &p);
+        let (want_avg, _) = r::avg_pool(&to_f64(&xv), xs, &p);
+        let gyv = hrandom(2, ys.numel() as usize);
+        let want_max_gx = r::max_pool_backward(&to_f64(&xv), xs, &p, &to_f64(&gyv));
+        let want_avg_gx = r::avg_pool_backward(&to_f64(&gyv), xs, &p);
+        let gs = Shape::new(2, 3, 1, 1);
+        let ggv = hrandom(3, 6);
+        let want_g = r::global_avg(&to_f64(&xv), xs);
+        let want_g_gx = r::global_avg_backward(&to_f64(&ggv), xs);
+
+        let x = up(&ctx, &xv, xs);
+        let gy = up(&ctx, &gyv, ys);
+        let gg = up(&ctx, &ggv, gs);
+        let outs: Vec<Tensor> = [ys, xs, ys, xs, gs, xs]
+            .iter()
+            .map(|&s| out16(&ctx, s))
+            .collect();
+        let mut rec = Recording::new();
+        pool::max_forward(&ctx, &mut rec, &p, &x, &outs[0]).unwrap();
+        pool::max_backward(&ctx, &mut rec, &p, &x, &gy, &outs[1]).unwrap();
+        pool::avg_forward(&ctx, &mut rec, &p, &x, &outs[2]).unwrap();
+        pool::avg_backward(&ctx, &mut rec, &p, &gy, &outs[3]).unwrap();
+        pool::global_avg_forward(&ctx, &mut rec, &x, &outs[4]).unwrap();
+        pool::global_avg_backward(&ctx, &mut rec, &gg, &outs[5]).unwrap();
+        let got = ctx
+            .run_read(&[&rec], &outs.iter().collect::<Vec<_>>())
+            .unwrap();
+        let style = style.name();
+        assert_close(&format!("f16 max pool ({style})"), &got[0], &want_max, TOL);
+        assert_close(
+            &format!("f16 max pool backward ({style})"),
+            &got[1],
+            &want_max_gx,
+            TOL,
+        );
+        assert_close(&format!("f16 avg pool ({style})"), &got[2], &want_avg, TOL);
+        assert_close(
+            &format!("f16 avg pool backward ({style})"),
+            &got[3],
+            &want_avg_gx,
+            TOL,
+        );
+        assert_close(&format!("f16 global avg ({style})"), &got[4], &want_g, TOL);
+        assert_close(
+            &format!("f16 global avg backward ({style})"),
+            &got[5],
+            &want_g_gx,
+            TOL,
+        );
+    }
+}
+
+#[test]
+fn f16_binary_concat_affine_match_reference() {
+    let ctx = f16_ctx(KernelStyle::Tiled);
+    // Broadcast multiply (squeeze-excite): b's gradient reduces over h, w.
+    let sa = Shape::new(2, 6, 5, 5);
+    let sb = Shape::new(2, 6, 1, 1);
+    let av = hrandom(1, sa.numel() as usize);
+    let bv = hrandom(2, sb.numel() as usize);
+    let gyv = hrandom(3, sa.numel() as usize);
+    let (want_y, _) = r::binary(true, &to_f64(&av), sa, &to_f64(&bv), sb);
+    let (want_ga, want_gb) =
+        r::binary_backward(true, &to_f64(&av), sa, &to_f64(&bv), sb, &to_f64(&gyv));
+    let (a, b, gy) = (up(&ctx, &av, sa), up(&ctx, &bv, sb), up(&ctx, &gyv, sa));
+    let (y, ga, gb) = (out16(&ctx, sa), out16(&ctx, sa), out16(&ctx, sb));
+    // Concat of two parts and its backward.
+    let (p1, p2) = (Shape::new(2, 3, 4, 4), Shape::new(2, 5, 4, 4));
+    let (c1v, c2v) = (
+        hrandom(4, p1.numel() as usize),
+        hrandom(5, p2.numel() as usize),
+    );
+    let (want_c, cs) = r::concat(&[(&to_f64(&c1v), p1), (&to_f64(&c2v), p2)]);
+    let gcv = hrandom(6, cs.numel() as usize);
+    let want_gc = r::concat_backward(&to_f64(&gcv), &[p1, p2]);
+    let (c1, c2, gc) = (up(&ctx, &c1v, p1), up(&ctx, &c2v, p2), up(&ctx, &gcv, cs));
+    let (cy, g1, g2) = (out16(&ctx, cs), out16(&ctx, p1), out16(&ctx, p2));
+    // Affine (per channel).
+    let fs = Shape::new(2, 3, 5, 4);
+    let (xv, scv, shv) = (hrandom(7, 120), hrandom(8, 3), hrandom(9, 3));
+    let want_f = r::affine(&to_f64(&xv), fs, &to_f64(&scv), &to_f64(&shv));
+    let want_gf = r::affine_backward(&to_f64(&xv), fs, &to_f64(&scv));
+    let vs = Shape::new(1, 3, 1, 1);
+    let (fx, sc, sh) = (up(&ctx, &xv, fs), up(&ctx, &scv, vs), up(&ctx, &shv, vs));
+    let (fy, fg) = (out16(&ctx, fs), out16(&ctx, fs));
+
+    let mut rec = Recording::new();
+    binary::forward(&ctx, &mut rec, BinaryOp::Mul, &a, &b, &y).unwrap();
+    binary::backward(
+        &ctx,
+        &mut rec,
+        BinaryOp::Mul,
+        &a,
+        &b,
+        &gy,
+        Some(&ga),
+        Some(&gb),
+    )
+    .unwrap();
+    concat::forward(&ctx, &mut rec, &[&c1, &c2], &cy).unwrap();
+    concat::backward(&ctx, &mut rec, &gc, &[&g1, &g2]).unwrap();
+    affine::forward(&ctx, &mut rec, &fx, &sc, &sh, &fy).unwrap();
+    // the gradient of the affine map at gy = x (any f16 tensor will do)
+    affine::backward(&ctx, &mut rec, &fx, &sc, &fg).unwrap();
+    let got = ctx
+        .run_read(&[&rec], &[&y, &ga, &gb, &cy, &g1, &g2, &fy, &fg])
+        .unwrap();
+    assert_close("f16 mul", &got[0], &want_y, TOL);
+    assert_close("f16 mul backward a", &got[1], &want_ga, TOL);
+    assert_close("f16 mul backward b (reduced)", &got[2], &want_gb, TOL);
+    // Copies: exact.
+    assert_close("f16 concat", &got[3], &want_c, 1e-12);
+    assert_close("f16 concat backward 1", &got[4], &want_gc[0], 1e-12);
+    assert_close("f16 concat backward 2", &got[5], &want_gc[1], 1e-12);
+    assert_close("f16 affine", &got[6], &want_f, TOL);
+    assert_close("f16 affine backward", &got[7], &want_gf, TOL);
+}
+
+#[test]
+fn f16_softmax_loss_and_casts_match_reference() {
+    let ctx = f16_ctx(KernelStyle::Tiled);
+    let (n, k) = (3usize, 37usize);
+    let s = Shape::new(n as u32, k as u32, 1, 1);
+    let zv: Vec<f32> = h(&random(1, n * k).iter().map(|v| v * 6.0).collect::<Vec<_>>());
+    let gyv = hrandom(2, n * k);
+    let labels = [4u32, 0, 36];
+    let want_sm = r::softmax(&to_f64(&zv), s);
+    let (want_loss, want_grad) = r::cross_entropy(&to_f64(&zv), n, k, &labels, -1.0);
+    let want_stats = r::argmax_prob(&to_f64(&zv), n, k, &labels);
+
+    let z = up(&ctx, &zv, s);
+    let gy = up(&ctx, &gyv, s);
+    let lab = ctx.tensor(Shape::new(n as u32, 1, 1, 1), "labels").unwrap();
+    ctx.write_bytes(&lab, bytemuck::cast_slice(&labels));
+    let sm = out16(&ctx, s);
+    let smg = out16(&ctx, s);
+    let lossv = ctx.tensor(Shape::new(n as u32, 1, 1, 1), "loss").unwrap();
+    let grad = out16(&ctx, s);
+    let stats = ctx.tensor(Shape::new(n as u32, 3, 1, 1), "stats").unwrap();
+    // casts: f16 -> f32 -> f16 and scale, accumulate
+    let z32 = ctx.tensor(s, "z32").unwrap();
+    let z16 = out16(&ctx, s);
+    let acc = up(&ctx, &gyv, s);
+    let scaled = out16(&ctx, s);
+
+    let mut rec = Recording::new();
+    softmax::forward(&ctx, &mut rec, &z, &sm).unwrap();
+    softmax::backward(&ctx, &mut rec, &sm, &gy, &smg).unwrap();
+    loss::softmax_cross_entropy(&ctx, &mut rec, &z, &lab, -1.0, &lossv, &grad).unwrap();
+    loss::argmax_prob(&ctx, &mut rec, &z, &lab, &stats).unwrap();
+    elementwise::cast(&ctx, &mut rec, &z, &z32).unwrap();
+    elementwise::cast(&ctx, &mut rec, &z32, &z16).unwrap();
+    elementwise::accumulate(&ctx, &mut rec, &z, &acc).unwrap();
+    elementwise::scale(&ctx, &mut rec, &z, 0.25, &scaled).unwrap();
+    let got = ctx
+        .run_read(
+            &[&rec],
+            &[&sm, &smg, &lossv, &grad, &stats, &z32, &z16, &acc, &scaled],
+        )
+        .unwrap();
+    // The softmax output is stored in f16: its backward sees the rounded y.
+    let sm_h: Vec<f64> = to_f64(&got[0]);
+    let want_smg = r::softmax_backward(&sm_h, &to_f64(&gyv), s);
+    assert_close("f16 softmax", &got[0], &want_sm, TOL);
+    assert_close("f16 softmax backward", &got[1], &want_smg, TOL);
+    assert_close("f16 cross-entropy loss (f32)", &got[2], &want_loss, 1e-5);
+    assert_close("f16 cross-entropy gradient", &got[3], &want_grad, TOL);
+    for (i, (c, p, lp)) in want_stats.iter().enumerate() {
+        assert_eq!(got[4][3 * i] as usize, *c, "row {i}: argmax");
+        assert!(
+            (got[4][3 * i + 1] as f64 - p).abs() < 1e-5,
+            "row {i}: top probability"
+        );
+        assert!(
+            (got[4][3 * i + 2] as f64 - lp).abs() < 1e-5,
+            "row {i}: label probability"
+        );
+    }
+    assert_eq!(got[5], zv, "f16 -> f32 cast is exact");
+    assert_eq!(got[6], zv, "f32 -> f16 cast of f16 values is exact");
+    let want_acc: Vec<f64> = zv.iter().zip(&gyv).map(|(a, b)| (a + b) as f64).collect();
+    assert_close("f16 accumulate", &got[7], &want_acc, TOL);
+    let want_scaled: Vec<f64> = zv.iter().map(|&v| v as f64 * 0.25).collect();
+    assert_close("f16 scale", &got[8], &want_scaled, 1e-12);
+}
+
+#[test]
+fn dtype_mismatch_is_refused_at_dispatch() {
+    let ctx = f16_ctx(KernelStyle::Tiled);
+    let s = Shape::new(1, 8, 1, 1);
+    let x16 = up(&ctx, &[0.5; 8], s);
+    let y32 = ctx.tensor(s, "y").unwrap();
+    let mut rec = Recording::new();
+    let err = activation::forward(&ctx, &mut rec, Activation::Relu, &x16, &y32)
+        .expect_err("an f32 output for an f16 kernel must be refused");
+    let msg = err.to_string();
+    assert!(msg.contains("f16") && msg.contains("f32"), "{msg}");
+    // f16 tensors occupy half the bytes, rounded up to whole words.
+    let odd = ctx
+        .tensor_as(Shape::new(1, 3, 1, 1), DType::F16, "odd")
+        .unwrap();
+    assert_eq!(odd.bytes(), 8);
+    assert_eq!(x16.bytes(), 16);
+}
+
+/// Sign agreement of two gradients over the elements where the f32 one is not
+/// negligibly small (1e-3 of its largest magnitude).
+fn sign_agreement(g16: &[f32], g32: &[f32]) -> f64 {
+    let max = g32.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    let (mut same, mut total) = (0usize, 0usize);
+    for (a, b) in g16.iter().zip(g32) {
+        if b.abs() > 1e-3 * max {
+            total += 1;
+            same += (a.signum() == b.signum()) as usize;
+        }
+    }
+    same as f64 / total.max(1) as f64
+}
+
+#[test]
+fn f16_every_op_network_matches_reference() {
+    let dir = tempfile::tempdir().unwrap();
+    let path =
+        builder::every_op(7).write(dir.path(), "every_op.safetensors", advex::model::Dtype::F32);
+    let model = Arc::new(Model::load(&path).unwrap());
+    let ctx = f16_ctx(KernelStyle::Tiled);
+    let g16 = GpuModel::with_precision(ctx.clone(), model.clone(), DType::F16).unwrap();
+    let g32 = GpuModel::new(ctx.clone(), model.clone()).unwrap();
+    let n = 2u32;
+    let item = g16.input_shape(1).numel() as usize;
+    let x: Vec<f32> = random(11, n as usize * item)
+        .iter()
+        .map(|v| 0.5 + 0.5 * v)
+        .collect();
+    let labels = [3u32, 5];
+    let run = |g: &GpuModel| {
+        let plan = g.gradient_plan(n, 1.0).unwrap();
+        plan.set_batch(&ctx, &x, &labels).unwrap();
+        assert_eq!(plan.logits.dtype, g.dtype);
+        assert_eq!(
+            plan.input_grad.dtype,
+            DType::F32,
+            "input gradients leave in f32"
+        );
+        plan.run(&ctx).unwrap()
+    };
+    let (o16, o32) = (run(&g16), run(&g32));
+    let vals = common::ref_graph::forward(&model, &to_f64(&x), n);
+    let want = &vals[common::ref_graph::logits_node(&model)];
+    // f16 storage of every intermediate value: errors of a few f16 ulps.
+    assert_close("f16 every-op logits", &o16.logits, want, 2e-2);
+    assert_close("f16 every-op loss", &o16.loss, &to_f64(&o32.loss), 2e-2);
+    let agree = sign_agreement(&o16.input_grad, &o32.input_grad);
+    assert!(
+        agree >= 0.97,
+        "gradient sign agreement f16 vs f32: {agree:.4}"
+    );
+    // The seed's scale is undone: magnitudes match f32's.
+    let n16: f64 = o16
+        .input_grad
+        .iter()
+        .map(|v| (*v as f64).powi(2))
+        .sum::<f64>()
+        .sqrt();
+    let n32: f64 = o32
+        .input_grad
+        .iter()
+        .map(|v| (*v as f64).powi(2))
+        .sum::<f64>()
+        .sqrt();
+    assert!(
+        (n16 / n32 - 1.0).abs() < 0.05,
+        "gradient norms f16 {n16:.4e} vs f32 {n32:.4e}"
+    );
+}
+
+/// What f16 changes on a bundled model and image folder, against f32.
+struct Agreement {
+    images: usize,
+    clean_same: usize,
+    adv_same: usize,
+    adv_total: usize,
+    /// Sign agreement of the input gradients (see [`sign_agreement`]).
+    signs: f64,
+    /// Fraction of input-gradient elements that are exactly zero, f32 and f16.
+    zeros: [f64; 2],
+}
+
+fn f16_against_f32(model_file: &str, images: &str, eps: &str) -> Agreement {
+    let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let model = Arc::new(Model::load(&root.join(model_file)).unwrap());
+    let [c, hh, ww] = model.input;
+    let prep = advex::data::Preprocessor {
+        channels: c,
+        height: hh,
+        width: ww,
+        resize: model.preprocess.resize,
+    };
+    let entries = advex::data::discover(&root.join(images)).unwrap();
+    assert!(entries.len() >= 6, "bundled images missing in {images}");
+    let mut pixels = Vec::new();
+    for e in &entries {
+        pixels.extend(advex::data::load_image(&e.path, &prep).unwrap());
+    }
+    let n = entries.len() as u32;
+    let labels = vec![None; n as usize];
+    let eps = parse_eps_list(eps).unwrap();
+    let ctx = f16_ctx(KernelStyle::Direct);
+    let mut outs = Vec::new();
+    let mut grads = Vec::new();
+    for dtype in [DType::F32, DType::F16] {
+        let gpu = GpuModel::with_precision(ctx.clone(), model.clone(), dtype).unwrap();
+        let plan = FgsmPlan::new(&gpu, n, &eps, true, Target::Untargeted).unwrap();
+        outs.push(plan.run(&pixels, &labels, false).unwrap());
+        // The input gradient at the clean predictions (what FGSM took the sign of).
+        let gp = gpu.gradient_plan(n, 1.0).unwrap();
+        let clean: Vec<u32> = outs.last().unwrap().clean.iter().map(|p| p.class).collect();
+        gp.set_batch(&ctx, &pixels, &clean).unwrap();
+        grads.push(gp.run(&ctx).unwrap().input_grad);
+    }
+    let zeros = |g: &[f32]| g.iter().filter(|v| **v == 0.0).count() as f64 / g.len() as f64;
+    let mut adv_same = 0;
+    for e in 0..eps.len() {
+        for i in 0..n as usize {
+            adv_same += (outs[1].adv[e][i].class == outs[0].adv[e][i].class) as usize;
+        }
+    }
+    let a = Agreement {
+        images: n as usize,
+        clean_same: (0..n as usize)
+            .filter(|&i| outs[1].clean[i].class == outs[0].clean[i].class)
+            .count(),
+        adv_same,
+        adv_total: eps.len() * n as usize,
+        signs: sign_agreement(&grads[1], &grads[0]),
+        zeros: [zeros(&grads[0]), zeros(&grads[1])],
+    };
+    eprintln!(
+        "f16 vs f32, {model_file} on {images}: clean top-1 {}/{}, adversarial top-1 {}/{}, \
+         gradient sign agreement {:.2}%, zero gradient elements {:.3}% (f32) {:.3}% (f16)",
+        a.clean_same,
+        a.images,
+        a.adv_same,
+        a.adv_total,
+        a.signs * 100.0,
+        a.zeros[0] * 100.0,
+        a.zeros[1] * 100.0
+    );
+    a
+}
+
+/// The bundled EfficientNet-Lite0 on the bundled photos: the same clean top-1
+/// as f32 on every photo, gradient signs that agree almost everywhere.
+#[test]
+fn f16_efficientnet_labels_agree_with_f32() {
+    let a = f16_against_f32(
+        "weights/efficientnet_lite0.safetensors",
+        "examples/photos",
+        "1/255,2/255,4/255",
+    );
+    assert_eq!(a.clean_same, a.images, "clean top-1 must not change");
+    assert!(a.signs >= 0.95, "gradient sign agreement {:.4}", a.signs);
+    assert!(
+        a.adv_same * 10 >= a.adv_total * 8,
+        "adversarial top-1 {}/{}",
+        a.adv_same,
+        a.adv_total
+    );
+}
+
+/// The MNIST CNN on the bundled digits: confident predictions make the loss
+/// gradient tiny, which f16 would flush to zero without the seed's scale
+/// ([`advex::plan::F16_GRAD_SCALE`]); with it, no more zero signs than f32.
+#[test]
+fn f16_mnist_gradients_do_not_underflow() {
+    let a = f16_against_f32(
+        "weights/mnist_cnn.safetensors",
+        "examples/digits",
+        "0.05,0.1,0.2",
+    );
+    assert_eq!(a.clean_same, a.images, "clean top-1 must not change");
+    assert!(
+        a.zeros[1] <= a.zeros[0] + 0.002,
+        "f16 zeroes {:.4} of the gradient, f32 {:.4}",
+        a.zeros[1],
+        a.zeros[0]
+    );
+    assert!(a.signs >= 0.98, "gradient sign agreement {:.4}", a.signs);
+    assert!(
+        a.adv_same * 100 >= a.adv_total * 97,
+        "adversarial top-1 {}/{}",
+        a.adv_same,
+        a.adv_total
+    );
+}
