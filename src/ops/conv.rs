@@ -33,6 +33,7 @@ use crate::ops::params::Conv2dParams;
 const GEMM_SHADER: &str = include_str!("../../shaders/conv.wgsl");
 const DW_SHADER: &str = include_str!("../../shaders/depthwise.wgsl");
 const FEW_SHADER: &str = include_str!("../../shaders/conv_backward_few.wgsl");
+const DW_DIRECT_SHADER: &str = include_str!("../../shaders/depthwise_direct.wgsl");
 
 /// Tile shape of the GEMM kernel, set through its override constants (`WG_M`
 /// threads along m, `TM` m per thread, `BK` the K slice); conv.wgsl supports
@@ -199,6 +200,23 @@ struct DwParams {
     _pad2: u32,
 }
 
+/// Parameters of `depthwise_direct.wgsl` (its header explains them).
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct DwDirectParams {
+    planes: u32,
+    c: u32,
+    h: u32,
+    w: u32,
+    quads: u32,
+    items: u32,
+    act_alpha: f32,
+    act_beta: f32,
+}
+
+/// Threads per workgroup of `depthwise_direct.wgsl` (4 outputs each).
+const DW_DIRECT_WG: u32 = 64;
+
 /// y = conv2d(x, w) (+ b). `w` is `[oc, ic / groups, kh, kw]`, `b` is `[1, oc, 1, 1]`
 /// (any shape of `oc` elements), `y` must have the shape [`Conv2dParams::out_shape`]
 /// gives. Same as [`forward_act`] with [`Activation::Identity`].
@@ -265,7 +283,29 @@ pub fn forward_act(
         Binding::Read,
         Binding::ReadWrite,
     ];
-    if geo.depthwise {
+    if geo.dw_direct(ctx) {
+        let (mut params, shape_constants, groups) = geo.dw_direct_params(false);
+        params.act_alpha = act_alpha;
+        params.act_beta = act_beta;
+        let mut all: Vec<(&str, f64)> = constants.to_vec();
+        all.extend(shape_constants);
+        let k = ctx.kernel(
+            "depthwise_direct",
+            DW_DIRECT_SHADER,
+            y.dtype,
+            "main",
+            &bindings,
+            &all,
+        )?;
+        let u = ctx.uniform(&params);
+        rec.push(ctx.dispatch(
+            format!("depthwise_conv2d{suffix}"),
+            &k,
+            &u,
+            &[x, w, bias, y],
+            groups,
+        )?);
+    } else if geo.depthwise {
         let (mut params, groups) = geo.dw_params(false)?;
         params.act_alpha = act_alpha;
         params.act_beta = act_beta;
@@ -330,7 +370,26 @@ pub fn backward(
         return Ok(());
     }
     let bindings = [Binding::Read, Binding::Read, Binding::ReadWrite];
-    if geo.depthwise {
+    if geo.dw_direct(ctx) {
+        let (params, constants, groups) = geo.dw_direct_params(true);
+        let bindings = [
+            Binding::Read,
+            Binding::Read,
+            Binding::Read,
+            Binding::ReadWrite,
+        ];
+        let k = ctx.kernel(
+            "depthwise_direct",
+            DW_DIRECT_SHADER,
+            gx.dtype,
+            "main",
+            &bindings,
+            &constants,
+        )?;
+        let u = ctx.uniform(&params);
+        // No bias: the weight is bound in its place (never read).
+        rec.push(ctx.dispatch("depthwise_conv2d_backward", &k, &u, &[gy, w, w, gx], groups)?);
+    } else if geo.depthwise {
         let (params, groups) = geo.dw_params(true)?;
         let k = ctx.kernel("depthwise", DW_SHADER, gx.dtype, "backward", &bindings, &[])?;
         let u = ctx.uniform(&params);
@@ -571,6 +630,60 @@ impl Geometry {
                 ),
             )),
         }
+    }
+
+    /// Whether `depthwise_direct.wgsl` covers this layer: CPU adapters, one
+    /// channel per group, stride 1, no dilation, 'same' padding (output size =
+    /// input size, so the backward pass is the same kernel with the weights
+    /// flipped), planes of a multiple of 4 elements, kernels up to 5 wide (the
+    /// 4 outputs and their taps fit 3 vec4 blocks).
+    fn dw_direct(&self, ctx: &Context) -> bool {
+        let p = &self.p;
+        ctx.kernel_style() == KernelStyle::Direct
+            && self.depthwise
+            && self.oc == self.x.c
+            && p.stride == [1, 1]
+            && p.dilation == [1, 1]
+            && self.kw <= 5
+            && self.y.h == self.x.h
+            && self.y.w == self.x.w
+            && (self.x.h as u64 * self.x.w as u64) % 4 == 0
+            && self.x.numel() < i32::MAX as u64
+            && (self.x.h as u64 * self.x.w as u64) < (i32::MAX as u64) / 8
+    }
+
+    /// (params, override constants, workgroups) of `depthwise_direct.wgsl`;
+    /// `backward` flips the kernel and its padding.
+    fn dw_direct_params(&self, backward: bool) -> (DwDirectParams, [(&'static str, f64); 6], u32) {
+        let x = self.x;
+        let quads = x.h * x.w / 4;
+        let planes = x.n * x.c;
+        let items = planes * quads;
+        let [pt, pl, ..] = self.p.padding;
+        let (pad_t, pad_l) = if backward {
+            (self.kh - 1 - pt, self.kw - 1 - pl)
+        } else {
+            (pt, pl)
+        };
+        let constants = [
+            ("KH", self.kh as f64),
+            ("KW", self.kw as f64),
+            ("PAD_T", pad_t as f64),
+            ("PAD_L", pad_l as f64),
+            ("WMOD", (x.w % 4) as f64),
+            ("FLIP", if backward { 1.0 } else { 0.0 }),
+        ];
+        let params = DwDirectParams {
+            planes,
+            c: x.c,
+            h: x.h,
+            w: x.w,
+            quads,
+            items,
+            act_alpha: 0.0,
+            act_beta: 0.0,
+        };
+        (params, constants, items.div_ceil(DW_DIRECT_WG))
     }
 
     fn dw_params(&self, backward: bool) -> Result<(DwParams, u32)> {

@@ -1,0 +1,137 @@
+// Depthwise convolution, stride 1, one input channel per output channel, for CPU
+// adapters: 4 consecutive outputs of a plane per thread, read as vec4 blocks.
+//
+// On llvmpipe each load instruction costs a loop over the SIMD lanes whatever its
+// width (see conv_direct.wgsl), so this kernel reads the input as whole vec4
+// blocks: per kernel row, 3 aligned blocks hold the 4 + KW - 1 inputs the 4
+// outputs need, and every tap takes its 4 inputs out of them by a shift. The
+// shift is (row offset * W - PAD_L) mod 4, a constant once the tap loops are
+// unrolled, because W % 4 (WMOD) is an override constant. 3 KH vec4 loads and
+// KH KW weight loads per 4 outputs, against 5 KH KW scalar loads in
+// depthwise.wgsl.
+//
+// Positions are flat within a plane (p = row * W + col), so a quad may span two
+// rows: every tap masks its 4 inputs by their own row and column ranges.
+//
+// The same entry computes the backward pass to the input of a 'same' (output
+// size = input size) convolution: gx = conv(gy, w flipped), FLIP set, with the
+// padding K - 1 - pad passed as PAD_T / PAD_L.
+//
+// Needs H * W % 4 == 0 (planes start on vec4 boundaries); the host checks it and
+// the shapes. Storage elements are `st` (f32 or f16, aliased by the host);
+// arithmetic is f32. Checked module: every block index is also clamped to its
+// plane.
+
+struct Params {
+    planes: u32,   // batch * channels
+    c: u32,        // channels
+    h: u32,
+    w: u32,
+    quads: u32,    // h * w / 4
+    items: u32,    // planes * quads
+    act_alpha: f32,
+    act_beta: f32,
+}
+
+override KH: u32 = 3u;
+override KW: u32 = 3u;
+override PAD_T: u32 = 1u;
+override PAD_L: u32 = 1u;
+override WMOD: u32 = 0u;     // w % 4
+override FLIP: bool = false; // backward: weights read rotated by 180 degrees
+override HAS_BIAS: bool = false;
+// Epilogue activation, codes and formulas as in activation.wgsl (keep in sync):
+//   0 relu, 1 relu6, 2 leaky_relu(alpha), 3 sigmoid, 4 silu, 5 hardswish,
+//   6 hardsigmoid(alpha x + beta clamped to [0, 1]), 7 identity
+override ACT: u32 = 7u;
+
+const WG: u32 = 64u;
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> x: array<vec4<st>>;
+@group(0) @binding(2) var<storage, read> w: array<st>;
+@group(0) @binding(3) var<storage, read> bias: array<st>;
+@group(0) @binding(4) var<storage, read_write> y: array<vec4<st>>;
+
+fn act4(v: vec4<f32>) -> vec4<f32> {
+    switch ACT {
+        case 0u: { return max(v, vec4(0.0)); }
+        case 1u: { return clamp(v, vec4(0.0), vec4(6.0)); }
+        case 2u: { return select(v * p.act_alpha, v, v >= vec4(0.0)); }
+        case 3u: { return 1.0 / (1.0 + exp(-v)); }
+        case 4u: { return v * (1.0 / (1.0 + exp(-v))); }
+        case 5u: { return v * clamp(v + 3.0, vec4(0.0), vec4(6.0)) / 6.0; }
+        case 6u: { return clamp(p.act_alpha * v + p.act_beta, vec4(0.0), vec4(1.0)); }
+        default: { return v; }
+    }
+}
+
+// Elements o .. o + 3 of the 12 in (a, b, c).
+fn window(a: vec4<f32>, b: vec4<f32>, c: vec4<f32>, o: u32) -> vec4<f32> {
+    switch o {
+        case 0u: { return a; }
+        case 1u: { return vec4(a.yzw, b.x); }
+        case 2u: { return vec4(a.zw, b.xy); }
+        case 3u: { return vec4(a.w, b.xyz); }
+        case 4u: { return b; }
+        case 5u: { return vec4(b.yzw, c.x); }
+        case 6u: { return vec4(b.zw, c.xy); }
+        default: { return vec4(b.w, c.xyz); }
+    }
+}
+
+// Block `i` of the plane starting at block `base` (zero outside the plane).
+fn block(base: u32, i: i32) -> vec4<f32> {
+    let inside = i >= 0 && i < i32(p.quads);
+    let v = vec4<f32>(x[base + u32(clamp(i, 0, i32(p.quads) - 1))]);
+    return select(vec4(0.0), v, inside);
+}
+
+@compute @workgroup_size(WG)
+fn main(@builtin(workgroup_id) wid: vec3<u32>,
+        @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {
+    let t = (wid.x + wid.y * nwg.x) * WG + lid;
+    if (t >= p.items) {
+        return;
+    }
+    let plane = t / p.quads;
+    let q = t - plane * p.quads;
+    let ch = plane % p.c;
+    let base = plane * p.quads;
+    let p0 = 4u * q;
+    let pos = vec4(p0) + vec4(0u, 1u, 2u, 3u);
+    let row = vec4<i32>(pos / p.w);
+    let col = vec4<i32>(pos % p.w);
+    let hh = i32(p.h);
+    let ww = i32(p.w);
+    let w0 = ch * KH * KW;
+    var acc = vec4(0.0);
+    for (var kh = 0u; kh < KH; kh++) {
+        let dr = i32(kh) - i32(PAD_T);
+        let r = row + vec4(dr);
+        let row_ok = r >= vec4(0) & r < vec4(hh);
+        // First input of the 4 outputs at this kernel row: p0 + dr * W - PAD_L;
+        // its block and the shift inside it (p0 is a multiple of 4).
+        let e0 = i32(p0) + dr * ww - i32(PAD_L);
+        let b0 = e0 >> 2u;
+        let s = u32(((dr * i32(WMOD) - i32(PAD_L)) % 4 + 4) % 4);
+        let l0 = block(base, b0);
+        let l1 = block(base, b0 + 1);
+        let l2 = block(base, b0 + 2);
+        for (var kw = 0u; kw < KW; kw++) {
+            let cc = col + vec4(i32(kw) - i32(PAD_L));
+            let ok = row_ok & cc >= vec4(0) & cc < vec4(ww);
+            var tap = kh * KW + kw;
+            if (FLIP) {
+                tap = KH * KW - 1u - tap;
+            }
+            let v = select(vec4(0.0), window(l0, l1, l2, s + kw), ok);
+            acc = fma(v, vec4(f32(w[w0 + tap])), acc);
+        }
+    }
+    if (HAS_BIAS) {
+        acc += vec4(f32(bias[ch]));
+    }
+    y[base + q] = vec4<st>(act4(acc));
+}
