@@ -1,14 +1,15 @@
 // Depthwise convolution, stride 1, one input channel per output channel, for CPU
-// adapters: 4 consecutive outputs of a plane per thread, read as vec4 blocks.
+// adapters: 8 consecutive outputs (two quads) of a plane per thread, read as vec4
+// blocks.
 //
 // On llvmpipe each load instruction costs a loop over the SIMD lanes whatever its
 // width (see conv_direct.wgsl), so this kernel reads the input as whole vec4
-// blocks: per kernel row, 3 aligned blocks hold the 4 + KW - 1 inputs the 4
-// outputs need, and every tap takes its 4 inputs out of them by a shift. The
-// shift is (row offset * W - PAD_L) mod 4, a constant once the tap loops are
-// unrolled, because W % 4 (WMOD) is an override constant. 3 KH vec4 loads and
-// KH KW weight loads per 4 outputs, against 5 KH KW scalar loads in
-// depthwise.wgsl.
+// blocks: per kernel row, 3 aligned blocks hold the 4 + KW - 1 inputs a quad of
+// outputs needs (4 blocks for two adjacent quads), and every tap takes its 4
+// inputs out of them by a shift. The shift is (row offset * W - PAD_L) mod 4, a
+// constant once the tap loops are unrolled, because W % 4 (WMOD) is an override
+// constant. 4 KH vec4 loads and KH KW weight loads per 8 outputs, against
+// 10 KH KW scalar loads in depthwise.wgsl.
 //
 // Positions are flat within a plane (p = row * W + col), so a quad may span two
 // rows: every tap masks its 4 inputs by their own row and column ranges.
@@ -28,7 +29,9 @@ struct Params {
     h: u32,
     w: u32,
     quads: u32,    // h * w / 4
-    items: u32,    // planes * quads
+    pairs: u32,    // ceil(quads / 2): threads per plane
+    items: u32,    // planes * pairs
+    _pad: u32,
     act_alpha: f32,
     act_beta: f32,
 }
@@ -95,22 +98,29 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
     if (t >= p.items) {
         return;
     }
-    let plane = t / p.quads;
-    let q = t - plane * p.quads;
+    let plane = t / p.pairs;
+    let q = 2u * (t - plane * p.pairs);
+    let second = q + 1u < p.quads; // the plane's last pair may hold one quad
     let ch = plane % p.c;
     let base = plane * p.quads;
     let p0 = 4u * q;
     let pos = vec4(p0) + vec4(0u, 1u, 2u, 3u);
     let row = vec4<i32>(pos / p.w);
     let col = vec4<i32>(pos % p.w);
+    let pos2 = pos + vec4(4u);
+    let row2 = vec4<i32>(pos2 / p.w);
+    let col2 = vec4<i32>(pos2 % p.w);
     let hh = i32(p.h);
     let ww = i32(p.w);
     let w0 = ch * KH * KW;
     var acc = vec4(0.0);
+    var acc2 = vec4(0.0);
     for (var kh = 0u; kh < KH; kh++) {
         let dr = i32(kh) - i32(PAD_T);
         let r = row + vec4(dr);
         let row_ok = r >= vec4(0) & r < vec4(hh);
+        let r2 = row2 + vec4(dr);
+        let row_ok2 = r2 >= vec4(0) & r2 < vec4(hh);
         // First input of the 4 outputs at this kernel row: p0 + dr * W - PAD_L;
         // its block and the shift inside it (p0 is a multiple of 4).
         let e0 = i32(p0) + dr * ww - i32(PAD_L);
@@ -119,19 +129,31 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
         let l0 = block(base, b0);
         let l1 = block(base, b0 + 1);
         let l2 = block(base, b0 + 2);
+        let l3 = block(base, b0 + 3);
         for (var kw = 0u; kw < KW; kw++) {
-            let cc = col + vec4(i32(kw) - i32(PAD_L));
+            let dc = vec4(i32(kw) - i32(PAD_L));
+            let cc = col + dc;
             let ok = row_ok & cc >= vec4(0) & cc < vec4(ww);
+            let cc2 = col2 + dc;
+            let ok2 = row_ok2 & cc2 >= vec4(0) & cc2 < vec4(ww);
             var tap = kh * KW + kw;
             if (FLIP) {
                 tap = KH * KW - 1u - tap;
             }
+            let wt = vec4(f32(w[w0 + tap]));
             let v = select(vec4(0.0), window(l0, l1, l2, s + kw), ok);
-            acc = fma(v, vec4(f32(w[w0 + tap])), acc);
+            acc = fma(v, wt, acc);
+            let v2 = select(vec4(0.0), window(l1, l2, l3, s + kw), ok2);
+            acc2 = fma(v2, wt, acc2);
         }
     }
     if (HAS_BIAS) {
-        acc += vec4(f32(bias[ch]));
+        let b = vec4(f32(bias[ch]));
+        acc += b;
+        acc2 += b;
     }
     y[base + q] = vec4<st>(act4(acc));
+    if (second) {
+        y[base + q + 1u] = vec4<st>(act4(acc2));
+    }
 }

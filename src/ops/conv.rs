@@ -209,12 +209,15 @@ struct DwDirectParams {
     h: u32,
     w: u32,
     quads: u32,
+    pairs: u32,
     items: u32,
+    _pad: u32,
     act_alpha: f32,
     act_beta: f32,
+    _pad1: [u32; 2],
 }
 
-/// Threads per workgroup of `depthwise_direct.wgsl` (4 outputs each).
+/// Threads per workgroup of `depthwise_direct.wgsl` (8 outputs each).
 const DW_DIRECT_WG: u32 = 64;
 
 /// y = conv2d(x, w) (+ b). `w` is `[oc, ic / groups, kh, kw]`, `b` is `[1, oc, 1, 1]`
@@ -658,7 +661,8 @@ impl Geometry {
         let x = self.x;
         let quads = x.h * x.w / 4;
         let planes = x.n * x.c;
-        let items = planes * quads;
+        let pairs = quads.div_ceil(2);
+        let items = planes * pairs;
         let [pt, pl, ..] = self.p.padding;
         let (pad_t, pad_l) = if backward {
             (self.kh - 1 - pt, self.kw - 1 - pl)
@@ -679,9 +683,12 @@ impl Geometry {
             h: x.h,
             w: x.w,
             quads,
+            pairs,
             items,
+            _pad: 0,
             act_alpha: 0.0,
             act_beta: 0.0,
+            _pad1: [0; 2],
         };
         (params, constants, items.div_ceil(DW_DIRECT_WG))
     }
