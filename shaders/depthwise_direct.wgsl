@@ -157,3 +157,77 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
         y[base + q + 1u] = vec4<st>(act4(acc2));
     }
 }
+
+// ------------------------------------------------------ backward, stride 2
+// gx of a stride-2 depthwise convolution whose output is exactly half the
+// input (out_w = w / 2, 'same' padding on an even width), for w % 8 == 0: each
+// thread computes 8 consecutive gx of one row. A kernel row kh reaches input row
+// ih when ih + PAD_T - kh is even (then gy row (ih + PAD_T - kh) / 2); a tap kw
+// reaches gx column 8 g + i when i + PAD_L - kw is even, at gy column
+// 4 g + (i + PAD_L - kw) / 2: for each tap the 4 lanes of one parity read 4
+// consecutive gy values, taken from the 3 blocks that hold gy columns
+// 4 g - 4 .. 4 g + 7. KH, KW, PAD_T, PAD_L as above (the forward padding);
+// FLIP and WMOD unused.
+
+struct Params2 {
+    planes: u32,
+    h: u32,       // gx rows
+    w8: u32,      // gx columns / 8: threads per row
+    oh: u32,      // gy rows
+    ow4: u32,     // gy columns / 4: blocks per gy row
+    items: u32,   // planes * h * w8
+    c: u32,
+    _pad: u32,
+}
+
+@group(0) @binding(0) var<uniform> p2: Params2;
+
+// Block `i` of the gy row starting at block `base` (zero outside the row).
+fn row_block(base: u32, i: i32) -> vec4<f32> {
+    let inside = i >= 0 && i < i32(p2.ow4);
+    let v = vec4<f32>(x[base + u32(clamp(i, 0, i32(p2.ow4) - 1))]);
+    return select(vec4(0.0), v, inside);
+}
+
+@compute @workgroup_size(WG)
+fn backward_s2(@builtin(workgroup_id) wid: vec3<u32>,
+               @builtin(num_workgroups) nwg: vec3<u32>,
+               @builtin(local_invocation_index) lid: u32) {
+    let t = (wid.x + wid.y * nwg.x) * WG + lid;
+    if (t >= p2.items) {
+        return;
+    }
+    let g = t % p2.w8;
+    let r = t / p2.w8;
+    let ih = r % p2.h;
+    let plane = r / p2.h;
+    let ch = plane % p2.c;
+    let w0 = ch * KH * KW;
+    var acc_a = vec4(0.0); // gx columns 8 g + 0..3
+    var acc_b = vec4(0.0); // 8 g + 4..7
+    for (var kh = 0u; kh < KH; kh++) {
+        let num = i32(ih + PAD_T) - i32(kh);
+        let ohr = num / 2;
+        let live = num >= 0 && (num & 1) == 0 && ohr < i32(p2.oh);
+        let base = (plane * p2.oh + u32(clamp(ohr, 0, i32(p2.oh) - 1))) * p2.ow4;
+        let l0 = row_block(base, i32(g) - 1);
+        let l1 = row_block(base, i32(g));
+        let l2 = row_block(base, i32(g) + 1);
+        for (var kw = 0u; kw < KW; kw++) {
+            let wt = select(0.0, f32(w[w0 + kh * KW + kw]), live);
+            let d = i32(PAD_L) - i32(kw);
+            if ((d & 1) == 0) {
+                let v = window(l0, l1, l2, u32(4 + d / 2));
+                acc_a = fma(vec4(v.x, 0.0, v.y, 0.0), vec4(wt), acc_a);
+                acc_b = fma(vec4(v.z, 0.0, v.w, 0.0), vec4(wt), acc_b);
+            } else {
+                let v = window(l0, l1, l2, u32(4 + (d + 1) / 2));
+                acc_a = fma(vec4(0.0, v.x, 0.0, v.y), vec4(wt), acc_a);
+                acc_b = fma(vec4(0.0, v.z, 0.0, v.w), vec4(wt), acc_b);
+            }
+        }
+    }
+    let out = (plane * p2.h + ih) * (2u * p2.w8) + 2u * g;
+    y[out] = vec4<st>(acc_a);
+    y[out + 1u] = vec4<st>(acc_b);
+}

@@ -1010,17 +1010,36 @@ fn depthwise_direct_and_fallback() {
     let ctx = ctx_style(KernelStyle::Direct);
     let cases = [
         // W % 4 = 0, 1, 2, 3
-        Case::new("dw direct 8x8 k3", 2, 5, [8, 8], 5, [3, 3]).pad([1; 4]).groups(5).bias(),
-        Case::new("dw direct 4x5 k3", 1, 3, [4, 5], 3, [3, 3]).pad([1; 4]).groups(3),
-        Case::new("dw direct 6x6 k5", 3, 4, [6, 6], 4, [5, 5]).pad([2; 4]).groups(4).bias(),
-        Case::new("dw direct 4x7 k5", 2, 6, [4, 7], 6, [5, 5]).pad([2; 4]).groups(6),
+        Case::new("dw direct 8x8 k3", 2, 5, [8, 8], 5, [3, 3])
+            .pad([1; 4])
+            .groups(5)
+            .bias(),
+        Case::new("dw direct 4x5 k3", 1, 3, [4, 5], 3, [3, 3])
+            .pad([1; 4])
+            .groups(3),
+        Case::new("dw direct 6x6 k5", 3, 4, [6, 6], 4, [5, 5])
+            .pad([2; 4])
+            .groups(4)
+            .bias(),
+        Case::new("dw direct 4x7 k5", 2, 6, [4, 7], 6, [5, 5])
+            .pad([2; 4])
+            .groups(6),
         // even kernels: 'same' padding is asymmetric
-        Case::new("dw direct 6x10 k4", 1, 2, [6, 10], 2, [4, 4]).pad([1, 2, 2, 1]).groups(2),
-        Case::new("dw direct 5x4 k2", 2, 3, [5, 4], 3, [2, 2]).pad([0, 1, 1, 0]).groups(3),
+        Case::new("dw direct 6x10 k4", 1, 2, [6, 10], 2, [4, 4])
+            .pad([1, 2, 2, 1])
+            .groups(2),
+        Case::new("dw direct 5x4 k2", 2, 3, [5, 4], 3, [2, 2])
+            .pad([0, 1, 1, 0])
+            .groups(3),
         // rectangular kernel, a plane narrower than the kernel
-        Case::new("dw direct 12x3 k5x3", 1, 4, [12, 3], 4, [5, 3]).pad([2, 1, 2, 1]).groups(4),
+        Case::new("dw direct 12x3 k5x3", 1, 4, [12, 3], 4, [5, 3])
+            .pad([2, 1, 2, 1])
+            .groups(4),
         // one quad per plane
-        Case::new("dw direct 2x2 k3", 1, 7, [2, 2], 7, [3, 3]).pad([1; 4]).groups(7).bias(),
+        Case::new("dw direct 2x2 k3", 1, 7, [2, 2], 7, [3, 3])
+            .pad([1; 4])
+            .groups(7)
+            .bias(),
     ];
     for (i, case) in cases.iter().enumerate() {
         assert_eq!(
@@ -1035,24 +1054,83 @@ fn depthwise_direct_and_fallback() {
         }
         // The GPU family keeps the general depthwise kernel.
         let tiled = ctx_style(KernelStyle::Tiled);
-        assert_eq!(conv_shaders(&tiled, case), ["depthwise", "depthwise"], "{}", case.name);
+        assert_eq!(
+            conv_shaders(&tiled, case),
+            ["depthwise", "depthwise"],
+            "{}",
+            case.name
+        );
     }
     let fallback = [
         // 7 x 7 planes: not a multiple of 4 elements
-        Case::new("dw 7x7", 2, 4, [7, 7], 4, [3, 3]).pad([1; 4]).groups(4),
-        // stride 2
-        Case::new("dw s2", 1, 4, [8, 8], 4, [3, 3]).pad([0, 0, 1, 1]).stride([2, 2]).groups(4),
+        Case::new("dw 7x7", 2, 4, [7, 7], 4, [3, 3])
+            .pad([1; 4])
+            .groups(4),
+        // stride 2 on rows that are not a multiple of 8
+        Case::new("dw s2 w12", 1, 4, [10, 12], 4, [3, 3])
+            .pad([1; 4])
+            .stride([2, 2])
+            .groups(4),
         // not 'same' (output smaller than input)
         Case::new("dw valid", 1, 4, [8, 8], 4, [3, 3]).groups(4),
         // channel multiplier 2
-        Case::new("dw mult 2", 1, 4, [8, 8], 8, [3, 3]).pad([1; 4]).groups(4),
+        Case::new("dw mult 2", 1, 4, [8, 8], 8, [3, 3])
+            .pad([1; 4])
+            .groups(4),
         // dilation 2
-        Case::new("dw dilated", 1, 4, [8, 8], 4, [3, 3]).pad([2; 4]).dil([2, 2]).groups(4),
+        Case::new("dw dilated", 1, 4, [8, 8], 4, [3, 3])
+            .pad([2; 4])
+            .dil([2, 2])
+            .groups(4),
         // a kernel wider than 5
-        Case::new("dw k7", 1, 4, [8, 8], 4, [7, 7]).pad([3; 4]).groups(4),
+        Case::new("dw k7", 1, 4, [8, 8], 4, [7, 7])
+            .pad([3; 4])
+            .groups(4),
     ];
     for (i, case) in fallback.iter().enumerate() {
-        assert_eq!(conv_shaders(&ctx, case), ["depthwise", "depthwise"], "{}", case.name);
+        assert_eq!(
+            conv_shaders(&ctx, case),
+            ["depthwise", "depthwise"],
+            "{}",
+            case.name
+        );
         check_on(&ctx, case, true, 340 + i as u64);
+    }
+    // Stride 2, output half the input, rows of a multiple of 8: the backward
+    // pass takes the direct kernel (both row parities, odd heights, odd and even
+    // kernels, TF- and PyTorch-style padding); the forward keeps the general one.
+    let s2 = [
+        Case::new("dw s2 k3 SAME", 2, 3, [8, 8], 3, [3, 3])
+            .pad([0, 0, 1, 1])
+            .stride([2, 2])
+            .groups(3),
+        Case::new("dw s2 k5 SAME", 1, 4, [12, 16], 4, [5, 5])
+            .pad([1, 1, 2, 2])
+            .stride([2, 2])
+            .groups(4),
+        Case::new("dw s2 k3 pad 1 odd h", 2, 5, [9, 8], 5, [3, 3])
+            .pad([1; 4])
+            .stride([2, 2])
+            .groups(5),
+        Case::new("dw s2 k4", 1, 2, [8, 8], 2, [4, 4])
+            .pad([1, 1, 2, 2])
+            .stride([2, 2])
+            .groups(2),
+        Case::new("dw s2 k2", 3, 2, [6, 8], 2, [2, 2])
+            .stride([2, 2])
+            .groups(2),
+        Case::new("dw s2 k5x3", 1, 3, [7, 24], 3, [5, 3])
+            .pad([2, 1, 2, 1])
+            .stride([2, 2])
+            .groups(3),
+    ];
+    for (i, case) in s2.iter().enumerate() {
+        assert_eq!(
+            conv_shaders(&ctx, case),
+            ["depthwise", "depthwise_direct"],
+            "{}",
+            case.name
+        );
+        check_on(&ctx, case, true, 360 + i as u64);
     }
 }

@@ -217,6 +217,20 @@ struct DwDirectParams {
     _pad1: [u32; 2],
 }
 
+/// Parameters of `depthwise_direct.wgsl`'s `backward_s2`.
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct DwS2Params {
+    planes: u32,
+    h: u32,
+    w8: u32,
+    oh: u32,
+    ow4: u32,
+    items: u32,
+    c: u32,
+    _pad: u32,
+}
+
 /// Threads per workgroup of `depthwise_direct.wgsl` (8 outputs each).
 const DW_DIRECT_WG: u32 = 64;
 
@@ -373,14 +387,28 @@ pub fn backward(
         return Ok(());
     }
     let bindings = [Binding::Read, Binding::Read, Binding::ReadWrite];
-    if geo.dw_direct(ctx) {
+    let bindings4 = [
+        Binding::Read,
+        Binding::Read,
+        Binding::Read,
+        Binding::ReadWrite,
+    ];
+    if geo.dw_direct_s2(ctx) && gy.numel() > 0 {
+        let (params, constants, groups) = geo.dw_s2_params();
+        let k = ctx.kernel(
+            "depthwise_direct",
+            DW_DIRECT_SHADER,
+            gx.dtype,
+            "backward_s2",
+            &bindings4,
+            &constants,
+        )?;
+        let u = ctx.uniform(&params);
+        // No bias: the weight is bound in its place (never read).
+        rec.push(ctx.dispatch("depthwise_conv2d_backward", &k, &u, &[gy, w, w, gx], groups)?);
+    } else if geo.dw_direct(ctx) {
         let (params, constants, groups) = geo.dw_direct_params(true);
-        let bindings = [
-            Binding::Read,
-            Binding::Read,
-            Binding::Read,
-            Binding::ReadWrite,
-        ];
+        let bindings = bindings4;
         let k = ctx.kernel(
             "depthwise_direct",
             DW_DIRECT_SHADER,
@@ -653,6 +681,49 @@ impl Geometry {
             && (self.x.h as u64 * self.x.w as u64) % 4 == 0
             && self.x.numel() < i32::MAX as u64
             && (self.x.h as u64 * self.x.w as u64) < (i32::MAX as u64) / 8
+    }
+
+    /// Whether `depthwise_direct.wgsl`'s `backward_s2` covers this layer's
+    /// backward pass: CPU adapters, one channel per group, stride 2, no
+    /// dilation, an output exactly half as wide as the input, input rows of a
+    /// multiple of 8, kernels up to 5 wide with left padding up to 5.
+    fn dw_direct_s2(&self, ctx: &Context) -> bool {
+        let p = &self.p;
+        ctx.kernel_style() == KernelStyle::Direct
+            && self.depthwise
+            && self.oc == self.x.c
+            && p.stride == [2, 2]
+            && p.dilation == [1, 1]
+            && self.kw <= 5
+            && p.padding[1] <= 5
+            && self.x.w % 8 == 0
+            && self.y.w * 2 == self.x.w
+            && self.x.numel() < i32::MAX as u64
+    }
+
+    /// (params, override constants, workgroups) of `backward_s2`.
+    fn dw_s2_params(&self) -> (DwS2Params, [(&'static str, f64); 4], u32) {
+        let (x, y) = (self.x, self.y);
+        let planes = x.n * x.c;
+        let w8 = x.w / 8;
+        let items = planes * x.h * w8;
+        let constants = [
+            ("KH", self.kh as f64),
+            ("KW", self.kw as f64),
+            ("PAD_T", self.p.padding[0] as f64),
+            ("PAD_L", self.p.padding[1] as f64),
+        ];
+        let params = DwS2Params {
+            planes,
+            h: x.h,
+            w8,
+            oh: y.h,
+            ow4: y.w / 4,
+            items,
+            c: x.c,
+            _pad: 0,
+        };
+        (params, constants, items.div_ceil(DW_DIRECT_WG))
     }
 
     /// (params, override constants, workgroups) of `depthwise_direct.wgsl`;
