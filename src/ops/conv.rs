@@ -678,7 +678,7 @@ impl Geometry {
             && self.kw <= 5
             && self.y.h == self.x.h
             && self.y.w == self.x.w
-            && (self.x.h as u64 * self.x.w as u64) % 4 == 0
+            && (self.x.h as u64 * self.x.w as u64).is_multiple_of(4)
             && self.x.numel() < i32::MAX as u64
             && (self.x.h as u64 * self.x.w as u64) < (i32::MAX as u64) / 8
     }
@@ -696,7 +696,7 @@ impl Geometry {
             && p.dilation == [1, 1]
             && self.kw <= 5
             && p.padding[1] <= 5
-            && self.x.w % 8 == 0
+            && self.x.w.is_multiple_of(8)
             && self.y.w * 2 == self.x.w
             && self.x.numel() < i32::MAX as u64
     }
