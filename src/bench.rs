@@ -26,6 +26,8 @@ pub struct BenchOptions {
     pub adapter: Option<String>,
     /// Storage type on the device (see [`GpuModel::with_precision`]).
     pub precision: DType,
+    /// Autotune at each batch size first (see [`GpuModel::tune`]).
+    pub tune: bool,
     pub profile: bool,
 }
 
@@ -102,6 +104,12 @@ pub fn run_bench(
     let gpu = GpuModel::with_precision(ctx.clone(), model.clone(), opts.precision)?;
     let mut results = Vec::new();
     for &batch in &opts.batch_sizes {
+        if opts.tune {
+            let r = gpu.tune(batch)?;
+            if r.timed > 0 {
+                eprintln!("batch {batch}: {}", r.describe());
+            }
+        }
         let plan = match FgsmPlan::new(&gpu, batch, &opts.eps, true, Target::Untargeted) {
             Ok(p) => p,
             Err(e) => {

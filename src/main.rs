@@ -47,6 +47,10 @@ struct ImageArgs {
     /// memory traffic (needs an adapter with SHADER_F16; arithmetic stays f32).
     #[arg(long, default_value = "f32", value_parser = ["f32", "f16"])]
     precision: String,
+    /// Do not autotune (by default the convolutions' tile shapes are timed on
+    /// first use per adapter and cached; see ADVEX_TUNE_CACHE).
+    #[arg(long)]
+    no_tune: bool,
     /// Stop at the first unreadable image instead of skipping it.
     #[arg(long)]
     strict: bool,
@@ -64,6 +68,7 @@ impl ImageArgs {
         o.batch_size = self.batch_size;
         o.adapter = self.adapter.clone();
         o.precision = precision(&self.precision);
+        o.tune = !self.no_tune;
         o.strict = self.strict;
         o.quiet = self.quiet;
         o
@@ -118,6 +123,9 @@ enum Command {
         /// Storage type on the GPU (f16 needs SHADER_F16; arithmetic stays f32).
         #[arg(long, default_value = "f32", value_parser = ["f32", "f16"])]
         precision: String,
+        /// Do not autotune before timing.
+        #[arg(long)]
+        no_tune: bool,
         /// Print one JSON object per configuration.
         #[arg(long)]
         json: bool,
@@ -243,6 +251,7 @@ fn run(cli: Cli) -> Result<(), Error> {
             iterations,
             adapter,
             precision: prec,
+            no_tune,
             json,
             profile,
         } => {
@@ -267,6 +276,7 @@ fn run(cli: Cli) -> Result<(), Error> {
                 iterations,
                 adapter,
                 precision: precision(&prec),
+                tune: !no_tune,
                 profile,
             };
             if !json {

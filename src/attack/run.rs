@@ -48,6 +48,10 @@ pub struct RunOptions {
     pub adapter: Option<String>,
     /// Storage type on the device (`--precision`; see [`GpuModel::with_precision`]).
     pub precision: DType,
+    /// Autotune the convolutions at the batch size before running (measured
+    /// choices are cached per adapter; see [`GpuModel::tune`]). The CLI turns it
+    /// on unless `--no-tune`.
+    pub tune: bool,
     pub quantize: bool,
     pub strict: bool,
     pub quiet: bool,
@@ -69,6 +73,7 @@ impl RunOptions {
             batch_size: None,
             adapter: None,
             precision: DType::F32,
+            tune: false,
             quantize: true,
             strict: false,
             quiet: true,
@@ -237,6 +242,18 @@ fn open_gpu(opts: &RunOptions, model: Arc<Model>) -> Result<GpuModel> {
     GpuModel::with_precision(ctx, model, opts.precision)
 }
 
+/// Tune the model's convolutions at `batch` when asked; say so when it took time.
+fn autotune(opts: &RunOptions, gpu: &GpuModel, batch: u32) -> Result<()> {
+    if !opts.tune {
+        return Ok(());
+    }
+    let r = gpu.tune(batch)?;
+    if r.timed > 0 && !opts.quiet {
+        eprintln!("{}", r.describe());
+    }
+    Ok(())
+}
+
 fn progress(total: usize, quiet: bool) -> indicatif::ProgressBar {
     if quiet || !std::io::stderr().is_terminal() {
         return indicatif::ProgressBar::hidden();
@@ -290,6 +307,7 @@ pub fn run_attack(opts: &RunOptions) -> Result<Report> {
     let batch = opts
         .batch_size
         .unwrap_or_else(|| choose_batch_size(&gpu, k, prep.entries.len()));
+    autotune(opts, &gpu, batch)?;
     let plan = FgsmPlan::new(&gpu, batch, &opts.eps, opts.quantize, target)?;
     let [c, h, w] = prep.model.input;
 
@@ -464,6 +482,7 @@ pub fn run_eval(opts: &RunOptions) -> Result<(Vec<EvalRow>, Report)> {
     let batch = opts
         .batch_size
         .unwrap_or_else(|| choose_batch_size(&gpu, 1, prep.entries.len()));
+    autotune(opts, &gpu, batch)?;
     let plan = EvalPlan::new(&gpu, batch)?;
     let start = Instant::now();
     let bar = progress(prep.entries.len(), opts.quiet);

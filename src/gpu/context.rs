@@ -12,6 +12,7 @@ use super::adapter::{describe_adapter, list_adapters, AdapterSummary};
 use super::buffer::{self, DType, GpuBuffer, PoolInner, Shape, Tensor};
 use super::pipeline::{layout_entries, Binding, Kernel, KernelKey};
 use super::record::{encode, Recording, Step};
+use super::tune::{default_cache_path, TuneTable};
 use crate::error::{Error, Result};
 
 /// How to open a context.
@@ -27,6 +28,11 @@ pub struct ContextOptions {
     /// `ADVEX_KERNELS` environment variable (`tiled` or `direct`), then picks by
     /// adapter type ([`KernelStyle::for_adapter`]).
     pub kernels: Option<KernelStyle>,
+    /// File of measured kernel choices (the autotune's cache, see
+    /// [`crate::gpu::TuneTable`]); `None` takes [`default_cache_path`].
+    pub tune_cache: Option<std::path::PathBuf>,
+    /// Keep measured choices in memory only (no file read or written).
+    pub tune_in_memory: bool,
 }
 
 /// Which kernel family runs pointwise convolutions and linear layers.
@@ -78,6 +84,7 @@ pub struct Context {
     pub features: wgpu::Features,
     max_groups: u32,
     style: KernelStyle,
+    tuning: Mutex<TuneTable>,
     modules: Mutex<HashMap<(&'static str, DType), Arc<wgpu::ShaderModule>>>,
     kernels: Mutex<HashMap<KernelKey, Arc<Kernel>>>,
     pool: Arc<Mutex<PoolInner>>,
@@ -197,8 +204,18 @@ impl Context {
                 _ => KernelStyle::for_adapter(adapter.get_info().device_type),
             },
         };
+        let tune_path = if options.tune_in_memory {
+            None
+        } else {
+            options.tune_cache.clone().or_else(default_cache_path)
+        };
+        let tune_adapter = format!(
+            "{} | {} | {}",
+            summary.name, summary.driver, summary.backend
+        );
         Ok(Context {
             style,
+            tuning: Mutex::new(TuneTable::load(tune_path, &tune_adapter)),
             adapter,
             summary,
             device,
@@ -217,6 +234,30 @@ impl Context {
     /// Kernel family for pointwise convolutions and linear layers.
     pub fn kernel_style(&self) -> KernelStyle {
         self.style
+    }
+
+    /// The measured choice stored under `key` (see [`crate::gpu::TuneTable`]).
+    pub fn tuned(&self, key: &str) -> Option<String> {
+        self.tuning.lock().unwrap().get(key).map(str::to_string)
+    }
+
+    /// Record a measured choice (kept for this context; [`Context::save_tuning`]
+    /// writes it to the cache file).
+    pub fn set_tuned(&self, key: String, choice: String) {
+        self.tuning.lock().unwrap().insert(key, choice);
+    }
+
+    /// Write new measured choices to the cache file; returns its path (`None`
+    /// when the table lives in memory only).
+    pub fn save_tuning(&self) -> Result<Option<std::path::PathBuf>> {
+        let mut t = self.tuning.lock().unwrap();
+        t.save()?;
+        Ok(t.path().map(|p| p.to_path_buf()))
+    }
+
+    /// Number of measured choices known for this adapter.
+    pub fn tuned_count(&self) -> usize {
+        self.tuning.lock().unwrap().len()
     }
 
     /// Number of queue submits so far (a forward + backward pass is one).

@@ -6,12 +6,14 @@ mod buffer;
 mod context;
 mod pipeline;
 mod record;
+mod tune;
 
 pub use adapter::{describe_adapter, list_adapters, AdapterSummary};
 pub use buffer::{DType, GpuBuffer, Shape, Tensor};
 pub use context::{decode, Context, ContextOptions, KernelStyle};
 pub use pipeline::{Binding, Kernel, KernelKey};
 pub use record::{Recording, Step};
+pub use tune::{default_cache_path, TuneTable};
 
 /// Threads per workgroup used by the simple element-wise kernels.
 pub const WORKGROUP_1D: u32 = 256;

@@ -25,7 +25,7 @@
 //! `Context::kernel`): they guard every index themselves; keep it so.
 
 use crate::error::{Error, Result};
-use crate::gpu::{Binding, Context, KernelStyle, Recording, Shape, Tensor};
+use crate::gpu::{Binding, Context, DType, KernelStyle, Recording, Shape, Tensor};
 use crate::ops::activation::Activation;
 use crate::ops::conv_direct::{self, Pointwise};
 use crate::ops::params::Conv2dParams;
@@ -85,6 +85,17 @@ impl Tile {
         } else {
             Tile::SQUARE
         }
+    }
+
+    /// Every variant with its name in the tuning table.
+    const ALL: [(&'static str, Tile); 3] = [
+        ("square", Tile::SQUARE),
+        ("tall", Tile::TALL),
+        ("narrow", Tile::NARROW),
+    ];
+
+    fn from_name(name: &str) -> Option<Tile> {
+        Tile::ALL.iter().find(|(n, _)| *n == name).map(|(_, t)| *t)
     }
 
     fn constants(self) -> [(&'static str, f64); 3] {
@@ -345,7 +356,7 @@ pub fn forward_act(
     } else if let Some(pw) = geo.pointwise().filter(|pw| pw.eligible(ctx)) {
         conv_direct::forward(ctx, rec, &pw, x, w, b, act, y, format!("conv2d{suffix}"))?;
     } else {
-        let (mut params, tile) = geo.gemm_params(false)?;
+        let (mut params, tile) = geo.gemm_params(false, geo.tuned_tile(ctx, false, y.dtype))?;
         params.act_alpha = act_alpha;
         params.act_beta = act_beta;
         let [c0, c1, c2] = tile.constants();
@@ -445,7 +456,7 @@ pub fn backward(
         let u = ctx.uniform(&params);
         rec.push(ctx.dispatch("conv2d_backward", &k, &u, &[gy, w, gx], params.total_wg)?);
     } else {
-        let (params, tile) = geo.gemm_params(true)?;
+        let (params, tile) = geo.gemm_params(true, geo.tuned_tile(ctx, true, gx.dtype))?;
         // Stride > 1: phase by phase, without the zero taps (see conv.wgsl).
         let entry = if geo.phased() {
             "backward_phased"
@@ -567,7 +578,42 @@ impl Geometry {
         self.p.stride != [1, 1]
     }
 
-    fn gemm_params(&self, backward: bool) -> Result<(GemmParams, Tile)> {
+    /// Whether this pass runs on the tiled GEMM of conv.wgsl (the kernel whose
+    /// tile the autotune picks), as [`forward_act`] and [`backward`] choose.
+    fn uses_gemm(&self, ctx: &Context, backward: bool) -> bool {
+        if self.depthwise || self.pointwise().is_some_and(|pw| pw.eligible(ctx)) {
+            return false;
+        }
+        !backward || (self.y.numel() > 0 && !self.few_inputs(ctx))
+    }
+
+    /// Key of this pass in the tuning table: the GEMM source's hash, the pass,
+    /// the storage type and everything that shapes the GEMM.
+    fn tune_key(&self, backward: bool, dtype: DType) -> String {
+        static HASH: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+        let hash = HASH.get_or_init(|| fnv1a(GEMM_SHADER.as_bytes()));
+        let p = &self.p;
+        format!(
+            "conv.wgsl#{hash:08x} {} {dtype} x{} oc{} k{}x{} s{:?} p{:?} d{:?} g{}",
+            if backward { "backward" } else { "forward" },
+            self.x,
+            self.oc,
+            self.kh,
+            self.kw,
+            p.stride,
+            p.padding,
+            p.dilation,
+            p.groups
+        )
+    }
+
+    /// The tile the tuning table holds for this pass, if any.
+    fn tuned_tile(&self, ctx: &Context, backward: bool, dtype: DType) -> Option<Tile> {
+        ctx.tuned(&self.tune_key(backward, dtype))
+            .and_then(|name| Tile::from_name(&name))
+    }
+
+    fn gemm_params(&self, backward: bool, tuned: Option<Tile>) -> Result<(GemmParams, Tile)> {
         let (x, y, p) = (self.x, self.y, &self.p);
         let g = p.groups;
         let icg = x.c / g;
@@ -608,7 +654,7 @@ impl Geometry {
                 icg as u64 * khw,
             )
         };
-        let tile = Tile::pick(m, n, phases * g as u64);
+        let tile = tuned.unwrap_or_else(|| Tile::pick(m, n, phases * g as u64));
         let tiles_m = m.div_ceil(tile.bm());
         let tiles_n = n.div_ceil(tile.bn());
         let total = phases * g as u64 * tiles_m * tiles_n;
@@ -837,4 +883,143 @@ fn check_index_range(tensors: &[&Tensor]) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// FNV-1a, 32 bits: a hash that stays the same across builds and platforms.
+fn fnv1a(bytes: &[u8]) -> u32 {
+    bytes.iter().fold(0x811c_9dc5u32, |h, &b| {
+        (h ^ b as u32).wrapping_mul(0x0100_0193)
+    })
+}
+
+/// What [`tune`] did for one layer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TuneCount {
+    /// Passes timed now.
+    pub timed: usize,
+    /// Passes whose choice the table already held.
+    pub cached: usize,
+}
+
+/// The tuning-table key of a convolution's pass on the tiled GEMM, or `None`
+/// when that pass runs on another kernel on `ctx` (depthwise, direct).
+pub fn tune_key(
+    ctx: &Context,
+    p: &Conv2dParams,
+    x: Shape,
+    w: Shape,
+    dtype: DType,
+    backward: bool,
+) -> Result<Option<String>> {
+    let y = p.out_shape(x, w.dims())?;
+    let geo = Geometry::new(p, x, w, y, "output")?;
+    Ok(geo
+        .uses_gemm(ctx, backward)
+        .then(|| geo.tune_key(backward, dtype)))
+}
+
+/// Autotune one convolution (or linear layer seen as a 1x1 convolution) with
+/// input `x` and weight `w`: for each of its passes that runs on the tiled GEMM
+/// and has no entry in `ctx`'s tuning table yet, time every tile variant
+/// (`reps` dispatches, the best of two rounds; GPU timestamps where the adapter
+/// has them, wall clock otherwise) and store the fastest. [`forward_act`] and
+/// [`backward`] then use the stored tile; without an entry they pick one by
+/// shape.
+pub fn tune(
+    ctx: &Context,
+    p: &Conv2dParams,
+    x: Shape,
+    w: Shape,
+    dtype: DType,
+    reps: u32,
+) -> Result<TuneCount> {
+    let y = p.out_shape(x, w.dims())?;
+    let geo = Geometry::new(p, x, w, y, "output")?;
+    let mut count = TuneCount::default();
+    let mut tensors: Option<[Tensor; 4]> = None;
+    for backward in [false, true] {
+        if !geo.uses_gemm(ctx, backward) || x.numel() == 0 || y.numel() == 0 {
+            continue;
+        }
+        let key = geo.tune_key(backward, dtype);
+        if ctx.tuned(&key).is_some() {
+            count.cached += 1;
+            continue;
+        }
+        if tensors.is_none() {
+            let t = [
+                ctx.tensor_as(x, dtype, "tune x")?,
+                ctx.tensor_as(w, dtype, "tune w")?,
+                ctx.tensor_as(y, dtype, "tune y")?,
+                ctx.tensor_as(x, dtype, "tune gx")?,
+            ];
+            let mut clear = Recording::new();
+            for v in &t {
+                clear.push(crate::gpu::Step::Clear {
+                    buffer: v.buffer.clone(),
+                });
+            }
+            ctx.run(&[&clear])?;
+            tensors = Some(t);
+        }
+        let [tx, tw, ty, tgx] = tensors.as_ref().expect("made above");
+        let mut best: Option<(f64, &str)> = None;
+        for (name, tile) in Tile::ALL {
+            let mut rec = Recording::new();
+            for _ in 0..reps.max(1) {
+                if backward {
+                    let (params, tile) = geo.gemm_params(true, Some(tile))?;
+                    let entry = if geo.phased() {
+                        "backward_phased"
+                    } else {
+                        "backward"
+                    };
+                    let bindings = [Binding::Read, Binding::Read, Binding::ReadWrite];
+                    let k = ctx.kernel(
+                        "conv",
+                        GEMM_SHADER,
+                        dtype,
+                        entry,
+                        &bindings,
+                        &tile.constants(),
+                    )?;
+                    let u = ctx.uniform(&params);
+                    rec.push(ctx.dispatch("tune", &k, &u, &[ty, tw, tgx], params.total_wg)?);
+                } else {
+                    let (params, tile) = geo.gemm_params(false, Some(tile))?;
+                    let [c0, c1, c2] = tile.constants();
+                    let constants = [("HAS_BIAS", 0.0), ("ACT", 7.0), c0, c1, c2];
+                    let bindings = [
+                        Binding::Read,
+                        Binding::Read,
+                        Binding::Read,
+                        Binding::ReadWrite,
+                    ];
+                    let k =
+                        ctx.kernel("conv", GEMM_SHADER, dtype, "forward", &bindings, &constants)?;
+                    let u = ctx.uniform(&params);
+                    rec.push(ctx.dispatch("tune", &k, &u, &[tx, tw, tw, ty], params.total_wg)?);
+                }
+            }
+            ctx.run(&[&rec])?; // warm-up: first use, caches
+            let mut t = f64::INFINITY;
+            for _ in 0..2 {
+                let ns = if ctx.features.contains(wgpu::Features::TIMESTAMP_QUERY) {
+                    ctx.profile(&[&rec])?.iter().map(|(_, ns)| ns).sum::<f64>()
+                } else {
+                    let start = std::time::Instant::now();
+                    ctx.run(&[&rec])?;
+                    start.elapsed().as_secs_f64() * 1e9
+                };
+                t = t.min(ns);
+            }
+            if best.is_none_or(|(b, _)| t < b) {
+                best = Some((t, name));
+            }
+        }
+        let (_, name) = best.expect("three variants timed");
+        ctx.set_tuned(key, name.to_string());
+        count.timed += 1;
+    }
+    Ok(count)
 }

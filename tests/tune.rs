@@ -1,0 +1,224 @@
+//! The autotune: measured tile choices per layer, their cache file, and that
+//! plans built after tuning use them and compute the same values.
+
+mod common;
+
+use std::sync::Arc;
+
+use advex::gpu::{Recording, Shape, Step, TuneTable};
+use advex::model::{Dtype, Model};
+use advex::ops::{conv, Conv2dParams};
+use advex::plan::GpuModel;
+use advex::{Context, ContextOptions, DType, KernelStyle};
+use common::*;
+
+/// A context on the tiled kernels (every convolution on the tuned GEMM) with
+/// its tuning table in `cache`.
+fn tiled_ctx(cache: &std::path::Path) -> Arc<Context> {
+    Arc::new(
+        Context::new(ContextOptions {
+            kernels: Some(KernelStyle::Tiled),
+            tune_cache: Some(cache.to_path_buf()),
+            ..Default::default()
+        })
+        .unwrap(),
+    )
+}
+
+fn adapter_key(ctx: &Context) -> String {
+    let s = &ctx.summary;
+    format!("{} | {} | {}", s.name, s.driver, s.backend)
+}
+
+#[test]
+fn tuning_is_measured_cached_and_used() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("sub/tune.json");
+    let path = builder::tiny_cnn(3).write(dir.path(), "m.safetensors", Dtype::F32);
+    let model = Arc::new(Model::load(&path).unwrap());
+    let n = 3u32;
+
+    // Untuned reference values, on a context of its own.
+    let plain_ctx = Arc::new(
+        Context::new(ContextOptions {
+            kernels: Some(KernelStyle::Tiled),
+            tune_in_memory: true,
+            ..Default::default()
+        })
+        .unwrap(),
+    );
+    let plain = GpuModel::new(plain_ctx.clone(), model.clone()).unwrap();
+    let item = plain.input_shape(1).numel() as usize;
+    let x: Vec<f32> = random(5, n as usize * item)
+        .iter()
+        .map(|v| 0.5 + 0.5 * v)
+        .collect();
+    let labels = [1u32, 0, 2];
+    let run = |g: &GpuModel| {
+        let plan = g.gradient_plan(n, 1.0).unwrap();
+        plan.set_batch(&g.ctx, &x, &labels).unwrap();
+        plan.run(&g.ctx).unwrap()
+    };
+    let want = run(&plain);
+
+    // First use: every GEMM pass is timed and the file written.
+    let ctx = tiled_ctx(&cache);
+    let gpu = GpuModel::new(ctx.clone(), model.clone()).unwrap();
+    let r = gpu.tune(n).unwrap();
+    assert!(r.timed >= 4, "timed {} passes", r.timed);
+    assert_eq!(r.cached, 0);
+    assert_eq!(r.path.as_deref(), Some(cache.as_path()));
+    assert_eq!(ctx.tuned_count(), r.timed);
+    let file: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&cache).unwrap()).unwrap();
+    assert_eq!(file["format"], 1);
+    let entries = file["adapters"][adapter_key(&ctx)].as_object().unwrap();
+    assert_eq!(entries.len(), r.timed);
+    for (k, v) in entries {
+        assert!(k.starts_with("conv.wgsl#"), "{k}");
+        assert!(
+            ["square", "tall", "narrow"].contains(&v.as_str().unwrap()),
+            "{k}: {v}"
+        );
+    }
+    // Tuned plans compute what untuned ones do (the tile changes the work split,
+    // not the summation order).
+    let got = run(&gpu);
+    assert_close("tuned logits", &got.logits, &to_f64(&want.logits), 1e-5);
+    assert_close(
+        "tuned gradient",
+        &got.input_grad,
+        &to_f64(&want.input_grad),
+        1e-5,
+    );
+
+    // Second use, new context: everything comes from the file.
+    let ctx2 = tiled_ctx(&cache);
+    let gpu2 = GpuModel::new(ctx2.clone(), model.clone()).unwrap();
+    let r2 = gpu2.tune(n).unwrap();
+    assert_eq!((r2.timed, r2.cached), (0, r.timed));
+    // Another batch size is another set of layers.
+    let r3 = gpu2.tune(n + 1).unwrap();
+    assert_eq!(r3.timed, r.timed);
+    let t = TuneTable::load(Some(cache.clone()), &adapter_key(&ctx2));
+    assert_eq!(t.len(), 2 * r.timed, "both batch sizes saved");
+}
+
+/// Tile constants of every conv.wgsl dispatch in `rec`.
+fn tiles(rec: &Recording) -> Vec<Vec<(String, u64)>> {
+    rec.steps
+        .iter()
+        .filter_map(|s| match s {
+            Step::Dispatch { kernel, .. } if kernel.key.shader == "conv" => Some(
+                kernel
+                    .key
+                    .constants
+                    .iter()
+                    .filter(|(k, _)| ["WG_M", "TM", "BK"].contains(&k.as_str()))
+                    .cloned()
+                    .collect(),
+            ),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_stored_choice_decides_the_tile() {
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = tiled_ctx(&dir.path().join("t.json"));
+    let p = Conv2dParams {
+        stride: [1, 1],
+        padding: [1; 4],
+        dilation: [1, 1],
+        groups: 1,
+    };
+    let (xs, ws) = (Shape::new(2, 8, 12, 12), Shape::new(40, 8, 3, 3));
+    let ys = p.out_shape(xs, ws.dims()).unwrap();
+    let xv = random(1, xs.numel() as usize);
+    let wv = random(2, ws.numel() as usize);
+    let gyv = random(3, ys.numel() as usize);
+    let x = ctx.upload(&xv, xs, "x").unwrap();
+    let w = ctx.upload(&wv, ws, "w").unwrap();
+    let gy = ctx.upload(&gyv, ys, "gy").unwrap();
+    let record = |ctx: &Context| {
+        let y = ctx.tensor(ys, "y").unwrap();
+        let gx = ctx.tensor(xs, "gx").unwrap();
+        let mut rec = Recording::new();
+        conv::forward(ctx, &mut rec, &p, &x, &w, None, &y).unwrap();
+        conv::backward(ctx, &mut rec, &p, &gy, &w, &gx).unwrap();
+        let out = ctx.run_read(&[&rec], &[&y, &gx]).unwrap();
+        (tiles(&rec), out)
+    };
+    let (before, want) = record(&ctx);
+    let fwd = conv::tune_key(&ctx, &p, xs, ws, DType::F32, false)
+        .unwrap()
+        .unwrap();
+    let bwd = conv::tune_key(&ctx, &p, xs, ws, DType::F32, true)
+        .unwrap()
+        .unwrap();
+    assert_ne!(fwd, bwd);
+    let narrow = vec![
+        ("BK".to_string(), 8f64.to_bits()),
+        ("TM".into(), 4f64.to_bits()),
+        ("WG_M".into(), 64f64.to_bits()),
+    ];
+    let tall = vec![
+        ("BK".to_string(), 16f64.to_bits()),
+        ("TM".into(), 8f64.to_bits()),
+        ("WG_M".into(), 16f64.to_bits()),
+    ];
+    assert_ne!(
+        before,
+        vec![narrow.clone(), tall.clone()],
+        "the heuristic must pick otherwise for the test to mean something"
+    );
+    ctx.set_tuned(fwd, "narrow".into());
+    ctx.set_tuned(bwd, "tall".into());
+    let (after, got) = record(&ctx);
+    assert_eq!(after, vec![narrow, tall]);
+    assert_close(
+        "forward with the stored tile",
+        &got[0],
+        &to_f64(&want[0]),
+        1e-5,
+    );
+    assert_close(
+        "backward with the stored tile",
+        &got[1],
+        &to_f64(&want[1]),
+        1e-5,
+    );
+    // Layers on other kernels have no key: depthwise here.
+    let dw = Conv2dParams { groups: 8, ..p };
+    let key = conv::tune_key(&ctx, &dw, xs, Shape::new(8, 1, 3, 3), DType::F32, false).unwrap();
+    assert_eq!(key, None);
+}
+
+#[test]
+fn unreadable_cache_files_are_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("tune.json");
+    std::fs::write(&cache, "{ not json").unwrap();
+    let mut t = TuneTable::load(Some(cache.clone()), "gpu");
+    assert!(t.is_empty());
+    t.insert("k".into(), "tall".into());
+    t.save().unwrap();
+    // Another adapter's entries survive a save by this one.
+    let mut other = TuneTable::load(Some(cache.clone()), "other gpu");
+    other.insert("k".into(), "square".into());
+    other.save().unwrap();
+    assert_eq!(
+        TuneTable::load(Some(cache.clone()), "gpu").get("k"),
+        Some("tall")
+    );
+    assert_eq!(
+        TuneTable::load(Some(cache), "other gpu").get("k"),
+        Some("square")
+    );
+    // In memory only: nothing written.
+    let mut mem = TuneTable::load(None, "gpu");
+    mem.insert("k".into(), "narrow".into());
+    mem.save().unwrap();
+    assert_eq!(mem.get("k"), Some("narrow"));
+}
