@@ -33,6 +33,10 @@ fn bench_model(c: &mut Criterion, ctx: &Arc<Context>, file: &str, batches: &[u32
     ] {
         let eps = parse_eps_list(eps).unwrap();
         for &batch in batches {
+            // As `advex bench` does: tiles measured (or read from the cache) first.
+            if let Err(e) = gpu.tune(batch) {
+                eprintln!("{} batch {batch}: autotune failed ({e})", model.name);
+            }
             let plan = match FgsmPlan::new(&gpu, batch, &eps, true, Target::Untargeted) {
                 Ok(p) => p,
                 Err(e) => {
