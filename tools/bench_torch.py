@@ -17,6 +17,7 @@ excluded on both sides); each configuration gets a warm-up batch first.
         --batch-size 1,8,32,128 --eps-count 1,8 [--json]
     python tools/bench_torch.py --compare ...   # also runs `advex bench --json`
                                                 # and prints advex / PyTorch ratios
+    python tools/bench_torch.py --compare --advex-precision f16 ...
 
 Output (``--json``): one object per line with ``impl``, ``model``,
 ``batch_size``, ``eps_count``, ``images_per_second``, ``device``.
@@ -111,6 +112,8 @@ def main() -> None:
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--compare", action="store_true", help="also run `advex bench --json` and print ratios")
     ap.add_argument("--advex", default=os.path.join(ROOT, "target", "release", "advex"))
+    ap.add_argument("--advex-precision", default="f32", choices=["f32", "f16"],
+                    help="advex's storage type in --compare (PyTorch stays fp32)")
     args = ap.parse_args()
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -148,11 +151,13 @@ def main() -> None:
     if not args.compare:
         return
     print("\nadvex vs PyTorch (same machine, same run)")
-    print(f"{'batch':>6} {'eps':>4} {'advex':>10} {'loop':>10} {'best':>10} {'x loop':>8} {'x best':>8}  adapter")
+    print(f"{'batch':>6} {'eps':>4} {'advex':>10} {'loop':>10} {'best':>10} {'x loop':>8} {'x best':>8}  adapter"
+          f" (advex {args.advex_precision})")
     for k in [int(v) for v in args.eps_count.split(",")]:
         eps_arg = ",".join(f"{i + 1}/255" for i in range(k))
         cmd = [args.advex, "bench", "--json", "--model", args.model, "--batch-size", args.batch_size,
-               "--eps", eps_arg, "--iterations", str(args.iterations)]
+               "--eps", eps_arg, "--iterations", str(args.iterations),
+               "--precision", args.advex_precision]
         out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
         for line in out.splitlines():
             r = json.loads(line)
