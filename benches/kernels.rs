@@ -255,15 +255,29 @@ fn print_table(ctx: &Context, batch: u32) {
         "advex kernels on {} ({}), batch {batch}: median per op",
         ctx.summary.name, ctx.summary.backend
     );
-    println!("{:<34} {:>12} {:>10} {:>6}", "op", "ms", "GFLOP/s", "runs");
+    let peak = advex::bench::known_peak(&ctx.summary.name);
+    match &peak {
+        Some(p) => println!("peak {:.0} GFLOP/s ({})", p.gflops, p.source),
+        None => println!("peak unknown for this adapter (ADVEX_PEAK=GFLOPS,GBPS sets it)"),
+    }
+    println!(
+        "{:<34} {:>12} {:>10} {:>8} {:>6}",
+        "op", "ms", "GFLOP/s", "% peak", "runs"
+    );
     for (id, (flops, v)) in times.iter_mut() {
         let runs = v.len();
         let t = median(v);
+        let gflops = *flops as f64 / t / 1e9;
+        let pct = peak
+            .as_ref()
+            .map(|p| format!("{:.1}", 100.0 * gflops / p.gflops))
+            .unwrap_or_else(|| "-".into());
         println!(
-            "{:<34} {:>12.3} {:>10.2} {:>6}",
+            "{:<34} {:>12.3} {:>10.2} {:>8} {:>6}",
             id,
             t * 1e3,
-            *flops as f64 / t / 1e9,
+            gflops,
+            pct,
             runs
         );
     }

@@ -57,6 +57,71 @@ pub struct Profile {
     pub conv_gflops: Option<f64>,
     /// The fused perturbation kernel's bytes moved per second.
     pub perturb_gbps: Option<f64>,
+    /// The adapter's peak, where known (see [`known_peak`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peak: Option<Peak>,
+    /// conv_gflops / peak GFLOP/s.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub conv_peak_fraction: Option<f64>,
+    /// perturb_gbps / peak GB/s.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub perturb_peak_fraction: Option<f64>,
+}
+
+/// An adapter's peak FP32 arithmetic (non-tensor-core FMA) and memory
+/// bandwidth, for "% of peak" figures.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Peak {
+    pub gflops: f64,
+    pub gbps: f64,
+    /// Where the figures come from (a datasheet entry, or `ADVEX_PEAK`).
+    pub source: String,
+}
+
+/// Datasheet peaks (FP32 GFLOP/s without tensor cores, memory GB/s), matched by
+/// substring of the adapter name, first match wins (so specific names first).
+const KNOWN_PEAKS: &[(&str, f64, f64)] = &[
+    ("H100 PCIe", 51_200.0, 2_000.0),
+    ("H100 NVL", 60_000.0, 3_900.0),
+    ("H100", 66_900.0, 3_350.0), // SXM5 80GB HBM3
+    ("H200", 66_900.0, 4_800.0),
+    ("A100-PCIE-40GB", 19_500.0, 1_555.0),
+    ("A100-SXM4-40GB", 19_500.0, 1_555.0),
+    ("A100 80GB PCIe", 19_500.0, 1_935.0),
+    ("A100", 19_500.0, 2_039.0), // SXM4 80GB
+    ("L40S", 91_600.0, 864.0),
+    ("L4", 30_300.0, 300.0),
+    ("A10G", 31_200.0, 600.0),
+    ("A10", 31_200.0, 600.0),
+    ("T4", 8_100.0, 320.0),
+    ("RTX 4090", 82_600.0, 1_008.0),
+    ("RTX 3090", 35_600.0, 936.0),
+];
+
+/// The peak of `adapter` (its name): `ADVEX_PEAK=GFLOPS,GBPS` when set, else the
+/// datasheet table, else `None` (software adapters, unknown cards).
+pub fn known_peak(adapter: &str) -> Option<Peak> {
+    if let Ok(v) = std::env::var("ADVEX_PEAK") {
+        let parts: Vec<f64> = v.split(',').filter_map(|s| s.trim().parse().ok()).collect();
+        if let [gflops, gbps] = parts[..] {
+            if gflops > 0.0 && gbps > 0.0 {
+                return Some(Peak {
+                    gflops,
+                    gbps,
+                    source: "ADVEX_PEAK".into(),
+                });
+            }
+        }
+        log::warn!("ADVEX_PEAK={v:?} is not GFLOPS,GBPS (two positive numbers); ignored");
+    }
+    KNOWN_PEAKS
+        .iter()
+        .find(|(name, ..)| adapter.contains(name))
+        .map(|&(name, gflops, gbps)| Peak {
+            gflops,
+            gbps,
+            source: format!("datasheet: {name}"),
+        })
 }
 
 /// Kind of a dispatch from its label (`conv2d_backward`, `relu6`, ...).
@@ -147,12 +212,18 @@ pub fn run_bench(
                 .sum();
             let fwd_flops = conv_flops(&model) as f64 * batch as f64 * (1 + opts.eps.len()) as f64;
             let perturb_ms = ops.get("perturb").copied();
+            let conv_gflops = (conv_ms > 0.0).then(|| fwd_flops / (conv_ms / 1e3) / 1e9);
+            let perturb_gbps = perturb_ms
+                .filter(|&m| m > 0.0)
+                .map(|m| plan.perturb_bytes() as f64 / (m / 1e3) / 1e9);
+            let peak = known_peak(&ctx.summary.name);
             Some(Profile {
                 gpu_ms,
-                conv_gflops: (conv_ms > 0.0).then(|| fwd_flops / (conv_ms / 1e3) / 1e9),
-                perturb_gbps: perturb_ms
-                    .filter(|&m| m > 0.0)
-                    .map(|m| plan.perturb_bytes() as f64 / (m / 1e3) / 1e9),
+                conv_gflops,
+                perturb_gbps,
+                conv_peak_fraction: peak.as_ref().zip(conv_gflops).map(|(p, g)| g / p.gflops),
+                perturb_peak_fraction: peak.as_ref().zip(perturb_gbps).map(|(p, g)| g / p.gbps),
+                peak,
                 ops,
             })
         } else {
@@ -174,4 +245,23 @@ pub fn run_bench(
         results.push(r);
     }
     Ok(results)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::known_peak;
+
+    #[test]
+    fn peaks_match_the_most_specific_name() {
+        if std::env::var_os("ADVEX_PEAK").is_some() {
+            return; // the override wins over the table by design
+        }
+        let g = |n: &str| known_peak(n).map(|p| (p.gflops, p.gbps));
+        assert_eq!(g("NVIDIA H100 PCIe"), Some((51_200.0, 2_000.0)));
+        assert_eq!(g("NVIDIA H100 80GB HBM3"), Some((66_900.0, 3_350.0)));
+        assert_eq!(g("NVIDIA H200"), Some((66_900.0, 4_800.0)));
+        assert_eq!(g("NVIDIA A100-SXM4-40GB"), Some((19_500.0, 1_555.0)));
+        assert_eq!(g("NVIDIA A10G"), Some((31_200.0, 600.0)));
+        assert_eq!(g("llvmpipe (LLVM 15.0.6, 256 bits)"), None);
+    }
 }

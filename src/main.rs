@@ -305,11 +305,30 @@ fn run(cli: Cli) -> Result<(), Error> {
                         for (k, ms) in &p.ops {
                             println!("        {k:<28} {ms:>9.3} ms");
                         }
+                        let of = |f: Option<f64>| {
+                            f.map(|f| format!(" ({:.1}% of peak)", f * 100.0))
+                                .unwrap_or_default()
+                        };
                         if let Some(g) = p.conv_gflops {
-                            println!("        conv/linear forward: {g:.1} GFLOP/s");
+                            println!(
+                                "        conv/linear forward: {g:.1} GFLOP/s{}",
+                                of(p.conv_peak_fraction)
+                            );
                         }
                         if let Some(g) = p.perturb_gbps {
-                            println!("        perturbation kernel: {g:.1} GB/s");
+                            println!(
+                                "        perturbation kernel: {g:.1} GB/s{}",
+                                of(p.perturb_peak_fraction)
+                            );
+                        }
+                        match &p.peak {
+                            Some(k) => println!(
+                                "        peak {:.0} GFLOP/s, {:.0} GB/s ({})",
+                                k.gflops, k.gbps, k.source
+                            ),
+                            None => println!(
+                                "        peak unknown for this adapter: set ADVEX_PEAK=GFLOPS,GBPS for % of peak"
+                            ),
                         }
                     }
                 }
