@@ -141,6 +141,44 @@ fn max_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
     gx[i] = st(acc);
 }
 
+// The same gradient when windows do not overlap (stride >= kernel, no
+// dilation): one thread per window writes its whole window, gy at the argmax
+// and 0 elsewhere, so each x is read once instead of once per candidate
+// window. Inputs no window covers are cleared by the host beforehand.
+// Bindings as max_backward; p.count is the number of windows (gy elements).
+@compute @workgroup_size(256)
+fn max_backward_windows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                        @builtin(local_invocation_index) lid: u32) {
+    let i = group_index(wid, nwg) * WG + lid;
+    if (i >= p.count) {
+        return;
+    }
+    let ohw = p.oh * p.ow;
+    let plane = i / ohw;
+    let r = i % ohw;
+    let oy = r / p.ow;
+    let ox = r % p.ow;
+    let xbase = plane * p.ih * p.iw;
+    let b = window_max(xbase, oy, ox);
+    let g = gy[i];
+    let y0 = i32(oy * p.sh) - i32(p.pt);
+    let x0 = i32(ox * p.sw) - i32(p.pl);
+    for (var ky = 0u; ky < p.kh; ky++) {
+        let iy = y0 + i32(ky);
+        if (iy < 0 || iy >= i32(p.ih)) {
+            continue;
+        }
+        for (var kx = 0u; kx < p.kw; kx++) {
+            let ix = x0 + i32(kx);
+            if (ix < 0 || ix >= i32(p.iw)) {
+                continue;
+            }
+            let idx = iy * i32(p.iw) + ix;
+            gx[xbase + u32(idx)] = select(st(0.0), g, idx == b.idx);
+        }
+    }
+}
+
 // Average window (oy, ox): clipped bounds and divisor (0 when the window holds no input).
 struct AvgWindow {
     y0: i32,

@@ -20,7 +20,10 @@ fn check_max(ctx: &Context, what: &str, xs: Shape, p: &Pool2dParams, x: &[f32], 
     let xt = ctx.upload(x, xs, "x").unwrap();
     let gy = ctx.upload(&gys, ys, "gy").unwrap();
     let y = ctx.tensor(ys, "y").unwrap();
-    let gx = ctx.tensor(xs, "gx").unwrap();
+    // Poisoned: an element the backward pass leaves unwritten fails the check.
+    let gx = ctx
+        .upload(&vec![1.0e30; xs.numel() as usize], xs, "gx")
+        .unwrap();
     let mut rec = Recording::new();
     pool::max_forward(ctx, &mut rec, p, &xt, &y).unwrap();
     pool::max_backward(ctx, &mut rec, p, &xt, &gy, &gx).unwrap();
@@ -55,6 +58,8 @@ fn max_pool_matches_reference() {
     ceil_pad.ceil_mode = true;
     let mut dil = params(3, 1, [2; 4]);
     dil.dilation = [2, 2];
+    let mut ceil2 = params(2, 2, [0; 4]);
+    ceil2.ceil_mode = true;
     let mut dil_ceil = Pool2dParams::new([2, 3], [2, 2], [0, 1, 0, 1]);
     dil_ceil.dilation = [2, 1];
     dil_ceil.ceil_mode = true;
@@ -78,6 +83,17 @@ fn max_pool_matches_reference() {
         ),
         ("dilation 2", Shape::new(1, 3, 9, 9), dil),
         ("dilation ceil", Shape::new(1, 2, 11, 10), dil_ceil),
+        // Disjoint windows (one thread per window): ragged edges no window
+        // covers, gaps between windows, padding, ceil mode, rectangular windows.
+        ("2x2 s2 odd", Shape::new(2, 3, 7, 9), params(2, 2, [0; 4])),
+        ("2x2 s3 gaps", Shape::new(1, 2, 8, 10), params(2, 3, [0; 4])),
+        ("3x3 s3 p1", Shape::new(1, 3, 10, 11), params(3, 3, [1; 4])),
+        ("2x2 s2 ceil", Shape::new(1, 2, 7, 9), ceil2),
+        (
+            "2x3 s2x3",
+            Shape::new(2, 2, 8, 9),
+            Pool2dParams::new([2, 3], [2, 3], [0; 4]),
+        ),
     ];
     // Known output sizes (PyTorch): guards the shape rule the reference relies on.
     assert_eq!(ceil.out_shape(Shape::new(1, 1, 13, 15)).unwrap().h, 6);

@@ -155,6 +155,29 @@ pub fn max_backward(
         ));
     }
     distinct("max_pool backward", gx, &[x, gy])?;
+    // Disjoint windows: one thread per window scatters it (see pool.wgsl).
+    if p.dilation == [1, 1] && p.stride[0] >= p.kernel[0] && p.stride[1] >= p.kernel[1] {
+        let (ys, xs) = (gy.shape, x.shape);
+        let covered = p.padding == [0; 4]
+            && p.stride == p.kernel
+            && ys.h as u64 * p.kernel[0] as u64 == xs.h as u64
+            && ys.w as u64 * p.kernel[1] as u64 == xs.w as u64;
+        if !covered && gx.numel() > 0 {
+            rec.push(crate::gpu::Step::Clear {
+                buffer: gx.buffer.clone(),
+            });
+        }
+        return launch(
+            ctx,
+            rec,
+            "max_backward_windows",
+            p,
+            x.shape,
+            gy.shape,
+            gy.numel(),
+            &[x, gy, gx],
+        );
+    }
     launch(
         ctx,
         rec,
