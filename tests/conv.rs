@@ -94,11 +94,12 @@ fn poisoned(ctx: &Context, shape: Shape, label: &str) -> advex::Tensor {
         .unwrap()
 }
 
+/// Labels of the dispatches that compute (weight repacks left out).
 fn labels(rec: &Recording) -> Vec<String> {
     rec.steps
         .iter()
         .filter_map(|s| match s {
-            Step::Dispatch { label, .. } => Some(label.clone()),
+            Step::Dispatch { label, .. } if !label.ends_with("_repack") => Some(label.clone()),
             _ => None,
         })
         .collect()
@@ -1133,4 +1134,81 @@ fn depthwise_direct_and_fallback() {
         );
         check_on(&ctx, case, true, 360 + i as u64);
     }
+}
+
+/// The dense 'same' kernel of CPU adapters (stride 1, planes of 4k elements):
+/// every row-width residue mod 4, odd and even and rectangular kernels with
+/// asymmetric padding, output channel counts that are not multiples of 4, odd
+/// quad counts, 1x1 layers the pointwise kernel does not take, batch 1, bias and
+/// fused activations; other layers fall back.
+#[test]
+fn same_direct_and_fallback() {
+    let ctx = ctx_style(KernelStyle::Direct);
+    let cases = [
+        Case::new("same 8x8 k3", 2, 5, [8, 8], 7, [3, 3])
+            .pad([1; 4])
+            .bias(),
+        Case::new("same 4x5 k3", 1, 6, [4, 5], 4, [3, 3]).pad([1; 4]),
+        Case::new("same 6x6 k5", 3, 5, [6, 6], 9, [5, 5])
+            .pad([2; 4])
+            .bias(),
+        Case::new("same 4x7 k3", 2, 8, [4, 7], 6, [3, 3]).pad([1; 4]),
+        Case::new("same 6x10 k4", 1, 5, [6, 10], 3, [4, 4]).pad([1, 2, 2, 1]),
+        Case::new("same 5x4 k2", 2, 7, [5, 4], 5, [2, 2])
+            .pad([0, 1, 1, 0])
+            .bias(),
+        Case::new("same 12x3 k5x3", 1, 6, [12, 3], 8, [5, 3]).pad([2, 1, 2, 1]),
+        Case::new("same 1x1 ic 6", 2, 6, [4, 4], 5, [1, 1]).bias(),
+        Case::new("same 2x2 k3", 1, 9, [2, 2], 4, [3, 3]).pad([1; 4]),
+    ];
+    for (i, case) in cases.iter().enumerate() {
+        let s = conv_shaders(&ctx, case);
+        assert_eq!(
+            s,
+            [
+                "conv_same_direct",
+                "conv_same_direct",
+                "conv_same_direct",
+                "conv_same_direct"
+            ],
+            "{}",
+            case.name
+        );
+        check_on(&ctx, case, false, 400 + i as u64);
+        for act in [Activation::Relu, Activation::Silu] {
+            check_fused(&ctx, case, false, act, 420 + i as u64);
+        }
+    }
+    let fallback = [
+        // 7 x 7 planes
+        Case::new("7x7", 2, 5, [7, 7], 6, [3, 3]).pad([1; 4]),
+        // stride 2
+        Case::new("s2", 1, 5, [8, 8], 6, [3, 3])
+            .pad([1; 4])
+            .stride([2, 2]),
+        // not 'same'
+        Case::new("valid", 1, 5, [8, 8], 6, [3, 3]),
+        // groups
+        Case::new("groups", 1, 6, [8, 8], 6, [3, 3])
+            .pad([1; 4])
+            .groups(2),
+        // dilation
+        Case::new("dilated", 1, 5, [8, 8], 6, [3, 3])
+            .pad([2; 4])
+            .dil([2, 2]),
+        // 7 wide
+        Case::new("k7", 1, 5, [8, 8], 6, [7, 7]).pad([3; 4]),
+    ];
+    for (i, case) in fallback.iter().enumerate() {
+        let s = conv_shaders(&ctx, case);
+        assert!(!s.contains(&"conv_same_direct"), "{}: {s:?}", case.name);
+        check_on(&ctx, case, false, 440 + i as u64);
+    }
+    // Few input channels: forward here, backward on conv_backward_few.
+    let stem = Case::new("same ic 3", 2, 3, [8, 8], 8, [3, 3]).pad([1; 4]);
+    assert_eq!(
+        conv_shaders(&ctx, &stem),
+        ["conv_same_direct", "conv_same_direct", "conv_backward_few"]
+    );
+    check_on(&ctx, &stem, false, 460);
 }

@@ -34,6 +34,7 @@ const GEMM_SHADER: &str = include_str!("../../shaders/conv.wgsl");
 const DW_SHADER: &str = include_str!("../../shaders/depthwise.wgsl");
 const FEW_SHADER: &str = include_str!("../../shaders/conv_backward_few.wgsl");
 const DW_DIRECT_SHADER: &str = include_str!("../../shaders/depthwise_direct.wgsl");
+const SAME_SHADER: &str = include_str!("../../shaders/conv_same_direct.wgsl");
 
 /// Tile shape of the GEMM kernel, set through its override constants (`WG_M`
 /// threads along m, `TM` m per thread, `BK` the K slice); conv.wgsl supports
@@ -242,6 +243,27 @@ struct DwS2Params {
     _pad: u32,
 }
 
+/// Parameters of `conv_same_direct.wgsl` (its header explains them).
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct SameParams {
+    n: u32,
+    r: u32,
+    nout: u32,
+    nout4: u32,
+    h: u32,
+    w: u32,
+    quads: u32,
+    pairs: u32,
+    items: u32,
+    act_alpha: f32,
+    act_beta: f32,
+    _pad: u32,
+}
+
+/// Threads per workgroup of `conv_same_direct.wgsl`.
+const SAME_WG: u32 = 64;
+
 /// Threads per workgroup of `depthwise_direct.wgsl` (8 outputs each).
 const DW_DIRECT_WG: u32 = 64;
 
@@ -355,6 +377,29 @@ pub fn forward_act(
         )?);
     } else if let Some(pw) = geo.pointwise().filter(|pw| pw.eligible(ctx)) {
         conv_direct::forward(ctx, rec, &pw, x, w, b, act, y, format!("conv2d{suffix}"))?;
+    } else if geo.same_direct(ctx, false) {
+        let (mut params, shape_constants, groups) = geo.same_params(false);
+        params.act_alpha = act_alpha;
+        params.act_beta = act_beta;
+        let wt = same_repack(ctx, rec, &geo, &params, w, false)?;
+        let mut all: Vec<(&str, f64)> = constants.to_vec();
+        all.extend(shape_constants);
+        let k = ctx.kernel(
+            "conv_same_direct",
+            SAME_SHADER,
+            y.dtype,
+            "main",
+            &bindings,
+            &all,
+        )?;
+        let u = ctx.uniform(&params);
+        rec.push(ctx.dispatch(
+            format!("conv2d{suffix}"),
+            &k,
+            &u,
+            &[x, &wt, bias, y],
+            groups,
+        )?);
     } else {
         let (mut params, tile) = geo.gemm_params(false, geo.tuned_tile(ctx, false, y.dtype))?;
         params.act_alpha = act_alpha;
@@ -443,6 +488,20 @@ pub fn backward(
         });
     } else if let Some(pw) = geo.pointwise().filter(|pw| pw.eligible(ctx)) {
         conv_direct::backward(ctx, rec, &pw, gy, w, gx, "conv2d_backward")?;
+    } else if geo.same_direct(ctx, true) {
+        let (params, constants, groups) = geo.same_params(true);
+        let wt = same_repack(ctx, rec, &geo, &params, w, true)?;
+        let k = ctx.kernel(
+            "conv_same_direct",
+            SAME_SHADER,
+            gx.dtype,
+            "main",
+            &bindings4,
+            &constants,
+        )?;
+        let u = ctx.uniform(&params);
+        // No bias: the repacked weight is bound in its place (never read).
+        rec.push(ctx.dispatch("conv2d_backward", &k, &u, &[gy, &wt, &wt, gx], groups)?);
     } else if geo.few_inputs(ctx) {
         let params = geo.few_params();
         let k = ctx.kernel(
@@ -581,7 +640,10 @@ impl Geometry {
     /// Whether this pass runs on the tiled GEMM of conv.wgsl (the kernel whose
     /// tile the autotune picks), as [`forward_act`] and [`backward`] choose.
     fn uses_gemm(&self, ctx: &Context, backward: bool) -> bool {
-        if self.depthwise || self.pointwise().is_some_and(|pw| pw.eligible(ctx)) {
+        if self.depthwise
+            || self.pointwise().is_some_and(|pw| pw.eligible(ctx))
+            || self.same_direct(ctx, backward)
+        {
             return false;
         }
         !backward || (self.y.numel() > 0 && !self.few_inputs(ctx))
@@ -727,6 +789,77 @@ impl Geometry {
             && (self.x.h as u64 * self.x.w as u64).is_multiple_of(4)
             && self.x.numel() < i32::MAX as u64
             && (self.x.h as u64 * self.x.w as u64) < (i32::MAX as u64) / 8
+    }
+
+    /// Whether `conv_same_direct.wgsl` runs this pass: CPU adapters, dense
+    /// (groups 1) convolutions that are not pointwise-eligible, stride 1, no
+    /// dilation, 'same' size, planes of 4k elements, kernels up to 5 wide; the
+    /// backward pass of layers with at most 4 input channels stays with
+    /// `conv_backward_few.wgsl`.
+    fn same_direct(&self, ctx: &Context, backward: bool) -> bool {
+        let p = &self.p;
+        let (x, y) = (self.x, self.y);
+        let pixels = x.h as u64 * x.w as u64;
+        ctx.kernel_style() == KernelStyle::Direct
+            && !self.depthwise
+            && p.groups == 1
+            && !self.pointwise().is_some_and(|pw| pw.eligible(ctx))
+            && p.stride == [1, 1]
+            && p.dilation == [1, 1]
+            && self.kw <= 5
+            && y.h == x.h
+            && y.w == x.w
+            && pixels % 4 == 0
+            && pixels > 0
+            && self.oc > 0
+            && x.c > 0
+            && (!backward || !self.few_inputs(ctx))
+            && x.numel().max(y.numel()) < (i32::MAX as u64) / 2
+            && x.c as u64 * self.oc as u64 * 25 < u32::MAX as u64
+    }
+
+    /// (params, override constants, workgroups) of `conv_same_direct.wgsl`'s
+    /// `main`; the reduction runs over the input channels forward, the output
+    /// channels backward.
+    fn same_params(&self, backward: bool) -> (SameParams, [(&'static str, f64); 5], u32) {
+        let x = self.x;
+        let (r, nout) = if backward {
+            (self.oc, x.c)
+        } else {
+            (x.c, self.oc)
+        };
+        let [pt, pl, ..] = self.p.padding;
+        let (pad_t, pad_l) = if backward {
+            (self.kh - 1 - pt, self.kw - 1 - pl)
+        } else {
+            (pt, pl)
+        };
+        let quads = x.h * x.w / 4;
+        let pairs = quads.div_ceil(2);
+        let nout4 = nout.div_ceil(4);
+        let items = x.n * nout4 * pairs;
+        let params = SameParams {
+            n: x.n,
+            r,
+            nout,
+            nout4,
+            h: x.h,
+            w: x.w,
+            quads,
+            pairs,
+            items,
+            act_alpha: 0.0,
+            act_beta: 0.0,
+            _pad: 0,
+        };
+        let constants = [
+            ("KH", self.kh as f64),
+            ("KW", self.kw as f64),
+            ("PAD_T", pad_t as f64),
+            ("PAD_L", pad_l as f64),
+            ("WMOD", (x.w % 4) as f64),
+        ];
+        (params, constants, items.div_ceil(SAME_WG))
     }
 
     /// Whether `depthwise_direct.wgsl`'s `backward_s2` covers this layer's
@@ -1022,4 +1155,43 @@ pub fn tune(
         count.timed += 1;
     }
     Ok(count)
+}
+
+/// Record the weight repack of `conv_same_direct.wgsl` (weights of a tap for 4
+/// consecutive output channels contiguous; flipped for the backward pass) and
+/// return the repacked tensor.
+fn same_repack(
+    ctx: &Context,
+    rec: &mut Recording,
+    geo: &Geometry,
+    params: &SameParams,
+    w: &Tensor,
+    backward: bool,
+) -> Result<Tensor> {
+    let len = params.r * geo.kh * geo.kw * params.nout4 * 4;
+    let wt = ctx.tensor_as(Shape::new(len, 1, 1, 1), w.dtype, "repacked weights")?;
+    let constants = [
+        ("KH", geo.kh as f64),
+        ("KW", geo.kw as f64),
+        ("FLIP", if backward { 1.0 } else { 0.0 }),
+    ];
+    let k = ctx.kernel(
+        "conv_same_direct",
+        SAME_SHADER,
+        w.dtype,
+        "repack",
+        &[Binding::Read, Binding::ReadWrite],
+        &constants,
+    )?;
+    let u = ctx.uniform(&SameParams {
+        items: len,
+        ..*params
+    });
+    let label = if backward {
+        "conv2d_backward_repack"
+    } else {
+        "conv2d_repack"
+    };
+    rec.push(ctx.dispatch(label, &k, &u, &[w, &wt], len.div_ceil(SAME_WG))?);
+    Ok(wt)
 }

@@ -1,0 +1,216 @@
+// Dense KH x KW convolution, stride 1, 'same' size (output = input size), for
+// CPU adapters, forward and backward to the input (MNIST-style and ResNet-style
+// 3x3 layers): the spatial sibling of conv_direct.wgsl, built like
+// depthwise_direct.wgsl.
+//
+// One thread computes 8 consecutive pixels of a plane (two quads, positions flat
+// within the plane) for 4 output channels: 8 vec4 accumulators. For every
+// reduction channel r and kernel row kh it loads the 4 aligned vec4 blocks that
+// hold the 8 + KW - 1 inputs, takes each tap's 4 inputs out of them by a shift
+// that WMOD (W % 4) makes a specialisation constant, and multiplies them by one
+// vec4 of weights: the 4 output channels' weights of that tap, contiguous after
+// `repack`. Per (r, kh): 4 block loads and KW weight loads for 8 KW vec4 FMAs.
+//
+//   forward:  a = x (r over input channels), y = conv output (o over output
+//             channels), weights w[o, r, kh, kw]; bias and activation fused.
+//   backward: a = gy (r over output channels), y = gx (o over input channels),
+//             weights w[r, o, KH-1-kh, KW-1-kw] (FLIP), padding K - 1 - pad.
+//
+// Storage elements are `st` (f32 or f16, aliased by the host); arithmetic is f32.
+// Checked module; block indices are also clamped to their plane, and masked.
+
+struct Params {
+    n: u32,       // images
+    r: u32,       // reduction channels (channels of a)
+    nout: u32,    // output channels (channels of y)
+    nout4: u32,   // ceil(nout / 4): weight vec4s per tap
+    h: u32,
+    w: u32,
+    quads: u32,   // h * w / 4
+    pairs: u32,   // ceil(quads / 2)
+    items: u32,   // n * nout4 * pairs (main); repacked elements (repack)
+    act_alpha: f32,
+    act_beta: f32,
+    _pad: u32,
+}
+
+override KH: u32 = 3u;
+override KW: u32 = 3u;
+override PAD_T: u32 = 1u;
+override PAD_L: u32 = 1u;
+override WMOD: u32 = 0u;
+override FLIP: bool = false;
+override HAS_BIAS: bool = false;
+// Epilogue activation, codes and formulas as in activation.wgsl (keep in sync):
+//   0 relu, 1 relu6, 2 leaky_relu(alpha), 3 sigmoid, 4 silu, 5 hardswish,
+//   6 hardsigmoid(alpha x + beta clamped to [0, 1]), 7 identity
+override ACT: u32 = 7u;
+
+const WG: u32 = 64u;
+
+@group(0) @binding(0) var<uniform> p: Params;
+
+// ------------------------------------------------------------------ repack
+// wt[((r * KH + kh) * KW + kw) * 4 nout4 + o] = the weight of tap (kh, kw) from
+// reduction channel r to output channel o (0 for o >= nout).
+@group(0) @binding(1) var<storage, read> w_in: array<st>;
+@group(0) @binding(2) var<storage, read_write> w_out: array<st>;
+
+@compute @workgroup_size(WG)
+fn repack(@builtin(workgroup_id) wid: vec3<u32>,
+          @builtin(num_workgroups) nwg: vec3<u32>,
+          @builtin(local_invocation_index) lid: u32) {
+    let i = (wid.x + wid.y * nwg.x) * WG + lid;
+    if (i >= p.items) {
+        return;
+    }
+    let width = 4u * p.nout4;
+    let o = i % width;
+    let t = i / width;
+    let kw = t % KW;
+    let kh = (t / KW) % KH;
+    let r = t / (KW * KH);
+    var v = st(0.0);
+    if (o < p.nout) {
+        if (FLIP) {
+            v = w_in[((r * p.nout + o) * KH + (KH - 1u - kh)) * KW + (KW - 1u - kw)];
+        } else {
+            v = w_in[((o * p.r + r) * KH + kh) * KW + kw];
+        }
+    }
+    w_out[i] = v;
+}
+
+// -------------------------------------------------------------------- main
+@group(0) @binding(1) var<storage, read> a: array<vec4<st>>;
+@group(0) @binding(2) var<storage, read> wt: array<vec4<st>>;
+@group(0) @binding(3) var<storage, read> bias: array<st>;
+@group(0) @binding(4) var<storage, read_write> y: array<vec4<st>>;
+
+fn act4(v: vec4<f32>) -> vec4<f32> {
+    switch ACT {
+        case 0u: { return max(v, vec4(0.0)); }
+        case 1u: { return clamp(v, vec4(0.0), vec4(6.0)); }
+        case 2u: { return select(v * p.act_alpha, v, v >= vec4(0.0)); }
+        case 3u: { return 1.0 / (1.0 + exp(-v)); }
+        case 4u: { return v * (1.0 / (1.0 + exp(-v))); }
+        case 5u: { return v * clamp(v + 3.0, vec4(0.0), vec4(6.0)) / 6.0; }
+        case 6u: { return clamp(p.act_alpha * v + p.act_beta, vec4(0.0), vec4(1.0)); }
+        default: { return v; }
+    }
+}
+
+// Elements o .. o + 3 of the 12 in (b0, b1, b2).
+fn window(b0: vec4<f32>, b1: vec4<f32>, b2: vec4<f32>, o: u32) -> vec4<f32> {
+    switch o {
+        case 0u: { return b0; }
+        case 1u: { return vec4(b0.yzw, b1.x); }
+        case 2u: { return vec4(b0.zw, b1.xy); }
+        case 3u: { return vec4(b0.w, b1.xyz); }
+        case 4u: { return b1; }
+        case 5u: { return vec4(b1.yzw, b2.x); }
+        case 6u: { return vec4(b1.zw, b2.xy); }
+        default: { return vec4(b1.w, b2.xyz); }
+    }
+}
+
+// Block `i` of the plane starting at block `base` (zero outside the plane).
+fn block(base: u32, i: i32) -> vec4<f32> {
+    let inside = i >= 0 && i < i32(p.quads);
+    let v = vec4<f32>(a[base + u32(clamp(i, 0, i32(p.quads) - 1))]);
+    return select(vec4(0.0), v, inside);
+}
+
+@compute @workgroup_size(WG)
+fn main(@builtin(workgroup_id) wid: vec3<u32>,
+        @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {
+    let t = (wid.x + wid.y * nwg.x) * WG + lid;
+    if (t >= p.items) {
+        return;
+    }
+    let pair = t % p.pairs;
+    let rest = t / p.pairs;
+    let o4 = rest % p.nout4;
+    let img = rest / p.nout4;
+    let q = 2u * pair;
+    let second = q + 1u < p.quads;
+    let p0 = 4u * q;
+    let pos = vec4(p0) + vec4(0u, 1u, 2u, 3u);
+    let row = vec4<i32>(pos / p.w);
+    let col = vec4<i32>(pos % p.w);
+    let pos2 = pos + vec4(4u);
+    let row2 = vec4<i32>(pos2 / p.w);
+    let col2 = vec4<i32>(pos2 % p.w);
+    let hh = i32(p.h);
+    let ww = i32(p.w);
+    // first quad (c) and second quad (d), output channels 4 o4 + 0..3; plain
+    // variables, not arrays, so that they stay in registers
+    var c0 = vec4(0.0);
+    var c1 = vec4(0.0);
+    var c2 = vec4(0.0);
+    var c3 = vec4(0.0);
+    var d0 = vec4(0.0);
+    var d1 = vec4(0.0);
+    var d2 = vec4(0.0);
+    var d3 = vec4(0.0);
+    for (var r = 0u; r < p.r; r++) {
+        let base = (img * p.r + r) * p.quads;
+        for (var kh = 0u; kh < KH; kh++) {
+            let dr = i32(kh) - i32(PAD_T);
+            let ra = row + vec4(dr);
+            let row_ok = ra >= vec4(0) & ra < vec4(hh);
+            let rb = row2 + vec4(dr);
+            let row_ok2 = rb >= vec4(0) & rb < vec4(hh);
+            let e0 = i32(p0) + dr * ww - i32(PAD_L);
+            let b0 = e0 >> 2u;
+            let s = u32(((dr * i32(WMOD) - i32(PAD_L)) % 4 + 4) % 4);
+            let l0 = block(base, b0);
+            let l1 = block(base, b0 + 1);
+            let l2 = block(base, b0 + 2);
+            let l3 = block(base, b0 + 3);
+            let wrow = ((r * KH + kh) * KW) * p.nout4 + o4;
+            for (var kw = 0u; kw < KW; kw++) {
+                let dc = vec4(i32(kw) - i32(PAD_L));
+                let ca = col + dc;
+                let ok = row_ok & ca >= vec4(0) & ca < vec4(ww);
+                let cb = col2 + dc;
+                let ok2 = row_ok2 & cb >= vec4(0) & cb < vec4(ww);
+                let va = select(vec4(0.0), window(l0, l1, l2, s + kw), ok);
+                let vb = select(vec4(0.0), window(l1, l2, l3, s + kw), ok2);
+                let wv = vec4<f32>(wt[wrow + kw * p.nout4]);
+                c0 = fma(va, vec4(wv.x), c0);
+                c1 = fma(va, vec4(wv.y), c1);
+                c2 = fma(va, vec4(wv.z), c2);
+                c3 = fma(va, vec4(wv.w), c3);
+                d0 = fma(vb, vec4(wv.x), d0);
+                d1 = fma(vb, vec4(wv.y), d1);
+                d2 = fma(vb, vec4(wv.z), d2);
+                d3 = fma(vb, vec4(wv.w), d3);
+            }
+        }
+    }
+    emit(img, 4u * o4, q, second, c0, d0);
+    emit(img, 4u * o4 + 1u, q, second, c1, d1);
+    emit(img, 4u * o4 + 2u, q, second, c2, d2);
+    emit(img, 4u * o4 + 3u, q, second, c3, d3);
+}
+
+// Bias, activation and stores of output channel o's two quads.
+fn emit(img: u32, o: u32, q: u32, second: bool, ca: vec4<f32>, cb: vec4<f32>) {
+    if (o >= p.nout) {
+        return;
+    }
+    var va = ca;
+    var vb = cb;
+    if (HAS_BIAS) {
+        let b = vec4(f32(bias[o]));
+        va += b;
+        vb += b;
+    }
+    let plane = (img * p.nout + o) * p.quads;
+    y[plane + q] = vec4<st>(act4(va));
+    if (second) {
+        y[plane + q + 1u] = vec4<st>(act4(vb));
+    }
+}
