@@ -809,7 +809,7 @@ impl Geometry {
             && self.kw <= 5
             && y.h == x.h
             && y.w == x.w
-            && pixels % 4 == 0
+            && pixels.is_multiple_of(4)
             && pixels > 0
             && self.oc > 0
             && x.c > 0
