@@ -1,16 +1,12 @@
 // Element-wise activations, forward and backward to the input.
 // Storage elements are `st` (f32, or f16 on the half-precision path; the host
 // prepends the alias); arithmetic is f32.
-// ACT selects the function (specialisation constant):
-//   0 relu, 1 relu6, 2 leaky_relu(alpha), 3 sigmoid, 4 silu, 5 hardswish,
-//   6 hardsigmoid(alpha * x + beta clamped to [0, 1]), 7 identity
-
-override ACT: u32 = 0u;
+// ACT and act() (the forward functions) come from act.wgsl, prepended by the host.
 
 struct Params {
     count: u32,
-    alpha: f32,
-    beta: f32,
+    act_alpha: f32,
+    act_beta: f32,
     _pad: u32,
 }
 
@@ -20,18 +16,6 @@ fn sigmoid(x: f32) -> f32 {
     return 1.0 / (1.0 + exp(-x));
 }
 
-fn act(x: f32) -> f32 {
-    switch ACT {
-        case 0u: { return max(x, 0.0); }
-        case 1u: { return clamp(x, 0.0, 6.0); }
-        case 2u: { return select(x * p.alpha, x, x >= 0.0); }
-        case 3u: { return sigmoid(x); }
-        case 4u: { return x * sigmoid(x); }
-        case 5u: { return x * clamp(x + 3.0, 0.0, 6.0) / 6.0; }
-        case 6u: { return clamp(p.alpha * x + p.beta, 0.0, 1.0); }
-        default: { return x; }
-    }
-}
 
 // d act / dx at x. Matches PyTorch's choices at the kinks: relu'(0) = 0,
 // relu6' is 1 on the open interval (0, 6), hardswish' on [-3, 3] is (2x + 3) / 6,
@@ -40,7 +24,7 @@ fn dact(x: f32) -> f32 {
     switch ACT {
         case 0u: { return select(0.0, 1.0, x > 0.0); }
         case 1u: { return select(0.0, 1.0, x > 0.0 && x < 6.0); }
-        case 2u: { return select(p.alpha, 1.0, x > 0.0); }
+        case 2u: { return select(p.act_alpha, 1.0, x > 0.0); }
         case 3u: { let s = sigmoid(x); return s * (1.0 - s); }
         case 4u: { let s = sigmoid(x); return s * (1.0 + x * (1.0 - s)); }
         case 5u: {
@@ -49,8 +33,8 @@ fn dact(x: f32) -> f32 {
             return (2.0 * x + 3.0) / 6.0;
         }
         case 6u: {
-            let y = p.alpha * x + p.beta;
-            return select(0.0, p.alpha, y > 0.0 && y < 1.0);
+            let y = p.act_alpha * x + p.act_beta;
+            return select(0.0, p.act_alpha, y > 0.0 && y < 1.0);
         }
         default: { return 1.0; }
     }
@@ -65,9 +49,9 @@ fn dact_from_output(y: f32) -> f32 {
     switch ACT {
         case 0u: { return select(0.0, 1.0, y > 0.0); }
         case 1u: { return select(0.0, 1.0, y > 0.0 && y < 6.0); }
-        case 2u: { return select(p.alpha, 1.0, y > 0.0); }
+        case 2u: { return select(p.act_alpha, 1.0, y > 0.0); }
         case 3u: { return y * (1.0 - y); }
-        case 6u: { return select(0.0, p.alpha, y > 0.0 && y < 1.0); }
+        case 6u: { return select(0.0, p.act_alpha, y > 0.0 && y < 1.0); }
         default: { return 1.0; }
     }
 }

@@ -51,27 +51,12 @@ struct Params {
 
 override WG: u32 = 64u;
 override HAS_BIAS: bool = false;
-// Epilogue activation, codes and formulas as in activation.wgsl and conv.wgsl
-// (keep in sync): 0 relu, 1 relu6, 2 leaky_relu(alpha), 3 sigmoid, 4 silu,
-// 5 hardswish, 6 hardsigmoid(alpha x + beta clamped to [0, 1]), 7 identity.
-override ACT: u32 = 7u;
+// Epilogue activation: act4() and ACT come from act.wgsl, prepended by the host.
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(2) var<storage, read> w: array<vec4<st>>;
 @group(0) @binding(4) var<storage, read> bias: array<st>;
 
-fn act4(v: vec4<f32>) -> vec4<f32> {
-    switch ACT {
-        case 0u: { return max(v, vec4(0.0)); }
-        case 1u: { return clamp(v, vec4(0.0), vec4(6.0)); }
-        case 2u: { return select(v * p.act_alpha, v, v >= vec4(0.0)); }
-        case 3u: { return 1.0 / (1.0 + exp(-v)); }
-        case 4u: { return v * (1.0 / (1.0 + exp(-v))); }
-        case 5u: { return v * clamp(v + 3.0, vec4(0.0), vec4(6.0)) / 6.0; }
-        case 6u: { return clamp(p.act_alpha * v + p.act_beta, vec4(0.0), vec4(1.0)); }
-        default: { return v; }
-    }
-}
 
 struct Tile {
     tm: u32,

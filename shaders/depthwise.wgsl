@@ -52,23 +52,7 @@ override HAS_BIAS: bool = false;
 
 @group(0) @binding(0) var<uniform> p: Params;
 
-// Epilogue activation, codes and formulas as in activation.wgsl (keep in sync):
-//   0 relu, 1 relu6, 2 leaky_relu(alpha), 3 sigmoid, 4 silu, 5 hardswish,
-//   6 hardsigmoid(alpha x + beta clamped to [0, 1]), 7 identity
-override ACT: u32 = 7u;
-
-fn act(v: f32) -> f32 {
-    switch ACT {
-        case 0u: { return max(v, 0.0); }
-        case 1u: { return clamp(v, 0.0, 6.0); }
-        case 2u: { return select(v * p.act_alpha, v, v >= 0.0); }
-        case 3u: { return 1.0 / (1.0 + exp(-v)); }
-        case 4u: { return v * (1.0 / (1.0 + exp(-v))); }
-        case 5u: { return v * clamp(v + 3.0, 0.0, 6.0) / 6.0; }
-        case 6u: { return clamp(p.act_alpha * v + p.act_beta, 0.0, 1.0); }
-        default: { return v; }
-    }
-}
+// Epilogue activation: act() and ACT come from act.wgsl, prepended by the host.
 
 fn thread_index(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
     return (wid.x + wid.y * nwg.x) * WG + lid;

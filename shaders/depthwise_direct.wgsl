@@ -43,52 +43,16 @@ override PAD_L: u32 = 1u;
 override WMOD: u32 = 0u;     // w % 4
 override FLIP: bool = false; // backward: weights read rotated by 180 degrees
 override HAS_BIAS: bool = false;
-// Epilogue activation, codes and formulas as in activation.wgsl (keep in sync):
-//   0 relu, 1 relu6, 2 leaky_relu(alpha), 3 sigmoid, 4 silu, 5 hardswish,
-//   6 hardsigmoid(alpha x + beta clamped to [0, 1]), 7 identity
-override ACT: u32 = 7u;
+// Epilogue activation: act4() and ACT come from act.wgsl, window() from
+// window.wgsl; the host prepends both.
 
 const WG: u32 = 64u;
 
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> x: array<vec4<st>>;
+@group(0) @binding(1) var<storage, read> a: array<vec4<st>>;
 @group(0) @binding(2) var<storage, read> w: array<st>;
 @group(0) @binding(3) var<storage, read> bias: array<st>;
 @group(0) @binding(4) var<storage, read_write> y: array<vec4<st>>;
-
-fn act4(v: vec4<f32>) -> vec4<f32> {
-    switch ACT {
-        case 0u: { return max(v, vec4(0.0)); }
-        case 1u: { return clamp(v, vec4(0.0), vec4(6.0)); }
-        case 2u: { return select(v * p.act_alpha, v, v >= vec4(0.0)); }
-        case 3u: { return 1.0 / (1.0 + exp(-v)); }
-        case 4u: { return v * (1.0 / (1.0 + exp(-v))); }
-        case 5u: { return v * clamp(v + 3.0, vec4(0.0), vec4(6.0)) / 6.0; }
-        case 6u: { return clamp(p.act_alpha * v + p.act_beta, vec4(0.0), vec4(1.0)); }
-        default: { return v; }
-    }
-}
-
-// Elements o .. o + 3 of the 12 in (a, b, c).
-fn window(a: vec4<f32>, b: vec4<f32>, c: vec4<f32>, o: u32) -> vec4<f32> {
-    switch o {
-        case 0u: { return a; }
-        case 1u: { return vec4(a.yzw, b.x); }
-        case 2u: { return vec4(a.zw, b.xy); }
-        case 3u: { return vec4(a.w, b.xyz); }
-        case 4u: { return b; }
-        case 5u: { return vec4(b.yzw, c.x); }
-        case 6u: { return vec4(b.zw, c.xy); }
-        default: { return vec4(b.w, c.xyz); }
-    }
-}
-
-// Block `i` of the plane starting at block `base` (zero outside the plane).
-fn block(base: u32, i: i32) -> vec4<f32> {
-    let inside = i >= 0 && i < i32(p.quads);
-    let v = vec4<f32>(x[base + u32(clamp(i, 0, i32(p.quads) - 1))]);
-    return select(vec4(0.0), v, inside);
-}
 
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>,
@@ -185,7 +149,7 @@ struct Params2 {
 // Block `i` of the gy row starting at block `base` (zero outside the row).
 fn row_block(base: u32, i: i32) -> vec4<f32> {
     let inside = i >= 0 && i < i32(p2.ow4);
-    let v = vec4<f32>(x[base + u32(clamp(i, 0, i32(p2.ow4) - 1))]);
+    let v = vec4<f32>(a[base + u32(clamp(i, 0, i32(p2.ow4) - 1))]);
     return select(vec4(0.0), v, inside);
 }
 

@@ -4,7 +4,10 @@
 use crate::error::{Error, Result};
 use crate::gpu::{Binding, Context, Recording, Tensor, WORKGROUP_1D};
 
-const SHADER: &str = include_str!("../../shaders/activation.wgsl");
+const SHADER: &str = concat!(
+    include_str!("../../shaders/act.wgsl"),
+    include_str!("../../shaders/activation.wgsl")
+);
 
 /// An element-wise activation function.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -27,8 +30,8 @@ pub enum Activation {
 }
 
 impl Activation {
-    /// (ACT override code, alpha, beta) as `shaders/activation.wgsl` and the fused
-    /// conv epilogues (`shaders/conv.wgsl`, `shaders/depthwise.wgsl`) read them.
+    /// (ACT override code, alpha, beta) as `shaders/act.wgsl` reads them (in
+    /// activation.wgsl and in every conv kernel's fused epilogue).
     pub(crate) fn code(&self) -> (u32, f32, f32) {
         match *self {
             Activation::Relu => (0, 0.0, 0.0),

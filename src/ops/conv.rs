@@ -30,11 +30,26 @@ use crate::ops::activation::Activation;
 use crate::ops::conv_direct::{self, Pointwise};
 use crate::ops::params::Conv2dParams;
 
-const GEMM_SHADER: &str = include_str!("../../shaders/conv.wgsl");
-const DW_SHADER: &str = include_str!("../../shaders/depthwise.wgsl");
+// act.wgsl (the fused activations) and window.wgsl are prepended where used.
+const GEMM_SHADER: &str = concat!(
+    include_str!("../../shaders/act.wgsl"),
+    include_str!("../../shaders/conv.wgsl")
+);
+const DW_SHADER: &str = concat!(
+    include_str!("../../shaders/act.wgsl"),
+    include_str!("../../shaders/depthwise.wgsl")
+);
 const FEW_SHADER: &str = include_str!("../../shaders/conv_backward_few.wgsl");
-const DW_DIRECT_SHADER: &str = include_str!("../../shaders/depthwise_direct.wgsl");
-const SAME_SHADER: &str = include_str!("../../shaders/conv_same_direct.wgsl");
+const DW_DIRECT_SHADER: &str = concat!(
+    include_str!("../../shaders/act.wgsl"),
+    include_str!("../../shaders/window.wgsl"),
+    include_str!("../../shaders/depthwise_direct.wgsl")
+);
+const SAME_SHADER: &str = concat!(
+    include_str!("../../shaders/act.wgsl"),
+    include_str!("../../shaders/window.wgsl"),
+    include_str!("../../shaders/conv_same_direct.wgsl")
+);
 
 /// Tile shape of the GEMM kernel, set through its override constants (`WG_M`
 /// threads along m, `TM` m per thread, `BK` the K slice); conv.wgsl supports

@@ -30,6 +30,7 @@ const VEC4: &str = concat!(
     "fn store_y(o: vec4<u32>, ok: vec4<bool>, v: vec4<f32>) {\n",
     "    if (ok.x) { y[o.x / 4u] = vec4<st>(v); }\n",
     "}\n",
+    include_str!("../../shaders/act.wgsl"),
     include_str!("../../shaders/conv_direct.wgsl"),
 );
 
@@ -53,6 +54,7 @@ const SCALAR: &str = concat!(
     "    if (ok.z) { y[o.z] = st(v.z); }\n",
     "    if (ok.w) { y[o.w] = st(v.w); }\n",
     "}\n",
+    include_str!("../../shaders/act.wgsl"),
     include_str!("../../shaders/conv_direct.wgsl"),
 );
 
