@@ -26,9 +26,10 @@ struct Params {
     nout4: u32,   // ceil(nout / 4): weight vec4s per tap
     h: u32,
     w: u32,
-    quads: u32,   // h * w / 4
-    pairs: u32,   // ceil(quads / 2)
-    items: u32,   // n * nout4 * pairs (main); repacked elements (repack)
+    quads: u32,   // h * w / 4 (main_s2: output rows)
+    pairs: u32,   // ceil(quads / 2) (main_s2: output quads per row)
+    items: u32,   // n * nout4 * pairs (main); repacked elements (repack);
+                  // n * nout4 / 2 * output rows * quads per row (main_s2)
     act_alpha: f32,
     act_beta: f32,
     _pad: u32,
@@ -177,4 +178,119 @@ fn emit(img: u32, o: u32, q: u32, second: bool, ca: vec4<f32>, cb: vec4<f32>) {
     if (second) {
         y[plane + q + 1u] = vec4<st>(act4(vb));
     }
+}
+
+// ------------------------------------------------------- forward, stride 2
+// Dense stride-2 forward (stems, downsampling layers) where output rows hold
+// whole quads (out_w % 4 == 0) and input rows whole blocks (w % 4 == 0): one
+// thread computes 4 consecutive outputs of a row for 8 output channels. The
+// inputs of output column 4 k + j at tap kw sit at input column
+// 8 k - PAD_L + 2 j + kw, inside the 4 blocks holding columns 8 k - 4 .. 8 k + 11
+// (PAD_L <= 4, KW <= 5), read with a stride of 2 by window2. Weights as
+// `repack` leaves them, p.nout4 even. Same bias and activation as `main`.
+
+// main_s2 reads the parameters as: h, w the input size (w % 4 == 0), quads the
+// output rows, pairs the output quads per row, items n * (nout4 / 2) * rows *
+// quads per row.
+fn out_rows() -> u32 { return p.quads; }
+fn out_quads() -> u32 { return p.pairs; }
+fn in_blocks() -> u32 { return p.w / 4u; }
+
+// Elements o, o + 2, o + 4, o + 6 (o < 10) of the 16 in (b0, b1, b2, b3).
+fn window2(b0: vec4<f32>, b1: vec4<f32>, b2: vec4<f32>, b3: vec4<f32>, o: u32) -> vec4<f32> {
+    switch o {
+        case 0u: { return vec4(b0.xz, b1.xz); }
+        case 1u: { return vec4(b0.yw, b1.yw); }
+        case 2u: { return vec4(b0.z, b1.xz, b2.x); }
+        case 3u: { return vec4(b0.w, b1.yw, b2.y); }
+        case 4u: { return vec4(b1.xz, b2.xz); }
+        case 5u: { return vec4(b1.yw, b2.yw); }
+        case 6u: { return vec4(b1.z, b2.xz, b3.x); }
+        case 7u: { return vec4(b1.w, b2.yw, b3.y); }
+        case 8u: { return vec4(b2.xz, b3.xz); }
+        default: { return vec4(b2.yw, b3.yw); }
+    }
+}
+
+// Block `i` of the input row starting at block `base` (zero outside the row).
+fn row_block2(base: u32, i: i32) -> vec4<f32> {
+    let inside = i >= 0 && i < i32(in_blocks());
+    let v = vec4<f32>(a[base + u32(clamp(i, 0, i32(in_blocks()) - 1))]);
+    return select(vec4(0.0), v, inside);
+}
+
+// Bias, activation and store of output channel o's quad.
+fn emit_s2(img: u32, o: u32, oh: u32, k: u32, acc: vec4<f32>) {
+    if (o >= p.nout) {
+        return;
+    }
+    var v = acc;
+    if (HAS_BIAS) {
+        v += vec4(f32(bias[o]));
+    }
+    y[((img * p.nout + o) * out_rows() + oh) * out_quads() + k] = vec4<st>(act4(v));
+}
+
+@compute @workgroup_size(WG)
+fn main_s2(@builtin(workgroup_id) wid: vec3<u32>,
+           @builtin(num_workgroups) nwg: vec3<u32>,
+           @builtin(local_invocation_index) lid: u32) {
+    let t = (wid.x + wid.y * nwg.x) * WG + lid;
+    if (t >= p.items) {
+        return;
+    }
+    let k = t % out_quads();
+    var rest = t / out_quads();
+    let oh = rest % out_rows();
+    rest = rest / out_rows();
+    let pairs = p.nout4 / 2u;
+    let o8 = rest % pairs;
+    let img = rest / pairs;
+    let iw = i32(in_blocks() * 4u);
+    // input columns of the 4 outputs at tap 0
+    let col0 = vec4(i32(8u * k) - i32(PAD_L)) + vec4(0, 2, 4, 6);
+    var c0 = vec4(0.0);
+    var c1 = vec4(0.0);
+    var c2 = vec4(0.0);
+    var c3 = vec4(0.0);
+    var c4 = vec4(0.0);
+    var c5 = vec4(0.0);
+    var c6 = vec4(0.0);
+    var c7 = vec4(0.0);
+    for (var r = 0u; r < p.r; r++) {
+        for (var kh = 0u; kh < KH; kh++) {
+            let ih = i32(2u * oh + kh) - i32(PAD_T);
+            let row_ok = ih >= 0 && ih < i32(p.h);
+            let base = ((img * p.r + r) * p.h + u32(clamp(ih, 0, i32(p.h) - 1))) * in_blocks();
+            let b0 = row_block2(base, i32(2u * k) - 1);
+            let b1 = row_block2(base, i32(2u * k));
+            let b2 = row_block2(base, i32(2u * k) + 1);
+            let b3 = row_block2(base, i32(2u * k) + 2);
+            let wrow = ((r * KH + kh) * KW) * p.nout4 + 2u * o8;
+            for (var kw = 0u; kw < KW; kw++) {
+                let cc = col0 + vec4(i32(kw));
+                let ok = vec4(row_ok) & cc >= vec4(0) & cc < vec4(iw);
+                let v = select(vec4(0.0), window2(b0, b1, b2, b3, 4u - PAD_L + kw), ok);
+                let wa = vec4<f32>(wt[wrow + kw * p.nout4]);
+                let wb = vec4<f32>(wt[wrow + kw * p.nout4 + 1u]);
+                c0 = fma(v, vec4(wa.x), c0);
+                c1 = fma(v, vec4(wa.y), c1);
+                c2 = fma(v, vec4(wa.z), c2);
+                c3 = fma(v, vec4(wa.w), c3);
+                c4 = fma(v, vec4(wb.x), c4);
+                c5 = fma(v, vec4(wb.y), c5);
+                c6 = fma(v, vec4(wb.z), c6);
+                c7 = fma(v, vec4(wb.w), c7);
+            }
+        }
+    }
+    let o = 8u * o8;
+    emit_s2(img, o, oh, k, c0);
+    emit_s2(img, o + 1u, oh, k, c1);
+    emit_s2(img, o + 2u, oh, k, c2);
+    emit_s2(img, o + 3u, oh, k, c3);
+    emit_s2(img, o + 4u, oh, k, c4);
+    emit_s2(img, o + 5u, oh, k, c5);
+    emit_s2(img, o + 6u, oh, k, c6);
+    emit_s2(img, o + 7u, oh, k, c7);
 }

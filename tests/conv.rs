@@ -1212,3 +1212,67 @@ fn same_direct_and_fallback() {
     );
     check_on(&ctx, &stem, false, 460);
 }
+
+/// The stride-2 dense forward of CPU adapters (stems, downsampling): TF- and
+/// PyTorch-style padding, left padding up to 4, odd input heights, odd, even
+/// and rectangular kernels, output channel counts that are not multiples of 8,
+/// bias and fused activations; rows that are not multiples of 4 fall back.
+#[test]
+fn stride2_direct_forward() {
+    let ctx = ctx_style(KernelStyle::Direct);
+    let cases = [
+        Case::new("s2 stem", 2, 3, [16, 16], 8, [3, 3])
+            .pad([0, 0, 1, 1])
+            .stride([2, 2])
+            .bias(),
+        Case::new("s2 k3 pad 1", 1, 5, [12, 8], 12, [3, 3])
+            .pad([1; 4])
+            .stride([2, 2]),
+        Case::new("s2 k5", 1, 4, [16, 16], 10, [5, 5])
+            .pad([1, 1, 2, 2])
+            .stride([2, 2])
+            .bias(),
+        Case::new("s2 k2", 2, 6, [8, 8], 7, [2, 2]).stride([2, 2]),
+        Case::new("s2 k4", 1, 3, [8, 16], 9, [4, 4])
+            .pad([1, 1, 2, 2])
+            .stride([2, 2]),
+        Case::new("s2 odd h", 3, 2, [9, 8], 16, [3, 3])
+            .pad([1; 4])
+            .stride([2, 2])
+            .bias(),
+        Case::new("s2 k5x3", 1, 5, [7, 8], 6, [5, 3])
+            .pad([2, 1, 2, 1])
+            .stride([2, 2]),
+        Case::new("s2 pad_l 4", 1, 2, [8, 12], 5, [5, 5])
+            .pad([2, 4, 2, 4])
+            .stride([2, 2]),
+    ];
+    for (i, case) in cases.iter().enumerate() {
+        let s = conv_shaders(&ctx, case);
+        assert_eq!(s[..2], ["conv_same_direct"; 2], "{}: {s:?}", case.name);
+        check_on(&ctx, case, false, 500 + i as u64);
+        for act in [Activation::Relu6, Activation::Hardswish] {
+            check_fused(&ctx, case, false, act, 520 + i as u64);
+        }
+    }
+    for (i, case) in [
+        Case::new("s2 out 5", 1, 3, [10, 10], 8, [3, 3])
+            .pad([1; 4])
+            .stride([2, 2]),
+        Case::new("s2 groups", 1, 4, [8, 8], 8, [3, 3])
+            .pad([1; 4])
+            .stride([2, 2])
+            .groups(2),
+        Case::new("s2 dilated", 1, 3, [12, 16], 8, [3, 3])
+            .pad([2; 4])
+            .stride([2, 2])
+            .dil([2, 2]),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let s = conv_shaders(&ctx, case);
+        assert!(!s.contains(&"conv_same_direct"), "{}: {s:?}", case.name);
+        check_on(&ctx, case, false, 540 + i as u64);
+    }
+}

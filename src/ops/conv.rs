@@ -392,6 +392,29 @@ pub fn forward_act(
         )?);
     } else if let Some(pw) = geo.pointwise().filter(|pw| pw.eligible(ctx)) {
         conv_direct::forward(ctx, rec, &pw, x, w, b, act, y, format!("conv2d{suffix}"))?;
+    } else if geo.s2_direct(ctx) {
+        let (mut params, shape_constants, groups) = geo.s2_params();
+        params.act_alpha = act_alpha;
+        params.act_beta = act_beta;
+        let wt = same_repack(ctx, rec, &geo, &params, w, false)?;
+        let mut all: Vec<(&str, f64)> = constants.to_vec();
+        all.extend(shape_constants);
+        let k = ctx.kernel(
+            "conv_same_direct",
+            SAME_SHADER,
+            y.dtype,
+            "main_s2",
+            &bindings,
+            &all,
+        )?;
+        let u = ctx.uniform(&params);
+        rec.push(ctx.dispatch(
+            format!("conv2d{suffix}"),
+            &k,
+            &u,
+            &[x, &wt, bias, y],
+            groups,
+        )?);
     } else if geo.same_direct(ctx, false) {
         let (mut params, shape_constants, groups) = geo.same_params(false);
         params.act_alpha = act_alpha;
@@ -658,6 +681,7 @@ impl Geometry {
         if self.depthwise
             || self.pointwise().is_some_and(|pw| pw.eligible(ctx))
             || self.same_direct(ctx, backward)
+            || (!backward && self.s2_direct(ctx))
         {
             return false;
         }
@@ -831,6 +855,57 @@ impl Geometry {
             && (!backward || !self.few_inputs(ctx))
             && x.numel().max(y.numel()) < (i32::MAX as u64) / 2
             && x.c as u64 * self.oc as u64 * 25 < u32::MAX as u64
+    }
+
+    /// Whether `conv_same_direct.wgsl`'s `main_s2` runs this forward pass: CPU
+    /// adapters, dense stride-2 convolutions (stems, downsampling) whose input
+    /// and output rows are multiples of 4 wide, kernels up to 5 wide with left
+    /// padding up to 4, no dilation.
+    fn s2_direct(&self, ctx: &Context) -> bool {
+        let p = &self.p;
+        let (x, y) = (self.x, self.y);
+        ctx.kernel_style() == KernelStyle::Direct
+            && !self.depthwise
+            && p.groups == 1
+            && p.stride == [2, 2]
+            && p.dilation == [1, 1]
+            && self.kw <= 5
+            && p.padding[1] <= 4
+            && x.w.is_multiple_of(4)
+            && y.w.is_multiple_of(4)
+            && y.numel() > 0
+            && x.c > 0
+            && x.numel().max(y.numel()) < (i32::MAX as u64) / 2
+            && x.c as u64 * self.oc as u64 * 25 < u32::MAX as u64
+    }
+
+    /// (params, override constants, workgroups) of `main_s2` (the parameter
+    /// fields as that entry reads them).
+    fn s2_params(&self) -> (SameParams, [(&'static str, f64); 4], u32) {
+        let (x, y) = (self.x, self.y);
+        let nout4 = 2 * self.oc.div_ceil(8);
+        let items = x.n * (nout4 / 2) * y.h * (y.w / 4);
+        let params = SameParams {
+            n: x.n,
+            r: x.c,
+            nout: self.oc,
+            nout4,
+            h: x.h,
+            w: x.w,
+            quads: y.h,
+            pairs: y.w / 4,
+            items,
+            act_alpha: 0.0,
+            act_beta: 0.0,
+            _pad: 0,
+        };
+        let constants = [
+            ("KH", self.kh as f64),
+            ("KW", self.kw as f64),
+            ("PAD_T", self.p.padding[0] as f64),
+            ("PAD_L", self.p.padding[1] as f64),
+        ];
+        (params, constants, items.div_ceil(SAME_WG))
     }
 
     /// (params, override constants, workgroups) of `conv_same_direct.wgsl`'s
