@@ -713,3 +713,25 @@ fn f16_mnist_gradients_do_not_underflow() {
         a.adv_total
     );
 }
+
+/// A model whose logits overflow f16 (65504) is refused with advice instead of
+/// reporting NaN probabilities; in f32 the same model runs.
+#[test]
+fn f16_overflow_is_an_error_that_says_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut b = builder::every_op(5);
+    for v in b.tensor_mut("fc.weight").2.iter_mut() {
+        *v *= 1.0e6;
+    }
+    let path = b.write(dir.path(), "big.safetensors", advex::model::Dtype::F32);
+    let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let mut o = advex::attack::RunOptions::new(&path, root.join("examples/photos"));
+    o.eps = parse_eps_list("1/255").unwrap();
+    o.batch_size = Some(2);
+    let r = advex::attack::run_attack(&o).expect("f32 runs");
+    assert!(r.clean.accuracy.is_finite());
+    o.precision = DType::F16;
+    let err = advex::attack::run_attack(&o).expect_err("f16 overflows");
+    let msg = err.to_string();
+    assert!(msg.contains("--precision f32"), "{msg}");
+}

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use rayon::prelude::*;
 
-use super::{Eps, EvalPlan, FgsmPlan, Target};
+use super::{Eps, EvalPlan, FgsmPlan, Pred, Target};
 use crate::data::{
     assign_labels, discover, write_png_atomic, BatchLoader, ImageEntry, LabelSource, Preprocessor,
     Skipped,
@@ -242,6 +242,25 @@ fn open_gpu(opts: &RunOptions, model: Arc<Model>) -> Result<GpuModel> {
     GpuModel::with_precision(ctx, model, opts.precision)
 }
 
+/// Half precision can overflow (f16 ends at 65504) on models with large
+/// activations: their probabilities come out NaN. Say so, rather than report
+/// nonsense. In f32 a NaN is the model's own and passes through.
+fn check_finite<'a>(gpu: &GpuModel, preds: impl Iterator<Item = &'a Pred>) -> Result<()> {
+    if gpu.dtype != DType::F16 {
+        return Ok(());
+    }
+    for p in preds {
+        if !p.prob.is_finite() {
+            return Err(Error::Usage(format!(
+                "model {} overflows half precision on these images (non-finite \
+                 probabilities); rerun with --precision f32",
+                gpu.model.name
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Tune the model's convolutions at `batch` when asked; say so when it took time.
 fn autotune(opts: &RunOptions, gpu: &GpuModel, batch: u32) -> Result<()> {
     if !opts.tune {
@@ -346,6 +365,7 @@ pub fn run_attack(opts: &RunOptions) -> Result<Report> {
             }
             let labels: Vec<Option<u32>> = b.indices.iter().map(|&i| prep.labels[i]).collect();
             let o = plan.run(&b.pixels, &labels, opts.out.is_some())?;
+            check_finite(&gpu, o.clean.iter().chain(o.adv.iter().flatten()))?;
             let mut job: PngJob = Vec::new();
             for (j, &idx) in b.indices.iter().enumerate() {
                 let rel = &prep.entries[idx].rel;
@@ -506,6 +526,7 @@ pub fn run_eval(opts: &RunOptions) -> Result<(Vec<EvalRow>, Report)> {
         }
         let labels: Vec<Option<u32>> = b.indices.iter().map(|&i| prep.labels[i]).collect();
         let (used, preds) = plan.run(&b.pixels, &labels)?;
+        check_finite(&gpu, preds.iter())?;
         for (j, &idx) in b.indices.iter().enumerate() {
             let p = preds[j];
             let label_prob = if p.label_prob.is_nan() {
