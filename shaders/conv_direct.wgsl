@@ -8,11 +8,16 @@
 // per load instruction. Real GPUs keep the tiled kernels in conv.wgsl (see
 // `ops::conv_direct` for the choice).
 //
-// Per group grp, with m = (image, pixel) over N*HW pixels:
-//   forward:  y[img, grp*OCg + n, px]  = act(sum_k x[img, grp*ICg + k, px] * w[grp*OCg + n, k] + b)
-//             (k over ICg, n over OCg; B = w rows, read as vec4 along k: ICg % 4 == 0)
-//   backward: gx[img, grp*ICg + n, px] = sum_k gy[img, grp*OCg + k, px] * w[grp*OCg + k, n]
-//             (k over OCg, n over ICg; B = w rows, read as vec4 along n: ICg % 4 == 0)
+// Per group grp, with m = (image, pixel) over N*HW pixels, two entries that
+// differ in how they read B:
+//   forward (B as [n][k], vec4 along k):
+//     y[img, grp*OCg + n, px] = act(sum_k x[img, grp*ICg + k, px] * w[grp*OCg + n, k] + b)
+//     (k over ICg, n over OCg: ICg % 4 == 0)
+//   backward (B as [k][n], vec4 along n; TN_B columns, 4 FMAs per weight load):
+//     gx[img, grp*ICg + n, px] = sum_k gy[img, grp*OCg + k, px] * w[grp*OCg + k, n]
+//     (k over OCg, n over ICg: ICg % 4 == 0). The host also runs the forward
+//     pass through it, with w transposed per group (B = w^T, k over ICg, n over
+//     OCg, OCg % 4 == 0), bias and activation in its epilogue.
 // Both read A as "a[(img * a_c + grp * kdim + k) * hw + px]" and write
 // "y[(img * out_c + grp * ncols + n) * hw + px]", overwriting the output.
 //
@@ -56,7 +61,6 @@ override HAS_BIAS: bool = false;
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(2) var<storage, read> w: array<vec4<st>>;
 @group(0) @binding(4) var<storage, read> bias: array<st>;
-
 
 struct Tile {
     tm: u32,
@@ -174,7 +178,11 @@ fn backward(@builtin(workgroup_id) wid: vec3<u32>,
         let yo = offsets(m, p.out_c, t.grp * p.ncols + n0);
         for (var j = 0u; j < TN_B; j++) {
             if (n0 + j < p.ncols) {
-                store_y(yo + vec4(j * hw), ok, acc[g][j]);
+                var v = acc[g][j];
+                if (HAS_BIAS) {
+                    v += vec4(f32(bias[t.grp * p.ncols + n0 + j]));
+                }
+                store_y(yo + vec4(j * hw), ok, act4(v));
             }
         }
     }

@@ -60,3 +60,22 @@ fn from_storage(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
     }
     dst32[i] = f32(src[i]);
 }
+
+// Batched transpose (f32 or st alike): dst[b, c, r] = src[b, r, c] for
+// p.count = batches * rows * cols elements, rows = p._p0, cols = p._p1;
+// bindings src (1), dst (2) as accumulate. (Weights of the CPU adapters'
+// pointwise kernels, transposed per group.)
+@compute @workgroup_size(256)
+fn transpose(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+             @builtin(local_invocation_index) lid: u32) {
+    let i = (wid.x + wid.y * nwg.x) * WG + lid;
+    if (i >= p.count) {
+        return;
+    }
+    let rc = p._p0 * p._p1;
+    let b = i / rc;
+    let rem = i - b * rc;
+    let c = rem / p._p0;
+    let r = rem - c * p._p0;
+    dst[i] = src[b * rc + r * p._p1 + c];
+}

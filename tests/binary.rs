@@ -196,3 +196,30 @@ fn accumulate_past_65535_workgroups() {
         assert_eq!(g, want, "element {i}");
     }
 }
+
+#[test]
+fn transpose_matches_reference() {
+    let ctx = ctx();
+    let (b, r, c) = (3usize, 5usize, 7usize);
+    let v = random(77, b * r * c);
+    let s = Shape::new((b * r * c) as u32, 1, 1, 1);
+    let src = ctx.upload(&v, s, "src").unwrap();
+    let dst = ctx.tensor(s, "dst").unwrap();
+    let mut rec = Recording::new();
+    elementwise::transpose(&ctx, &mut rec, &src, &dst, b as u32, r as u32, c as u32).unwrap();
+    let got = ctx.run_read(&[&rec], &[&dst]).unwrap().remove(0);
+    for bi in 0..b {
+        for ri in 0..r {
+            for ci in 0..c {
+                assert_eq!(
+                    got[(bi * c + ci) * r + ri],
+                    v[(bi * r + ri) * c + ci],
+                    "matrix {bi} element ({ri}, {ci})"
+                );
+            }
+        }
+    }
+    // A shape that does not hold the elements is refused.
+    let mut rec = Recording::new();
+    assert!(elementwise::transpose(&ctx, &mut rec, &src, &dst, 2, 5, 7).is_err());
+}

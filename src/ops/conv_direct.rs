@@ -13,6 +13,7 @@
 use crate::error::Result;
 use crate::gpu::{Binding, Context, KernelStyle, Recording, Tensor};
 use crate::ops::activation::Activation;
+use crate::ops::elementwise;
 
 /// Prelude of the vec4 layout: 8 pixels (2 groups of 4 consecutive) per thread,
 /// 4 columns forward, 8 backward.
@@ -186,14 +187,36 @@ pub(crate) fn forward(
 ) -> Result<()> {
     let l = pw.layout();
     let (code, alpha, beta) = act.code();
-    let mut params = pw.params(pw.icg(), pw.ocg(), pw.in_c, pw.out_c, l.tn_f);
-    params.act_alpha = alpha;
-    params.act_beta = beta;
     let constants = [
         ("HAS_BIAS", if b.is_some() { 1.0 } else { 0.0 }),
         ("ACT", code as f64),
         ("WG", WG as f64),
     ];
+    // Without a bias the weight is bound in its place (never read).
+    let bias = b.unwrap_or(w);
+    if pw.ocg().is_multiple_of(4) {
+        // w^T per group, then the [k][n] entry (4 FMAs per weight load).
+        let wt = ctx.tensor_as(w.shape, w.dtype, "transposed weights")?;
+        elementwise::transpose(ctx, rec, w, &wt, pw.groups, pw.ocg(), pw.icg())?;
+        let mut params = pw.params(pw.icg(), pw.ocg(), pw.in_c, pw.out_c, l.tn_b);
+        params.act_alpha = alpha;
+        params.act_beta = beta;
+        let bindings = [
+            Binding::Read,
+            Binding::Read,
+            Binding::ReadWrite,
+            Binding::Read,
+        ];
+        let k = ctx.kernel(
+            l.shader, l.source, x.dtype, "backward", &bindings, &constants,
+        )?;
+        let u = ctx.uniform(&params);
+        rec.push(ctx.dispatch(label, &k, &u, &[x, &wt, y, bias], params.total_wg)?);
+        return Ok(());
+    }
+    let mut params = pw.params(pw.icg(), pw.ocg(), pw.in_c, pw.out_c, l.tn_f);
+    params.act_alpha = alpha;
+    params.act_beta = beta;
     let bindings = [
         Binding::Read,
         Binding::Read,
@@ -204,8 +227,6 @@ pub(crate) fn forward(
         l.shader, l.source, x.dtype, "forward", &bindings, &constants,
     )?;
     let u = ctx.uniform(&params);
-    // Without a bias the weight is bound in its place (never read).
-    let bias = b.unwrap_or(w);
     rec.push(ctx.dispatch(label, &k, &u, &[x, w, y, bias], params.total_wg)?);
     Ok(())
 }
@@ -223,7 +244,12 @@ pub(crate) fn backward(
 ) -> Result<()> {
     let l = pw.layout();
     let params = pw.params(pw.ocg(), pw.icg(), pw.out_c, pw.in_c, l.tn_b);
-    let bindings = [Binding::Read, Binding::Read, Binding::ReadWrite];
+    let bindings = [
+        Binding::Read,
+        Binding::Read,
+        Binding::ReadWrite,
+        Binding::Read,
+    ];
     let k = ctx.kernel(
         l.shader,
         l.source,
@@ -233,6 +259,7 @@ pub(crate) fn backward(
         &[("WG", WG as f64)],
     )?;
     let u = ctx.uniform(&params);
-    rec.push(ctx.dispatch(label, &k, &u, &[gy, w, gx], params.total_wg)?);
+    // No bias: the weight is bound in its place (never read).
+    rec.push(ctx.dispatch(label, &k, &u, &[gy, w, gx, w], params.total_wg)?);
     Ok(())
 }

@@ -129,6 +129,48 @@ pub fn cast(ctx: &Context, rec: &mut Recording, src: &Tensor, dst: &Tensor) -> R
     Ok(())
 }
 
+/// `dst[b, c, r] = src[b, r, c]`: `batches` matrices of `rows` x `cols`
+/// transposed (same dtype, same element count, distinct storage).
+pub fn transpose(
+    ctx: &Context,
+    rec: &mut Recording,
+    src: &Tensor,
+    dst: &Tensor,
+    batches: u32,
+    rows: u32,
+    cols: u32,
+) -> Result<()> {
+    let entry = "transpose";
+    same_size(entry, src, dst)?;
+    distinct(entry, dst, &[src])?;
+    let count = count_u32(entry, src.numel())?;
+    if batches as u64 * rows as u64 * cols as u64 != count as u64 {
+        return Err(Error::shape(
+            entry,
+            format!("{batches} x {rows} x {cols} matrices do not hold {count} elements"),
+        ));
+    }
+    if count == 0 {
+        return Ok(());
+    }
+    let k = ctx.kernel(
+        "elementwise",
+        SHADER,
+        dst.dtype,
+        entry,
+        &[Binding::Read, Binding::ReadWrite],
+        &[],
+    )?;
+    let p = ctx.uniform(&Params {
+        count,
+        alpha: 1.0,
+        _p0: rows,
+        _p1: cols,
+    });
+    rec.push(ctx.dispatch(entry, &k, &p, &[src, dst], groups_1d(count))?);
+    Ok(())
+}
+
 /// `dst = src`, as a buffer copy (same element count and dtype, distinct storage).
 pub fn copy(_ctx: &Context, rec: &mut Recording, src: &Tensor, dst: &Tensor) -> Result<()> {
     same_size("copy", src, dst)?;
