@@ -100,15 +100,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
     let img = rest / p.nout4;
     let q = 2u * pair;
     let second = q + 1u < p.quads;
-    let p0 = 4u * q;
-    let pos = vec4(p0) + vec4(0u, 1u, 2u, 3u);
-    let row = vec4<i32>(pos / p.w);
-    let col = vec4<i32>(pos % p.w);
-    let pos2 = pos + vec4(4u);
-    let row2 = vec4<i32>(pos2 / p.w);
-    let col2 = vec4<i32>(pos2 % p.w);
-    let hh = i32(p.h);
-    let ww = i32(p.w);
+    let quads = quads_at(4u * q);
     // first quad (c) and second quad (d), output channels 4 o4 + 0..3; plain
     // variables, not arrays, so that they stay in registers
     var c0 = vec4(0.0);
@@ -122,27 +114,12 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
     for (var r = 0u; r < p.r; r++) {
         let base = (img * p.r + r) * p.quads;
         for (var kh = 0u; kh < KH; kh++) {
-            let dr = i32(kh) - i32(PAD_T);
-            let ra = row + vec4(dr);
-            let row_ok = ra >= vec4(0) & ra < vec4(hh);
-            let rb = row2 + vec4(dr);
-            let row_ok2 = rb >= vec4(0) & rb < vec4(hh);
-            let e0 = i32(p0) + dr * ww - i32(PAD_L);
-            let b0 = e0 >> 2u;
-            let s = u32(((dr * i32(WMOD) - i32(PAD_L)) % 4 + 4) % 4);
-            let l0 = block(base, b0);
-            let l1 = block(base, b0 + 1);
-            let l2 = block(base, b0 + 2);
-            let l3 = block(base, b0 + 3);
+            let k = kernel_row(quads, base, kh);
             let wrow = ((r * KH + kh) * KW) * p.nout4 + o4;
             for (var kw = 0u; kw < KW; kw++) {
-                let dc = vec4(i32(kw) - i32(PAD_L));
-                let ca = col + dc;
-                let ok = row_ok & ca >= vec4(0) & ca < vec4(ww);
-                let cb = col2 + dc;
-                let ok2 = row_ok2 & cb >= vec4(0) & cb < vec4(ww);
-                let va = select(vec4(0.0), window(l0, l1, l2, s + kw), ok);
-                let vb = select(vec4(0.0), window(l1, l2, l3, s + kw), ok2);
+                let v = taps(quads, k, kw);
+                let va = v.a;
+                let vb = v.b;
                 let wv = vec4<f32>(wt[wrow + kw * p.nout4]);
                 c0 = fma(va, vec4(wv.x), c0);
                 c1 = fma(va, vec4(wv.y), c1);

@@ -67,48 +67,21 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
     let second = q + 1u < p.quads; // the plane's last pair may hold one quad
     let ch = plane % p.c;
     let base = plane * p.quads;
-    let p0 = 4u * q;
-    let pos = vec4(p0) + vec4(0u, 1u, 2u, 3u);
-    let row = vec4<i32>(pos / p.w);
-    let col = vec4<i32>(pos % p.w);
-    let pos2 = pos + vec4(4u);
-    let row2 = vec4<i32>(pos2 / p.w);
-    let col2 = vec4<i32>(pos2 % p.w);
-    let hh = i32(p.h);
-    let ww = i32(p.w);
+    let quads = quads_at(4u * q);
     let w0 = ch * KH * KW;
     var acc = vec4(0.0);
     var acc2 = vec4(0.0);
     for (var kh = 0u; kh < KH; kh++) {
-        let dr = i32(kh) - i32(PAD_T);
-        let r = row + vec4(dr);
-        let row_ok = r >= vec4(0) & r < vec4(hh);
-        let r2 = row2 + vec4(dr);
-        let row_ok2 = r2 >= vec4(0) & r2 < vec4(hh);
-        // First input of the 4 outputs at this kernel row: p0 + dr * W - PAD_L;
-        // its block and the shift inside it (p0 is a multiple of 4).
-        let e0 = i32(p0) + dr * ww - i32(PAD_L);
-        let b0 = e0 >> 2u;
-        let s = u32(((dr * i32(WMOD) - i32(PAD_L)) % 4 + 4) % 4);
-        let l0 = block(base, b0);
-        let l1 = block(base, b0 + 1);
-        let l2 = block(base, b0 + 2);
-        let l3 = block(base, b0 + 3);
+        let k = kernel_row(quads, base, kh);
         for (var kw = 0u; kw < KW; kw++) {
-            let dc = vec4(i32(kw) - i32(PAD_L));
-            let cc = col + dc;
-            let ok = row_ok & cc >= vec4(0) & cc < vec4(ww);
-            let cc2 = col2 + dc;
-            let ok2 = row_ok2 & cc2 >= vec4(0) & cc2 < vec4(ww);
             var tap = kh * KW + kw;
             if (FLIP) {
                 tap = KH * KW - 1u - tap;
             }
             let wt = vec4(f32(w[w0 + tap]));
-            let v = select(vec4(0.0), window(l0, l1, l2, s + kw), ok);
-            acc = fma(v, wt, acc);
-            let v2 = select(vec4(0.0), window(l1, l2, l3, s + kw), ok2);
-            acc2 = fma(v2, wt, acc2);
+            let v = taps(quads, k, kw);
+            acc = fma(v.a, wt, acc);
+            acc2 = fma(v.b, wt, acc2);
         }
     }
     if (HAS_BIAS) {

@@ -392,8 +392,12 @@ pub fn forward_act(
         )?);
     } else if let Some(pw) = geo.pointwise().filter(|pw| pw.eligible(ctx)) {
         conv_direct::forward(ctx, rec, &pw, x, w, b, act, y, format!("conv2d{suffix}"))?;
-    } else if geo.s2_direct(ctx) {
-        let (mut params, shape_constants, groups) = geo.s2_params();
+    } else if geo.s2_direct(ctx) || geo.same_direct(ctx, false) {
+        let (entry, (mut params, shape_constants, groups)) = if geo.s2_direct(ctx) {
+            ("main_s2", geo.s2_params())
+        } else {
+            ("main", geo.same_params(false))
+        };
         params.act_alpha = act_alpha;
         params.act_beta = act_beta;
         let wt = same_repack(ctx, rec, &geo, &params, w, false)?;
@@ -403,30 +407,7 @@ pub fn forward_act(
             "conv_same_direct",
             SAME_SHADER,
             y.dtype,
-            "main_s2",
-            &bindings,
-            &all,
-        )?;
-        let u = ctx.uniform(&params);
-        rec.push(ctx.dispatch(
-            format!("conv2d{suffix}"),
-            &k,
-            &u,
-            &[x, &wt, bias, y],
-            groups,
-        )?);
-    } else if geo.same_direct(ctx, false) {
-        let (mut params, shape_constants, groups) = geo.same_params(false);
-        params.act_alpha = act_alpha;
-        params.act_beta = act_beta;
-        let wt = same_repack(ctx, rec, &geo, &params, w, false)?;
-        let mut all: Vec<(&str, f64)> = constants.to_vec();
-        all.extend(shape_constants);
-        let k = ctx.kernel(
-            "conv_same_direct",
-            SAME_SHADER,
-            y.dtype,
-            "main",
+            entry,
             &bindings,
             &all,
         )?;
@@ -439,28 +420,80 @@ pub fn forward_act(
             groups,
         )?);
     } else {
-        let (mut params, tile) = geo.gemm_params(false, geo.tuned_tile(ctx, false, y.dtype))?;
-        params.act_alpha = act_alpha;
-        params.act_beta = act_beta;
-        let [c0, c1, c2] = tile.constants();
-        let constants = [constants[0], constants[1], c0, c1, c2];
-        let k = ctx.kernel(
-            "conv",
-            GEMM_SHADER,
-            y.dtype,
-            "forward",
-            &bindings,
-            &constants,
-        )?;
-        let u = ctx.uniform(&params);
-        rec.push(ctx.dispatch(
+        let tile = geo.tuned_tile(ctx, false, y.dtype);
+        let epilogue = (constants, act_alpha, act_beta);
+        gemm_forward(
+            ctx,
+            rec,
+            &geo,
+            tile,
+            epilogue,
+            [x, w, bias, y],
             format!("conv2d{suffix}"),
-            &k,
-            &u,
-            &[x, w, bias, y],
-            params.total_wg,
-        )?);
+        )?;
     }
+    Ok(())
+}
+
+/// Record the tiled GEMM forward (conv.wgsl) of `geo` on `[x, w, bias, y]`,
+/// with `tile` (else the shape heuristic's) and the epilogue's (HAS_BIAS, ACT)
+/// constants and activation parameters.
+fn gemm_forward(
+    ctx: &Context,
+    rec: &mut Recording,
+    geo: &Geometry,
+    tile: Option<Tile>,
+    (constants, act_alpha, act_beta): ([(&'static str, f64); 2], f32, f32),
+    tensors: [&Tensor; 4],
+    label: String,
+) -> Result<()> {
+    let (mut params, tile) = geo.gemm_params(false, tile)?;
+    params.act_alpha = act_alpha;
+    params.act_beta = act_beta;
+    let [c0, c1, c2] = tile.constants();
+    let constants = [constants[0], constants[1], c0, c1, c2];
+    let bindings = [
+        Binding::Read,
+        Binding::Read,
+        Binding::Read,
+        Binding::ReadWrite,
+    ];
+    let dtype = tensors[3].dtype;
+    let k = ctx.kernel("conv", GEMM_SHADER, dtype, "forward", &bindings, &constants)?;
+    let u = ctx.uniform(&params);
+    rec.push(ctx.dispatch(label, &k, &u, &tensors, params.total_wg)?);
+    Ok(())
+}
+
+/// Record the tiled GEMM backward (conv.wgsl, phase by phase for stride > 1)
+/// of `geo` on `[gy, w, gx]` with `tile` (else the shape heuristic's).
+fn gemm_backward(
+    ctx: &Context,
+    rec: &mut Recording,
+    geo: &Geometry,
+    tile: Option<Tile>,
+    tensors: [&Tensor; 3],
+    label: &str,
+) -> Result<()> {
+    let (params, tile) = geo.gemm_params(true, tile)?;
+    // Stride > 1: phase by phase, without the zero taps (see conv.wgsl).
+    let entry = if geo.phased() {
+        "backward_phased"
+    } else {
+        "backward"
+    };
+    let bindings = [Binding::Read, Binding::Read, Binding::ReadWrite];
+    let dtype = tensors[2].dtype;
+    let k = ctx.kernel(
+        "conv",
+        GEMM_SHADER,
+        dtype,
+        entry,
+        &bindings,
+        &tile.constants(),
+    )?;
+    let u = ctx.uniform(&params);
+    rec.push(ctx.dispatch(label, &k, &u, &tensors, params.total_wg)?);
     Ok(())
 }
 
@@ -553,23 +586,8 @@ pub fn backward(
         let u = ctx.uniform(&params);
         rec.push(ctx.dispatch("conv2d_backward", &k, &u, &[gy, w, gx], params.total_wg)?);
     } else {
-        let (params, tile) = geo.gemm_params(true, geo.tuned_tile(ctx, true, gx.dtype))?;
-        // Stride > 1: phase by phase, without the zero taps (see conv.wgsl).
-        let entry = if geo.phased() {
-            "backward_phased"
-        } else {
-            "backward"
-        };
-        let k = ctx.kernel(
-            "conv",
-            GEMM_SHADER,
-            gx.dtype,
-            entry,
-            &bindings,
-            &tile.constants(),
-        )?;
-        let u = ctx.uniform(&params);
-        rec.push(ctx.dispatch("conv2d_backward", &k, &u, &[gy, w, gx], params.total_wg)?);
+        let tile = geo.tuned_tile(ctx, true, gx.dtype);
+        gemm_backward(ctx, rec, &geo, tile, [gy, w, gx], "conv2d_backward")?;
     }
     Ok(())
 }
@@ -881,7 +899,7 @@ impl Geometry {
 
     /// (params, override constants, workgroups) of `main_s2` (the parameter
     /// fields as that entry reads them).
-    fn s2_params(&self) -> (SameParams, [(&'static str, f64); 4], u32) {
+    fn s2_params(&self) -> (SameParams, Vec<(&'static str, f64)>, u32) {
         let (x, y) = (self.x, self.y);
         let nout4 = 2 * self.oc.div_ceil(8);
         let items = x.n * (nout4 / 2) * y.h * (y.w / 4);
@@ -899,7 +917,7 @@ impl Geometry {
             act_beta: 0.0,
             _pad: 0,
         };
-        let constants = [
+        let constants = vec![
             ("KH", self.kh as f64),
             ("KW", self.kw as f64),
             ("PAD_T", self.p.padding[0] as f64),
@@ -911,7 +929,7 @@ impl Geometry {
     /// (params, override constants, workgroups) of `conv_same_direct.wgsl`'s
     /// `main`; the reduction runs over the input channels forward, the output
     /// channels backward.
-    fn same_params(&self, backward: bool) -> (SameParams, [(&'static str, f64); 5], u32) {
+    fn same_params(&self, backward: bool) -> (SameParams, Vec<(&'static str, f64)>, u32) {
         let x = self.x;
         let (r, nout) = if backward {
             (self.oc, x.c)
@@ -942,7 +960,7 @@ impl Geometry {
             act_beta: 0.0,
             _pad: 0,
         };
-        let constants = [
+        let constants = vec![
             ("KH", self.kh as f64),
             ("KW", self.kw as f64),
             ("PAD_T", pad_t as f64),
@@ -1191,37 +1209,20 @@ pub fn tune(
             let mut rec = Recording::new();
             for _ in 0..reps.max(1) {
                 if backward {
-                    let (params, tile) = geo.gemm_params(true, Some(tile))?;
-                    let entry = if geo.phased() {
-                        "backward_phased"
-                    } else {
-                        "backward"
-                    };
-                    let bindings = [Binding::Read, Binding::Read, Binding::ReadWrite];
-                    let k = ctx.kernel(
-                        "conv",
-                        GEMM_SHADER,
-                        dtype,
-                        entry,
-                        &bindings,
-                        &tile.constants(),
-                    )?;
-                    let u = ctx.uniform(&params);
-                    rec.push(ctx.dispatch("tune", &k, &u, &[ty, tw, tgx], params.total_wg)?);
+                    gemm_backward(ctx, &mut rec, &geo, Some(tile), [ty, tw, tgx], "tune")?;
                 } else {
-                    let (params, tile) = geo.gemm_params(false, Some(tile))?;
-                    let [c0, c1, c2] = tile.constants();
-                    let constants = [("HAS_BIAS", 0.0), ("ACT", 7.0), c0, c1, c2];
-                    let bindings = [
-                        Binding::Read,
-                        Binding::Read,
-                        Binding::Read,
-                        Binding::ReadWrite,
-                    ];
-                    let k =
-                        ctx.kernel("conv", GEMM_SHADER, dtype, "forward", &bindings, &constants)?;
-                    let u = ctx.uniform(&params);
-                    rec.push(ctx.dispatch("tune", &k, &u, &[tx, tw, tw, ty], params.total_wg)?);
+                    // No bias (the weight bound in its place), identity activation.
+                    let epilogue = ([("HAS_BIAS", 0.0), ("ACT", 7.0)], 0.0, 0.0);
+                    let tensors = [tx, tw, tw, ty];
+                    gemm_forward(
+                        ctx,
+                        &mut rec,
+                        &geo,
+                        Some(tile),
+                        epilogue,
+                        tensors,
+                        "tune".into(),
+                    )?;
                 }
             }
             ctx.run(&[&rec])?; // warm-up: first use, caches

@@ -194,27 +194,16 @@ pub(crate) fn forward(
     ];
     // Without a bias the weight is bound in its place (never read).
     let bias = b.unwrap_or(w);
-    if pw.ocg().is_multiple_of(4) {
-        // w^T per group, then the [k][n] entry (4 FMAs per weight load).
+    // With output channels in fours: w^T per group and the [k][n] entry (4 FMAs
+    // per weight load); else the [n][k] entry on w itself.
+    let (entry, tn, wk) = if pw.ocg().is_multiple_of(4) {
         let wt = ctx.tensor_as(w.shape, w.dtype, "transposed weights")?;
         elementwise::transpose(ctx, rec, w, &wt, pw.groups, pw.ocg(), pw.icg())?;
-        let mut params = pw.params(pw.icg(), pw.ocg(), pw.in_c, pw.out_c, l.tn_b);
-        params.act_alpha = alpha;
-        params.act_beta = beta;
-        let bindings = [
-            Binding::Read,
-            Binding::Read,
-            Binding::ReadWrite,
-            Binding::Read,
-        ];
-        let k = ctx.kernel(
-            l.shader, l.source, x.dtype, "backward", &bindings, &constants,
-        )?;
-        let u = ctx.uniform(&params);
-        rec.push(ctx.dispatch(label, &k, &u, &[x, &wt, y, bias], params.total_wg)?);
-        return Ok(());
-    }
-    let mut params = pw.params(pw.icg(), pw.ocg(), pw.in_c, pw.out_c, l.tn_f);
+        ("backward", l.tn_b, wt)
+    } else {
+        ("forward", l.tn_f, w.clone())
+    };
+    let mut params = pw.params(pw.icg(), pw.ocg(), pw.in_c, pw.out_c, tn);
     params.act_alpha = alpha;
     params.act_beta = beta;
     let bindings = [
@@ -223,11 +212,9 @@ pub(crate) fn forward(
         Binding::ReadWrite,
         Binding::Read,
     ];
-    let k = ctx.kernel(
-        l.shader, l.source, x.dtype, "forward", &bindings, &constants,
-    )?;
+    let k = ctx.kernel(l.shader, l.source, x.dtype, entry, &bindings, &constants)?;
     let u = ctx.uniform(&params);
-    rec.push(ctx.dispatch(label, &k, &u, &[x, w, y, bias], params.total_wg)?);
+    rec.push(ctx.dispatch(label, &k, &u, &[x, &wk, y, bias], params.total_wg)?);
     Ok(())
 }
 

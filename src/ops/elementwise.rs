@@ -49,11 +49,19 @@ pub(crate) fn same_size(op: &str, a: &Tensor, b: &Tensor) -> Result<()> {
     Ok(())
 }
 
-fn run(
+/// Checks `src` and `dst` (same element count, distinct storage) and records one
+/// dispatch of `entry` over the elements: a kernel of storage type `dtype`,
+/// `alpha` and `dims` in the parameters' spare words.
+#[allow(clippy::too_many_arguments)]
+fn launch(
     ctx: &Context,
     rec: &mut Recording,
     entry: &'static str,
+    label: String,
+    dtype: DType,
+    bindings: [Binding; 2],
     alpha: f32,
+    dims: [u32; 2],
     src: &Tensor,
     dst: &Tensor,
 ) -> Result<()> {
@@ -63,22 +71,38 @@ fn run(
     if count == 0 {
         return Ok(());
     }
-    let k = ctx.kernel(
-        "elementwise",
-        SHADER,
-        dst.dtype,
-        entry,
-        &[Binding::Read, Binding::ReadWrite],
-        &[],
-    )?;
+    let k = ctx.kernel("elementwise", SHADER, dtype, entry, &bindings, &[])?;
     let p = ctx.uniform(&Params {
         count,
         alpha,
-        _p0: 0,
-        _p1: 0,
+        _p0: dims[0],
+        _p1: dims[1],
     });
-    rec.push(ctx.dispatch(entry, &k, &p, &[src, dst], groups_1d(count))?);
+    rec.push(ctx.dispatch(label, &k, &p, &[src, dst], groups_1d(count))?);
     Ok(())
+}
+
+fn run(
+    ctx: &Context,
+    rec: &mut Recording,
+    entry: &'static str,
+    alpha: f32,
+    src: &Tensor,
+    dst: &Tensor,
+) -> Result<()> {
+    let bindings = [Binding::Read, Binding::ReadWrite];
+    launch(
+        ctx,
+        rec,
+        entry,
+        entry.into(),
+        dst.dtype,
+        bindings,
+        alpha,
+        [0; 2],
+        src,
+        dst,
+    )
 }
 
 /// `dst += src` (same element count, distinct storage).
@@ -96,15 +120,8 @@ pub fn cast(ctx: &Context, rec: &mut Recording, src: &Tensor, dst: &Tensor) -> R
     if src.dtype == dst.dtype {
         return copy(ctx, rec, src, dst);
     }
-    let entry = "cast";
-    same_size(entry, src, dst)?;
-    distinct(entry, dst, &[src])?;
-    let count = count_u32(entry, src.numel())?;
-    if count == 0 {
-        return Ok(());
-    }
     // One side is f32, the other the kernel's storage type.
-    let (name, dtype, bindings) = if src.dtype == DType::F32 {
+    let (entry, dtype, bindings) = if src.dtype == DType::F32 {
         (
             "to_storage",
             dst.dtype,
@@ -117,16 +134,10 @@ pub fn cast(ctx: &Context, rec: &mut Recording, src: &Tensor, dst: &Tensor) -> R
             [Binding::Read, Binding::ReadWriteF32],
         )
     };
-    let k = ctx.kernel("elementwise", SHADER, dtype, name, &bindings, &[])?;
-    let p = ctx.uniform(&Params {
-        count,
-        alpha: 1.0,
-        _p0: 0,
-        _p1: 0,
-    });
     let label = format!("cast_{}_{}", src.dtype, dst.dtype);
-    rec.push(ctx.dispatch(label, &k, &p, &[src, dst], groups_1d(count))?);
-    Ok(())
+    launch(
+        ctx, rec, entry, label, dtype, bindings, 1.0, [0; 2], src, dst,
+    )
 }
 
 /// `dst[b, c, r] = src[b, r, c]`: `batches` matrices of `rows` x `cols`
@@ -141,34 +152,28 @@ pub fn transpose(
     cols: u32,
 ) -> Result<()> {
     let entry = "transpose";
-    same_size(entry, src, dst)?;
-    distinct(entry, dst, &[src])?;
-    let count = count_u32(entry, src.numel())?;
-    if batches as u64 * rows as u64 * cols as u64 != count as u64 {
+    if batches as u64 * rows as u64 * cols as u64 != src.numel() {
         return Err(Error::shape(
             entry,
-            format!("{batches} x {rows} x {cols} matrices do not hold {count} elements"),
+            format!(
+                "{batches} x {rows} x {cols} matrices do not hold {} elements",
+                src.numel()
+            ),
         ));
     }
-    if count == 0 {
-        return Ok(());
-    }
-    let k = ctx.kernel(
-        "elementwise",
-        SHADER,
-        dst.dtype,
+    let bindings = [Binding::Read, Binding::ReadWrite];
+    launch(
+        ctx,
+        rec,
         entry,
-        &[Binding::Read, Binding::ReadWrite],
-        &[],
-    )?;
-    let p = ctx.uniform(&Params {
-        count,
-        alpha: 1.0,
-        _p0: rows,
-        _p1: cols,
-    });
-    rec.push(ctx.dispatch(entry, &k, &p, &[src, dst], groups_1d(count))?);
-    Ok(())
+        entry.into(),
+        dst.dtype,
+        bindings,
+        1.0,
+        [rows, cols],
+        src,
+        dst,
+    )
 }
 
 /// `dst = src`, as a buffer copy (same element count and dtype, distinct storage).
