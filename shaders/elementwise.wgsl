@@ -35,7 +35,7 @@ fn scale(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: ve
     dst[i] = st(p.alpha * f32(src[i]));
 }
 
-// f32 (1) -> st (2)
+// f32 (1) -> st (2), times p.alpha
 @group(0) @binding(1) var<storage, read> src32: array<f32>;
 
 @compute @workgroup_size(256)
@@ -45,10 +45,10 @@ fn to_storage(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
     if (i >= p.count) {
         return;
     }
-    dst[i] = st(src32[i]);
+    dst[i] = st(p.alpha * src32[i]);
 }
 
-// st (1) -> f32 (2)
+// st (1) -> f32 (2), times p.alpha
 @group(0) @binding(2) var<storage, read_write> dst32: array<f32>;
 
 @compute @workgroup_size(256)
@@ -58,7 +58,7 @@ fn from_storage(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
     if (i >= p.count) {
         return;
     }
-    dst32[i] = f32(src[i]);
+    dst32[i] = p.alpha * f32(src[i]);
 }
 
 // Batched transpose (f32 or st alike): dst[b, c, r] = src[b, r, c] for

@@ -626,12 +626,10 @@ impl GpuModel {
         let input_grad = match input_grad {
             Some(g) if g.dtype == DType::F32 => g,
             Some(g) => {
-                // Back to f32, undoing the seed's scale.
+                // Back to f32, undoing the seed's scale, in one pass.
                 let g32 = ctx.tensor(input.shape, "input grad")?;
-                ops::elementwise::cast(ctx, &mut rec, &g, &g32)?;
-                let out = ctx.tensor(input.shape, "input grad")?;
-                ops::elementwise::scale(ctx, &mut rec, &g32, 1.0 / seed, &out)?;
-                out
+                ops::elementwise::cast_scaled(ctx, &mut rec, &g, &g32, 1.0 / seed)?;
+                g32
             }
             None => {
                 // The logits do not depend on the input: the gradient is zero.

@@ -498,6 +498,14 @@ fn f16_softmax_loss_and_casts_match_reference() {
     }
     assert_eq!(got[5], zv, "f16 -> f32 cast is exact");
     assert_eq!(got[6], zv, "f32 -> f16 cast of f16 values is exact");
+    // Cast and scale in one pass (the f16 plans' input gradient), f16 -> f32.
+    let half32 = ctx.tensor(s, "half32").unwrap();
+    let mut rec = Recording::new();
+    elementwise::cast_scaled(&ctx, &mut rec, &z, &half32, 0.5).unwrap();
+    assert!(elementwise::cast_scaled(&ctx, &mut rec, &z32, &half32, 0.5).is_err());
+    let halved = ctx.run_read(&[&rec], &[&half32]).unwrap().remove(0);
+    let want_half: Vec<f32> = zv.iter().map(|v| v * 0.5).collect();
+    assert_eq!(halved, want_half, "cast_scaled");
     let want_acc: Vec<f64> = zv.iter().zip(&gyv).map(|(a, b)| (a + b) as f64).collect();
     assert_close("f16 accumulate", &got[7], &want_acc, TOL);
     let want_scaled: Vec<f64> = zv.iter().map(|&v| v as f64 * 0.25).collect();

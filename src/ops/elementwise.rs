@@ -120,6 +120,24 @@ pub fn cast(ctx: &Context, rec: &mut Recording, src: &Tensor, dst: &Tensor) -> R
     if src.dtype == dst.dtype {
         return copy(ctx, rec, src, dst);
     }
+    cast_scaled(ctx, rec, src, dst, 1.0)
+}
+
+/// `dst = alpha * src` converted to `dst`'s dtype, in one pass; the dtypes must
+/// differ (one f32, the other a storage type). Use [`scale`] for equal dtypes.
+pub fn cast_scaled(
+    ctx: &Context,
+    rec: &mut Recording,
+    src: &Tensor,
+    dst: &Tensor,
+    alpha: f32,
+) -> Result<()> {
+    if src.dtype == dst.dtype {
+        return Err(Error::shape(
+            "cast",
+            format!("both tensors are {}; use scale", src.dtype),
+        ));
+    }
     // One side is f32, the other the kernel's storage type.
     let (entry, dtype, bindings) = if src.dtype == DType::F32 {
         (
@@ -136,7 +154,7 @@ pub fn cast(ctx: &Context, rec: &mut Recording, src: &Tensor, dst: &Tensor) -> R
     };
     let label = format!("cast_{}_{}", src.dtype, dst.dtype);
     launch(
-        ctx, rec, entry, label, dtype, bindings, 1.0, [0; 2], src, dst,
+        ctx, rec, entry, label, dtype, bindings, alpha, [0; 2], src, dst,
     )
 }
 
