@@ -18,7 +18,8 @@ use crate::{Context, ContextOptions};
 
 #[derive(Debug, Clone)]
 pub struct BenchOptions {
-    pub model: PathBuf,
+    /// The model file; `None` runs the bundled EfficientNet-Lite0.
+    pub model: Option<PathBuf>,
     pub batch_sizes: Vec<u32>,
     pub eps: Vec<Eps>,
     /// Timed batches per configuration (after one warm-up batch).
@@ -29,6 +30,8 @@ pub struct BenchOptions {
     /// Autotune at each batch size first (see [`GpuModel::tune`]).
     pub tune: bool,
     pub profile: bool,
+    /// Refuse a software adapter (see [`ContextOptions::require_gpu`]).
+    pub require_gpu: bool,
 }
 
 /// One configuration's result (`--json` prints one per line).
@@ -161,9 +164,10 @@ pub fn run_bench(
     opts: &BenchOptions,
     mut each: impl FnMut(&BenchResult),
 ) -> Result<Vec<BenchResult>> {
-    let model = Arc::new(crate::load_model(&opts.model)?);
+    let model = Arc::new(crate::load_model_or_bundled(opts.model.as_deref())?);
     let ctx = Arc::new(Context::new(ContextOptions {
         adapter: opts.adapter.clone(),
+        require_gpu: opts.require_gpu,
         ..Default::default()
     })?);
     let gpu = GpuModel::with_precision(ctx.clone(), model.clone(), opts.precision)?;

@@ -50,8 +50,13 @@ impl std::error::Error for ModelError {}
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("no GPU adapter found. On Linux without a GPU install Mesa's software Vulkan (`apt-get install mesa-vulkan-drivers`); `advex devices` lists what wgpu sees")]
-    NoAdapter,
+    #[error("no GPU adapter found{}. On a machine without a GPU, install Mesa's software Vulkan (Debian/Ubuntu, as root: apt-get install mesa-vulkan-drivers libvulkan1; in a source checkout tools/setup.sh does it). `advex devices` shows the drivers and devices advex sees", .advice.as_ref().map(|a| format!(": {a}")).unwrap_or_default())]
+    NoAdapter {
+        /// What the machine shows that explains it ([`crate::gpu::Diagnosis::advice`]).
+        advice: Option<String>,
+    },
+    #[error("the GPU is required (--require-gpu or ADVEX_REQUIRE_GPU), but the adapter advex would use is {adapter}, a software renderer on the CPU, hundreds of times slower than a GPU: {why}. `advex devices` shows the drivers and devices advex sees; README \"Running on a cloud GPU\" lists what a GPU machine or container needs")]
+    SoftwareAdapter { adapter: String, why: String },
     #[error("no adapter name contains {wanted:?}; available adapters: {available}. Run `advex devices` to list them")]
     AdapterNotFound { wanted: String, available: String },
     #[error("could not create a device on adapter {adapter}: {message}")]

@@ -29,14 +29,22 @@ pub fn load_model(path: &std::path::Path) -> Result<model::Model> {
     }
 }
 
-/// The bundled default model, looked up next to the executable's crate root at
-/// build time, then relative to the working directory.
-pub fn default_model_path() -> std::path::PathBuf {
-    let rel = std::path::Path::new("weights").join("efficientnet_lite0.safetensors");
-    let built = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(&rel);
-    if built.exists() {
-        built
-    } else {
-        rel
+/// The bundled default model, EfficientNet-Lite0 with ImageNet weights
+/// (`weights/efficientnet_lite0.safetensors`), carried inside the binary so
+/// that an installed or copied `advex` needs no file beside it.
+pub static BUNDLED_MODEL: &[u8] = include_bytes!("../weights/efficientnet_lite0.safetensors");
+
+/// How reports and messages name the bundled model.
+pub const BUNDLED_MODEL_NAME: &str = "bundled:efficientnet_lite0.safetensors";
+
+/// Load `path`, or the [bundled model](BUNDLED_MODEL) when it is `None`.
+pub fn load_model_or_bundled(path: Option<&std::path::Path>) -> Result<model::Model> {
+    match path {
+        Some(p) => load_model(p),
+        None => Ok(model::Model::from_bytes(
+            std::path::Path::new(BUNDLED_MODEL_NAME),
+            BUNDLED_MODEL,
+            None,
+        )?),
     }
 }

@@ -19,11 +19,18 @@ struct Cli {
     command: Command,
 }
 
+/// `--model`'s help, shared by every subcommand that takes one.
+const MODEL_HELP: &str = "Model file: .safetensors with advex metadata, a sidecar .json, or .onnx \
+                          [default: the bundled EfficientNet-Lite0, carried inside advex]";
+
+/// `--require-gpu`'s help.
+const REQUIRE_GPU_HELP: &str = "Refuse to run on a software adapter (llvmpipe): exit 1 with what \
+                                to check instead (also ADVEX_REQUIRE_GPU=1)";
+
 #[derive(clap::Args)]
 struct ImageArgs {
-    /// Model file (.safetensors with advex metadata, or a sidecar .json).
-    #[arg(long, default_value_os_t = advex::default_model_path())]
-    model: PathBuf,
+    #[arg(long, help = MODEL_HELP)]
+    model: Option<PathBuf>,
     /// An image, or a folder walked recursively (png, jpeg, bmp, webp, gif, tiff).
     #[arg(long)]
     images: PathBuf,
@@ -57,11 +64,14 @@ struct ImageArgs {
     /// No progress bar.
     #[arg(long, short)]
     quiet: bool,
+    #[arg(long, help = REQUIRE_GPU_HELP)]
+    require_gpu: bool,
 }
 
 impl ImageArgs {
     fn options(&self) -> advex::attack::RunOptions {
-        let mut o = advex::attack::RunOptions::new(&self.model, &self.images);
+        let mut o = advex::attack::RunOptions::bundled(&self.images);
+        o.model = self.model.clone();
         o.labels = self.labels.clone();
         o.predictions = self.predictions.clone();
         o.report = self.report.clone();
@@ -71,6 +81,7 @@ impl ImageArgs {
         o.tune = !self.no_tune;
         o.strict = self.strict;
         o.quiet = self.quiet;
+        o.require_gpu = self.require_gpu;
         o
     }
 }
@@ -105,9 +116,8 @@ enum Command {
     },
     /// Throughput of FGSM on synthetic images: images/s per batch size.
     Bench {
-        /// Model file.
-        #[arg(long, default_value_os_t = advex::default_model_path())]
-        model: PathBuf,
+        #[arg(long, help = MODEL_HELP)]
+        model: Option<PathBuf>,
         /// Batch sizes, comma separated (sizes that do not fit are skipped).
         #[arg(long, default_value = "1,8,32,128")]
         batch_size: String,
@@ -132,6 +142,8 @@ enum Command {
         /// GPU time per op kind from timestamp queries.
         #[arg(long)]
         profile: bool,
+        #[arg(long, help = REQUIRE_GPU_HELP)]
+        require_gpu: bool,
     },
     /// Convert an ONNX model (e.g. from `torch.onnx.export`) to an advex model file.
     Import {
@@ -169,9 +181,8 @@ enum Command {
     },
     /// Describe a model: layers, output shapes, parameters, input, classes, FLOPs.
     Info {
-        /// Model file (.safetensors with advex metadata, or a sidecar .json).
-        #[arg(long, default_value_os_t = advex::default_model_path())]
-        model: PathBuf,
+        #[arg(long, help = MODEL_HELP)]
+        model: Option<PathBuf>,
         /// Also build the model on the GPU and check that it records (slower).
         #[arg(long)]
         check: bool,
@@ -187,8 +198,25 @@ fn precision(s: &str) -> advex::DType {
 }
 
 fn main() -> ExitCode {
+    // First, before any thread exists: keep the Vulkan loader's display probes
+    // quiet on headless machines.
+    advex::gpu::quiet_window_system_probes();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
-        .format_timestamp(None)
+        .format(|buf, record| {
+            use std::io::Write;
+            let level = match record.level() {
+                log::Level::Error => "error",
+                log::Level::Warn => "warning",
+                log::Level::Info => "info",
+                log::Level::Debug => "debug",
+                log::Level::Trace => "trace",
+            };
+            if record.target().starts_with("advex") {
+                writeln!(buf, "{level}: {}", record.args())
+            } else {
+                writeln!(buf, "{level} ({}): {}", record.target(), record.args())
+            }
+        })
         .init();
     // Usage mistakes are user errors: exit 1 (clap's own default is 2).
     let cli = match Cli::try_parse() {
@@ -254,6 +282,7 @@ fn run(cli: Cli) -> Result<(), Error> {
             no_tune,
             json,
             profile,
+            require_gpu,
         } => {
             let batch_sizes = batch_size
                 .split(',')
@@ -278,6 +307,7 @@ fn run(cli: Cli) -> Result<(), Error> {
                 precision: precision(&prec),
                 tune: !no_tune,
                 profile,
+                require_gpu,
             };
             if !json {
                 println!(
@@ -407,8 +437,18 @@ fn devices(json: bool) -> Result<(), Error> {
         );
         return Ok(());
     }
+    let diagnosis = advex::gpu::Diagnosis::gather();
+    let print_diagnosis = || {
+        println!();
+        for line in diagnosis.lines() {
+            println!("{line}");
+        }
+    };
     if summaries.is_empty() {
-        return Err(Error::NoAdapter);
+        print_diagnosis();
+        return Err(Error::NoAdapter {
+            advice: diagnosis.advice(),
+        });
     }
     for (i, s) in summaries.iter().enumerate() {
         println!("{}{}: {}", if i == 0 { "* " } else { "  " }, i, s.name);
@@ -431,14 +471,25 @@ fn devices(json: bool) -> Result<(), Error> {
         );
     }
     println!("(* = chosen by default; pick another with --adapter NAME or WGPU_ADAPTER_NAME)");
+    print_diagnosis();
+    if adapters
+        .iter()
+        .all(|a| a.get_info().device_type == wgpu::DeviceType::Cpu)
+    {
+        let why = diagnosis.advice().unwrap_or_else(|| {
+            "no GPU is visible to this machine (/dev/nvidia*, /dev/dri/renderD*)".into()
+        });
+        println!("No GPU adapter, only software rendering on the CPU: {why}.");
+    }
     Ok(())
 }
 
 fn print_attack_summary(r: &advex::report::Report) {
     println!(
-        "{} on {} images ({}), adapter {}: clean accuracy {:.4}",
+        "{} on {} image{} ({}), adapter {}: clean accuracy {:.4}",
         r.method.to_uppercase(),
         r.images,
+        if r.images == 1 { "" } else { "s" },
         r.model.name,
         r.adapter.name,
         r.clean.accuracy
@@ -473,8 +524,8 @@ fn yes(b: bool) -> &'static str {
     }
 }
 
-fn info(path: PathBuf, check: bool, adapter: Option<String>) -> Result<(), Error> {
-    let model = advex::load_model(&path)?;
+fn info(path: Option<PathBuf>, check: bool, adapter: Option<String>) -> Result<(), Error> {
+    let model = advex::load_model_or_bundled(path.as_deref())?;
     print!("{}", model.summary());
     if check {
         let ctx = std::sync::Arc::new(Context::new(ContextOptions {

@@ -189,8 +189,12 @@ fn saved_pngs_evaluate_to_the_reported_predictions() {
     o.report = Some(dir.path().join("report.json"));
     run_attack(&o).unwrap();
     let csv = std::fs::read_to_string(dir.path().join("pred.csv")).unwrap();
+    let header: Vec<&str> = csv.lines().next().unwrap().split(',').collect();
+    let col = |name: &str| header.iter().position(|h| *h == name).unwrap();
+    let (eps_text, pred_col) = (col("eps_text"), col("pred"));
     for eps in ["0.1", "0.2"] {
-        let mut e = RunOptions::new(&o.model, dir.path().join("adv").join(format!("eps_{eps}")));
+        let model = o.model.clone().unwrap();
+        let mut e = RunOptions::new(model, dir.path().join("adv").join(format!("eps_{eps}")));
         // the ImageFolder labels of the saved copies are the true digits, as in the attack
         e.predictions = Some(dir.path().join(format!("eval_{eps}.csv")));
         let (rows, report) = run_eval(&e).unwrap();
@@ -199,9 +203,9 @@ fn saved_pngs_evaluate_to_the_reported_predictions() {
             let orig = r.image.trim_end_matches(".png");
             let line = csv
                 .lines()
-                .find(|l| l.starts_with(orig) && l.split(',').nth(2) == Some(eps))
+                .find(|l| l.starts_with(orig) && l.split(',').nth(eps_text) == Some(eps))
                 .unwrap_or_else(|| panic!("no attack row for {orig} at {eps}"));
-            let pred: u32 = line.split(',').nth(3).unwrap().parse().unwrap();
+            let pred: u32 = line.split(',').nth(pred_col).unwrap().parse().unwrap();
             assert_eq!(
                 r.pred, pred,
                 "{} at eps {eps}: eval of the saved PNG disagrees with the attack",

@@ -107,8 +107,26 @@ fn attack_writes_report_predictions_plot_and_pngs() {
     assert!(d.join("adv/eps_0.1").read_dir().unwrap().count() == 10);
     assert!(d.join("adv/eps_1_255").read_dir().unwrap().count() == 10);
     let csv = std::fs::read_to_string(d.join("p.csv")).unwrap();
-    assert!(csv.starts_with("image,label,eps,pred,pred_prob,label_prob,pred_name"));
+    assert!(
+        csv.starts_with("image,label,method,eps,eps_text,pred,pred_prob,label_prob,pred_name\n")
+    );
     assert_eq!(csv.lines().count(), 1 + 10 * 3);
+    // eps is a number spreadsheets read as one (full precision), eps_text as written
+    let rows: Vec<Vec<&str>> = csv
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').collect())
+        .collect();
+    let at = |method: &str, text: &str| {
+        rows.iter()
+            .filter(|r| r[2] == method && r[4] == text)
+            .map(|r| r[3].parse::<f64>().unwrap())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(at("clean", "0"), vec![0.0; 10]);
+    assert_eq!(at("fgsm", "0.1"), vec![0.1; 10]);
+    assert_eq!(at("fgsm", "1/255"), vec![1.0 / 255.0; 10]);
+    assert!(csv.contains(",fgsm,0.00392156862745098,1/255,"), "{csv}");
     assert!(std::fs::read_to_string(d.join("a.svg"))
         .unwrap()
         .contains("<svg"));
@@ -178,4 +196,344 @@ fn precision_f16_runs_and_is_reported() {
         .current_dir(root()));
     assert_eq!(code, 1);
     assert!(err.contains("f16"), "{err}");
+}
+
+/// The binary with no help from the environment: no runtime dir, the Mesa
+/// device-select layer left as it comes.
+fn headless(cmd: &mut Command) -> &mut Command {
+    cmd.env_remove("XDG_RUNTIME_DIR")
+        .env_remove("NODEVICE_SELECT")
+        .env_remove("WAYLAND_DISPLAY")
+        .env_remove("DISPLAY")
+}
+
+#[test]
+fn headless_runs_print_no_window_system_noise() {
+    let (code, _, err) = run(headless(&mut advex()).arg("devices"));
+    assert_eq!(code, 0, "{err}");
+    assert!(!err.contains("XDG_RUNTIME_DIR"), "devices stderr:\n{err}");
+    let dir = tempfile::tempdir().unwrap();
+    let (code, _, err) = run(headless(&mut advex())
+        .args(["attack", "--model", "weights/mnist_cnn.safetensors"])
+        .args(["--images", "examples/digits/3/1900.png", "--eps", "0.1"])
+        .arg("--report")
+        .arg(dir.path().join("r.json"))
+        .current_dir(root()));
+    assert_eq!(code, 0, "{err}");
+    assert!(!err.contains("XDG_RUNTIME_DIR"), "attack stderr:\n{err}");
+}
+
+/// An `advex` copied out of the source tree (as `cargo install` or a container
+/// image does) carries its default model and runs from any folder.
+#[test]
+fn copied_binary_runs_anywhere_with_the_bundled_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let exe = dir.path().join("advex");
+    std::fs::copy(env!("CARGO_BIN_EXE_advex"), &exe).unwrap();
+    let copied = || {
+        let mut c = Command::new(&exe);
+        c.env("ADVEX_TUNE_CACHE", "off").current_dir("/");
+        c
+    };
+    let (code, out, err) = run(copied().arg("info"));
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("efficientnet_lite0") && out.contains("1000"),
+        "{out}"
+    );
+    let (code, out, err) = run(copied().arg("--help"));
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("attack"), "{out}");
+    let (_, help, _) = run(copied().args(["attack", "--help"]));
+    assert!(
+        help.contains("bundled EfficientNet-Lite0") && !help.contains("weights/"),
+        "--model's default must not be a path into the source tree:\n{help}"
+    );
+    let report = dir.path().join("r.json");
+    let (code, out, err) = run(copied()
+        .args(["attack", "--no-tune", "--eps", "1/255", "--images"])
+        .arg(root().join("examples/photos/chelsea.png"))
+        .arg("--report")
+        .arg(&report));
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("FGSM on 1 image "), "{out}");
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    assert_eq!(v["model"]["name"], "efficientnet_lite0");
+    assert_eq!(v["model"]["path"], advex::BUNDLED_MODEL_NAME);
+    assert_eq!(v["model"]["classes"], 1000);
+    // a model path that does not resolve from here says where it looked and what to do
+    let (code, _, err) = run(copied().args(["info", "--model", "weights/mnist_cnn.safetensors"]));
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("looked for in /") && err.contains("leave out --model"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn model_errors_say_what_to_do() {
+    let (code, _, err) = run(advex()
+        .args(["info", "--model", "/no/such/model.safetensors"])
+        .current_dir(root()));
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("/no/such/model.safetensors") && err.contains("no such file"),
+        "{err}"
+    );
+    let (code, _, err) = run(advex()
+        .args(["info", "--model", "weights"])
+        .current_dir(root()));
+    assert_eq!(code, 1);
+    assert!(err.contains("folder"), "{err}");
+    let (code, _, err) = run(advex()
+        .args([
+            "eval",
+            "--model",
+            "nope.onnx",
+            "--images",
+            "examples/photos",
+        ])
+        .current_dir(root()));
+    assert_eq!(code, 1);
+    assert!(err.contains("no such file"), "{err}");
+}
+
+/// The name of a software adapter wgpu offers here, if any.
+fn software_adapter() -> Option<String> {
+    advex::gpu::list_adapters()
+        .iter()
+        .map(advex::gpu::describe_adapter)
+        .find(|a| a.device_type == "CPU (software)")
+        .map(|a| a.name)
+}
+
+#[test]
+fn require_gpu_refuses_a_software_adapter() {
+    let Some(soft) = software_adapter() else {
+        eprintln!("no software adapter here: nothing to refuse");
+        return;
+    };
+    let digits = [
+        "--model",
+        "weights/mnist_cnn.safetensors",
+        "--images",
+        "examples/digits/3",
+    ];
+    let (code, _, err) = run(advex()
+        .args(["attack", "--require-gpu", "--adapter", &soft])
+        .args(digits)
+        .current_dir(root()));
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("software renderer")
+            && err.contains(&soft)
+            && err.contains("advex devices")
+            && err.contains("Running on a cloud GPU"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+    // the variable does the same, for eval and bench too
+    let (code, _, err) = run(advex()
+        .env("ADVEX_REQUIRE_GPU", "1")
+        .args(["eval", "--adapter", &soft])
+        .args(digits)
+        .current_dir(root()));
+    assert_eq!(code, 1);
+    assert!(err.contains("software renderer"), "{err}");
+    let (code, _, err) = run(advex()
+        .args([
+            "bench",
+            "--require-gpu",
+            "--adapter",
+            &soft,
+            "--batch-size",
+            "1",
+        ])
+        .args(["--model", "weights/mnist_cnn.safetensors"])
+        .current_dir(root()));
+    assert_eq!(code, 1);
+    assert!(err.contains("software renderer"), "{err}");
+    // without it the same adapter runs
+    let (code, _, err) = run(advex()
+        .env("ADVEX_REQUIRE_GPU", "0")
+        .args(["eval", "--adapter", &soft])
+        .args(digits)
+        .current_dir(root()));
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = run(advex()
+        .env("ADVEX_REQUIRE_GPU", "maybe")
+        .args(["eval"])
+        .args(digits)
+        .current_dir(root()));
+    assert_eq!(code, 1);
+    assert!(err.contains("ADVEX_REQUIRE_GPU"), "{err}");
+}
+
+#[test]
+fn devices_explains_what_it_sees() {
+    let (code, out, err) = run(advex()
+        .arg("devices")
+        .env("NVIDIA_DRIVER_CAPABILITIES", "compute,utility"));
+    assert_eq!(code, 0, "{err}");
+    for line in [
+        "Vulkan loader:",
+        "Vulkan drivers (ICD files)",
+        "GPU devices:",
+        "VK_DRIVER_FILES=",
+        "VK_ICD_FILENAMES=",
+        "NVIDIA_DRIVER_CAPABILITIES=compute,utility",
+        "WGPU_ADAPTER_NAME=",
+    ] {
+        assert!(out.contains(line), "devices lacks {line:?}:\n{out}");
+    }
+}
+
+/// A fake machine: files under `root` laid out like `/`.
+fn fake_machine(files: &[(&str, &str)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for (path, text) in files {
+        let p = dir.path().join(path);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    }
+    dir
+}
+
+const LOADER: (&str, &str) = ("usr/lib/x86_64-linux-gnu/libvulkan.so.1", "");
+const LVP: (&str, &str) = (
+    "usr/share/vulkan/icd.d/lvp_icd.x86_64.json",
+    r#"{"file_format_version": "1.0.0", "ICD": {"library_path": "/usr/lib/x86_64-linux-gnu/libvulkan_lvp.so", "api_version": "1.3.230"}}"#,
+);
+const NVIDIA_ICD: (&str, &str) = (
+    "usr/share/vulkan/icd.d/nvidia_icd.json",
+    r#"{"file_format_version": "1.0.0", "ICD": {"library_path": "libGLX_nvidia.so.0", "api_version": "1.3.277"}}"#,
+);
+
+fn diagnose(files: &[(&str, &str)], vars: &[(&str, &str)]) -> advex::gpu::Diagnosis {
+    let m = fake_machine(files);
+    let vars: Vec<(String, String)> = vars
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let env = move |k: &str| vars.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+    advex::gpu::Diagnosis::gather_under(m.path(), &env)
+}
+
+#[test]
+fn diagnosis_names_the_cause_of_a_software_fallback() {
+    // an NVIDIA container started without the graphics capability
+    let d = diagnose(
+        &[LOADER, LVP, ("dev/nvidia0", ""), ("dev/nvidiactl", "")],
+        &[("NVIDIA_DRIVER_CAPABILITIES", "compute,utility")],
+    );
+    assert_eq!(d.gpus().count(), 1, "{d:?}");
+    let a = d.advice().unwrap();
+    assert!(
+        a.contains("NVIDIA_DRIVER_CAPABILITIES=compute,utility")
+            && a.contains("compute,utility,graphics"),
+        "{a}"
+    );
+    // a host with the NVIDIA GPU but not the driver's Vulkan part
+    let a = diagnose(&[LOADER, LVP, ("dev/nvidia0", "")], &[])
+        .advice()
+        .unwrap();
+    assert!(a.contains("libnvidia-gl"), "{a}");
+    // the ICD is there but the driver offered nothing
+    let d = diagnose(&[LOADER, LVP, NVIDIA_ICD, ("dev/nvidia0", "")], &[]);
+    assert_eq!(d.icds.len(), 2);
+    assert!(d.icds.iter().any(|i| i.driver == "NVIDIA"), "{d:?}");
+    assert!(d.advice().unwrap().contains("VK_LOADER_DEBUG"));
+    // an AMD render node with no Mesa Vulkan driver
+    let a = diagnose(
+        &[
+            LOADER,
+            LVP,
+            ("dev/dri/renderD128", ""),
+            ("sys/class/drm/renderD128/device/vendor", "0x1002\n"),
+        ],
+        &[],
+    )
+    .advice()
+    .unwrap();
+    assert!(
+        a.contains("AMD") && a.contains("mesa-vulkan-drivers"),
+        "{a}"
+    );
+    // a virtual GPU's render node is no reason to warn
+    let d = diagnose(
+        &[
+            LOADER,
+            LVP,
+            ("dev/dri/renderD128", ""),
+            ("sys/class/drm/renderD128/device/vendor", "0x1af4\n"),
+        ],
+        &[],
+    );
+    assert_eq!(d.gpu_nodes.len(), 1);
+    assert_eq!(d.advice(), None);
+    // VK_DRIVER_FILES that hides every GPU driver
+    let d = diagnose(
+        &[LOADER, LVP, NVIDIA_ICD, ("dev/nvidia0", "")],
+        &[(
+            "VK_DRIVER_FILES",
+            "/usr/share/vulkan/icd.d/lvp_icd.x86_64.json",
+        )],
+    );
+    assert_eq!(d.icds.len(), 1);
+    assert!(d.advice().unwrap().contains("unset it"));
+    // no loader at all
+    let a = diagnose(&[LVP], &[]).advice().unwrap();
+    assert!(a.contains("libvulkan1"), "{a}");
+    // a plain CPU machine with lavapipe: nothing to fix
+    assert_eq!(diagnose(&[LOADER, LVP], &[]).advice(), None);
+}
+
+/// `tools/setup.sh --check` on a fake machine: exit code and message.
+fn setup_check(files: &[(&str, &str)], vars: &[(&str, &str)]) -> (i32, String) {
+    let m = fake_machine(files);
+    let mut cmd = Command::new("bash");
+    cmd.arg(root().join("tools/setup.sh"))
+        .arg("--check")
+        .env("ADVEX_SETUP_ROOT", m.path())
+        .env("HOME", "/nonexistent");
+    for k in [
+        "VK_DRIVER_FILES",
+        "VK_ICD_FILENAMES",
+        "VK_ADD_DRIVER_FILES",
+        "XDG_CONFIG_DIRS",
+        "XDG_DATA_DIRS",
+        "LD_LIBRARY_PATH",
+        "ADVEX_SOFTWARE_VULKAN",
+    ] {
+        cmd.env_remove(k);
+    }
+    cmd.envs(vars.iter().copied());
+    let (code, _, err) = run(&mut cmd);
+    (code, err)
+}
+
+#[test]
+fn setup_installs_only_where_no_driver_exists() {
+    // a driver and the loader: nothing to do, nothing said
+    assert_eq!(
+        setup_check(&[LOADER, NVIDIA_ICD, ("dev/nvidia0", "")], &[]),
+        (0, String::new())
+    );
+    assert_eq!(setup_check(&[LOADER, LVP], &[]), (0, String::new()));
+    // nothing at all: lavapipe would be installed
+    let (code, err) = setup_check(&[], &[]);
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("mesa-vulkan-drivers"), "{err}");
+    // an NVIDIA GPU without its Vulkan driver: told what to fix, nothing installed
+    let (code, err) = setup_check(&[("dev/nvidia0", "")], &[]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("NVIDIA_DRIVER_CAPABILITIES"), "{err}");
+    let (code, _) = setup_check(&[("dev/nvidia0", "")], &[("ADVEX_SOFTWARE_VULKAN", "1")]);
+    assert_eq!(code, 3);
+    // a driver without the loader: told, nothing installed
+    let (code, err) = setup_check(&[NVIDIA_ICD], &[]);
+    assert_eq!(code, 1);
+    assert!(err.contains("libvulkan1"), "{err}");
 }

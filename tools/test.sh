@@ -1,34 +1,34 @@
 #!/usr/bin/env bash
-# The test command (README, .ci/run): make sure a Vulkan driver exists, then run
-# the whole test suite. On a machine with no GPU driver this installs Mesa's
-# software Vulkan (lavapipe) first; that needs root and Debian/Ubuntu's apt.
+# The test command (README, .ci/run): make sure a Vulkan driver exists
+# (tools/setup.sh installs Mesa's software Vulkan on a machine without one),
+# check that an installed advex stands on its own, then run the whole test suite.
+# Arguments go to `cargo test` (and skip the install check): tools/test.sh --test cli
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-have_vulkan_driver() {
-    [ -n "${VK_DRIVER_FILES:-}${VK_ICD_FILENAMES:-}" ] && return 0
-    for d in /usr/share/vulkan/icd.d /etc/vulkan/icd.d /usr/local/share/vulkan/icd.d; do
-        compgen -G "$d/*.json" >/dev/null && return 0
-    done
-    return 1
-}
+./tools/setup.sh
 
-if ! have_vulkan_driver; then
-    echo "advex tests: no Vulkan driver found; installing Mesa's software Vulkan (lavapipe)" >&2
-    if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null; then
-        echo "advex tests: need root and apt-get to install mesa-vulkan-drivers; install a Vulkan driver and retry" >&2
-        exit 1
-    fi
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq --no-install-recommends mesa-vulkan-drivers libvulkan1 >/dev/null
-fi
-
-# The Vulkan loader's window-system probes complain without a runtime dir.
-if [ -z "${XDG_RUNTIME_DIR:-}" ]; then
-    export XDG_RUNTIME_DIR="${TMPDIR:-/tmp}/advex-xdg-$(id -u)"
-    mkdir -p -m 700 "$XDG_RUNTIME_DIR"
-fi
 # lavapipe's threads: use every core the machine has.
 export LP_NUM_THREADS="${LP_NUM_THREADS:-$(nproc)}"
-exec cargo test --locked "$@"
+
+if [ $# -eq 0 ]; then
+    # `cargo install` as a user runs it (a release build, shared with
+    # `cargo run --release`), then the installed binary from another folder:
+    # the bundled model is inside it.
+    echo "advex tests: cargo install --path . into a scratch folder, then run it from /" >&2
+    install_root=$(mktemp -d)
+    trap 'rm -rf "$install_root"' EXIT
+    cargo install --locked --quiet --path . --root "$install_root"
+    photo="$PWD/examples/photos/chelsea.png"
+    (
+        cd /
+        "$install_root/bin/advex" info >/dev/null
+        ADVEX_TUNE_CACHE=off "$install_root/bin/advex" attack --quiet --no-tune \
+            --eps 1/255 --images "$photo"
+    )
+fi
+
+# The tests' own in-process contexts: keep Mesa's device-select layer from
+# probing Wayland (the CLI tests check that the binary does this by itself).
+export NODEVICE_SELECT="${NODEVICE_SELECT:-1}"
+cargo test --locked "$@"

@@ -5,8 +5,12 @@ use crate::error::{Error, Result};
 /// One perturbation budget, as written and as a number.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Eps {
+    /// As written (`1/255`).
     pub text: String,
+    /// The value the kernels use.
     pub value: f32,
+    /// The value in full precision (`1/255` = 0.00392156862745098), for outputs.
+    pub exact: f64,
 }
 
 impl Eps {
@@ -40,6 +44,7 @@ fn parse_one(item: &str) -> Result<Eps> {
     Ok(Eps {
         text: t.to_string(),
         value: value as f32,
+        exact: value,
     })
 }
 

@@ -18,9 +18,13 @@ use crate::gpu::DType;
 use crate::model::Model;
 use crate::plan::GpuModel;
 use crate::report::{
-    CleanStats, EpsAccumulator, ModelInfo, Observation, PredictionWriter, Report, Timing,
+    CleanStats, EpsAccumulator, ModelInfo, Observation, PredictionRow, PredictionWriter, Report,
+    Timing,
 };
 use crate::{Context, ContextOptions};
+
+/// The attack `advex attack` runs (the report's and the predictions' `method`).
+const METHOD: &str = "fgsm";
 
 /// How the attack's target is given on the command line.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,7 +38,8 @@ pub enum TargetSpec {
 /// Everything `advex attack` (and `advex eval`, which ignores the attack fields) takes.
 #[derive(Debug, Clone)]
 pub struct RunOptions {
-    pub model: PathBuf,
+    /// The model file; `None` runs the bundled EfficientNet-Lite0 ([`crate::BUNDLED_MODEL`]).
+    pub model: Option<PathBuf>,
     pub images: PathBuf,
     pub labels: Option<PathBuf>,
     pub eps: Vec<Eps>,
@@ -55,12 +60,14 @@ pub struct RunOptions {
     pub quantize: bool,
     pub strict: bool,
     pub quiet: bool,
+    /// Refuse a software adapter (see [`ContextOptions::require_gpu`]).
+    pub require_gpu: bool,
 }
 
 impl RunOptions {
     pub fn new(model: impl Into<PathBuf>, images: impl Into<PathBuf>) -> Self {
         RunOptions {
-            model: model.into(),
+            model: Some(model.into()),
             images: images.into(),
             labels: None,
             eps: Vec::new(),
@@ -77,6 +84,15 @@ impl RunOptions {
             quantize: true,
             strict: false,
             quiet: true,
+            require_gpu: false,
+        }
+    }
+
+    /// Options for the bundled model (`model` = `None`).
+    pub fn bundled(images: impl Into<PathBuf>) -> Self {
+        RunOptions {
+            model: None,
+            ..Self::new(PathBuf::new(), images)
         }
     }
 }
@@ -91,7 +107,7 @@ struct Prepared {
 }
 
 fn prepare(opts: &RunOptions) -> Result<Prepared> {
-    let model = Arc::new(crate::load_model(&opts.model)?);
+    let model = Arc::new(crate::load_model_or_bundled(opts.model.as_deref())?);
     let entries = discover(&opts.images)?;
     let classes = model.classes.as_deref();
     let (labels, label_source) = assign_labels(
@@ -237,6 +253,7 @@ pub fn choose_batch_size(gpu: &GpuModel, eps_count: u32, images: usize) -> u32 {
 fn open_gpu(opts: &RunOptions, model: Arc<Model>) -> Result<GpuModel> {
     let ctx = Arc::new(Context::new(ContextOptions {
         adapter: opts.adapter.clone(),
+        require_gpu: opts.require_gpu,
         ..Default::default()
     })?);
     GpuModel::with_precision(ctx, model, opts.precision)
@@ -287,10 +304,12 @@ fn progress(total: usize, quiet: bool) -> indicatif::ProgressBar {
     bar
 }
 
-fn model_info(model: &Model, path: &Path) -> ModelInfo {
+fn model_info(model: &Model, path: Option<&Path>) -> ModelInfo {
     ModelInfo {
         name: model.name.clone(),
-        path: path.display().to_string(),
+        path: path.map_or(crate::BUNDLED_MODEL_NAME.to_string(), |p| {
+            p.display().to_string()
+        }),
         input: model.input,
         classes: model.num_classes(),
         parameters: model.param_count(),
@@ -386,7 +405,14 @@ pub fn run_attack(opts: &RunOptions) -> Result<Report> {
                     l2: 0.0,
                 });
                 if let Some(w) = predictions.as_mut() {
-                    w.row(rel, label, "0", cp.class, cp.prob, cp.label_prob)?;
+                    w.row(&PredictionRow {
+                        image: rel,
+                        label,
+                        attack: None,
+                        pred: cp.class,
+                        pred_prob: cp.prob,
+                        label_prob: cp.label_prob,
+                    })?;
                 }
                 for (e, eps) in opts.eps.iter().enumerate() {
                     let p = o.adv[e][j];
@@ -402,7 +428,14 @@ pub fn run_attack(opts: &RunOptions) -> Result<Report> {
                         l2,
                     });
                     if let Some(w) = predictions.as_mut() {
-                        w.row(rel, label, &eps.text, p.class, p.prob, p.label_prob)?;
+                        w.row(&PredictionRow {
+                            image: rel,
+                            label,
+                            attack: Some((METHOD, eps)),
+                            pred: p.class,
+                            pred_prob: p.prob,
+                            label_prob: p.label_prob,
+                        })?;
                     }
                     if let (Some(out), Some(images)) = (&opts.out, &o.images) {
                         job.push((png_path(out, eps, rel), images[e][j].clone()));
@@ -435,10 +468,10 @@ pub fn run_attack(opts: &RunOptions) -> Result<Report> {
         )));
     }
     let report = Report {
-        model: model_info(&prep.model, &opts.model),
+        model: model_info(&prep.model, opts.model.as_deref()),
         adapter: gpu.ctx.summary.clone(),
         precision: gpu.dtype.name().into(),
-        method: "fgsm".into(),
+        method: METHOD.into(),
         target: match &opts.target {
             TargetSpec::None => None,
             TargetSpec::LeastLikely => Some("least-likely".into()),
@@ -546,7 +579,14 @@ pub fn run_eval(opts: &RunOptions) -> Result<(Vec<EvalRow>, Report)> {
             });
             let rel = prep.entries[idx].rel.clone();
             if let Some(w) = predictions.as_mut() {
-                w.row(&rel, used[j], "0", p.class, p.prob, label_prob)?;
+                w.row(&PredictionRow {
+                    image: &rel,
+                    label: used[j],
+                    attack: None,
+                    pred: p.class,
+                    pred_prob: p.prob,
+                    label_prob,
+                })?;
             }
             rows.push(EvalRow {
                 image: rel,
@@ -564,10 +604,10 @@ pub fn run_eval(opts: &RunOptions) -> Result<(Vec<EvalRow>, Report)> {
     }
     let seconds = start.elapsed().as_secs_f64();
     let report = Report {
-        model: model_info(&prep.model, &opts.model),
+        model: model_info(&prep.model, opts.model.as_deref()),
         adapter: gpu.ctx.summary.clone(),
         precision: gpu.dtype.name().into(),
-        method: "clean".into(),
+        method: crate::report::NO_METHOD.into(),
         target: None,
         images: rows.len(),
         labels: prep.label_source,

@@ -70,6 +70,23 @@ pub(crate) fn rank(adapter: &wgpu::Adapter) -> u32 {
     type_rank + backend_rank
 }
 
+/// Keeps Mesa's device-select Vulkan layer out of the process, unless the user
+/// steers it (`MESA_VK_DEVICE_SELECT`) or has set `NODEVICE_SELECT` already.
+///
+/// The layer only reorders devices (advex ranks adapters itself), but in order
+/// to find the display's GPU it connects to Wayland, which prints
+/// `error: XDG_RUNTIME_DIR is invalid or not set in the environment.` twice on
+/// every headless machine. It is disabled through the environment variable its
+/// manifest names, so this must run before any other thread starts (the first
+/// line of `main`, or once before the first [`crate::Context`]).
+pub fn quiet_window_system_probes() {
+    if std::env::var_os("MESA_VK_DEVICE_SELECT").is_none()
+        && std::env::var_os("NODEVICE_SELECT").is_none()
+    {
+        std::env::set_var("NODEVICE_SELECT", "1");
+    }
+}
+
 pub(crate) fn instance() -> wgpu::Instance {
     let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
     if std::env::var_os("WGPU_BACKEND").is_none() {

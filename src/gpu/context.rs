@@ -10,6 +10,7 @@ use wgpu::util::DeviceExt;
 
 use super::adapter::{describe_adapter, list_adapters, AdapterSummary};
 use super::buffer::{self, DType, GpuBuffer, PoolInner, Shape, Tensor};
+use super::diagnose::Diagnosis;
 use super::pipeline::{layout_entries, Binding, Kernel, KernelKey};
 use super::record::{encode, Recording, Step};
 use super::tune::{default_cache_path, TuneTable};
@@ -33,6 +34,9 @@ pub struct ContextOptions {
     pub tune_cache: Option<std::path::PathBuf>,
     /// Keep measured choices in memory only (no file read or written).
     pub tune_in_memory: bool,
+    /// Refuse a software adapter (llvmpipe) with an explanation (`--require-gpu`);
+    /// `ADVEX_REQUIRE_GPU=1` turns it on too.
+    pub require_gpu: bool,
 }
 
 /// Which kernel family runs pointwise convolutions and linear layers.
@@ -130,12 +134,57 @@ impl Scopes {
     }
 }
 
+/// `ADVEX_REQUIRE_GPU`: 1/true/yes/on or 0/false/no/off (unset or empty: off).
+fn require_gpu_from_env() -> Result<bool> {
+    let v = std::env::var("ADVEX_REQUIRE_GPU").unwrap_or_default();
+    match v.trim().to_ascii_lowercase().as_str() {
+        "" | "0" | "false" | "no" | "off" => Ok(false),
+        "1" | "true" | "yes" | "on" => Ok(true),
+        _ => Err(Error::Usage(format!(
+            "ADVEX_REQUIRE_GPU={v:?}: use 1 to refuse software adapters, 0 or unset to allow them"
+        ))),
+    }
+}
+
+/// A software adapter is refused when the GPU is required, and otherwise
+/// warned about when a GPU is visible to the OS but was not offered (unless
+/// the user picked the adapter by name).
+fn check_software(adapter: &wgpu::Adapter, require_gpu: bool, picked: bool) -> Result<()> {
+    let info = adapter.get_info();
+    if info.device_type != wgpu::DeviceType::Cpu || (picked && !require_gpu) {
+        return Ok(());
+    }
+    let diag = Diagnosis::gather();
+    if require_gpu {
+        return Err(Error::SoftwareAdapter {
+            adapter: info.name,
+            why: diag.advice().unwrap_or_else(|| {
+                "no GPU is visible to this machine (no /dev/nvidia*, no /dev/dri/renderD*): check \
+                 that it has one and, in a container, that it was started with --gpus all"
+                    .into()
+            }),
+        });
+    }
+    if let (Some(gpu), Some(advice)) = (diag.gpus().next(), diag.advice()) {
+        log::warn!(
+            "running on the software adapter {} although a GPU is visible ({}), hundreds of \
+             times slower: {advice}",
+            info.name,
+            gpu.path.display()
+        );
+    }
+    Ok(())
+}
+
 impl Context {
     /// Open the adapter chosen by `options` (see [`ContextOptions::adapter`]).
     pub fn new(options: ContextOptions) -> Result<Self> {
+        let require_gpu = options.require_gpu || require_gpu_from_env()?;
         let adapters = list_adapters();
         if adapters.is_empty() {
-            return Err(Error::NoAdapter);
+            return Err(Error::NoAdapter {
+                advice: Diagnosis::gather().advice(),
+            });
         }
         let wanted = options
             .adapter
@@ -160,6 +209,7 @@ impl Context {
             }
             None => adapters[0].clone(),
         };
+        check_software(&adapter, require_gpu, wanted.is_some())?;
         Self::from_adapter(adapter, options)
     }
 

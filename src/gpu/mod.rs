@@ -4,13 +4,15 @@
 mod adapter;
 mod buffer;
 mod context;
+mod diagnose;
 mod pipeline;
 mod record;
 mod tune;
 
-pub use adapter::{describe_adapter, list_adapters, AdapterSummary};
+pub use adapter::{describe_adapter, list_adapters, quiet_window_system_probes, AdapterSummary};
 pub use buffer::{DType, GpuBuffer, Shape, Tensor};
 pub use context::{decode, Context, ContextOptions, KernelStyle};
+pub use diagnose::{Diagnosis, GpuNode, IcdFile, Vendor};
 pub use pipeline::{Binding, Kernel, KernelKey};
 pub use record::{Recording, Step};
 pub use tune::{default_cache_path, TuneTable};

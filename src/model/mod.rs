@@ -199,6 +199,33 @@ impl std::fmt::Debug for Weight {
     }
 }
 
+/// Why a model file could not be read, and what to do about it.
+pub(crate) fn unreadable(path: &Path, e: &std::io::Error) -> String {
+    use std::io::ErrorKind;
+    match e.kind() {
+        ErrorKind::NotFound => {
+            let from = if path.is_relative() {
+                std::env::current_dir()
+                    .map(|d| format!(" (a relative path, looked for in {})", d.display()))
+                    .unwrap_or_default()
+            } else {
+                String::new()
+            };
+            format!(
+                "no such file{from}. Give the path of an advex .safetensors model or an .onnx \
+                 file, or leave out --model to use the bundled EfficientNet-Lite0"
+            )
+        }
+        ErrorKind::PermissionDenied => {
+            "permission denied: make the file readable for this user (chmod a+r)".into()
+        }
+        ErrorKind::IsADirectory => {
+            "this is a folder: give the model file inside it (.safetensors or .onnx)".into()
+        }
+        _ => format!("cannot read the file: {e}"),
+    }
+}
+
 impl Model {
     /// Loads a model file. The description comes from the header's
     /// `__metadata__.advex`, or else from the sidecar `NAME.json` next to the
@@ -214,7 +241,7 @@ impl Model {
             path.to_path_buf()
         };
         let bytes = std::fs::read(&tensors_path)
-            .map_err(|e| ModelError::new(&tensors_path, format!("cannot read the file: {e}")))?;
+            .map_err(|e| ModelError::new(&tensors_path, unreadable(&tensors_path, &e)))?;
         let container = container::parse_container(&tensors_path, &bytes)?;
         let sidecar_path = tensors_path.with_extension("json");
         let sidecar = if container.metadata.contains_key(METADATA_KEY) {

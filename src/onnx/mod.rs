@@ -154,7 +154,8 @@ pub fn import_onnx(path: &Path, opts: &ImportOptions) -> Result<(ModelSpec, Tens
 
 /// [`import_onnx`], also returning the warnings.
 pub fn import_onnx_full(path: &Path, opts: &ImportOptions) -> Result<Imported> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let bytes = std::fs::read(path)
+        .map_err(|e| ModelError::new(path, crate::model::unreadable(path, &e)))?;
     import_onnx_bytes(path, &bytes, opts)
 }
 

@@ -6,7 +6,7 @@ mod predictions;
 
 pub use metrics::{EpsAccumulator, Observation};
 pub use plot::write_svg_plot;
-pub use predictions::PredictionWriter;
+pub use predictions::{PredictionRow, PredictionWriter, NO_METHOD};
 
 use serde::Serialize;
 

@@ -1,10 +1,33 @@
-//! The predictions CSV: one row per image and eps (eps 0 = clean).
+//! The predictions CSV: one row per image, method and eps.
+//!
+//! Columns: `image,label,method,eps,eps_text,pred,pred_prob,label_prob`, then
+//! `pred_name` when the model has class names. `eps` is the number (full f64
+//! precision, so spreadsheets and pandas read it as one), `eps_text` the value
+//! as written on the command line. Rows of the image as given (the clean image
+//! in an attack, every image in `advex eval`) have method `clean` and eps 0,
+//! as the report calls them.
 
 use std::fs::File;
 use std::io::BufWriter;
 use std::path::{Path, PathBuf};
 
+use crate::attack::Eps;
 use crate::error::{Error, Result};
+
+/// The method column of rows that show the image as given (eps 0).
+pub const NO_METHOD: &str = "clean";
+
+/// One row of the CSV.
+pub struct PredictionRow<'a> {
+    /// Path relative to `--images`.
+    pub image: &'a str,
+    pub label: u32,
+    /// The method and eps that made the image; `None` for the image as given.
+    pub attack: Option<(&'a str, &'a Eps)>,
+    pub pred: u32,
+    pub pred_prob: f32,
+    pub label_prob: f32,
+}
 
 pub struct PredictionWriter {
     path: PathBuf,
@@ -16,7 +39,16 @@ impl PredictionWriter {
     pub fn create(path: &Path, classes: Option<Vec<String>>) -> Result<Self> {
         let file = File::create(path).map_err(|e| Error::io(path, e))?;
         let mut writer = csv::Writer::from_writer(BufWriter::new(file));
-        let mut header = vec!["image", "label", "eps", "pred", "pred_prob", "label_prob"];
+        let mut header = vec![
+            "image",
+            "label",
+            "method",
+            "eps",
+            "eps_text",
+            "pred",
+            "pred_prob",
+            "label_prob",
+        ];
         if classes.is_some() {
             header.push("pred_name");
         }
@@ -28,25 +60,23 @@ impl PredictionWriter {
         })
     }
 
-    pub fn row(
-        &mut self,
-        image: &str,
-        label: u32,
-        eps: &str,
-        pred: u32,
-        pred_prob: f32,
-        label_prob: f32,
-    ) -> Result<()> {
+    pub fn row(&mut self, r: &PredictionRow<'_>) -> Result<()> {
+        let (method, eps, eps_text) = match r.attack {
+            Some((method, eps)) => (method, eps.exact.to_string(), eps.text.as_str()),
+            None => (NO_METHOD, "0".to_string(), "0"),
+        };
         let mut rec = vec![
-            image.to_string(),
-            label.to_string(),
-            eps.to_string(),
-            pred.to_string(),
-            format!("{pred_prob:.6}"),
-            format!("{label_prob:.6}"),
+            r.image.to_string(),
+            r.label.to_string(),
+            method.to_string(),
+            eps,
+            eps_text.to_string(),
+            r.pred.to_string(),
+            format!("{:.6}", r.pred_prob),
+            format!("{:.6}", r.label_prob),
         ];
         if let Some(c) = &self.classes {
-            rec.push(c.get(pred as usize).cloned().unwrap_or_default());
+            rec.push(c.get(r.pred as usize).cloned().unwrap_or_default());
         }
         self.writer
             .write_record(&rec)
