@@ -118,9 +118,10 @@ enum Command {
     Bench {
         #[arg(long, help = MODEL_HELP)]
         model: Option<PathBuf>,
-        /// Batch sizes, comma separated (sizes that do not fit are skipped).
-        #[arg(long, default_value = "1,8,32,128")]
-        batch_size: String,
+        /// Batch sizes, comma separated (sizes that do not fit are skipped)
+        /// [default: 1,8,32,128; with --pipeline, chosen as attack does].
+        #[arg(long)]
+        batch_size: Option<String>,
         /// Eps list; its length is the sweep size (8 for an 8-eps sweep).
         #[arg(long, default_value = "1/255")]
         eps: String,
@@ -144,6 +145,18 @@ enum Command {
         profile: bool,
         #[arg(long, help = REQUIRE_GPU_HELP)]
         require_gpu: bool,
+        /// Host-pipeline benchmark on a folder of images: each stage alone per
+        /// core (discover, read, decode, resize/crop, upload, readback, encode,
+        /// write), then whole eval and attack runs with a near-free model
+        /// (or --model); see tools/make_jpegs.rs for a folder of JPEGs.
+        #[arg(long, value_name = "DIR")]
+        pipeline: Option<PathBuf>,
+        /// With --pipeline: images timed per stage.
+        #[arg(long, default_value_t = 200, requires = "pipeline")]
+        sample: usize,
+        /// With --pipeline: only the per-stage timings.
+        #[arg(long, requires = "pipeline")]
+        stages_only: bool,
     },
     /// Convert an ONNX model (e.g. from `torch.onnx.export`) to an advex model file.
     Import {
@@ -283,21 +296,32 @@ fn run(cli: Cli) -> Result<(), Error> {
             json,
             profile,
             require_gpu,
+            pipeline,
+            sample,
+            stages_only,
         } => {
-            let batch_sizes = batch_size
-                .split(',')
-                .map(|s| {
-                    s.trim()
-                        .parse::<u32>()
-                        .ok()
-                        .filter(|&b| b > 0)
-                        .ok_or_else(|| {
-                            Error::Usage(format!(
-                                "--batch-size {s:?}: expected positive integers like 1,8,32"
+            let batch_sizes = batch_size.as_deref().map(parse_batch_sizes).transpose()?;
+            if let Some(images) = pipeline {
+                let opts = advex::bench::PipelineOptions {
+                    images,
+                    model,
+                    sample,
+                    batch_size: match batch_sizes.as_deref() {
+                        None => None,
+                        Some([b]) => Some(*b),
+                        Some(_) => {
+                            return Err(Error::Usage(
+                                "--pipeline takes one --batch-size (or none)".into(),
                             ))
-                        })
-                })
-                .collect::<Result<Vec<_>, _>>()?;
+                        }
+                    },
+                    adapter,
+                    require_gpu,
+                    stages_only,
+                };
+                return pipeline_bench(&opts, json);
+            }
+            let batch_sizes = batch_sizes.unwrap_or_else(|| vec![1, 8, 32, 128]);
             let opts = advex::bench::BenchOptions {
                 model,
                 batch_sizes,
@@ -425,6 +449,59 @@ fn run(cli: Cli) -> Result<(), Error> {
             Ok(())
         }
     }
+}
+
+/// `--batch-size 1,8,32`.
+fn parse_batch_sizes(list: &str) -> Result<Vec<u32>, Error> {
+    list.split(',')
+        .map(|s| {
+            s.trim()
+                .parse::<u32>()
+                .ok()
+                .filter(|&b| b > 0)
+                .ok_or_else(|| {
+                    Error::Usage(format!(
+                        "--batch-size {s:?}: expected positive integers like 1,8,32"
+                    ))
+                })
+        })
+        .collect()
+}
+
+/// `advex bench --pipeline DIR`: a table (or one JSON object).
+fn pipeline_bench(opts: &advex::bench::PipelineOptions, json: bool) -> Result<(), Error> {
+    let scratch = std::env::temp_dir().join(format!("advex-pipeline-{}", std::process::id()));
+    let result = advex::bench::run_pipeline(opts, &scratch);
+    let _ = std::fs::remove_dir_all(&scratch);
+    let r = result?;
+    if json {
+        println!("{}", serde_json::to_string(&r).expect("serialisable"));
+        return Ok(());
+    }
+    println!(
+        "host pipeline: {} images, {} cores, model {}, adapter {}",
+        r.images, r.cores, r.model, r.adapter
+    );
+    println!(
+        "{:<22} {:>8} {:>14}",
+        "stage (one core)", "images", "images/s/core"
+    );
+    for s in &r.stages {
+        println!("{:<22} {:>8} {:>14.1}", s.stage, s.images, s.per_core);
+    }
+    if !r.runs.is_empty() {
+        println!(
+            "{:<22} {:>8} {:>14}",
+            "run (all cores)", "images", "images/s"
+        );
+        for x in &r.runs {
+            println!(
+                "{:<22} {:>8} {:>14.1}",
+                x.run, x.images, x.images_per_second
+            );
+        }
+    }
+    Ok(())
 }
 
 fn devices(json: bool) -> Result<(), Error> {

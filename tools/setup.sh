@@ -112,8 +112,14 @@ if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1; then
 fi
 say "no Vulkan driver found; installing $what: $packages"
 export DEBIAN_FRONTEND=noninteractive
-apt-get update -qq
-apt-get install -y -qq --no-install-recommends $packages >/dev/null
+log=$(mktemp)
+if ! { apt-get update -qq && apt-get install -y -qq --no-install-recommends $packages; } >"$log" 2>&1; then
+    cat "$log" >&2
+    rm -f "$log"
+    say "apt-get failed (above); install $packages by hand and retry"
+    exit 1
+fi
+rm -f "$log"
 if [ -z "$(icd_files)" ]; then
     say "installed $packages, but still no Vulkan ICD file; see 'advex devices'"
     exit 1

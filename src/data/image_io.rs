@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use image::imageops::FilterType;
-use image::{DynamicImage, GenericImageView};
+use image::{DynamicImage, GenericImageView, ImageEncoder};
 
 use crate::error::{Error, Result};
 
@@ -25,13 +25,18 @@ impl Preprocessor {
 }
 
 fn decode(path: &Path) -> Result<DynamicImage> {
-    let reader = image::ImageReader::open(path)
-        .map_err(|e| Error::io(path, e))?
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    decode_bytes(&bytes, path)
+}
+
+/// Decode an image file's bytes (format guessed from the content); `name`
+/// names it in errors.
+pub fn decode_bytes(bytes: &[u8], name: &Path) -> Result<DynamicImage> {
+    image::ImageReader::new(std::io::Cursor::new(bytes))
         .with_guessed_format()
-        .map_err(|e| Error::io(path, e))?;
-    reader
+        .map_err(|e| Error::io(name, e))?
         .decode()
-        .map_err(|e| Error::Usage(format!("{}: cannot decode image: {e}", path.display())))
+        .map_err(|e| Error::Usage(format!("{}: cannot decode image: {e}", name.display())))
 }
 
 /// Resize (shorter side) and center-crop, unless the image already has the input size.
@@ -57,7 +62,12 @@ fn fit(img: DynamicImage, p: &Preprocessor) -> DynamicImage {
 
 /// Decode and preprocess one image into CHW f32 values in [0, 1].
 pub fn load_image(path: &Path, p: &Preprocessor) -> Result<Vec<f32>> {
-    let img = fit(decode(path)?, p);
+    to_input(decode(path)?, p)
+}
+
+/// Preprocess a decoded image (resize, crop, channels) into CHW f32 values in [0, 1].
+pub fn to_input(img: DynamicImage, p: &Preprocessor) -> Result<Vec<f32>> {
+    let img = fit(img, p);
     let (w, h) = (p.width as usize, p.height as usize);
     let mut out = vec![0f32; p.numel()];
     match p.channels {
@@ -95,18 +105,8 @@ pub fn load_image(path: &Path, p: &Preprocessor) -> Result<Vec<f32>> {
     Ok(out)
 }
 
-/// Write CHW u8 pixels as a PNG, to a temporary name first and then renamed, so
-/// a crash never leaves a half-written file.
-pub fn write_png_atomic(
-    path: &Path,
-    chw: &[u8],
-    channels: u32,
-    height: u32,
-    width: u32,
-) -> Result<()> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    }
+/// Encode CHW u8 pixels as a PNG file's bytes.
+pub fn encode_png(chw: &[u8], channels: u32, height: u32, width: u32) -> Result<Vec<u8>> {
     let plane = (height * width) as usize;
     let color = match channels {
         1 => image::ExtendedColorType::L8,
@@ -119,13 +119,40 @@ pub fn write_png_atomic(
             hwc[i * channels as usize + c] = chw[c * plane + i];
         }
     }
+    let mut out = Vec::with_capacity(chw.len() / 2 + 1024);
+    image::codecs::png::PngEncoder::new(&mut out)
+        .write_image(&hwc, width, height, color)
+        .map_err(|e| Error::Usage(format!("cannot encode a PNG: {e}")))?;
+    Ok(out)
+}
+
+/// Write `bytes` to `path` through a temporary name in the same folder and a
+/// rename, so a crash never leaves a half-written file; creates the folder.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    }
     let file_name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let tmp = path.with_file_name(format!(".{file_name}.{}.tmp", std::process::id()));
-    image::save_buffer_with_format(&tmp, &hwc, width, height, color, image::ImageFormat::Png)
-        .map_err(|e| Error::io(&tmp, std::io::Error::other(e.to_string())))?;
+    if let Err(e) = std::fs::write(&tmp, bytes) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(Error::io(&tmp, e));
+    }
     std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
     Ok(())
+}
+
+/// Write CHW u8 pixels as a PNG, to a temporary name first and then renamed, so
+/// a crash never leaves a half-written file.
+pub fn write_png_atomic(
+    path: &Path,
+    chw: &[u8],
+    channels: u32,
+    height: u32,
+    width: u32,
+) -> Result<()> {
+    write_atomic(path, &encode_png(chw, channels, height, width)?)
 }

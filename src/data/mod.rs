@@ -7,6 +7,8 @@ mod labels;
 mod loader;
 
 pub use discover::{discover, ImageEntry};
-pub use image_io::{load_image, write_png_atomic, Preprocessor};
+pub use image_io::{
+    decode_bytes, encode_png, load_image, to_input, write_atomic, write_png_atomic, Preprocessor,
+};
 pub use labels::{assign_labels, LabelSource};
 pub use loader::{Batch, BatchLoader, Skipped};

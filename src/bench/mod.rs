@@ -2,6 +2,12 @@
 //! excluded, GPU work, uploads and readbacks included), and per-kernel GPU time
 //! from timestamp queries.
 
+mod pipeline;
+
+pub use pipeline::{
+    probe_model, run_pipeline, PipelineOptions, PipelineReport, RunResult, StageResult,
+};
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
