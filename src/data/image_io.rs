@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use image::imageops::FilterType;
+use super::resample::resize_window;
 use image::{DynamicImage, GenericImageView, ImageEncoder};
 
 use crate::error::{Error, Result};
@@ -39,25 +39,61 @@ pub fn decode_bytes(bytes: &[u8], name: &Path) -> Result<DynamicImage> {
         .map_err(|e| Error::Usage(format!("{}: cannot decode image: {e}", name.display())))
 }
 
-/// Resize (shorter side) and center-crop, unless the image already has the input size.
-fn fit(img: DynamicImage, p: &Preprocessor) -> DynamicImage {
-    let (w, h) = img.dimensions();
-    if (w, h) == (p.width, p.height) {
-        return img;
+/// Python's `int(round(x / 2.0))` for a non-negative integer `x`: halves go to
+/// the even neighbour (torchvision's center-crop offset).
+fn half_to_even(x: u32) -> u32 {
+    let k = x / 2;
+    if x % 2 == 1 && k % 2 == 1 {
+        k + 1
+    } else {
+        k
     }
-    // Scale so both sides cover the crop; the shorter side goes to `resize` when given.
-    let short = w.min(h) as f64;
-    let target = p.resize.unwrap_or(p.width.max(p.height)) as f64;
-    let mut scale = target / short;
-    scale = scale
-        .max(p.width as f64 / w as f64)
-        .max(p.height as f64 / h as f64);
-    let nw = ((w as f64 * scale).round() as u32).max(p.width);
-    let nh = ((h as f64 * scale).round() as u32).max(p.height);
-    let resized = img.resize_exact(nw, nh, FilterType::Triangle);
-    let x = (nw - p.width) / 2;
-    let y = (nh - p.height) / 2;
-    resized.crop_imm(x, y, p.width, p.height)
+}
+
+/// The resized size before the center crop, as torchvision's `Resize(size)`
+/// computes it: the shorter side becomes `size`, the longer `int(size * long /
+/// short)`. When that would not cover the crop (a resize smaller than the crop,
+/// or a crop of another aspect ratio), the image is scaled up until it does
+/// (torchvision would pad with zeros instead).
+fn resized_size(w: u32, h: u32, p: &Preprocessor) -> (u32, u32) {
+    let size = p.resize.unwrap_or(p.width.max(p.height));
+    let (short, long) = (w.min(h) as f64, w.max(h) as f64);
+    let new_long = (size as f64 * long / short) as u32;
+    let (nw, nh) = if w <= h { (size, new_long) } else { (new_long, size) };
+    if nw >= p.width && nh >= p.height {
+        return (nw, nh);
+    }
+    let scale = (p.width as f64 / w as f64).max(p.height as f64 / h as f64);
+    (
+        ((w as f64 * scale).ceil() as u32).max(p.width),
+        ((h as f64 * scale).ceil() as u32).max(p.height),
+    )
+}
+
+/// Resize (shorter side) and center-crop as torchvision's ImageNet transform
+/// does on PIL images (antialiased bilinear, PIL's geometry and crop offsets),
+/// unless the image already has the input size. Returns 8-bit pixels, RGB or
+/// (for a grey source) one channel, row-major.
+fn fit(img: DynamicImage, p: &Preprocessor) -> (Vec<u8>, u32) {
+    let (w, h) = img.dimensions();
+    let (channels, pixels) = match img {
+        DynamicImage::ImageLuma8(g) => (1, g.into_raw()),
+        other => (3, other.into_rgb8().into_raw()),
+    };
+    if (w, h) == (p.width, p.height) {
+        return (pixels, channels);
+    }
+    let (nw, nh) = resized_size(w, h, p);
+    let (left, top) = (half_to_even(nw - p.width), half_to_even(nh - p.height));
+    let out = resize_window(
+        &pixels,
+        (w, h),
+        channels as usize,
+        (nw, nh),
+        (left, top),
+        (p.width, p.height),
+    );
+    (out, channels)
 }
 
 /// Decode and preprocess one image into CHW f32 values in [0, 1].
@@ -67,36 +103,39 @@ pub fn load_image(path: &Path, p: &Preprocessor) -> Result<Vec<f32>> {
 
 /// Preprocess a decoded image (resize, crop, channels) into CHW f32 values in [0, 1].
 pub fn to_input(img: DynamicImage, p: &Preprocessor) -> Result<Vec<f32>> {
-    let img = fit(img, p);
-    let (w, h) = (p.width as usize, p.height as usize);
+    let (px, channels) = fit(img, p);
+    let plane = (p.width * p.height) as usize;
     let mut out = vec![0f32; p.numel()];
-    match p.channels {
-        1 => {
-            // Luma by ITU-R 601 (what PIL's convert("L") does), rounded to 8 bits.
-            let plane = match img {
-                DynamicImage::ImageLuma8(g) => g.into_raw(),
-                other => other
-                    .to_rgb8()
-                    .pixels()
-                    .map(|px| {
-                        let [r, g, b] = px.0;
-                        ((r as u32 * 299 + g as u32 * 587 + b as u32 * 114 + 500) / 1000) as u8
-                    })
-                    .collect(),
-            };
-            for (o, v) in out.iter_mut().zip(plane) {
+    match (p.channels, channels) {
+        (1, 1) => {
+            for (o, &v) in out.iter_mut().zip(&px) {
                 *o = v as f32 / 255.0;
             }
         }
-        3 => {
-            let rgb = img.to_rgb8();
-            for (i, px) in rgb.pixels().enumerate() {
-                for c in 0..3 {
-                    out[c * w * h + i] = px.0[c] as f32 / 255.0;
+        (1, _) => {
+            // Luma by ITU-R 601 (what PIL's convert("L") does), rounded to 8 bits.
+            for (o, rgb) in out.iter_mut().zip(px.chunks_exact(3)) {
+                let (r, g, b) = (rgb[0] as u32, rgb[1] as u32, rgb[2] as u32);
+                *o = ((r * 299 + g * 587 + b * 114 + 500) / 1000) as f32 / 255.0;
+            }
+        }
+        (3, 1) => {
+            for c in 0..3 {
+                for (o, &v) in out[c * plane..(c + 1) * plane].iter_mut().zip(&px) {
+                    *o = v as f32 / 255.0;
                 }
             }
         }
-        c => {
+        (3, _) => {
+            let (r, rest) = out.split_at_mut(plane);
+            let (g, b) = rest.split_at_mut(plane);
+            for (i, rgb) in px.chunks_exact(3).enumerate() {
+                r[i] = rgb[0] as f32 / 255.0;
+                g[i] = rgb[1] as f32 / 255.0;
+                b[i] = rgb[2] as f32 / 255.0;
+            }
+        }
+        (c, _) => {
             return Err(Error::Usage(format!(
                 "models with {c} input channels cannot take images (1 or 3 channels)"
             )))

@@ -5,6 +5,7 @@ mod discover;
 mod image_io;
 mod labels;
 mod loader;
+mod resample;
 
 pub use discover::{discover, ImageEntry};
 pub use image_io::{
