@@ -101,9 +101,17 @@ enum Command {
         /// Targeted attack: a class index or name, or `least-likely`.
         #[arg(long)]
         target: Option<String>,
-        /// Write adversarial PNGs to DIR/eps_<value>/<relative path>.png.
+        /// Write adversarial images under DIR/eps_<value>/ (see --format).
         #[arg(long)]
         out: Option<PathBuf>,
+        /// How --out is written: png (one file per image and eps), webdataset
+        /// (tar shards: KEY.png, KEY.cls, KEY.json) or safetensors (u8 [N,C,H,W]
+        /// shards with labels and predictions).
+        #[arg(long, default_value = "png", value_parser = ["png", "webdataset", "safetensors"])]
+        format: String,
+        /// Images per shard for --format webdataset|safetensors (sorted by path).
+        #[arg(long, default_value_t = advex::data::DEFAULT_SHARD_SIZE)]
+        shard_size: usize,
         /// Replace the eps_* folders of an existing --out.
         #[arg(long)]
         overwrite: bool,
@@ -266,6 +274,8 @@ fn run(cli: Cli) -> Result<(), Error> {
             method: _,
             target,
             out,
+            format,
+            shard_size,
             overwrite,
             plot,
             no_quantize,
@@ -278,6 +288,8 @@ fn run(cli: Cli) -> Result<(), Error> {
                 Some(t) => advex::attack::TargetSpec::Class(t.to_string()),
             };
             o.out = out;
+            o.format = advex::data::OutputFormat::parse(&format).expect("clap checks --format");
+            o.shard_size = shard_size;
             o.overwrite = overwrite;
             o.plot = plot;
             o.quantize = !no_quantize;

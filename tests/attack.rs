@@ -9,7 +9,7 @@ use std::sync::Arc;
 use advex::attack::{
     parse_eps_list, run_attack, run_eval, FgsmPlan, RunOptions, Target, TargetSpec,
 };
-use advex::data::{load_image, Preprocessor};
+use advex::data::{load_image, OutputFormat, Preprocessor};
 use advex::model::Model;
 use advex::plan::GpuModel;
 use common::*;
@@ -342,4 +342,146 @@ fn bad_arguments_fail_before_gpu_work() {
     // eps outside [0, 1] or unparsable never reach a run
     assert!(parse_eps_list("1.5").is_err());
     assert!(parse_eps_list("abc").is_err());
+}
+
+/// The attack's CSV rows at `eps_text`: image -> (label, pred).
+fn csv_preds(csv: &Path, eps_text: &str) -> std::collections::HashMap<String, (u32, u32)> {
+    let text = std::fs::read_to_string(csv).unwrap();
+    let header: Vec<&str> = text.lines().next().unwrap().split(',').collect();
+    let col = |name: &str| header.iter().position(|h| *h == name).unwrap();
+    let (img, label, et, pred) = (col("image"), col("label"), col("eps_text"), col("pred"));
+    text.lines()
+        .skip(1)
+        .map(|l| l.split(',').collect::<Vec<_>>())
+        .filter(|r| r[et] == eps_text)
+        .map(|r| {
+            (
+                r[img].to_string(),
+                (r[label].parse().unwrap(), r[pred].parse().unwrap()),
+            )
+        })
+        .collect()
+}
+
+/// Evaluate a folder of PNGs and return image (relative, without .png) -> prediction.
+fn eval_folder(model: &Path, dir: &Path) -> std::collections::HashMap<String, u32> {
+    let (rows, _) = run_eval(&RunOptions::new(model, dir)).unwrap();
+    rows.into_iter()
+        .map(|r| (r.image.trim_end_matches(".png").to_string(), r.pred))
+        .collect()
+}
+
+#[test]
+fn webdataset_and_safetensors_shards_read_back_to_the_reported_predictions() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    for format in [OutputFormat::WebDataset, OutputFormat::Safetensors] {
+        let out = d.join(format.name());
+        let mut o = digits_run("0.1,1/255");
+        o.out = Some(out.clone());
+        o.format = format;
+        o.shard_size = 30;
+        o.predictions = Some(d.join(format!("{}.csv", format.name())));
+        run_attack(&o).unwrap();
+        let model = o.model.clone().unwrap();
+        for (eps_text, folder) in [("0.1", "eps_0.1"), ("1/255", "eps_1_255")] {
+            let want = csv_preds(o.predictions.as_ref().unwrap(), eps_text);
+            assert_eq!(want.len(), 100);
+            let mut shards: Vec<PathBuf> = std::fs::read_dir(out.join(folder))
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .collect();
+            shards.sort();
+            // 100 images sorted by path, 30 per shard
+            let ext = if format == OutputFormat::WebDataset {
+                "tar"
+            } else {
+                "safetensors"
+            };
+            let names: Vec<String> = shards
+                .iter()
+                .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+                .collect();
+            assert_eq!(
+                names,
+                (0..4)
+                    .map(|i| format!("shard-{i:06}.{ext}"))
+                    .collect::<Vec<_>>(),
+                "complete shards only, no temporary files"
+            );
+            let pngs = d.join(format!("{}_{folder}", format.name()));
+            let mut stored: std::collections::HashMap<String, (u32, u32)> = Default::default();
+            for shard in &shards {
+                if format == OutputFormat::WebDataset {
+                    let mut members: std::collections::BTreeMap<String, Vec<u8>> =
+                        Default::default();
+                    let mut ar = tar::Archive::new(std::fs::File::open(shard).unwrap());
+                    for m in ar.entries().unwrap() {
+                        let mut m = m.unwrap();
+                        let name = m.path().unwrap().to_string_lossy().into_owned();
+                        let mut bytes = Vec::new();
+                        std::io::Read::read_to_end(&mut m, &mut bytes).unwrap();
+                        members.insert(name, bytes);
+                    }
+                    assert_eq!(members.len() % 3, 0);
+                    for (name, bytes) in &members {
+                        let Some(key) = name.strip_suffix(".json") else {
+                            continue;
+                        };
+                        assert!(!key.contains('.'), "no dots in WebDataset keys: {key}");
+                        let meta: Value = serde_json::from_slice(bytes).unwrap();
+                        let cls: u32 = String::from_utf8(members[&format!("{key}.cls")].clone())
+                            .unwrap()
+                            .parse()
+                            .unwrap();
+                        let source = meta["source"].as_str().unwrap().to_string();
+                        assert_eq!(meta["label"], cls);
+                        assert_eq!(meta["eps_text"], eps_text);
+                        let png = pngs.join(format!("{}.png", source.trim_end_matches(".png")));
+                        std::fs::create_dir_all(png.parent().unwrap()).unwrap();
+                        std::fs::write(&png, &members[&format!("{key}.png")]).unwrap();
+                        stored.insert(source, (cls, meta["adv_pred"].as_u64().unwrap() as u32));
+                    }
+                } else {
+                    let bytes = std::fs::read(shard).unwrap();
+                    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+                    let meta = header.metadata().clone().unwrap();
+                    assert_eq!(meta["eps_text"], eps_text);
+                    let paths: Vec<String> = serde_json::from_str(&meta["paths"]).unwrap();
+                    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+                    let images = st.tensor("images").unwrap();
+                    assert_eq!(images.dtype(), safetensors::Dtype::U8);
+                    assert_eq!(images.shape(), &[paths.len(), 1, 28, 28]);
+                    let longs = |name: &str| -> Vec<i64> {
+                        let t = st.tensor(name).unwrap();
+                        assert_eq!(t.dtype(), safetensors::Dtype::I64);
+                        bytemuck::pod_collect_to_vec(t.data())
+                    };
+                    let (labels, adv) = (longs("labels"), longs("adv_preds"));
+                    for (i, source) in paths.iter().enumerate() {
+                        let px = &images.data()[i * 784..(i + 1) * 784];
+                        let png = pngs.join(format!("{}.png", source.trim_end_matches(".png")));
+                        advex::data::write_png_atomic(&png, px, 1, 28, 28).unwrap();
+                        stored.insert(source.clone(), (labels[i] as u32, adv[i] as u32));
+                    }
+                }
+            }
+            assert_eq!(
+                stored,
+                want,
+                "{} {eps_text}: stored labels and predictions",
+                format.name()
+            );
+            // the stored pixels are the adversarial images: the model says the same of them
+            let again = eval_folder(&model, &pngs);
+            for (image, (_, pred)) in &want {
+                assert_eq!(
+                    again[image.trim_end_matches(".png")],
+                    *pred,
+                    "{} {eps_text} {image}: stored pixels evaluate differently",
+                    format.name()
+                );
+            }
+        }
+    }
 }

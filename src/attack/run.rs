@@ -6,12 +6,10 @@ use std::sync::mpsc::sync_channel;
 use std::sync::Arc;
 use std::time::Instant;
 
-use rayon::prelude::*;
-
 use super::{Eps, EvalPlan, FgsmPlan, Pred, Target};
 use crate::data::{
-    assign_labels, discover, write_png_atomic, BatchLoader, ImageEntry, LabelSource, Preprocessor,
-    Skipped,
+    assign_labels, discover, BatchLoader, ImageEntry, LabelSource, OutputFormat, OutputSpec,
+    OutputWriter, Preprocessor, Sample, Skipped, DEFAULT_SHARD_SIZE,
 };
 use crate::error::{Error, Result};
 use crate::gpu::DType;
@@ -45,6 +43,10 @@ pub struct RunOptions {
     pub eps: Vec<Eps>,
     pub target: TargetSpec,
     pub out: Option<PathBuf>,
+    /// How `out` is written (`--format`).
+    pub format: OutputFormat,
+    /// Images per output shard (`--shard-size`; webdataset and safetensors).
+    pub shard_size: usize,
     pub overwrite: bool,
     pub report: Option<PathBuf>,
     pub plot: Option<PathBuf>,
@@ -73,6 +75,8 @@ impl RunOptions {
             eps: Vec::new(),
             target: TargetSpec::None,
             out: None,
+            format: OutputFormat::Png,
+            shard_size: DEFAULT_SHARD_SIZE,
             overwrite: false,
             report: None,
             plot: None,
@@ -317,16 +321,6 @@ fn model_info(model: &Model, path: Option<&Path>) -> ModelInfo {
     }
 }
 
-/// Output PNG path: `out/eps_<value>/<relative path with .png>`.
-fn png_path(out: &Path, eps: &Eps, rel: &str) -> PathBuf {
-    let mut p = out.join(eps.dir_name());
-    p.push(rel);
-    p.set_extension("png");
-    p
-}
-
-type PngJob = Vec<(PathBuf, Vec<u8>)>;
-
 /// Run FGSM over every image; writes what the options ask for and returns the report.
 pub fn run_attack(opts: &RunOptions) -> Result<Report> {
     if opts.eps.is_empty() {
@@ -347,16 +341,27 @@ pub fn run_attack(opts: &RunOptions) -> Result<Report> {
         .unwrap_or_else(|| choose_batch_size(&gpu, k, prep.entries.len()));
     autotune(opts, &gpu, batch)?;
     let plan = FgsmPlan::new(&gpu, batch, &opts.eps, opts.quantize, target)?;
-    let [c, h, w] = prep.model.input;
-
-    // PNGs are encoded on a writer thread while the GPU works on.
-    let (png_tx, png_rx) = sync_channel::<PngJob>(2);
+    // Images are encoded and written on a writer thread while the GPU works on.
+    let (out_tx, out_rx) = sync_channel::<Vec<Sample>>(2);
+    let out_writer = match &opts.out {
+        Some(dir) => Some(OutputWriter::new(OutputSpec {
+            dir: dir.clone(),
+            format: opts.format,
+            shard_size: opts.shard_size,
+            eps: opts.eps.clone(),
+            method: METHOD.into(),
+            shape: prep.model.input,
+        })?),
+        None => None,
+    };
     let writer = std::thread::spawn(move || -> Result<()> {
-        for job in png_rx {
-            job.par_iter()
-                .try_for_each(|(path, px)| write_png_atomic(path, px, c, h, w))?;
+        let Some(mut w) = out_writer else {
+            return Ok(());
+        };
+        for samples in out_rx {
+            w.write(samples)?;
         }
-        Ok(())
+        w.finish_all()
     });
 
     let start = Instant::now();
@@ -383,9 +388,9 @@ pub fn run_attack(opts: &RunOptions) -> Result<Report> {
                 continue;
             }
             let labels: Vec<Option<u32>> = b.indices.iter().map(|&i| prep.labels[i]).collect();
-            let o = plan.run(&b.pixels, &labels, opts.out.is_some())?;
+            let mut o = plan.run(&b.pixels, &labels, opts.out.is_some())?;
             check_finite(&gpu, o.clean.iter().chain(o.adv.iter().flatten()))?;
-            let mut job: PngJob = Vec::new();
+            let mut job: Vec<Sample> = Vec::new();
             for (j, &idx) in b.indices.iter().enumerate() {
                 let rel = &prep.entries[idx].rel;
                 let label = o.labels[j];
@@ -437,22 +442,31 @@ pub fn run_attack(opts: &RunOptions) -> Result<Report> {
                             label_prob: p.label_prob,
                         })?;
                     }
-                    if let (Some(out), Some(images)) = (&opts.out, &o.images) {
-                        job.push((png_path(out, eps, rel), images[e][j].clone()));
+                    if let Some(images) = o.images.as_mut() {
+                        job.push(Sample {
+                            index: idx,
+                            rel: rel.clone(),
+                            label,
+                            clean_pred: cp.class,
+                            adv_pred: p.class,
+                            adv_prob: p.prob,
+                            eps: e,
+                            pixels: std::mem::take(&mut images[e][j]),
+                        });
                     }
                 }
             }
-            if !job.is_empty() && png_tx.send(job).is_err() {
+            if !job.is_empty() && out_tx.send(job).is_err() {
                 break; // the writer failed; its error is reported below
             }
             bar.inc(b.len() as u64);
         }
         Ok(())
     })();
-    drop(png_tx);
+    drop(out_tx);
     let written = writer
         .join()
-        .map_err(|_| Error::Usage("the PNG writer thread panicked".into()))?;
+        .map_err(|_| Error::Usage("the output writer thread panicked".into()))?;
     result?;
     written?;
     bar.finish_and_clear();

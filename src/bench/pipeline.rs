@@ -19,7 +19,9 @@ use std::time::Instant;
 use serde::Serialize;
 
 use crate::attack::{parse_eps_list, run_attack, run_eval, RunOptions};
-use crate::data::{decode_bytes, discover, encode_png, to_input, write_atomic, Preprocessor};
+use crate::data::{
+    decode_bytes, discover, encode_png, to_input, write_atomic, OutputFormat, Preprocessor,
+};
 use crate::error::{Error, Result};
 use crate::gpu::Shape;
 use crate::{Context, ContextOptions};
@@ -227,17 +229,28 @@ fn runs(opts: &PipelineOptions, scratch: &Path, model: &Path) -> Result<Vec<RunR
     };
     let (_, r) = run_eval(&base())?;
     push("eval", r.images, r.timing.seconds);
-    let cases: [(&str, &str, bool); 3] = [
-        ("attack, 1 eps", "4/255", false),
-        ("attack, 1 eps, png", "4/255", true),
-        ("attack, 8 eps, png", sweep, true),
+    let cases: [(&str, &str, Option<OutputFormat>); 5] = [
+        ("attack, 1 eps", "4/255", None),
+        ("attack, 1 eps, png", "4/255", Some(OutputFormat::Png)),
+        ("attack, 8 eps, png", sweep, Some(OutputFormat::Png)),
+        (
+            "attack, 8 eps, webdataset",
+            sweep,
+            Some(OutputFormat::WebDataset),
+        ),
+        (
+            "attack, 8 eps, safetensors",
+            sweep,
+            Some(OutputFormat::Safetensors),
+        ),
     ];
-    for (i, (name, eps, write)) in cases.into_iter().enumerate() {
+    for (i, (name, eps, format)) in cases.into_iter().enumerate() {
         let mut o = base();
         o.eps = parse_eps_list(eps)?;
         let dir = scratch.join(format!("run{i}"));
-        if write {
+        if let Some(f) = format {
             o.out = Some(dir.clone());
+            o.format = f;
         }
         let r = run_attack(&o)?;
         push(name, r.images, r.timing.seconds);

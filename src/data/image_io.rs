@@ -59,7 +59,11 @@ fn resized_size(w: u32, h: u32, p: &Preprocessor) -> (u32, u32) {
     let size = p.resize.unwrap_or(p.width.max(p.height));
     let (short, long) = (w.min(h) as f64, w.max(h) as f64);
     let new_long = (size as f64 * long / short) as u32;
-    let (nw, nh) = if w <= h { (size, new_long) } else { (new_long, size) };
+    let (nw, nh) = if w <= h {
+        (size, new_long)
+    } else {
+        (new_long, size)
+    };
     if nw >= p.width && nh >= p.height {
         return (nw, nh);
     }

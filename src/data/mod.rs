@@ -5,6 +5,7 @@ mod discover;
 mod image_io;
 mod labels;
 mod loader;
+mod output;
 mod resample;
 
 pub use discover::{discover, ImageEntry};
@@ -13,3 +14,6 @@ pub use image_io::{
 };
 pub use labels::{assign_labels, LabelSource};
 pub use loader::{Batch, BatchLoader, Skipped};
+pub use output::{
+    png_path, sample_key, OutputFormat, OutputSpec, OutputWriter, Sample, DEFAULT_SHARD_SIZE,
+};

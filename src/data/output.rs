@@ -1,0 +1,423 @@
+//! Where adversarial images go (`--out DIR --format ...`):
+//! - `png`: `DIR/eps_<value>/<relative path>.png`, one file per image;
+//! - `webdataset`: `DIR/eps_<value>/shard-000000.tar`, WebDataset's layout: per
+//!   sample `<key>.png`, `<key>.cls` (label index) and `<key>.json`, the key being
+//!   the image's relative path without extension (dots replaced by `_`, since
+//!   WebDataset splits keys at the first dot);
+//! - `safetensors`: `DIR/eps_<value>/shard-000000.safetensors`, tensors `images`
+//!   (u8 `[N, C, H, W]`), `labels`, `clean_preds`, `adv_preds` (i64 `[N]`) and
+//!   `adv_probs` (f32 `[N]`), the source paths and eps in the metadata: what a
+//!   training loop loads with no decoding.
+//!
+//! Shards cover a fixed range of the images sorted by path (`--shard-size`
+//! images each; unreadable images leave gaps), so the partition depends only on
+//! the input. A shard is written under a temporary name and renamed when its
+//! last image is in: a shard file is complete or absent. Memory stays bounded:
+//! tar shards stream to disk, safetensors shards stream their image bytes to a
+//! temporary file and copy them behind the header at the end.
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use rayon::prelude::*;
+
+use super::image_io::{encode_png, write_atomic};
+use crate::attack::Eps;
+use crate::error::{Error, Result};
+
+/// `--format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OutputFormat {
+    #[default]
+    Png,
+    WebDataset,
+    Safetensors,
+}
+
+impl OutputFormat {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "png" => Some(OutputFormat::Png),
+            "webdataset" | "wds" => Some(OutputFormat::WebDataset),
+            "safetensors" => Some(OutputFormat::Safetensors),
+            _ => None,
+        }
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            OutputFormat::Png => "png",
+            OutputFormat::WebDataset => "webdataset",
+            OutputFormat::Safetensors => "safetensors",
+        }
+    }
+}
+
+/// Samples per shard unless `--shard-size` says otherwise.
+pub const DEFAULT_SHARD_SIZE: usize = 1000;
+
+/// One adversarial image and what the attack said of it.
+#[derive(Debug, Clone)]
+pub struct Sample {
+    /// Position in the sorted image list (decides the shard).
+    pub index: usize,
+    /// Path relative to `--images`.
+    pub rel: String,
+    pub label: u32,
+    pub clean_pred: u32,
+    pub adv_pred: u32,
+    pub adv_prob: f32,
+    /// Index into the eps list.
+    pub eps: usize,
+    /// CHW 8-bit pixels.
+    pub pixels: Vec<u8>,
+}
+
+/// What every sample of a run shares.
+#[derive(Debug, Clone)]
+pub struct OutputSpec {
+    pub dir: PathBuf,
+    pub format: OutputFormat,
+    pub shard_size: usize,
+    pub eps: Vec<Eps>,
+    pub method: String,
+    /// `[C, H, W]` of every image.
+    pub shape: [u32; 3],
+}
+
+/// Writes samples batch by batch (in image order) and finishes shards as the
+/// images move past them.
+pub struct OutputWriter {
+    spec: OutputSpec,
+    /// Per eps, the shard being written.
+    open: Vec<Option<OpenShard>>,
+}
+
+struct OpenShard {
+    shard: usize,
+    /// Final name, and where the bytes go until then.
+    path: PathBuf,
+    tmp: PathBuf,
+    kind: ShardKind,
+}
+
+enum ShardKind {
+    Tar(tar::Builder<BufWriter<File>>),
+    Tensors {
+        data: BufWriter<File>,
+        data_path: PathBuf,
+        rows: Vec<SampleRow>,
+    },
+}
+
+struct SampleRow {
+    rel: String,
+    label: u32,
+    clean_pred: u32,
+    adv_pred: u32,
+    adv_prob: f32,
+}
+
+/// WebDataset key: the relative path without its extension, dots replaced.
+pub fn sample_key(rel: &str) -> String {
+    let stem = match rel.rfind('.') {
+        Some(i) if !rel[i..].contains('/') => &rel[..i],
+        _ => rel,
+    };
+    stem.replace('.', "_")
+}
+
+/// Output PNG path: `out/eps_<value>/<relative path with .png>`.
+pub fn png_path(out: &Path, eps: &Eps, rel: &str) -> PathBuf {
+    let mut p = out.join(eps.dir_name());
+    p.push(rel);
+    p.set_extension("png");
+    p
+}
+
+fn tmp_name(path: &Path) -> PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    path.with_file_name(format!(".{name}.{}.tmp", std::process::id()))
+}
+
+impl OutputWriter {
+    pub fn new(spec: OutputSpec) -> Result<Self> {
+        if spec.shard_size == 0 {
+            return Err(Error::Usage("--shard-size must be at least 1".into()));
+        }
+        let open = (0..spec.eps.len()).map(|_| None).collect();
+        Ok(OutputWriter { spec, open })
+    }
+
+    /// Write one batch's samples (any order within the batch; batches in image
+    /// order). Shards that end before this batch's first image are finished.
+    pub fn write(&mut self, samples: Vec<Sample>) -> Result<()> {
+        let [c, h, w] = self.spec.shape;
+        match self.spec.format {
+            OutputFormat::Png => samples.par_iter().try_for_each(|s| {
+                let png = encode_png(&s.pixels, c, h, w)?;
+                write_atomic(
+                    &png_path(&self.spec.dir, &self.spec.eps[s.eps], &s.rel),
+                    &png,
+                )
+            }),
+            OutputFormat::WebDataset => {
+                let pngs: Vec<Vec<u8>> = samples
+                    .par_iter()
+                    .map(|s| encode_png(&s.pixels, c, h, w))
+                    .collect::<Result<_>>()?;
+                let mut order: Vec<usize> = (0..samples.len()).collect();
+                order.sort_by_key(|&i| (samples[i].index, samples[i].eps));
+                for i in order {
+                    self.append_tar(&samples[i], &pngs[i])?;
+                }
+                Ok(())
+            }
+            OutputFormat::Safetensors => {
+                let mut order: Vec<usize> = (0..samples.len()).collect();
+                order.sort_by_key(|&i| (samples[i].index, samples[i].eps));
+                for i in order {
+                    self.append_tensors(&samples[i])?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// The shard of `s` for its eps, opened (and the previous one finished) as needed.
+    fn shard_for(&mut self, s: &Sample) -> Result<&mut OpenShard> {
+        let shard = s.index / self.spec.shard_size;
+        if self.open[s.eps].as_ref().is_some_and(|o| o.shard != shard) {
+            let done = self.open[s.eps].take().expect("checked");
+            self.finish(s.eps, done)?;
+        }
+        if self.open[s.eps].is_none() {
+            let ext = match self.spec.format {
+                OutputFormat::Safetensors => "safetensors",
+                _ => "tar",
+            };
+            let dir = self.spec.dir.join(self.spec.eps[s.eps].dir_name());
+            std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+            let path = dir.join(format!("shard-{shard:06}.{ext}"));
+            let tmp = tmp_name(&path);
+            let create = |p: &Path| -> Result<BufWriter<File>> {
+                Ok(BufWriter::new(
+                    File::create(p).map_err(|e| Error::io(p, e))?,
+                ))
+            };
+            let kind = match self.spec.format {
+                OutputFormat::Safetensors => {
+                    let data_path = tmp.with_extension("images.tmp");
+                    ShardKind::Tensors {
+                        data: create(&data_path)?,
+                        data_path,
+                        rows: Vec::new(),
+                    }
+                }
+                _ => ShardKind::Tar(tar::Builder::new(create(&tmp)?)),
+            };
+            self.open[s.eps] = Some(OpenShard {
+                shard,
+                path,
+                tmp,
+                kind,
+            });
+        }
+        Ok(self.open[s.eps].as_mut().expect("opened"))
+    }
+
+    fn append_tar(&mut self, s: &Sample, png: &[u8]) -> Result<()> {
+        let key = sample_key(&s.rel);
+        let eps = &self.spec.eps[s.eps];
+        let json = serde_json::json!({
+            "source": s.rel,
+            "label": s.label,
+            "clean_pred": s.clean_pred,
+            "adv_pred": s.adv_pred,
+            "adv_prob": s.adv_prob,
+            "method": self.spec.method,
+            "eps": eps.exact,
+            "eps_text": eps.text,
+        })
+        .to_string();
+        let cls = s.label.to_string();
+        let open = self.shard_for(s)?;
+        let ShardKind::Tar(tar) = &mut open.kind else {
+            unreachable!("tar shards in webdataset runs")
+        };
+        for (ext, bytes) in [
+            ("png", png),
+            ("cls", cls.as_bytes()),
+            ("json", json.as_bytes()),
+        ] {
+            let mut header = tar::Header::new_gnu();
+            header.set_size(bytes.len() as u64);
+            header.set_mode(0o644);
+            header.set_mtime(0);
+            header.set_cksum();
+            tar.append_data(&mut header, format!("{key}.{ext}"), bytes)
+                .map_err(|e| Error::io(&open.tmp, e))?;
+        }
+        Ok(())
+    }
+
+    fn append_tensors(&mut self, s: &Sample) -> Result<()> {
+        let open = self.shard_for(s)?;
+        let ShardKind::Tensors {
+            data,
+            data_path,
+            rows,
+        } = &mut open.kind
+        else {
+            unreachable!("tensor shards in safetensors runs")
+        };
+        data.write_all(&s.pixels)
+            .map_err(|e| Error::io(&*data_path, e))?;
+        rows.push(SampleRow {
+            rel: s.rel.clone(),
+            label: s.label,
+            clean_pred: s.clean_pred,
+            adv_pred: s.adv_pred,
+            adv_prob: s.adv_prob,
+        });
+        Ok(())
+    }
+
+    /// Complete a shard: write what remains, then rename it into place.
+    fn finish(&self, eps: usize, open: OpenShard) -> Result<()> {
+        let OpenShard {
+            path, tmp, kind, ..
+        } = open;
+        let result = match kind {
+            ShardKind::Tar(tar) => tar
+                .into_inner()
+                .and_then(|w| w.into_inner().map_err(|e| e.into_error()))
+                .and_then(|f| f.sync_all())
+                .map_err(|e| Error::io(&tmp, e)),
+            ShardKind::Tensors {
+                data,
+                data_path,
+                rows,
+            } => {
+                let r = self.write_tensors(eps, data, &data_path, &rows, &tmp);
+                let _ = std::fs::remove_file(&data_path);
+                r
+            }
+        };
+        if let Err(e) =
+            result.and_then(|()| std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e)))
+        {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    fn write_tensors(
+        &self,
+        eps: usize,
+        data: BufWriter<File>,
+        data_path: &Path,
+        rows: &[SampleRow],
+        tmp: &Path,
+    ) -> Result<()> {
+        // flush and close the image bytes before they are copied
+        drop(
+            data.into_inner()
+                .map_err(|e| Error::io(data_path, e.into_error()))?,
+        );
+        let [c, h, w] = self.spec.shape;
+        let n = rows.len();
+        let image_bytes = n * (c * h * w) as usize;
+        let long = |f: fn(&SampleRow) -> u32| -> Vec<u8> {
+            rows.iter()
+                .flat_map(|r| (f(r) as i64).to_le_bytes())
+                .collect()
+        };
+        let labels = long(|r| r.label);
+        let clean = long(|r| r.clean_pred);
+        let adv = long(|r| r.adv_pred);
+        let probs: Vec<u8> = rows.iter().flat_map(|r| r.adv_prob.to_le_bytes()).collect();
+        let e = &self.spec.eps[eps];
+        let paths: Vec<&str> = rows.iter().map(|r| r.rel.as_str()).collect();
+        let mut header = serde_json::Map::new();
+        header.insert(
+            "__metadata__".into(),
+            serde_json::json!({
+                "format": "advex-adversarial/1",
+                "method": self.spec.method,
+                "eps": e.exact.to_string(),
+                "eps_text": e.text,
+                "paths": serde_json::to_string(&paths).expect("strings serialise"),
+            }),
+        );
+        let mut offset = 0usize;
+        let mut tensor = |name: &str, dtype: &str, shape: Vec<usize>, len: usize| {
+            header.insert(
+                name.into(),
+                serde_json::json!({"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + len]}),
+            );
+            offset += len;
+        };
+        let shape = vec![n, c as usize, h as usize, w as usize];
+        tensor("images", "U8", shape, image_bytes);
+        tensor("labels", "I64", vec![n], labels.len());
+        tensor("clean_preds", "I64", vec![n], clean.len());
+        tensor("adv_preds", "I64", vec![n], adv.len());
+        tensor("adv_probs", "F32", vec![n], probs.len());
+        let mut head = serde_json::Value::Object(header).to_string().into_bytes();
+        while head.len() % 8 != 0 {
+            head.push(b' ');
+        }
+        let io = |e| Error::io(tmp, e);
+        let mut out = BufWriter::new(File::create(tmp).map_err(io)?);
+        out.write_all(&(head.len() as u64).to_le_bytes())
+            .map_err(io)?;
+        out.write_all(&head).map_err(io)?;
+        out.flush().map_err(io)?;
+        let mut file = out.into_inner().map_err(|e| io(e.into_error()))?;
+        let mut images = File::open(data_path).map_err(|e| Error::io(data_path, e))?;
+        let copied = std::io::copy(&mut images, &mut file).map_err(io)?;
+        if copied as usize != image_bytes {
+            return Err(Error::io(
+                tmp,
+                std::io::Error::other(format!("copied {copied} of {image_bytes} image bytes")),
+            ));
+        }
+        for part in [&labels, &clean, &adv, &probs] {
+            file.write_all(part).map_err(io)?;
+        }
+        file.sync_all().map_err(io)?;
+        Ok(())
+    }
+
+    /// Finish every open shard (call once, after the last batch).
+    pub fn finish_all(mut self) -> Result<()> {
+        let open: Vec<(usize, OpenShard)> = self
+            .open
+            .iter_mut()
+            .enumerate()
+            .filter_map(|(e, o)| o.take().map(|o| (e, o)))
+            .collect();
+        for (eps, shard) in open {
+            self.finish(eps, shard)?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for OutputWriter {
+    /// Shards still open here were never completed (an error, or a run that
+    /// stopped): remove their temporary files.
+    fn drop(&mut self) {
+        for o in self.open.iter_mut().filter_map(Option::take) {
+            let _ = std::fs::remove_file(&o.tmp);
+            if let ShardKind::Tensors { data_path, .. } = &o.kind {
+                let _ = std::fs::remove_file(data_path);
+            }
+        }
+    }
+}
