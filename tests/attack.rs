@@ -485,3 +485,98 @@ fn webdataset_and_safetensors_shards_read_back_to_the_reported_predictions() {
         }
     }
 }
+
+#[test]
+fn webdataset_shards_round_trip_as_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let mut o = digits_run("0.1");
+    o.out = Some(d.join("wds"));
+    o.format = OutputFormat::WebDataset;
+    o.shard_size = 40;
+    o.predictions = Some(d.join("attack.csv"));
+    run_attack(&o).unwrap();
+    let want = csv_preds(&d.join("attack.csv"), "0.1");
+    let model = o.model.clone().unwrap();
+    // a folder of shards, one shard, and a brace pattern all read the same samples
+    let shards = d.join("wds/eps_0.1");
+    let pattern = format!("{}/shard-{{000000..000002}}.tar", shards.display());
+    for (images, count) in [
+        (shards.clone(), 100),
+        (shards.join("shard-000001.tar"), 40),
+        (PathBuf::from(&pattern), 100),
+    ] {
+        let mut e = RunOptions::new(&model, &images);
+        e.predictions = Some(d.join("eval.csv"));
+        let (rows, report) = run_eval(&e).unwrap();
+        assert_eq!(rows.len(), count, "{}", images.display());
+        assert!(report.skipped.is_empty(), "{:?}", report.skipped);
+        for r in rows {
+            // labels come from the .cls members; the pixels are the adversarial ones
+            let (label, pred) = want[&r.image];
+            assert_eq!((r.label, r.pred), (label, pred), "{}", r.image);
+        }
+    }
+    // a pattern that matches nothing is an error that names it
+    let err = run_eval(&RunOptions::new(&model, d.join("wds/eps_0.1/x-{0..3}.tar")))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("matches no file"), "{err}");
+}
+
+#[test]
+fn broken_shards_are_skipped_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let png = std::fs::read(root().join("examples/digits/3/1900.png")).unwrap();
+    let member = |tar: &mut tar::Builder<Vec<u8>>, name: &str, bytes: &[u8]| {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(bytes.len() as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        tar.append_data(&mut h, name, bytes).unwrap();
+    };
+    let mut good = tar::Builder::new(Vec::new());
+    member(&mut good, "a/one.png", &png);
+    member(&mut good, "a/one.cls", b"3");
+    member(&mut good, "a/lonely.cls", b"3"); // no image for this key
+    member(&mut good, "a/junk.png", b"not a png"); // undecodable member
+    member(&mut good, "a/two.png", &png);
+    let good = good.into_inner().unwrap();
+    std::fs::create_dir_all(d.join("shards")).unwrap();
+    write_file(&d.join("shards/good.tar"), &good);
+    // a shard cut short in the middle of its second member
+    let mut cut = tar::Builder::new(Vec::new());
+    member(&mut cut, "b/one.png", &png);
+    member(&mut cut, "b/two.png", &png);
+    let cut = cut.into_inner().unwrap();
+    write_file(
+        &d.join("shards/cut.tar"),
+        &cut[..512 + png.len().div_ceil(512) * 512 + 700],
+    );
+    let mut o = digits_run("0.1");
+    o.images = d.join("shards");
+    o.report = Some(d.join("r.json"));
+    let report = run_attack(&o).unwrap();
+    let images: Vec<&str> = report.skipped.iter().map(|s| s.image.as_str()).collect();
+    assert_eq!(report.images, 3, "a/one, a/two and b/one: {images:?}");
+    // the cut shard: its end is reported, and its half-present member too
+    assert_eq!(report.skipped.len(), 4, "{:?}", report.skipped);
+    assert!(
+        images.iter().any(|i| i.ends_with("b/two.png")),
+        "{images:?}"
+    );
+    assert!(images.iter().any(|i| i.ends_with("a/lonely")), "{images:?}");
+    assert!(
+        images.iter().any(|i| i.ends_with("a/junk.png")),
+        "{images:?}"
+    );
+    assert!(
+        report
+            .skipped
+            .iter()
+            .any(|s| s.reason.contains("truncated")),
+        "{:?}",
+        report.skipped
+    );
+}

@@ -624,7 +624,7 @@ fn f16_against_f32(model_file: &str, images: &str, eps: &str) -> Agreement {
         width: ww,
         resize: model.preprocess.resize,
     };
-    let entries = advex::data::discover(&root.join(images)).unwrap();
+    let entries = advex::data::discover(&root.join(images)).unwrap().entries;
     assert!(entries.len() >= 6, "bundled images missing in {images}");
     let mut pixels = Vec::new();
     for e in &entries {

@@ -108,11 +108,14 @@ struct Prepared {
     labels: Vec<Option<u32>>,
     label_source: LabelSource,
     prep: Preprocessor,
+    /// What discovery could not use (keys without an image, truncated shards).
+    skipped: Vec<Skipped>,
 }
 
 fn prepare(opts: &RunOptions) -> Result<Prepared> {
     let model = Arc::new(crate::load_model_or_bundled(opts.model.as_deref())?);
-    let entries = discover(&opts.images)?;
+    let found = discover(&opts.images)?;
+    let entries = found.entries;
     let classes = model.classes.as_deref();
     let (labels, label_source) = assign_labels(
         &entries,
@@ -142,7 +145,16 @@ fn prepare(opts: &RunOptions) -> Result<Prepared> {
         labels,
         label_source,
         prep,
+        skipped: found.skipped,
     })
+}
+
+/// What discovery skipped, said once each (the report lists them too).
+fn discovery_skips(prep: &Prepared) -> Vec<Skipped> {
+    for s in &prep.skipped {
+        eprintln!("warning: skipping {}: {}", s.image, s.reason);
+    }
+    prep.skipped.clone()
 }
 
 fn check_writable_file(path: &Path) -> Result<()> {
@@ -368,7 +380,7 @@ pub fn run_attack(opts: &RunOptions) -> Result<Report> {
     let bar = progress(prep.entries.len(), opts.quiet);
     let mut clean = EpsAccumulator::default();
     let mut per_eps = vec![EpsAccumulator::default(); opts.eps.len()];
-    let mut skipped: Vec<Skipped> = Vec::new();
+    let mut skipped: Vec<Skipped> = discovery_skips(&prep);
     let loader = BatchLoader::new(
         prep.entries.clone(),
         prep.prep,
@@ -555,7 +567,7 @@ pub fn run_eval(opts: &RunOptions) -> Result<(Vec<EvalRow>, Report)> {
     let bar = progress(prep.entries.len(), opts.quiet);
     let mut acc = EpsAccumulator::default();
     let mut rows = Vec::new();
-    let mut skipped = Vec::new();
+    let mut skipped = discovery_skips(&prep);
     for b in BatchLoader::new(
         prep.entries.clone(),
         prep.prep,

@@ -126,15 +126,12 @@ fn stages(opts: &PipelineOptions, scratch: &Path, ctx: &Context) -> Result<Vec<S
     let mut out = Vec::new();
 
     let t = Instant::now();
-    let entries = discover(&opts.images)?;
+    let entries = discover(&opts.images)?.entries;
     out.push(stage("discover", entries.len(), t.elapsed().as_secs_f64()));
     let sample: Vec<_> = entries.iter().take(opts.sample.max(1)).collect();
 
     let t = Instant::now();
-    let files: Vec<Vec<u8>> = sample
-        .iter()
-        .map(|e| std::fs::read(&e.path).map_err(|err| Error::io(&e.path, err)))
-        .collect::<Result<_>>()?;
+    let files: Vec<Vec<u8>> = sample.iter().map(|e| e.read()).collect::<Result<_>>()?;
     out.push(stage("read", files.len(), t.elapsed().as_secs_f64()));
 
     let t = Instant::now();

@@ -13,6 +13,8 @@ use crate::error::{Error, Result};
 pub enum LabelSource {
     Csv,
     Folders,
+    /// `.cls` members of WebDataset shards.
+    Shards,
     /// No labels given: the model's clean top-1 prediction.
     Predicted,
 }
@@ -76,6 +78,24 @@ pub fn assign_labels(
         }
         let labels = entries.iter().map(|e| map.get(&e.rel).copied()).collect();
         return Ok((labels, LabelSource::Csv));
+    }
+    // WebDataset shards: `.cls` members.
+    if entries.iter().any(|e| e.label.is_some()) {
+        if let Some(e) = entries
+            .iter()
+            .find(|e| e.label.is_some_and(|l| l >= num_classes))
+        {
+            return Err(Error::Usage(format!(
+                "{}: its .cls label {} is not a class of this model (it has {num_classes}); \
+                 give --labels to override the shards' labels",
+                e.display(),
+                e.label.unwrap_or_default()
+            )));
+        }
+        return Ok((
+            entries.iter().map(|e| e.label).collect(),
+            LabelSource::Shards,
+        ));
     }
     // ImageFolder: a parent folder named after a class.
     if let Some(classes) = classes {

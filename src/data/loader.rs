@@ -7,7 +7,7 @@ use std::thread::JoinHandle;
 
 use rayon::prelude::*;
 
-use super::{load_image, ImageEntry, Preprocessor};
+use super::{decode_bytes, to_input, ImageEntry, Preprocessor};
 use crate::error::{Error, Result};
 
 /// An image that could not be used, and why.
@@ -59,7 +59,13 @@ impl BatchLoader {
                     let end = (start + batch_size).min(n);
                     let decoded: Vec<(usize, Result<Vec<f32>>)> = (start..end)
                         .into_par_iter()
-                        .map(|i| (i, load_image(&entries[i].path, &prep)))
+                        .map(|i| {
+                            let e = &entries[i];
+                            let img = e
+                                .read()
+                                .and_then(|b| decode_bytes(&b, std::path::Path::new(&e.display())));
+                            (i, img.and_then(|img| to_input(img, &prep)))
+                        })
                         .collect();
                     let mut batch = Batch {
                         indices: Vec::with_capacity(end - start),

@@ -8,7 +8,7 @@ mod loader;
 mod output;
 mod resample;
 
-pub use discover::{discover, ImageEntry};
+pub use discover::{discover, expand_braces, Discovered, ImageEntry};
 pub use image_io::{
     decode_bytes, encode_png, load_image, to_input, write_atomic, write_png_atomic, Preprocessor,
 };

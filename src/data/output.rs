@@ -369,7 +369,7 @@ impl OutputWriter {
         tensor("adv_preds", "I64", vec![n], adv.len());
         tensor("adv_probs", "F32", vec![n], probs.len());
         let mut head = serde_json::Value::Object(header).to_string().into_bytes();
-        while head.len() % 8 != 0 {
+        while !head.len().is_multiple_of(8) {
             head.push(b' ');
         }
         let io = |e| Error::io(tmp, e);
