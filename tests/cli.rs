@@ -537,3 +537,31 @@ fn setup_installs_only_where_no_driver_exists() {
     assert_eq!(code, 1);
     assert!(err.contains("libvulkan1"), "{err}");
 }
+
+#[test]
+fn png_compression_changes_size_not_pixels() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sizes = Vec::new();
+    for level in ["fast", "best"] {
+        let out = dir.path().join(level);
+        let (code, _, err) = run(advex()
+            .args(["attack", "-q", "--model", "weights/mnist_cnn.safetensors"])
+            .args(["--images", "examples/digits/3", "--eps", "0.1", "--png-compression", level])
+            .arg("--out")
+            .arg(&out)
+            .current_dir(root()));
+        assert_eq!(code, 0, "{err}");
+        let mut total = 0;
+        for e in std::fs::read_dir(out.join("eps_0.1")).unwrap() {
+            total += e.unwrap().metadata().unwrap().len();
+        }
+        sizes.push(total);
+    }
+    assert!(sizes[1] < sizes[0], "best {} vs fast {} bytes", sizes[1], sizes[0]);
+    for e in std::fs::read_dir(dir.path().join("fast/eps_0.1")).unwrap() {
+        let name = e.unwrap().file_name();
+        let a = image::open(dir.path().join("fast/eps_0.1").join(&name)).unwrap();
+        let b = image::open(dir.path().join("best/eps_0.1").join(&name)).unwrap();
+        assert_eq!(a.as_bytes(), b.as_bytes(), "{name:?}");
+    }
+}

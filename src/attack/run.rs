@@ -9,7 +9,7 @@ use std::time::Instant;
 use super::{Eps, EvalPlan, FgsmPlan, Pred, Target};
 use crate::data::{
     assign_labels, discover, BatchLoader, ImageEntry, LabelSource, OutputFormat, OutputSpec,
-    OutputWriter, Preprocessor, Sample, Skipped, DEFAULT_SHARD_SIZE,
+    OutputWriter, PngCompression, Preprocessor, Sample, Skipped, DEFAULT_SHARD_SIZE,
 };
 use crate::error::{Error, Result};
 use crate::gpu::DType;
@@ -47,6 +47,8 @@ pub struct RunOptions {
     pub format: OutputFormat,
     /// Images per output shard (`--shard-size`; webdataset and safetensors).
     pub shard_size: usize,
+    /// `--png-compression` (png and webdataset).
+    pub png_compression: PngCompression,
     pub overwrite: bool,
     pub report: Option<PathBuf>,
     pub plot: Option<PathBuf>,
@@ -77,6 +79,7 @@ impl RunOptions {
             out: None,
             format: OutputFormat::Png,
             shard_size: DEFAULT_SHARD_SIZE,
+            png_compression: PngCompression::Fast,
             overwrite: false,
             report: None,
             plot: None,
@@ -363,6 +366,7 @@ pub fn run_attack(opts: &RunOptions) -> Result<Report> {
             eps: opts.eps.clone(),
             method: METHOD.into(),
             shape: prep.model.input,
+            png_compression: opts.png_compression,
         })?),
         None => None,
     };

@@ -7,6 +7,9 @@
 //!   images, as images per second per core (files are read from the page cache
 //!   after the first pass). These say which stage limits the pipeline and how
 //!   many cores it needs to keep up with a given GPU rate.
+//! - **Host only**: the loader and the output writer of an 8-eps attack with
+//!   no device work at all (the clean image stands in for the adversarial
+//!   ones): the most images per second the host can feed and drain.
 //! - **Runs**: whole `advex eval` / `advex attack` runs over the folder through
 //!   the library, as a user runs them, with a near-free model (global average
 //!   pooling and a linear layer on 3x224x224 with ImageNet preprocessing, so that
@@ -20,7 +23,8 @@ use serde::Serialize;
 
 use crate::attack::{parse_eps_list, run_attack, run_eval, RunOptions};
 use crate::data::{
-    decode_bytes, discover, encode_png, to_input, write_atomic, OutputFormat, Preprocessor,
+    decode_bytes, discover, encode_png, to_input, write_atomic, BatchLoader, OutputFormat,
+    OutputSpec, OutputWriter, Preprocessor, Sample, DEFAULT_SHARD_SIZE,
 };
 use crate::error::{Error, Result};
 use crate::gpu::Shape;
@@ -205,6 +209,82 @@ fn stages(opts: &PipelineOptions, scratch: &Path, ctx: &Context) -> Result<Vec<S
     Ok(out)
 }
 
+/// The host side of an 8-eps attack alone, as if the GPU took no time: the
+/// images are discovered, decoded and resized by the same loader, and each
+/// clean image, rounded to 8 bits, stands in for all 8 adversarial ones in the
+/// same writer. What the host can sustain, whatever the device.
+fn host_only(
+    opts: &PipelineOptions,
+    dir: &Path,
+    format: OutputFormat,
+    eps_count: usize,
+) -> Result<(usize, f64)> {
+    let prep = Preprocessor {
+        channels: 3,
+        height: 224,
+        width: 224,
+        resize: Some(256),
+    };
+    let t = Instant::now();
+    let entries = Arc::new(discover(&opts.images)?.entries);
+    let eps = parse_eps_list(
+        &(1..=eps_count)
+            .map(|i| format!("{i}/255"))
+            .collect::<Vec<_>>()
+            .join(","),
+    )?;
+    let mut writer = OutputWriter::new(OutputSpec {
+        dir: dir.to_path_buf(),
+        format,
+        shard_size: DEFAULT_SHARD_SIZE,
+        eps,
+        method: "fgsm".into(),
+        shape: [3, 224, 224],
+        png_compression: Default::default(),
+    })?;
+    let batch = opts.batch_size.unwrap_or(16) as usize;
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Sample>>(2);
+    let handle = std::thread::spawn(move || -> Result<()> {
+        for samples in rx {
+            writer.write(samples)?;
+        }
+        writer.finish_all()
+    });
+    let mut images = 0;
+    for b in BatchLoader::new(entries.clone(), prep, batch, 2, false) {
+        let b = b?;
+        let item = prep.numel();
+        let mut job = Vec::with_capacity(b.len() * eps_count);
+        for (j, &idx) in b.indices.iter().enumerate() {
+            let px: Vec<u8> = b.pixels[j * item..(j + 1) * item]
+                .iter()
+                .map(|&x| (x * 255.0).round() as u8)
+                .collect();
+            for e in 0..eps_count {
+                job.push(Sample {
+                    index: idx,
+                    rel: entries[idx].rel.clone(),
+                    label: 0,
+                    clean_pred: 0,
+                    adv_pred: 0,
+                    adv_prob: 0.0,
+                    eps: e,
+                    pixels: px.clone(),
+                });
+            }
+        }
+        images += b.len();
+        if tx.send(job).is_err() {
+            break;
+        }
+    }
+    drop(tx);
+    handle
+        .join()
+        .map_err(|_| Error::Usage("the output writer thread panicked".into()))??;
+    Ok((images, t.elapsed().as_secs_f64()))
+}
+
 /// Whole runs over the folder (see the module comment).
 fn runs(opts: &PipelineOptions, scratch: &Path, model: &Path) -> Result<Vec<RunResult>> {
     let base = || {
@@ -224,6 +304,16 @@ fn runs(opts: &PipelineOptions, scratch: &Path, model: &Path) -> Result<Vec<RunR
             images_per_second: images as f64 / seconds.max(1e-9),
         })
     };
+    for (name, format) in [
+        ("host only, 8 eps, png", OutputFormat::Png),
+        ("host only, 8 eps, webdataset", OutputFormat::WebDataset),
+        ("host only, 8 eps, safetensors", OutputFormat::Safetensors),
+    ] {
+        let dir = scratch.join("host_only");
+        let (images, seconds) = host_only(opts, &dir, format, 8)?;
+        push(name, images, seconds);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
     let (_, r) = run_eval(&base())?;
     push("eval", r.images, r.timing.seconds);
     let cases: [(&str, &str, Option<OutputFormat>); 5] = [

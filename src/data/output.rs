@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
 
-use super::image_io::{encode_png, write_atomic};
+use super::image_io::{encode_png_with, write_atomic, PngCompression};
 use crate::attack::Eps;
 use crate::error::{Error, Result};
 
@@ -83,6 +83,8 @@ pub struct OutputSpec {
     pub method: String,
     /// `[C, H, W]` of every image.
     pub shape: [u32; 3],
+    /// PNG compression (png and webdataset formats).
+    pub png_compression: PngCompression,
 }
 
 /// Writes samples batch by batch (in image order) and finishes shards as the
@@ -158,7 +160,7 @@ impl OutputWriter {
         let [c, h, w] = self.spec.shape;
         match self.spec.format {
             OutputFormat::Png => samples.par_iter().try_for_each(|s| {
-                let png = encode_png(&s.pixels, c, h, w)?;
+                let png = encode_png_with(&s.pixels, c, h, w, self.spec.png_compression)?;
                 write_atomic(
                     &png_path(&self.spec.dir, &self.spec.eps[s.eps], &s.rel),
                     &png,
@@ -167,7 +169,7 @@ impl OutputWriter {
             OutputFormat::WebDataset => {
                 let pngs: Vec<Vec<u8>> = samples
                     .par_iter()
-                    .map(|s| encode_png(&s.pixels, c, h, w))
+                    .map(|s| encode_png_with(&s.pixels, c, h, w, self.spec.png_compression))
                     .collect::<Result<_>>()?;
                 let mut order: Vec<usize> = (0..samples.len()).collect();
                 order.sort_by_key(|&i| (samples[i].index, samples[i].eps));
