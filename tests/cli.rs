@@ -546,7 +546,14 @@ fn png_compression_changes_size_not_pixels() {
         let out = dir.path().join(level);
         let (code, _, err) = run(advex()
             .args(["attack", "-q", "--model", "weights/mnist_cnn.safetensors"])
-            .args(["--images", "examples/digits/3", "--eps", "0.1", "--png-compression", level])
+            .args([
+                "--images",
+                "examples/digits/3",
+                "--eps",
+                "0.1",
+                "--png-compression",
+                level,
+            ])
             .arg("--out")
             .arg(&out)
             .current_dir(root()));
@@ -557,11 +564,86 @@ fn png_compression_changes_size_not_pixels() {
         }
         sizes.push(total);
     }
-    assert!(sizes[1] < sizes[0], "best {} vs fast {} bytes", sizes[1], sizes[0]);
+    assert!(
+        sizes[1] < sizes[0],
+        "best {} vs fast {} bytes",
+        sizes[1],
+        sizes[0]
+    );
     for e in std::fs::read_dir(dir.path().join("fast/eps_0.1")).unwrap() {
         let name = e.unwrap().file_name();
         let a = image::open(dir.path().join("fast/eps_0.1").join(&name)).unwrap();
         let b = image::open(dir.path().join("best/eps_0.1").join(&name)).unwrap();
         assert_eq!(a.as_bytes(), b.as_bytes(), "{name:?}");
+    }
+}
+
+/// A write that fails half-way (here: the file size limit, as a full disk would)
+/// is reported, and leaves no partial PNG or shard and no temporary file.
+#[test]
+fn failed_writes_leave_no_partial_outputs() {
+    let dir = tempfile::tempdir().unwrap();
+    for (format, blocks) in [("png", 1), ("webdataset", 20), ("safetensors", 20)] {
+        let out = dir.path().join(format);
+        let script = format!("ulimit -f {blocks}; trap '' XFSZ; exec \"$0\" \"$@\"",);
+        let (code, _, err) = run(Command::new("sh")
+            .args(["-c", &script, env!("CARGO_BIN_EXE_advex")])
+            .args([
+                "attack",
+                "-q",
+                "--no-tune",
+                "--model",
+                "weights/mnist_cnn.safetensors",
+            ])
+            .args([
+                "--images",
+                "examples/digits",
+                "--eps",
+                "0.1",
+                "--shard-size",
+                "30",
+            ])
+            .args(["--format", format])
+            .arg("--out")
+            .arg(&out)
+            .env("ADVEX_TUNE_CACHE", "off")
+            .current_dir(root()));
+        assert_eq!(code, 1, "{format}: {err}");
+        assert!(err.contains("File too large"), "{format}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+        let mut left = Vec::new();
+        let mut stack = vec![out.clone()];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    stack.push(p);
+                } else {
+                    left.push(p);
+                }
+            }
+        }
+        for p in &left {
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            assert!(
+                !name.ends_with(".tmp"),
+                "{format}: temporary file left: {}",
+                p.display()
+            );
+            // whatever is there is complete
+            match format {
+                "png" => {
+                    image::open(p).unwrap();
+                }
+                "webdataset" => {
+                    let mut a = tar::Archive::new(std::fs::File::open(p).unwrap());
+                    assert_eq!(a.entries().unwrap().count(), 90, "{}", p.display());
+                }
+                _ => {
+                    let bytes = std::fs::read(p).unwrap();
+                    safetensors::SafeTensors::deserialize(&bytes).unwrap();
+                }
+            }
+        }
     }
 }
