@@ -2,6 +2,9 @@
 
 use std::path::PathBuf;
 
+/// The exit code of failures worth retrying (BSD's EX_TEMPFAIL).
+pub const EXIT_RETRYABLE: i32 = 75;
+
 /// Result alias used across the crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -102,10 +105,14 @@ impl Error {
             source,
         }
     }
-    /// Exit code for the CLI: 1 for a user error, 2 for an internal one.
+    /// Exit code for the CLI: 1 for a user error (bad arguments, model or
+    /// input: rerunning will not help), 2 for an internal one, 75
+    /// ([`EXIT_RETRYABLE`]) for a failure a rerun may not meet (device lost,
+    /// out of memory), so that cluster engines' retry policies can tell them apart.
     pub fn exit_code(&self) -> i32 {
         match self {
-            Error::Validation { .. } | Error::GpuInternal { .. } | Error::DeviceLost(_) => 2,
+            Error::DeviceLost(_) | Error::OutOfMemory { .. } => EXIT_RETRYABLE,
+            Error::Validation { .. } | Error::GpuInternal { .. } => 2,
             _ => 1,
         }
     }

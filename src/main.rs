@@ -87,6 +87,7 @@ impl ImageArgs {
 }
 
 #[derive(Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once
 enum Command {
     /// Make adversarial examples (FGSM) for every eps from one gradient per batch.
     Attack {
@@ -116,6 +117,12 @@ enum Command {
         /// than default for files 3% larger), default (zlib 6) or best.
         #[arg(long, default_value = "fast", value_parser = ["fast", "default", "best"])]
         png_compression: String,
+        /// This process's share of a sharded --out run: INDEX/COUNT takes the
+        /// shards u with u % COUNT == INDEX. Without it the array index of Slurm,
+        /// Kubernetes Indexed Jobs (with ADVEX_WORKERS), AWS Batch, Google Cloud
+        /// Batch or torchrun (RANK/WORLD_SIZE) is used, else every shard.
+        #[arg(long, value_name = "INDEX/COUNT")]
+        worker: Option<String>,
         /// Replace the eps_* folders of an existing --out.
         #[arg(long)]
         overwrite: bool,
@@ -192,6 +199,13 @@ enum Command {
         /// Shorter-side resize before the center crop, for images of other sizes.
         #[arg(long)]
         resize: Option<u32>,
+    },
+    /// Combine the committed shards of a sharded run (attack --out DIR, any
+    /// number of workers) into DIR/report.json, DIR/predictions.csv and
+    /// DIR/accuracy.svg; lists the shards still missing.
+    Merge {
+        /// The run's --out folder.
+        dir: PathBuf,
     },
     /// Clean predictions only.
     Eval {
@@ -281,6 +295,7 @@ fn run(cli: Cli) -> Result<(), Error> {
             format,
             shard_size,
             png_compression,
+            worker,
             overwrite,
             plot,
             no_quantize,
@@ -295,6 +310,7 @@ fn run(cli: Cli) -> Result<(), Error> {
             o.out = out;
             o.format = advex::data::OutputFormat::parse(&format).expect("clap checks --format");
             o.shard_size = shard_size;
+            o.worker = worker;
             o.png_compression = advex::data::PngCompression::parse(&png_compression)
                 .expect("clap checks --png-compression");
             o.overwrite = overwrite;
@@ -446,6 +462,16 @@ fn run(cli: Cli) -> Result<(), Error> {
                 model.input,
                 model.num_classes()
             );
+            Ok(())
+        }
+        Command::Merge { dir } => {
+            let report = advex::attack::write_merged(&dir)?;
+            println!(
+                "merged {} images into {}: report.json, predictions.csv, accuracy.svg",
+                report.images,
+                dir.display()
+            );
+            print_attack_summary(&report);
             Ok(())
         }
         Command::Eval { common } => {

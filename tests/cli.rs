@@ -647,3 +647,193 @@ fn failed_writes_leave_no_partial_outputs() {
         }
     }
 }
+
+/// An attack on the bundled digits into `out`, sharded by 10.
+fn digits_attack(out: &std::path::Path) -> Command {
+    digits_attack_eps(out, "0.1,1/255")
+}
+
+fn digits_attack_eps(out: &std::path::Path, eps: &str) -> Command {
+    let mut c = advex();
+    c.args([
+        "attack",
+        "-q",
+        "--no-tune",
+        "--model",
+        "weights/mnist_cnn.safetensors",
+    ])
+    .args([
+        "--images",
+        "examples/digits",
+        "--eps",
+        eps,
+        "--shard-size",
+        "10",
+    ])
+    .arg("--out")
+    .arg(out)
+    .current_dir(root());
+    for k in [
+        "SLURM_ARRAY_TASK_ID",
+        "JOB_COMPLETION_INDEX",
+        "AWS_BATCH_JOB_ARRAY_INDEX",
+        "BATCH_TASK_INDEX",
+        "RANK",
+    ] {
+        c.env_remove(k);
+    }
+    c
+}
+
+/// The run's merged outputs, timing aside.
+fn merged(out: &std::path::Path) -> (String, serde_json::Value) {
+    let csv = std::fs::read_to_string(out.join("predictions.csv")).unwrap();
+    let mut report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    report.as_object_mut().unwrap().remove("timing");
+    (csv, report)
+}
+
+#[test]
+fn split_runs_merge_to_the_unsplit_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let one = dir.path().join("one");
+    let (code, _, err) = run(&mut digits_attack(&one));
+    assert_eq!(code, 0, "{err}");
+    let want = merged(&one);
+    assert_eq!(want.0.lines().count(), 1 + 100 * 3);
+
+    // three workers, by flag and by two engines' variables
+    let split = dir.path().join("split");
+    let (code, _, err) = run(digits_attack(&split).args(["--worker", "0/3"]));
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("left to other workers"), "{err}");
+    let (code, _, err) = run(digits_attack(&split)
+        .env("SLURM_ARRAY_TASK_ID", "1")
+        .env("SLURM_ARRAY_TASK_COUNT", "3")
+        .env("SLURM_ARRAY_TASK_MIN", "0"));
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = run(advex().args(["merge"]).arg(&split));
+    assert_eq!(
+        code, 1,
+        "a merge before every shard is in lists the missing ones"
+    );
+    assert!(
+        err.contains("not committed yet") && err.contains("shards 2, 5, 8"),
+        "{err}"
+    );
+    let (code, _, err) = run(digits_attack(&split)
+        .env("JOB_COMPLETION_INDEX", "2")
+        .env("ADVEX_WORKERS", "3"));
+    assert_eq!(code, 0, "{err}");
+    // the last worker merged; `advex merge` writes the same again
+    assert_eq!(merged(&split), want);
+    std::fs::remove_file(split.join("report.json")).unwrap();
+    let (code, out, err) = run(advex().args(["merge"]).arg(&split));
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("merged 100 images"), "{out}");
+    assert_eq!(merged(&split), want);
+    let markers: Vec<serde_json::Value> = (0..10)
+        .map(|u| {
+            let p = split.join(format!("shards/shard-{u:06}.json"));
+            serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+        })
+        .collect();
+    assert_eq!(markers[1]["worker"]["engine"], "slurm");
+    assert_eq!(markers[2]["worker"]["engine"], "kubernetes");
+    assert_eq!(markers[3]["worker"]["engine"], "--worker");
+
+    // a rerun with other settings is refused and says what differs
+    let (code, _, err) = run(&mut digits_attack_eps(&split, "0.2"));
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("other settings") && err.contains("eps"),
+        "{err}"
+    );
+    // variables of two engines at once
+    let (code, _, err) = run(digits_attack(&split)
+        .env("RANK", "0")
+        .env("WORLD_SIZE", "2")
+        .env("BATCH_TASK_INDEX", "0")
+        .env("BATCH_TASK_COUNT", "2"));
+    assert_eq!(code, 1);
+    assert!(err.contains("several engines"), "{err}");
+}
+
+/// Workers killed at random moments and rerun until done, and two workers
+/// racing on the same shards, end with what one uninterrupted run writes.
+#[test]
+fn killed_and_racing_workers_lose_and_duplicate_nothing() {
+    use std::time::Duration;
+    let dir = tempfile::tempdir().unwrap();
+    let one = dir.path().join("one");
+    let (code, _, err) = run(digits_attack(&one).args(["--format", "webdataset"]));
+    assert_eq!(code, 0, "{err}");
+    let want = merged(&one);
+
+    let out = dir.path().join("killed");
+    let mut s: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut kills = 0;
+    for attempt in 0..40 {
+        let mut child = digits_attack(&out)
+            .args(["--format", "webdataset"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        let delay = Duration::from_millis(50 + s % 400);
+        std::thread::sleep(delay);
+        match child.try_wait().unwrap() {
+            Some(status) => {
+                assert!(status.success(), "attempt {attempt}: {status}");
+                break;
+            }
+            None => {
+                child.kill().unwrap(); // SIGKILL
+                child.wait().unwrap();
+                kills += 1;
+            }
+        }
+    }
+    // finish whatever is left
+    let (code, _, err) = run(digits_attack(&out).args(["--format", "webdataset"]));
+    assert_eq!(code, 0, "{err}");
+    eprintln!("{kills} kills");
+    assert_eq!(merged(&out), want);
+    let mut files: Vec<String> = Vec::new();
+    for d in ["eps_0.1", "eps_1_255", "shards"] {
+        for e in std::fs::read_dir(out.join(d)).unwrap() {
+            files.push(format!("{d}/{}", e.unwrap().file_name().to_string_lossy()));
+        }
+    }
+    files.sort();
+    assert!(files.iter().all(|f| !f.ends_with(".tmp")), "{files:?}");
+    assert_eq!(files.len(), 10 + 10 + 20, "{files:?}");
+    for u in 0..10 {
+        for d in ["eps_0.1", "eps_1_255"] {
+            let p = out.join(format!("{d}/shard-{u:06}.tar"));
+            let mut a = tar::Archive::new(std::fs::File::open(&p).unwrap());
+            assert_eq!(a.entries().unwrap().count(), 30, "{}", p.display());
+        }
+    }
+
+    // two processes on the same share at once (an index started twice)
+    let race = dir.path().join("race");
+    let quiet = |c: &mut Command| {
+        c.arg("--worker")
+            .arg("0/1")
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let mut a = quiet(&mut digits_attack(&race));
+    let mut b = quiet(&mut digits_attack(&race));
+    assert!(a.wait().unwrap().success() && b.wait().unwrap().success());
+    let (code, _, err) = run(advex().args(["merge"]).arg(&race));
+    assert_eq!(code, 0, "{err}");
+    let (csv, report) = merged(&race);
+    assert_eq!((csv, report), (want.0.clone(), want.1.clone()));
+}

@@ -4,8 +4,12 @@ pub mod eps;
 pub mod eval;
 pub mod fgsm;
 pub mod run;
+pub mod shards;
+pub mod worker;
 
 pub use eps::{parse_eps_list, Eps};
 pub use eval::EvalPlan;
 pub use fgsm::{BatchOutcome, FgsmPlan, Pred, Target};
 pub use run::{run_attack, run_eval, RunOptions, TargetSpec};
+pub use shards::{merge_run, write_merged, Manifest};
+pub use worker::{resolve_worker, Worker};

@@ -6,18 +6,20 @@ use std::sync::mpsc::sync_channel;
 use std::sync::Arc;
 use std::time::Instant;
 
+use super::shards::{self, digest, open_run, Manifest, ShardRecord};
+use super::worker::{resolve_worker, Worker};
 use super::{Eps, EvalPlan, FgsmPlan, Pred, Target};
 use crate::data::{
-    assign_labels, discover, BatchLoader, ImageEntry, LabelSource, OutputFormat, OutputSpec,
-    OutputWriter, PngCompression, Preprocessor, Sample, Skipped, DEFAULT_SHARD_SIZE,
+    assign_labels, discover, write_atomic, BatchLoader, ImageEntry, LabelSource, OutputFormat,
+    OutputSpec, OutputWriter, PngCompression, Preprocessor, Sample, Skipped, DEFAULT_SHARD_SIZE,
 };
 use crate::error::{Error, Result};
 use crate::gpu::DType;
 use crate::model::Model;
 use crate::plan::GpuModel;
 use crate::report::{
-    CleanStats, EpsAccumulator, ModelInfo, Observation, PredictionRow, PredictionWriter, Report,
-    Timing,
+    prediction_record, CleanStats, EpsAccumulator, ModelInfo, Observation, PredictionRow,
+    PredictionWriter, Report, Timing,
 };
 use crate::{Context, ContextOptions};
 
@@ -49,6 +51,9 @@ pub struct RunOptions {
     pub shard_size: usize,
     /// `--png-compression` (png and webdataset).
     pub png_compression: PngCompression,
+    /// `--worker i/W`; `None` reads a cluster engine's variables, else runs
+    /// every shard (see [`resolve_worker`]).
+    pub worker: Option<String>,
     pub overwrite: bool,
     pub report: Option<PathBuf>,
     pub plot: Option<PathBuf>,
@@ -80,6 +85,7 @@ impl RunOptions {
             format: OutputFormat::Png,
             shard_size: DEFAULT_SHARD_SIZE,
             png_compression: PngCompression::Fast,
+            worker: None,
             overwrite: false,
             report: None,
             plot: None,
@@ -133,9 +139,6 @@ fn prepare(opts: &RunOptions) -> Result<Prepared> {
         width: w,
         resize: model.preprocess.resize,
     };
-    if let Some(out) = &opts.out {
-        prepare_out_dir(out, opts.overwrite)?;
-    }
     for p in [&opts.report, &opts.plot, &opts.predictions]
         .into_iter()
         .flatten()
@@ -172,42 +175,6 @@ fn check_writable_file(path: &Path) -> Result<()> {
             dir.display()
         )));
     }
-    Ok(())
-}
-
-/// `--out` must be new or empty, or `--overwrite` clears its `eps_*` folders.
-fn prepare_out_dir(out: &Path, overwrite: bool) -> Result<()> {
-    if out.exists() {
-        if !out.is_dir() {
-            return Err(Error::Usage(format!(
-                "--out {} is a file, not a folder",
-                out.display()
-            )));
-        }
-        let existing: Vec<_> = std::fs::read_dir(out)
-            .map_err(|e| Error::io(out, e))?
-            .flatten()
-            .collect();
-        if !existing.is_empty() {
-            if !overwrite {
-                return Err(Error::Usage(format!(
-                    "--out {} already holds files; choose an empty folder or pass --overwrite to replace its eps_* folders",
-                    out.display()
-                )));
-            }
-            for e in existing {
-                let name = e.file_name().to_string_lossy().into_owned();
-                if name.starts_with("eps_") && e.path().is_dir() {
-                    std::fs::remove_dir_all(e.path()).map_err(|err| Error::io(e.path(), err))?;
-                }
-            }
-        }
-    }
-    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
-    let probe = out.join(".advex-write-test");
-    std::fs::write(&probe, b"")
-        .map_err(|e| Error::Usage(format!("--out {} is not writable: {e}", out.display())))?;
-    let _ = std::fs::remove_file(probe);
     Ok(())
 }
 
@@ -336,7 +303,156 @@ fn model_info(model: &Model, path: Option<&Path>) -> ModelInfo {
     }
 }
 
+/// A `--out` run's share of the shards (see [`super::shards`]).
+struct Share {
+    dir: PathBuf,
+    worker: Worker,
+    shard_size: usize,
+    shards: usize,
+    /// Entry indices this process runs (its uncommitted shards), in order.
+    todo: Vec<usize>,
+}
+
+/// Check or write the manifest, and find this worker's uncommitted shards.
+fn open_share(opts: &RunOptions, prep: &Prepared, dir: &Path) -> Result<Share> {
+    let worker = resolve_worker(opts.worker.as_deref(), &|k| std::env::var(k).ok())?;
+    if worker.count > 1 && opts.overwrite {
+        return Err(Error::Usage(
+            "--overwrite with several workers would let each one wipe the others' shards; \
+             clear --out once before starting the workers, and leave --overwrite out"
+                .into(),
+        ));
+    }
+    let size = opts.shard_size;
+    if size == 0 {
+        return Err(Error::Usage("--shard-size must be at least 1".into()));
+    }
+    let n = prep.entries.len();
+    let model_digest = match &opts.model {
+        Some(p) => digest([std::fs::read(p).map_err(|e| Error::io(p, e))?]),
+        None => digest([crate::BUNDLED_MODEL]),
+    };
+    let manifest = Manifest {
+        advex: env!("CARGO_PKG_VERSION").into(),
+        images: opts.images.display().to_string(),
+        image_count: n,
+        images_digest: digest(prep.entries.iter().map(|e| e.rel.as_bytes())),
+        labels_digest: digest(
+            prep.labels
+                .iter()
+                .map(|l| l.map_or("-".to_string(), |l| l.to_string())),
+        ),
+        model: model_info(&prep.model, opts.model.as_deref()),
+        model_digest,
+        method: METHOD.into(),
+        eps: opts.eps.iter().map(|e| e.text.clone()).collect(),
+        target: target_text(&opts.target),
+        quantized: opts.quantize,
+        precision: opts.precision.name().into(),
+        format: opts.format.name().into(),
+        shard_size: size,
+        shards: n.div_ceil(size),
+        labels: prep.label_source,
+        class_names: prep.model.classes.is_some(),
+        discovery_skipped: prep.skipped.clone(),
+    };
+    open_run(dir, &manifest, opts.overwrite)?;
+    shards::sweep_stale(dir);
+    let k = opts.eps.len();
+    let mine: Vec<bool> = (0..manifest.shards)
+        .map(|u| worker.owns(u) && shards::committed(dir, u, k).is_none())
+        .collect();
+    Ok(Share {
+        dir: dir.to_path_buf(),
+        worker,
+        shard_size: size,
+        shards: manifest.shards,
+        todo: (0..n).filter(|&i| mine[i / size]).collect(),
+    })
+}
+
+fn target_text(t: &TargetSpec) -> Option<String> {
+    match t {
+        TargetSpec::None => None,
+        TargetSpec::LeastLikely => Some("least-likely".into()),
+        TargetSpec::Class(s) => Some(s.clone()),
+    }
+}
+
+/// One shard's results as the run goes (see [`ShardRecord`]).
+struct ShardBook {
+    shard: usize,
+    start: Instant,
+    clean: EpsAccumulator,
+    per_eps: Vec<EpsAccumulator>,
+    rows: csv::Writer<Vec<u8>>,
+    skipped: Vec<Skipped>,
+}
+
+impl ShardBook {
+    fn new(shard: usize, eps: usize) -> Self {
+        ShardBook {
+            shard,
+            start: Instant::now(),
+            clean: EpsAccumulator::default(),
+            per_eps: vec![EpsAccumulator::default(); eps],
+            rows: csv::Writer::from_writer(Vec::new()),
+            skipped: Vec::new(),
+        }
+    }
+
+    fn close(self, worker: &Worker, adapter: &crate::gpu::AdapterSummary) -> Result<WriterMsg> {
+        let rows = self
+            .rows
+            .into_inner()
+            .map_err(|e| Error::Usage(format!("predictions of a shard: {e}")))?;
+        Ok(WriterMsg::Commit(
+            Box::new(ShardRecord {
+                shard: self.shard,
+                images: self.clean.images as usize,
+                seconds: self.start.elapsed().as_secs_f64(),
+                clean: self.clean,
+                per_eps: self.per_eps,
+                skipped: self.skipped,
+                worker: worker.clone(),
+                adapter: adapter.clone(),
+            }),
+            rows,
+        ))
+    }
+}
+
+/// What the writer thread is sent, in order: a shard's commit follows its images.
+enum WriterMsg {
+    Samples(Vec<Sample>),
+    Commit(Box<ShardRecord>, Vec<u8>),
+}
+
+/// Where a prediction row goes: the streaming `--predictions` file, or the
+/// shard's rows.
+fn put_row(
+    predictions: &mut Option<PredictionWriter>,
+    book: &mut Option<ShardBook>,
+    classes: Option<&[String]>,
+    row: &PredictionRow<'_>,
+) -> Result<()> {
+    if let Some(b) = book.as_mut() {
+        b.rows
+            .write_record(prediction_record(row, classes))
+            .map_err(|e| Error::Usage(format!("predictions of a shard: {e}")))?;
+    } else if let Some(w) = predictions.as_mut() {
+        w.row(row)?;
+    }
+    Ok(())
+}
+
 /// Run FGSM over every image; writes what the options ask for and returns the report.
+///
+/// With `--out`, the run is sharded and resumable: this process runs the
+/// uncommitted shards of its worker share, commits each as it completes, and
+/// when every shard of the run is committed writes the merged `report.json`,
+/// `predictions.csv` and `accuracy.svg` into `--out` (and `--report`,
+/// `--predictions`, `--plot` where asked).
 pub fn run_attack(opts: &RunOptions) -> Result<Report> {
     if opts.eps.is_empty() {
         return Err(Error::Usage(
@@ -345,19 +461,45 @@ pub fn run_attack(opts: &RunOptions) -> Result<Report> {
     }
     let prep = prepare(opts)?;
     let target = resolve_target(&opts.target, &prep.model)?;
-    let mut predictions = match &opts.predictions {
-        Some(p) => Some(PredictionWriter::create(p, prep.model.classes.clone())?),
+    let share = match &opts.out {
+        Some(dir) => Some(open_share(opts, &prep, dir)?),
         None => None,
+    };
+    let (work, global): (Arc<Vec<ImageEntry>>, Vec<usize>) = match &share {
+        Some(s) => (
+            Arc::new(s.todo.iter().map(|&i| prep.entries[i].clone()).collect()),
+            s.todo.clone(),
+        ),
+        None => (prep.entries.clone(), (0..prep.entries.len()).collect()),
+    };
+    if let Some(s) = &share {
+        if work.is_empty() {
+            if !opts.quiet {
+                eprintln!(
+                    "worker {}/{}: every shard it owns in {} is committed already",
+                    s.worker.index,
+                    s.worker.count,
+                    s.dir.display()
+                );
+            }
+            return finish_share(opts, s, None, Instant::now());
+        }
+    }
+    let classes = prep.model.classes.clone();
+    let mut predictions = match (&opts.predictions, &share) {
+        (Some(p), None) => Some(PredictionWriter::create(p, classes.clone())?),
+        _ => None,
     };
     let gpu = open_gpu(opts, prep.model.clone())?;
     let k = opts.eps.len() as u32;
     let batch = opts
         .batch_size
-        .unwrap_or_else(|| choose_batch_size(&gpu, k, prep.entries.len()));
+        .unwrap_or_else(|| choose_batch_size(&gpu, k, work.len()));
     autotune(opts, &gpu, batch)?;
     let plan = FgsmPlan::new(&gpu, batch, &opts.eps, opts.quantize, target)?;
-    // Images are encoded and written on a writer thread while the GPU works on.
-    let (out_tx, out_rx) = sync_channel::<Vec<Sample>>(2);
+    // Images are encoded and written on a writer thread while the GPU works on;
+    // it also commits each shard once its images are out.
+    let (out_tx, out_rx) = sync_channel::<WriterMsg>(2);
     let out_writer = match &opts.out {
         Some(dir) => Some(OutputWriter::new(OutputSpec {
             dir: dir.clone(),
@@ -370,52 +512,87 @@ pub fn run_attack(opts: &RunOptions) -> Result<Report> {
         })?),
         None => None,
     };
+    let commit_dir = opts.out.clone();
     let writer = std::thread::spawn(move || -> Result<()> {
-        let Some(mut w) = out_writer else {
+        let (Some(mut w), Some(dir)) = (out_writer, commit_dir) else {
             return Ok(());
         };
-        for samples in out_rx {
-            w.write(samples)?;
+        for msg in out_rx {
+            match msg {
+                WriterMsg::Samples(samples) => w.write(samples)?,
+                WriterMsg::Commit(record, rows) => {
+                    w.finish_shard(record.shard)?;
+                    shards::commit(&dir, &record, &rows)?;
+                }
+            }
         }
         w.finish_all()
     });
 
     let start = Instant::now();
-    let bar = progress(prep.entries.len(), opts.quiet);
+    let bar = progress(work.len(), opts.quiet);
     let mut clean = EpsAccumulator::default();
     let mut per_eps = vec![EpsAccumulator::default(); opts.eps.len()];
     let mut skipped: Vec<Skipped> = discovery_skips(&prep);
-    let loader = BatchLoader::new(
-        prep.entries.clone(),
-        prep.prep,
-        batch as usize,
-        2,
-        opts.strict,
-    );
+    let mut book: Option<ShardBook> = None;
+    let adapter = gpu.ctx.summary.clone();
+    let loader = BatchLoader::new(work.clone(), prep.prep, batch as usize, 2, opts.strict);
     let result = (|| -> Result<()> {
+        // Shard bookkeeping: a new shard closes (and commits) the previous one,
+        // after the images sent so far.
+        let turn =
+            |book: &mut Option<ShardBook>, job: &mut Vec<Sample>, g: usize| -> Result<bool> {
+                let Some(s) = &share else { return Ok(true) };
+                let shard = g / s.shard_size;
+                if book.as_ref().is_some_and(|b| b.shard == shard) {
+                    return Ok(true);
+                }
+                if let Some(done) = book.take() {
+                    if out_tx
+                        .send(WriterMsg::Samples(std::mem::take(job)))
+                        .is_err()
+                        || out_tx.send(done.close(&s.worker, &adapter)?).is_err()
+                    {
+                        return Ok(false);
+                    }
+                }
+                *book = Some(ShardBook::new(shard, opts.eps.len()));
+                Ok(true)
+            };
         for b in loader {
             let b = b?;
-            for s in &b.skipped {
+            let mut job: Vec<Sample> = Vec::new();
+            for (s, &at) in b.skipped.iter().zip(&b.skipped_at) {
                 bar.suspend(|| eprintln!("warning: skipping {}: {}", s.image, s.reason));
+                if !turn(&mut book, &mut job, global[at])? {
+                    return Ok(());
+                }
+                if let Some(bk) = book.as_mut() {
+                    bk.skipped.push(s.clone());
+                }
             }
             skipped.extend(b.skipped.iter().cloned());
             bar.inc(b.skipped.len() as u64);
             if b.is_empty() {
                 continue;
             }
-            let labels: Vec<Option<u32>> = b.indices.iter().map(|&i| prep.labels[i]).collect();
+            let labels: Vec<Option<u32>> =
+                b.indices.iter().map(|&i| prep.labels[global[i]]).collect();
             let mut o = plan.run(&b.pixels, &labels, opts.out.is_some())?;
             check_finite(&gpu, o.clean.iter().chain(o.adv.iter().flatten()))?;
-            let mut job: Vec<Sample> = Vec::new();
             for (j, &idx) in b.indices.iter().enumerate() {
-                let rel = &prep.entries[idx].rel;
+                let g = global[idx];
+                if !turn(&mut book, &mut job, g)? {
+                    return Ok(());
+                }
+                let rel = &prep.entries[g].rel;
                 let label = o.labels[j];
                 let cp = o.clean[j];
                 let clean_correct = cp.class == label;
                 let tgt = (target != Target::Untargeted).then_some(o.loss_labels[j]);
                 let label_prob =
                     |p: f32, pred: &super::Pred| if p.is_nan() { pred.prob } else { p };
-                clean.add(&Observation {
+                let obs = Observation {
                     label,
                     pred: cp.class,
                     pred_prob: cp.prob,
@@ -424,21 +601,28 @@ pub fn run_attack(opts: &RunOptions) -> Result<Report> {
                     target: tgt,
                     linf: 0.0,
                     l2: 0.0,
-                });
-                if let Some(w) = predictions.as_mut() {
-                    w.row(&PredictionRow {
+                };
+                clean.add(&obs);
+                if let Some(bk) = book.as_mut() {
+                    bk.clean.add(&obs);
+                }
+                put_row(
+                    &mut predictions,
+                    &mut book,
+                    classes.as_deref(),
+                    &PredictionRow {
                         image: rel,
                         label,
                         attack: None,
                         pred: cp.class,
                         pred_prob: cp.prob,
                         label_prob: cp.label_prob,
-                    })?;
-                }
+                    },
+                )?;
                 for (e, eps) in opts.eps.iter().enumerate() {
                     let p = o.adv[e][j];
                     let (linf, l2) = o.norms[e][j];
-                    per_eps[e].add(&Observation {
+                    let obs = Observation {
                         label,
                         pred: p.class,
                         pred_prob: p.prob,
@@ -447,20 +631,27 @@ pub fn run_attack(opts: &RunOptions) -> Result<Report> {
                         target: tgt,
                         linf,
                         l2,
-                    });
-                    if let Some(w) = predictions.as_mut() {
-                        w.row(&PredictionRow {
+                    };
+                    per_eps[e].add(&obs);
+                    if let Some(bk) = book.as_mut() {
+                        bk.per_eps[e].add(&obs);
+                    }
+                    put_row(
+                        &mut predictions,
+                        &mut book,
+                        classes.as_deref(),
+                        &PredictionRow {
                             image: rel,
                             label,
                             attack: Some((METHOD, eps)),
                             pred: p.class,
                             pred_prob: p.prob,
                             label_prob: p.label_prob,
-                        })?;
-                    }
+                        },
+                    )?;
                     if let Some(images) = o.images.as_mut() {
                         job.push(Sample {
-                            index: idx,
+                            index: g,
                             rel: rel.clone(),
                             label,
                             clean_pred: cp.class,
@@ -472,10 +663,14 @@ pub fn run_attack(opts: &RunOptions) -> Result<Report> {
                     }
                 }
             }
-            if !job.is_empty() && out_tx.send(job).is_err() {
-                break; // the writer failed; its error is reported below
+            if !job.is_empty() && out_tx.send(WriterMsg::Samples(job)).is_err() {
+                return Ok(()); // the writer failed; its error is reported below
             }
             bar.inc(b.len() as u64);
+        }
+        // the last shard is complete too
+        if let (Some(done), Some(s)) = (book.take(), &share) {
+            let _ = out_tx.send(done.close(&s.worker, &adapter)?);
         }
         Ok(())
     })();
@@ -491,22 +686,12 @@ pub fn run_attack(opts: &RunOptions) -> Result<Report> {
         w.finish()?;
     }
     let images = clean.images as usize;
-    if images == 0 {
-        return Err(Error::Usage(format!(
-            "none of the {} images could be read",
-            prep.entries.len()
-        )));
-    }
     let report = Report {
         model: model_info(&prep.model, opts.model.as_deref()),
-        adapter: gpu.ctx.summary.clone(),
+        adapter,
         precision: gpu.dtype.name().into(),
         method: METHOD.into(),
-        target: match &opts.target {
-            TargetSpec::None => None,
-            TargetSpec::LeastLikely => Some("least-likely".into()),
-            TargetSpec::Class(s) => Some(s.clone()),
-        },
+        target: target_text(&opts.target),
         images,
         labels: prep.label_source,
         quantized: opts.quantize,
@@ -525,8 +710,65 @@ pub fn run_attack(opts: &RunOptions) -> Result<Report> {
             images_per_second: images as f64 / seconds.max(1e-9),
         },
         skipped,
+        worker: share.as_ref().map(|s| s.worker.clone()),
     };
+    if let Some(s) = &share {
+        return finish_share(opts, s, Some(report), start);
+    }
+    if images == 0 {
+        return Err(Error::Usage(format!(
+            "none of the {} images could be read",
+            prep.entries.len()
+        )));
+    }
     write_reports(opts, &report)?;
+    Ok(report)
+}
+
+/// After a sharded run: when every shard of the run is committed, merge them
+/// (into `--out` and wherever `--report`, `--predictions`, `--plot` ask) and
+/// return the merged report; otherwise say what is left and return this
+/// process's own share (`mine`).
+fn finish_share(
+    opts: &RunOptions,
+    share: &Share,
+    mine: Option<Report>,
+    start: Instant,
+) -> Result<Report> {
+    let k = opts.eps.len();
+    let left = (0..share.shards)
+        .filter(|&u| shards::committed(&share.dir, u, k).is_none())
+        .count();
+    if left > 0 {
+        eprintln!(
+            "worker {}/{} ({}): done; {left} of {} shards are left to other workers. \
+             When all are done, `advex merge {}` writes the report",
+            share.worker.index,
+            share.worker.count,
+            share.worker.engine,
+            share.shards,
+            share.dir.display()
+        );
+        return mine.ok_or_else(|| Error::Usage("nothing was run".into()));
+    }
+    let (mut report, csv) = shards::merge_run(&share.dir)?;
+    if report.images == 0 {
+        return Err(Error::Usage(format!(
+            "none of the {} images could be read",
+            report.skipped.len()
+        )));
+    }
+    shards::write_merged_parts(&share.dir, &report, &csv)?;
+    if let Some(p) = &opts.predictions {
+        write_atomic(p, &csv)?;
+    }
+    write_reports(opts, &report)?;
+    // what this process took, for the summary it prints
+    report.timing.seconds = start.elapsed().as_secs_f64();
+    report.timing.images_per_second = match &mine {
+        Some(m) => m.timing.images_per_second,
+        None => 0.0,
+    };
     Ok(report)
 }
 
@@ -652,6 +894,7 @@ pub fn run_eval(opts: &RunOptions) -> Result<(Vec<EvalRow>, Report)> {
             images_per_second: rows.len() as f64 / seconds.max(1e-9),
         },
         skipped,
+        worker: None,
     };
     if let Some(p) = &opts.report {
         std::fs::write(p, report.to_json()).map_err(|e| Error::io(p, e))?;

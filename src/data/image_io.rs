@@ -208,17 +208,39 @@ pub fn encode_png_with(
     Ok(out)
 }
 
+/// This process's mark in temporary file names: `HOST-PID` (dots in the host
+/// name replaced), so that a later run can tell a dead process's leftovers
+/// (same host, PID gone) from files another live worker is writing.
+pub fn tmp_tag() -> String {
+    static TAG: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    TAG.get_or_init(|| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .or_else(|| std::env::var("HOSTNAME").ok())
+            .map(|h| h.trim().replace(['.', '/', '-'], "_"))
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "host".into());
+        format!("{host}-{}", std::process::id())
+    })
+    .clone()
+}
+
+/// `.NAME.HOST-PID.tmp` next to `path`.
+pub fn tmp_path(path: &Path) -> std::path::PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    path.with_file_name(format!(".{name}.{}.tmp", tmp_tag()))
+}
+
 /// Write `bytes` to `path` through a temporary name in the same folder and a
 /// rename, so a crash never leaves a half-written file; creates the folder.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     }
-    let file_name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{file_name}.{}.tmp", std::process::id()));
+    let tmp = tmp_path(path);
     if let Err(e) = std::fs::write(&tmp, bytes) {
         let _ = std::fs::remove_file(&tmp);
         return Err(Error::io(&tmp, e));

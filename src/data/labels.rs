@@ -8,7 +8,7 @@ use super::ImageEntry;
 use crate::error::{Error, Result};
 
 /// Where the labels came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LabelSource {
     Csv,

@@ -11,7 +11,7 @@ use super::{decode_bytes, to_input, ImageEntry, Preprocessor};
 use crate::error::{Error, Result};
 
 /// An image that could not be used, and why.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Skipped {
     pub image: String,
     pub reason: String,
@@ -22,6 +22,8 @@ pub struct Batch {
     pub indices: Vec<usize>,
     pub pixels: Vec<f32>,
     pub skipped: Vec<Skipped>,
+    /// Indices (into the entry list) of `skipped`, in the same order.
+    pub skipped_at: Vec<usize>,
 }
 
 impl Batch {
@@ -71,6 +73,7 @@ impl BatchLoader {
                         indices: Vec::with_capacity(end - start),
                         pixels: Vec::with_capacity((end - start) * prep.numel()),
                         skipped: Vec::new(),
+                        skipped_at: Vec::new(),
                     };
                     let mut failure = None;
                     for (i, r) in decoded {
@@ -85,10 +88,13 @@ impl BatchLoader {
                                 )));
                                 break;
                             }
-                            Err(e) => batch.skipped.push(Skipped {
-                                image: entries[i].rel.clone(),
-                                reason: e.to_string(),
-                            }),
+                            Err(e) => {
+                                batch.skipped.push(Skipped {
+                                    image: entries[i].rel.clone(),
+                                    reason: e.to_string(),
+                                });
+                                batch.skipped_at.push(i);
+                            }
                         }
                     }
                     let msg = match failure {

@@ -10,8 +10,8 @@ mod resample;
 
 pub use discover::{discover, expand_braces, Discovered, ImageEntry};
 pub use image_io::{
-    decode_bytes, encode_png, encode_png_with, load_image, to_input, write_atomic,
-    write_png_atomic, PngCompression, Preprocessor,
+    decode_bytes, encode_png, encode_png_with, load_image, tmp_path, tmp_tag, to_input,
+    write_atomic, write_png_atomic, PngCompression, Preprocessor,
 };
 pub use labels::{assign_labels, LabelSource};
 pub use loader::{Batch, BatchLoader, Skipped};

@@ -138,11 +138,7 @@ pub fn png_path(out: &Path, eps: &Eps, rel: &str) -> PathBuf {
 }
 
 fn tmp_name(path: &Path) -> PathBuf {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    path.with_file_name(format!(".{name}.{}.tmp", std::process::id()))
+    super::image_io::tmp_path(path)
 }
 
 impl OutputWriter {
@@ -212,7 +208,7 @@ impl OutputWriter {
             };
             let kind = match self.spec.format {
                 OutputFormat::Safetensors => {
-                    let data_path = tmp.with_extension("images.tmp");
+                    let data_path = tmp.with_extension("images.tmp"); // .NAME.HOST-PID.images.tmp
                     ShardKind::Tensors {
                         data: create(&data_path)?,
                         data_path,
@@ -393,6 +389,17 @@ impl OutputWriter {
             file.write_all(part).map_err(io)?;
         }
         file.sync_all().map_err(io)?;
+        Ok(())
+    }
+
+    /// Finish shard `shard` for every eps (when it is open): its last image is in.
+    pub fn finish_shard(&mut self, shard: usize) -> Result<()> {
+        for eps in 0..self.open.len() {
+            if self.open[eps].as_ref().is_some_and(|o| o.shard == shard) {
+                let done = self.open[eps].take().expect("checked");
+                self.finish(eps, done)?;
+            }
+        }
         Ok(())
     }
 

@@ -1,9 +1,9 @@
 //! Adapter discovery and choice.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// What `advex devices` prints and what reports record about the adapter.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AdapterSummary {
     pub name: String,
     pub backend: String,

@@ -17,7 +17,7 @@ pub struct Observation {
     pub l2: f32,
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct EpsAccumulator {
     pub images: u64,
     pub correct: u64,
@@ -43,6 +43,18 @@ impl EpsAccumulator {
             };
             self.successes += success as u64;
         }
+    }
+
+    /// Add another accumulator's sums (shards merge in shard order, so a split
+    /// run sums in the same order as an unsplit one).
+    pub fn merge(&mut self, o: &EpsAccumulator) {
+        self.images += o.images;
+        self.correct += o.correct;
+        self.clean_correct += o.clean_correct;
+        self.successes += o.successes;
+        self.confidence += o.confidence;
+        self.linf += o.linf;
+        self.l2 += o.l2;
     }
 
     fn ratio(a: u64, b: u64) -> f64 {

@@ -6,7 +6,10 @@ mod predictions;
 
 pub use metrics::{EpsAccumulator, Observation};
 pub use plot::write_svg_plot;
-pub use predictions::{PredictionRow, PredictionWriter, NO_METHOD};
+pub use predictions::{
+    prediction_record, PredictionRow, PredictionWriter, NO_METHOD, PREDICTION_HEADER,
+    PREDICTION_HEADER_NAMED,
+};
 
 use serde::Serialize;
 
@@ -14,7 +17,7 @@ use crate::data::{LabelSource, Skipped};
 use crate::gpu::AdapterSummary;
 
 /// The model as the report describes it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct ModelInfo {
     pub name: String,
     pub path: String,
@@ -65,6 +68,10 @@ pub struct Report {
     pub epsilons: Vec<EpsStats>,
     pub timing: Timing,
     pub skipped: Vec<Skipped>,
+    /// The share of a sharded run this report covers, when it is not the
+    /// whole run (see `advex merge`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub worker: Option<crate::attack::Worker>,
 }
 
 impl Report {

@@ -17,6 +17,52 @@ use crate::error::{Error, Result};
 /// The method column of rows that show the image as given (eps 0).
 pub const NO_METHOD: &str = "clean";
 
+/// The CSV's columns (without, and with class names).
+pub const PREDICTION_HEADER: [&str; 8] = [
+    "image",
+    "label",
+    "method",
+    "eps",
+    "eps_text",
+    "pred",
+    "pred_prob",
+    "label_prob",
+];
+pub const PREDICTION_HEADER_NAMED: [&str; 9] = [
+    "image",
+    "label",
+    "method",
+    "eps",
+    "eps_text",
+    "pred",
+    "pred_prob",
+    "label_prob",
+    "pred_name",
+];
+
+/// One row's fields, in [`PREDICTION_HEADER`] order (`pred_name` when the model
+/// has class names).
+pub fn prediction_record(r: &PredictionRow<'_>, classes: Option<&[String]>) -> Vec<String> {
+    let (method, eps, eps_text) = match r.attack {
+        Some((method, eps)) => (method, eps.exact.to_string(), eps.text.as_str()),
+        None => (NO_METHOD, "0".to_string(), "0"),
+    };
+    let mut rec = vec![
+        r.image.to_string(),
+        r.label.to_string(),
+        method.to_string(),
+        eps,
+        eps_text.to_string(),
+        r.pred.to_string(),
+        format!("{:.6}", r.pred_prob),
+        format!("{:.6}", r.label_prob),
+    ];
+    if let Some(c) = classes {
+        rec.push(c.get(r.pred as usize).cloned().unwrap_or_default());
+    }
+    rec
+}
+
 /// One row of the CSV.
 pub struct PredictionRow<'a> {
     /// Path relative to `--images`.
@@ -39,20 +85,12 @@ impl PredictionWriter {
     pub fn create(path: &Path, classes: Option<Vec<String>>) -> Result<Self> {
         let file = File::create(path).map_err(|e| Error::io(path, e))?;
         let mut writer = csv::Writer::from_writer(BufWriter::new(file));
-        let mut header = vec![
-            "image",
-            "label",
-            "method",
-            "eps",
-            "eps_text",
-            "pred",
-            "pred_prob",
-            "label_prob",
-        ];
-        if classes.is_some() {
-            header.push("pred_name");
-        }
-        writer.write_record(&header).map_err(|e| csv_err(path, e))?;
+        let header: &[&str] = if classes.is_some() {
+            &PREDICTION_HEADER_NAMED
+        } else {
+            &PREDICTION_HEADER
+        };
+        writer.write_record(header).map_err(|e| csv_err(path, e))?;
         Ok(PredictionWriter {
             path: path.to_path_buf(),
             writer,
@@ -61,23 +99,7 @@ impl PredictionWriter {
     }
 
     pub fn row(&mut self, r: &PredictionRow<'_>) -> Result<()> {
-        let (method, eps, eps_text) = match r.attack {
-            Some((method, eps)) => (method, eps.exact.to_string(), eps.text.as_str()),
-            None => (NO_METHOD, "0".to_string(), "0"),
-        };
-        let mut rec = vec![
-            r.image.to_string(),
-            r.label.to_string(),
-            method.to_string(),
-            eps,
-            eps_text.to_string(),
-            r.pred.to_string(),
-            format!("{:.6}", r.pred_prob),
-            format!("{:.6}", r.label_prob),
-        ];
-        if let Some(c) = &self.classes {
-            rec.push(c.get(r.pred as usize).cloned().unwrap_or_default());
-        }
+        let rec = prediction_record(r, self.classes.as_deref());
         self.writer
             .write_record(&rec)
             .map_err(|e| csv_err(&self.path, e))

@@ -1,0 +1,389 @@
+//! Sharded, resumable runs (`--out`): the layout under `DIR`, the run
+//! manifest, per-shard commits and `advex merge`.
+//!
+//! ```text
+//! DIR/advex-run.json                 the manifest: written once, compared on every rerun
+//! DIR/eps_<value>/...                images (png files, or tar / safetensors shards)
+//! DIR/shards/shard-000000.csv        that shard's predictions rows (no header)
+//! DIR/shards/shard-000000.json       its marker: sums, skipped images, worker; written last
+//! DIR/report.json, predictions.csv, accuracy.svg   once every shard is committed
+//! ```
+//!
+//! The work is a fixed list of shards of `--shard-size` images sorted by path.
+//! A shard's images and predictions are written under temporary names and
+//! renamed; its marker is created last and only if absent (a hard link of a
+//! finished temporary file), so a shard is committed exactly once even when two
+//! workers race on it, and whatever a killed worker left is redone on rerun.
+//! Sums are merged in shard order, so a run split over any number of workers
+//! reports exactly what one unsplit run does.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::worker::Worker;
+use crate::data::{write_atomic, Skipped};
+use crate::error::{Error, Result};
+use crate::gpu::AdapterSummary;
+use crate::report::{
+    CleanStats, EpsAccumulator, ModelInfo, Report, Timing, PREDICTION_HEADER,
+    PREDICTION_HEADER_NAMED,
+};
+
+pub const MANIFEST: &str = "advex-run.json";
+
+/// What a run is: a rerun into the same `--out` must match it field by field.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub advex: String,
+    pub images: String,
+    pub image_count: usize,
+    /// FNV-1a of the sorted relative paths.
+    pub images_digest: String,
+    /// FNV-1a of the labels used (given or from folders, shards, a CSV).
+    pub labels_digest: String,
+    pub model: ModelInfo,
+    /// FNV-1a of the model file's bytes.
+    pub model_digest: String,
+    pub method: String,
+    pub eps: Vec<String>,
+    pub target: Option<String>,
+    pub quantized: bool,
+    pub precision: String,
+    pub format: String,
+    pub shard_size: usize,
+    pub shards: usize,
+    pub labels: crate::data::LabelSource,
+    pub class_names: bool,
+    /// Images discovery could not use (they belong to no shard).
+    pub discovery_skipped: Vec<Skipped>,
+}
+
+/// 64-bit FNV-1a, as hex: enough to tell two inputs apart, not a security hash.
+pub fn digest(parts: impl IntoIterator<Item = impl AsRef<[u8]>>) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for p in parts {
+        for &b in p.as_ref() {
+            h ^= b as u64;
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        h ^= 0xff;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
+/// A committed shard: what merging needs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ShardRecord {
+    pub shard: usize,
+    pub images: usize,
+    pub seconds: f64,
+    pub clean: EpsAccumulator,
+    pub per_eps: Vec<EpsAccumulator>,
+    pub skipped: Vec<Skipped>,
+    pub worker: Worker,
+    pub adapter: AdapterSummary,
+}
+
+fn shard_dir(dir: &Path) -> PathBuf {
+    dir.join("shards")
+}
+
+pub fn marker_path(dir: &Path, shard: usize) -> PathBuf {
+    shard_dir(dir).join(format!("shard-{shard:06}.json"))
+}
+
+pub fn rows_path(dir: &Path, shard: usize) -> PathBuf {
+    shard_dir(dir).join(format!("shard-{shard:06}.csv"))
+}
+
+/// Create `path` with `bytes` only if it does not exist yet; `false` when it did.
+fn create_only(path: &Path, bytes: &[u8]) -> Result<bool> {
+    let tmp = crate::data::tmp_path(path);
+    if let Some(d) = path.parent() {
+        std::fs::create_dir_all(d).map_err(|e| Error::io(d, e))?;
+    }
+    std::fs::write(&tmp, bytes).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        Error::io(&tmp, e)
+    })?;
+    let linked = std::fs::hard_link(&tmp, path);
+    let _ = std::fs::remove_file(&tmp);
+    match linked {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+        Err(e) => Err(Error::io(path, e)),
+    }
+}
+
+/// Start or rejoin the run in `dir`: write the manifest, or check that the one
+/// there describes the same run. `--overwrite` starts over.
+pub fn open_run(dir: &Path, manifest: &Manifest, overwrite: bool) -> Result<()> {
+    let path = dir.join(MANIFEST);
+    if overwrite && dir.is_dir() {
+        for e in std::fs::read_dir(dir)
+            .map_err(|e| Error::io(dir, e))?
+            .flatten()
+        {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let p = e.path();
+            let r = if (name.starts_with("eps_") || name == "shards") && p.is_dir() {
+                std::fs::remove_dir_all(&p)
+            } else if [MANIFEST, "report.json", "predictions.csv", "accuracy.svg"]
+                .contains(&name.as_str())
+            {
+                std::fs::remove_file(&p)
+            } else {
+                Ok(())
+            };
+            r.map_err(|err| Error::io(&p, err))?;
+        }
+    } else if dir.is_dir() && !path.exists() {
+        let busy = std::fs::read_dir(dir)
+            .map_err(|e| Error::io(dir, e))?
+            .flatten()
+            .any(|e| !e.file_name().to_string_lossy().starts_with('.'));
+        if busy {
+            return Err(Error::Usage(format!(
+                "--out {} already holds files that are not an advex run; choose an empty \
+                 folder, or pass --overwrite to replace its eps_* folders",
+                dir.display()
+            )));
+        }
+    } else if dir.exists() && !dir.is_dir() {
+        return Err(Error::Usage(format!(
+            "--out {} is a file, not a folder",
+            dir.display()
+        )));
+    }
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let json = serde_json::to_string_pretty(manifest).expect("manifest serialises");
+    if create_only(&path, json.as_bytes())? {
+        return Ok(());
+    }
+    let there: Manifest = std::fs::read(&path)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .ok_or_else(|| {
+            Error::Usage(format!(
+                "{} is unreadable or from another advex version; use another --out, or \
+                 --overwrite to start the run over",
+                path.display()
+            ))
+        })?;
+    let diffs = differences(&there, manifest);
+    if !diffs.is_empty() {
+        return Err(Error::Usage(format!(
+            "--out {} holds a run with other settings ({}); use another --out, or \
+             --overwrite to start over",
+            dir.display(),
+            diffs.join("; ")
+        )));
+    }
+    Ok(())
+}
+
+fn differences(there: &Manifest, here: &Manifest) -> Vec<String> {
+    let a = serde_json::to_value(there).expect("serialises");
+    let b = serde_json::to_value(here).expect("serialises");
+    let (Some(a), Some(b)) = (a.as_object(), b.as_object()) else {
+        return vec![];
+    };
+    a.iter()
+        .filter(|(k, v)| b.get(*k) != Some(v))
+        .map(|(k, v)| {
+            format!(
+                "{k}: {v} there, {} here",
+                b.get(k).cloned().unwrap_or_default()
+            )
+        })
+        .collect()
+}
+
+/// The committed record of `shard`, if any. A marker that does not parse (a
+/// crash of an old version, a hand edit) is removed with a warning, and the
+/// shard is redone.
+pub fn committed(dir: &Path, shard: usize, eps_count: usize) -> Option<ShardRecord> {
+    let path = marker_path(dir, shard);
+    let bytes = std::fs::read(&path).ok()?;
+    match serde_json::from_slice::<ShardRecord>(&bytes) {
+        Ok(r)
+            if r.shard == shard
+                && r.per_eps.len() == eps_count
+                && rows_path(dir, shard).is_file() =>
+        {
+            Some(r)
+        }
+        _ => {
+            log::warn!(
+                "{} is damaged; shard {shard} will be redone",
+                path.display()
+            );
+            let _ = std::fs::remove_file(&path);
+            None
+        }
+    }
+}
+
+/// Commit a finished shard: its rows, then its marker (created only if absent).
+pub fn commit(dir: &Path, record: &ShardRecord, rows: &[u8]) -> Result<()> {
+    write_atomic(&rows_path(dir, record.shard), rows)?;
+    let json = serde_json::to_vec_pretty(record).expect("record serialises");
+    create_only(&marker_path(dir, record.shard), &json)?;
+    Ok(())
+}
+
+/// Remove temporary files that dead processes left in the run's folders (a
+/// worker killed mid-shard): those of this host whose process is gone, and
+/// those of other hosts not touched for an hour. Files of live workers stay.
+pub fn sweep_stale(dir: &Path) {
+    let me = crate::data::tmp_tag();
+    let (host, _) = me.rsplit_once('-').unwrap_or((me.as_str(), ""));
+    let mut stack: Vec<PathBuf> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.is_dir()
+                && p.file_name().is_some_and(|n| {
+                    let n = n.to_string_lossy();
+                    n.starts_with("eps_") || n == "shards"
+                })
+        })
+        .collect();
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+                continue;
+            }
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Some(stem) = name.strip_suffix(".tmp").filter(|_| name.starts_with('.')) else {
+                continue;
+            };
+            let stem = stem.strip_suffix(".images").unwrap_or(stem);
+            let Some((their_host, pid)) =
+                stem.rsplit_once('.').and_then(|(_, t)| t.rsplit_once('-'))
+            else {
+                continue;
+            };
+            let stale = if their_host == host {
+                !Path::new("/proc").join(pid).exists() && Path::new("/proc/self").exists()
+            } else {
+                e.metadata()
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.elapsed().ok())
+                    .is_some_and(|age| age.as_secs() > 3600)
+            };
+            if stale {
+                let _ = std::fs::remove_file(&p);
+            }
+        }
+    }
+}
+
+/// Combine every committed shard of the run in `dir` into its report, and its
+/// predictions CSV (header included). Lists missing shards as an error.
+pub fn merge_run(dir: &Path) -> Result<(Report, Vec<u8>)> {
+    let path = dir.join(MANIFEST);
+    let m: Manifest = std::fs::read(&path)
+        .map_err(|e| Error::io(&path, e))
+        .and_then(|b| {
+            serde_json::from_slice(&b).map_err(|e| {
+                Error::Usage(format!(
+                    "{}: not an advex run manifest ({e})",
+                    path.display()
+                ))
+            })
+        })?;
+    let mut records = Vec::with_capacity(m.shards);
+    let mut missing = Vec::new();
+    for u in 0..m.shards {
+        match committed(dir, u, m.eps.len()) {
+            Some(r) => records.push(r),
+            None => missing.push(u),
+        }
+    }
+    if !missing.is_empty() {
+        let list: Vec<String> = missing.iter().take(20).map(|u| u.to_string()).collect();
+        return Err(Error::Usage(format!(
+            "{} of {} shards of {} are not committed yet (shards {}{}); rerun the workers \
+             that own them (shard u belongs to worker u % W)",
+            missing.len(),
+            m.shards,
+            dir.display(),
+            list.join(", "),
+            if missing.len() > 20 { ", ..." } else { "" }
+        )));
+    }
+    let mut clean = EpsAccumulator::default();
+    let mut per_eps = vec![EpsAccumulator::default(); m.eps.len()];
+    let mut skipped = m.discovery_skipped.clone();
+    let mut seconds = 0.0;
+    let header: &[&str] = if m.class_names {
+        &PREDICTION_HEADER_NAMED
+    } else {
+        &PREDICTION_HEADER
+    };
+    let mut csv = format!("{}\n", header.join(",")).into_bytes();
+    for r in &records {
+        clean.merge(&r.clean);
+        for (a, b) in per_eps.iter_mut().zip(&r.per_eps) {
+            a.merge(b);
+        }
+        skipped.extend(r.skipped.iter().cloned());
+        seconds += r.seconds;
+        let rows = rows_path(dir, r.shard);
+        csv.extend(std::fs::read(&rows).map_err(|e| Error::io(&rows, e))?);
+    }
+    let images = clean.images as usize;
+    let eps = super::parse_eps_list(&m.eps.join(","))?;
+    let report = Report {
+        model: m.model.clone(),
+        adapter: records
+            .first()
+            .map(|r| r.adapter.clone())
+            .ok_or_else(|| Error::Usage("the run has no shards".into()))?,
+        precision: m.precision.clone(),
+        method: m.method.clone(),
+        target: m.target.clone(),
+        images,
+        labels: m.labels,
+        quantized: m.quantized,
+        clean: CleanStats {
+            accuracy: clean.accuracy(),
+            mean_confidence: clean.mean_confidence(),
+        },
+        epsilons: eps
+            .iter()
+            .zip(&per_eps)
+            .map(|(e, a)| a.stats(e.value as f64, &e.text))
+            .collect(),
+        timing: Timing {
+            seconds,
+            images_per_second: images as f64 / seconds.max(1e-9),
+        },
+        skipped,
+        worker: None,
+    };
+    Ok((report, csv))
+}
+
+/// `advex merge DIR`: write `DIR/report.json`, `DIR/predictions.csv` and
+/// `DIR/accuracy.svg` from the committed shards.
+pub fn write_merged(dir: &Path) -> Result<Report> {
+    let (report, csv) = merge_run(dir)?;
+    write_merged_parts(dir, &report, &csv)?;
+    Ok(report)
+}
+
+/// Write a merged report and predictions into the run's folder.
+pub fn write_merged_parts(dir: &Path, report: &Report, csv: &[u8]) -> Result<()> {
+    write_atomic(&dir.join("report.json"), report.to_json().as_bytes())?;
+    write_atomic(&dir.join("predictions.csv"), csv)?;
+    crate::report::write_svg_plot(&dir.join("accuracy.svg"), report)
+}
