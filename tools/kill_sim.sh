@@ -22,7 +22,8 @@ advex=target/release/advex
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 target/release/examples/make_probe "$work/probe.safetensors" >/dev/null
-run() { "$advex" attack --quiet --no-tune --model "$work/probe.safetensors" --images "$images" "${extra[@]}" "$@"; }
+args=(attack --quiet --no-tune --model "$work/probe.safetensors" --images "$images" "${extra[@]}")
+run() { "$advex" "${args[@]}" "$@"; }
 
 start=$(date +%s)
 run --out "$work/one" >/dev/null
@@ -33,7 +34,8 @@ total_kills=0
 worker() {
     local i=$1 n=0
     while true; do
-        run --out "$work/split" --worker "$i/$workers" >/dev/null 2>&1 &
+        # exec: the background job's PID is advex's own, so the kill hits it
+        (exec "$advex" "${args[@]}" --out "$work/split" --worker "$i/$workers" >/dev/null 2>&1) &
         local pid=$!
         if [ "$n" -lt "$kills" ]; then
             sleep "$(awk -v s=$RANDOM 'BEGIN { srand(s); printf "%.2f", 2 + rand() * 30 }')"

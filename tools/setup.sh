@@ -113,6 +113,7 @@ fi
 say "no Vulkan driver found; installing $what: $packages"
 export DEBIAN_FRONTEND=noninteractive
 log=$(mktemp)
+# shellcheck disable=SC2086 # $packages is a list of names
 if ! { apt-get update -qq && apt-get install -y -qq --no-install-recommends $packages; } >"$log" 2>&1; then
     cat "$log" >&2
     rm -f "$log"
