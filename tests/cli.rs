@@ -746,6 +746,22 @@ fn split_runs_merge_to_the_unsplit_run() {
     assert_eq!(markers[2]["worker"]["engine"], "kubernetes");
     assert_eq!(markers[3]["worker"]["engine"], "--worker");
 
+    // a damaged marker (a crash of an old version, a hand edit) is redone, not trusted
+    std::fs::write(
+        split.join("shards/shard-000004.json"),
+        b"{\"shard\": 4, \"images\"",
+    )
+    .unwrap();
+    std::fs::write(split.join("shards/shard-000007.json"), b"{}").unwrap();
+    let (code, _, err) = run(&mut digits_attack(&split));
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("damaged"), "{err}");
+    assert_eq!(merged(&split), want);
+    // merge of a folder that is no run
+    let (code, _, err) = run(advex().args(["merge"]).arg(dir.path()));
+    assert_eq!(code, 1);
+    assert!(err.contains("not an advex run"), "{err}");
+
     // a rerun with other settings is refused and says what differs
     let (code, _, err) = run(&mut digits_attack_eps(&split, "0.2"));
     assert_eq!(code, 1);

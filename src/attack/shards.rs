@@ -290,6 +290,13 @@ pub fn sweep_stale(dir: &Path) {
 /// predictions CSV (header included). Lists missing shards as an error.
 pub fn merge_run(dir: &Path) -> Result<(Report, Vec<u8>)> {
     let path = dir.join(MANIFEST);
+    if !path.is_file() {
+        return Err(Error::Usage(format!(
+            "{} is not an advex run (no {MANIFEST} in it): give the --out folder of an \
+             `advex attack`",
+            dir.display()
+        )));
+    }
     let m: Manifest = std::fs::read(&path)
         .map_err(|e| Error::io(&path, e))
         .and_then(|b| {
