@@ -711,6 +711,13 @@ fn split_runs_merge_to_the_unsplit_run() {
     let (code, _, err) = run(digits_attack(&split).args(["--worker", "0/3"]));
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("left to other workers"), "{err}");
+    // a retried task whose share is done exits 0 and does nothing
+    let (code, out, err) = run(digits_attack(&split).args(["--worker", "0/3"]));
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("committed already") && out.contains("FGSM on 40 images"),
+        "{err}\n{out}"
+    );
     let (code, _, err) = run(digits_attack(&split)
         .env("SLURM_ARRAY_TASK_ID", "1")
         .env("SLURM_ARRAY_TASK_COUNT", "3")

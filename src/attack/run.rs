@@ -474,14 +474,12 @@ pub fn run_attack(opts: &RunOptions) -> Result<Report> {
     };
     if let Some(s) = &share {
         if work.is_empty() {
-            if !opts.quiet {
-                eprintln!(
-                    "worker {}/{}: every shard it owns in {} is committed already",
-                    s.worker.index,
-                    s.worker.count,
-                    s.dir.display()
-                );
-            }
+            eprintln!(
+                "worker {}/{}: every shard it owns in {} is committed already",
+                s.worker.index,
+                s.worker.count,
+                s.dir.display()
+            );
             return finish_share(opts, s, None, Instant::now());
         }
     }
@@ -749,7 +747,11 @@ fn finish_share(
             share.shards,
             share.dir.display()
         );
-        return mine.ok_or_else(|| Error::Usage("nothing was run".into()));
+        return match mine {
+            Some(m) => Ok(m),
+            // a retried task whose shards are all in: its share, from the markers
+            None => shards::merge_share(&share.dir, &share.worker),
+        };
     }
     let (mut report, csv) = shards::merge_run(&share.dir)?;
     if report.images == 0 {

@@ -289,6 +289,18 @@ pub fn sweep_stale(dir: &Path) {
 /// Combine every committed shard of the run in `dir` into its report, and its
 /// predictions CSV (header included). Lists missing shards as an error.
 pub fn merge_run(dir: &Path) -> Result<(Report, Vec<u8>)> {
+    merge_where(dir, None)
+}
+
+/// The report of one worker's share (its shards, all committed), while other
+/// workers are still at theirs.
+pub fn merge_share(dir: &Path, worker: &Worker) -> Result<Report> {
+    let (mut report, _) = merge_where(dir, Some(worker))?;
+    report.worker = Some(worker.clone());
+    Ok(report)
+}
+
+fn merge_where(dir: &Path, share: Option<&Worker>) -> Result<(Report, Vec<u8>)> {
     let path = dir.join(MANIFEST);
     if !path.is_file() {
         return Err(Error::Usage(format!(
@@ -309,7 +321,7 @@ pub fn merge_run(dir: &Path) -> Result<(Report, Vec<u8>)> {
         })?;
     let mut records = Vec::with_capacity(m.shards);
     let mut missing = Vec::new();
-    for u in 0..m.shards {
+    for u in (0..m.shards).filter(|&u| share.is_none_or(|w| w.owns(u))) {
         match committed(dir, u, m.eps.len()) {
             Some(r) => records.push(r),
             None => missing.push(u),
@@ -329,7 +341,11 @@ pub fn merge_run(dir: &Path) -> Result<(Report, Vec<u8>)> {
     }
     let mut clean = EpsAccumulator::default();
     let mut per_eps = vec![EpsAccumulator::default(); m.eps.len()];
-    let mut skipped = m.discovery_skipped.clone();
+    let mut skipped = if share.is_none() {
+        m.discovery_skipped.clone()
+    } else {
+        Vec::new()
+    };
     let mut seconds = 0.0;
     let header: &[&str] = if m.class_names {
         &PREDICTION_HEADER_NAMED
