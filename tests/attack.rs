@@ -31,6 +31,7 @@ fn prep(model: &Model) -> Preprocessor {
         height: h,
         width: w,
         resize: model.preprocess.resize,
+        filter: advex::data::Filter::from_name(&model.preprocess.interpolation),
     }
 }
 

@@ -623,6 +623,7 @@ fn f16_against_f32(model_file: &str, images: &str, eps: &str) -> Agreement {
         height: hh,
         width: ww,
         resize: model.preprocess.resize,
+        filter: advex::data::Filter::from_name(&model.preprocess.interpolation),
     };
     let entries = advex::data::discover(&root.join(images)).unwrap().entries;
     assert!(entries.len() >= 6, "bundled images missing in {images}");

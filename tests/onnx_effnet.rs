@@ -55,6 +55,7 @@ fn efficientnet_lite0_onnx_matches_bundled() {
         height: 224,
         width: 224,
         resize: Some(256),
+        filter: advex::data::Filter::Bilinear,
     };
     let mut photos: Vec<PathBuf> = std::fs::read_dir(root().join("examples/photos"))
         .unwrap()

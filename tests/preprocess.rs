@@ -6,7 +6,7 @@
 
 use std::path::PathBuf;
 
-use advex::data::{load_image, Preprocessor};
+use advex::data::{load_image, Filter, Preprocessor};
 
 fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/resize")
@@ -17,14 +17,15 @@ fn resize_and_crop_match_torchvision() {
     let cases: serde_json::Value =
         serde_json::from_slice(&std::fs::read(fixtures().join("cases.json")).unwrap()).unwrap();
     let crop = cases["crop"].as_u64().unwrap() as u32;
-    let prep = Preprocessor {
-        channels: 3,
-        height: crop,
-        width: crop,
-        resize: Some(cases["resize"].as_u64().unwrap() as u32),
-    };
     let mut failures = Vec::new();
     for case in cases["cases"].as_array().unwrap() {
+        let prep = Preprocessor {
+            channels: 3,
+            height: crop,
+            width: crop,
+            resize: Some(cases["resize"].as_u64().unwrap() as u32),
+            filter: Filter::from_name(case["interpolation"].as_str().unwrap()),
+        };
         let src = fixtures().join(case["source"].as_str().unwrap());
         let got = load_image(&src, &prep).unwrap();
         let want = image::open(fixtures().join(case["expected"].as_str().unwrap()))
@@ -46,14 +47,14 @@ fn resize_and_crop_match_torchvision() {
         }
         let n = 3 * plane;
         eprintln!(
-            "{}: max |difference| {worst} (at {at}), {off} of {n} values differ",
-            case["source"]
+            "{} {}: max |difference| {worst} (at {at}), {off} of {n} values differ",
+            case["source"], case["interpolation"]
         );
         // Pillow's fixed-point resampling is reproduced bit for bit.
         if worst > 0 {
             failures.push(format!(
-                "{}: {off} of {n} values differ from torchvision, value {at} by {worst}/255",
-                case["source"]
+                "{} {}: {off} of {n} values differ from torchvision, value {at} by {worst}/255",
+                case["source"], case["interpolation"]
             ));
         }
     }

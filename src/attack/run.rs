@@ -138,6 +138,7 @@ fn prepare(opts: &RunOptions) -> Result<Prepared> {
         height: h,
         width: w,
         resize: model.preprocess.resize,
+        filter: crate::data::Filter::from_name(&model.preprocess.interpolation),
     };
     for p in [&opts.report, &opts.plot, &opts.predictions]
         .into_iter()

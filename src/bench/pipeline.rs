@@ -126,6 +126,7 @@ fn stages(opts: &PipelineOptions, scratch: &Path, ctx: &Context) -> Result<Vec<S
         height: 224,
         width: 224,
         resize: Some(256),
+        filter: crate::data::Filter::Bilinear,
     };
     let mut out = Vec::new();
 
@@ -224,6 +225,7 @@ fn host_only(
         height: 224,
         width: 224,
         resize: Some(256),
+        filter: crate::data::Filter::Bilinear,
     };
     let t = Instant::now();
     let entries = Arc::new(discover(&opts.images)?.entries);

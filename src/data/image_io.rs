@@ -3,6 +3,7 @@
 use std::path::Path;
 
 use super::resample::resize_window;
+pub use super::resample::Filter;
 use image::{DynamicImage, GenericImageView, ImageEncoder};
 
 use crate::error::{Error, Result};
@@ -16,6 +17,8 @@ pub struct Preprocessor {
     pub width: u32,
     /// Target of the shorter side before cropping; `None` resizes straight to the crop.
     pub resize: Option<u32>,
+    /// The resampling filter (the model's `preprocess.interpolation`).
+    pub filter: Filter,
 }
 
 impl Preprocessor {
@@ -90,6 +93,7 @@ fn fit(img: DynamicImage, p: &Preprocessor) -> (Vec<u8>, u32) {
     let (nw, nh) = resized_size(w, h, p);
     let (left, top) = (half_to_even(nw - p.width), half_to_even(nh - p.height));
     let out = resize_window(
+        p.filter,
         &pixels,
         (w, h),
         channels as usize,

@@ -11,7 +11,7 @@ mod resample;
 pub use discover::{discover, expand_braces, Discovered, ImageEntry};
 pub use image_io::{
     decode_bytes, encode_png, encode_png_with, load_image, tmp_path, tmp_tag, to_input,
-    write_atomic, write_png_atomic, PngCompression, Preprocessor,
+    write_atomic, write_png_atomic, Filter, PngCompression, Preprocessor,
 };
 pub use labels::{assign_labels, LabelSource};
 pub use loader::{Batch, BatchLoader, Skipped};
