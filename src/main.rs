@@ -593,6 +593,13 @@ fn devices(json: bool) -> Result<(), Error> {
         );
     }
     println!("(* = chosen by default; pick another with --adapter NAME or WGPU_ADAPTER_NAME)");
+    let ids: Vec<advex::gpu::AdapterId> = adapters.iter().map(advex::gpu::AdapterId::of).collect();
+    let visible = std::env::var("CUDA_VISIBLE_DEVICES").ok();
+    match advex::gpu::cuda_visible_choice(visible.as_deref(), &ids) {
+        Ok(Some((i, how))) => println!("{how}: advex uses adapter {i} when no --adapter is given"),
+        Ok(None) => {}
+        Err(e) => println!("{e}"),
+    }
     print_diagnosis();
     if adapters
         .iter()

@@ -8,7 +8,9 @@ use std::sync::{Arc, Mutex};
 use bytemuck::Pod;
 use wgpu::util::DeviceExt;
 
-use super::adapter::{describe_adapter, list_adapters, AdapterSummary};
+use super::adapter::{
+    cuda_visible_choice, describe_adapter, list_adapters, AdapterId, AdapterSummary,
+};
 use super::buffer::{self, DType, GpuBuffer, PoolInner, Shape, Tensor};
 use super::diagnose::Diagnosis;
 use super::pipeline::{layout_entries, Binding, Kernel, KernelKey};
@@ -207,7 +209,17 @@ impl Context {
                             .join(", "),
                     })?
             }
-            None => adapters[0].clone(),
+            None => {
+                let ids: Vec<AdapterId> = adapters.iter().map(AdapterId::of).collect();
+                let visible = std::env::var("CUDA_VISIBLE_DEVICES").ok();
+                match cuda_visible_choice(visible.as_deref(), &ids).map_err(Error::Usage)? {
+                    Some((i, how)) => {
+                        log::info!("{how}");
+                        adapters[i].clone()
+                    }
+                    None => adapters[0].clone(),
+                }
+            }
         };
         check_software(&adapter, require_gpu, wanted.is_some())?;
         Self::from_adapter(adapter, options)

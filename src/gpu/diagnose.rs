@@ -15,12 +15,13 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 /// Environment variables that decide which Vulkan driver and adapter are used.
-pub const VARIABLES: [&str; 8] = [
+pub const VARIABLES: [&str; 9] = [
     "VK_DRIVER_FILES",
     "VK_ICD_FILENAMES",
     "VK_ADD_DRIVER_FILES",
     "NVIDIA_DRIVER_CAPABILITIES",
     "NVIDIA_VISIBLE_DEVICES",
+    "CUDA_VISIBLE_DEVICES",
     "WGPU_ADAPTER_NAME",
     "WGPU_BACKEND",
     "ADVEX_REQUIRE_GPU",

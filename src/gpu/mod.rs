@@ -9,7 +9,10 @@ mod pipeline;
 mod record;
 mod tune;
 
-pub use adapter::{describe_adapter, list_adapters, quiet_window_system_probes, AdapterSummary};
+pub use adapter::{
+    cuda_visible_choice, describe_adapter, list_adapters, quiet_window_system_probes, AdapterId,
+    AdapterSummary,
+};
 pub use buffer::{DType, GpuBuffer, Shape, Tensor};
 pub use context::{decode, Context, ContextOptions, KernelStyle};
 pub use diagnose::{Diagnosis, GpuNode, IcdFile, Vendor};
