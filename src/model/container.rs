@@ -338,19 +338,11 @@ pub fn encode_safetensors(
 }
 
 /// Writes bytes to `path` through a temporary file in the same folder and a
-/// rename, so a crash never leaves a half-written file.
+/// rename ([`crate::data::write_atomic`]), so a crash never leaves a
+/// half-written file.
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ModelError> {
-    let file_name = path
-        .file_name()
-        .map(|f| f.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "model".into());
-    let tmp = path.with_file_name(format!(".{file_name}.{}.tmp", std::process::id()));
-    std::fs::write(&tmp, bytes)
-        .and_then(|_| std::fs::rename(&tmp, path))
-        .map_err(|e| {
-            let _ = std::fs::remove_file(&tmp);
-            ModelError::new(path, format!("cannot write: {e}"))
-        })
+    crate::data::write_atomic(path, bytes)
+        .map_err(|e| ModelError::new(path, format!("cannot write: {e}")))
 }
 
 /// Writes a plain safetensors file (a state_dict; `metadata` goes to `__metadata__`).
