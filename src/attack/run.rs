@@ -18,8 +18,8 @@ use crate::gpu::DType;
 use crate::model::Model;
 use crate::plan::GpuModel;
 use crate::report::{
-    prediction_record, CleanStats, EpsAccumulator, ModelInfo, Observation, PredictionRow,
-    PredictionWriter, Report, Timing,
+    prediction_record, EpsAccumulator, ModelInfo, Observation, PredictionRow, PredictionWriter,
+    Report, Timing,
 };
 use crate::{Context, ContextOptions};
 
@@ -694,20 +694,9 @@ pub fn run_attack(opts: &RunOptions) -> Result<Report> {
         images,
         labels: prep.label_source,
         quantized: opts.quantize,
-        clean: CleanStats {
-            accuracy: clean.accuracy(),
-            mean_confidence: clean.mean_confidence(),
-        },
-        epsilons: opts
-            .eps
-            .iter()
-            .zip(&per_eps)
-            .map(|(e, a)| a.stats(e.value as f64, &e.text))
-            .collect(),
-        timing: Timing {
-            seconds,
-            images_per_second: images as f64 / seconds.max(1e-9),
-        },
+        clean: clean.clean_stats(),
+        epsilons: EpsAccumulator::eps_stats(&opts.eps, &per_eps),
+        timing: Timing::new(images, seconds),
         skipped,
         worker: share.as_ref().map(|s| s.worker.clone()),
     };
@@ -887,10 +876,7 @@ pub fn run_eval(opts: &RunOptions) -> Result<(Vec<EvalRow>, Report)> {
         images: rows.len(),
         labels: prep.label_source,
         quantized: false,
-        clean: CleanStats {
-            accuracy: acc.accuracy(),
-            mean_confidence: acc.mean_confidence(),
-        },
+        clean: acc.clean_stats(),
         epsilons: Vec::new(),
         timing: Timing {
             seconds,

@@ -26,8 +26,7 @@ use crate::data::{write_atomic, Skipped};
 use crate::error::{Error, Result};
 use crate::gpu::AdapterSummary;
 use crate::report::{
-    CleanStats, EpsAccumulator, ModelInfo, Report, Timing, PREDICTION_HEADER,
-    PREDICTION_HEADER_NAMED,
+    EpsAccumulator, ModelInfo, Report, Timing, PREDICTION_HEADER, PREDICTION_HEADER_NAMED,
 };
 
 pub const MANIFEST: &str = "advex-run.json";
@@ -377,19 +376,9 @@ fn merge_where(dir: &Path, share: Option<&Worker>) -> Result<(Report, Vec<u8>)> 
         images,
         labels: m.labels,
         quantized: m.quantized,
-        clean: CleanStats {
-            accuracy: clean.accuracy(),
-            mean_confidence: clean.mean_confidence(),
-        },
-        epsilons: eps
-            .iter()
-            .zip(&per_eps)
-            .map(|(e, a)| a.stats(e.value as f64, &e.text))
-            .collect(),
-        timing: Timing {
-            seconds,
-            images_per_second: images as f64 / seconds.max(1e-9),
-        },
+        clean: clean.clean_stats(),
+        epsilons: EpsAccumulator::eps_stats(&eps, &per_eps),
+        timing: Timing::new(images, seconds),
         skipped,
         worker: None,
     };

@@ -77,6 +77,15 @@ pub struct PipelineReport {
     pub runs: Vec<RunResult>,
 }
 
+/// The probe model's preprocessing: ImageNet's resize 256, crop 224.
+const PROBE_INPUT: Preprocessor = Preprocessor {
+    channels: 3,
+    height: 224,
+    width: 224,
+    resize: Some(256),
+    filter: crate::data::Filter::Bilinear,
+};
+
 /// The near-free model: `[3, 224, 224]` -> global average pool -> linear(3, 1000),
 /// ImageNet preprocessing (resize 256, crop 224, mean/std), seeded weights.
 pub fn probe_model(path: &Path) -> Result<()> {
@@ -121,13 +130,7 @@ fn stage(name: &str, images: usize, seconds: f64) -> StageResult {
 
 /// Time each stage alone (see the module comment).
 fn stages(opts: &PipelineOptions, scratch: &Path, ctx: &Context) -> Result<Vec<StageResult>> {
-    let prep = Preprocessor {
-        channels: 3,
-        height: 224,
-        width: 224,
-        resize: Some(256),
-        filter: crate::data::Filter::Bilinear,
-    };
+    let prep = PROBE_INPUT;
     let mut out = Vec::new();
 
     let t = Instant::now();
@@ -220,13 +223,7 @@ fn host_only(
     format: OutputFormat,
     eps_count: usize,
 ) -> Result<(usize, f64)> {
-    let prep = Preprocessor {
-        channels: 3,
-        height: 224,
-        width: 224,
-        resize: Some(256),
-        filter: crate::data::Filter::Bilinear,
-    };
+    let prep = PROBE_INPUT;
     let t = Instant::now();
     let entries = Arc::new(discover(&opts.images)?.entries);
     let eps = parse_eps_list(

@@ -77,6 +77,22 @@ impl EpsAccumulator {
         }
     }
 
+    /// The clean pass's figures.
+    pub fn clean_stats(&self) -> super::CleanStats {
+        super::CleanStats {
+            accuracy: self.accuracy(),
+            mean_confidence: self.mean_confidence(),
+        }
+    }
+
+    /// One figure row per eps, from their accumulators.
+    pub fn eps_stats(eps: &[crate::attack::Eps], accs: &[EpsAccumulator]) -> Vec<EpsStats> {
+        eps.iter()
+            .zip(accs)
+            .map(|(e, a)| a.stats(e.value as f64, &e.text))
+            .collect()
+    }
+
     pub fn stats(&self, eps: f64, eps_text: &str) -> EpsStats {
         let n = self.images.max(1) as f64;
         EpsStats {

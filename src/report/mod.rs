@@ -51,6 +51,15 @@ pub struct Timing {
     pub images_per_second: f64,
 }
 
+impl Timing {
+    pub fn new(images: usize, seconds: f64) -> Self {
+        Timing {
+            seconds,
+            images_per_second: images as f64 / seconds.max(1e-9),
+        }
+    }
+}
+
 /// The `--report` JSON (DESIGN.md's schema, plus a few extra fields).
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {

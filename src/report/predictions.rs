@@ -28,17 +28,17 @@ pub const PREDICTION_HEADER: [&str; 8] = [
     "pred_prob",
     "label_prob",
 ];
-pub const PREDICTION_HEADER_NAMED: [&str; 9] = [
-    "image",
-    "label",
-    "method",
-    "eps",
-    "eps_text",
-    "pred",
-    "pred_prob",
-    "label_prob",
-    "pred_name",
-];
+/// [`PREDICTION_HEADER`] and `pred_name`.
+pub const PREDICTION_HEADER_NAMED: [&str; 9] = {
+    let mut h = [""; 9];
+    let mut i = 0;
+    while i < 8 {
+        h[i] = PREDICTION_HEADER[i];
+        i += 1;
+    }
+    h[8] = "pred_name";
+    h
+};
 
 /// One row's fields, in [`PREDICTION_HEADER`] order (`pred_name` when the model
 /// has class names).
