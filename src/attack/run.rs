@@ -429,15 +429,24 @@ enum WriterMsg {
     Commit(Box<ShardRecord>, Vec<u8>),
 }
 
-/// Where a prediction row goes: the streaming `--predictions` file, or the
-/// shard's rows.
-fn put_row(
+/// Record one result: in the run's sums (`acc`) and the shard's (the clean
+/// pass, or eps `eps`), and its prediction row in the shard's rows or else the
+/// streaming `--predictions` file.
+fn record(
+    obs: &Observation,
+    acc: &mut EpsAccumulator,
+    eps: Option<usize>,
     predictions: &mut Option<PredictionWriter>,
     book: &mut Option<ShardBook>,
     classes: Option<&[String]>,
     row: &PredictionRow<'_>,
 ) -> Result<()> {
+    acc.add(obs);
     if let Some(b) = book.as_mut() {
+        match eps {
+            Some(e) => b.per_eps[e].add(obs),
+            None => b.clean.add(obs),
+        }
         b.rows
             .write_record(prediction_record(row, classes))
             .map_err(|e| Error::Usage(format!("predictions of a shard: {e}")))?;
@@ -601,11 +610,10 @@ pub fn run_attack(opts: &RunOptions) -> Result<Report> {
                     linf: 0.0,
                     l2: 0.0,
                 };
-                clean.add(&obs);
-                if let Some(bk) = book.as_mut() {
-                    bk.clean.add(&obs);
-                }
-                put_row(
+                record(
+                    &obs,
+                    &mut clean,
+                    None,
                     &mut predictions,
                     &mut book,
                     classes.as_deref(),
@@ -631,11 +639,10 @@ pub fn run_attack(opts: &RunOptions) -> Result<Report> {
                         linf,
                         l2,
                     };
-                    per_eps[e].add(&obs);
-                    if let Some(bk) = book.as_mut() {
-                        bk.per_eps[e].add(&obs);
-                    }
-                    put_row(
+                    record(
+                        &obs,
+                        &mut per_eps[e],
+                        Some(e),
                         &mut predictions,
                         &mut book,
                         classes.as_deref(),
