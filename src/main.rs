@@ -27,6 +27,13 @@ const MODEL_HELP: &str = "Model file: .safetensors with advex metadata, a sideca
 const REQUIRE_GPU_HELP: &str = "Refuse to run on a software adapter (llvmpipe): exit 1 with what \
                                 to check instead (also ADVEX_REQUIRE_GPU=1)";
 
+/// `--devices`'s help.
+const DEVICES_HELP: &str = "Drive several adapters at once, batches dealt to whichever is \
+                            free, results identical to one device: `all` (every GPU; those \
+                            CUDA_VISIBLE_DEVICES assigns where set; software adapters only where \
+                            there is no GPU), indices from `advex devices` (0,2; an index twice \
+                            opens two streams on one adapter) or a name substring";
+
 #[derive(clap::Args)]
 struct ImageArgs {
     #[arg(long, help = MODEL_HELP)]
@@ -48,8 +55,10 @@ struct ImageArgs {
     #[arg(long)]
     batch_size: Option<u32>,
     /// Adapter name substring (see `advex devices`).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "devices")]
     adapter: Option<String>,
+    #[arg(long, value_name = "all|LIST|NAME", help = DEVICES_HELP)]
+    devices: Option<String>,
     /// Storage type of weights, activations and gradients on the GPU: f16 halves
     /// memory traffic (needs an adapter with SHADER_F16; arithmetic stays f32).
     #[arg(long, default_value = "f32", value_parser = ["f32", "f16"])]
@@ -77,6 +86,7 @@ impl ImageArgs {
         o.report = self.report.clone();
         o.batch_size = self.batch_size;
         o.adapter = self.adapter.clone();
+        o.devices = self.devices.clone();
         o.precision = precision(&self.precision);
         o.tune = !self.no_tune;
         o.strict = self.strict;
@@ -148,8 +158,10 @@ enum Command {
         #[arg(long, default_value_t = 5)]
         iterations: u32,
         /// Adapter name substring.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "devices")]
         adapter: Option<String>,
+        #[arg(long, value_name = "all|LIST|NAME", help = DEVICES_HELP)]
+        devices: Option<String>,
         /// Storage type on the GPU (f16 needs SHADER_F16; arithmetic stays f32).
         #[arg(long, default_value = "f32", value_parser = ["f32", "f16"])]
         precision: String,
@@ -326,6 +338,7 @@ fn run(cli: Cli) -> Result<(), Error> {
             eps,
             iterations,
             adapter,
+            devices,
             precision: prec,
             no_tune,
             json,
@@ -351,6 +364,7 @@ fn run(cli: Cli) -> Result<(), Error> {
                         }
                     },
                     adapter,
+                    devices,
                     require_gpu,
                     stages_only,
                 };
@@ -363,6 +377,7 @@ fn run(cli: Cli) -> Result<(), Error> {
                 eps: advex::attack::parse_eps_list(&eps)?,
                 iterations,
                 adapter,
+                devices,
                 precision: precision(&prec),
                 tune: !no_tune,
                 profile,
@@ -489,7 +504,7 @@ fn run(cli: Cli) -> Result<(), Error> {
                 report.images,
                 report.clean.accuracy,
                 report.timing.images_per_second,
-                report.adapter.name
+                adapters_of(&report)
             );
             Ok(())
         }
@@ -595,10 +610,27 @@ fn devices(json: bool) -> Result<(), Error> {
     println!("(* = chosen by default; pick another with --adapter NAME or WGPU_ADAPTER_NAME)");
     let ids: Vec<advex::gpu::AdapterId> = adapters.iter().map(advex::gpu::AdapterId::of).collect();
     let visible = std::env::var("CUDA_VISIBLE_DEVICES").ok();
-    match advex::gpu::cuda_visible_choice(visible.as_deref(), &ids) {
-        Ok(Some((i, how))) => println!("{how}: advex uses adapter {i} when no --adapter is given"),
-        Ok(None) => {}
-        Err(e) => println!("{e}"),
+    // CUDA_VISIBLE_DEVICES is read once here (it warns where it does not map)
+    let mapped = match advex::gpu::cuda_visible_choice(visible.as_deref(), &ids) {
+        Ok(Some((i, how))) => {
+            println!("{how}: advex uses adapter {i} when no --adapter is given");
+            true
+        }
+        Ok(None) => false,
+        Err(e) => {
+            println!("{e}");
+            false
+        }
+    };
+    let visible = visible.filter(|_| mapped);
+    match advex::gpu::select_devices("all", &ids, visible.as_deref()) {
+        Ok((_, how)) if how.starts_with("--devices") => {
+            println!("{how}; --devices 0,2 or --devices NAME pick others")
+        }
+        Ok((_, how)) => {
+            println!("--devices all: {how}; --devices 0,2 or --devices NAME pick others")
+        }
+        Err(e) => println!("--devices all: {e}"),
     }
     print_diagnosis();
     if adapters
@@ -613,14 +645,29 @@ fn devices(json: bool) -> Result<(), Error> {
     Ok(())
 }
 
+/// The report's adapter, or its devices: `NAME`, `2 x NAME`, `A + B`.
+fn adapters_of(r: &advex::report::Report) -> String {
+    let names: Vec<&str> = r.devices.iter().map(|d| d.name.as_str()).collect();
+    match names.as_slice() {
+        [] | [_] => r.adapter.name.clone(),
+        [first, rest @ ..] if rest.iter().all(|n| n == first) => {
+            format!("{} x {first}", names.len())
+        }
+        _ => names.join(" + "),
+    }
+}
+
 fn print_attack_summary(r: &advex::report::Report) {
     println!(
-        "{} on {} image{} ({}), adapter {}: clean accuracy {:.4}",
+        "{} on {} image{} ({}), {}: clean accuracy {:.4}",
         r.method.to_uppercase(),
         r.images,
         if r.images == 1 { "" } else { "s" },
         r.model.name,
-        r.adapter.name,
+        match r.devices.len() {
+            0 | 1 => format!("adapter {}", r.adapter.name),
+            n => format!("{n} devices ({})", adapters_of(r)),
+        },
         r.clean.accuracy
     );
     println!(

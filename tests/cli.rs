@@ -863,3 +863,124 @@ fn killed_and_racing_workers_lose_and_duplicate_nothing() {
     let (csv, report) = merged(&race);
     assert_eq!((csv, report), (want.0.clone(), want.1.clone()));
 }
+
+/// Every file under `dir` but the run's bookkeeping, by relative path.
+fn output_files(dir: &std::path::Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    let mut files = std::collections::BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            let rel = p.strip_prefix(dir).unwrap().to_string_lossy().to_string();
+            if p.is_dir() {
+                if rel != "shards" {
+                    stack.push(p);
+                }
+            } else if rel.starts_with("eps_") {
+                files.insert(rel, std::fs::read(&p).unwrap());
+            }
+        }
+    }
+    files
+}
+
+/// `--devices` with two and three devices (several devices on the one
+/// llvmpipe adapter) writes what one device writes: predictions, report and
+/// every image, with batches (8) that straddle shards (10).
+#[test]
+fn several_devices_write_what_one_device_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let one = dir.path().join("one");
+    let (code, _, err) = run(digits_attack(&one).args(["--batch-size", "8"]));
+    assert_eq!(code, 0, "{err}");
+    let want = merged(&one);
+    let want_files = output_files(&one);
+    assert_eq!(want_files.len(), 200);
+    for (devices, count) in [("0,0", 2), ("0,0,0", 3)] {
+        let out = dir.path().join(format!("devices{count}"));
+        let (code, _, err) =
+            run(digits_attack(&out).args(["--batch-size", "8", "--devices", devices]));
+        assert_eq!(code, 0, "{err}");
+        let (csv, mut report) = merged(&out);
+        let listed = report.as_object_mut().unwrap().remove("devices").unwrap();
+        assert_eq!(listed.as_array().unwrap().len(), count, "{listed}");
+        assert_eq!((csv, report), want, "--devices {devices}");
+        assert!(
+            output_files(&out) == want_files,
+            "--devices {devices}: images differ"
+        );
+    }
+
+    // eval: the same predictions, in the same order
+    let eval = |devices: Option<&str>, csv: &std::path::Path| {
+        let mut c = advex();
+        c.args([
+            "eval",
+            "-q",
+            "--no-tune",
+            "--model",
+            "weights/mnist_cnn.safetensors",
+        ])
+        .args([
+            "--images",
+            "examples/digits",
+            "--batch-size",
+            "7",
+            "--predictions",
+        ])
+        .arg(csv)
+        .current_dir(root());
+        if let Some(d) = devices {
+            c.args(["--devices", d]);
+        }
+        let (code, _, err) = run(&mut c);
+        assert_eq!(code, 0, "{err}");
+        std::fs::read_to_string(csv).unwrap()
+    };
+    let single = eval(None, &dir.path().join("e1.csv"));
+    assert_eq!(single.lines().count(), 101);
+    assert_eq!(eval(Some("all"), &dir.path().join("e2.csv")), single);
+    assert_eq!(eval(Some("0,0"), &dir.path().join("e3.csv")), single);
+
+    // bad choices say what to do
+    let (code, _, err) = run(advex()
+        .args([
+            "eval",
+            "--model",
+            "weights/mnist_cnn.safetensors",
+            "--images",
+            "examples/digits",
+        ])
+        .args(["--devices", "0,9"])
+        .current_dir(root()));
+    assert_eq!(code, 1);
+    assert!(err.contains("no adapter 9") && err.contains("0: "), "{err}");
+    let (code, _, err) = run(advex()
+        .args([
+            "eval",
+            "--model",
+            "weights/mnist_cnn.safetensors",
+            "--images",
+            "examples/digits",
+        ])
+        .args(["--devices", "no-such-gpu"])
+        .current_dir(root()));
+    assert_eq!(code, 1);
+    assert!(err.contains("no adapter's name contains"), "{err}");
+    let (code, _, err) = run(advex()
+        .args([
+            "eval",
+            "--images",
+            "examples/digits",
+            "--devices",
+            "all",
+            "--adapter",
+            "x",
+        ])
+        .current_dir(root()));
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("--adapter") && err.contains("--devices"),
+        "{err}"
+    );
+}

@@ -1,5 +1,6 @@
 //! Attacks: FGSM and its eps sweeps, and the perturbation kernel's host side.
 
+pub mod devices;
 pub mod eps;
 pub mod eval;
 pub mod fgsm;
@@ -7,6 +8,7 @@ pub mod run;
 pub mod shards;
 pub mod worker;
 
+pub use devices::{open_gpus, run_ordered, DeviceOptions};
 pub use eps::{parse_eps_list, Eps};
 pub use eval::EvalPlan;
 pub use fgsm::{BatchOutcome, FgsmPlan, Pred, Target};

@@ -6,6 +6,7 @@ use std::sync::mpsc::sync_channel;
 use std::sync::Arc;
 use std::time::Instant;
 
+use super::devices::{open_gpus, run_ordered, DeviceOptions};
 use super::shards::{self, digest, open_run, Manifest, ShardRecord};
 use super::worker::{resolve_worker, Worker};
 use super::{Eps, EvalPlan, FgsmPlan, Pred, Target};
@@ -21,7 +22,6 @@ use crate::report::{
     prediction_record, EpsAccumulator, ModelInfo, Observation, PredictionRow, PredictionWriter,
     Report, Timing,
 };
-use crate::{Context, ContextOptions};
 
 /// The attack `advex attack` runs (the report's and the predictions' `method`).
 const METHOD: &str = "fgsm";
@@ -60,6 +60,8 @@ pub struct RunOptions {
     pub predictions: Option<PathBuf>,
     pub batch_size: Option<u32>,
     pub adapter: Option<String>,
+    /// `--devices all|0,2|NAME`: several adapters at once (see [`open_gpus`]).
+    pub devices: Option<String>,
     /// Storage type on the device (`--precision`; see [`GpuModel::with_precision`]).
     pub precision: DType,
     /// Autotune the convolutions at the batch size before running (measured
@@ -92,12 +94,22 @@ impl RunOptions {
             predictions: None,
             batch_size: None,
             adapter: None,
+            devices: None,
             precision: DType::F32,
             tune: false,
             quantize: true,
             strict: false,
             quiet: true,
             require_gpu: false,
+        }
+    }
+
+    /// Which devices to open.
+    pub fn device_options(&self) -> DeviceOptions {
+        DeviceOptions {
+            adapter: self.adapter.clone(),
+            devices: self.devices.clone(),
+            require_gpu: self.require_gpu,
         }
     }
 
@@ -237,42 +249,56 @@ pub fn choose_batch_size(gpu: &GpuModel, eps_count: u32, images: usize) -> u32 {
     (by_budget.min(by_binding).min(cap).min(images as u64).max(1)) as u32
 }
 
-fn open_gpu(opts: &RunOptions, model: Arc<Model>) -> Result<GpuModel> {
-    let ctx = Arc::new(Context::new(ContextOptions {
-        adapter: opts.adapter.clone(),
-        require_gpu: opts.require_gpu,
-        ..Default::default()
-    })?);
-    GpuModel::with_precision(ctx, model, opts.precision)
+/// `--batch-size`, or the largest batch every device takes.
+fn batch_for(opts: &RunOptions, gpus: &[GpuModel], eps_count: u32, images: usize) -> u32 {
+    opts.batch_size.unwrap_or_else(|| {
+        gpus.iter()
+            .map(|g| choose_batch_size(g, eps_count, images))
+            .min()
+            .unwrap_or(1)
+    })
+}
+
+/// Every device of a `--devices` run, for the report (empty with one device:
+/// `adapter` says it all).
+fn device_list(gpus: &[GpuModel]) -> Vec<crate::gpu::AdapterSummary> {
+    if gpus.len() < 2 {
+        return Vec::new();
+    }
+    gpus.iter().map(|g| g.ctx.summary.clone()).collect()
 }
 
 /// Half precision can overflow (f16 ends at 65504) on models with large
 /// activations: their probabilities come out NaN. Say so, rather than report
 /// nonsense. In f32 a NaN is the model's own and passes through.
-fn check_finite<'a>(gpu: &GpuModel, preds: impl Iterator<Item = &'a Pred>) -> Result<()> {
-    if gpu.dtype != DType::F16 {
+fn check_finite<'a>(
+    dtype: DType,
+    model: &str,
+    mut preds: impl Iterator<Item = &'a Pred>,
+) -> Result<()> {
+    if dtype != DType::F16 || preds.all(|p| p.prob.is_finite()) {
         return Ok(());
     }
-    for p in preds {
-        if !p.prob.is_finite() {
-            return Err(Error::Usage(format!(
-                "model {} overflows half precision on these images (non-finite \
-                 probabilities); rerun with --precision f32",
-                gpu.model.name
-            )));
-        }
-    }
-    Ok(())
+    Err(Error::Usage(format!(
+        "model {model} overflows half precision on these images (non-finite \
+         probabilities); rerun with --precision f32"
+    )))
 }
 
-/// Tune the model's convolutions at `batch` when asked; say so when it took time.
-fn autotune(opts: &RunOptions, gpu: &GpuModel, batch: u32) -> Result<()> {
+/// Tune the model's convolutions at `batch` on every device when asked (once
+/// per kind of adapter: the others adopt its choices); say so when it took time.
+fn autotune(opts: &RunOptions, gpus: &[GpuModel], batch: u32) -> Result<()> {
     if !opts.tune {
         return Ok(());
     }
-    let r = gpu.tune(batch)?;
-    if r.timed > 0 && !opts.quiet {
-        eprintln!("{}", r.describe());
+    for (i, gpu) in gpus.iter().enumerate() {
+        for earlier in &gpus[..i] {
+            gpu.ctx.adopt_tuning(&earlier.ctx);
+        }
+        let r = gpu.tune(batch)?;
+        if r.timed > 0 && !opts.quiet {
+            eprintln!("{}", r.describe());
+        }
     }
     Ok(())
 }
@@ -402,7 +428,12 @@ impl ShardBook {
         }
     }
 
-    fn close(self, worker: &Worker, adapter: &crate::gpu::AdapterSummary) -> Result<WriterMsg> {
+    fn close(
+        self,
+        worker: &Worker,
+        adapter: &crate::gpu::AdapterSummary,
+        devices: &[crate::gpu::AdapterSummary],
+    ) -> Result<WriterMsg> {
         let rows = self
             .rows
             .into_inner()
@@ -417,6 +448,7 @@ impl ShardBook {
                 skipped: self.skipped,
                 worker: worker.clone(),
                 adapter: adapter.clone(),
+                devices: devices.to_vec(),
             }),
             rows,
         ))
@@ -498,13 +530,15 @@ pub fn run_attack(opts: &RunOptions) -> Result<Report> {
         (Some(p), None) => Some(PredictionWriter::create(p, classes.clone())?),
         _ => None,
     };
-    let gpu = open_gpu(opts, prep.model.clone())?;
+    let gpus = open_gpus(&opts.device_options(), prep.model.clone(), opts.precision)?;
     let k = opts.eps.len() as u32;
-    let batch = opts
-        .batch_size
-        .unwrap_or_else(|| choose_batch_size(&gpu, k, work.len()));
-    autotune(opts, &gpu, batch)?;
-    let plan = FgsmPlan::new(&gpu, batch, &opts.eps, opts.quantize, target)?;
+    let batch = batch_for(opts, &gpus, k, work.len());
+    autotune(opts, &gpus, batch)?;
+    let plans = gpus
+        .iter()
+        .map(|g| FgsmPlan::new(g, batch, &opts.eps, opts.quantize, target))
+        .collect::<Result<Vec<_>>>()?;
+    let (dtype, model_name) = (gpus[0].dtype, gpus[0].model.name.clone());
     // Images are encoded and written on a writer thread while the GPU works on;
     // it also commits each shard once its images are out.
     let (out_tx, out_rx) = sync_channel::<WriterMsg>(2);
@@ -543,37 +577,61 @@ pub fn run_attack(opts: &RunOptions) -> Result<Report> {
     let mut per_eps = vec![EpsAccumulator::default(); opts.eps.len()];
     let mut skipped: Vec<Skipped> = discovery_skips(&prep);
     let mut book: Option<ShardBook> = None;
-    let adapter = gpu.ctx.summary.clone();
-    let loader = BatchLoader::new(work.clone(), prep.prep, batch as usize, 2, opts.strict);
-    let result = (|| -> Result<()> {
-        // Shard bookkeeping: a new shard closes (and commits) the previous one,
-        // after the images sent so far.
-        let turn =
-            |book: &mut Option<ShardBook>, job: &mut Vec<Sample>, g: usize| -> Result<bool> {
-                let Some(s) = &share else { return Ok(true) };
-                let shard = g / s.shard_size;
-                if book.as_ref().is_some_and(|b| b.shard == shard) {
-                    return Ok(true);
-                }
-                if let Some(done) = book.take() {
-                    if out_tx
-                        .send(WriterMsg::Samples(std::mem::take(job)))
-                        .is_err()
-                        || out_tx.send(done.close(&s.worker, &adapter)?).is_err()
-                    {
-                        return Ok(false);
-                    }
-                }
-                *book = Some(ShardBook::new(shard, opts.eps.len()));
-                Ok(true)
-            };
-        for b in loader {
-            let b = b?;
+    let adapter = gpus[0].ctx.summary.clone();
+    let devices = device_list(&gpus);
+    let loader = BatchLoader::new(
+        work.clone(),
+        prep.prep,
+        batch as usize,
+        1 + gpus.len(),
+        opts.strict,
+    );
+    let want_images = opts.out.is_some();
+    // Shard bookkeeping: a new shard closes (and commits) the previous one,
+    // after the images sent so far. `false`: the writer has failed.
+    let turn = |book: &mut Option<ShardBook>, job: &mut Vec<Sample>, g: usize| -> Result<bool> {
+        let Some(s) = &share else { return Ok(true) };
+        let shard = g / s.shard_size;
+        if book.as_ref().is_some_and(|b| b.shard == shard) {
+            return Ok(true);
+        }
+        if let Some(done) = book.take() {
+            if out_tx
+                .send(WriterMsg::Samples(std::mem::take(job)))
+                .is_err()
+                || out_tx
+                    .send(done.close(&s.worker, &adapter, &devices)?)
+                    .is_err()
+            {
+                return Ok(false);
+            }
+        }
+        *book = Some(ShardBook::new(shard, opts.eps.len()));
+        Ok(true)
+    };
+    let result = run_ordered(
+        plans,
+        loader,
+        |plan, b| {
+            if b.is_empty() {
+                return Ok(None);
+            }
+            let labels: Vec<Option<u32>> =
+                b.indices.iter().map(|&i| prep.labels[global[i]]).collect();
+            let o = plan.run(&b.pixels, &labels, want_images)?;
+            check_finite(
+                dtype,
+                &model_name,
+                o.clean.iter().chain(o.adv.iter().flatten()),
+            )?;
+            Ok(Some(o))
+        },
+        |b, o| {
             let mut job: Vec<Sample> = Vec::new();
             for (s, &at) in b.skipped.iter().zip(&b.skipped_at) {
                 bar.suspend(|| eprintln!("warning: skipping {}: {}", s.image, s.reason));
                 if !turn(&mut book, &mut job, global[at])? {
-                    return Ok(());
+                    return Ok(false);
                 }
                 if let Some(bk) = book.as_mut() {
                     bk.skipped.push(s.clone());
@@ -581,17 +639,13 @@ pub fn run_attack(opts: &RunOptions) -> Result<Report> {
             }
             skipped.extend(b.skipped.iter().cloned());
             bar.inc(b.skipped.len() as u64);
-            if b.is_empty() {
-                continue;
-            }
-            let labels: Vec<Option<u32>> =
-                b.indices.iter().map(|&i| prep.labels[global[i]]).collect();
-            let mut o = plan.run(&b.pixels, &labels, opts.out.is_some())?;
-            check_finite(&gpu, o.clean.iter().chain(o.adv.iter().flatten()))?;
+            let Some(mut o) = o else {
+                return Ok(true);
+            };
             for (j, &idx) in b.indices.iter().enumerate() {
                 let g = global[idx];
                 if !turn(&mut book, &mut job, g)? {
-                    return Ok(());
+                    return Ok(false);
                 }
                 let rel = &prep.entries[g].rel;
                 let label = o.labels[j];
@@ -670,16 +724,19 @@ pub fn run_attack(opts: &RunOptions) -> Result<Report> {
                 }
             }
             if !job.is_empty() && out_tx.send(WriterMsg::Samples(job)).is_err() {
-                return Ok(()); // the writer failed; its error is reported below
+                return Ok(false); // the writer failed; its error is reported below
             }
             bar.inc(b.len() as u64);
-        }
+            Ok(true)
+        },
+    )
+    .and_then(|()| {
         // the last shard is complete too
         if let (Some(done), Some(s)) = (book.take(), &share) {
-            let _ = out_tx.send(done.close(&s.worker, &adapter)?);
+            let _ = out_tx.send(done.close(&s.worker, &adapter, &devices)?);
         }
         Ok(())
-    })();
+    });
     drop(out_tx);
     let written = writer
         .join()
@@ -695,7 +752,8 @@ pub fn run_attack(opts: &RunOptions) -> Result<Report> {
     let report = Report {
         model: model_info(&prep.model, opts.model.as_deref()),
         adapter,
-        precision: gpu.dtype.name().into(),
+        devices,
+        precision: dtype.name().into(),
         method: METHOD.into(),
         target: target_text(&opts.target),
         images,
@@ -802,73 +860,87 @@ pub fn run_eval(opts: &RunOptions) -> Result<(Vec<EvalRow>, Report)> {
         Some(p) => Some(PredictionWriter::create(p, prep.model.classes.clone())?),
         None => None,
     };
-    let gpu = open_gpu(opts, prep.model.clone())?;
-    let batch = opts
-        .batch_size
-        .unwrap_or_else(|| choose_batch_size(&gpu, 1, prep.entries.len()));
-    autotune(opts, &gpu, batch)?;
-    let plan = EvalPlan::new(&gpu, batch)?;
+    let gpus = open_gpus(&opts.device_options(), prep.model.clone(), opts.precision)?;
+    let batch = batch_for(opts, &gpus, 1, prep.entries.len());
+    autotune(opts, &gpus, batch)?;
+    let plans = gpus
+        .iter()
+        .map(|g| EvalPlan::new(g, batch))
+        .collect::<Result<Vec<_>>>()?;
+    let (dtype, model_name) = (gpus[0].dtype, gpus[0].model.name.clone());
     let start = Instant::now();
     let bar = progress(prep.entries.len(), opts.quiet);
     let mut acc = EpsAccumulator::default();
     let mut rows = Vec::new();
     let mut skipped = discovery_skips(&prep);
-    for b in BatchLoader::new(
+    let loader = BatchLoader::new(
         prep.entries.clone(),
         prep.prep,
         batch as usize,
-        2,
+        1 + gpus.len(),
         opts.strict,
-    ) {
-        let b = b?;
-        for s in &b.skipped {
-            bar.suspend(|| eprintln!("warning: skipping {}: {}", s.image, s.reason));
-        }
-        skipped.extend(b.skipped.iter().cloned());
-        if b.is_empty() {
-            continue;
-        }
-        let labels: Vec<Option<u32>> = b.indices.iter().map(|&i| prep.labels[i]).collect();
-        let (used, preds) = plan.run(&b.pixels, &labels)?;
-        check_finite(&gpu, preds.iter())?;
-        for (j, &idx) in b.indices.iter().enumerate() {
-            let p = preds[j];
-            let label_prob = if p.label_prob.is_nan() {
-                p.prob
-            } else {
-                p.label_prob
+    );
+    run_ordered(
+        plans,
+        loader,
+        |plan, b| {
+            if b.is_empty() {
+                return Ok(None);
+            }
+            let labels: Vec<Option<u32>> = b.indices.iter().map(|&i| prep.labels[i]).collect();
+            let (used, preds) = plan.run(&b.pixels, &labels)?;
+            check_finite(dtype, &model_name, preds.iter())?;
+            Ok(Some((used, preds)))
+        },
+        |b, out| {
+            for s in &b.skipped {
+                bar.suspend(|| eprintln!("warning: skipping {}: {}", s.image, s.reason));
+            }
+            skipped.extend(b.skipped.iter().cloned());
+            let Some((used, preds)) = out else {
+                bar.inc(b.skipped.len() as u64);
+                return Ok(true);
             };
-            acc.add(&Observation {
-                label: used[j],
-                pred: p.class,
-                pred_prob: p.prob,
-                label_prob,
-                clean_correct: p.class == used[j],
-                target: None,
-                linf: 0.0,
-                l2: 0.0,
-            });
-            let rel = prep.entries[idx].rel.clone();
-            if let Some(w) = predictions.as_mut() {
-                w.row(&PredictionRow {
-                    image: &rel,
+            for (j, &idx) in b.indices.iter().enumerate() {
+                let p = preds[j];
+                let label_prob = if p.label_prob.is_nan() {
+                    p.prob
+                } else {
+                    p.label_prob
+                };
+                acc.add(&Observation {
                     label: used[j],
-                    attack: None,
                     pred: p.class,
                     pred_prob: p.prob,
                     label_prob,
-                })?;
+                    clean_correct: p.class == used[j],
+                    target: None,
+                    linf: 0.0,
+                    l2: 0.0,
+                });
+                let rel = prep.entries[idx].rel.clone();
+                if let Some(w) = predictions.as_mut() {
+                    w.row(&PredictionRow {
+                        image: &rel,
+                        label: used[j],
+                        attack: None,
+                        pred: p.class,
+                        pred_prob: p.prob,
+                        label_prob,
+                    })?;
+                }
+                rows.push(EvalRow {
+                    image: rel,
+                    label: used[j],
+                    pred: p.class,
+                    pred_prob: p.prob,
+                    label_prob,
+                });
             }
-            rows.push(EvalRow {
-                image: rel,
-                label: used[j],
-                pred: p.class,
-                pred_prob: p.prob,
-                label_prob,
-            });
-        }
-        bar.inc((b.len() + b.skipped.len()) as u64);
-    }
+            bar.inc((b.len() + b.skipped.len()) as u64);
+            Ok(true)
+        },
+    )?;
     bar.finish_and_clear();
     if let Some(w) = predictions {
         w.finish()?;
@@ -876,8 +948,9 @@ pub fn run_eval(opts: &RunOptions) -> Result<(Vec<EvalRow>, Report)> {
     let seconds = start.elapsed().as_secs_f64();
     let report = Report {
         model: model_info(&prep.model, opts.model.as_deref()),
-        adapter: gpu.ctx.summary.clone(),
-        precision: gpu.dtype.name().into(),
+        adapter: gpus[0].ctx.summary.clone(),
+        devices: device_list(&gpus),
+        precision: dtype.name().into(),
         method: crate::report::NO_METHOD.into(),
         target: None,
         images: rows.len(),

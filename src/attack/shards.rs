@@ -83,6 +83,9 @@ pub struct ShardRecord {
     pub skipped: Vec<Skipped>,
     pub worker: Worker,
     pub adapter: AdapterSummary,
+    /// Every device of a `--devices` run with more than one (see [`Report::devices`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub devices: Vec<AdapterSummary>,
 }
 
 fn shard_dir(dir: &Path) -> PathBuf {
@@ -370,6 +373,10 @@ fn merge_where(dir: &Path, share: Option<&Worker>) -> Result<(Report, Vec<u8>)> 
             .first()
             .map(|r| r.adapter.clone())
             .ok_or_else(|| Error::Usage("the run has no shards".into()))?,
+        devices: records
+            .first()
+            .map(|r| r.devices.clone())
+            .unwrap_or_default(),
         precision: m.precision.clone(),
         method: m.method.clone(),
         target: m.target.clone(),

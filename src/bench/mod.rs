@@ -16,11 +16,11 @@ use std::time::Instant;
 use serde::Serialize;
 
 use crate::attack::{Eps, FgsmPlan, Target};
+use crate::error::Error;
 use crate::error::Result;
 use crate::gpu::DType;
 use crate::model::{Model, Op};
 use crate::plan::GpuModel;
-use crate::{Context, ContextOptions};
 
 #[derive(Debug, Clone)]
 pub struct BenchOptions {
@@ -31,6 +31,8 @@ pub struct BenchOptions {
     /// Timed batches per configuration (after one warm-up batch).
     pub iterations: u32,
     pub adapter: Option<String>,
+    /// `--devices`: every batch size runs on all of them at once.
+    pub devices: Option<String>,
     /// Storage type on the device (see [`GpuModel::with_precision`]).
     pub precision: DType,
     /// Autotune at each batch size first (see [`GpuModel::tune`]).
@@ -46,9 +48,14 @@ pub struct BenchResult {
     pub model: String,
     pub batch_size: u32,
     pub eps_count: usize,
+    /// Over all devices.
     pub images_per_second: f64,
+    /// Wall time of one batch on one device.
     pub seconds_per_batch: f64,
+    /// The adapter's name; `N x NAME` or `A + B` with several devices.
     pub adapter: String,
+    /// Devices that ran at once (`--devices`).
+    pub devices: usize,
     pub backend: String,
     /// `f32` or `f16` (storage type of weights, activations and gradients).
     pub precision: String,
@@ -166,44 +173,87 @@ fn conv_flops(model: &Model) -> u64 {
         .sum()
 }
 
+/// The devices' adapter names: `NAME`, `2 x NAME`, or `A + B`.
+pub(crate) fn devices_name(gpus: &[GpuModel]) -> String {
+    let names: Vec<&str> = gpus.iter().map(|g| g.ctx.summary.name.as_str()).collect();
+    match names.as_slice() {
+        [] => String::new(),
+        [one] => one.to_string(),
+        [first, rest @ ..] if rest.iter().all(|n| n == first) => {
+            format!("{} x {first}", names.len())
+        }
+        _ => names.join(" + "),
+    }
+}
+
 pub fn run_bench(
     opts: &BenchOptions,
     mut each: impl FnMut(&BenchResult),
 ) -> Result<Vec<BenchResult>> {
     let model = Arc::new(crate::load_model_or_bundled(opts.model.as_deref())?);
-    let ctx = Arc::new(Context::new(ContextOptions {
-        adapter: opts.adapter.clone(),
-        require_gpu: opts.require_gpu,
-        ..Default::default()
-    })?);
-    let gpu = GpuModel::with_precision(ctx.clone(), model.clone(), opts.precision)?;
+    let gpus = crate::attack::open_gpus(
+        &crate::attack::DeviceOptions {
+            adapter: opts.adapter.clone(),
+            devices: opts.devices.clone(),
+            require_gpu: opts.require_gpu,
+        },
+        model.clone(),
+        opts.precision,
+    )?;
+    let ctx = gpus[0].ctx.clone();
     let mut results = Vec::new();
-    for &batch in &opts.batch_sizes {
-        if opts.tune {
-            let r = gpu.tune(batch)?;
-            if r.timed > 0 {
-                eprintln!("batch {batch}: {}", r.describe());
+    'sizes: for &batch in &opts.batch_sizes {
+        let mut plans = Vec::with_capacity(gpus.len());
+        for (i, gpu) in gpus.iter().enumerate() {
+            if opts.tune {
+                for earlier in &gpus[..i] {
+                    gpu.ctx.adopt_tuning(&earlier.ctx);
+                }
+                let r = gpu.tune(batch)?;
+                if r.timed > 0 {
+                    eprintln!("batch {batch}: {}", r.describe());
+                }
+            }
+            match FgsmPlan::new(gpu, batch, &opts.eps, true, Target::Untargeted) {
+                Ok(p) => plans.push(p),
+                Err(e) => {
+                    log::warn!("batch size {batch} skipped: {e}");
+                    continue 'sizes;
+                }
             }
         }
-        let plan = match FgsmPlan::new(&gpu, batch, &opts.eps, true, Target::Untargeted) {
-            Ok(p) => p,
-            Err(e) => {
-                log::warn!("batch size {batch} skipped: {e}");
-                continue;
-            }
-        };
-        let item = gpu.input_shape(1).numel() as usize;
+        let plan = &plans[0];
+        let item = gpus[0].input_shape(1).numel() as usize;
         let pixels = synthetic(item * batch as usize, batch as u64);
         let labels = vec![None; batch as usize];
-        if let Err(e) = plan.run(&pixels, &labels, false) {
-            log::warn!("batch size {batch} skipped: {e}");
-            continue;
+        for p in &plans {
+            if let Err(e) = p.run(&pixels, &labels, false) {
+                log::warn!("batch size {batch} skipped: {e}");
+                continue 'sizes;
+            }
         }
         let iterations = opts.iterations.max(1);
         let start = Instant::now();
-        for _ in 0..iterations {
-            plan.run(&pixels, &labels, false)?;
-        }
+        // every device at once, each on its own thread
+        std::thread::scope(|s| -> Result<()> {
+            let runs: Vec<_> = plans
+                .iter()
+                .map(|p| {
+                    let (pixels, labels) = (&pixels, &labels);
+                    s.spawn(move || -> Result<()> {
+                        for _ in 0..iterations {
+                            p.run(pixels, labels, false)?;
+                        }
+                        Ok(())
+                    })
+                })
+                .collect();
+            for r in runs {
+                r.join()
+                    .map_err(|_| Error::Usage("a device thread panicked".into()))??;
+            }
+            Ok(())
+        })?;
         let seconds = start.elapsed().as_secs_f64() / iterations as f64;
         let profile = if opts.profile {
             let times = ctx.profile(&plan.recordings())?;
@@ -243,9 +293,10 @@ pub fn run_bench(
             model: model.name.clone(),
             batch_size: batch,
             eps_count: opts.eps.len(),
-            images_per_second: batch as f64 / seconds,
+            images_per_second: (batch as usize * plans.len()) as f64 / seconds,
             seconds_per_batch: seconds,
-            adapter: ctx.summary.name.clone(),
+            adapter: devices_name(&gpus),
+            devices: gpus.len(),
             backend: ctx.summary.backend.clone(),
             precision: opts.precision.name().into(),
             dispatches: plan.dispatch_count(),

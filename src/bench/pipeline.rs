@@ -28,7 +28,7 @@ use crate::data::{
 };
 use crate::error::{Error, Result};
 use crate::gpu::Shape;
-use crate::{Context, ContextOptions};
+use crate::Context;
 
 /// What `advex bench --pipeline` takes.
 #[derive(Debug, Clone)]
@@ -41,6 +41,8 @@ pub struct PipelineOptions {
     pub sample: usize,
     pub batch_size: Option<u32>,
     pub adapter: Option<String>,
+    /// `--devices` for the whole runs (the stages use one device).
+    pub devices: Option<String>,
     pub require_gpu: bool,
     /// Skip the end-to-end runs (stages only).
     pub stages_only: bool,
@@ -290,6 +292,7 @@ fn runs(opts: &PipelineOptions, scratch: &Path, model: &Path) -> Result<Vec<RunR
         let mut o = RunOptions::new(model, &opts.images);
         o.batch_size = opts.batch_size;
         o.adapter = opts.adapter.clone();
+        o.devices = opts.devices.clone();
         o.require_gpu = opts.require_gpu;
         o
     };
@@ -358,14 +361,18 @@ pub fn run_pipeline(opts: &PipelineOptions, scratch: &Path) -> Result<PipelineRe
         }
     };
     let model = crate::load_model(&model_path)?;
-    let ctx = Arc::new(Context::new(ContextOptions {
-        adapter: opts.adapter.clone(),
-        require_gpu: opts.require_gpu,
-        ..Default::default()
-    })?);
-    let stages = stages(opts, scratch, &ctx)?;
-    let adapter = ctx.summary.name.clone();
-    drop(ctx);
+    let gpus = crate::attack::open_gpus(
+        &crate::attack::DeviceOptions {
+            adapter: opts.adapter.clone(),
+            devices: opts.devices.clone(),
+            require_gpu: opts.require_gpu,
+        },
+        Arc::new(model.clone()),
+        crate::gpu::DType::F32,
+    )?;
+    let stages = stages(opts, scratch, &gpus[0].ctx)?;
+    let adapter = super::devices_name(&gpus);
+    drop(gpus);
     let runs = if opts.stages_only {
         Vec::new()
     } else {

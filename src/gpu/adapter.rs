@@ -133,6 +133,177 @@ impl AdapterId {
     }
 }
 
+/// The NVIDIA adapters, in the order CUDA numbers them: PCI bus order where
+/// every one reports a bus id (CUDA's order with `CUDA_DEVICE_ORDER=PCI_BUS_ID`,
+/// and its default order on hosts of identical GPUs), else Vulkan's order.
+/// Returns the indices into `adapters` and whether bus ids gave the order.
+fn nvidia_in_cuda_order(adapters: &[AdapterId]) -> (Vec<usize>, bool) {
+    let mut nvidia: Vec<usize> = (0..adapters.len())
+        .filter(|&i| adapters[i].vendor == 0x10de && !adapters[i].software)
+        .collect();
+    let by_bus = !nvidia.is_empty() && nvidia.iter().all(|&i| !adapters[i].pci_bus_id.is_empty());
+    if by_bus {
+        nvidia.sort_by(|&a, &b| adapters[a].pci_bus_id.cmp(&adapters[b].pci_bus_id));
+    }
+    (nvidia, by_bus)
+}
+
+/// Every adapter a scheduler's `CUDA_VISIBLE_DEVICES` assigns, in its order
+/// (see [`cuda_visible_choice`] for one). `Ok(None)` where the variable does not
+/// map (unset, empty, UUIDs, no NVIDIA adapter).
+pub fn cuda_visible_set(
+    visible: Option<&str>,
+    adapters: &[AdapterId],
+) -> Result<Option<(Vec<usize>, String)>, String> {
+    let Some((first, how)) = cuda_visible_choice(visible, adapters)? else {
+        return Ok(None);
+    };
+    let v = visible.unwrap_or_default().trim();
+    let (nvidia, _) = nvidia_in_cuda_order(adapters);
+    let mut chosen = vec![first];
+    for item in v
+        .split(',')
+        .skip(1)
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+    {
+        let k: usize = item.parse().map_err(|_| {
+            format!("CUDA_VISIBLE_DEVICES={v}: {item:?} is not a GPU index (mixing indices and UUIDs is not supported)")
+        })?;
+        let &i = nvidia.get(k).ok_or_else(|| {
+            format!(
+                "CUDA_VISIBLE_DEVICES={v} asks for NVIDIA GPU {k}, but Vulkan offers {} NVIDIA \
+                 adapter{}; check the driver's Vulkan ICD (`advex devices`)",
+                nvidia.len(),
+                if nvidia.len() == 1 { "" } else { "s" }
+            )
+        })?;
+        if !chosen.contains(&i) {
+            chosen.push(i);
+        }
+    }
+    let how = if chosen.len() == 1 {
+        how
+    } else {
+        format!(
+            "CUDA_VISIBLE_DEVICES={v}: GPUs {} are adapters {} (NVIDIA adapters numbered as \
+             CUDA does; the first: {how})",
+            v,
+            chosen
+                .iter()
+                .map(|i| i.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        )
+    };
+    Ok(Some((chosen, how)))
+}
+
+/// The adapters `--devices` names, as indices into `adapters` (the order of
+/// `advex devices`), with a sentence saying how they were chosen.
+///
+/// - `all`: every real GPU (those `CUDA_VISIBLE_DEVICES` assigns, where it is
+///   set and maps); only where there is none, the software adapters. Software
+///   and real adapters are never mixed by `all`.
+/// - `0,2`: those indices, in that order; an index given twice opens two
+///   devices on one adapter (two batch streams), which is how the parity tests
+///   drive two devices on one llvmpipe.
+/// - anything else: every adapter whose name contains it (case-insensitive),
+///   real GPUs first as with `all`.
+pub fn select_devices(
+    spec: &str,
+    adapters: &[AdapterId],
+    cuda_visible: Option<&str>,
+) -> Result<(Vec<usize>, String), String> {
+    let spec = spec.trim();
+    let listing = || {
+        adapters
+            .iter()
+            .enumerate()
+            .map(|(i, a)| format!("{i}: {}", a.name))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    if adapters.is_empty() {
+        return Err("no adapter at all (`advex devices` says why)".into());
+    }
+    if spec.is_empty() {
+        return Err(
+            "--devices is empty: give all, a comma list of indices (`advex devices`) or a name"
+                .into(),
+        );
+    }
+    let real_first = |pool: Vec<usize>| -> Vec<usize> {
+        let real: Vec<usize> = pool
+            .iter()
+            .copied()
+            .filter(|&i| !adapters[i].software)
+            .collect();
+        if real.is_empty() {
+            pool
+        } else {
+            real
+        }
+    };
+    if spec.eq_ignore_ascii_case("all") {
+        if let Some((set, how)) = cuda_visible_set(cuda_visible, adapters)? {
+            return Ok((set, how));
+        }
+        let chosen = real_first((0..adapters.len()).collect());
+        let how = if adapters[chosen[0]].software {
+            format!(
+                "--devices all: no GPU adapter, so the software adapter{} {}",
+                if chosen.len() == 1 { "" } else { "s" },
+                join(&chosen)
+            )
+        } else {
+            format!("--devices all: every GPU adapter ({})", join(&chosen))
+        };
+        return Ok((chosen, how));
+    }
+    let items: Vec<&str> = spec.split(',').map(str::trim).collect();
+    if items.iter().all(|s| s.parse::<usize>().is_ok()) {
+        let chosen: Vec<usize> = items.iter().map(|s| s.parse().unwrap()).collect();
+        if let Some(&bad) = chosen.iter().find(|&&i| i >= adapters.len()) {
+            return Err(format!(
+                "--devices {spec}: there is no adapter {bad}; the adapters are {}",
+                listing()
+            ));
+        }
+        return Ok((
+            chosen.clone(),
+            format!("--devices {spec}: adapters {}", join(&chosen)),
+        ));
+    }
+    if items.iter().any(|s| s.parse::<usize>().is_ok()) {
+        return Err(format!(
+            "--devices {spec}: give either indices (0,2) or one name, not both"
+        ));
+    }
+    let lw = spec.to_lowercase();
+    let matching: Vec<usize> = (0..adapters.len())
+        .filter(|&i| adapters[i].name.to_lowercase().contains(&lw))
+        .collect();
+    if matching.is_empty() {
+        return Err(format!(
+            "--devices {spec}: no adapter's name contains {spec:?}; the adapters are {}",
+            listing()
+        ));
+    }
+    let chosen = real_first(matching);
+    Ok((
+        chosen.clone(),
+        format!("--devices {spec}: adapters {}", join(&chosen)),
+    ))
+}
+
+fn join(list: &[usize]) -> String {
+    list.iter()
+        .map(|i| i.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// The adapter a scheduler's `CUDA_VISIBLE_DEVICES` assigns (Vulkan ignores the
 /// variable). Its first entry, an index `k`, names the k-th NVIDIA GPU in PCI
 /// bus order (CUDA's order with `CUDA_DEVICE_ORDER=PCI_BUS_ID`, and its default
@@ -163,13 +334,7 @@ pub fn cuda_visible_choice(
         );
         return Ok(None);
     };
-    let mut nvidia: Vec<usize> = (0..adapters.len())
-        .filter(|&i| adapters[i].vendor == 0x10de && !adapters[i].software)
-        .collect();
-    let by_bus = nvidia.iter().all(|&i| !adapters[i].pci_bus_id.is_empty());
-    if by_bus {
-        nvidia.sort_by(|&a, &b| adapters[a].pci_bus_id.cmp(&adapters[b].pci_bus_id));
-    }
+    let (nvidia, by_bus) = nvidia_in_cuda_order(adapters);
     if nvidia.is_empty() {
         log::warn!(
             "CUDA_VISIBLE_DEVICES={v}: Vulkan offers no NVIDIA adapter to map it to; using \
@@ -247,5 +412,42 @@ mod tests {
         let (i, how) = cuda_visible_choice(Some("1"), &plain).unwrap().unwrap();
         assert_eq!(i, 1);
         assert!(how.contains("order Vulkan lists"), "{how}");
+    }
+
+    #[test]
+    fn devices_select_gpus_indices_and_names() {
+        let soft = AdapterId {
+            software: true,
+            ..id("llvmpipe (LLVM 15)", 0x10005, "")
+        };
+        let list = [
+            id("NVIDIA H200", 0x10de, "0000:9b:00.0"),
+            soft.clone(),
+            id("NVIDIA H200", 0x10de, "0000:1b:00.0"),
+            id("AMD Radeon", 0x1002, "0000:05:00.0"),
+        ];
+        let sel = |s: &str, cuda: Option<&str>| select_devices(s, &list, cuda).map(|(v, _)| v);
+        // all: every real GPU, never the software adapter
+        assert_eq!(sel("all", None), Ok(vec![0, 2, 3]));
+        assert_eq!(sel("ALL", None), Ok(vec![0, 2, 3]));
+        // a scheduler's assignment wins, in CUDA's (bus) order
+        assert_eq!(sel("all", Some("1,0")), Ok(vec![0, 2]));
+        assert_eq!(sel("all", Some("1")), Ok(vec![0]));
+        assert!(sel("all", Some("0,5")).unwrap_err().contains("GPU 5"));
+        // indices, in order, repeats allowed (two streams on one adapter)
+        assert_eq!(sel("2,0", None), Ok(vec![2, 0]));
+        assert_eq!(sel("1,1", None), Ok(vec![1, 1]));
+        assert!(sel("0,7", None).unwrap_err().contains("no adapter 7"));
+        assert!(sel("0,h200", None).unwrap_err().contains("not both"));
+        // names: case-insensitive substring
+        assert_eq!(sel("h200", None), Ok(vec![0, 2]));
+        assert_eq!(sel("llvmpipe", None), Ok(vec![1]));
+        assert!(sel("A100", None).unwrap_err().contains("0: NVIDIA H200"));
+        assert!(sel(" ", None).is_err());
+        // a machine with only software adapters: all means them
+        let cpu_only = [soft.clone(), soft];
+        let (v, how) = select_devices("all", &cpu_only, None).unwrap();
+        assert_eq!(v, vec![0, 1]);
+        assert!(how.contains("software"), "{how}");
     }
 }

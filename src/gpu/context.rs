@@ -24,6 +24,9 @@ pub struct ContextOptions {
     /// Case-insensitive substring of the adapter name (`--adapter`); falls back to
     /// the `WGPU_ADAPTER_NAME` environment variable, then to the best adapter.
     pub adapter: Option<String>,
+    /// Index into [`list_adapters`] (the numbering of `advex devices`); wins over
+    /// `adapter`. Set by `--devices`, which opens one context per listed index.
+    pub adapter_index: Option<usize>,
     /// Cap on workgroups per grid dimension used when folding large dispatches
     /// (tests lower it to exercise the fold; defaults to the adapter's limit).
     pub max_workgroups_per_dim: Option<u32>,
@@ -193,6 +196,17 @@ impl Context {
             .clone()
             .or_else(|| std::env::var("WGPU_ADAPTER_NAME").ok())
             .filter(|s| !s.is_empty());
+        if let Some(i) = options.adapter_index {
+            let adapter = adapters.get(i).cloned().ok_or_else(|| {
+                Error::Usage(format!(
+                    "there is no adapter {i}: `advex devices` lists {} (0..{})",
+                    adapters.len(),
+                    adapters.len() - 1
+                ))
+            })?;
+            check_software(&adapter, require_gpu, true)?;
+            return Self::from_adapter(adapter, options);
+        }
         let adapter = match &wanted {
             Some(w) => {
                 let lw = w.to_lowercase();
@@ -315,6 +329,17 @@ impl Context {
         let mut t = self.tuning.lock().unwrap();
         t.save()?;
         Ok(t.path().map(|p| p.to_path_buf()))
+    }
+
+    /// Take the measured choices of `other` when it is the same kind of adapter
+    /// (name, driver and backend): the devices of one `--devices` run are tuned
+    /// once.
+    pub fn adopt_tuning(&self, other: &Context) {
+        if std::ptr::eq(self, other) {
+            return;
+        }
+        let theirs = other.tuning.lock().unwrap();
+        self.tuning.lock().unwrap().adopt(&theirs);
     }
 
     /// Number of measured choices known for this adapter.

@@ -10,8 +10,8 @@ mod record;
 mod tune;
 
 pub use adapter::{
-    cuda_visible_choice, describe_adapter, list_adapters, quiet_window_system_probes, AdapterId,
-    AdapterSummary,
+    cuda_visible_choice, cuda_visible_set, describe_adapter, list_adapters,
+    quiet_window_system_probes, select_devices, AdapterId, AdapterSummary,
 };
 pub use buffer::{DType, GpuBuffer, Shape, Tensor};
 pub use context::{decode, Context, ContextOptions, KernelStyle};

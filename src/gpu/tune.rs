@@ -108,6 +108,16 @@ impl TuneTable {
         self.fresh.insert(key, choice);
     }
 
+    /// Take `other`'s choices when it describes the same adapter (they are
+    /// saved by `other`, so they are not fresh here).
+    pub fn adopt(&mut self, other: &TuneTable) {
+        if other.adapter == self.adapter {
+            for (k, v) in &other.entries {
+                self.entries.entry(k.clone()).or_insert_with(|| v.clone());
+            }
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.entries.len()
     }

@@ -65,6 +65,10 @@ impl Timing {
 pub struct Report {
     pub model: ModelInfo,
     pub adapter: AdapterSummary,
+    /// Every device of a `--devices` run with more than one (`adapter` is the
+    /// first); absent with one device.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub devices: Vec<AdapterSummary>,
     /// `f32` or `f16`: storage type of weights, activations and gradients.
     pub precision: String,
     pub method: String,

@@ -1,0 +1,276 @@
+//! Several adapters from one process (`--devices`): one device, one plan and one
+//! batch stream per adapter, batches dealt to whichever device is free, results
+//! taken back in input order, so that every output (predictions, shards,
+//! reports) is the same whatever the number of devices.
+
+use std::collections::BTreeMap;
+use std::sync::mpsc::{channel, sync_channel};
+use std::sync::{Arc, Mutex};
+
+use crate::error::{Error, Result};
+use crate::gpu::{list_adapters, select_devices, AdapterId, DType};
+use crate::model::Model;
+use crate::plan::GpuModel;
+use crate::{Context, ContextOptions};
+
+/// How to open the devices of a run.
+#[derive(Debug, Clone, Default)]
+pub struct DeviceOptions {
+    /// `--adapter`: one adapter by name (the default, one device).
+    pub adapter: Option<String>,
+    /// `--devices all|0,2|NAME` (see [`select_devices`]).
+    pub devices: Option<String>,
+    /// `--require-gpu`.
+    pub require_gpu: bool,
+}
+
+/// The model on every device the options name, in the order given. Without
+/// `--devices`, one device as [`Context::new`] picks it.
+pub fn open_gpus(opts: &DeviceOptions, model: Arc<Model>, dtype: DType) -> Result<Vec<GpuModel>> {
+    let Some(spec) = &opts.devices else {
+        let ctx = Arc::new(Context::new(ContextOptions {
+            adapter: opts.adapter.clone(),
+            require_gpu: opts.require_gpu,
+            ..Default::default()
+        })?);
+        return Ok(vec![GpuModel::with_precision(ctx, model, dtype)?]);
+    };
+    if opts.adapter.is_some() {
+        return Err(Error::Usage(
+            "--adapter and --devices both pick adapters: give one of them".into(),
+        ));
+    }
+    let adapters = list_adapters();
+    if adapters.is_empty() {
+        return Err(Error::NoAdapter {
+            advice: crate::gpu::Diagnosis::gather().advice(),
+        });
+    }
+    let ids: Vec<AdapterId> = adapters.iter().map(AdapterId::of).collect();
+    let visible = std::env::var("CUDA_VISIBLE_DEVICES").ok();
+    let (chosen, how) = select_devices(spec, &ids, visible.as_deref()).map_err(Error::Usage)?;
+    log::info!("{how}");
+    let mut gpus = Vec::with_capacity(chosen.len());
+    for i in chosen {
+        let ctx = Arc::new(Context::new(ContextOptions {
+            adapter_index: Some(i),
+            require_gpu: opts.require_gpu,
+            ..Default::default()
+        })?);
+        gpus.push(GpuModel::with_precision(ctx, model.clone(), dtype)?);
+    }
+    Ok(gpus)
+}
+
+/// Run `jobs` on every device at once and hand each result to `consume` in the
+/// jobs' order.
+///
+/// Each device (`plans`, one per device) has its own thread and takes the next
+/// job when it is free. At most two jobs per device are out at a time, so
+/// memory stays bounded however uneven the devices are. `consume` returning
+/// `Ok(false)` stops the run early. The first error, in job order, ends the
+/// run: the jobs before it are consumed, those after it are not.
+pub fn run_ordered<P, J, R>(
+    plans: Vec<P>,
+    jobs: impl Iterator<Item = Result<J>>,
+    work: impl Fn(&P, &J) -> Result<R> + Sync,
+    mut consume: impl FnMut(J, R) -> Result<bool>,
+) -> Result<()>
+where
+    P: Send,
+    J: Send,
+    R: Send,
+{
+    if plans.is_empty() {
+        return Err(Error::Usage("no device to run on".into()));
+    }
+    let window = 2 * plans.len();
+    std::thread::scope(|scope| {
+        let (job_tx, job_rx) = sync_channel::<(usize, J)>(plans.len());
+        let job_rx = Arc::new(Mutex::new(job_rx));
+        let (done_tx, done_rx) = channel::<(usize, J, Result<R>)>();
+        for (d, plan) in plans.into_iter().enumerate() {
+            let jobs = job_rx.clone();
+            let done = done_tx.clone();
+            let work = &work;
+            std::thread::Builder::new()
+                .name(format!("advex-device-{d}"))
+                .spawn_scoped(scope, move || loop {
+                    // the lock is held only while waiting for the next job
+                    let next = jobs.lock().unwrap_or_else(|e| e.into_inner()).recv();
+                    let Ok((seq, job)) = next else { return };
+                    let r = work(&plan, &job);
+                    let failed = r.is_err();
+                    if done.send((seq, job, r)).is_err() || failed {
+                        return; // a failed device takes no more work
+                    }
+                })
+                .expect("spawning a device thread");
+        }
+        drop(done_tx);
+        drop(job_rx);
+        let mut jobs = jobs;
+        let (mut sent, mut consumed) = (0usize, 0usize);
+        let mut pending: BTreeMap<usize, (J, Result<R>)> = BTreeMap::new();
+        let mut exhausted = false;
+        let outcome = 'run: loop {
+            while !exhausted && sent - consumed < window {
+                match jobs.next() {
+                    Some(Ok(job)) => {
+                        if job_tx.send((sent, job)).is_err() {
+                            break; // every device failed; their errors are pending
+                        }
+                        sent += 1;
+                    }
+                    Some(Err(e)) => {
+                        // results already out come first: they precede the failure
+                        while consumed < sent {
+                            match pending.remove(&consumed) {
+                                Some((j, r)) => {
+                                    consumed += 1;
+                                    if !consume(j, r?)? {
+                                        break 'run Ok(());
+                                    }
+                                }
+                                None => match done_rx.recv() {
+                                    Ok((seq, j, r)) => {
+                                        pending.insert(seq, (j, r));
+                                    }
+                                    Err(_) => break,
+                                },
+                            }
+                        }
+                        break 'run Err(e);
+                    }
+                    None => exhausted = true,
+                }
+            }
+            if consumed == sent {
+                break Ok(());
+            }
+            match done_rx.recv() {
+                Ok((seq, job, r)) => {
+                    pending.insert(seq, (job, r));
+                }
+                Err(_) => {
+                    break Err(Error::Usage(
+                        "every device stopped before the run was done".into(),
+                    ))
+                }
+            }
+            while let Some((job, r)) = pending.remove(&consumed) {
+                consumed += 1;
+                match r.and_then(|r| consume(job, r)) {
+                    Ok(true) => {}
+                    Ok(false) => break 'run Ok(()),
+                    Err(e) => break 'run Err(e),
+                }
+            }
+        };
+        // Devices finish the job in hand and stop; their results are dropped.
+        drop(job_tx);
+        drop(done_rx);
+        outcome
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// Uneven devices finish out of order; results still come back in order.
+    #[test]
+    fn results_come_back_in_job_order() {
+        let delays = vec![
+            Duration::from_millis(7),
+            Duration::from_millis(1),
+            Duration::ZERO,
+        ];
+        let seen = Mutex::new(Vec::new());
+        let mut order = Vec::new();
+        run_ordered(
+            delays,
+            (0..40u32).map(Ok),
+            |d, &j| {
+                std::thread::sleep(*d);
+                seen.lock().unwrap().push(j);
+                Ok(j * 10)
+            },
+            |j, r| {
+                assert_eq!(r, j * 10);
+                order.push(j);
+                Ok(true)
+            },
+        )
+        .unwrap();
+        assert_eq!(order, (0..40).collect::<Vec<_>>());
+        let mut all = seen.into_inner().unwrap();
+        all.sort();
+        assert_eq!(all, (0..40).collect::<Vec<_>>(), "each job ran once");
+    }
+
+    /// A failing job stops the run after the jobs before it are consumed.
+    #[test]
+    fn an_error_stops_after_earlier_results() {
+        let mut order = Vec::new();
+        let r = run_ordered(
+            vec![(), ()],
+            (0..20u32).map(Ok),
+            |_, &j| {
+                if j == 9 {
+                    Err(Error::Usage("job 9 failed".into()))
+                } else {
+                    Ok(j)
+                }
+            },
+            |j, _| {
+                order.push(j);
+                Ok(true)
+            },
+        );
+        assert!(r.unwrap_err().to_string().contains("job 9"));
+        assert_eq!(order, (0..9).collect::<Vec<_>>());
+    }
+
+    /// A failing job source ends the run with its error, after what was out.
+    #[test]
+    fn a_source_error_ends_the_run() {
+        let mut order = Vec::new();
+        let jobs = (0..10u32).map(|j| {
+            if j == 5 {
+                Err(Error::Usage("unreadable".into()))
+            } else {
+                Ok(j)
+            }
+        });
+        let r = run_ordered(
+            vec![()],
+            jobs,
+            |_, &j| Ok(j),
+            |j, _| {
+                order.push(j);
+                Ok(true)
+            },
+        );
+        assert!(r.unwrap_err().to_string().contains("unreadable"));
+        assert_eq!(order, vec![0, 1, 2, 3, 4]);
+    }
+
+    /// `consume` can stop the run early.
+    #[test]
+    fn consume_can_stop() {
+        let mut n = 0;
+        run_ordered(
+            vec![(), (), ()],
+            (0..100u32).map(Ok),
+            |_, &j| Ok(j),
+            |_, _| {
+                n += 1;
+                Ok(n < 5)
+            },
+        )
+        .unwrap();
+        assert_eq!(n, 5);
+    }
+}
