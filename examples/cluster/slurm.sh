@@ -23,7 +23,9 @@ IMAGES='/datasets/imagenet/val-wds/imagenet-val-{000000..000049}.tar'
 OUT=/scratch/$USER/advex-fgsm-val
 
 # --require-gpu: a node whose Vulkan driver is missing fails at once (exit 1)
-# instead of running on the CPU.
+# instead of running on the CPU. For whole nodes instead of one GPU per task
+# (--gres=gpu:8, --array=0-1), add --devices all: one advex drives every GPU
+# Slurm gave it (it maps CUDA_VISIBLE_DEVICES to the Vulkan adapters).
 set +e
 advex attack --images "$IMAGES" --eps 1/255,2/255,4/255,8/255 \
     --out "$OUT" --format webdataset --shard-size 1000 --require-gpu --quiet
