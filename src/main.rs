@@ -106,9 +106,40 @@ enum Command {
         /// Comma list of eps in [0,1] pixel units: decimals or fractions (1/255).
         #[arg(long, default_value = "1/255,2/255,4/255,8/255")]
         eps: String,
-        /// Attack method.
-        #[arg(long, default_value = "fgsm", value_parser = ["fgsm"])]
+        /// Attack method: fgsm (one signed step), fgm (one L2 step), bim
+        /// (projected signed steps), pgd (bim from a random start, with
+        /// restarts) or mifgsm (momentum). Every method runs every eps.
+        #[arg(long, default_value = "fgsm")]
         method: String,
+        /// Norm of the threat model: linf (fgsm, bim, pgd, mifgsm) or l2 (fgm);
+        /// given only to check it.
+        #[arg(long)]
+        norm: Option<String>,
+        /// Gradient steps of bim, pgd and mifgsm [default: 10].
+        #[arg(long)]
+        steps: Option<u32>,
+        /// Step size in [0,1] pixel units, decimal or fraction, the same for
+        /// every eps [default: 2.5 * eps / steps for bim and pgd, eps / steps
+        /// for mifgsm].
+        #[arg(long, value_name = "A")]
+        step_size: Option<String>,
+        /// Start pgd at a uniform random point of the eps ball (the default for pgd).
+        #[arg(long, overrides_with = "no_random_start")]
+        random_start: bool,
+        /// Start pgd at the clean image.
+        #[arg(long)]
+        no_random_start: bool,
+        /// pgd restarts; each image keeps its best (successful first, then
+        /// highest loss) [default: 1].
+        #[arg(long)]
+        restarts: Option<u32>,
+        /// mifgsm's momentum decay [default: 1.0].
+        #[arg(long)]
+        decay: Option<f64>,
+        /// Seed of the random starts (with the image's path and the pixel:
+        /// results never depend on batch size, devices or order).
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
         /// Targeted attack: a class index or name, or `least-likely`.
         #[arg(long)]
         target: Option<String>,
@@ -301,7 +332,15 @@ fn run(cli: Cli) -> Result<(), Error> {
         Command::Attack {
             common,
             eps,
-            method: _,
+            method,
+            norm,
+            steps,
+            step_size,
+            random_start,
+            no_random_start,
+            restarts,
+            decay,
+            seed,
             target,
             out,
             format,
@@ -328,6 +367,20 @@ fn run(cli: Cli) -> Result<(), Error> {
             o.overwrite = overwrite;
             o.plot = plot;
             o.quantize = !no_quantize;
+            o.attack = advex::attack::AttackRequest {
+                method: Some(method),
+                norm,
+                steps,
+                step_size,
+                random_start: match (random_start, no_random_start) {
+                    (true, _) => Some(true),
+                    (_, true) => Some(false),
+                    _ => None,
+                },
+                restarts,
+                decay,
+                seed: Some(seed),
+            };
             let report = advex::attack::run_attack(&o)?;
             print_attack_summary(&report);
             Ok(())
@@ -670,14 +723,38 @@ fn print_attack_summary(r: &advex::report::Report) {
         },
         r.clean.accuracy
     );
+    let lost = r.epsilons.iter().any(|e| e.lost_to_rounding.is_some());
+    let steps = r.epsilons.iter().any(|e| e.mean_steps_to_success.is_some())
+        && r.method != "fgsm"
+        && r.method != "fgm";
     println!(
-        "{:>10} {:>9} {:>9} {:>10} {:>9} {:>9}",
-        "eps", "accuracy", "success", "adv conf", "L-inf", "L2"
+        "{:>10} {:>9} {:>9} {:>10} {:>9} {:>9}{}{}",
+        "eps",
+        "accuracy",
+        "success",
+        "adv conf",
+        "L-inf",
+        "L2",
+        if lost { "  lost to rounding" } else { "" },
+        if steps { "  steps to success" } else { "" }
     );
     for e in &r.epsilons {
         println!(
-            "{:>10} {:>9.4} {:>9.4} {:>10.4} {:>9.5} {:>9.4}",
-            e.eps_text, e.accuracy, e.success_rate, e.mean_adv_confidence, e.mean_linf, e.mean_l2
+            "{:>10} {:>9.4} {:>9.4} {:>10.4} {:>9.5} {:>9.4}{}{}",
+            e.eps_text,
+            e.accuracy,
+            e.success_rate,
+            e.mean_adv_confidence,
+            e.mean_linf,
+            e.mean_l2,
+            match e.lost_to_rounding {
+                Some(n) if lost => format!("{n:>18}"),
+                _ => String::new(),
+            },
+            match e.mean_steps_to_success {
+                Some(m) if steps => format!("{m:>18.2}"),
+                _ => String::new(),
+            }
         );
     }
     if !r.skipped.is_empty() {

@@ -1,12 +1,16 @@
-//! FGSM: one forward + backward per batch, then every eps from that one gradient.
+//! The FGSM family on the GPU: FGSM and FGM (one gradient serves every eps),
+//! BIM, PGD and MI-FGSM (their steps per eps).
 //!
 //! Everything for a batch is recorded once and replayed in one submit: clean
-//! forward, labels, loss, backward, the fused perturbation of all eps, their
-//! norms, and one forward + argmax per eps. Only predictions, norms and (when
-//! images are saved) 8-bit pixels come back.
+//! forward, labels, the clean gradient, every step of every eps (forward,
+//! backward and the step kernel, with no host round trip), the in-ball 8-bit
+//! rounding, norms, and forwards of the rounded and unrounded points. Only
+//! predictions, norms, first-success steps and (when images are saved) 8-bit
+//! pixels come back.
 
 use std::sync::Arc;
 
+use super::method::{AttackSpec, Method};
 use super::Eps;
 use crate::error::{Error, Result};
 use crate::gpu::{Binding, Context, DType, Recording, Shape, Step, Tensor};
@@ -43,8 +47,13 @@ pub struct BatchOutcome {
     pub clean: Vec<Pred>,
     /// Per eps, per image.
     pub adv: Vec<Vec<Pred>>,
+    /// Per eps, per image: the unrounded point's prediction (when rounding).
+    pub raw_adv: Option<Vec<Vec<Pred>>>,
     /// Per eps, per image: (L-inf, L2) of the perturbation.
     pub norms: Vec<Vec<(f32, f32)>>,
+    /// Per eps, per image: the steps taken when the attack first succeeded
+    /// (counted over restarts; `None`: it never did before rounding).
+    pub first_success: Vec<Vec<Option<u32>>>,
     /// Per eps, per image: CHW 8-bit pixels (when asked for).
     pub images: Option<Vec<Vec<Vec<u8>>>>,
 }
@@ -58,28 +67,141 @@ struct Params4 {
     d: u32,
 }
 
-/// The recorded FGSM work for batches of a fixed size.
-pub struct FgsmPlan {
+/// Mirrors `StepParams` in `shaders/attack.wgsl`.
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct StepParams {
+    numel: u32,
+    item: u32,
+    eps: f32,
+    step: f32,
+    decay: f32,
+    _pad: [u32; 3],
+}
+
+/// Mirrors `StartParams` in `shaders/attack.wgsl`.
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct StartParams {
+    numel: u32,
+    item: u32,
+    eps: f32,
+    restart: u32,
+    seed_lo: u32,
+    seed_hi: u32,
+    _pad: [u32; 2],
+}
+
+/// Mirrors `FinalParams` in `shaders/attack.wgsl`.
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct FinalParams {
+    numel: u32,
+    words: u32,
+    word0: u32,
+    eps: f32,
+}
+
+/// Mirrors `SuccessParams` in `shaders/attack.wgsl`.
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct SuccessParams {
+    n: u32,
+    classes: u32,
+    step: u32,
+    targeted: u32,
+    out0: u32,
+    _pad: [u32; 3],
+}
+
+/// Which of the step kernel's variants (`STEP` in `shaders/attack.wgsl`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StepKind {
+    Sign = 0,
+    Momentum = 1,
+    L2 = 2,
+}
+
+/// A piece of the batch's replay list: the plan's own recordings, or the
+/// shared forward/backward ones, replayed as often as the attack needs them.
+#[derive(Debug, Clone, Copy)]
+enum Piece {
+    Own(usize),
+    GradForward,
+    GradBackward,
+    Forward,
+}
+
+/// The recorded attack for batches of a fixed size: the clean pass, every
+/// step of every eps (and restart), the in-ball rounding, and one forward per
+/// eps of the rounded and of the unrounded point, all replayed in one submit.
+pub struct AttackPlan {
     ctx: Arc<Context>,
     pub batch: u32,
     pub eps: Vec<Eps>,
+    pub spec: AttackSpec,
     item: u64,
     grad: GradientPlan,
     fwd: ForwardPlan,
+    clean: Tensor,
+    ids: Tensor,
     true_labels: Tensor,
     adv_u8: Tensor,
+    /// u32 words per eps slot of `adv_u8`.
+    slot_words: u64,
     norms: Tensor,
+    /// Per eps and image: total steps when the attack first succeeded (u32::MAX: never).
+    first: Tensor,
+    /// Clean stats, then one per eps.
     stats: Vec<Tensor>,
-    head: Recording,
-    tail: Recording,
-    per_eps: Vec<(Recording, Recording)>,
+    /// Per eps, the unrounded point's stats (only when rounding).
+    raw_stats: Vec<Tensor>,
+    own: Vec<Recording>,
+    pieces: Vec<Piece>,
 }
+
+/// The plan of `advex attack` before there were other methods.
+pub type FgsmPlan = AttackPlan;
 
 fn labels_tensor(ctx: &Context, n: u32, label: &str) -> Result<Tensor> {
     ctx.tensor(Shape::new(n, 1, 1, 1), label)
 }
 
-impl FgsmPlan {
+/// Builds the replay list: own recordings in order, shared ones by name.
+struct Builder {
+    own: Vec<Recording>,
+    pieces: Vec<Piece>,
+}
+
+impl Builder {
+    /// The own recording being appended to (a new one after a shared piece).
+    fn rec(&mut self) -> &mut Recording {
+        if !matches!(self.pieces.last(), Some(Piece::Own(_))) {
+            self.own.push(Recording::new());
+            self.pieces.push(Piece::Own(self.own.len() - 1));
+        }
+        self.own.last_mut().expect("just pushed")
+    }
+    fn shared(&mut self, p: Piece) {
+        self.pieces.push(p);
+    }
+    fn push(&mut self, step: Step) {
+        self.rec().push(step);
+    }
+    fn copy(&mut self, src: &Tensor, dst: &Tensor) {
+        let bytes = src.numel() * 4;
+        self.push(Step::Copy {
+            src: src.buffer.clone(),
+            src_offset: 0,
+            dst: dst.buffer.clone(),
+            dst_offset: 0,
+            bytes,
+        });
+    }
+}
+
+impl AttackPlan {
+    /// FGSM over `eps` (see [`AttackPlan::with_spec`]).
     pub fn new(
         gpu: &GpuModel,
         batch: u32,
@@ -87,27 +209,44 @@ impl FgsmPlan {
         quantize: bool,
         target: Target,
     ) -> Result<Self> {
+        Self::with_spec(gpu, batch, &AttackSpec::fgsm(eps, quantize, target))
+    }
+
+    pub fn with_spec(gpu: &GpuModel, batch: u32, spec: &AttackSpec) -> Result<Self> {
         let ctx = gpu.ctx.clone();
         let c = &*ctx;
+        let eps = &spec.eps;
+        let target = spec.target;
         let k = eps.len() as u32;
         if k == 0 {
             return Err(Error::Usage("no eps given".into()));
         }
-        let sign = if target == Target::Untargeted {
-            1.0
-        } else {
-            -1.0
-        };
+        let targeted = target != Target::Untargeted;
+        let sign = if targeted { -1.0 } else { 1.0 };
         let grad = gpu.gradient_plan(batch, sign)?;
         let fwd = gpu.forward_plan(batch)?;
         let shape = gpu.input_shape(batch);
         let item = shape.item();
         let numel = shape.numel();
+        let numel32 = u32::try_from(numel).map_err(|_| {
+            Error::Usage("batch too large for the attack kernels; lower --batch-size".into())
+        })?;
         let true_labels = labels_tensor(c, batch, "true labels")?;
+        let ids = labels_tensor(c, batch, "image ids")?;
+        let clean = c.tensor(shape, "clean images")?;
         let classes = gpu.num_classes();
+        let groups = numel32.div_ceil(256);
+        let f32k = |entry: &'static str, b: &[Binding], consts: &[(&str, f64)]| {
+            c.kernel("attack", SHADER, DType::F32, entry, b, consts)
+        };
+        let mut b = Builder {
+            own: Vec::new(),
+            pieces: Vec::new(),
+        };
 
         // Clean forward, then labels: unknown ones become the clean prediction.
-        let mut head = Recording::new();
+        b.copy(&clean, &grad.input);
+        b.shared(Piece::GradForward);
         let (mode, target_class) = match target {
             Target::Untargeted => (0.0, 0),
             Target::Class(t) => (1.0, t),
@@ -134,37 +273,57 @@ impl FgsmPlan {
             c: target_class,
             d: 0,
         });
-        head.push(c.dispatch(
+        let step = c.dispatch(
             "resolve_labels",
             &kl,
             &p,
             &[&grad.logits, &true_labels, &grad.labels],
             batch.div_ceil(64),
-        )?);
+        )?;
+        b.push(step);
         let clean_stats = c.tensor(Shape::new(batch, ARGMAX_PROB_WIDTH, 1, 1), "clean stats")?;
-        argmax_prob(c, &mut head, &grad.logits, &true_labels, &clean_stats)?;
+        argmax_prob(c, b.rec(), &grad.logits, &true_labels, &clean_stats)?;
+        // The clean gradient: FGSM's only one, every iterative attack's first.
+        b.shared(Piece::GradBackward);
+        let iterative = spec.method.iterative();
+        let g0 = if iterative {
+            let g0 = c.tensor(shape, "clean gradient")?;
+            b.copy(&grad.input_grad, &g0);
+            g0
+        } else {
+            grad.input_grad.clone()
+        };
 
-        // After backward: all eps at once, then norms.
-        let mut tail = Recording::new();
-        let eps_t = c.upload(
-            &eps.iter().map(|e| e.value).collect::<Vec<_>>(),
-            Shape::new(k, 1, 1, 1),
-            "eps",
-        )?;
-        let adv = c.tensor(
-            Shape::new(batch * k, shape.c, shape.h, shape.w),
-            "adversarial",
-        )?;
-        let total = numel * k as u64;
-        let words = u32::try_from(total.div_ceil(4)).map_err(|_| {
-            Error::Usage("batch too large for the perturbation kernel; lower --batch-size".into())
-        })?;
-        let adv_u8 = c.tensor(Shape::new(words, 1, 1, 1), "adversarial u8")?;
-        let kp = c.kernel(
-            "attack",
-            SHADER,
-            DType::F32,
-            "perturb",
+        // Buffers of the steps.
+        let adv = c.tensor(shape, "adversarial (f32)")?;
+        let kind = match spec.method {
+            Method::Fgm => StepKind::L2,
+            Method::Mifgsm => StepKind::Momentum,
+            _ => StepKind::Sign,
+        };
+        let gnorm = c.tensor(Shape::new(batch, 1, 1, 1), "gradient norms")?;
+        let momentum = if kind == StepKind::Momentum {
+            c.tensor(shape, "momentum")?
+        } else {
+            adv.clone() // bound, never touched
+        };
+        let best = if spec.restarts > 1 {
+            Some(c.tensor(shape, "best point")?)
+        } else {
+            None
+        };
+        let score = c.tensor(Shape::new(batch, 1, 1, 1), "restart score")?;
+        let flag = c.tensor(Shape::new(batch, 1, 1, 1), "restart flag")?;
+        let first = c.tensor(Shape::new(batch * k, 1, 1, 1), "first success")?;
+        let unset = c.tensor(Shape::new(batch * k, 1, 1, 1), "unset")?;
+        c.write_bytes(
+            &unset,
+            bytemuck::cast_slice(&vec![u32::MAX; (batch * k) as usize]),
+        );
+        b.copy(&unset, &first);
+
+        let ks = f32k(
+            "step",
             &[
                 Binding::ReadF32,
                 Binding::ReadF32,
@@ -172,146 +331,356 @@ impl FgsmPlan {
                 Binding::ReadWriteF32,
                 Binding::ReadWriteF32,
             ],
-            &[("QUANTIZE", if quantize { 1.0 } else { 0.0 })],
+            &[("STEP", kind as u32 as f64)],
         )?;
-        let p = c.uniform(&Params4 {
-            a: numel as u32,
-            b: k,
-            c: words,
-            d: 0,
-        });
-        tail.push(c.dispatch(
-            "perturb",
-            &kp,
-            &p,
-            &[&grad.input, &grad.input_grad, &eps_t, &adv, &adv_u8],
-            words.div_ceil(256),
-        )?);
-        let norms = c.tensor(Shape::new(batch * k, 2, 1, 1), "norms")?;
-        let kn = c.kernel(
+        let kg = f32k(
+            "grad_norm",
+            &[Binding::ReadF32, Binding::ReadWriteF32],
+            &[("STEP", kind as u32 as f64)],
+        )?;
+        let ksucc = c.kernel(
             "attack",
             SHADER,
-            DType::F32,
+            grad.logits.dtype,
+            "first_success",
+            &[
+                Binding::Read,
+                Binding::ReadF32,
+                Binding::ReadF32,
+                Binding::ReadWriteF32,
+            ],
+            &[],
+        )?;
+        let success = |b: &mut Builder, logits: &Tensor, e: u32, total: u32| -> Result<()> {
+            let p = c.uniform(&SuccessParams {
+                n: batch,
+                classes,
+                step: total,
+                targeted: targeted as u32,
+                out0: e * batch,
+                _pad: [0; 3],
+            });
+            let d = c.dispatch(
+                "first_success",
+                &ksucc,
+                &p,
+                &[logits, &true_labels, &grad.labels, &first],
+                batch.div_ceil(64),
+            )?;
+            b.push(d);
+            Ok(())
+        };
+        let kstart = f32k(
+            "random_start",
+            &[Binding::ReadF32, Binding::ReadF32, Binding::ReadWriteF32],
+            &[],
+        )?;
+        let kscore = c.kernel(
+            "attack",
+            SHADER,
+            grad.logits.dtype,
+            "restart_score",
+            &[
+                Binding::Read,
+                Binding::ReadF32,
+                Binding::ReadF32,
+                Binding::ReadWriteF32,
+                Binding::ReadWriteF32,
+            ],
+            &[],
+        )?;
+        let kkeep = f32k(
+            "keep_best",
+            &[Binding::ReadF32, Binding::ReadF32, Binding::ReadWriteF32],
+            &[],
+        )?;
+        let words = numel.div_ceil(4);
+        let slot_words = words;
+        let total_words = u32::try_from(words * k as u64).map_err(|_| {
+            Error::Usage("batch too large for the perturbation kernel; lower --batch-size".into())
+        })?;
+        let adv_u8 = c.tensor(Shape::new(total_words, 1, 1, 1), "adversarial u8")?;
+        let kf = f32k(
+            "finalize",
+            &[
+                Binding::ReadF32,
+                Binding::ReadF32,
+                Binding::ReadWriteF32,
+                Binding::ReadWriteF32,
+            ],
+            &[
+                ("QUANTIZE", if spec.quantize { 1.0 } else { 0.0 }),
+                ("TOWARD_CLEAN", if kind == StepKind::L2 { 1.0 } else { 0.0 }),
+            ],
+        )?;
+        let norms = c.tensor(Shape::new(batch * k, 2, 1, 1), "norms")?;
+        let kn = f32k(
             "norms",
             &[Binding::ReadF32, Binding::ReadF32, Binding::ReadWriteF32],
             &[],
         )?;
-        let p = c.uniform(&Params4 {
-            a: item as u32,
-            b: batch,
-            c: batch * k,
-            d: 0,
-        });
-        tail.push(c.dispatch("norms", &kn, &p, &[&grad.input, &adv, &norms], batch * k)?);
 
-        // Per eps: copy its batch into the forward plan's input; forward; argmax.
         let mut stats = vec![clean_stats];
-        let mut per_eps = Vec::new();
-        let bytes = numel * 4;
-        for e in 0..k as u64 {
-            let mut pre = Recording::new();
-            pre.push(Step::Copy {
-                src: adv.buffer.clone(),
-                src_offset: e * bytes,
-                dst: fwd.input.buffer.clone(),
-                dst_offset: 0,
-                bytes,
+        let mut raw_stats = Vec::new();
+        let per_image = |b: &mut Builder,
+                         k: &Arc<crate::gpu::Kernel>,
+                         p: &wgpu::Buffer,
+                         t: &[&Tensor],
+                         label: &str|
+         -> Result<()> {
+            let d = c.dispatch(label, k, p, t, batch)?;
+            b.push(d);
+            Ok(())
+        };
+        for (e, eps_e) in eps.iter().enumerate() {
+            let e32 = e as u32;
+            let eps_v = eps_e.value;
+            let a = spec.step_for(eps_e.exact) as f32;
+            let step_p = c.uniform(&StepParams {
+                numel: numel32,
+                item: item as u32,
+                eps: eps_v,
+                step: a,
+                decay: spec.decay,
+                _pad: [0; 3],
             });
-            let mut post = Recording::new();
+            let norm_p = c.uniform(&Params4 {
+                a: item as u32,
+                b: batch,
+                c: 0,
+                d: 0,
+            });
+            let one_step = |b: &mut Builder, g: &Tensor| -> Result<()> {
+                if kind != StepKind::Sign {
+                    per_image(b, &kg, &norm_p, &[g, &gnorm], "grad_norm")?;
+                }
+                let d = c.dispatch(
+                    "perturb",
+                    &ks,
+                    &step_p,
+                    &[&clean, g, &gnorm, &adv, &momentum],
+                    groups,
+                )?;
+                b.push(d);
+                Ok(())
+            };
+            let mut total = 0u32;
+            for r in 0..spec.restarts {
+                if spec.random_start {
+                    let p = c.uniform(&StartParams {
+                        numel: numel32,
+                        item: item as u32,
+                        eps: eps_v,
+                        restart: r,
+                        seed_lo: spec.seed as u32,
+                        seed_hi: (spec.seed >> 32) as u32,
+                        _pad: [0; 2],
+                    });
+                    let d =
+                        c.dispatch("random_start", &kstart, &p, &[&clean, &ids, &adv], groups)?;
+                    b.push(d);
+                } else {
+                    b.copy(&clean, &adv);
+                }
+                if kind == StepKind::Momentum {
+                    b.push(Step::Clear {
+                        buffer: momentum.buffer.clone(),
+                    });
+                }
+                for t in 0..spec.steps {
+                    if t == 0 && !spec.random_start {
+                        one_step(&mut b, &g0)?;
+                    } else {
+                        b.copy(&adv, &grad.input);
+                        b.shared(Piece::GradForward);
+                        success(&mut b, &grad.logits, e32, total)?;
+                        b.shared(Piece::GradBackward);
+                        one_step(&mut b, &grad.input_grad)?;
+                    }
+                    total += 1;
+                }
+                if let Some(best) = &best {
+                    b.copy(&adv, &grad.input);
+                    b.shared(Piece::GradForward);
+                    success(&mut b, &grad.logits, e32, total)?;
+                    let p = c.uniform(&Params4 {
+                        a: batch,
+                        b: classes,
+                        c: r,
+                        d: targeted as u32,
+                    });
+                    let d = c.dispatch(
+                        "restart_score",
+                        &kscore,
+                        &p,
+                        &[&grad.logits, &true_labels, &grad.labels, &score, &flag],
+                        batch.div_ceil(64),
+                    )?;
+                    b.push(d);
+                    let p = c.uniform(&Params4 {
+                        a: numel32,
+                        b: item as u32,
+                        c: 0,
+                        d: 0,
+                    });
+                    let d = c.dispatch("keep_best", &kkeep, &p, &[&flag, &adv, best], groups)?;
+                    b.push(d);
+                }
+            }
+            let point = best.as_ref().unwrap_or(&adv);
+            // The scored and saved image: rounded inside the ball.
+            let p = c.uniform(&FinalParams {
+                numel: numel32,
+                words: words as u32,
+                word0: (e as u64 * slot_words) as u32,
+                eps: eps_v,
+            });
+            let d = c.dispatch(
+                "perturb",
+                &kf,
+                &p,
+                &[&clean, point, &fwd.input, &adv_u8],
+                (words as u32).div_ceil(256),
+            )?;
+            b.push(d);
+            let p = c.uniform(&Params4 {
+                a: item as u32,
+                b: batch,
+                c: batch,
+                d: e32 * batch,
+            });
+            let d = c.dispatch("norms", &kn, &p, &[&clean, &fwd.input, &norms], batch)?;
+            b.push(d);
+            b.shared(Piece::Forward);
             let s = c.tensor(Shape::new(batch, ARGMAX_PROB_WIDTH, 1, 1), "adv stats")?;
-            argmax_prob(c, &mut post, &fwd.logits, &true_labels, &s)?;
+            argmax_prob(c, b.rec(), &fwd.logits, &true_labels, &s)?;
             stats.push(s);
-            per_eps.push((pre, post));
+            // The unrounded point: what rounding cost, and whether the last
+            // step succeeded (restarts have scored theirs already).
+            if spec.quantize || best.is_none() {
+                b.copy(point, &fwd.input);
+                b.shared(Piece::Forward);
+                if best.is_none() {
+                    success(&mut b, &fwd.logits, e32, total)?;
+                }
+                if spec.quantize {
+                    let s = c.tensor(Shape::new(batch, ARGMAX_PROB_WIDTH, 1, 1), "raw stats")?;
+                    argmax_prob(c, b.rec(), &fwd.logits, &true_labels, &s)?;
+                    raw_stats.push(s);
+                }
+            }
         }
-        Ok(FgsmPlan {
+        Ok(AttackPlan {
             ctx,
             batch,
             eps: eps.to_vec(),
+            spec: spec.clone(),
             item,
             grad,
             fwd,
+            clean,
+            ids,
             true_labels,
             adv_u8,
+            slot_words,
             norms,
+            first,
             stats,
-            head,
-            tail,
-            per_eps,
+            raw_stats,
+            own: b.own,
+            pieces: b.pieces,
         })
     }
 
     /// Number of recorded dispatches per batch (all in one submit).
     pub fn dispatch_count(&self) -> usize {
-        let per = self.fwd.recording.dispatch_count();
-        self.grad.forward.dispatch_count()
-            + self.head.dispatch_count()
-            + self.grad.backward.dispatch_count()
-            + self.tail.dispatch_count()
-            + self
-                .per_eps
-                .iter()
-                .map(|(a, b)| a.dispatch_count() + b.dispatch_count() + per)
-                .sum::<usize>()
+        self.recordings().iter().map(|r| r.dispatch_count()).sum()
     }
 
     /// The clean logits of the last batch run (`[batch, classes]`; one more readback).
     pub fn clean_logits(&self) -> Result<Vec<f32>> {
+        // the clean forward's logits are overwritten by later steps' forwards
+        // only for iterative methods
         self.ctx.read(&self.grad.logits)
     }
 
     /// Every recording of one batch, in submit order.
     pub fn recordings(&self) -> Vec<&Recording> {
-        let mut recs: Vec<&Recording> = vec![
-            &self.grad.forward,
-            &self.head,
-            &self.grad.backward,
-            &self.tail,
-        ];
-        for (pre, post) in &self.per_eps {
-            recs.extend([pre, &self.fwd.recording, post]);
-        }
-        recs
+        self.pieces
+            .iter()
+            .map(|p| match *p {
+                Piece::Own(i) => &self.own[i],
+                Piece::GradForward => &self.grad.forward,
+                Piece::GradBackward => &self.grad.backward,
+                Piece::Forward => &self.fwd.recording,
+            })
+            .collect()
     }
 
-    /// Bytes the perturbation kernel moves per batch (x and g read, f32 and u8 written).
+    /// Bytes the rounding kernel moves per batch (x and the point read, f32 and
+    /// u8 written, per eps).
     pub fn perturb_bytes(&self) -> u64 {
         let numel = self.item * self.batch as u64;
         let k = self.eps.len() as u64;
-        numel * 4 * 2 + numel * k * 5
+        numel * k * (4 * 3 + 1)
     }
 
     /// Attack `count = labels.len()` images (`pixels` holds `count` CHW images in
     /// [0, 1]; fewer than the batch size are padded). `None` labels become the
-    /// clean prediction.
+    /// clean prediction. Random starts are keyed by the position in the batch;
+    /// [`AttackPlan::run_ids`] keys them by the images' own ids.
     pub fn run(
         &self,
         pixels: &[f32],
         labels: &[Option<u32>],
         want_images: bool,
     ) -> Result<BatchOutcome> {
+        let ids: Vec<u32> = (0..labels.len() as u32).collect();
+        self.run_ids(pixels, labels, &ids, want_images)
+    }
+
+    /// [`AttackPlan::run`] with one id per image for the random numbers (see
+    /// [`image_id`]), so that an image's result depends on nothing else.
+    pub fn run_ids(
+        &self,
+        pixels: &[f32],
+        labels: &[Option<u32>],
+        ids: &[u32],
+        want_images: bool,
+    ) -> Result<BatchOutcome> {
         let ctx = &*self.ctx;
         let count = labels.len();
         let n = self.batch as usize;
         let item = self.item as usize;
-        if count == 0 || count > n || pixels.len() != count * item {
+        if count == 0 || count > n || pixels.len() != count * item || ids.len() != count {
             return Err(Error::shape(
-                "fgsm",
+                "attack",
                 format!(
-                    "{count} images ({} values) for batch size {n}",
-                    pixels.len()
+                    "{count} images ({} values, {} ids) for batch size {n}",
+                    pixels.len(),
+                    ids.len()
                 ),
             ));
         }
         // A partial batch leaves the previous images in the tail rows: their
         // results are never read, so nothing is copied to pad them.
-        ctx.write(&self.grad.input, pixels);
+        ctx.write(&self.clean, pixels);
         let mut raw: Vec<u32> = labels.iter().map(|l| l.unwrap_or(u32::MAX)).collect();
         raw.resize(n, 0);
         ctx.write_bytes(&self.true_labels, bytemuck::cast_slice(&raw));
+        let mut id_words = ids.to_vec();
+        id_words.resize(n, 0);
+        ctx.write_bytes(&self.ids, bytemuck::cast_slice(&id_words));
 
         let recs = self.recordings();
-        let mut reads: Vec<&Tensor> = vec![&self.true_labels, &self.grad.labels, &self.norms];
+        let mut reads: Vec<&Tensor> = vec![
+            &self.true_labels,
+            &self.grad.labels,
+            &self.norms,
+            &self.first,
+        ];
         reads.extend(self.stats.iter());
+        reads.extend(self.raw_stats.iter());
         if want_images {
             reads.push(&self.adv_u8);
         }
@@ -321,6 +690,7 @@ impl FgsmPlan {
         let true_labels = u32s(&out[0]);
         let loss_labels = u32s(&out[1]);
         let norms = f32s(&out[2]);
+        let first = u32s(&out[3]);
         let preds = |b: &[u8]| -> Vec<Pred> {
             let v = f32s(b);
             (0..count)
@@ -331,9 +701,11 @@ impl FgsmPlan {
                 })
                 .collect()
         };
-        let clean = preds(&out[3]);
         let k = self.eps.len();
-        let adv: Vec<Vec<Pred>> = (0..k).map(|e| preds(&out[4 + e])).collect();
+        let clean = preds(&out[4]);
+        let adv: Vec<Vec<Pred>> = (0..k).map(|e| preds(&out[5 + e])).collect();
+        let raw_adv: Option<Vec<Vec<Pred>>> =
+            (!self.raw_stats.is_empty()).then(|| (0..k).map(|e| preds(&out[5 + k + e])).collect());
         let norms: Vec<Vec<(f32, f32)>> = (0..k)
             .map(|e| {
                 (0..count)
@@ -341,12 +713,20 @@ impl FgsmPlan {
                     .collect()
             })
             .collect();
+        let first_success: Vec<Vec<Option<u32>>> = (0..k)
+            .map(|e| {
+                (0..count)
+                    .map(|i| Some(first[e * n + i]).filter(|&s| s != u32::MAX))
+                    .collect()
+            })
+            .collect();
         let images = want_images.then(|| {
-            let bytes = &out[4 + k];
+            let bytes = out.last().expect("u8 read last");
+            let slot = self.slot_words as usize * 4;
             (0..k)
                 .map(|e| {
                     (0..count)
-                        .map(|i| bytes[(e * n + i) * item..(e * n + i + 1) * item].to_vec())
+                        .map(|i| bytes[e * slot + i * item..e * slot + (i + 1) * item].to_vec())
                         .collect()
                 })
                 .collect()
@@ -356,8 +736,21 @@ impl FgsmPlan {
             loss_labels: loss_labels[..count].to_vec(),
             clean,
             adv,
+            raw_adv,
             norms,
+            first_success,
             images,
         })
     }
+}
+
+/// An image's identity for the random numbers: a hash of its path relative to
+/// `--images` (so it does not depend on which other images are in the run).
+pub fn image_id(rel: &str) -> u32 {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in rel.bytes() {
+        h ^= b as u32;
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    h
 }

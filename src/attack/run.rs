@@ -9,7 +9,7 @@ use std::time::Instant;
 use super::devices::{open_gpus, run_ordered, DeviceOptions};
 use super::shards::{self, digest, open_run, Manifest, ShardRecord};
 use super::worker::{resolve_worker, Worker};
-use super::{Eps, EvalPlan, FgsmPlan, Pred, Target};
+use super::{image_id, AttackPlan, AttackRequest, AttackSpec, Eps, EvalPlan, Pred, Target};
 use crate::data::{
     assign_labels, discover, write_atomic, BatchLoader, ImageEntry, LabelSource, OutputFormat,
     OutputSpec, OutputWriter, PngCompression, Preprocessor, Sample, Skipped, DEFAULT_SHARD_SIZE,
@@ -22,9 +22,6 @@ use crate::report::{
     prediction_record, EpsAccumulator, ModelInfo, Observation, PredictionRow, PredictionWriter,
     Report, Timing,
 };
-
-/// The attack `advex attack` runs (the report's and the predictions' `method`).
-const METHOD: &str = "fgsm";
 
 /// How the attack's target is given on the command line.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,6 +41,8 @@ pub struct RunOptions {
     pub labels: Option<PathBuf>,
     pub eps: Vec<Eps>,
     pub target: TargetSpec,
+    /// `--method` and its settings (resolved by [`AttackSpec::resolve`]).
+    pub attack: AttackRequest,
     pub out: Option<PathBuf>,
     /// How `out` is written (`--format`).
     pub format: OutputFormat,
@@ -83,6 +82,7 @@ impl RunOptions {
             labels: None,
             eps: Vec::new(),
             target: TargetSpec::None,
+            attack: AttackRequest::default(),
             out: None,
             format: OutputFormat::Png,
             shard_size: DEFAULT_SHARD_SIZE,
@@ -341,7 +341,7 @@ struct Share {
 }
 
 /// Check or write the manifest, and find this worker's uncommitted shards.
-fn open_share(opts: &RunOptions, prep: &Prepared, dir: &Path) -> Result<Share> {
+fn open_share(opts: &RunOptions, spec: &AttackSpec, prep: &Prepared, dir: &Path) -> Result<Share> {
     let worker = resolve_worker(opts.worker.as_deref(), &|k| std::env::var(k).ok())?;
     if worker.count > 1 && opts.overwrite {
         return Err(Error::Usage(
@@ -371,7 +371,8 @@ fn open_share(opts: &RunOptions, prep: &Prepared, dir: &Path) -> Result<Share> {
         ),
         model: model_info(&prep.model, opts.model.as_deref()),
         model_digest,
-        method: METHOD.into(),
+        method: spec.method.name().into(),
+        attack: spec.settings(),
         eps: opts.eps.iter().map(|e| e.text.clone()).collect(),
         target: target_text(&opts.target),
         quantized: opts.quantize,
@@ -503,8 +504,10 @@ pub fn run_attack(opts: &RunOptions) -> Result<Report> {
     }
     let prep = prepare(opts)?;
     let target = resolve_target(&opts.target, &prep.model)?;
+    let spec = AttackSpec::resolve(&opts.attack, &opts.eps, opts.quantize, target)?;
+    let method = spec.method.name();
     let share = match &opts.out {
-        Some(dir) => Some(open_share(opts, &prep, dir)?),
+        Some(dir) => Some(open_share(opts, &spec, &prep, dir)?),
         None => None,
     };
     let (work, global): (Arc<Vec<ImageEntry>>, Vec<usize>) = match &share {
@@ -536,7 +539,7 @@ pub fn run_attack(opts: &RunOptions) -> Result<Report> {
     autotune(opts, &gpus, batch)?;
     let plans = gpus
         .iter()
-        .map(|g| FgsmPlan::new(g, batch, &opts.eps, opts.quantize, target))
+        .map(|g| AttackPlan::with_spec(g, batch, &spec))
         .collect::<Result<Vec<_>>>()?;
     let (dtype, model_name) = (gpus[0].dtype, gpus[0].model.name.clone());
     // Images are encoded and written on a writer thread while the GPU works on;
@@ -548,7 +551,7 @@ pub fn run_attack(opts: &RunOptions) -> Result<Report> {
             format: opts.format,
             shard_size: opts.shard_size,
             eps: opts.eps.clone(),
-            method: METHOD.into(),
+            method: method.into(),
             shape: prep.model.input,
             png_compression: opts.png_compression,
         })?),
@@ -618,7 +621,12 @@ pub fn run_attack(opts: &RunOptions) -> Result<Report> {
             }
             let labels: Vec<Option<u32>> =
                 b.indices.iter().map(|&i| prep.labels[global[i]]).collect();
-            let o = plan.run(&b.pixels, &labels, want_images)?;
+            let ids: Vec<u32> = b
+                .indices
+                .iter()
+                .map(|&i| image_id(&prep.entries[global[i]].rel))
+                .collect();
+            let o = plan.run_ids(&b.pixels, &labels, &ids, want_images)?;
             check_finite(
                 dtype,
                 &model_name,
@@ -663,6 +671,8 @@ pub fn run_attack(opts: &RunOptions) -> Result<Report> {
                     target: tgt,
                     linf: 0.0,
                     l2: 0.0,
+                    raw_success: None,
+                    steps: None,
                 };
                 record(
                     &obs,
@@ -683,6 +693,10 @@ pub fn run_attack(opts: &RunOptions) -> Result<Report> {
                 for (e, eps) in opts.eps.iter().enumerate() {
                     let p = o.adv[e][j];
                     let (linf, l2) = o.norms[e][j];
+                    let raw_success = o.raw_adv.as_ref().map(|r| match tgt {
+                        Some(t) => r[e][j].class == t,
+                        None => r[e][j].class != label,
+                    });
                     let obs = Observation {
                         label,
                         pred: p.class,
@@ -692,6 +706,8 @@ pub fn run_attack(opts: &RunOptions) -> Result<Report> {
                         target: tgt,
                         linf,
                         l2,
+                        raw_success,
+                        steps: o.first_success[e][j],
                     };
                     record(
                         &obs,
@@ -703,7 +719,7 @@ pub fn run_attack(opts: &RunOptions) -> Result<Report> {
                         &PredictionRow {
                             image: rel,
                             label,
-                            attack: Some((METHOD, eps)),
+                            attack: Some((method, eps)),
                             pred: p.class,
                             pred_prob: p.prob,
                             label_prob: p.label_prob,
@@ -754,7 +770,7 @@ pub fn run_attack(opts: &RunOptions) -> Result<Report> {
         adapter,
         devices,
         precision: dtype.name().into(),
-        method: METHOD.into(),
+        method: method.into(),
         target: target_text(&opts.target),
         images,
         labels: prep.label_source,
@@ -917,6 +933,8 @@ pub fn run_eval(opts: &RunOptions) -> Result<(Vec<EvalRow>, Report)> {
                     target: None,
                     linf: 0.0,
                     l2: 0.0,
+                    raw_success: None,
+                    steps: None,
                 });
                 let rel = prep.entries[idx].rel.clone();
                 if let Some(w) = predictions.as_mut() {

@@ -45,6 +45,9 @@ pub struct Manifest {
     /// FNV-1a of the model file's bytes.
     pub model_digest: String,
     pub method: String,
+    /// The method's settings (`steps=10`, ...; empty for fgsm).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attack: Vec<String>,
     pub eps: Vec<String>,
     pub target: Option<String>,
     pub quantized: bool,

@@ -15,6 +15,11 @@ pub struct Observation {
     pub target: Option<u32>,
     pub linf: f32,
     pub l2: f32,
+    /// Whether the unrounded adversarial point succeeded (`None`: not rounded,
+    /// or the clean pass).
+    pub raw_success: Option<bool>,
+    /// Steps taken when the attack first succeeded before rounding.
+    pub steps: Option<u32>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -26,6 +31,17 @@ pub struct EpsAccumulator {
     pub confidence: f64,
     pub linf: f64,
     pub l2: f64,
+    /// Images the unrounded point fooled and the rounded one did not.
+    #[serde(default)]
+    pub lost_to_rounding: u64,
+    /// Whether `lost_to_rounding` was counted (images were rounded).
+    #[serde(default)]
+    pub rounding_counted: bool,
+    /// Sum and count of steps to first success (clean-correct images).
+    #[serde(default)]
+    pub steps_sum: u64,
+    #[serde(default)]
+    pub steps_count: u64,
 }
 
 impl EpsAccumulator {
@@ -35,13 +51,21 @@ impl EpsAccumulator {
         self.confidence += o.pred_prob as f64;
         self.linf += o.linf as f64;
         self.l2 += o.l2 as f64;
+        let success = match o.target {
+            Some(t) => o.pred == t,
+            None => o.pred != o.label,
+        };
+        if let Some(raw) = o.raw_success {
+            self.rounding_counted = true;
+            self.lost_to_rounding += (raw && !success) as u64;
+        }
         if o.clean_correct {
             self.clean_correct += 1;
-            let success = match o.target {
-                Some(t) => o.pred == t,
-                None => o.pred != o.label,
-            };
             self.successes += success as u64;
+            if let Some(s) = o.steps {
+                self.steps_sum += s as u64;
+                self.steps_count += 1;
+            }
         }
     }
 
@@ -55,6 +79,10 @@ impl EpsAccumulator {
         self.confidence += o.confidence;
         self.linf += o.linf;
         self.l2 += o.l2;
+        self.lost_to_rounding += o.lost_to_rounding;
+        self.rounding_counted |= o.rounding_counted;
+        self.steps_sum += o.steps_sum;
+        self.steps_count += o.steps_count;
     }
 
     fn ratio(a: u64, b: u64) -> f64 {
@@ -103,6 +131,9 @@ impl EpsAccumulator {
             mean_adv_confidence: self.mean_confidence(),
             mean_linf: self.linf / n,
             mean_l2: self.l2 / n,
+            lost_to_rounding: self.rounding_counted.then_some(self.lost_to_rounding),
+            mean_steps_to_success: (self.steps_count > 0)
+                .then(|| self.steps_sum as f64 / self.steps_count as f64),
         }
     }
 }
@@ -121,6 +152,8 @@ mod tests {
             target: None,
             linf: 0.1,
             l2: 1.0,
+            raw_success: None,
+            steps: None,
         }
     }
 

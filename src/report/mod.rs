@@ -43,6 +43,14 @@ pub struct EpsStats {
     pub mean_adv_confidence: f64,
     pub mean_linf: f64,
     pub mean_l2: f64,
+    /// Images the attack fooled before rounding to the 8-bit grid and not
+    /// after (absent with `--no-quantize`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lost_to_rounding: Option<u64>,
+    /// Mean steps (over restarts) to the first success before rounding, over
+    /// the clean-correct images it fooled at some step.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mean_steps_to_success: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize)]

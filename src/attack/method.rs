@@ -1,0 +1,414 @@
+//! The FGSM family: which attack, its settings, their defaults and checks.
+
+use super::{Eps, Target};
+use crate::error::{Error, Result};
+
+/// An attack method (`--method`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    /// One signed-gradient step of eps (Goodfellow et al. 2015).
+    Fgsm,
+    /// One L2 step: `x + eps * g / ||g||_2`.
+    Fgm,
+    /// Basic iterative method: projected signed steps from x (Kurakin et al. 2017).
+    Bim,
+    /// BIM from a uniform random start in the ball, with restarts (Madry et al. 2018).
+    Pgd,
+    /// Momentum iterative FGSM (Dong et al. 2018).
+    Mifgsm,
+}
+
+/// Every method name `--method` takes.
+pub const METHOD_NAMES: [&str; 5] = ["fgsm", "fgm", "bim", "pgd", "mifgsm"];
+
+impl Method {
+    pub fn parse(s: &str) -> Result<Self> {
+        Ok(match s.trim().to_ascii_lowercase().as_str() {
+            "fgsm" => Method::Fgsm,
+            "fgm" => Method::Fgm,
+            "bim" => Method::Bim,
+            "pgd" => Method::Pgd,
+            "mifgsm" | "mi-fgsm" => Method::Mifgsm,
+            "apgd-ce" | "apgd-t" => {
+                return Err(Error::Usage(format!(
+                    "--method {s}: AutoAttack's APGD is not in this version of advex; \
+                     use pgd (--steps 100 --restarts 5 comes closest)"
+                )))
+            }
+            other if other.contains(',') => {
+                return Err(Error::Usage(format!(
+                    "--method {s}: cascades of several methods are not in this version of \
+                     advex; run one method per command"
+                )))
+            }
+            _ => {
+                return Err(Error::Usage(format!(
+                    "--method {s}: unknown method; use one of {}",
+                    METHOD_NAMES.join(", ")
+                )))
+            }
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::Fgsm => "fgsm",
+            Method::Fgm => "fgm",
+            Method::Bim => "bim",
+            Method::Pgd => "pgd",
+            Method::Mifgsm => "mifgsm",
+        }
+    }
+
+    /// Takes several gradient steps (`--steps`).
+    pub fn iterative(self) -> bool {
+        matches!(self, Method::Bim | Method::Pgd | Method::Mifgsm)
+    }
+
+    /// The norm of its threat model.
+    pub fn norm(self) -> Norm {
+        match self {
+            Method::Fgm => Norm::L2,
+            _ => Norm::Linf,
+        }
+    }
+}
+
+/// The threat model's norm (`--norm`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Norm {
+    Linf,
+    L2,
+}
+
+impl Norm {
+    pub fn parse(s: &str) -> Result<Self> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "linf" | "l-inf" | "inf" => Ok(Norm::Linf),
+            "l2" => Ok(Norm::L2),
+            _ => Err(Error::Usage(format!("--norm {s}: use linf or l2"))),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Norm::Linf => "linf",
+            Norm::L2 => "l2",
+        }
+    }
+}
+
+/// A fully resolved attack: method, budgets and every setting.
+#[derive(Debug, Clone)]
+pub struct AttackSpec {
+    pub method: Method,
+    pub eps: Vec<Eps>,
+    /// Gradient steps per restart (1 for fgsm and fgm).
+    pub steps: u32,
+    /// `--step-size`, the same for every eps; `None`: the method's default per eps.
+    pub step_size: Option<f64>,
+    pub random_start: bool,
+    pub restarts: u32,
+    /// MI-FGSM's momentum decay.
+    pub decay: f32,
+    pub seed: u64,
+    /// Round scored and saved images to the 8-bit grid (inside the ball).
+    pub quantize: bool,
+    pub target: Target,
+}
+
+/// What the user asked for, before defaults and checks (the CLI's flags).
+#[derive(Debug, Clone, Default)]
+pub struct AttackRequest {
+    /// `--method` (default fgsm).
+    pub method: Option<String>,
+    pub norm: Option<String>,
+    pub steps: Option<u32>,
+    /// `--step-size` as written (decimal or fraction).
+    pub step_size: Option<String>,
+    pub random_start: Option<bool>,
+    pub restarts: Option<u32>,
+    pub decay: Option<f64>,
+    pub seed: Option<u64>,
+}
+
+/// Default `--steps` of the iterative methods.
+pub const DEFAULT_STEPS: u32 = 10;
+
+impl AttackSpec {
+    /// FGSM over `eps`.
+    pub fn fgsm(eps: &[Eps], quantize: bool, target: Target) -> Self {
+        AttackSpec {
+            method: Method::Fgsm,
+            eps: eps.to_vec(),
+            steps: 1,
+            step_size: None,
+            random_start: false,
+            restarts: 1,
+            decay: 1.0,
+            seed: 0,
+            quantize,
+            target,
+        }
+    }
+
+    /// Resolve and check a request; every mistake is a usage error before any
+    /// GPU work.
+    pub fn resolve(r: &AttackRequest, eps: &[Eps], quantize: bool, target: Target) -> Result<Self> {
+        let method = Method::parse(r.method.as_deref().unwrap_or("fgsm"))?;
+        let m = method.name();
+        if let Some(n) = &r.norm {
+            let norm = Norm::parse(n)?;
+            if norm != method.norm() {
+                return Err(Error::Usage(match (method, norm) {
+                    (Method::Fgsm, Norm::L2) => {
+                        "--norm l2 with fgsm: the L2 single step is --method fgm".into()
+                    }
+                    (_, Norm::L2) => format!(
+                        "--norm l2: {m} runs in L-inf in this version of advex; for an L2 \
+                         attack use --method fgm"
+                    ),
+                    _ => format!("--norm {}: {m} is an L2 attack", norm.name()),
+                }));
+            }
+        }
+        let iterative = method.iterative();
+        let only_iterative = |flag: &str| {
+            Error::Usage(format!(
+                "{flag} applies to the iterative methods (bim, pgd, mifgsm), not {m}"
+            ))
+        };
+        let steps = match r.steps {
+            Some(0) => return Err(Error::Usage("--steps must be at least 1".into())),
+            Some(s) if iterative => s,
+            Some(_) => return Err(only_iterative("--steps")),
+            None if iterative => DEFAULT_STEPS,
+            None => 1,
+        };
+        let step_size = match &r.step_size {
+            None => None,
+            Some(_) if !iterative => return Err(only_iterative("--step-size")),
+            Some(s) => {
+                let v = super::eps::parse_eps_list(s).map_err(|_| {
+                    Error::Usage(format!(
+                        "--step-size {s}: give one positive number, a decimal or a fraction \
+                         (2/255), in [0,1] pixel units"
+                    ))
+                })?;
+                match v.as_slice() {
+                    [one] if one.exact.is_finite() && one.exact > 0.0 => Some(one.exact),
+                    _ => {
+                        return Err(Error::Usage(format!(
+                            "--step-size {s}: give one positive number in [0,1] pixel units"
+                        )))
+                    }
+                }
+            }
+        };
+        let random_start = match r.random_start {
+            Some(true) if method != Method::Pgd => {
+                return Err(Error::Usage(format!(
+                    "--random-start applies to pgd (bim with a random start is pgd), not {m}"
+                )))
+            }
+            Some(v) => v,
+            None => method == Method::Pgd,
+        };
+        let restarts = match r.restarts {
+            Some(0) => return Err(Error::Usage("--restarts must be at least 1".into())),
+            Some(n) if n > 1 && method != Method::Pgd => {
+                return Err(Error::Usage(format!("--restarts applies to pgd, not {m}")))
+            }
+            Some(n) => n,
+            None => 1,
+        };
+        let decay = match r.decay {
+            None => 1.0,
+            Some(_) if method != Method::Mifgsm => {
+                return Err(Error::Usage(format!("--decay applies to mifgsm, not {m}")))
+            }
+            Some(d) if d.is_finite() && d >= 0.0 => d as f32,
+            Some(d) => {
+                return Err(Error::Usage(format!(
+                    "--decay {d}: give a finite number >= 0 (1.0 is the usual choice)"
+                )))
+            }
+        };
+        Ok(AttackSpec {
+            method,
+            eps: eps.to_vec(),
+            steps,
+            step_size,
+            random_start,
+            restarts,
+            decay,
+            seed: r.seed.unwrap_or(0),
+            quantize,
+            target,
+        })
+    }
+
+    /// The step for budget `eps`: `--step-size`, else 2.5 eps / steps for bim
+    /// and pgd (Madry et al.), eps / steps for mifgsm (torchattacks' MIFGSM),
+    /// eps for the single-step methods.
+    pub fn step_for(&self, eps: f64) -> f64 {
+        if let Some(a) = self.step_size {
+            return a;
+        }
+        match self.method {
+            Method::Fgsm | Method::Fgm => eps,
+            Method::Bim | Method::Pgd => 2.5 * eps / self.steps as f64,
+            Method::Mifgsm => eps / self.steps as f64,
+        }
+    }
+
+    /// The settings that change results, as `name=value` text (the run
+    /// manifest's `attack`, so that a resumed run cannot mix settings).
+    pub fn settings(&self) -> Vec<String> {
+        if self.method == Method::Fgsm {
+            return Vec::new();
+        }
+        let mut s = vec![format!("norm={}", self.method.norm().name())];
+        if self.method.iterative() {
+            s.push(format!("steps={}", self.steps));
+            s.push(match self.step_size {
+                Some(a) => format!("step_size={a}"),
+                None => "step_size=default".into(),
+            });
+        }
+        if self.method == Method::Pgd {
+            s.push(format!("random_start={}", self.random_start));
+            s.push(format!("restarts={}", self.restarts));
+            s.push(format!("seed={}", self.seed));
+        }
+        if self.method == Method::Mifgsm {
+            s.push(format!("decay={}", self.decay));
+        }
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn eps() -> Vec<Eps> {
+        super::super::parse_eps_list("8/255").unwrap()
+    }
+
+    fn resolve(r: AttackRequest) -> Result<AttackSpec> {
+        AttackSpec::resolve(&r, &eps(), true, Target::Untargeted)
+    }
+
+    fn req(method: &str) -> AttackRequest {
+        AttackRequest {
+            method: Some(method.into()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn defaults_follow_the_papers() {
+        let pgd = resolve(req("pgd")).unwrap();
+        assert_eq!((pgd.steps, pgd.random_start, pgd.restarts), (10, true, 1));
+        assert!((pgd.step_for(8.0 / 255.0) - 2.5 * 8.0 / 255.0 / 10.0).abs() < 1e-12);
+        let bim = resolve(req("bim")).unwrap();
+        assert!(!bim.random_start);
+        let mi = resolve(req("mifgsm")).unwrap();
+        assert_eq!(mi.decay, 1.0);
+        assert!((mi.step_for(0.1) - 0.01).abs() < 1e-12);
+        let f = resolve(req("fgsm")).unwrap();
+        assert_eq!(f.steps, 1);
+        assert_eq!(f.step_for(0.1), 0.1);
+        let a = resolve(AttackRequest {
+            step_size: Some("1/255".into()),
+            steps: Some(20),
+            ..req("bim")
+        })
+        .unwrap();
+        assert!((a.step_for(0.5) - 1.0 / 255.0).abs() < 1e-12);
+        assert_eq!(a.steps, 20);
+    }
+
+    #[test]
+    fn bad_settings_are_refused_with_a_reason() {
+        let err = |r: AttackRequest| resolve(r).unwrap_err().to_string();
+        assert!(err(AttackRequest {
+            steps: Some(0),
+            ..req("bim")
+        })
+        .contains("at least 1"));
+        assert!(err(AttackRequest {
+            step_size: Some("-0.1".into()),
+            ..req("pgd")
+        })
+        .contains("--step-size"));
+        assert!(err(AttackRequest {
+            step_size: Some("inf".into()),
+            ..req("pgd")
+        })
+        .contains("--step-size"));
+        assert!(err(AttackRequest {
+            restarts: Some(0),
+            ..req("pgd")
+        })
+        .contains("at least 1"));
+        assert!(err(AttackRequest {
+            restarts: Some(3),
+            ..req("bim")
+        })
+        .contains("pgd"));
+        assert!(err(AttackRequest {
+            norm: Some("l2".into()),
+            ..req("fgsm")
+        })
+        .contains("fgm"));
+        assert!(err(AttackRequest {
+            norm: Some("l2".into()),
+            ..req("pgd")
+        })
+        .contains("fgm"));
+        assert!(err(AttackRequest {
+            norm: Some("l3".into()),
+            ..req("pgd")
+        })
+        .contains("linf or l2"));
+        assert!(err(AttackRequest {
+            steps: Some(5),
+            ..req("fgsm")
+        })
+        .contains("iterative"));
+        assert!(err(AttackRequest {
+            random_start: Some(true),
+            ..req("bim")
+        })
+        .contains("pgd"));
+        assert!(err(AttackRequest {
+            decay: Some(0.5),
+            ..req("pgd")
+        })
+        .contains("mifgsm"));
+        assert!(err(AttackRequest {
+            decay: Some(f64::NAN),
+            ..req("mifgsm")
+        })
+        .contains("finite"));
+        assert!(err(req("deepfool")).contains("unknown method"));
+        assert!(err(req("apgd-ce")).contains("APGD"));
+        assert!(err(req("bim,pgd")).contains("cascades"));
+        // allowed: pgd without its random start, fgm with its own norm
+        assert!(
+            !resolve(AttackRequest {
+                random_start: Some(false),
+                ..req("pgd")
+            })
+            .unwrap()
+            .random_start
+        );
+        assert!(resolve(AttackRequest {
+            norm: Some("l2".into()),
+            ..req("fgm")
+        })
+        .is_ok());
+    }
+}
