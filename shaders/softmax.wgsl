@@ -158,10 +158,20 @@ fn cross_entropy(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups)
             loss[r] = nan();
         }
     }
+    // The label's entry p_label - 1 = -(sum of the other classes' exp) / s,
+    // summed without the label: when the label's probability is near 1, the
+    // difference 1/s - 1 would cancel to rounding noise (or to 0) in f32.
+    var o = 0.0;
+    for (var j = lid; j < p.k; j += WG) {
+        if (j != label) {
+            o += exp(f32(x[at(r, j)]) - m);
+        }
+    }
+    let others = reduce_sum(lid, o);
     for (var j = lid; j < p.k; j += WG) {
         let i = at(r, j);
-        let onehot = select(0.0, 1.0, j == label);
-        grad[i] = st(p.sign * (exp(f32(x[i]) - m) * inv - onehot));
+        let e = exp(f32(x[i]) - m);
+        grad[i] = st(p.sign * select(e * inv, -others * inv, j == label));
     }
 }
 

@@ -91,10 +91,15 @@ fn check_fgsm_parity(model_file: &str, fixture_name: &str, prob_tol: f64) {
         }
         assert_eq!(out.clean[i].class as u64, top[0], "{name}: clean top-1");
         for (e, adv) in im["adversarial"].as_array().unwrap().iter().enumerate() {
-            assert_eq!(
-                out.adv[e][i].class as u64,
-                adv["pred"].as_u64().unwrap(),
-                "{name} at eps {}: adversarial top-1 differs from PyTorch",
+            // Where PyTorch's float32 gradient signs and its float64 ones give
+            // different predictions, the result hinges on rounding noise: advex
+            // may give either (its loss gradient is the more exact one).
+            let got = out.adv[e][i].class as u64;
+            let want = adv["pred"].as_u64().unwrap();
+            let want64 = adv["pred_f64_signs"].as_u64().unwrap();
+            assert!(
+                got == want || got == want64,
+                "{name} at eps {}: adversarial top-1 {got}, PyTorch {want} (f64 signs {want64})",
                 adv["eps"]
             );
             let (linf, _) = out.norms[e][i];
@@ -149,10 +154,11 @@ fn mnist_sweep_accuracy_falls_with_eps() {
         last = e.accuracy;
     }
     assert!(report.epsilons[3].accuracy < 0.5);
+    // rounded inside the ball: never past eps, within one level of it
     assert!(report
         .epsilons
         .iter()
-        .all(|e| (e.mean_linf - e.eps).abs() < 0.5 / 255.0 + 1e-6));
+        .all(|e| e.mean_linf <= e.eps + 1e-6 && e.eps - e.mean_linf < 1.0 / 255.0 + 1e-6));
 }
 
 #[test]

@@ -15,7 +15,9 @@ Computation, per image:
   L        = cross_entropy(logits, label), summed over the batch.
   g        = dL/dx.
   x_adv    = clamp(x + eps * sign(g), 0, 1)   (sign(0) = 0: that pixel stays)
-  x_q      = round(x_adv * 255) / 255         (torch.round: half to even)
+  x_q      = ball(x_adv) / 255: the level nearest to x_adv * 255 inside the
+             eps ball: clamp(round(x_adv * 255), ceil((x - eps) * 255 - 1e-3),
+             floor((x + eps) * 255 + 1e-3)) (torch.round: half to even)
   adversarial prediction = argmax(model(x_q)).
 
 JSON schema (all floats as written by Python's json, i.e. shortest repr of
@@ -28,7 +30,7 @@ the float32 value widened to float64):
   "torch": "<torch version>",
   "method": "fgsm",
   "loss": "cross_entropy(logits, clean top-1), summed over the batch",
-  "quantize": "round(clamp(x + eps*sign(g), 0, 1) * 255) / 255, round half to even",
+  "quantize": "clamp(round(clamp(x + eps*sign(g), 0, 1) * 255), ceil((x-eps)*255-1e-3), floor((x+eps)*255+1e-3)) / 255, round half to even",
   "epsilons": [{"text": "1/255", "value": 0.00392156...}, ...],
   "top_k": 5,
   "images": [
@@ -141,6 +143,13 @@ def float64_gradient(spec: dict, tensors: dict, x: torch.Tensor, label: torch.Te
     return g
 
 
+def ball(level: torch.Tensor, x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    """Levels clamped into the eps ball around x (advex's in-ball rounding)."""
+    lo = torch.clamp(torch.ceil((x - eps) * 255.0 - 1e-3), min=0.0)
+    hi = torch.clamp(torch.floor((x + eps) * 255.0 + 1e-3), max=255.0)
+    return torch.minimum(torch.maximum(level, lo), hi)
+
+
 def run(which: str) -> None:
     cfg = CONFIGS[which]
     torch.manual_seed(0)
@@ -169,10 +178,10 @@ def run(which: str) -> None:
             x_adv = torch.clamp(x + e * torch.sign(g), 0.0, 1.0)
             scaled = x_adv * 255.0
             ties = (scaled - torch.floor(scaled) == 0.5).flatten(1).float().mean(1)
-            x_u8 = torch.round(scaled)
+            x_u8 = ball(torch.round(scaled), x, e)
             x_q = x_u8 / 255.0
             p = torch.softmax(model(x_q), 1)
-            x_q64 = torch.round(torch.clamp(x + e * torch.sign(g64).float(), 0.0, 1.0) * 255.0) / 255.0
+            x_q64 = ball(torch.round(torch.clamp(x + e * torch.sign(g64).float(), 0.0, 1.0) * 255.0), x, e) / 255.0
             pred64 = model(x_q64).argmax(1)
             adv[text] = (x_q, x_u8.to(torch.uint8), p, ties, pred64)
 
@@ -238,7 +247,7 @@ def run(which: str) -> None:
         "torch": torch.__version__,
         "method": "fgsm",
         "loss": "cross_entropy(logits, clean top-1), summed over the batch",
-        "quantize": "round(clamp(x + eps*sign(g), 0, 1) * 255) / 255, round half to even",
+        "quantize": "clamp(round(clamp(x + eps*sign(g), 0, 1) * 255), ceil((x-eps)*255-1e-3), floor((x+eps)*255+1e-3)) / 255, round half to even",
         "epsilons": [{"text": t, "value": eps_value(t)} for t in cfg["eps"]],
         "top_k": TOP_K,
         "images": images,
