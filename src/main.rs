@@ -185,6 +185,12 @@ enum Command {
         /// Eps list; its length is the sweep size (8 for an 8-eps sweep).
         #[arg(long, default_value = "1/255")]
         eps: String,
+        /// The attack timed (see `advex attack --help`).
+        #[arg(long, default_value = "fgsm")]
+        method: String,
+        /// Gradient steps of bim, pgd and mifgsm [default: 10].
+        #[arg(long)]
+        steps: Option<u32>,
         /// Timed batches per configuration (after one warm-up).
         #[arg(long, default_value_t = 5)]
         iterations: u32,
@@ -389,6 +395,8 @@ fn run(cli: Cli) -> Result<(), Error> {
             model,
             batch_size,
             eps,
+            method,
+            steps,
             iterations,
             adapter,
             devices,
@@ -428,6 +436,11 @@ fn run(cli: Cli) -> Result<(), Error> {
                 model,
                 batch_sizes,
                 eps: advex::attack::parse_eps_list(&eps)?,
+                attack: advex::attack::AttackRequest {
+                    method: Some(method),
+                    steps,
+                    ..Default::default()
+                },
                 iterations,
                 adapter,
                 devices,

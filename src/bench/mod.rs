@@ -15,7 +15,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::attack::{Eps, FgsmPlan, Target};
+use crate::attack::{Eps, Target};
 use crate::error::Error;
 use crate::error::Result;
 use crate::gpu::DType;
@@ -28,6 +28,8 @@ pub struct BenchOptions {
     pub model: Option<PathBuf>,
     pub batch_sizes: Vec<u32>,
     pub eps: Vec<Eps>,
+    /// `--method` and `--steps` (the attack timed; fgsm by default).
+    pub attack: crate::attack::AttackRequest,
     /// Timed batches per configuration (after one warm-up batch).
     pub iterations: u32,
     pub adapter: Option<String>,
@@ -46,6 +48,9 @@ pub struct BenchOptions {
 #[derive(Debug, Clone, Serialize)]
 pub struct BenchResult {
     pub model: String,
+    /// The attack timed (`fgsm`, `pgd`, ...) and its gradient steps per eps.
+    pub method: String,
+    pub steps: u32,
     pub batch_size: u32,
     pub eps_count: usize,
     /// Over all devices.
@@ -201,6 +206,8 @@ pub fn run_bench(
         opts.precision,
     )?;
     let ctx = gpus[0].ctx.clone();
+    let spec =
+        crate::attack::AttackSpec::resolve(&opts.attack, &opts.eps, true, Target::Untargeted)?;
     let mut results = Vec::new();
     'sizes: for &batch in &opts.batch_sizes {
         let mut plans = Vec::with_capacity(gpus.len());
@@ -214,7 +221,7 @@ pub fn run_bench(
                     eprintln!("batch {batch}: {}", r.describe());
                 }
             }
-            match FgsmPlan::new(gpu, batch, &opts.eps, true, Target::Untargeted) {
+            match crate::attack::AttackPlan::with_spec(gpu, batch, &spec) {
                 Ok(p) => plans.push(p),
                 Err(e) => {
                     log::warn!("batch size {batch} skipped: {e}");
@@ -291,6 +298,8 @@ pub fn run_bench(
         };
         let r = BenchResult {
             model: model.name.clone(),
+            method: spec.method.name().into(),
+            steps: spec.steps,
             batch_size: batch,
             eps_count: opts.eps.len(),
             images_per_second: (batch as usize * plans.len()) as f64 / seconds,
