@@ -597,10 +597,16 @@ impl AttackPlan {
         self.recordings().iter().map(|r| r.dispatch_count()).sum()
     }
 
-    /// The clean logits of the last batch run (`[batch, classes]`; one more readback).
+    /// The clean logits of the last batch run (`[batch, classes]`; one more
+    /// readback). Single-step methods only: the iterative ones reuse the
+    /// buffer for every step's forward, so an error says so.
     pub fn clean_logits(&self) -> Result<Vec<f32>> {
-        // the clean forward's logits are overwritten by later steps' forwards
-        // only for iterative methods
+        if self.spec.method.iterative() || self.spec.restarts > 1 {
+            return Err(Error::Usage(format!(
+                "clean logits are not kept by {} (its steps reuse the buffer)",
+                self.spec.method.name()
+            )));
+        }
         self.ctx.read(&self.grad.logits)
     }
 
