@@ -713,14 +713,10 @@ fn devices(json: bool) -> Result<(), Error> {
 
 /// The report's adapter, or its devices: `NAME`, `2 x NAME`, `A + B`.
 fn adapters_of(r: &advex::report::Report) -> String {
-    let names: Vec<&str> = r.devices.iter().map(|d| d.name.as_str()).collect();
-    match names.as_slice() {
-        [] | [_] => r.adapter.name.clone(),
-        [first, rest @ ..] if rest.iter().all(|n| n == first) => {
-            format!("{} x {first}", names.len())
-        }
-        _ => names.join(" + "),
+    if r.devices.len() < 2 {
+        return r.adapter.name.clone();
     }
+    advex::gpu::devices_phrase(r.devices.iter().map(|d| d.name.as_str()))
 }
 
 fn print_attack_summary(r: &advex::report::Report) {

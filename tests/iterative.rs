@@ -51,6 +51,33 @@ fn digits_on(ctx: Arc<advex::Context>) -> (GpuModel, Vec<String>, Vec<f32>) {
     (gpu, paths, pixels)
 }
 
+/// `plan` over the first `n` digits in batches of `batch`, keyed by `ids`:
+/// each batch's first index and outcome.
+fn run_batches(
+    plan: &AttackPlan,
+    pixels: &[f32],
+    ids: &[u32],
+    batch: usize,
+) -> Vec<(usize, advex::attack::BatchOutcome)> {
+    let n = ids.len();
+    let labels = vec![None; n];
+    (0..n)
+        .step_by(batch)
+        .map(|start| {
+            let end = (start + batch).min(n);
+            let out = plan
+                .run_ids(
+                    &pixels[start * 784..end * 784],
+                    &labels[start..end],
+                    &ids[start..end],
+                    true,
+                )
+                .unwrap();
+            (start, out)
+        })
+        .collect()
+}
+
 fn spec(method: &str, eps: &[Eps], r: AttackRequest, target: Target) -> AttackSpec {
     let r = AttackRequest {
         method: Some(method.into()),
@@ -204,7 +231,6 @@ fn every_method_stays_in_the_ball_on_the_grid() {
     let (gpu, paths, pixels) = digits();
     let n = 40usize;
     let pixels = &pixels[..n * 784];
-    let labels = vec![None; n];
     let ids: Vec<u32> = paths[..n].iter().map(|p| image_id(p)).collect();
     let eps = parse_eps_list("0.1,8/255,0.3").unwrap();
     for method in ["fgsm", "fgm", "bim", "pgd", "mifgsm"] {
@@ -215,16 +241,7 @@ fn every_method_stays_in_the_ball_on_the_grid() {
         };
         let s = spec(method, &eps, r, Target::Untargeted);
         let plan = AttackPlan::with_spec(&gpu, 16, &s).unwrap();
-        for start in (0..n).step_by(16) {
-            let end = (start + 16).min(n);
-            let out = plan
-                .run_ids(
-                    &pixels[start * 784..end * 784],
-                    &labels[start..end],
-                    &ids[start..end],
-                    true,
-                )
-                .unwrap();
+        for (start, out) in run_batches(&plan, pixels, &ids, 16) {
             let images = out.images.unwrap();
             for (e, eps) in eps.iter().enumerate() {
                 for (j, img) in images[e].iter().enumerate() {
@@ -334,16 +351,7 @@ fn results_do_not_depend_on_the_batch_size() {
         let plan = AttackPlan::with_spec(&gpu, batch as u32, &s).unwrap();
         let mut imgs = vec![Vec::new(); eps.len()];
         let mut preds = vec![Vec::new(); eps.len()];
-        for start in (0..n).step_by(batch) {
-            let end = (start + batch).min(n);
-            let out = plan
-                .run_ids(
-                    &pixels[start * 784..end * 784],
-                    &labels[start..end],
-                    &ids[start..end],
-                    true,
-                )
-                .unwrap();
+        for (_, out) in run_batches(&plan, &pixels, &ids, batch) {
             let images = out.images.unwrap();
             for e in 0..eps.len() {
                 imgs[e].extend(images[e].iter().cloned());

@@ -693,10 +693,10 @@ pub fn run_attack(opts: &RunOptions) -> Result<Report> {
                 for (e, eps) in opts.eps.iter().enumerate() {
                     let p = o.adv[e][j];
                     let (linf, l2) = o.norms[e][j];
-                    let raw_success = o.raw_adv.as_ref().map(|r| match tgt {
-                        Some(t) => r[e][j].class == t,
-                        None => r[e][j].class != label,
-                    });
+                    let raw_success = o
+                        .raw_adv
+                        .as_ref()
+                        .map(|r| crate::report::attack_success(r[e][j].class, label, tgt));
                     let obs = Observation {
                         label,
                         pred: p.class,

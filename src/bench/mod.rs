@@ -178,17 +178,9 @@ fn conv_flops(model: &Model) -> u64 {
         .sum()
 }
 
-/// The devices' adapter names: `NAME`, `2 x NAME`, or `A + B`.
+/// The devices' adapter names (see [`crate::gpu::devices_phrase`]).
 pub(crate) fn devices_name(gpus: &[GpuModel]) -> String {
-    let names: Vec<&str> = gpus.iter().map(|g| g.ctx.summary.name.as_str()).collect();
-    match names.as_slice() {
-        [] => String::new(),
-        [one] => one.to_string(),
-        [first, rest @ ..] if rest.iter().all(|n| n == first) => {
-            format!("{} x {first}", names.len())
-        }
-        _ => names.join(" + "),
-    }
+    crate::gpu::devices_phrase(gpus.iter().map(|g| g.ctx.summary.name.as_str()))
 }
 
 pub fn run_bench(

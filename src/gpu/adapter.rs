@@ -297,6 +297,19 @@ pub fn select_devices(
     ))
 }
 
+/// Several devices' adapter names in one phrase: `NAME`, `2 x NAME`, or `A + B`.
+pub fn devices_phrase<'a>(names: impl IntoIterator<Item = &'a str>) -> String {
+    let names: Vec<&str> = names.into_iter().collect();
+    match names.as_slice() {
+        [] => String::new(),
+        [one] => one.to_string(),
+        [first, rest @ ..] if rest.iter().all(|n| n == first) => {
+            format!("{} x {first}", names.len())
+        }
+        _ => names.join(" + "),
+    }
+}
+
 fn join(list: &[usize]) -> String {
     list.iter()
         .map(|i| i.to_string())

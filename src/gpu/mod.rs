@@ -10,7 +10,7 @@ mod record;
 mod tune;
 
 pub use adapter::{
-    cuda_visible_choice, cuda_visible_set, describe_adapter, list_adapters,
+    cuda_visible_choice, cuda_visible_set, describe_adapter, devices_phrase, list_adapters,
     quiet_window_system_probes, select_devices, AdapterId, AdapterSummary,
 };
 pub use buffer::{DType, GpuBuffer, Shape, Tensor};

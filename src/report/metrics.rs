@@ -22,6 +22,15 @@ pub struct Observation {
     pub steps: Option<u32>,
 }
 
+/// Whether an attack succeeded on an image: a targeted attack reaches its
+/// target, an untargeted one leaves the label.
+pub fn attack_success(pred: u32, label: u32, target: Option<u32>) -> bool {
+    match target {
+        Some(t) => pred == t,
+        None => pred != label,
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct EpsAccumulator {
     pub images: u64,
@@ -51,10 +60,7 @@ impl EpsAccumulator {
         self.confidence += o.pred_prob as f64;
         self.linf += o.linf as f64;
         self.l2 += o.l2 as f64;
-        let success = match o.target {
-            Some(t) => o.pred == t,
-            None => o.pred != o.label,
-        };
+        let success = attack_success(o.pred, o.label, o.target);
         if let Some(raw) = o.raw_success {
             self.rounding_counted = true;
             self.lost_to_rounding += (raw && !success) as u64;

@@ -4,7 +4,7 @@ mod metrics;
 mod plot;
 mod predictions;
 
-pub use metrics::{EpsAccumulator, Observation};
+pub use metrics::{attack_success, EpsAccumulator, Observation};
 pub use plot::write_svg_plot;
 pub use predictions::{
     prediction_record, PredictionRow, PredictionWriter, NO_METHOD, PREDICTION_HEADER,
