@@ -403,3 +403,325 @@ fn resolve_labels(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups
         default: { lloss[i] = llabels[i]; }
     }
 }
+
+// ---------------------------------------------------------------------------
+// APGD (Croce & Hein 2020), as `autopgd_base.py` of the AutoAttack reference
+// code, L-inf. Per image the host's replay list runs, for each run (restart or
+// target class): apgd_start, a forward and backward, apgd_track (phase 0),
+// then per iteration apgd_step, a forward and backward, apgd_track (phase 1,
+// with the checkpoint test at the reference's checkpoint iterations) and
+// apgd_apply; then apgd_track (phase 2) and apgd_apply take the run's result
+// for images it fooled that no earlier run had. Per-image state, APGD_S f32
+// each: step size, best loss, best loss at the last checkpoint, "reduced at
+// the last checkpoint", previous loss, count of increases since the last
+// checkpoint, acc (not yet fooled in this run), robust (not fooled by any run),
+// flags for apgd_apply, clean_ok.
+const APGD_S: u32 = 12u;
+const A_STEP: u32 = 0u;
+const A_BEST: u32 = 1u;
+const A_LAST: u32 = 2u;
+const A_REDUCED: u32 = 3u;
+const A_PREV: u32 = 4u;
+const A_COUNT: u32 = 5u;
+const A_ACC: u32 = 6u;
+const A_ROBUST: u32 = 7u;
+const A_FLAGS: u32 = 8u;
+const A_CLEAN_OK: u32 = 9u;
+// apgd_apply flags, in the order it applies them.
+const F_FOOLED: u32 = 1u;   // x_best_adv = adv
+const F_IMPROVED: u32 = 2u; // x_best = adv, grad_best = grad
+const F_RESET: u32 = 4u;    // adv = x_best, grad = grad_best
+const F_TAKE: u32 = 8u;     // result = x_best_adv
+
+// apgd_start: one workgroup per image. adv = clip01(x + eps * t / (max|t| +
+// 1e-12)), t = 2u - 1 from the counter-based generator (the reference's
+// normalised uniform start), or x itself without RANDOM; the start is also the
+// first x_adv_old, x_best, x_best_adv and the forward's input.
+struct ApgdStartParams {
+    item: u32,
+    n: u32,
+    eps: f32,
+    restart: u32,
+    seed_lo: u32,
+    seed_hi: u32,
+    random: u32,
+    _p0: u32,
+}
+
+@group(0) @binding(0) var<uniform> asp: ApgdStartParams;
+@group(0) @binding(1) var<storage, read> as_x: array<f32>;
+@group(0) @binding(2) var<storage, read> as_id: array<u32>;
+@group(0) @binding(3) var<storage, read_write> as_adv: array<f32>;
+@group(0) @binding(4) var<storage, read_write> as_old: array<f32>;
+@group(0) @binding(5) var<storage, read_write> as_best: array<f32>;
+@group(0) @binding(6) var<storage, read_write> as_best_adv: array<f32>;
+@group(0) @binding(7) var<storage, read_write> as_input: array<f32>;
+
+var<workgroup> amax: array<f32, 256>;
+
+@compute @workgroup_size(256)
+fn apgd_start(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+              @builtin(local_invocation_index) lid: u32) {
+    let img = flat_group(wid, nwg);
+    let live = img < asp.n;
+    let random = asp.random == 1u;
+    var id = 0u;
+    if (live) { id = as_id[img]; }
+    var m = 0.0;
+    if (live && random) {
+        for (var j = lid; j < asp.item; j = j + 256u) {
+            let u = uniform01(asp.seed_lo, asp.seed_hi, id, asp.restart, j);
+            m = max(m, abs(2.0 * u - 1.0));
+        }
+    }
+    amax[lid] = m;
+    workgroupBarrier();
+    for (var stride = 128u; stride > 0u; stride = stride >> 1u) {
+        if (lid < stride) {
+            amax[lid] = max(amax[lid], amax[lid + stride]);
+        }
+        workgroupBarrier();
+    }
+    let scale = asp.eps / (amax[0] + 1e-12);
+    if (!live) { return; }
+    let base = img * asp.item;
+    for (var j = lid; j < asp.item; j = j + 256u) {
+        let i = base + j;
+        var v = as_x[i];
+        if (random) {
+            let u = uniform01(asp.seed_lo, asp.seed_hi, id, asp.restart, j);
+            v = clamp(v + scale * (2.0 * u - 1.0), 0.0, 1.0);
+        }
+        as_adv[i] = v;
+        as_old[i] = v;
+        as_best[i] = v;
+        as_best_adv[i] = v;
+        as_input[i] = v;
+    }
+}
+
+// apgd_step: one APGD step with momentum 0.75 (a = 1 on the first step):
+//   z = clip01(proj(adv + step * sign(g)))
+//   adv' = clip01(proj(adv + (z - adv) * a + (adv - adv_old) * (1 - a)))
+// adv_old takes the old adv; the forward's input takes adv'.
+struct ApgdStepParams {
+    numel: u32,
+    item: u32,
+    eps: f32,
+    first: u32,
+}
+
+@group(0) @binding(0) var<uniform> app: ApgdStepParams;
+@group(0) @binding(1) var<storage, read> ap_x: array<f32>;
+@group(0) @binding(2) var<storage, read> ap_g: array<f32>;
+@group(0) @binding(3) var<storage, read> ap_state: array<f32>;
+@group(0) @binding(4) var<storage, read_write> ap_adv: array<f32>;
+@group(0) @binding(5) var<storage, read_write> ap_old: array<f32>;
+@group(0) @binding(6) var<storage, read_write> ap_input: array<f32>;
+
+@compute @workgroup_size(256)
+fn apgd_step(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+             @builtin(local_invocation_index) lid: u32) {
+    let i = flat_group(wid, nwg) * 256u + lid;
+    if (i >= app.numel) { return; }
+    let x = ap_x[i];
+    let lo = x - app.eps;
+    let hi = x + app.eps;
+    let xa = ap_adv[i];
+    let g2 = xa - ap_old[i];
+    ap_old[i] = xa;
+    let step = ap_state[(i / app.item) * APGD_S + A_STEP];
+    let z = clamp(clamp(xa + step * sign(ap_g[i]), lo, hi), 0.0, 1.0);
+    let a = select(0.75, 1.0, app.first == 1u);
+    let v = clamp(clamp(xa + (z - xa) * a + g2 * (1.0 - a), lo, hi), 0.0, 1.0);
+    ap_adv[i] = v;
+    ap_input[i] = v;
+}
+
+// apgd_track: per image, after a forward (and the loss) at the current point.
+//   phase 4 (clean logits): clean_ok = the clean image is not yet fooled
+//   phase 3 (an eps begins): robust = clean_ok
+//   phase 0 (a run's start): acc, best loss = loss, step = 2 eps, counters reset
+//   phase 1 (a step): acc, x_best_adv where fooled, best loss/point/gradient
+//     where the loss rose, and at a checkpoint (check >= 0) the reference's test:
+//     halve the step and go back to the best point where the loss rose on at
+//     most `check` (= 0.75 k) of the last k steps, or where the step was not
+//     reduced at the last checkpoint and the best loss has not improved since
+//   phase 2 (a run's end): robust images this run fooled take its result
+// "Fooled": top-1 is not the label (targeted: is the target). first[out0 + i]
+// records the total step count where an image is first fooled.
+struct ApgdTrackParams {
+    n: u32,
+    classes: u32,
+    targeted: u32,
+    phase: u32,
+    step: u32,
+    out0: u32,
+    negate: u32,   // the loss to raise is -loss (targeted cross-entropy)
+    _p0: u32,
+    check: f32,    // < 0: no checkpoint at this step
+    eps2: f32,     // the first step size, 2 eps
+    _p1: u32,
+    _p2: u32,
+}
+
+@group(0) @binding(0) var<uniform> atp: ApgdTrackParams;
+@group(0) @binding(1) var<storage, read> at_logits: array<st>;
+@group(0) @binding(2) var<storage, read> at_labels: array<u32>;
+@group(0) @binding(3) var<storage, read> at_loss_labels: array<u32>;
+@group(0) @binding(4) var<storage, read> at_loss: array<f32>;
+@group(0) @binding(5) var<storage, read_write> at_state: array<f32>;
+@group(0) @binding(6) var<storage, read_write> at_first: array<u32>;
+
+@compute @workgroup_size(64)
+fn apgd_track(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+              @builtin(local_invocation_index) lid: u32) {
+    let i = flat_group(wid, nwg) * 64u + lid;
+    if (i >= atp.n) { return; }
+    let s = i * APGD_S;
+    if (atp.phase == 3u) {
+        at_state[s + A_ROBUST] = at_state[s + A_CLEAN_OK];
+        at_state[s + A_FLAGS] = 0.0;
+        return;
+    }
+    if (atp.phase == 2u) {
+        let take = at_state[s + A_ROBUST] == 1.0 && at_state[s + A_ACC] == 0.0;
+        if (take) { at_state[s + A_ROBUST] = 0.0; }
+        at_state[s + A_FLAGS] = select(0.0, f32(F_TAKE), take);
+        return;
+    }
+    // Top-1 as torch's max(1)[1]: the first maximum.
+    let base = i * atp.classes;
+    var best = 0u;
+    for (var c = 1u; c < atp.classes; c = c + 1u) {
+        if (f32(at_logits[base + c]) > f32(at_logits[base + best])) { best = c; }
+    }
+    let fooled = select(best != at_labels[i], best == at_loss_labels[i], atp.targeted == 1u);
+    if (atp.phase == 4u) {
+        at_state[s + A_CLEAN_OK] = select(1.0, 0.0, fooled);
+        return;
+    }
+    if (fooled && at_first[atp.out0 + i] == 0xffffffffu) { at_first[atp.out0 + i] = atp.step; }
+    let loss = select(at_loss[i], -at_loss[i], atp.negate == 1u);
+    if (atp.phase == 0u) {
+        at_state[s + A_STEP] = atp.eps2;
+        at_state[s + A_BEST] = loss;
+        at_state[s + A_LAST] = loss;
+        at_state[s + A_REDUCED] = 1.0;
+        at_state[s + A_PREV] = 0.0;   // the reference compares its first loss with a zero
+        at_state[s + A_COUNT] = 0.0;
+        at_state[s + A_ACC] = select(1.0, 0.0, fooled);
+        at_state[s + A_FLAGS] = 0.0;
+        return;
+    }
+    var flags = 0u;
+    if (fooled) {
+        at_state[s + A_ACC] = 0.0;
+        flags = flags | F_FOOLED;
+    }
+    var lbest = at_state[s + A_BEST];
+    if (loss > lbest) {
+        lbest = loss;
+        at_state[s + A_BEST] = loss;
+        flags = flags | F_IMPROVED;
+    }
+    var count = at_state[s + A_COUNT] + select(0.0, 1.0, loss > at_state[s + A_PREV]);
+    at_state[s + A_PREV] = loss;
+    if (atp.check >= 0.0) {
+        let oscillating = count <= atp.check;
+        let stalled = at_state[s + A_REDUCED] == 0.0 && at_state[s + A_LAST] >= lbest;
+        let reduce = oscillating || stalled;
+        at_state[s + A_REDUCED] = select(0.0, 1.0, reduce);
+        at_state[s + A_LAST] = lbest;
+        if (reduce) {
+            at_state[s + A_STEP] = at_state[s + A_STEP] * 0.5;
+            flags = flags | F_RESET;
+        }
+        count = 0.0;
+    }
+    at_state[s + A_COUNT] = count;
+    at_state[s + A_FLAGS] = f32(flags);
+}
+
+// apgd_apply: the copies apgd_track asked for, per element (see the flags).
+struct ApgdApplyParams {
+    numel: u32,
+    item: u32,
+    _p0: u32,
+    _p1: u32,
+}
+
+@group(0) @binding(0) var<uniform> aap: ApgdApplyParams;
+@group(0) @binding(1) var<storage, read> aa_state: array<f32>;
+@group(0) @binding(2) var<storage, read_write> aa_adv: array<f32>;
+@group(0) @binding(3) var<storage, read_write> aa_best: array<f32>;
+@group(0) @binding(4) var<storage, read_write> aa_best_adv: array<f32>;
+@group(0) @binding(5) var<storage, read_write> aa_g: array<f32>;
+@group(0) @binding(6) var<storage, read_write> aa_g_best: array<f32>;
+@group(0) @binding(7) var<storage, read_write> aa_result: array<f32>;
+
+@compute @workgroup_size(256)
+fn apgd_apply(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+              @builtin(local_invocation_index) lid: u32) {
+    let i = flat_group(wid, nwg) * 256u + lid;
+    if (i >= aap.numel) { return; }
+    let f = u32(aa_state[(i / aap.item) * APGD_S + A_FLAGS]);
+    if (f == 0u) { return; }
+    if ((f & F_FOOLED) != 0u) { aa_best_adv[i] = aa_adv[i]; }
+    if ((f & F_IMPROVED) != 0u) {
+        aa_best[i] = aa_adv[i];
+        aa_g_best[i] = aa_g[i];
+    }
+    if ((f & F_RESET) != 0u) {
+        aa_adv[i] = aa_best[i];
+        aa_g[i] = aa_g_best[i];
+    }
+    if ((f & F_TAKE) != 0u) { aa_result[i] = aa_best_adv[i]; }
+}
+
+// apgd_targets: per image, the classes the clean logits rank 2nd, 3rd, ...
+// (count of them) into targets[r * n + i], r = 0 for the 2nd: the reference's
+// `output.sort(dim=1)[1][:, -(r + 2)]` (ties: the higher index ranks higher).
+struct ApgdTargetParams {
+    n: u32,
+    classes: u32,
+    count: u32,
+    _p0: u32,
+}
+
+@group(0) @binding(0) var<uniform> agp: ApgdTargetParams;
+@group(0) @binding(1) var<storage, read> ag_logits: array<st>;
+@group(0) @binding(2) var<storage, read_write> ag_targets: array<u32>;
+
+fn ranks_above(va: f32, a: u32, vb: f32, b: u32) -> bool {
+    return va > vb || (va == vb && a > b);
+}
+
+@compute @workgroup_size(64)
+fn apgd_targets(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                @builtin(local_invocation_index) lid: u32) {
+    let i = flat_group(wid, nwg) * 64u + lid;
+    if (i >= agp.n) { return; }
+    let base = i * agp.classes;
+    // The top class, then repeatedly the best class ranked below the last one.
+    var pc = 0u;
+    var pv = f32(ag_logits[base]);
+    for (var c = 1u; c < agp.classes; c = c + 1u) {
+        let v = f32(ag_logits[base + c]);
+        if (ranks_above(v, c, pv, pc)) { pc = c; pv = v; }
+    }
+    for (var r = 0u; r < agp.count; r = r + 1u) {
+        var bc = 0xffffffffu;
+        var bv = 0.0;
+        for (var c = 0u; c < agp.classes; c = c + 1u) {
+            let v = f32(ag_logits[base + c]);
+            if (ranks_above(pv, pc, v, c) && (bc == 0xffffffffu || ranks_above(v, c, bv, bc))) {
+                bc = c;
+                bv = v;
+            }
+        }
+        ag_targets[r * agp.n + i] = bc;
+        pc = bc;
+        pv = bv;
+    }
+}

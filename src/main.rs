@@ -108,14 +108,17 @@ enum Command {
         eps: String,
         /// Attack method: fgsm (one signed step), fgm (one L2 step), bim
         /// (projected signed steps), pgd (bim from a random start, with
-        /// restarts) or mifgsm (momentum). Every method runs every eps.
+        /// restarts), mifgsm (momentum), or AutoAttack's apgd-ce, apgd-dlr and
+        /// apgd-t (APGD on the cross-entropy, DLR and targeted DLR losses).
+        /// Every method runs every eps.
         #[arg(long, default_value = "fgsm")]
         method: String,
-        /// Norm of the threat model: linf (fgsm, bim, pgd, mifgsm) or l2 (fgm);
+        /// Norm of the threat model: linf (all but fgm) or l2 (fgm);
         /// given only to check it.
         #[arg(long)]
         norm: Option<String>,
-        /// Gradient steps of bim, pgd and mifgsm [default: 10].
+        /// Gradient steps of bim, pgd and mifgsm [default: 10], of apgd-* per
+        /// run [default: 100].
         #[arg(long)]
         steps: Option<u32>,
         /// Step size in [0,1] pixel units, decimal or fraction, the same for
@@ -123,14 +126,15 @@ enum Command {
         /// for mifgsm].
         #[arg(long, value_name = "A")]
         step_size: Option<String>,
-        /// Start pgd at a uniform random point of the eps ball (the default for pgd).
+        /// Start pgd and apgd-* at a uniform random point of the eps ball (their default).
         #[arg(long, overrides_with = "no_random_start")]
         random_start: bool,
-        /// Start pgd at the clean image.
+        /// Start pgd and apgd-* at the clean image.
         #[arg(long)]
         no_random_start: bool,
-        /// pgd restarts; each image keeps its best (successful first, then
-        /// highest loss) [default: 1].
+        /// Restarts of pgd (each image keeps its best: successful first, then
+        /// highest loss) and of apgd-* (later runs attack the images earlier
+        /// ones did not fool; apgd-t restarts per target class) [default: 1].
         #[arg(long)]
         restarts: Option<u32>,
         /// mifgsm's momentum decay [default: 1.0].
@@ -188,7 +192,7 @@ enum Command {
         /// The attack timed (see `advex attack --help`).
         #[arg(long, default_value = "fgsm")]
         method: String,
-        /// Gradient steps of bim, pgd and mifgsm [default: 10].
+        /// Gradient steps of bim, pgd and mifgsm [default: 10], apgd-* [default: 100].
         #[arg(long)]
         steps: Option<u32>,
         /// Timed batches per configuration (after one warm-up).

@@ -422,12 +422,25 @@ pub struct ForwardPlan {
 }
 
 /// Everything needed to run forward and backward for batches of `batch` images.
+/// The loss a [`GradientPlan`] differentiates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LossKind {
+    /// Softmax cross-entropy of the label.
+    CrossEntropy,
+    /// AutoAttack's DLR loss of the label ([`crate::ops::loss::dlr`]).
+    Dlr,
+    /// AutoAttack's targeted DLR loss: label in `labels`, target in `targets`.
+    DlrTargeted,
+}
+
 pub struct GradientPlan {
     pub batch: u32,
     /// Images in [0, 1], NCHW.
     pub input: Tensor,
     /// u32 labels, one per image.
     pub labels: Tensor,
+    /// u32 target classes, one per image (read by [`LossKind::DlrTargeted`] only).
+    pub targets: Tensor,
     /// Logits `[batch, classes, 1, 1]`.
     pub logits: Tensor,
     /// Per-image loss `[batch, 1, 1, 1]`.
@@ -447,10 +460,16 @@ impl GpuModel {
     /// `sign` is +1 to ascend the loss of the label (untargeted), -1 to descend it
     /// (targeted).
     pub fn gradient_plan(&self, batch: u32, sign: f32) -> Result<GradientPlan> {
+        self.gradient_plan_with(batch, sign, LossKind::CrossEntropy)
+    }
+
+    /// [`GpuModel::gradient_plan`] with another loss on the logits.
+    pub fn gradient_plan_with(&self, batch: u32, sign: f32, kind: LossKind) -> Result<GradientPlan> {
         let ctx = &*self.ctx;
         let model = &self.model;
         let input32 = ctx.tensor(self.input_shape(batch), "input")?;
         let labels = ctx.tensor(Shape::new(batch, 1, 1, 1), "labels")?;
+        let targets = ctx.tensor(Shape::new(batch, 1, 1, 1), "targets")?;
         let loss = ctx.tensor(Shape::new(batch, 1, 1, 1), "loss")?;
         let mut forward = Recording::new();
         let input = self.storage_input(&mut forward, &input32)?;
@@ -481,15 +500,27 @@ impl GpuModel {
         } else {
             1.0
         };
-        ops::loss::softmax_cross_entropy(
-            ctx,
-            &mut rec,
-            &logits,
-            &labels,
-            sign * seed,
-            &loss,
-            &g_logits,
-        )?;
+        match kind {
+            LossKind::CrossEntropy => ops::loss::softmax_cross_entropy(
+                ctx,
+                &mut rec,
+                &logits,
+                &labels,
+                sign * seed,
+                &loss,
+                &g_logits,
+            )?,
+            LossKind::Dlr | LossKind::DlrTargeted => ops::loss::dlr(
+                ctx,
+                &mut rec,
+                &logits,
+                &labels,
+                (kind == LossKind::DlrTargeted).then_some(&targets),
+                sign * seed,
+                &loss,
+                &g_logits,
+            )?,
+        }
         grads[last] = Some(g_logits);
         let mut input_grad: Option<Tensor> = None;
 
@@ -644,6 +675,7 @@ impl GpuModel {
             batch,
             input: input32,
             labels,
+            targets,
             logits,
             loss,
             input_grad,

@@ -10,14 +10,17 @@
 
 use std::sync::Arc;
 
+use super::apgd::{Apgd, Io};
 use super::method::{AttackSpec, Method};
+use super::replay::{Builder, Piece};
 use super::Eps;
 use crate::error::{Error, Result};
 use crate::gpu::{Binding, Context, DType, Recording, Shape, Step, Tensor};
 use crate::ops::loss::{argmax_prob, ARGMAX_PROB_WIDTH};
-use crate::plan::{ForwardPlan, GpuModel, GradientPlan};
+use crate::plan::{ForwardPlan, GpuModel, GradientPlan, LossKind};
 
-const SHADER: &str = include_str!("../../shaders/attack.wgsl");
+pub(super) const ATTACK_SHADER: &str = include_str!("../../shaders/attack.wgsl");
+use ATTACK_SHADER as SHADER;
 
 /// Which class's loss the attack moves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -122,16 +125,6 @@ enum StepKind {
     L2 = 2,
 }
 
-/// A piece of the batch's replay list: the plan's own recordings, or the
-/// shared forward/backward ones, replayed as often as the attack needs them.
-#[derive(Debug, Clone, Copy)]
-enum Piece {
-    Own(usize),
-    GradForward,
-    GradBackward,
-    Forward,
-}
-
 /// The recorded attack for batches of a fixed size: the clean pass, every
 /// step of every eps (and restart), the in-ball rounding, and one forward per
 /// eps of the rounded and of the unrounded point, all replayed in one submit.
@@ -146,6 +139,9 @@ pub struct AttackPlan {
     clean: Tensor,
     ids: Tensor,
     true_labels: Tensor,
+    /// The class whose loss moves (the gradient plan's labels, except for
+    /// apgd-t whose loss reads the label and a target).
+    loss_labels: Tensor,
     adv_u8: Tensor,
     /// u32 words per eps slot of `adv_u8`.
     slot_words: u64,
@@ -165,39 +161,6 @@ pub type FgsmPlan = AttackPlan;
 
 fn labels_tensor(ctx: &Context, n: u32, label: &str) -> Result<Tensor> {
     ctx.tensor(Shape::new(n, 1, 1, 1), label)
-}
-
-/// Builds the replay list: own recordings in order, shared ones by name.
-struct Builder {
-    own: Vec<Recording>,
-    pieces: Vec<Piece>,
-}
-
-impl Builder {
-    /// The own recording being appended to (a new one after a shared piece).
-    fn rec(&mut self) -> &mut Recording {
-        if !matches!(self.pieces.last(), Some(Piece::Own(_))) {
-            self.own.push(Recording::new());
-            self.pieces.push(Piece::Own(self.own.len() - 1));
-        }
-        self.own.last_mut().expect("just pushed")
-    }
-    fn shared(&mut self, p: Piece) {
-        self.pieces.push(p);
-    }
-    fn push(&mut self, step: Step) {
-        self.rec().push(step);
-    }
-    fn copy(&mut self, src: &Tensor, dst: &Tensor) {
-        let bytes = src.numel() * 4;
-        self.push(Step::Copy {
-            src: src.buffer.clone(),
-            src_offset: 0,
-            dst: dst.buffer.clone(),
-            dst_offset: 0,
-            bytes,
-        });
-    }
 }
 
 impl AttackPlan {
@@ -222,8 +185,18 @@ impl AttackPlan {
             return Err(Error::Usage("no eps given".into()));
         }
         let targeted = target != Target::Untargeted;
-        let sign = if targeted { -1.0 } else { 1.0 };
-        let grad = gpu.gradient_plan(batch, sign)?;
+        let loss_kind = match spec.method {
+            Method::ApgdDlr => LossKind::Dlr,
+            Method::ApgdT => LossKind::DlrTargeted,
+            _ => LossKind::CrossEntropy,
+        };
+        // The DLR losses are raised either way; cross-entropy descends to a target.
+        let sign = if targeted && loss_kind == LossKind::CrossEntropy {
+            -1.0
+        } else {
+            1.0
+        };
+        let grad = gpu.gradient_plan_with(batch, sign, loss_kind)?;
         let fwd = gpu.forward_plan(batch)?;
         let shape = gpu.input_shape(batch);
         let item = shape.item();
@@ -236,6 +209,16 @@ impl AttackPlan {
         let clean = c.tensor(shape, "clean images")?;
         let classes = gpu.num_classes();
         let groups = numel32.div_ceil(256);
+        let apgd = if spec.method.apgd() {
+            Some(Apgd::new(c, spec, batch, shape, classes, grad.logits.dtype)?)
+        } else {
+            None
+        };
+        let loss_labels = if spec.method == Method::ApgdT {
+            labels_tensor(c, batch, "loss labels")?
+        } else {
+            grad.labels.clone()
+        };
         let f32k = |entry: &'static str, b: &[Binding], consts: &[(&str, f64)]| {
             c.kernel("attack", SHADER, DType::F32, entry, b, consts)
         };
@@ -277,15 +260,28 @@ impl AttackPlan {
             "resolve_labels",
             &kl,
             &p,
-            &[&grad.logits, &true_labels, &grad.labels],
+            &[&grad.logits, &true_labels, &loss_labels],
             batch.div_ceil(64),
         )?;
         b.push(step);
         let clean_stats = c.tensor(Shape::new(batch, ARGMAX_PROB_WIDTH, 1, 1), "clean stats")?;
         argmax_prob(c, b.rec(), &grad.logits, &true_labels, &clean_stats)?;
-        // The clean gradient: FGSM's only one, every iterative attack's first.
-        b.shared(Piece::GradBackward);
-        let iterative = spec.method.iterative();
+        let first = c.tensor(Shape::new(batch * k, 1, 1, 1), "first success")?;
+        let io = Io {
+            grad: &grad,
+            clean: &clean,
+            ids: &ids,
+            true_labels: &true_labels,
+            loss_labels: &loss_labels,
+            first: &first,
+        };
+        if let Some(apgd) = &apgd {
+            apgd.record_clean(c, &mut b, &io)?;
+        } else {
+            // The clean gradient: FGSM's only one, every other attack's first.
+            b.shared(Piece::GradBackward);
+        }
+        let iterative = spec.method.iterative() && apgd.is_none();
         let g0 = if iterative {
             let g0 = c.tensor(shape, "clean gradient")?;
             b.copy(&grad.input_grad, &g0);
@@ -314,7 +310,6 @@ impl AttackPlan {
         };
         let score = c.tensor(Shape::new(batch, 1, 1, 1), "restart score")?;
         let flag = c.tensor(Shape::new(batch, 1, 1, 1), "restart flag")?;
-        let first = c.tensor(Shape::new(batch * k, 1, 1, 1), "first success")?;
         let unset = c.tensor(Shape::new(batch * k, 1, 1, 1), "unset")?;
         c.write_bytes(
             &unset,
@@ -465,7 +460,11 @@ impl AttackPlan {
                 Ok(())
             };
             let mut total = 0u32;
-            for r in 0..spec.restarts {
+            let runs = if apgd.is_some() { 0 } else { spec.restarts };
+            if let Some(apgd) = &apgd {
+                apgd.record_eps(c, &mut b, &io, e32, eps_v)?;
+            }
+            for r in 0..runs {
                 if spec.random_start {
                     let p = c.uniform(&StartParams {
                         numel: numel32,
@@ -527,7 +526,13 @@ impl AttackPlan {
                     b.push(d);
                 }
             }
-            let point = best.as_ref().unwrap_or(&adv);
+            // Restarts and APGD have scored their points' success already.
+            let scored = best.is_some() || apgd.is_some();
+            let point = match (&apgd, &best) {
+                (Some(a), _) => &a.result,
+                (None, Some(best)) => best,
+                (None, None) => &adv,
+            };
             // The scored and saved image: rounded inside the ball.
             let p = c.uniform(&FinalParams {
                 numel: numel32,
@@ -557,10 +562,10 @@ impl AttackPlan {
             stats.push(s);
             // The unrounded point: what rounding cost, and whether the last
             // step succeeded (restarts have scored theirs already).
-            if spec.quantize || best.is_none() {
+            if spec.quantize || !scored {
                 b.copy(point, &fwd.input);
                 b.shared(Piece::Forward);
-                if best.is_none() {
+                if !scored {
                     success(&mut b, &fwd.logits, e32, total)?;
                 }
                 if spec.quantize {
@@ -581,6 +586,7 @@ impl AttackPlan {
             clean,
             ids,
             true_labels,
+            loss_labels,
             adv_u8,
             slot_words,
             norms,
@@ -681,7 +687,7 @@ impl AttackPlan {
         let recs = self.recordings();
         let mut reads: Vec<&Tensor> = vec![
             &self.true_labels,
-            &self.grad.labels,
+            &self.loss_labels,
             &self.norms,
             &self.first,
         ];

@@ -16,10 +16,22 @@ pub enum Method {
     Pgd,
     /// Momentum iterative FGSM (Dong et al. 2018).
     Mifgsm,
+    /// AutoAttack's APGD on the cross-entropy loss (Croce & Hein 2020).
+    ApgdCe,
+    /// APGD on the DLR loss (AutoAttack's `apgd-dlr`).
+    ApgdDlr,
+    /// APGD on the targeted DLR loss, one run per target class: the classes
+    /// the clean model ranks 2nd to 10th (AutoAttack's `apgd-t`).
+    ApgdT,
 }
 
 /// Every method name `--method` takes.
-pub const METHOD_NAMES: [&str; 5] = ["fgsm", "fgm", "bim", "pgd", "mifgsm"];
+pub const METHOD_NAMES: [&str; 8] = [
+    "fgsm", "fgm", "bim", "pgd", "mifgsm", "apgd-ce", "apgd-dlr", "apgd-t",
+];
+
+/// AutoAttack's `apgd-t` attacks the 9 classes ranked after the top one.
+pub const APGD_TARGETS: u32 = 9;
 
 impl Method {
     pub fn parse(s: &str) -> Result<Self> {
@@ -29,12 +41,9 @@ impl Method {
             "bim" => Method::Bim,
             "pgd" => Method::Pgd,
             "mifgsm" | "mi-fgsm" => Method::Mifgsm,
-            "apgd-ce" | "apgd-t" => {
-                return Err(Error::Usage(format!(
-                    "--method {s}: AutoAttack's APGD is not in this version of advex; \
-                     use pgd (--steps 100 --restarts 5 comes closest)"
-                )))
-            }
+            "apgd-ce" | "apgd" => Method::ApgdCe,
+            "apgd-dlr" => Method::ApgdDlr,
+            "apgd-t" | "apgd-dlr-t" => Method::ApgdT,
             other if other.contains(',') => {
                 return Err(Error::Usage(format!(
                     "--method {s}: cascades of several methods are not in this version of \
@@ -57,12 +66,25 @@ impl Method {
             Method::Bim => "bim",
             Method::Pgd => "pgd",
             Method::Mifgsm => "mifgsm",
+            Method::ApgdCe => "apgd-ce",
+            Method::ApgdDlr => "apgd-dlr",
+            Method::ApgdT => "apgd-t",
         }
     }
 
     /// Takes several gradient steps (`--steps`).
     pub fn iterative(self) -> bool {
-        matches!(self, Method::Bim | Method::Pgd | Method::Mifgsm)
+        !matches!(self, Method::Fgsm | Method::Fgm)
+    }
+
+    /// One of AutoAttack's APGD attacks.
+    pub fn apgd(self) -> bool {
+        matches!(self, Method::ApgdCe | Method::ApgdDlr | Method::ApgdT)
+    }
+
+    /// Takes a random start and restarts (`--random-start`, `--restarts`).
+    pub fn restarts(self) -> bool {
+        self == Method::Pgd || self.apgd()
     }
 
     /// The norm of its threat model.
@@ -111,6 +133,9 @@ pub struct AttackSpec {
     pub restarts: u32,
     /// MI-FGSM's momentum decay.
     pub decay: f32,
+    /// apgd-t: target classes per image (the clean ranks 2, 3, ...; clamped
+    /// to the model's classes by the plan).
+    pub targets: u32,
     pub seed: u64,
     /// Round scored and saved images to the 8-bit grid (inside the ball).
     pub quantize: bool,
@@ -135,6 +160,9 @@ pub struct AttackRequest {
 /// Default `--steps` of the iterative methods.
 pub const DEFAULT_STEPS: u32 = 10;
 
+/// Default `--steps` of APGD (AutoAttack's `standard` version).
+pub const APGD_STEPS: u32 = 100;
+
 impl AttackSpec {
     /// FGSM over `eps`.
     pub fn fgsm(eps: &[Eps], quantize: bool, target: Target) -> Self {
@@ -146,6 +174,7 @@ impl AttackSpec {
             random_start: false,
             restarts: 1,
             decay: 1.0,
+            targets: APGD_TARGETS,
             seed: 0,
             quantize,
             target,
@@ -175,19 +204,33 @@ impl AttackSpec {
         let iterative = method.iterative();
         let only_iterative = |flag: &str| {
             Error::Usage(format!(
-                "{flag} applies to the iterative methods (bim, pgd, mifgsm), not {m}"
+                "{flag} applies to the iterative methods (bim, pgd, mifgsm, apgd-*), not {m}"
             ))
         };
         let steps = match r.steps {
             Some(0) => return Err(Error::Usage("--steps must be at least 1".into())),
             Some(s) if iterative => s,
             Some(_) => return Err(only_iterative("--steps")),
+            None if method.apgd() => APGD_STEPS,
             None if iterative => DEFAULT_STEPS,
             None => 1,
         };
+        if method == Method::ApgdDlr && target != Target::Untargeted {
+            return Err(Error::Usage(
+                "--target with apgd-dlr: its loss is untargeted; for a targeted APGD use \
+                 --method apgd-t --target CLASS (or apgd-ce --target CLASS)"
+                    .into(),
+            ));
+        }
         let step_size = match &r.step_size {
             None => None,
             Some(_) if !iterative => return Err(only_iterative("--step-size")),
+            Some(_) if method.apgd() => {
+                return Err(Error::Usage(format!(
+                    "--step-size: {m} adapts its own step (2 eps at first, halved at its \
+                     checkpoints); drop the flag"
+                )))
+            }
             Some(s) => {
                 let v = super::eps::parse_eps_list(s).map_err(|_| {
                     Error::Usage(format!(
@@ -206,18 +249,21 @@ impl AttackSpec {
             }
         };
         let random_start = match r.random_start {
-            Some(true) if method != Method::Pgd => {
+            Some(true) if !method.restarts() => {
                 return Err(Error::Usage(format!(
-                    "--random-start applies to pgd (bim with a random start is pgd), not {m}"
+                    "--random-start applies to pgd and apgd-* (bim with a random start is \
+                     pgd), not {m}"
                 )))
             }
             Some(v) => v,
-            None => method == Method::Pgd,
+            None => method.restarts(),
         };
         let restarts = match r.restarts {
             Some(0) => return Err(Error::Usage("--restarts must be at least 1".into())),
-            Some(n) if n > 1 && method != Method::Pgd => {
-                return Err(Error::Usage(format!("--restarts applies to pgd, not {m}")))
+            Some(n) if n > 1 && !method.restarts() => {
+                return Err(Error::Usage(format!(
+                    "--restarts applies to pgd and apgd-*, not {m}"
+                )))
             }
             Some(n) => n,
             None => 1,
@@ -242,6 +288,7 @@ impl AttackSpec {
             random_start,
             restarts,
             decay,
+            targets: APGD_TARGETS,
             seed: r.seed.unwrap_or(0),
             quantize,
             target,
@@ -259,7 +306,48 @@ impl AttackSpec {
             Method::Fgsm | Method::Fgm => eps,
             Method::Bim | Method::Pgd => 2.5 * eps / self.steps as f64,
             Method::Mifgsm => eps / self.steps as f64,
+            // APGD's first step; its checkpoints halve it per image.
+            Method::ApgdCe | Method::ApgdDlr | Method::ApgdT => 2.0 * eps,
         }
+    }
+
+    /// Fit the settings to a model with `classes` classes, before any GPU work:
+    /// apgd-dlr and apgd-t need 3 and 4 classes; apgd-t attacks at most
+    /// `classes - 1` targets (the note returned says so when that lowers 9).
+    pub fn fit_to_model(&mut self, classes: u32) -> Result<Option<String>> {
+        let need = match self.method {
+            Method::ApgdDlr => 3,
+            Method::ApgdT => 4,
+            _ => return Ok(None),
+        };
+        let m = self.method.name();
+        if classes < need {
+            return Err(Error::Usage(format!(
+                "--method {m} needs a model with at least {need} classes (its DLR loss \
+                 reads the {need} largest logits); this one has {classes}: use apgd-ce"
+            )));
+        }
+        if self.method != Method::ApgdT || self.target != Target::Untargeted {
+            return Ok(None);
+        }
+        let (n, lowered) = self.apgd_targets(classes);
+        let note = lowered.then(|| {
+            format!(
+                "apgd-t: the model has {classes} classes, so each image gets {n} target \
+                 runs instead of AutoAttack's {}",
+                self.targets
+            )
+        });
+        self.targets = n;
+        Ok(note)
+    }
+
+    /// apgd-t's target runs per image on a model with `classes` classes: 9 as
+    /// AutoAttack, or all but the top class on a smaller model; the flag is
+    /// true when the count had to be lowered (the caller says so).
+    pub fn apgd_targets(&self, classes: u32) -> (u32, bool) {
+        let n = self.targets.min(classes.saturating_sub(1));
+        (n, n < self.targets)
     }
 
     /// The settings that change results, as `name=value` text (the run
@@ -271,12 +359,21 @@ impl AttackSpec {
         let mut s = vec![format!("norm={}", self.method.norm().name())];
         if self.method.iterative() {
             s.push(format!("steps={}", self.steps));
-            s.push(match self.step_size {
-                Some(a) => format!("step_size={a}"),
-                None => "step_size=default".into(),
-            });
+            if !self.method.apgd() {
+                s.push(match self.step_size {
+                    Some(a) => format!("step_size={a}"),
+                    None => "step_size=default".into(),
+                });
+            }
         }
-        if self.method == Method::Pgd {
+        if self.method.apgd() {
+            s.push("rho=0.75".into());
+            s.push("momentum=0.75".into());
+        }
+        if self.method == Method::ApgdT {
+            s.push(format!("targets={}", self.targets));
+        }
+        if self.method.restarts() {
             s.push(format!("random_start={}", self.random_start));
             s.push(format!("restarts={}", self.restarts));
             s.push(format!("seed={}", self.seed));
@@ -317,6 +414,15 @@ mod tests {
         let mi = resolve(req("mifgsm")).unwrap();
         assert_eq!(mi.decay, 1.0);
         assert!((mi.step_for(0.1) - 0.01).abs() < 1e-12);
+        let ap = resolve(req("apgd-t")).unwrap();
+        assert_eq!((ap.steps, ap.random_start, ap.restarts), (100, true, 1));
+        assert_eq!(ap.apgd_targets(10), (9, false));
+        assert_eq!(ap.apgd_targets(5), (4, true));
+        assert!((ap.step_for(0.1) - 0.2).abs() < 1e-12);
+        let mut small = ap.clone();
+        assert!(small.fit_to_model(6).unwrap().unwrap().contains("5 target runs"));
+        assert_eq!(small.targets, 5);
+        assert!(small.fit_to_model(3).unwrap_err().to_string().contains("at least 4"));
         let f = resolve(req("fgsm")).unwrap();
         assert_eq!(f.steps, 1);
         assert_eq!(f.step_for(0.1), 0.1);
@@ -394,7 +500,13 @@ mod tests {
         })
         .contains("finite"));
         assert!(err(req("deepfool")).contains("unknown method"));
-        assert!(err(req("apgd-ce")).contains("APGD"));
+        assert!(err(AttackRequest {
+            step_size: Some("1/255".into()),
+            ..req("apgd-ce")
+        })
+        .contains("adapts"));
+        let dlr_t = AttackSpec::resolve(&req("apgd-dlr"), &eps(), true, Target::Class(3));
+        assert!(dlr_t.unwrap_err().to_string().contains("apgd-t"));
         assert!(err(req("bim,pgd")).contains("cascades"));
         // allowed: pgd without its random start, fgm with its own norm
         assert!(

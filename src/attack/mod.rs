@@ -1,10 +1,12 @@
 //! Attacks: FGSM and its eps sweeps, and the perturbation kernel's host side.
 
+pub mod apgd;
 pub mod devices;
 pub mod eps;
 pub mod eval;
 pub mod fgsm;
 pub mod method;
+mod replay;
 pub mod run;
 pub mod shards;
 pub mod worker;

@@ -504,7 +504,10 @@ pub fn run_attack(opts: &RunOptions) -> Result<Report> {
     }
     let prep = prepare(opts)?;
     let target = resolve_target(&opts.target, &prep.model)?;
-    let spec = AttackSpec::resolve(&opts.attack, &opts.eps, opts.quantize, target)?;
+    let mut spec = AttackSpec::resolve(&opts.attack, &opts.eps, opts.quantize, target)?;
+    if let Some(note) = spec.fit_to_model(prep.model.num_classes())? {
+        eprintln!("note: {note}");
+    }
     let method = spec.method.name();
     let share = match &opts.out {
         Some(dir) => Some(open_share(opts, &spec, &prep, dir)?),

@@ -198,8 +198,11 @@ pub fn run_bench(
         opts.precision,
     )?;
     let ctx = gpus[0].ctx.clone();
-    let spec =
+    let mut spec =
         crate::attack::AttackSpec::resolve(&opts.attack, &opts.eps, true, Target::Untargeted)?;
+    if let Some(note) = spec.fit_to_model(model.num_classes())? {
+        eprintln!("note: {note}");
+    }
     let mut results = Vec::new();
     'sizes: for &batch in &opts.batch_sizes {
         let mut plans = Vec::with_capacity(gpus.len());

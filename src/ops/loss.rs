@@ -124,3 +124,96 @@ pub fn argmax_prob(
     rec.push(ctx.dispatch(op, &k, &params, &[logits, labels, out], p.rows)?);
     Ok(())
 }
+
+const DLR_SHADER: &str = include_str!("../../shaders/dlr.wgsl");
+
+/// Mirrors `DlrParams` in `shaders/dlr.wgsl`.
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct DlrParams {
+    n: u32,
+    k: u32,
+    scale: f32,
+    _pad: u32,
+}
+
+/// The difference-of-logits-ratio loss of AutoAttack (Croce & Hein 2020).
+///
+/// Untargeted (`targets = None`): `-(z_y - max_{i != y} z_i) / (z_(1) - z_(3))`;
+/// targeted: `-(z_y - z_t) / (z_(1) - (z_(3) + z_(4)) / 2)`, with `z_(i)` the
+/// i-th largest logit (plus 1e-12 in the denominators, as the reference code).
+/// Writes the per-sample loss to `loss` and `scale` times the gradient of the
+/// summed loss with respect to the logits to `grad`. Needs at least 3 classes
+/// (4 when targeted).
+#[allow(clippy::too_many_arguments)]
+pub fn dlr(
+    ctx: &Context,
+    rec: &mut Recording,
+    logits: &Tensor,
+    labels: &Tensor,
+    targets: Option<&Tensor>,
+    scale: f32,
+    loss: &Tensor,
+    grad: &Tensor,
+) -> Result<()> {
+    let op = "dlr";
+    let s = check(op, logits, labels)?;
+    let need = if targets.is_some() { 4 } else { 3 };
+    if s.c < need {
+        return Err(Error::shape(
+            op,
+            format!(
+                "the DLR loss needs at least {need} classes, the logits have {}",
+                s.c
+            ),
+        ));
+    }
+    if loss.numel() != s.n as u64 || grad.shape != s {
+        return Err(Error::shape(
+            op,
+            format!(
+                "loss {} must hold {} values and grad {} match the logits {s}",
+                loss.shape, s.n, grad.shape
+            ),
+        ));
+    }
+    if let Some(t) = targets {
+        if t.numel() != s.n as u64 {
+            return Err(Error::shape(op, format!("{} targets for {} samples", t.numel(), s.n)));
+        }
+    }
+    distinct(op, loss, &[logits, labels, grad])?;
+    distinct(op, grad, &[logits, labels])?;
+    if s.n == 0 {
+        return Ok(());
+    }
+    let k = ctx.kernel(
+        "dlr",
+        DLR_SHADER,
+        logits.dtype,
+        "dlr",
+        &[
+            Binding::Read,
+            Binding::ReadF32,
+            Binding::ReadF32,
+            Binding::ReadWriteF32,
+            Binding::ReadWrite,
+        ],
+        &[("TARGETED", if targets.is_some() { 1.0 } else { 0.0 })],
+    )?;
+    let params = ctx.uniform(&DlrParams {
+        n: s.n,
+        k: s.c,
+        scale,
+        _pad: 0,
+    });
+    let t = targets.unwrap_or(labels);
+    rec.push(ctx.dispatch(
+        op,
+        &k,
+        &params,
+        &[logits, labels, t, loss, grad],
+        s.n.div_ceil(64),
+    )?);
+    Ok(())
+}
