@@ -1,6 +1,8 @@
-//! The iterative attacks (bim, pgd, mifgsm) and fgm on the MNIST CNN: parity
-//! with torchattacks (tests/fixtures/iterative_mnist.safetensors, made by
-//! tools/make_fixtures_iterative.py), the threat model of every method (in
+//! The iterative attacks (bim, pgd, mifgsm, apgd-*) and fgm on the MNIST CNN:
+//! parity with torchattacks (tests/fixtures/iterative_mnist.safetensors, made
+//! by tools/make_fixtures_iterative.py) and, for the randomised methods, with
+//! the reference robust accuracies (tests/fixtures/random_mnist.safetensors,
+//! tools/make_fixtures_random.py), the threat model of every method (in
 //! the eps ball, on the 8-bit grid), targeted attacks, one submit per batch
 //! and results that do not depend on the batch size.
 
@@ -224,6 +226,76 @@ fn deterministic_methods_match_torchattacks() {
     }
 }
 
+/// Randomised methods (pgd with its random start, apgd-ce, apgd-dlr, apgd-t)
+/// on 500 held-out digits against the reference implementations
+/// (tests/fixtures/random_mnist.safetensors, tools/make_fixtures_random.py):
+/// robust accuracy at the unrounded points within 1 percentage point of the
+/// mean over the reference's seeds. Random numbers differ, so only the
+/// accuracy is compared; the whole attack of a batch is one submit.
+#[test]
+fn randomised_methods_match_the_reference_accuracy() {
+    let bytes = std::fs::read(root().join("tests/fixtures/random_mnist.safetensors")).unwrap();
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let meta = meta.metadata().clone().unwrap();
+    let fx = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let rows: Vec<u64> = serde_json::from_str(&meta["rows"]).unwrap();
+    let cases: Vec<serde_json::Value> = serde_json::from_str(&meta["cases"]).unwrap();
+    let own = Arc::new(common::ctx_with_fold(u32::MAX));
+    let model = advex::load_model(&root().join("weights/mnist_cnn.safetensors")).unwrap();
+    let gpu = GpuModel::new(own, Arc::new(model)).unwrap();
+    let pixels: Vec<f32> = fx
+        .tensor("images")
+        .unwrap()
+        .data()
+        .iter()
+        .map(|&v| v as f32 / 255.0)
+        .collect();
+    let labels: Vec<i32> = bytemuck::pod_collect_to_vec(fx.tensor("labels").unwrap().data());
+    let n = labels.len();
+    assert!(n >= 500 && rows.len() == n);
+    let ids: Vec<u32> = rows.iter().map(|r| image_id(&format!("mnist_5k/{r}"))).collect();
+    let batch = 250usize;
+    for case in &cases {
+        let method = case["method"].as_str().unwrap();
+        let eps = parse_eps_list(case["eps"].as_str().unwrap()).unwrap();
+        let r = AttackRequest {
+            method: Some(method.into()),
+            steps: Some(case["steps"].as_u64().unwrap() as u32),
+            seed: Some(1),
+            ..Default::default()
+        };
+        let s = AttackSpec::resolve(&r, &eps, false, Target::Untargeted).unwrap();
+        let plan = AttackPlan::with_spec(&gpu, batch as u32, &s).unwrap();
+        let mut robust = 0usize;
+        for start in (0..n).step_by(batch) {
+            let end = (start + batch).min(n);
+            let lab: Vec<Option<u32>> = labels[start..end].iter().map(|&l| Some(l as u32)).collect();
+            let before = gpu.ctx.submit_count();
+            let out = plan
+                .run_ids(&pixels[start * 784..end * 784], &lab, &ids[start..end], false)
+                .unwrap();
+            assert_eq!(gpu.ctx.submit_count() - before, 1, "{method}: one submit per batch");
+            robust += (0..end - start)
+                .filter(|&i| out.adv[0][i].class == labels[start + i] as u32)
+                .count();
+        }
+        let got = robust as f64 / n as f64;
+        let refs: Vec<f64> = case["robust_accuracy"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
+        let want = refs.iter().sum::<f64>() / refs.len() as f64;
+        eprintln!("{method} eps {}: robust accuracy {got:.4}, reference {refs:?}", eps[0].text);
+        assert!(
+            (got - want).abs() <= 0.01,
+            "{method} eps {}: robust accuracy {got:.4}, reference {want:.4} (seeds {refs:?})",
+            eps[0].text
+        );
+    }
+}
+
 /// Every method, eps on and off the 8-bit grid: saved pixels are in the eps
 /// ball (L2 for fgm) and the reported norms say so.
 #[test]
@@ -233,10 +305,12 @@ fn every_method_stays_in_the_ball_on_the_grid() {
     let pixels = &pixels[..n * 784];
     let ids: Vec<u32> = paths[..n].iter().map(|p| image_id(p)).collect();
     let eps = parse_eps_list("0.1,8/255,0.3").unwrap();
-    for method in ["fgsm", "fgm", "bim", "pgd", "mifgsm"] {
+    for method in [
+        "fgsm", "fgm", "bim", "pgd", "mifgsm", "apgd-ce", "apgd-dlr", "apgd-t",
+    ] {
         let r = AttackRequest {
             steps: (method != "fgsm" && method != "fgm").then_some(5),
-            restarts: (method == "pgd").then_some(2),
+            restarts: (method == "pgd" || method == "apgd-ce").then_some(2),
             ..Default::default()
         };
         let s = spec(method, &eps, r, Target::Untargeted);
@@ -293,11 +367,14 @@ fn targeted_attacks_approach_the_target() {
     let eval = EvalPlan::new(&gpu, n as u32).unwrap();
     let to_target = vec![Some(target); n];
     let (_, clean) = eval.run(pixels, &to_target).unwrap();
-    for method in ["fgsm", "bim", "pgd", "mifgsm"] {
+    for method in ["fgsm", "bim", "pgd", "mifgsm", "apgd-ce", "apgd-t"] {
         let s = spec(
             method,
             &eps,
-            AttackRequest::default(),
+            AttackRequest {
+                steps: method.starts_with("apgd").then_some(20),
+                ..Default::default()
+            },
             Target::Class(target),
         );
         let plan = AttackPlan::with_spec(&gpu, n as u32, &s).unwrap();
@@ -347,8 +424,8 @@ fn results_do_not_depend_on_the_batch_size() {
         },
         Target::Untargeted,
     );
-    let run = |batch: usize| {
-        let plan = AttackPlan::with_spec(&gpu, batch as u32, &s).unwrap();
+    let run = |s: &AttackSpec, batch: usize| {
+        let plan = AttackPlan::with_spec(&gpu, batch as u32, s).unwrap();
         let mut imgs = vec![Vec::new(); eps.len()];
         let mut preds = vec![Vec::new(); eps.len()];
         for (_, out) in run_batches(&plan, &pixels, &ids, batch) {
@@ -360,8 +437,8 @@ fn results_do_not_depend_on_the_batch_size() {
         }
         (imgs, preds)
     };
-    let (a_img, a_pred) = run(7);
-    let (b_img, b_pred) = run(32);
+    let (a_img, a_pred) = run(&s, 7);
+    let (b_img, b_pred) = run(&s, 32);
     assert_eq!(a_pred, b_pred);
     for e in 0..eps.len() {
         for i in 0..n {
@@ -372,6 +449,21 @@ fn results_do_not_depend_on_the_batch_size() {
             );
         }
     }
+    // APGD too: its target ranking, runs and checkpoint decisions are per image.
+    let apgd = spec(
+        "apgd-t",
+        &eps,
+        AttackRequest {
+            steps: Some(4),
+            seed: Some(7),
+            ..Default::default()
+        },
+        Target::Untargeted,
+    );
+    let (c_img, c_pred) = run(&apgd, 7);
+    let (d_img, d_pred) = run(&apgd, 32);
+    assert_eq!(c_pred, d_pred, "apgd-t predictions differ between batch sizes");
+    assert!(c_img == d_img, "apgd-t images differ between batch sizes");
     // and another seed gives other starts
     let s2 = AttackSpec {
         seed: 8,

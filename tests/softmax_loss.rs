@@ -176,3 +176,91 @@ fn loss_rejects_bad_shapes() {
     assert!(loss::argmax_prob(&ctx, &mut rec, &fm, &l2, &lo).is_err());
     assert!(rec.is_empty());
 }
+
+/// AutoAttack's DLR losses in f64: `(loss, grad)` of the summed loss, ranks
+/// as an ascending stable sort leaves them (on ties the higher index ranks
+/// higher).
+fn dlr_ref(z: &[f64], n: usize, k: usize, y: &[u32], t: Option<&[u32]>) -> (Vec<f64>, Vec<f64>) {
+    let mut loss = vec![0.0; n];
+    let mut grad = vec![0.0; n * k];
+    for r in 0..n {
+        let row = &z[r * k..(r + 1) * k];
+        let mut order: Vec<usize> = (0..k).collect();
+        order.sort_by(|&a, &b| row[a].partial_cmp(&row[b]).unwrap()); // stable
+        let top = |i: usize| order[k - 1 - i];
+        let yl = y[r] as usize;
+        let g = &mut grad[r * k..(r + 1) * k];
+        let (other, d) = match t {
+            Some(t) => (
+                t[r] as usize,
+                row[top(0)] - 0.5 * (row[top(2)] + row[top(3)]) + 1e-12,
+            ),
+            None => (
+                if top(0) == yl { top(1) } else { top(0) },
+                row[top(0)] - row[top(2)] + 1e-12,
+            ),
+        };
+        let num = row[yl] - row[other];
+        loss[r] = -num / d;
+        g[yl] -= 1.0 / d;
+        g[other] += 1.0 / d;
+        g[top(0)] += num / (d * d);
+        if t.is_some() {
+            g[top(2)] -= 0.5 * num / (d * d);
+            g[top(3)] -= 0.5 * num / (d * d);
+        } else {
+            g[top(2)] -= num / (d * d);
+        }
+    }
+    (loss, grad)
+}
+
+fn check_dlr(ctx: &Context, z: &[f32], n: usize, k: usize, targeted: bool, seed: u64) {
+    let mut rg = rng(seed);
+    let y: Vec<u32> = (0..n).map(|_| rg.random_range(0..k as u32)).collect();
+    let t: Vec<u32> = (0..n).map(|_| rg.random_range(0..k as u32)).collect();
+    let s = Shape::new(n as u32, k as u32, 1, 1);
+    let zt = ctx.upload(z, s, "logits").unwrap();
+    let u = |v: &[u32], name| {
+        let x = ctx.tensor(Shape::new(n as u32, 1, 1, 1), name).unwrap();
+        ctx.write_bytes(&x, bytemuck::cast_slice(v));
+        x
+    };
+    let (yt, tt) = (u(&y, "labels"), u(&t, "targets"));
+    let lo = ctx.tensor(Shape::new(n as u32, 1, 1, 1), "loss").unwrap();
+    let gr = ctx.tensor(s, "grad").unwrap();
+    let mut rec = Recording::new();
+    let scale = 2.0;
+    loss::dlr(ctx, &mut rec, &zt, &yt, targeted.then_some(&tt), scale, &lo, &gr).unwrap();
+    let mut out = ctx.run_read(&[&rec], &[&lo, &gr]).unwrap();
+    let got_grad = out.pop().unwrap();
+    let got_loss = out.pop().unwrap();
+    let (want_loss, want_grad) = dlr_ref(&to_f64(z), n, k, &y, targeted.then_some(&t[..]));
+    let want_grad: Vec<f64> = want_grad.iter().map(|g| g * scale as f64).collect();
+    let what = format!("dlr n {n} k {k} targeted {targeted}");
+    assert_close(&format!("{what} loss"), &got_loss, &want_loss, 1e-4);
+    assert_close(&format!("{what} grad"), &got_grad, &want_grad, 1e-4);
+}
+
+#[test]
+fn dlr_losses_match_reference() {
+    let ctx = ctx();
+    for (n, k, seed) in [(5, 10, 11), (130, 10, 12), (3, 4, 13), (7, 1000, 14), (1, 3, 15)] {
+        let z: Vec<f32> = random(seed, n * k).iter().map(|v| v * 4.0).collect();
+        check_dlr(&ctx, &z, n, k, false, seed);
+        if k >= 4 {
+            check_dlr(&ctx, &z, n, k, true, seed);
+        }
+    }
+    // ties rank the higher index higher, as the reference's sort
+    let z = [1.0f32, 3.0, 3.0, 0.0, 3.0, -1.0, 2.0, 2.0];
+    check_dlr(&ctx, &z, 2, 4, false, 16);
+    check_dlr(&ctx, &z, 2, 4, true, 17);
+    // too few classes is refused
+    let zt = ctx.upload(&[0.0; 4], Shape::new(2, 2, 1, 1), "z").unwrap();
+    let lt = ctx.tensor(Shape::new(2, 1, 1, 1), "l").unwrap();
+    let lo = ctx.tensor(Shape::new(2, 1, 1, 1), "loss").unwrap();
+    let gr = ctx.tensor(Shape::new(2, 2, 1, 1), "g").unwrap();
+    let err = loss::dlr(&ctx, &mut Recording::new(), &zt, &lt, None, 1.0, &lo, &gr).unwrap_err();
+    assert!(err.to_string().contains("at least 3 classes"), "{err}");
+}

