@@ -770,6 +770,21 @@ fn print_attack_summary(r: &advex::report::Report) {
             }
         );
     }
+    if let Some(names) = &r.cascade {
+        println!("robust accuracy after each attack of the cascade (the table is the worst case):");
+        print!("{:>10}", "eps");
+        for n in names {
+            print!(" {n:>10}");
+        }
+        println!();
+        for e in &r.epsilons {
+            print!("{:>10}", e.eps_text);
+            for a in e.robust_accuracy_after.iter().flatten() {
+                print!(" {a:>10.4}");
+            }
+            println!();
+        }
+    }
     if !r.skipped.is_empty() {
         println!(
             "skipped {} unreadable images (listed in the report)",

@@ -984,3 +984,52 @@ fn several_devices_write_what_one_device_writes() {
         "{err}"
     );
 }
+
+/// `--method bim,pgd`: a cascade reports robust accuracy after each attack
+/// (the first equal to bim alone, never rising, the last the worst case the
+/// table describes), names the attack behind each row, and a comma list with
+/// a flag one of its attacks refuses is an error before any work.
+#[test]
+fn cascades_report_each_attack_and_the_worst_case() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("cascade");
+    let (code, _, err) = run(digits_attack_eps(&out, "0.1,0.2").args([
+        "--method", "bim,pgd", "--steps", "3",
+    ]));
+    assert_eq!(code, 0, "{err}");
+    let (csv, report) = merged(&out);
+    assert_eq!(report["method"], "bim,pgd");
+    assert_eq!(report["cascade"], serde_json::json!(["bim", "pgd"]));
+    let alone = dir.path().join("bim");
+    let (code, _, err) =
+        run(digits_attack_eps(&alone, "0.1,0.2").args(["--method", "bim", "--steps", "3"]));
+    assert_eq!(code, 0, "{err}");
+    let (_, bim) = merged(&alone);
+    for (e, stats) in report["epsilons"].as_array().unwrap().iter().enumerate() {
+        let after: Vec<f64> = stats["robust_accuracy_after"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
+        assert_eq!(after.len(), 2);
+        assert!(after[1] <= after[0], "robust accuracy rose: {after:?}");
+        assert_eq!(after[1], stats["accuracy"].as_f64().unwrap());
+        assert_eq!(after[0], bim["epsilons"][e]["accuracy"].as_f64().unwrap());
+    }
+    let methods: std::collections::BTreeSet<&str> =
+        csv.lines().skip(1).map(|l| l.split(',').nth(2).unwrap()).collect();
+    assert!(
+        methods.iter().all(|m| ["clean", "bim", "pgd"].contains(m)),
+        "{methods:?}"
+    );
+    assert!(methods.contains("bim"));
+    let (code, _, err) = run(digits_attack_eps(&dir.path().join("bad"), "0.1").args([
+        "--method",
+        "bim,pgd",
+        "--restarts",
+        "2",
+    ]));
+    assert_eq!(code, 1);
+    assert!(err.contains("--restarts") && err.contains("cascade bim,pgd"), "{err}");
+}

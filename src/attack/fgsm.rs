@@ -59,6 +59,9 @@ pub struct BatchOutcome {
     pub first_success: Vec<Vec<Option<u32>>>,
     /// Per eps, per image: CHW 8-bit pixels (when asked for).
     pub images: Option<Vec<Vec<Vec<u8>>>>,
+    /// A cascade, per eps, per image: (the attack whose result is kept, how
+    /// many leading attacks left the top-1 on the label).
+    pub stages: Option<Vec<Vec<(u8, u8)>>>,
 }
 
 #[repr(C)]
@@ -752,6 +755,7 @@ impl AttackPlan {
             norms,
             first_success,
             images,
+            stages: None,
         })
     }
 }

@@ -44,12 +44,6 @@ impl Method {
             "apgd-ce" | "apgd" => Method::ApgdCe,
             "apgd-dlr" => Method::ApgdDlr,
             "apgd-t" | "apgd-dlr-t" => Method::ApgdT,
-            other if other.contains(',') => {
-                return Err(Error::Usage(format!(
-                    "--method {s}: cascades of several methods are not in this version of \
-                     advex; run one method per command"
-                )))
-            }
             _ => {
                 return Err(Error::Usage(format!(
                     "--method {s}: unknown method; use one of {}",
@@ -385,6 +379,87 @@ impl AttackSpec {
     }
 }
 
+/// The attacks of a run: one method, or a cascade (`--method apgd-ce,apgd-t`)
+/// where each later attack counts only for the images the earlier ones left
+/// robust (AutoAttack's protocol), per eps.
+#[derive(Debug, Clone)]
+pub struct Cascade {
+    pub stages: Vec<AttackSpec>,
+}
+
+impl Cascade {
+    /// Resolve every method of the comma list with the same flags; a flag that
+    /// does not apply to one of them is refused as for that method alone.
+    pub fn resolve(r: &AttackRequest, eps: &[Eps], quantize: bool, target: Target) -> Result<Self> {
+        let list = r.method.as_deref().unwrap_or("fgsm");
+        let mut stages = Vec::new();
+        for m in list.split(',') {
+            if m.trim().is_empty() {
+                return Err(Error::Usage(format!(
+                    "--method {list}: an empty name in the list; give methods separated by \
+                     commas, e.g. apgd-ce,apgd-t"
+                )));
+            }
+            let one = AttackRequest {
+                method: Some(m.trim().into()),
+                ..r.clone()
+            };
+            stages.push(AttackSpec::resolve(&one, eps, quantize, target).map_err(|e| {
+                match e {
+                    Error::Usage(msg) if stages_len(list) > 1 => {
+                        Error::Usage(format!("{msg} (in the cascade {list})"))
+                    }
+                    other => other,
+                }
+            })?);
+        }
+        Ok(Cascade { stages })
+    }
+
+    /// Several attacks.
+    pub fn is_cascade(&self) -> bool {
+        self.stages.len() > 1
+    }
+
+    /// `fgsm`, or `apgd-ce,apgd-t`.
+    pub fn name(&self) -> String {
+        let names: Vec<&str> = self.stages.iter().map(|s| s.method.name()).collect();
+        names.join(",")
+    }
+
+    pub fn names(&self) -> Vec<String> {
+        self.stages.iter().map(|s| s.method.name().to_string()).collect()
+    }
+
+    /// The run manifest's settings: one method's, or each attack's prefixed
+    /// with its name.
+    pub fn settings(&self) -> Vec<String> {
+        if !self.is_cascade() {
+            return self.stages[0].settings();
+        }
+        self.stages
+            .iter()
+            .flat_map(|s| {
+                let m = s.method.name();
+                s.settings().into_iter().map(move |v| format!("{m}:{v}"))
+            })
+            .collect()
+    }
+
+    /// [`AttackSpec::fit_to_model`] for every attack; the notes to print.
+    pub fn fit_to_model(&mut self, classes: u32) -> Result<Vec<String>> {
+        let mut notes = Vec::new();
+        for s in &mut self.stages {
+            notes.extend(s.fit_to_model(classes)?);
+        }
+        Ok(notes)
+    }
+}
+
+fn stages_len(list: &str) -> usize {
+    list.split(',').count()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -507,7 +582,32 @@ mod tests {
         .contains("adapts"));
         let dlr_t = AttackSpec::resolve(&req("apgd-dlr"), &eps(), true, Target::Class(3));
         assert!(dlr_t.unwrap_err().to_string().contains("apgd-t"));
-        assert!(err(req("bim,pgd")).contains("cascades"));
+        let cascade = |m: &str, r: AttackRequest| {
+            Cascade::resolve(
+                &AttackRequest {
+                    method: Some(m.into()),
+                    ..r
+                },
+                &eps(),
+                true,
+                Target::Untargeted,
+            )
+        };
+        let c = cascade("apgd-ce, apgd-t", AttackRequest::default()).unwrap();
+        assert_eq!(c.name(), "apgd-ce,apgd-t");
+        assert_eq!(c.stages[1].steps, 100);
+        assert!(c.settings().iter().any(|s| s == "apgd-t:targets=9"));
+        let e = cascade("bim,apgd-ce", AttackRequest {
+            step_size: Some("1/255".into()),
+            ..Default::default()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("adapts") && e.contains("cascade bim,apgd-ce"), "{e}");
+        assert!(cascade("pgd,,bim", AttackRequest::default())
+            .unwrap_err()
+            .to_string()
+            .contains("empty name"));
         // allowed: pgd without its random start, fgm with its own norm
         assert!(
             !resolve(AttackRequest {

@@ -1,6 +1,7 @@
 //! Attacks: FGSM and its eps sweeps, and the perturbation kernel's host side.
 
 pub mod apgd;
+pub mod cascade;
 pub mod devices;
 pub mod eps;
 pub mod eval;
@@ -15,7 +16,8 @@ pub use devices::{open_gpus, run_ordered, DeviceOptions};
 pub use eps::{parse_eps_list, Eps};
 pub use eval::EvalPlan;
 pub use fgsm::{image_id, AttackPlan, BatchOutcome, FgsmPlan, Pred, Target};
-pub use method::{AttackRequest, AttackSpec, Method, Norm, METHOD_NAMES};
+pub use cascade::CascadePlan;
+pub use method::{AttackRequest, AttackSpec, Cascade, Method, Norm, METHOD_NAMES};
 pub use run::{run_attack, run_eval, RunOptions, TargetSpec};
 pub use shards::{merge_run, write_merged, Manifest};
 pub use worker::{resolve_worker, Worker};

@@ -9,7 +9,7 @@ use std::time::Instant;
 use super::devices::{open_gpus, run_ordered, DeviceOptions};
 use super::shards::{self, digest, open_run, Manifest, ShardRecord};
 use super::worker::{resolve_worker, Worker};
-use super::{image_id, AttackPlan, AttackRequest, AttackSpec, Eps, EvalPlan, Pred, Target};
+use super::{image_id, AttackRequest, Cascade, CascadePlan, Eps, EvalPlan, Pred, Target};
 use crate::data::{
     assign_labels, discover, write_atomic, BatchLoader, ImageEntry, LabelSource, OutputFormat,
     OutputSpec, OutputWriter, PngCompression, Preprocessor, Sample, Skipped, DEFAULT_SHARD_SIZE,
@@ -41,7 +41,8 @@ pub struct RunOptions {
     pub labels: Option<PathBuf>,
     pub eps: Vec<Eps>,
     pub target: TargetSpec,
-    /// `--method` and its settings (resolved by [`AttackSpec::resolve`]).
+    /// `--method` (one, or a comma list: a cascade) and its settings (resolved
+    /// by [`Cascade::resolve`]).
     pub attack: AttackRequest,
     pub out: Option<PathBuf>,
     /// How `out` is written (`--format`).
@@ -341,7 +342,7 @@ struct Share {
 }
 
 /// Check or write the manifest, and find this worker's uncommitted shards.
-fn open_share(opts: &RunOptions, spec: &AttackSpec, prep: &Prepared, dir: &Path) -> Result<Share> {
+fn open_share(opts: &RunOptions, attack: &Cascade, prep: &Prepared, dir: &Path) -> Result<Share> {
     let worker = resolve_worker(opts.worker.as_deref(), &|k| std::env::var(k).ok())?;
     if worker.count > 1 && opts.overwrite {
         return Err(Error::Usage(
@@ -371,8 +372,8 @@ fn open_share(opts: &RunOptions, spec: &AttackSpec, prep: &Prepared, dir: &Path)
         ),
         model: model_info(&prep.model, opts.model.as_deref()),
         model_digest,
-        method: spec.method.name().into(),
-        attack: spec.settings(),
+        method: attack.name(),
+        attack: attack.settings(),
         eps: opts.eps.iter().map(|e| e.text.clone()).collect(),
         target: target_text(&opts.target),
         quantized: opts.quantize,
@@ -504,13 +505,14 @@ pub fn run_attack(opts: &RunOptions) -> Result<Report> {
     }
     let prep = prepare(opts)?;
     let target = resolve_target(&opts.target, &prep.model)?;
-    let mut spec = AttackSpec::resolve(&opts.attack, &opts.eps, opts.quantize, target)?;
-    if let Some(note) = spec.fit_to_model(prep.model.num_classes())? {
+    let mut attack = Cascade::resolve(&opts.attack, &opts.eps, opts.quantize, target)?;
+    for note in attack.fit_to_model(prep.model.num_classes())? {
         eprintln!("note: {note}");
     }
-    let method = spec.method.name();
+    let method = attack.name();
+    let stage_names = attack.names();
     let share = match &opts.out {
-        Some(dir) => Some(open_share(opts, &spec, &prep, dir)?),
+        Some(dir) => Some(open_share(opts, &attack, &prep, dir)?),
         None => None,
     };
     let (work, global): (Arc<Vec<ImageEntry>>, Vec<usize>) = match &share {
@@ -542,7 +544,7 @@ pub fn run_attack(opts: &RunOptions) -> Result<Report> {
     autotune(opts, &gpus, batch)?;
     let plans = gpus
         .iter()
-        .map(|g| AttackPlan::with_spec(g, batch, &spec))
+        .map(|g| CascadePlan::new(g, batch, &attack))
         .collect::<Result<Vec<_>>>()?;
     let (dtype, model_name) = (gpus[0].dtype, gpus[0].model.name.clone());
     // Images are encoded and written on a writer thread while the GPU works on;
@@ -554,7 +556,7 @@ pub fn run_attack(opts: &RunOptions) -> Result<Report> {
             format: opts.format,
             shard_size: opts.shard_size,
             eps: opts.eps.clone(),
-            method: method.into(),
+            method: method.clone(),
             shape: prep.model.input,
             png_compression: opts.png_compression,
         })?),
@@ -676,6 +678,7 @@ pub fn run_attack(opts: &RunOptions) -> Result<Report> {
                     l2: 0.0,
                     raw_success: None,
                     steps: None,
+                    stages: None,
                 };
                 record(
                     &obs,
@@ -711,6 +714,15 @@ pub fn run_attack(opts: &RunOptions) -> Result<Report> {
                         l2,
                         raw_success,
                         steps: o.first_success[e][j],
+                        stages: o
+                            .stages
+                            .as_ref()
+                            .map(|st| (stage_names.len() as u8, st[e][j].1)),
+                    };
+                    // A cascade's row names the attack whose image it kept.
+                    let row_method = match &o.stages {
+                        Some(st) => stage_names[st[e][j].0 as usize].as_str(),
+                        None => method.as_str(),
                     };
                     record(
                         &obs,
@@ -722,7 +734,7 @@ pub fn run_attack(opts: &RunOptions) -> Result<Report> {
                         &PredictionRow {
                             image: rel,
                             label,
-                            attack: Some((method, eps)),
+                            attack: Some((row_method, eps)),
                             pred: p.class,
                             pred_prob: p.prob,
                             label_prob: p.label_prob,
@@ -773,7 +785,8 @@ pub fn run_attack(opts: &RunOptions) -> Result<Report> {
         adapter,
         devices,
         precision: dtype.name().into(),
-        method: method.into(),
+        method: method.clone(),
+        cascade: attack.is_cascade().then(|| attack.names()),
         target: target_text(&opts.target),
         images,
         labels: prep.label_source,
@@ -938,6 +951,7 @@ pub fn run_eval(opts: &RunOptions) -> Result<(Vec<EvalRow>, Report)> {
                     l2: 0.0,
                     raw_success: None,
                     steps: None,
+                    stages: None,
                 });
                 let rel = prep.entries[idx].rel.clone();
                 if let Some(w) = predictions.as_mut() {
@@ -973,6 +987,7 @@ pub fn run_eval(opts: &RunOptions) -> Result<(Vec<EvalRow>, Report)> {
         devices: device_list(&gpus),
         precision: dtype.name().into(),
         method: crate::report::NO_METHOD.into(),
+        cascade: None,
         target: None,
         images: rows.len(),
         labels: prep.label_source,

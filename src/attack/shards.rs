@@ -382,6 +382,10 @@ fn merge_where(dir: &Path, share: Option<&Worker>) -> Result<(Report, Vec<u8>)> 
             .unwrap_or_default(),
         precision: m.precision.clone(),
         method: m.method.clone(),
+        cascade: m
+            .method
+            .contains(',')
+            .then(|| m.method.split(',').map(str::to_string).collect()),
         target: m.target.clone(),
         images,
         labels: m.labels,

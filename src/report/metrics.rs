@@ -20,6 +20,9 @@ pub struct Observation {
     pub raw_success: Option<bool>,
     /// Steps taken when the attack first succeeded before rounding.
     pub steps: Option<u32>,
+    /// A cascade of `.0` attacks: after how many of them (in order) the
+    /// image's top-1 was still the label (`.0` when none changed it).
+    pub stages: Option<(u8, u8)>,
 }
 
 /// Whether an attack succeeded on an image: a targeted attack reaches its
@@ -51,6 +54,10 @@ pub struct EpsAccumulator {
     pub steps_sum: u64,
     #[serde(default)]
     pub steps_count: u64,
+    /// A cascade: per attack, images still classified right after it and
+    /// every attack before it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stage_correct: Vec<u64>,
 }
 
 impl EpsAccumulator {
@@ -64,6 +71,12 @@ impl EpsAccumulator {
         if let Some(raw) = o.raw_success {
             self.rounding_counted = true;
             self.lost_to_rounding += (raw && !success) as u64;
+        }
+        if let Some((n, still)) = o.stages {
+            self.stage_correct.resize(self.stage_correct.len().max(n as usize), 0);
+            for c in &mut self.stage_correct[..still as usize] {
+                *c += 1;
+            }
         }
         if o.clean_correct {
             self.clean_correct += 1;
@@ -89,6 +102,12 @@ impl EpsAccumulator {
         self.rounding_counted |= o.rounding_counted;
         self.steps_sum += o.steps_sum;
         self.steps_count += o.steps_count;
+        if self.stage_correct.len() < o.stage_correct.len() {
+            self.stage_correct.resize(o.stage_correct.len(), 0);
+        }
+        for (a, b) in self.stage_correct.iter_mut().zip(&o.stage_correct) {
+            *a += b;
+        }
     }
 
     fn ratio(a: u64, b: u64) -> f64 {
@@ -140,6 +159,12 @@ impl EpsAccumulator {
             lost_to_rounding: self.rounding_counted.then_some(self.lost_to_rounding),
             mean_steps_to_success: (self.steps_count > 0)
                 .then(|| self.steps_sum as f64 / self.steps_count as f64),
+            robust_accuracy_after: (!self.stage_correct.is_empty()).then(|| {
+                self.stage_correct
+                    .iter()
+                    .map(|&c| Self::ratio(c, self.images))
+                    .collect()
+            }),
         }
     }
 }
@@ -160,6 +185,7 @@ mod tests {
             l2: 1.0,
             raw_success: None,
             steps: None,
+            stages: None,
         }
     }
 
@@ -173,5 +199,24 @@ mod tests {
         assert!((s.accuracy - 1.0 / 3.0).abs() < 1e-12);
         assert!((s.success_rate - 0.5).abs() < 1e-12);
         assert!((s.mean_l2 - 1.0).abs() < 1e-12);
+        assert!(s.robust_accuracy_after.is_none());
+    }
+
+    #[test]
+    fn cascades_count_robust_accuracy_after_each_attack() {
+        let mut a = EpsAccumulator::default();
+        let with = |pred, still| Observation {
+            stages: Some((2, still)),
+            ..obs(1, pred, true)
+        };
+        a.add(&with(2, 0)); // the first attack fooled it
+        a.add(&with(2, 1)); // the second did
+        a.add(&with(1, 2)); // robust to both
+        a.add(&with(1, 2));
+        let mut b = EpsAccumulator::default();
+        b.merge(&a);
+        let s = b.stats(0.1, "0.1");
+        assert_eq!(s.robust_accuracy_after, Some(vec![0.75, 0.5]));
+        assert_eq!(s.accuracy, 0.5, "the last attack's figure is the worst case");
     }
 }

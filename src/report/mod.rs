@@ -51,6 +51,11 @@ pub struct EpsStats {
     /// the clean-correct images it fooled at some step.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mean_steps_to_success: Option<f64>,
+    /// A cascade (`--method a,b`): robust accuracy after each attack, in the
+    /// order of [`Report::cascade`]; the last is the pointwise worst case,
+    /// which `accuracy` and the other figures describe.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub robust_accuracy_after: Option<Vec<f64>>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -80,6 +85,10 @@ pub struct Report {
     /// `f32` or `f16`: storage type of weights, activations and gradients.
     pub precision: String,
     pub method: String,
+    /// The attacks of a cascade, in order (`method` joins them); absent for
+    /// one method.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cascade: Option<Vec<String>>,
     /// `None` for untargeted; else the target (class index, or `least-likely`).
     pub target: Option<String>,
     pub images: usize,
