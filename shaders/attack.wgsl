@@ -50,10 +50,12 @@ fn uniform01(seed_lo: u32, seed_hi: u32, image: u32, restart: u32, element: u32)
 }
 
 // ---------------------------------------------------------------------------
-// step: one step of the FGSM family on `adv` (in place), for one eps:
+// step: one step of the FGSM family on `adv` (in place):
 //   STEP 0 (sign):     adv = clip01(proj(adv + a * sign(g)))
 //   STEP 1 (momentum): m = g / mean|g| + decay * m; adv = clip01(proj(adv + a * sign(m)))
 //   STEP 2 (l2):       adv = clip01(x + a * g / ||g||_2)   (FGM, one step from x)
+// Each image has its own eps (`seps`, one per image: the run's eps, or a
+// --minimal bisection's) and step a = step_abs + step_rel * eps.
 // proj clamps to [x - eps, x + eps] (L-inf). `gnorm` holds per image mean|g|
 // (STEP 1) or ||g||_2 (STEP 2) from `grad_norm`. As torchattacks: a zero
 // gradient moves nothing (sign(0) = 0; a zero norm divides to zero).
@@ -62,8 +64,8 @@ override STEP: u32 = 0u;
 struct StepParams {
     numel: u32,   // elements of one batch
     item: u32,    // elements of one image
-    eps: f32,
-    step: f32,
+    step_abs: f32,
+    step_rel: f32,
     decay: f32,
     _p0: u32,
     _p1: u32,
@@ -76,6 +78,7 @@ struct StepParams {
 @group(0) @binding(3) var<storage, read> sgnorm: array<f32>;
 @group(0) @binding(4) var<storage, read_write> sadv: array<f32>;
 @group(0) @binding(5) var<storage, read_write> smom: array<f32>;
+@group(0) @binding(6) var<storage, read> seps: array<f32>;
 
 @compute @workgroup_size(256)
 fn step(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -84,20 +87,22 @@ fn step(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     if (i >= sp.numel) { return; }
     let x = sx[i];
     let g = sg[i];
+    let eps = seps[i / sp.item];
+    let a = sp.step_abs + sp.step_rel * eps;
     var v: f32;
     switch STEP {
         case 1u: {
             let n = sgnorm[i / sp.item];
             let m = select(0.0, g / n, n > 0.0) + sp.decay * smom[i];
             smom[i] = m;
-            v = clamp(sadv[i] + sp.step * sign(m), x - sp.eps, x + sp.eps);
+            v = clamp(sadv[i] + a * sign(m), x - eps, x + eps);
         }
         case 2u: {
             let n = sgnorm[i / sp.item];
-            v = x + select(0.0, sp.step * g / n, n > 0.0);
+            v = x + select(0.0, a * g / n, n > 0.0);
         }
         default: {
-            v = clamp(sadv[i] + sp.step * sign(g), x - sp.eps, x + sp.eps);
+            v = clamp(sadv[i] + a * sign(g), x - eps, x + eps);
         }
     }
     sadv[i] = clamp(v, 0.0, 1.0);
@@ -146,12 +151,12 @@ fn grad_norm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
 }
 
 // ---------------------------------------------------------------------------
-// random_start: adv = clip01(x + eps * (2u - 1)), u uniform in [0, 1) from the
+// random_start: adv = clip01(x + eps * (2u - 1)) (eps per image), u uniform in [0, 1) from the
 // counter-based generator keyed by (seed, image id, restart, element).
 struct StartParams {
     numel: u32,
     item: u32,
-    eps: f32,
+    _p2: u32,
     restart: u32,
     seed_lo: u32,
     seed_hi: u32,
@@ -163,6 +168,7 @@ struct StartParams {
 @group(0) @binding(1) var<storage, read> rx: array<f32>;
 @group(0) @binding(2) var<storage, read> rid: array<u32>;
 @group(0) @binding(3) var<storage, read_write> radv: array<f32>;
+@group(0) @binding(4) var<storage, read> reps: array<f32>;
 
 @compute @workgroup_size(256)
 fn random_start(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -171,11 +177,11 @@ fn random_start(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
     if (i >= rp.numel) { return; }
     let n = i / rp.item;
     let u = uniform01(rp.seed_lo, rp.seed_hi, rid[n], rp.restart, i - n * rp.item);
-    radv[i] = clamp(rx[i] + rp.eps * (2.0 * u - 1.0), 0.0, 1.0);
+    radv[i] = clamp(rx[i] + reps[n] * (2.0 * u - 1.0), 0.0, 1.0);
 }
 
 // ---------------------------------------------------------------------------
-// finalize: the scored and saved image of one eps: out = q(adv) (or adv
+// finalize: the scored and saved image of one eps (per image): out = q(adv) (or adv
 // itself without QUANTIZE), q the in-ball 8-bit rounding above; also packs the
 // levels (4 per u32) into this eps's slot of the u8 buffer, which starts at
 // word `word0` (each slot is ceil(numel / 4) words).
@@ -186,7 +192,7 @@ struct FinalParams {
     numel: u32,
     words: u32,   // words of one slot: ceil(numel / 4)
     word0: u32,
-    eps: f32,
+    item: u32,
 }
 
 @group(0) @binding(0) var<uniform> fp: FinalParams;
@@ -194,6 +200,7 @@ struct FinalParams {
 @group(0) @binding(2) var<storage, read> fadv: array<f32>;
 @group(0) @binding(3) var<storage, read_write> fout: array<f32>;
 @group(0) @binding(4) var<storage, read_write> fu8: array<u32>;
+@group(0) @binding(5) var<storage, read> feps: array<f32>;
 
 @compute @workgroup_size(256)
 fn finalize(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -205,7 +212,7 @@ fn finalize(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
         let i = t * 4u + j;
         if (i < fp.numel) {
             let a = fadv[i];
-            let level = ball_level(fx[i], a, fp.eps, TOWARD_CLEAN);
+            let level = ball_level(fx[i], a, feps[i / fp.item], TOWARD_CLEAN);
             fout[i] = select(a, level / 255.0, QUANTIZE);
             packed = packed | (u32(level) << (8u * j));
         }
@@ -440,7 +447,7 @@ const F_TAKE: u32 = 8u;     // result = x_best_adv
 struct ApgdStartParams {
     item: u32,
     n: u32,
-    eps: f32,
+    _p1: u32,
     restart: u32,
     seed_lo: u32,
     seed_hi: u32,
@@ -456,6 +463,7 @@ struct ApgdStartParams {
 @group(0) @binding(5) var<storage, read_write> as_best: array<f32>;
 @group(0) @binding(6) var<storage, read_write> as_best_adv: array<f32>;
 @group(0) @binding(7) var<storage, read_write> as_input: array<f32>;
+@group(0) @binding(8) var<storage, read> as_eps: array<f32>;
 
 var<workgroup> amax: array<f32, 256>;
 
@@ -466,7 +474,11 @@ fn apgd_start(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
     let live = img < asp.n;
     let random = asp.random == 1u;
     var id = 0u;
-    if (live) { id = as_id[img]; }
+    var eps = 0.0;
+    if (live) {
+        id = as_id[img];
+        eps = as_eps[img];
+    }
     var m = 0.0;
     if (live && random) {
         for (var j = lid; j < asp.item; j = j + 256u) {
@@ -482,7 +494,7 @@ fn apgd_start(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
         }
         workgroupBarrier();
     }
-    let scale = asp.eps / (amax[0] + 1e-12);
+    let scale = eps / (amax[0] + 1e-12);
     if (!live) { return; }
     let base = img * asp.item;
     for (var j = lid; j < asp.item; j = j + 256u) {
@@ -507,7 +519,7 @@ fn apgd_start(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
 struct ApgdStepParams {
     numel: u32,
     item: u32,
-    eps: f32,
+    _p0: u32,
     first: u32,
 }
 
@@ -518,6 +530,7 @@ struct ApgdStepParams {
 @group(0) @binding(4) var<storage, read_write> ap_adv: array<f32>;
 @group(0) @binding(5) var<storage, read_write> ap_old: array<f32>;
 @group(0) @binding(6) var<storage, read_write> ap_input: array<f32>;
+@group(0) @binding(7) var<storage, read> ap_eps: array<f32>;
 
 @compute @workgroup_size(256)
 fn apgd_step(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -525,8 +538,9 @@ fn apgd_step(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
     let i = flat_group(wid, nwg) * 256u + lid;
     if (i >= app.numel) { return; }
     let x = ap_x[i];
-    let lo = x - app.eps;
-    let hi = x + app.eps;
+    let eps = ap_eps[i / app.item];
+    let lo = x - eps;
+    let hi = x + eps;
     let xa = ap_adv[i];
     let g2 = xa - ap_old[i];
     ap_old[i] = xa;
@@ -541,7 +555,8 @@ fn apgd_step(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
 // apgd_track: per image, after a forward (and the loss) at the current point.
 //   phase 4 (clean logits): clean_ok = the clean image is not yet fooled
 //   phase 3 (an eps begins): robust = clean_ok
-//   phase 0 (a run's start): acc, best loss = loss, step = 2 eps, counters reset
+//   phase 0 (a run's start): acc, best loss = loss, step = 2 eps (the image's),
+//     counters reset
 //   phase 1 (a step): acc, x_best_adv where fooled, best loss/point/gradient
 //     where the loss rose, and at a checkpoint (check >= 0) the reference's test:
 //     halve the step and go back to the best point where the loss rose on at
@@ -560,9 +575,9 @@ struct ApgdTrackParams {
     negate: u32,   // the loss to raise is -loss (targeted cross-entropy)
     _p0: u32,
     check: f32,    // < 0: no checkpoint at this step
-    eps2: f32,     // the first step size, 2 eps
     _p1: u32,
     _p2: u32,
+    _p3: u32,
 }
 
 @group(0) @binding(0) var<uniform> atp: ApgdTrackParams;
@@ -572,6 +587,7 @@ struct ApgdTrackParams {
 @group(0) @binding(4) var<storage, read> at_loss: array<f32>;
 @group(0) @binding(5) var<storage, read_write> at_state: array<f32>;
 @group(0) @binding(6) var<storage, read_write> at_first: array<u32>;
+@group(0) @binding(7) var<storage, read> at_eps: array<f32>;
 
 @compute @workgroup_size(64)
 fn apgd_track(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -604,7 +620,7 @@ fn apgd_track(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
     if (fooled && at_first[atp.out0 + i] == 0xffffffffu) { at_first[atp.out0 + i] = atp.step; }
     let loss = select(at_loss[i], -at_loss[i], atp.negate == 1u);
     if (atp.phase == 0u) {
-        at_state[s + A_STEP] = atp.eps2;
+        at_state[s + A_STEP] = 2.0 * at_eps[i];
         at_state[s + A_BEST] = loss;
         at_state[s + A_LAST] = loss;
         at_state[s + A_REDUCED] = 1.0;
@@ -723,5 +739,71 @@ fn apgd_targets(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
         ag_targets[r * agp.n + i] = bc;
         pc = bc;
         pv = bv;
+    }
+}
+
+// ---------------------------------------------------------------------------
+// --minimal: per image a bisection over eps levels k (eps = k / 255) for the
+// smallest level where the attack succeeds, in `lohi` (f32 pairs: lo fails,
+// hi succeeds; resolved when hi - lo <= 1; hi = K + 1: never up to K).
+//   bisect_mid: eps of the next round = floor((lo + hi) / 2) / 255
+//   bisect_update after a forward ("fooled" as first_success):
+//     PHASE 0 (clean logits): fooled clean -> (-1, 0), else (0, K + 1)
+//     PHASE 1 (the run's own eps, level K) and PHASE 2 (a round, level mid):
+//       unresolved images: fooled -> hi = level, else lo = level
+struct BisectParams {
+    n: u32,
+    classes: u32,
+    targeted: u32,
+    phase: u32,
+    top: f32,   // K
+    _p0: u32,
+    _p1: u32,
+    _p2: u32,
+}
+
+@group(0) @binding(0) var<uniform> bp: BisectParams;
+@group(0) @binding(1) var<storage, read_write> b_lohi: array<f32>;
+@group(0) @binding(2) var<storage, read_write> b_eps: array<f32>;
+
+@compute @workgroup_size(64)
+fn bisect_mid(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+              @builtin(local_invocation_index) lid: u32) {
+    let i = flat_group(wid, nwg) * 64u + lid;
+    if (i >= bp.n) { return; }
+    let lo = b_lohi[2u * i];
+    let hi = b_lohi[2u * i + 1u];
+    b_eps[i] = select(floor((lo + hi) * 0.5), bp.top, hi - lo <= 1.0) / 255.0;
+}
+
+@group(0) @binding(1) var<storage, read> bu_logits: array<st>;
+@group(0) @binding(2) var<storage, read> bu_labels: array<u32>;
+@group(0) @binding(3) var<storage, read> bu_loss: array<u32>;
+@group(0) @binding(4) var<storage, read_write> bu_lohi: array<f32>;
+
+@compute @workgroup_size(64)
+fn bisect_update(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                 @builtin(local_invocation_index) lid: u32) {
+    let i = flat_group(wid, nwg) * 64u + lid;
+    if (i >= bp.n) { return; }
+    let base = i * bp.classes;
+    var best = 0u;
+    for (var c = 1u; c < bp.classes; c = c + 1u) {
+        if (f32(bu_logits[base + c]) > f32(bu_logits[base + best])) { best = c; }
+    }
+    let fooled = select(best != bu_labels[i], best == bu_loss[i], bp.targeted == 1u);
+    let lo = bu_lohi[2u * i];
+    let hi = bu_lohi[2u * i + 1u];
+    switch bp.phase {
+        case 0u: {
+            bu_lohi[2u * i] = select(0.0, -1.0, fooled);
+            bu_lohi[2u * i + 1u] = select(bp.top + 1.0, 0.0, fooled);
+        }
+        default: {
+            if (hi - lo > 1.0) {
+                let level = select(floor((lo + hi) * 0.5), bp.top, bp.phase == 1u);
+                if (fooled) { bu_lohi[2u * i + 1u] = level; } else { bu_lohi[2u * i] = level; }
+            }
+        }
     }
 }

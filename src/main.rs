@@ -144,6 +144,12 @@ enum Command {
         /// results never depend on batch size, devices or order).
         #[arg(long, default_value_t = 0)]
         seed: u64,
+        /// Also find each image's smallest eps on the 8-bit grid (k/255, up to
+        /// the one --eps) at which the attack succeeds, by bisection: a
+        /// min_eps column in the predictions, its median and histogram in the
+        /// report.
+        #[arg(long)]
+        minimal: bool,
         /// Targeted attack: a class index or name, or `least-likely`.
         #[arg(long)]
         target: Option<String>,
@@ -351,6 +357,7 @@ fn run(cli: Cli) -> Result<(), Error> {
             restarts,
             decay,
             seed,
+            minimal,
             target,
             out,
             format,
@@ -390,6 +397,7 @@ fn run(cli: Cli) -> Result<(), Error> {
                 restarts,
                 decay,
                 seed: Some(seed),
+                minimal,
             };
             let report = advex::attack::run_attack(&o)?;
             print_attack_summary(&report);

@@ -65,7 +65,7 @@ pub fn checkpoints(n_iter: u32) -> Vec<Option<f32>> {
 struct StartParams {
     item: u32,
     n: u32,
-    eps: f32,
+    _pad0: u32,
     restart: u32,
     seed_lo: u32,
     seed_hi: u32,
@@ -79,7 +79,7 @@ struct StartParams {
 struct StepParams {
     numel: u32,
     item: u32,
-    eps: f32,
+    _pad: u32,
     first: u32,
 }
 
@@ -96,8 +96,7 @@ struct TrackParams {
     negate: u32,
     _pad0: u32,
     check: f32,
-    eps2: f32,
-    _pad1: [u32; 2],
+    _pad1: [u32; 3],
 }
 
 /// Mirrors `ApgdApplyParams` and `ApgdTargetParams` (four u32).
@@ -121,6 +120,8 @@ pub(super) struct Io<'a> {
     pub loss_labels: &'a Tensor,
     /// First-success steps, `[eps * batch]`.
     pub first: &'a Tensor,
+    /// Each image's eps (`[batch]` f32).
+    pub eps: &'a Tensor,
 }
 
 /// APGD's kernels, buffers and run list for one batch size.
@@ -173,7 +174,7 @@ impl Apgd {
             SHADER,
             DType::F32,
             "apgd_start",
-            &[r, r, rw, rw, rw, rw, rw],
+            &[r, r, rw, rw, rw, rw, rw, r],
             &[],
         )?;
         let step = c.kernel(
@@ -181,7 +182,7 @@ impl Apgd {
             SHADER,
             DType::F32,
             "apgd_step",
-            &[r, r, r, rw, rw, rw],
+            &[r, r, r, rw, rw, rw, r],
             &[],
         )?;
         let track = c.kernel(
@@ -189,7 +190,7 @@ impl Apgd {
             SHADER,
             logits,
             "apgd_track",
-            &[Binding::Read, r, r, r, rw, rw],
+            &[Binding::Read, r, r, r, rw, rw, r],
             &[],
         )?;
         let apply = c.kernel(
@@ -240,7 +241,6 @@ impl Apgd {
         step: u32,
         out0: u32,
         check: Option<f32>,
-        eps: f32,
     ) -> Result<()> {
         let p = c.uniform(&TrackParams {
             n: self.batch,
@@ -252,8 +252,7 @@ impl Apgd {
             negate: self.negate as u32,
             _pad0: 0,
             check: check.unwrap_or(-1.0),
-            eps2: (2.0 * eps as f64) as f32,
-            _pad1: [0; 2],
+            _pad1: [0; 3],
         });
         let d = c.dispatch(
             "apgd_track",
@@ -266,6 +265,7 @@ impl Apgd {
                 &io.grad.loss,
                 &self.state,
                 io.first,
+                io.eps,
             ],
             self.batch.div_ceil(64),
         )?;
@@ -302,7 +302,7 @@ impl Apgd {
     /// After the clean forward (`grad.logits` clean, labels resolved): which
     /// images start unfooled, the loss's labels, and apgd-t's target ranking.
     pub fn record_clean(&self, c: &Context, b: &mut Builder, io: &Io) -> Result<()> {
-        self.track(c, b, io, PHASE_CLEAN, 0, 0, None, 0.0)?;
+        self.track(c, b, io, PHASE_CLEAN, 0, 0, None)?;
         if self.spec.method != Method::ApgdT {
             return Ok(());
         }
@@ -339,17 +339,11 @@ impl Apgd {
         Ok(())
     }
 
-    /// Every run of one eps (index `e`); returns the steps it took per image.
-    pub fn record_eps(
-        &self,
-        c: &Context,
-        b: &mut Builder,
-        io: &Io,
-        e: u32,
-        eps: f32,
-    ) -> Result<u32> {
-        let out0 = e * self.batch;
-        self.track(c, b, io, PHASE_EPS, 0, out0, None, eps)?;
+    /// Every run at the images' eps (`Io::eps`), first successes into eps slot
+    /// `slot`; returns the steps it took per image.
+    pub fn record_eps(&self, c: &Context, b: &mut Builder, io: &Io, slot: u32) -> Result<u32> {
+        let out0 = slot * self.batch;
+        self.track(c, b, io, PHASE_EPS, 0, out0, None)?;
         b.copy(io.clean, &self.result);
         let schedule = checkpoints(self.spec.steps);
         let targets = self.ranked.as_ref().map_or(1, |r| r.1);
@@ -362,7 +356,7 @@ impl Apgd {
                 let p = c.uniform(&StartParams {
                     item: self.item,
                     n: self.batch,
-                    eps,
+                    _pad0: 0,
                     restart: ti * self.spec.restarts + r,
                     seed_lo: self.spec.seed as u32,
                     seed_hi: (self.spec.seed >> 32) as u32,
@@ -381,19 +375,20 @@ impl Apgd {
                         &self.best,
                         &self.best_adv,
                         &io.grad.input,
+                        io.eps,
                     ],
                     self.batch,
                 )?;
                 b.push(d);
                 b.shared(Piece::GradForward);
                 b.shared(Piece::GradBackward);
-                self.track(c, b, io, PHASE_START, total, out0, None, eps)?;
+                self.track(c, b, io, PHASE_START, total, out0, None)?;
                 b.copy(&io.grad.input_grad, &self.g_best);
                 for (i, check) in schedule.iter().enumerate() {
                     let p = c.uniform(&StepParams {
                         numel: self.numel,
                         item: self.item,
-                        eps,
+                        _pad: 0,
                         first: (i == 0) as u32,
                     });
                     let d = c.dispatch(
@@ -407,6 +402,7 @@ impl Apgd {
                             &self.adv,
                             &self.old,
                             &io.grad.input,
+                            io.eps,
                         ],
                         self.numel.div_ceil(256),
                     )?;
@@ -414,10 +410,10 @@ impl Apgd {
                     b.shared(Piece::GradForward);
                     b.shared(Piece::GradBackward);
                     total += 1;
-                    self.track(c, b, io, PHASE_STEP, total, out0, *check, eps)?;
+                    self.track(c, b, io, PHASE_STEP, total, out0, *check)?;
                     self.apply(c, b, io)?;
                 }
-                self.track(c, b, io, PHASE_END, total, out0, None, eps)?;
+                self.track(c, b, io, PHASE_END, total, out0, None)?;
                 self.apply(c, b, io)?;
             }
         }

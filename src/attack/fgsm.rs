@@ -11,11 +11,13 @@
 use std::sync::Arc;
 
 use super::apgd::{Apgd, Io};
+use super::family::{Family, Params4, Success};
+use super::minimal::Bisect;
 use super::method::{AttackSpec, Method};
 use super::replay::{Builder, Piece};
 use super::Eps;
 use crate::error::{Error, Result};
-use crate::gpu::{Binding, Context, DType, Recording, Shape, Step, Tensor};
+use crate::gpu::{Binding, Context, DType, Recording, Shape, Tensor};
 use crate::ops::loss::{argmax_prob, ARGMAX_PROB_WIDTH};
 use crate::plan::{ForwardPlan, GpuModel, GradientPlan, LossKind};
 
@@ -62,41 +64,14 @@ pub struct BatchOutcome {
     /// A cascade, per eps, per image: (the attack whose result is kept, how
     /// many leading attacks left the top-1 on the label).
     pub stages: Option<Vec<Vec<(u8, u8)>>>,
+    /// --minimal, per image: the smallest eps level (k of k/255) at which the
+    /// attack succeeded (0: the clean image already did), `None`: not up to
+    /// the run's eps.
+    pub min_eps: Option<Vec<Option<u32>>>,
 }
 
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct Params4 {
-    a: u32,
-    b: u32,
-    c: u32,
-    d: u32,
-}
 
-/// Mirrors `StepParams` in `shaders/attack.wgsl`.
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct StepParams {
-    numel: u32,
-    item: u32,
-    eps: f32,
-    step: f32,
-    decay: f32,
-    _pad: [u32; 3],
-}
 
-/// Mirrors `StartParams` in `shaders/attack.wgsl`.
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct StartParams {
-    numel: u32,
-    item: u32,
-    eps: f32,
-    restart: u32,
-    seed_lo: u32,
-    seed_hi: u32,
-    _pad: [u32; 2],
-}
 
 /// Mirrors `FinalParams` in `shaders/attack.wgsl`.
 #[repr(C)]
@@ -105,28 +80,47 @@ struct FinalParams {
     numel: u32,
     words: u32,
     word0: u32,
-    eps: f32,
+    item: u32,
 }
 
-/// Mirrors `SuccessParams` in `shaders/attack.wgsl`.
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct SuccessParams {
-    n: u32,
-    classes: u32,
-    step: u32,
-    targeted: u32,
-    out0: u32,
-    _pad: [u32; 3],
+/// The attack body of a plan: the FGSM family, or APGD.
+enum Body {
+    Family(Family),
+    Apgd(Apgd),
 }
 
-/// Which of the step kernel's variants (`STEP` in `shaders/attack.wgsl`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum StepKind {
-    Sign = 0,
-    Momentum = 1,
-    L2 = 2,
+impl Body {
+    fn record_eps(
+        &self,
+        c: &Context,
+        b: &mut Builder,
+        io: &Io,
+        success: &Success,
+        slot: u32,
+    ) -> Result<u32> {
+        match self {
+            Body::Family(f) => f.record_eps(c, b, io, success, slot),
+            Body::Apgd(a) => a.record_eps(c, b, io, slot),
+        }
+    }
+
+    fn point(&self) -> &Tensor {
+        match self {
+            Body::Family(f) => f.point(),
+            Body::Apgd(a) => &a.result,
+        }
+    }
+
+    /// The final point's success is recorded already.
+    fn scored(&self) -> bool {
+        match self {
+            Body::Family(f) => f.scored(),
+            Body::Apgd(_) => true,
+        }
+    }
 }
+
+
 
 /// The recorded attack for batches of a fixed size: the clean pass, every
 /// step of every eps (and restart), the in-ball rounding, and one forward per
@@ -155,6 +149,8 @@ pub struct AttackPlan {
     stats: Vec<Tensor>,
     /// Per eps, the unrounded point's stats (only when rounding).
     raw_stats: Vec<Tensor>,
+    /// --minimal: per image the bisection's (lo, hi) levels.
+    lohi: Option<Tensor>,
     own: Vec<Recording>,
     pieces: Vec<Piece>,
 }
@@ -187,6 +183,12 @@ impl AttackPlan {
         if k == 0 {
             return Err(Error::Usage("no eps given".into()));
         }
+        if spec.minimal && k != 1 {
+            return Err(Error::Usage(
+                "--minimal searches below one eps; give only the largest, e.g. --eps 16/255"
+                    .into(),
+            ));
+        }
         let targeted = target != Target::Untargeted;
         let loss_kind = match spec.method {
             Method::ApgdDlr => LossKind::Dlr,
@@ -211,19 +213,10 @@ impl AttackPlan {
         let ids = labels_tensor(c, batch, "image ids")?;
         let clean = c.tensor(shape, "clean images")?;
         let classes = gpu.num_classes();
-        let groups = numel32.div_ceil(256);
-        let apgd = if spec.method.apgd() {
-            Some(Apgd::new(c, spec, batch, shape, classes, grad.logits.dtype)?)
-        } else {
-            None
-        };
         let loss_labels = if spec.method == Method::ApgdT {
             labels_tensor(c, batch, "loss labels")?
         } else {
             grad.labels.clone()
-        };
-        let f32k = |entry: &'static str, b: &[Binding], consts: &[(&str, f64)]| {
-            c.kernel("attack", SHADER, DType::F32, entry, b, consts)
         };
         let mut b = Builder {
             own: Vec::new(),
@@ -269,7 +262,24 @@ impl AttackPlan {
         b.push(step);
         let clean_stats = c.tensor(Shape::new(batch, ARGMAX_PROB_WIDTH, 1, 1), "clean stats")?;
         argmax_prob(c, b.rec(), &grad.logits, &true_labels, &clean_stats)?;
-        let first = c.tensor(Shape::new(batch * k, 1, 1, 1), "first success")?;
+
+        // First successes: one slot per eps, and a scratch one for --minimal's rounds.
+        let slots = k + spec.minimal as u32;
+        let first = c.tensor(Shape::new(batch * slots, 1, 1, 1), "first success")?;
+        let unset = c.tensor(Shape::new(batch * slots, 1, 1, 1), "unset")?;
+        c.write_bytes(
+            &unset,
+            bytemuck::cast_slice(&vec![u32::MAX; (batch * slots) as usize]),
+        );
+        b.copy(&unset, &first);
+        // Each image's eps: the run's, one eps after another, or a bisection's.
+        let eps_img = c.tensor(Shape::new(batch, 1, 1, 1), "eps per image")?;
+        let mut eps_fill = Vec::new();
+        for e in eps {
+            let t = c.tensor(Shape::new(batch, 1, 1, 1), "eps")?;
+            c.write(&t, &vec![e.value; batch as usize]);
+            eps_fill.push(t);
+        }
         let io = Io {
             grad: &grad,
             clean: &clean,
@@ -277,142 +287,73 @@ impl AttackPlan {
             true_labels: &true_labels,
             loss_labels: &loss_labels,
             first: &first,
+            eps: &eps_img,
         };
-        if let Some(apgd) = &apgd {
-            apgd.record_clean(c, &mut b, &io)?;
-        } else {
-            // The clean gradient: FGSM's only one, every other attack's first.
-            b.shared(Piece::GradBackward);
-        }
-        let iterative = spec.method.iterative() && apgd.is_none();
-        let g0 = if iterative {
-            let g0 = c.tensor(shape, "clean gradient")?;
-            b.copy(&grad.input_grad, &g0);
-            g0
-        } else {
-            grad.input_grad.clone()
-        };
-
-        // Buffers of the steps.
-        let adv = c.tensor(shape, "adversarial (f32)")?;
-        let kind = match spec.method {
-            Method::Fgm => StepKind::L2,
-            Method::Mifgsm => StepKind::Momentum,
-            _ => StepKind::Sign,
-        };
-        let gnorm = c.tensor(Shape::new(batch, 1, 1, 1), "gradient norms")?;
-        let momentum = if kind == StepKind::Momentum {
-            c.tensor(shape, "momentum")?
-        } else {
-            adv.clone() // bound, never touched
-        };
-        let best = if spec.restarts > 1 {
-            Some(c.tensor(shape, "best point")?)
+        let success = Success::new(c, batch, classes, targeted, grad.logits.dtype)?;
+        let bisect = if spec.minimal {
+            Some(Bisect::new(c, batch, classes, targeted, &eps[0], grad.logits.dtype)?)
         } else {
             None
         };
-        let score = c.tensor(Shape::new(batch, 1, 1, 1), "restart score")?;
-        let flag = c.tensor(Shape::new(batch, 1, 1, 1), "restart flag")?;
-        let unset = c.tensor(Shape::new(batch * k, 1, 1, 1), "unset")?;
-        c.write_bytes(
-            &unset,
-            bytemuck::cast_slice(&vec![u32::MAX; (batch * k) as usize]),
-        );
-        b.copy(&unset, &first);
-
-        let ks = f32k(
-            "step",
-            &[
-                Binding::ReadF32,
-                Binding::ReadF32,
-                Binding::ReadF32,
-                Binding::ReadWriteF32,
-                Binding::ReadWriteF32,
-            ],
-            &[("STEP", kind as u32 as f64)],
-        )?;
-        let kg = f32k(
-            "grad_norm",
-            &[Binding::ReadF32, Binding::ReadWriteF32],
-            &[("STEP", kind as u32 as f64)],
-        )?;
-        let ksucc = c.kernel(
-            "attack",
-            SHADER,
-            grad.logits.dtype,
-            "first_success",
-            &[
-                Binding::Read,
-                Binding::ReadF32,
-                Binding::ReadF32,
-                Binding::ReadWriteF32,
-            ],
-            &[],
-        )?;
-        let success = |b: &mut Builder, logits: &Tensor, e: u32, total: u32| -> Result<()> {
-            let p = c.uniform(&SuccessParams {
-                n: batch,
-                classes,
-                step: total,
-                targeted: targeted as u32,
-                out0: e * batch,
-                _pad: [0; 3],
-            });
-            let d = c.dispatch(
-                "first_success",
-                &ksucc,
-                &p,
-                &[logits, &true_labels, &grad.labels, &first],
-                batch.div_ceil(64),
-            )?;
-            b.push(d);
-            Ok(())
+        if let Some(bs) = &bisect {
+            bs.update(c, &mut b, &io, &grad.logits, 0)?;
+        }
+        let body = if spec.method.apgd() {
+            let a = Apgd::new(c, spec, batch, shape, classes, grad.logits.dtype)?;
+            a.record_clean(c, &mut b, &io)?;
+            Body::Apgd(a)
+        } else {
+            // The clean gradient: FGSM's only one, every other attack's first.
+            b.shared(Piece::GradBackward);
+            Body::Family(Family::new(c, &mut b, &io, spec, shape, classes)?)
         };
-        let kstart = f32k(
-            "random_start",
-            &[Binding::ReadF32, Binding::ReadF32, Binding::ReadWriteF32],
-            &[],
-        )?;
-        let kscore = c.kernel(
-            "attack",
-            SHADER,
-            grad.logits.dtype,
-            "restart_score",
-            &[
-                Binding::Read,
-                Binding::ReadF32,
-                Binding::ReadF32,
-                Binding::ReadWriteF32,
-                Binding::ReadWriteF32,
-            ],
-            &[],
-        )?;
-        let kkeep = f32k(
-            "keep_best",
-            &[Binding::ReadF32, Binding::ReadF32, Binding::ReadWriteF32],
-            &[],
-        )?;
+
+        // The rounded images: one u8 slot per eps (and a scratch one).
         let words = numel.div_ceil(4);
         let slot_words = words;
-        let total_words = u32::try_from(words * k as u64).map_err(|_| {
+        let total_words = u32::try_from(words * slots as u64).map_err(|_| {
             Error::Usage("batch too large for the perturbation kernel; lower --batch-size".into())
         })?;
         let adv_u8 = c.tensor(Shape::new(total_words, 1, 1, 1), "adversarial u8")?;
-        let kf = f32k(
+        let kf = c.kernel(
+            "attack",
+            SHADER,
+            DType::F32,
             "finalize",
             &[
                 Binding::ReadF32,
                 Binding::ReadF32,
                 Binding::ReadWriteF32,
                 Binding::ReadWriteF32,
+                Binding::ReadF32,
             ],
             &[
                 ("QUANTIZE", if spec.quantize { 1.0 } else { 0.0 }),
-                ("TOWARD_CLEAN", if kind == StepKind::L2 { 1.0 } else { 0.0 }),
+                ("TOWARD_CLEAN", if spec.method == Method::Fgm { 1.0 } else { 0.0 }),
             ],
         )?;
+        let finalize = |b: &mut Builder, point: &Tensor, slot: u32| -> Result<()> {
+            let p = c.uniform(&FinalParams {
+                numel: numel32,
+                words: words as u32,
+                word0: (slot as u64 * slot_words) as u32,
+                item: item as u32,
+            });
+            let d = c.dispatch(
+                "perturb",
+                &kf,
+                &p,
+                &[&clean, point, &fwd.input, &adv_u8, &eps_img],
+                (words as u32).div_ceil(256),
+            )?;
+            b.push(d);
+            Ok(())
+        };
         let norms = c.tensor(Shape::new(batch * k, 2, 1, 1), "norms")?;
-        let kn = f32k(
+        let kn = c.kernel(
+            "attack",
+            SHADER,
+            DType::F32,
             "norms",
             &[Binding::ReadF32, Binding::ReadF32, Binding::ReadWriteF32],
             &[],
@@ -420,137 +361,13 @@ impl AttackPlan {
 
         let mut stats = vec![clean_stats];
         let mut raw_stats = Vec::new();
-        let per_image = |b: &mut Builder,
-                         k: &Arc<crate::gpu::Kernel>,
-                         p: &wgpu::Buffer,
-                         t: &[&Tensor],
-                         label: &str|
-         -> Result<()> {
-            let d = c.dispatch(label, k, p, t, batch)?;
-            b.push(d);
-            Ok(())
-        };
-        for (e, eps_e) in eps.iter().enumerate() {
+        for (e, fill) in eps_fill.iter().enumerate() {
             let e32 = e as u32;
-            let eps_v = eps_e.value;
-            let a = spec.step_for(eps_e.exact) as f32;
-            let step_p = c.uniform(&StepParams {
-                numel: numel32,
-                item: item as u32,
-                eps: eps_v,
-                step: a,
-                decay: spec.decay,
-                _pad: [0; 3],
-            });
-            let norm_p = c.uniform(&Params4 {
-                a: item as u32,
-                b: batch,
-                c: 0,
-                d: 0,
-            });
-            let one_step = |b: &mut Builder, g: &Tensor| -> Result<()> {
-                if kind != StepKind::Sign {
-                    per_image(b, &kg, &norm_p, &[g, &gnorm], "grad_norm")?;
-                }
-                let d = c.dispatch(
-                    "perturb",
-                    &ks,
-                    &step_p,
-                    &[&clean, g, &gnorm, &adv, &momentum],
-                    groups,
-                )?;
-                b.push(d);
-                Ok(())
-            };
-            let mut total = 0u32;
-            let runs = if apgd.is_some() { 0 } else { spec.restarts };
-            if let Some(apgd) = &apgd {
-                apgd.record_eps(c, &mut b, &io, e32, eps_v)?;
-            }
-            for r in 0..runs {
-                if spec.random_start {
-                    let p = c.uniform(&StartParams {
-                        numel: numel32,
-                        item: item as u32,
-                        eps: eps_v,
-                        restart: r,
-                        seed_lo: spec.seed as u32,
-                        seed_hi: (spec.seed >> 32) as u32,
-                        _pad: [0; 2],
-                    });
-                    let d =
-                        c.dispatch("random_start", &kstart, &p, &[&clean, &ids, &adv], groups)?;
-                    b.push(d);
-                } else {
-                    b.copy(&clean, &adv);
-                }
-                if kind == StepKind::Momentum {
-                    b.push(Step::Clear {
-                        buffer: momentum.buffer.clone(),
-                    });
-                }
-                for t in 0..spec.steps {
-                    if t == 0 && !spec.random_start {
-                        one_step(&mut b, &g0)?;
-                    } else {
-                        b.copy(&adv, &grad.input);
-                        b.shared(Piece::GradForward);
-                        success(&mut b, &grad.logits, e32, total)?;
-                        b.shared(Piece::GradBackward);
-                        one_step(&mut b, &grad.input_grad)?;
-                    }
-                    total += 1;
-                }
-                if let Some(best) = &best {
-                    b.copy(&adv, &grad.input);
-                    b.shared(Piece::GradForward);
-                    success(&mut b, &grad.logits, e32, total)?;
-                    let p = c.uniform(&Params4 {
-                        a: batch,
-                        b: classes,
-                        c: r,
-                        d: targeted as u32,
-                    });
-                    let d = c.dispatch(
-                        "restart_score",
-                        &kscore,
-                        &p,
-                        &[&grad.logits, &true_labels, &grad.labels, &score, &flag],
-                        batch.div_ceil(64),
-                    )?;
-                    b.push(d);
-                    let p = c.uniform(&Params4 {
-                        a: numel32,
-                        b: item as u32,
-                        c: 0,
-                        d: 0,
-                    });
-                    let d = c.dispatch("keep_best", &kkeep, &p, &[&flag, &adv, best], groups)?;
-                    b.push(d);
-                }
-            }
-            // Restarts and APGD have scored their points' success already.
-            let scored = best.is_some() || apgd.is_some();
-            let point = match (&apgd, &best) {
-                (Some(a), _) => &a.result,
-                (None, Some(best)) => best,
-                (None, None) => &adv,
-            };
+            b.copy(fill, &eps_img);
+            let total = body.record_eps(c, &mut b, &io, &success, e32)?;
+            let point = body.point();
             // The scored and saved image: rounded inside the ball.
-            let p = c.uniform(&FinalParams {
-                numel: numel32,
-                words: words as u32,
-                word0: (e as u64 * slot_words) as u32,
-                eps: eps_v,
-            });
-            let d = c.dispatch(
-                "perturb",
-                &kf,
-                &p,
-                &[&clean, point, &fwd.input, &adv_u8],
-                (words as u32).div_ceil(256),
-            )?;
-            b.push(d);
+            finalize(&mut b, point, e32)?;
             let p = c.uniform(&Params4 {
                 a: item as u32,
                 b: batch,
@@ -563,13 +380,17 @@ impl AttackPlan {
             let s = c.tensor(Shape::new(batch, ARGMAX_PROB_WIDTH, 1, 1), "adv stats")?;
             argmax_prob(c, b.rec(), &fwd.logits, &true_labels, &s)?;
             stats.push(s);
+            if let Some(bs) = &bisect {
+                bs.update(c, &mut b, &io, &fwd.logits, 1)?;
+            }
             // The unrounded point: what rounding cost, and whether the last
-            // step succeeded (restarts have scored theirs already).
+            // step succeeded (restarts and APGD have scored theirs already).
+            let scored = body.scored();
             if spec.quantize || !scored {
                 b.copy(point, &fwd.input);
                 b.shared(Piece::Forward);
                 if !scored {
-                    success(&mut b, &fwd.logits, e32, total)?;
+                    success.record(c, &mut b, &io, &fwd.logits, e32, total)?;
                 }
                 if spec.quantize {
                     let s = c.tensor(Shape::new(batch, ARGMAX_PROB_WIDTH, 1, 1), "raw stats")?;
@@ -578,6 +399,18 @@ impl AttackPlan {
                 }
             }
         }
+        // --minimal: bisection rounds below the eps, each a whole attack at
+        // every image's own eps and a forward of its rounded result.
+        if let Some(bs) = &bisect {
+            for _ in 0..bs.rounds() {
+                bs.mid(c, &mut b, &io)?;
+                body.record_eps(c, &mut b, &io, &success, k)?;
+                finalize(&mut b, body.point(), k)?;
+                b.shared(Piece::Forward);
+                bs.update(c, &mut b, &io, &fwd.logits, 2)?;
+            }
+        }
+        let lohi = bisect.map(|bs| bs.lohi);
         Ok(AttackPlan {
             ctx,
             batch,
@@ -596,6 +429,7 @@ impl AttackPlan {
             first,
             stats,
             raw_stats,
+            lohi,
             own: b.own,
             pieces: b.pieces,
         })
@@ -696,6 +530,7 @@ impl AttackPlan {
         ];
         reads.extend(self.stats.iter());
         reads.extend(self.raw_stats.iter());
+        reads.extend(self.lohi.iter());
         if want_images {
             reads.push(&self.adv_u8);
         }
@@ -735,6 +570,10 @@ impl AttackPlan {
                     .collect()
             })
             .collect();
+        let min_eps = self.lohi.as_ref().map(|_| {
+            let v = f32s(&out[5 + k + self.raw_stats.len()]);
+            super::minimal::min_levels(&v, count, (self.eps[0].exact * 255.0).round() as u32)
+        });
         let images = want_images.then(|| {
             let bytes = out.last().expect("u8 read last");
             let slot = self.slot_words as usize * 4;
@@ -756,6 +595,7 @@ impl AttackPlan {
             first_success,
             images,
             stages: None,
+            min_eps,
         })
     }
 }

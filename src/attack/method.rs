@@ -134,6 +134,8 @@ pub struct AttackSpec {
     /// Round scored and saved images to the 8-bit grid (inside the ball).
     pub quantize: bool,
     pub target: Target,
+    /// `--minimal`: also search each image's smallest eps on the 8-bit grid.
+    pub minimal: bool,
 }
 
 /// What the user asked for, before defaults and checks (the CLI's flags).
@@ -149,6 +151,8 @@ pub struct AttackRequest {
     pub restarts: Option<u32>,
     pub decay: Option<f64>,
     pub seed: Option<u64>,
+    /// `--minimal`.
+    pub minimal: bool,
 }
 
 /// Default `--steps` of the iterative methods.
@@ -172,6 +176,7 @@ impl AttackSpec {
             seed: 0,
             quantize,
             target,
+            minimal: false,
         }
     }
 
@@ -286,6 +291,7 @@ impl AttackSpec {
             seed: r.seed.unwrap_or(0),
             quantize,
             target,
+            minimal: r.minimal,
         })
     }
 
@@ -293,16 +299,23 @@ impl AttackSpec {
     /// and pgd (Madry et al.), eps / steps for mifgsm (torchattacks' MIFGSM),
     /// eps for the single-step methods.
     pub fn step_for(&self, eps: f64) -> f64 {
+        let (abs, rel) = self.step_rule();
+        abs + rel * eps
+    }
+
+    /// The step as `abs + rel * eps` (the kernels take each image's eps).
+    pub fn step_rule(&self) -> (f64, f64) {
         if let Some(a) = self.step_size {
-            return a;
+            return (a, 0.0);
         }
-        match self.method {
-            Method::Fgsm | Method::Fgm => eps,
-            Method::Bim | Method::Pgd => 2.5 * eps / self.steps as f64,
-            Method::Mifgsm => eps / self.steps as f64,
+        let rel = match self.method {
+            Method::Fgsm | Method::Fgm => 1.0,
+            Method::Bim | Method::Pgd => 2.5 / self.steps as f64,
+            Method::Mifgsm => 1.0 / self.steps as f64,
             // APGD's first step; its checkpoints halve it per image.
-            Method::ApgdCe | Method::ApgdDlr | Method::ApgdT => 2.0 * eps,
-        }
+            Method::ApgdCe | Method::ApgdDlr | Method::ApgdT => 2.0,
+        };
+        (0.0, rel)
     }
 
     /// Fit the settings to a model with `classes` classes, before any GPU work:

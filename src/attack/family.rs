@@ -1,0 +1,366 @@
+//! The FGSM family's steps on the GPU: FGSM and FGM (one step from the clean
+//! gradient), BIM, PGD (random start, restarts keeping each image's best) and
+//! MI-FGSM (momentum), recorded for one eps (per image, `Io::eps`).
+
+use std::sync::Arc;
+
+use super::apgd::Io;
+use super::fgsm::ATTACK_SHADER as SHADER;
+use super::method::{AttackSpec, Method};
+use super::replay::{Builder, Piece};
+use crate::error::Result;
+use crate::gpu::{Binding, Context, DType, Kernel, Shape, Step, Tensor};
+
+/// Which of the step kernel's variants (`STEP` in `shaders/attack.wgsl`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum StepKind {
+    Sign = 0,
+    Momentum = 1,
+    L2 = 2,
+}
+
+/// Mirrors `StepParams` in `shaders/attack.wgsl`.
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct StepParams {
+    numel: u32,
+    item: u32,
+    step_abs: f32,
+    step_rel: f32,
+    decay: f32,
+    _pad: [u32; 3],
+}
+
+/// Mirrors `StartParams`.
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct StartParams {
+    numel: u32,
+    item: u32,
+    _pad0: u32,
+    restart: u32,
+    seed_lo: u32,
+    seed_hi: u32,
+    _pad1: [u32; 2],
+}
+
+/// Mirrors `SuccessParams`.
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct SuccessParams {
+    n: u32,
+    classes: u32,
+    step: u32,
+    targeted: u32,
+    out0: u32,
+    _pad: [u32; 3],
+}
+
+/// Four u32 (`GradNormParams`, `ScoreParams`, `KeepParams`).
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+pub(super) struct Params4 {
+    pub a: u32,
+    pub b: u32,
+    pub c: u32,
+    pub d: u32,
+}
+
+/// Records `first_success`: per image, the step count where the attack first
+/// succeeds, into eps slot `slot` of `Io::first`.
+pub(super) struct Success {
+    kernel: Arc<Kernel>,
+    batch: u32,
+    classes: u32,
+    targeted: bool,
+}
+
+impl Success {
+    pub fn new(c: &Context, batch: u32, classes: u32, targeted: bool, logits: DType) -> Result<Self> {
+        let kernel = c.kernel(
+            "attack",
+            SHADER,
+            logits,
+            "first_success",
+            &[
+                Binding::Read,
+                Binding::ReadF32,
+                Binding::ReadF32,
+                Binding::ReadWriteF32,
+            ],
+            &[],
+        )?;
+        Ok(Success {
+            kernel,
+            batch,
+            classes,
+            targeted,
+        })
+    }
+
+    pub fn record(
+        &self,
+        c: &Context,
+        b: &mut Builder,
+        io: &Io,
+        logits: &Tensor,
+        slot: u32,
+        step: u32,
+    ) -> Result<()> {
+        let p = c.uniform(&SuccessParams {
+            n: self.batch,
+            classes: self.classes,
+            step,
+            targeted: self.targeted as u32,
+            out0: slot * self.batch,
+            _pad: [0; 3],
+        });
+        let d = c.dispatch(
+            "first_success",
+            &self.kernel,
+            &p,
+            &[logits, io.true_labels, io.loss_labels, io.first],
+            self.batch.div_ceil(64),
+        )?;
+        b.push(d);
+        Ok(())
+    }
+}
+
+/// The FGSM family's kernels and buffers for one batch size.
+pub(super) struct Family {
+    kind: StepKind,
+    step: Arc<Kernel>,
+    norm: Arc<Kernel>,
+    start: Arc<Kernel>,
+    score: Arc<Kernel>,
+    keep: Arc<Kernel>,
+    step_p: wgpu::Buffer,
+    norm_p: wgpu::Buffer,
+    adv: Tensor,
+    momentum: Tensor,
+    gnorm: Tensor,
+    /// PGD restarts: the best point so far, its score and the per-image flag.
+    best: Option<(Tensor, Tensor, Tensor)>,
+    /// The gradient of the first step from x (the clean gradient).
+    g0: Tensor,
+    spec: AttackSpec,
+    batch: u32,
+    classes: u32,
+    numel: u32,
+    item: u32,
+}
+
+impl Family {
+    /// After the clean backward: keeps its gradient for the first step.
+    pub fn new(
+        c: &Context,
+        b: &mut Builder,
+        io: &Io,
+        spec: &AttackSpec,
+        shape: Shape,
+        classes: u32,
+    ) -> Result<Self> {
+        let batch = shape.n;
+        let numel = u32::try_from(shape.numel()).map_err(|_| {
+            crate::error::Error::Usage(
+                "batch too large for the attack kernels; lower --batch-size".into(),
+            )
+        })?;
+        let item = numel / batch;
+        let (r, rw) = (Binding::ReadF32, Binding::ReadWriteF32);
+        let g0 = if spec.method.iterative() {
+            let g0 = c.tensor(shape, "clean gradient")?;
+            b.copy(&io.grad.input_grad, &g0);
+            g0
+        } else {
+            io.grad.input_grad.clone()
+        };
+        let kind = match spec.method {
+            Method::Fgm => StepKind::L2,
+            Method::Mifgsm => StepKind::Momentum,
+            _ => StepKind::Sign,
+        };
+        let adv = c.tensor(shape, "adversarial (f32)")?;
+        let momentum = if kind == StepKind::Momentum {
+            c.tensor(shape, "momentum")?
+        } else {
+            adv.clone() // bound, never touched
+        };
+        let best = if spec.restarts > 1 {
+            Some((
+                c.tensor(shape, "best point")?,
+                c.tensor(Shape::new(batch, 1, 1, 1), "restart score")?,
+                c.tensor(Shape::new(batch, 1, 1, 1), "restart flag")?,
+            ))
+        } else {
+            None
+        };
+        let f32k = |entry: &'static str, bind: &[Binding], consts: &[(&str, f64)]| {
+            c.kernel("attack", SHADER, DType::F32, entry, bind, consts)
+        };
+        let step_kind = [("STEP", kind as u32 as f64)];
+        let (abs, rel) = spec.step_rule();
+        Ok(Family {
+            kind,
+            step: f32k("step", &[r, r, r, rw, rw, r], &step_kind)?,
+            norm: f32k("grad_norm", &[r, rw], &step_kind)?,
+            start: f32k("random_start", &[r, r, rw, r], &[])?,
+            score: c.kernel(
+                "attack",
+                SHADER,
+                io.grad.logits.dtype,
+                "restart_score",
+                &[Binding::Read, r, r, rw, rw],
+                &[],
+            )?,
+            keep: f32k("keep_best", &[r, r, rw], &[])?,
+            step_p: c.uniform(&StepParams {
+                numel,
+                item,
+                step_abs: abs as f32,
+                step_rel: rel as f32,
+                decay: spec.decay,
+                _pad: [0; 3],
+            }),
+            norm_p: c.uniform(&Params4 {
+                a: item,
+                b: batch,
+                c: 0,
+                d: 0,
+            }),
+            adv,
+            momentum,
+            gnorm: c.tensor(Shape::new(batch, 1, 1, 1), "gradient norms")?,
+            best,
+            g0,
+            spec: spec.clone(),
+            batch,
+            classes,
+            numel,
+            item,
+        })
+    }
+
+    /// The point the last [`Family::record_eps`] ends at.
+    pub fn point(&self) -> &Tensor {
+        self.best.as_ref().map_or(&self.adv, |b| &b.0)
+    }
+
+    /// Whether the success of the final point is already recorded (restarts
+    /// score every restart's point).
+    pub fn scored(&self) -> bool {
+        self.best.is_some()
+    }
+
+    fn one_step(&self, c: &Context, b: &mut Builder, io: &Io, g: &Tensor) -> Result<()> {
+        if self.kind != StepKind::Sign {
+            b.push(c.dispatch(
+                "grad_norm",
+                &self.norm,
+                &self.norm_p,
+                &[g, &self.gnorm],
+                self.batch,
+            )?);
+        }
+        b.push(c.dispatch(
+            "perturb",
+            &self.step,
+            &self.step_p,
+            &[io.clean, g, &self.gnorm, &self.adv, &self.momentum, io.eps],
+            self.numel.div_ceil(256),
+        )?);
+        Ok(())
+    }
+
+    /// Every restart and step at the images' eps; returns the steps taken.
+    pub fn record_eps(
+        &self,
+        c: &Context,
+        b: &mut Builder,
+        io: &Io,
+        success: &Success,
+        slot: u32,
+    ) -> Result<u32> {
+        let s = &self.spec;
+        let groups = self.numel.div_ceil(256);
+        let mut total = 0u32;
+        for r in 0..s.restarts {
+            if s.random_start {
+                let p = c.uniform(&StartParams {
+                    numel: self.numel,
+                    item: self.item,
+                    _pad0: 0,
+                    restart: r,
+                    seed_lo: s.seed as u32,
+                    seed_hi: (s.seed >> 32) as u32,
+                    _pad1: [0; 2],
+                });
+                b.push(c.dispatch(
+                    "random_start",
+                    &self.start,
+                    &p,
+                    &[io.clean, io.ids, &self.adv, io.eps],
+                    groups,
+                )?);
+            } else {
+                b.copy(io.clean, &self.adv);
+            }
+            if self.kind == StepKind::Momentum {
+                b.push(Step::Clear {
+                    buffer: self.momentum.buffer.clone(),
+                });
+            }
+            for t in 0..s.steps {
+                if t == 0 && !s.random_start {
+                    self.one_step(c, b, io, &self.g0)?;
+                } else {
+                    b.copy(&self.adv, &io.grad.input);
+                    b.shared(Piece::GradForward);
+                    success.record(c, b, io, &io.grad.logits, slot, total)?;
+                    b.shared(Piece::GradBackward);
+                    self.one_step(c, b, io, &io.grad.input_grad)?;
+                }
+                total += 1;
+            }
+            if let Some((best, score, flag)) = &self.best {
+                b.copy(&self.adv, &io.grad.input);
+                b.shared(Piece::GradForward);
+                success.record(c, b, io, &io.grad.logits, slot, total)?;
+                let p = c.uniform(&Params4 {
+                    a: self.batch,
+                    b: self.classes,
+                    c: r,
+                    d: (s.target != super::Target::Untargeted) as u32,
+                });
+                b.push(c.dispatch(
+                    "restart_score",
+                    &self.score,
+                    &p,
+                    &[
+                        &io.grad.logits,
+                        io.true_labels,
+                        io.loss_labels,
+                        score,
+                        flag,
+                    ],
+                    self.batch.div_ceil(64),
+                )?);
+                let p = c.uniform(&Params4 {
+                    a: self.numel,
+                    b: self.item,
+                    c: 0,
+                    d: 0,
+                });
+                b.push(c.dispatch(
+                    "keep_best",
+                    &self.keep,
+                    &p,
+                    &[flag, &self.adv, best],
+                    groups,
+                )?);
+            }
+        }
+        Ok(total)
+    }
+}
