@@ -778,6 +778,19 @@ fn print_attack_summary(r: &advex::report::Report) {
             }
         );
     }
+    for e in &r.epsilons {
+        if let Some(m) = &e.min_eps {
+            let fooled: u64 = m.histogram.iter().sum();
+            println!(
+                "smallest fooling eps (--minimal, clean-correct images): median {}, {} fooled \
+                 at or below {}, {} not",
+                m.median_text.as_deref().unwrap_or("above the eps"),
+                fooled,
+                e.eps_text,
+                m.not_fooled
+            );
+        }
+    }
     if let Some(names) = &r.cascade {
         println!("robust accuracy after each attack of the cascade (the table is the worst case):");
         print!("{:>10}", "eps");

@@ -464,7 +464,12 @@ impl GpuModel {
     }
 
     /// [`GpuModel::gradient_plan`] with another loss on the logits.
-    pub fn gradient_plan_with(&self, batch: u32, sign: f32, kind: LossKind) -> Result<GradientPlan> {
+    pub fn gradient_plan_with(
+        &self,
+        batch: u32,
+        sign: f32,
+        kind: LossKind,
+    ) -> Result<GradientPlan> {
         let ctx = &*self.ctx;
         let model = &self.model;
         let input32 = ctx.tensor(self.input_shape(batch), "input")?;

@@ -993,9 +993,8 @@ fn several_devices_write_what_one_device_writes() {
 fn cascades_report_each_attack_and_the_worst_case() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("cascade");
-    let (code, _, err) = run(digits_attack_eps(&out, "0.1,0.2").args([
-        "--method", "bim,pgd", "--steps", "3",
-    ]));
+    let (code, _, err) =
+        run(digits_attack_eps(&out, "0.1,0.2").args(["--method", "bim,pgd", "--steps", "3"]));
     assert_eq!(code, 0, "{err}");
     let (csv, report) = merged(&out);
     assert_eq!(report["method"], "bim,pgd");
@@ -1017,8 +1016,11 @@ fn cascades_report_each_attack_and_the_worst_case() {
         assert_eq!(after[1], stats["accuracy"].as_f64().unwrap());
         assert_eq!(after[0], bim["epsilons"][e]["accuracy"].as_f64().unwrap());
     }
-    let methods: std::collections::BTreeSet<&str> =
-        csv.lines().skip(1).map(|l| l.split(',').nth(2).unwrap()).collect();
+    let methods: std::collections::BTreeSet<&str> = csv
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').nth(2).unwrap())
+        .collect();
     assert!(
         methods.iter().all(|m| ["clean", "bim", "pgd"].contains(m)),
         "{methods:?}"
@@ -1031,5 +1033,51 @@ fn cascades_report_each_attack_and_the_worst_case() {
         "2",
     ]));
     assert_eq!(code, 1);
-    assert!(err.contains("--restarts") && err.contains("cascade bim,pgd"), "{err}");
+    assert!(
+        err.contains("--restarts") && err.contains("cascade bim,pgd"),
+        "{err}"
+    );
+}
+
+/// `--minimal`: a `min_eps` column (empty on clean rows), the median and
+/// histogram in the report, and several eps refused before any work.
+#[test]
+fn minimal_writes_min_eps_column_and_histogram() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("minimal");
+    let (code, _, err) = run(digits_attack_eps(&out, "24/255").args([
+        "--method",
+        "bim",
+        "--steps",
+        "2",
+        "--minimal",
+    ]));
+    assert_eq!(code, 0, "{err}");
+    let (csv, report) = merged(&out);
+    let mut lines = csv.lines();
+    assert!(lines.next().unwrap().ends_with(",min_eps"));
+    let mut levels = 0;
+    for l in lines {
+        let cell = l.rsplit(',').next().unwrap();
+        if l.contains(",clean,") {
+            assert_eq!(cell, "");
+        } else if !cell.is_empty() {
+            let k = cell.parse::<f64>().unwrap() * 255.0;
+            assert!((k - k.round()).abs() < 1e-6 && k.round() <= 24.0, "{l}");
+            levels += 1;
+        }
+    }
+    let m = &report["epsilons"][0]["min_eps"];
+    let hist: u64 = m["histogram"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .sum();
+    assert_eq!(m["histogram"].as_array().unwrap().len(), 24);
+    assert!(hist > 0 && hist <= levels);
+    let (code, _, err) =
+        run(digits_attack_eps(&dir.path().join("bad"), "1/255,2/255").args(["--minimal"]));
+    assert_eq!(code, 1);
+    assert!(err.contains("--minimal"), "{err}");
 }

@@ -253,7 +253,10 @@ fn randomised_methods_match_the_reference_accuracy() {
     let labels: Vec<i32> = bytemuck::pod_collect_to_vec(fx.tensor("labels").unwrap().data());
     let n = labels.len();
     assert!(n >= 500 && rows.len() == n);
-    let ids: Vec<u32> = rows.iter().map(|r| image_id(&format!("mnist_5k/{r}"))).collect();
+    let ids: Vec<u32> = rows
+        .iter()
+        .map(|r| image_id(&format!("mnist_5k/{r}")))
+        .collect();
     let batch = 250usize;
     for case in &cases {
         let method = case["method"].as_str().unwrap();
@@ -269,12 +272,22 @@ fn randomised_methods_match_the_reference_accuracy() {
         let mut robust = 0usize;
         for start in (0..n).step_by(batch) {
             let end = (start + batch).min(n);
-            let lab: Vec<Option<u32>> = labels[start..end].iter().map(|&l| Some(l as u32)).collect();
+            let lab: Vec<Option<u32>> =
+                labels[start..end].iter().map(|&l| Some(l as u32)).collect();
             let before = gpu.ctx.submit_count();
             let out = plan
-                .run_ids(&pixels[start * 784..end * 784], &lab, &ids[start..end], false)
+                .run_ids(
+                    &pixels[start * 784..end * 784],
+                    &lab,
+                    &ids[start..end],
+                    false,
+                )
                 .unwrap();
-            assert_eq!(gpu.ctx.submit_count() - before, 1, "{method}: one submit per batch");
+            assert_eq!(
+                gpu.ctx.submit_count() - before,
+                1,
+                "{method}: one submit per batch"
+            );
             robust += (0..end - start)
                 .filter(|&i| out.adv[0][i].class == labels[start + i] as u32)
                 .count();
@@ -287,7 +300,10 @@ fn randomised_methods_match_the_reference_accuracy() {
             .map(|v| v.as_f64().unwrap())
             .collect();
         let want = refs.iter().sum::<f64>() / refs.len() as f64;
-        eprintln!("{method} eps {}: robust accuracy {got:.4}, reference {refs:?}", eps[0].text);
+        eprintln!(
+            "{method} eps {}: robust accuracy {got:.4}, reference {refs:?}",
+            eps[0].text
+        );
         assert!(
             (got - want).abs() <= 0.01,
             "{method} eps {}: robust accuracy {got:.4}, reference {want:.4} (seeds {refs:?})",
@@ -462,7 +478,10 @@ fn results_do_not_depend_on_the_batch_size() {
     );
     let (c_img, c_pred) = run(&apgd, 7);
     let (d_img, d_pred) = run(&apgd, 32);
-    assert_eq!(c_pred, d_pred, "apgd-t predictions differ between batch sizes");
+    assert_eq!(
+        c_pred, d_pred,
+        "apgd-t predictions differ between batch sizes"
+    );
     assert!(c_img == d_img, "apgd-t images differ between batch sizes");
     // and another seed gives other starts
     let s2 = AttackSpec {
@@ -477,4 +496,80 @@ fn results_do_not_depend_on_the_batch_size() {
         out.images.unwrap()[0] != a_img[0],
         "the seed changes the random start"
     );
+}
+
+/// `--minimal`: the level the bisection reports fooled the image when the
+/// same attack runs at that eps alone, images it reports as not fooled are
+/// not fooled at the run's eps, and where the attack is monotone in eps (most
+/// images) the level equals the smallest fooling level of a full sweep.
+#[test]
+fn minimal_eps_is_the_smallest_fooling_level() {
+    let (gpu, paths, pixels) = digits();
+    let n = 30usize;
+    let pixels = &pixels[..n * 784];
+    let ids: Vec<u32> = paths[..n].iter().map(|p| image_id(p)).collect();
+    let top = 12u32;
+    for method in ["fgsm", "bim", "apgd-ce"] {
+        let r = AttackRequest {
+            steps: (method != "fgsm").then_some(3),
+            minimal: true,
+            ..Default::default()
+        };
+        let s = spec(
+            method,
+            &parse_eps_list(&format!("{top}/255")).unwrap(),
+            r.clone(),
+            Target::Untargeted,
+        );
+        let plan = AttackPlan::with_spec(&gpu, n as u32, &s).unwrap();
+        let out = plan.run_ids(pixels, &vec![None; n], &ids, false).unwrap();
+        let min = out.min_eps.clone().unwrap();
+        // batch-size independent too
+        let half = AttackPlan::with_spec(&gpu, 16, &s).unwrap();
+        let mut again = Vec::new();
+        for (_, o) in run_batches(&half, pixels, &ids, 16) {
+            again.extend(o.min_eps.unwrap());
+        }
+        assert_eq!(min, again, "{method}: --minimal depends on the batch size");
+        // a sweep of every level with the same attack
+        let sweep: Vec<Eps> = (1..=top)
+            .flat_map(|k| parse_eps_list(&format!("{k}/255")).unwrap())
+            .collect();
+        let all = spec(
+            method,
+            &sweep,
+            AttackRequest {
+                minimal: false,
+                ..r
+            },
+            Target::Untargeted,
+        );
+        let full = AttackPlan::with_spec(&gpu, n as u32, &all).unwrap();
+        let o = full.run_ids(pixels, &vec![None; n], &ids, false).unwrap();
+        let fooled = |k: u32, i: usize| o.adv[k as usize - 1][i].class != o.labels[i];
+        let mut same = 0;
+        for (i, m) in min.iter().enumerate() {
+            match *m {
+                Some(0) => assert_ne!(o.clean[i].class, o.labels[i]),
+                Some(k) => assert!(
+                    fooled(k, i),
+                    "{method}: image {i} not fooled at its level {k}"
+                ),
+                None => assert!(
+                    !fooled(top, i),
+                    "{method}: image {i} fooled at the top level"
+                ),
+            }
+            let first = (1..=top).find(|&k| fooled(k, i));
+            same += (first == *m || *m == Some(0)) as usize;
+        }
+        assert!(
+            same * 10 >= n * 9,
+            "{method}: bisection agrees with the sweep on {same} of {n}"
+        );
+        assert!(
+            min.iter().any(|m| matches!(m, Some(k) if *k > 0)),
+            "{method}: nothing fooled"
+        );
+    }
 }

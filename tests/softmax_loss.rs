@@ -231,7 +231,17 @@ fn check_dlr(ctx: &Context, z: &[f32], n: usize, k: usize, targeted: bool, seed:
     let gr = ctx.tensor(s, "grad").unwrap();
     let mut rec = Recording::new();
     let scale = 2.0;
-    loss::dlr(ctx, &mut rec, &zt, &yt, targeted.then_some(&tt), scale, &lo, &gr).unwrap();
+    loss::dlr(
+        ctx,
+        &mut rec,
+        &zt,
+        &yt,
+        targeted.then_some(&tt),
+        scale,
+        &lo,
+        &gr,
+    )
+    .unwrap();
     let mut out = ctx.run_read(&[&rec], &[&lo, &gr]).unwrap();
     let got_grad = out.pop().unwrap();
     let got_loss = out.pop().unwrap();
@@ -245,7 +255,13 @@ fn check_dlr(ctx: &Context, z: &[f32], n: usize, k: usize, targeted: bool, seed:
 #[test]
 fn dlr_losses_match_reference() {
     let ctx = ctx();
-    for (n, k, seed) in [(5, 10, 11), (130, 10, 12), (3, 4, 13), (7, 1000, 14), (1, 3, 15)] {
+    for (n, k, seed) in [
+        (5, 10, 11),
+        (130, 10, 12),
+        (3, 4, 13),
+        (7, 1000, 14),
+        (1, 3, 15),
+    ] {
         let z: Vec<f32> = random(seed, n * k).iter().map(|v| v * 4.0).collect();
         check_dlr(&ctx, &z, n, k, false, seed);
         if k >= 4 {

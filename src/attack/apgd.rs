@@ -232,6 +232,7 @@ impl Apgd {
         })
     }
 
+    #[allow(clippy::too_many_arguments)] // the kernel's uniform, field by field
     fn track(
         &self,
         c: &Context,
@@ -350,7 +351,12 @@ impl Apgd {
         let mut total = 0u32;
         for ti in 0..targets {
             if let Some((ranked, _)) = &self.ranked {
-                b.copy_words(ranked, (ti * self.batch) as u64, &io.grad.targets, self.batch as u64);
+                b.copy_words(
+                    ranked,
+                    (ti * self.batch) as u64,
+                    &io.grad.targets,
+                    self.batch as u64,
+                );
             }
             for r in 0..self.spec.restarts {
                 let p = c.uniform(&StartParams {

@@ -74,7 +74,14 @@ pub fn combine(mut outs: Vec<BatchOutcome>, targeted: bool) -> BatchOutcome {
             *cell = (kept as u8, still as u8);
         }
     }
+    // --minimal: the smallest level any attack of the cascade needed.
+    let min_eps = outs[0].min_eps.as_ref().map(|m0| {
+        (0..m0.len())
+            .map(|j| outs.iter().filter_map(|o| o.min_eps.as_ref()?[j]).min())
+            .collect::<Vec<_>>()
+    });
     let mut base = outs.remove(0);
+    base.min_eps = min_eps;
     // `outs[s - 1]` is attack s now.
     for (e, row) in stages.iter().enumerate() {
         for (j, &(kept, _)) in row.iter().enumerate() {

@@ -76,7 +76,13 @@ pub(super) struct Success {
 }
 
 impl Success {
-    pub fn new(c: &Context, batch: u32, classes: u32, targeted: bool, logits: DType) -> Result<Self> {
+    pub fn new(
+        c: &Context,
+        batch: u32,
+        classes: u32,
+        targeted: bool,
+        logits: DType,
+    ) -> Result<Self> {
         let kernel = c.kernel(
             "attack",
             SHADER,
@@ -337,13 +343,7 @@ impl Family {
                     "restart_score",
                     &self.score,
                     &p,
-                    &[
-                        &io.grad.logits,
-                        io.true_labels,
-                        io.loss_labels,
-                        score,
-                        flag,
-                    ],
+                    &[&io.grad.logits, io.true_labels, io.loss_labels, score, flag],
                     self.batch.div_ceil(64),
                 )?);
                 let p = c.uniform(&Params4 {

@@ -12,8 +12,8 @@ use std::sync::Arc;
 
 use super::apgd::{Apgd, Io};
 use super::family::{Family, Params4, Success};
-use super::minimal::Bisect;
 use super::method::{AttackSpec, Method};
+use super::minimal::Bisect;
 use super::replay::{Builder, Piece};
 use super::Eps;
 use crate::error::{Error, Result};
@@ -70,9 +70,6 @@ pub struct BatchOutcome {
     pub min_eps: Option<Vec<Option<u32>>>,
 }
 
-
-
-
 /// Mirrors `FinalParams` in `shaders/attack.wgsl`.
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -119,8 +116,6 @@ impl Body {
         }
     }
 }
-
-
 
 /// The recorded attack for batches of a fixed size: the clean pass, every
 /// step of every eps (and restart), the in-ball rounding, and one forward per
@@ -185,8 +180,7 @@ impl AttackPlan {
         }
         if spec.minimal && k != 1 {
             return Err(Error::Usage(
-                "--minimal searches below one eps; give only the largest, e.g. --eps 16/255"
-                    .into(),
+                "--minimal searches below one eps; give only the largest, e.g. --eps 16/255".into(),
             ));
         }
         let targeted = target != Target::Untargeted;
@@ -291,7 +285,14 @@ impl AttackPlan {
         };
         let success = Success::new(c, batch, classes, targeted, grad.logits.dtype)?;
         let bisect = if spec.minimal {
-            Some(Bisect::new(c, batch, classes, targeted, &eps[0], grad.logits.dtype)?)
+            Some(Bisect::new(
+                c,
+                batch,
+                classes,
+                targeted,
+                &eps[0],
+                grad.logits.dtype,
+            )?)
         } else {
             None
         };
@@ -329,7 +330,10 @@ impl AttackPlan {
             ],
             &[
                 ("QUANTIZE", if spec.quantize { 1.0 } else { 0.0 }),
-                ("TOWARD_CLEAN", if spec.method == Method::Fgm { 1.0 } else { 0.0 }),
+                (
+                    "TOWARD_CLEAN",
+                    if spec.method == Method::Fgm { 1.0 } else { 0.0 },
+                ),
             ],
         )?;
         let finalize = |b: &mut Builder, point: &Tensor, slot: u32| -> Result<()> {

@@ -185,6 +185,20 @@ impl AttackSpec {
     pub fn resolve(r: &AttackRequest, eps: &[Eps], quantize: bool, target: Target) -> Result<Self> {
         let method = Method::parse(r.method.as_deref().unwrap_or("fgsm"))?;
         let m = method.name();
+        if r.minimal {
+            match eps {
+                [one] => {
+                    super::minimal::eps_levels(one)?;
+                }
+                _ => {
+                    return Err(Error::Usage(format!(
+                        "--minimal searches below one eps, but {} were given; give only the \
+                         largest, e.g. --eps 16/255",
+                        eps.len()
+                    )))
+                }
+            }
+        }
         if let Some(n) = &r.norm {
             let norm = Norm::parse(n)?;
             if norm != method.norm() {
@@ -360,10 +374,14 @@ impl AttackSpec {
     /// The settings that change results, as `name=value` text (the run
     /// manifest's `attack`, so that a resumed run cannot mix settings).
     pub fn settings(&self) -> Vec<String> {
-        if self.method == Method::Fgsm {
-            return Vec::new();
+        let mut s = Vec::new();
+        if self.minimal {
+            s.push("minimal=true".into());
         }
-        let mut s = vec![format!("norm={}", self.method.norm().name())];
+        if self.method == Method::Fgsm {
+            return s;
+        }
+        s.push(format!("norm={}", self.method.norm().name()));
         if self.method.iterative() {
             s.push(format!("steps={}", self.steps));
             if !self.method.apgd() {
@@ -417,14 +435,14 @@ impl Cascade {
                 method: Some(m.trim().into()),
                 ..r.clone()
             };
-            stages.push(AttackSpec::resolve(&one, eps, quantize, target).map_err(|e| {
-                match e {
+            stages.push(
+                AttackSpec::resolve(&one, eps, quantize, target).map_err(|e| match e {
                     Error::Usage(msg) if stages_len(list) > 1 => {
                         Error::Usage(format!("{msg} (in the cascade {list})"))
                     }
                     other => other,
-                }
-            })?);
+                })?,
+            );
         }
         Ok(Cascade { stages })
     }
@@ -441,7 +459,10 @@ impl Cascade {
     }
 
     pub fn names(&self) -> Vec<String> {
-        self.stages.iter().map(|s| s.method.name().to_string()).collect()
+        self.stages
+            .iter()
+            .map(|s| s.method.name().to_string())
+            .collect()
     }
 
     /// The run manifest's settings: one method's, or each attack's prefixed
@@ -508,9 +529,17 @@ mod tests {
         assert_eq!(ap.apgd_targets(5), (4, true));
         assert!((ap.step_for(0.1) - 0.2).abs() < 1e-12);
         let mut small = ap.clone();
-        assert!(small.fit_to_model(6).unwrap().unwrap().contains("5 target runs"));
+        assert!(small
+            .fit_to_model(6)
+            .unwrap()
+            .unwrap()
+            .contains("5 target runs"));
         assert_eq!(small.targets, 5);
-        assert!(small.fit_to_model(3).unwrap_err().to_string().contains("at least 4"));
+        assert!(small
+            .fit_to_model(3)
+            .unwrap_err()
+            .to_string()
+            .contains("at least 4"));
         let f = resolve(req("fgsm")).unwrap();
         assert_eq!(f.steps, 1);
         assert_eq!(f.step_for(0.1), 0.1);
@@ -595,6 +624,26 @@ mod tests {
         .contains("adapts"));
         let dlr_t = AttackSpec::resolve(&req("apgd-dlr"), &eps(), true, Target::Class(3));
         assert!(dlr_t.unwrap_err().to_string().contains("apgd-t"));
+        let several = AttackSpec::resolve(
+            &AttackRequest {
+                minimal: true,
+                ..req("fgsm")
+            },
+            &super::super::parse_eps_list("1/255,2/255").unwrap(),
+            true,
+            Target::Untargeted,
+        );
+        assert!(several.unwrap_err().to_string().contains("only the"));
+        let off_grid = AttackSpec::resolve(
+            &AttackRequest {
+                minimal: true,
+                ..req("bim")
+            },
+            &super::super::parse_eps_list("0.1").unwrap(),
+            true,
+            Target::Untargeted,
+        );
+        assert!(off_grid.unwrap_err().to_string().contains("8-bit grid"));
         let cascade = |m: &str, r: AttackRequest| {
             Cascade::resolve(
                 &AttackRequest {
@@ -610,13 +659,19 @@ mod tests {
         assert_eq!(c.name(), "apgd-ce,apgd-t");
         assert_eq!(c.stages[1].steps, 100);
         assert!(c.settings().iter().any(|s| s == "apgd-t:targets=9"));
-        let e = cascade("bim,apgd-ce", AttackRequest {
-            step_size: Some("1/255".into()),
-            ..Default::default()
-        })
+        let e = cascade(
+            "bim,apgd-ce",
+            AttackRequest {
+                step_size: Some("1/255".into()),
+                ..Default::default()
+            },
+        )
         .unwrap_err()
         .to_string();
-        assert!(e.contains("adapts") && e.contains("cascade bim,apgd-ce"), "{e}");
+        assert!(
+            e.contains("adapts") && e.contains("cascade bim,apgd-ce"),
+            "{e}"
+        );
         assert!(cascade("pgd,,bim", AttackRequest::default())
             .unwrap_err()
             .to_string()

@@ -14,11 +14,11 @@ pub mod run;
 pub mod shards;
 pub mod worker;
 
+pub use cascade::CascadePlan;
 pub use devices::{open_gpus, run_ordered, DeviceOptions};
 pub use eps::{parse_eps_list, Eps};
 pub use eval::EvalPlan;
 pub use fgsm::{image_id, AttackPlan, BatchOutcome, FgsmPlan, Pred, Target};
-pub use cascade::CascadePlan;
 pub use method::{AttackRequest, AttackSpec, Cascade, Method, Norm, METHOD_NAMES};
 pub use run::{run_attack, run_eval, RunOptions, TargetSpec};
 pub use shards::{merge_run, write_merged, Manifest};

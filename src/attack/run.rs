@@ -511,6 +511,12 @@ pub fn run_attack(opts: &RunOptions) -> Result<Report> {
     }
     let method = attack.name();
     let stage_names = attack.names();
+    let minimal = opts.attack.minimal;
+    let top_level = if minimal {
+        Some(super::minimal::eps_levels(&opts.eps[0])?)
+    } else {
+        None
+    };
     let share = match &opts.out {
         Some(dir) => Some(open_share(opts, &attack, &prep, dir)?),
         None => None,
@@ -535,7 +541,7 @@ pub fn run_attack(opts: &RunOptions) -> Result<Report> {
     }
     let classes = prep.model.classes.clone();
     let mut predictions = match (&opts.predictions, &share) {
-        (Some(p), None) => Some(PredictionWriter::create(p, classes.clone())?),
+        (Some(p), None) => Some(PredictionWriter::create(p, classes.clone(), minimal)?),
         _ => None,
     };
     let gpus = open_gpus(&opts.device_options(), prep.model.clone(), opts.precision)?;
@@ -679,6 +685,7 @@ pub fn run_attack(opts: &RunOptions) -> Result<Report> {
                     raw_success: None,
                     steps: None,
                     stages: None,
+                    min_eps: None,
                 };
                 record(
                     &obs,
@@ -694,6 +701,7 @@ pub fn run_attack(opts: &RunOptions) -> Result<Report> {
                         pred: cp.class,
                         pred_prob: cp.prob,
                         label_prob: cp.label_prob,
+                        min_eps: minimal.then_some(None),
                     },
                 )?;
                 for (e, eps) in opts.eps.iter().enumerate() {
@@ -718,6 +726,9 @@ pub fn run_attack(opts: &RunOptions) -> Result<Report> {
                             .stages
                             .as_ref()
                             .map(|st| (stage_names.len() as u8, st[e][j].1)),
+                        min_eps: top_level
+                            .zip(o.min_eps.as_ref())
+                            .map(|(top, m)| (top, m[j])),
                     };
                     // A cascade's row names the attack whose image it kept.
                     let row_method = match &o.stages {
@@ -738,6 +749,7 @@ pub fn run_attack(opts: &RunOptions) -> Result<Report> {
                             pred: p.class,
                             pred_prob: p.prob,
                             label_prob: p.label_prob,
+                            min_eps: o.min_eps.as_ref().map(|m| m[j]),
                         },
                     )?;
                     if let Some(images) = o.images.as_mut() {
@@ -889,7 +901,11 @@ pub struct EvalRow {
 pub fn run_eval(opts: &RunOptions) -> Result<(Vec<EvalRow>, Report)> {
     let prep = prepare(opts)?;
     let mut predictions = match &opts.predictions {
-        Some(p) => Some(PredictionWriter::create(p, prep.model.classes.clone())?),
+        Some(p) => Some(PredictionWriter::create(
+            p,
+            prep.model.classes.clone(),
+            false,
+        )?),
         None => None,
     };
     let gpus = open_gpus(&opts.device_options(), prep.model.clone(), opts.precision)?;
@@ -952,6 +968,7 @@ pub fn run_eval(opts: &RunOptions) -> Result<(Vec<EvalRow>, Report)> {
                     raw_success: None,
                     steps: None,
                     stages: None,
+                    min_eps: None,
                 });
                 let rel = prep.entries[idx].rel.clone();
                 if let Some(w) = predictions.as_mut() {
@@ -962,6 +979,7 @@ pub fn run_eval(opts: &RunOptions) -> Result<(Vec<EvalRow>, Report)> {
                         pred: p.class,
                         pred_prob: p.prob,
                         label_prob,
+                        min_eps: None,
                     })?;
                 }
                 rows.push(EvalRow {

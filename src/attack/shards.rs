@@ -25,9 +25,7 @@ use super::worker::Worker;
 use crate::data::{write_atomic, Skipped};
 use crate::error::{Error, Result};
 use crate::gpu::AdapterSummary;
-use crate::report::{
-    EpsAccumulator, ModelInfo, Report, Timing, PREDICTION_HEADER, PREDICTION_HEADER_NAMED,
-};
+use crate::report::{prediction_header, EpsAccumulator, ModelInfo, Report, Timing};
 
 pub const MANIFEST: &str = "advex-run.json";
 
@@ -352,11 +350,10 @@ fn merge_where(dir: &Path, share: Option<&Worker>) -> Result<(Report, Vec<u8>)> 
         Vec::new()
     };
     let mut seconds = 0.0;
-    let header: &[&str] = if m.class_names {
-        &PREDICTION_HEADER_NAMED
-    } else {
-        &PREDICTION_HEADER
-    };
+    let header = prediction_header(
+        m.class_names,
+        m.attack.iter().any(|s| s.ends_with("minimal=true")),
+    );
     let mut csv = format!("{}\n", header.join(",")).into_bytes();
     for r in &records {
         clean.merge(&r.clean);

@@ -179,7 +179,10 @@ pub fn dlr(
     }
     if let Some(t) = targets {
         if t.numel() != s.n as u64 {
-            return Err(Error::shape(op, format!("{} targets for {} samples", t.numel(), s.n)));
+            return Err(Error::shape(
+                op,
+                format!("{} targets for {} samples", t.numel(), s.n),
+            ));
         }
     }
     distinct(op, loss, &[logits, labels, grad])?;

@@ -23,6 +23,8 @@ pub struct Observation {
     /// A cascade of `.0` attacks: after how many of them (in order) the
     /// image's top-1 was still the label (`.0` when none changed it).
     pub stages: Option<(u8, u8)>,
+    /// `--minimal` up to level `.0`: the image's smallest fooling level.
+    pub min_eps: Option<(u32, Option<u32>)>,
 }
 
 /// Whether an attack succeeded on an image: a targeted attack reaches its
@@ -58,6 +60,10 @@ pub struct EpsAccumulator {
     /// every attack before it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub stage_correct: Vec<u64>,
+    /// `--minimal` over the clean-correct images: counts per level 1..=K,
+    /// then one for "not fooled up to K".
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub min_eps: Vec<u64>,
 }
 
 impl EpsAccumulator {
@@ -73,10 +79,18 @@ impl EpsAccumulator {
             self.lost_to_rounding += (raw && !success) as u64;
         }
         if let Some((n, still)) = o.stages {
-            self.stage_correct.resize(self.stage_correct.len().max(n as usize), 0);
+            self.stage_correct
+                .resize(self.stage_correct.len().max(n as usize), 0);
             for c in &mut self.stage_correct[..still as usize] {
                 *c += 1;
             }
+        }
+        if let (Some((top, level)), true) = (o.min_eps, o.clean_correct) {
+            self.min_eps
+                .resize(self.min_eps.len().max(top as usize + 1), 0);
+            // level 0 (fooled clean) cannot happen for a clean-correct image
+            let bin = level.map_or(top as usize, |k| (k.max(1) - 1) as usize);
+            self.min_eps[bin] += 1;
         }
         if o.clean_correct {
             self.clean_correct += 1;
@@ -108,6 +122,30 @@ impl EpsAccumulator {
         for (a, b) in self.stage_correct.iter_mut().zip(&o.stage_correct) {
             *a += b;
         }
+        if self.min_eps.len() < o.min_eps.len() {
+            self.min_eps.resize(o.min_eps.len(), 0);
+        }
+        for (a, b) in self.min_eps.iter_mut().zip(&o.min_eps) {
+            *a += b;
+        }
+    }
+
+    /// The `--minimal` figures (see [`super::MinEpsStats`]).
+    fn min_eps_stats(&self) -> Option<super::MinEpsStats> {
+        let (&not_fooled, histogram) = self.min_eps.split_last()?;
+        let total: u64 = self.min_eps.iter().sum();
+        // the lower median: the smallest level with more than half at or below
+        let mut seen = 0;
+        let median = histogram.iter().enumerate().find_map(|(i, &c)| {
+            seen += c;
+            (2 * seen > total).then_some(i as u32 + 1)
+        });
+        Some(super::MinEpsStats {
+            median: median.map(|k| k as f64 / 255.0),
+            median_text: median.map(|k| format!("{k}/255")),
+            histogram: histogram.to_vec(),
+            not_fooled,
+        })
     }
 
     fn ratio(a: u64, b: u64) -> f64 {
@@ -159,6 +197,7 @@ impl EpsAccumulator {
             lost_to_rounding: self.rounding_counted.then_some(self.lost_to_rounding),
             mean_steps_to_success: (self.steps_count > 0)
                 .then(|| self.steps_sum as f64 / self.steps_count as f64),
+            min_eps: self.min_eps_stats(),
             robust_accuracy_after: (!self.stage_correct.is_empty()).then(|| {
                 self.stage_correct
                     .iter()
@@ -186,6 +225,7 @@ mod tests {
             raw_success: None,
             steps: None,
             stages: None,
+            min_eps: None,
         }
     }
 
@@ -217,6 +257,32 @@ mod tests {
         b.merge(&a);
         let s = b.stats(0.1, "0.1");
         assert_eq!(s.robust_accuracy_after, Some(vec![0.75, 0.5]));
-        assert_eq!(s.accuracy, 0.5, "the last attack's figure is the worst case");
+        assert_eq!(
+            s.accuracy, 0.5,
+            "the last attack's figure is the worst case"
+        );
+    }
+
+    #[test]
+    fn minimal_eps_gives_a_histogram_and_median() {
+        let mut a = EpsAccumulator::default();
+        let with = |level, clean_correct| Observation {
+            min_eps: Some((4, level)),
+            ..obs(1, 2, clean_correct)
+        };
+        for l in [Some(1), Some(2), Some(2), None, Some(4)] {
+            a.add(&with(l, true));
+        }
+        a.add(&with(Some(0), false)); // wrong before the attack: not counted
+        let s = a.stats(4.0 / 255.0, "4/255").min_eps.unwrap();
+        assert_eq!(s.histogram, vec![1, 2, 0, 1]);
+        assert_eq!(s.not_fooled, 1);
+        assert_eq!(s.median_text.as_deref(), Some("2/255"));
+        let mut b = EpsAccumulator::default();
+        for _ in 0..3 {
+            b.add(&with(None, true));
+        }
+        b.add(&with(Some(1), true));
+        assert_eq!(b.stats(0.0, "").min_eps.unwrap().median, None);
     }
 }

@@ -7,8 +7,8 @@ mod predictions;
 pub use metrics::{attack_success, EpsAccumulator, Observation};
 pub use plot::write_svg_plot;
 pub use predictions::{
-    prediction_record, PredictionRow, PredictionWriter, NO_METHOD, PREDICTION_HEADER,
-    PREDICTION_HEADER_NAMED,
+    prediction_header, prediction_record, PredictionRow, PredictionWriter, NO_METHOD,
+    PREDICTION_HEADER, PREDICTION_HEADER_NAMED,
 };
 
 use serde::Serialize;
@@ -56,6 +56,24 @@ pub struct EpsStats {
     /// which `accuracy` and the other figures describe.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub robust_accuracy_after: Option<Vec<f64>>,
+    /// `--minimal`: each clean-correct image's smallest fooling eps on the
+    /// 8-bit grid.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub min_eps: Option<MinEpsStats>,
+}
+
+/// The `--minimal` figures of one eps, over the clean-correct images.
+#[derive(Debug, Clone, Serialize)]
+pub struct MinEpsStats {
+    /// Median smallest fooling eps (images not fooled up to the run's eps
+    /// count as larger); `None` when at least half were not fooled.
+    pub median: Option<f64>,
+    /// The median as `k/255`.
+    pub median_text: Option<String>,
+    /// `histogram[k - 1]`: images first fooled at eps k/255, k = 1..=K.
+    pub histogram: Vec<u64>,
+    /// Images not fooled at any eps up to the run's.
+    pub not_fooled: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -1,7 +1,9 @@
 //! The predictions CSV: one row per image, method and eps.
 //!
 //! Columns: `image,label,method,eps,eps_text,pred,pred_prob,label_prob`, then
-//! `pred_name` when the model has class names. `eps` is the number (full f64
+//! `pred_name` when the model has class names, then `min_eps` with `--minimal`
+//! (the smallest eps on the 8-bit grid that fooled the image, as a number;
+//! empty on clean rows and where none up to the run's eps did). `eps` is the number (full f64
 //! precision, so spreadsheets and pandas read it as one), `eps_text` the value
 //! as written on the command line. Rows of the image as given (the clean image
 //! in an attack, every image in `advex eval`) have method `clean` and eps 0,
@@ -42,6 +44,20 @@ pub const PREDICTION_HEADER_NAMED: [&str; 9] = {
 
 /// One row's fields, in [`PREDICTION_HEADER`] order (`pred_name` when the model
 /// has class names).
+/// The header: [`PREDICTION_HEADER`], `pred_name` with class names, `min_eps`
+/// with `--minimal`.
+pub fn prediction_header(named: bool, minimal: bool) -> Vec<&'static str> {
+    let mut h: Vec<&str> = if named {
+        PREDICTION_HEADER_NAMED.to_vec()
+    } else {
+        PREDICTION_HEADER.to_vec()
+    };
+    if minimal {
+        h.push("min_eps");
+    }
+    h
+}
+
 pub fn prediction_record(r: &PredictionRow<'_>, classes: Option<&[String]>) -> Vec<String> {
     let (method, eps, eps_text) = match r.attack {
         Some((method, eps)) => (method, eps.exact.to_string(), eps.text.as_str()),
@@ -60,6 +76,9 @@ pub fn prediction_record(r: &PredictionRow<'_>, classes: Option<&[String]>) -> V
     if let Some(c) = classes {
         rec.push(c.get(r.pred as usize).cloned().unwrap_or_default());
     }
+    if let Some(m) = r.min_eps {
+        rec.push(m.map_or(String::new(), |k| (k as f64 / 255.0).to_string()));
+    }
     rec
 }
 
@@ -73,6 +92,8 @@ pub struct PredictionRow<'a> {
     pub pred: u32,
     pub pred_prob: f32,
     pub label_prob: f32,
+    /// With `--minimal`: the image's smallest fooling level (k of k/255).
+    pub min_eps: Option<Option<u32>>,
 }
 
 pub struct PredictionWriter {
@@ -82,15 +103,11 @@ pub struct PredictionWriter {
 }
 
 impl PredictionWriter {
-    pub fn create(path: &Path, classes: Option<Vec<String>>) -> Result<Self> {
+    pub fn create(path: &Path, classes: Option<Vec<String>>, minimal: bool) -> Result<Self> {
         let file = File::create(path).map_err(|e| Error::io(path, e))?;
         let mut writer = csv::Writer::from_writer(BufWriter::new(file));
-        let header: &[&str] = if classes.is_some() {
-            &PREDICTION_HEADER_NAMED
-        } else {
-            &PREDICTION_HEADER
-        };
-        writer.write_record(header).map_err(|e| csv_err(path, e))?;
+        let header = prediction_header(classes.is_some(), minimal);
+        writer.write_record(&header).map_err(|e| csv_err(path, e))?;
         Ok(PredictionWriter {
             path: path.to_path_buf(),
             writer,
