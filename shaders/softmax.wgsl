@@ -10,9 +10,9 @@
 // - cross_entropy: logits (1), labels u32 (2) -> loss (3), grad (4);
 //   loss = logsumexp(z) - z[label], grad = sign * (softmax(z) - onehot(label)).
 //   A label >= k gives a NaN loss and no one-hot term.
-// - argmax_prob: logits (1), labels u32 (2) -> out (3), three f32 per row:
+// - argmax_prob: logits (1), labels u32 (2) -> out (3), four f32 per row:
 //   [argmax index (first maximum), its probability, the label's probability
-//   (NaN for a label >= k)].
+//   and log-probability (NaN for a label >= k)].
 // x, y, sy, gy, gx and grad hold `st` (f32 or f16, aliased by the host); labels,
 // loss and out are always 4-byte. Arithmetic is f32.
 
@@ -222,12 +222,15 @@ fn argmax_prob(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
     let s = row_sum_exp(r, lid, m);
     if (lid == 0u) {
         let label = labels[r];
-        out[3u * r] = f32(pred);
-        out[3u * r + 1u] = 1.0 / s;
+        out[4u * r] = f32(pred);
+        out[4u * r + 1u] = 1.0 / s;
         if (label < p.k) {
-            out[3u * r + 2u] = exp(f32(x[at(r, label)]) - m) / s;
+            let d = f32(x[at(r, label)]) - m;
+            out[4u * r + 2u] = exp(d) / s;
+            out[4u * r + 3u] = d - log(s);
         } else {
-            out[3u * r + 2u] = nan();
+            out[4u * r + 2u] = nan();
+            out[4u * r + 3u] = nan();
         }
     }
 }

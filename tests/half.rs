@@ -456,7 +456,9 @@ fn f16_softmax_loss_and_casts_match_reference() {
     let smg = out16(&ctx, s);
     let lossv = ctx.tensor(Shape::new(n as u32, 1, 1, 1), "loss").unwrap();
     let grad = out16(&ctx, s);
-    let stats = ctx.tensor(Shape::new(n as u32, 3, 1, 1), "stats").unwrap();
+    let stats = ctx
+        .tensor(Shape::new(n as u32, loss::ARGMAX_PROB_WIDTH, 1, 1), "stats")
+        .unwrap();
     // casts: f16 -> f32 -> f16 and scale, accumulate
     let z32 = ctx.tensor(s, "z32").unwrap();
     let z16 = out16(&ctx, s);
@@ -486,13 +488,13 @@ fn f16_softmax_loss_and_casts_match_reference() {
     assert_close("f16 cross-entropy loss (f32)", &got[2], &want_loss, 1e-5);
     assert_close("f16 cross-entropy gradient", &got[3], &want_grad, TOL);
     for (i, (c, p, lp)) in want_stats.iter().enumerate() {
-        assert_eq!(got[4][3 * i] as usize, *c, "row {i}: argmax");
+        assert_eq!(got[4][4 * i] as usize, *c, "row {i}: argmax");
         assert!(
-            (got[4][3 * i + 1] as f64 - p).abs() < 1e-5,
+            (got[4][4 * i + 1] as f64 - p).abs() < 1e-5,
             "row {i}: top probability"
         );
         assert!(
-            (got[4][3 * i + 2] as f64 - lp).abs() < 1e-5,
+            (got[4][4 * i + 2] as f64 - lp).abs() < 1e-5,
             "row {i}: label probability"
         );
     }

@@ -573,3 +573,51 @@ fn minimal_eps_is_the_smallest_fooling_level() {
         );
     }
 }
+
+/// The linear view's inputs: FGSM reports each image's clean-gradient L1
+/// norm (FGM its L2 norm), equal to the norms of the gradient plan's own
+/// gradient, and the label's log-probability behind J(x_adv) - J(x).
+#[test]
+fn fgsm_reports_the_gradient_norm_of_the_linear_view() {
+    let (gpu, _, pixels) = digits();
+    let n = 8usize;
+    let pixels = &pixels[..n * 784];
+    let eps = parse_eps_list("1/255").unwrap();
+    let grad = gpu.gradient_plan(n as u32, 1.0).unwrap();
+    for method in ["fgsm", "fgm"] {
+        let s = spec(method, &eps, AttackRequest::default(), Target::Untargeted);
+        let plan = AttackPlan::with_spec(&gpu, n as u32, &s).unwrap();
+        let out = plan.run(pixels, &vec![None; n], false).unwrap();
+        let norms = out
+            .grad_norm
+            .expect("fgsm and fgm report the gradient norm");
+        grad.set_batch(&gpu.ctx, pixels, &out.labels).unwrap();
+        let g = grad.run(&gpu.ctx).unwrap();
+        for i in 0..n {
+            let gi = &g.input_grad[i * 784..(i + 1) * 784];
+            let want = if method == "fgsm" {
+                gi.iter().map(|v| v.abs() as f64).sum::<f64>()
+            } else {
+                gi.iter().map(|v| (*v as f64).powi(2)).sum::<f64>().sqrt()
+            };
+            assert!(
+                (norms[i] as f64 - want).abs() <= 1e-4 * want.max(1e-12),
+                "{method} image {i}: norm {} vs {want}",
+                norms[i]
+            );
+            let loss = g.loss[i] as f64;
+            assert!(
+                (-(out.clean[i].label_logp as f64) - loss).abs() <= 1e-4 * loss.max(1e-6) + 1e-6,
+                "{method} image {i}: -log p {} vs loss {loss}",
+                out.clean[i].label_logp
+            );
+        }
+    }
+    let bim = spec("bim", &eps, AttackRequest::default(), Target::Untargeted);
+    let plan = AttackPlan::with_spec(&gpu, n as u32, &bim).unwrap();
+    assert!(plan
+        .run(pixels, &vec![None; n], false)
+        .unwrap()
+        .grad_norm
+        .is_none());
+}

@@ -84,7 +84,7 @@ fn check_loss(ctx: &Context, n: usize, k: usize, scale: f32, sign: f32, seed: u6
 fn check_argmax(got: &[f32], z: &[f32], n: usize, k: usize, labels: &[u32], what: &str) {
     let want = r::argmax_prob(&to_f64(z), n, k, labels);
     let pred: Vec<f64> = want.iter().map(|w| w.0 as f64).collect();
-    let got_pred: Vec<f32> = got.chunks(3).map(|c| c[0]).collect();
+    let got_pred: Vec<f32> = got.chunks(4).map(|c| c[0]).collect();
     assert_eq!(
         got_pred.iter().map(|&v| v as f64).collect::<Vec<_>>(),
         pred,
@@ -92,13 +92,29 @@ fn check_argmax(got: &[f32], z: &[f32], n: usize, k: usize, labels: &[u32], what
     );
     let pp: Vec<f64> = want.iter().map(|w| w.1).collect();
     let lp: Vec<f64> = want.iter().map(|w| w.2).collect();
-    let got_pp: Vec<f32> = got.chunks(3).map(|c| c[1]).collect();
-    let got_lp: Vec<f32> = got.chunks(3).map(|c| c[2]).collect();
+    let got_pp: Vec<f32> = got.chunks(4).map(|c| c[1]).collect();
+    let got_lp: Vec<f32> = got.chunks(4).map(|c| c[2]).collect();
     assert_close(&format!("pred prob {what}"), &got_pp, &pp, 1e-4);
     // label probabilities span many decades: compare each relative to itself
     for (i, (&g, &w)) in got_lp.iter().zip(&lp).enumerate() {
         assert_close(&format!("label prob {what} row {i}"), &[g], &[w], 1e-4);
     }
+    // and their logarithms (minus the loss), finite where the probability underflows
+    let got_logp: Vec<f32> = got.chunks(4).map(|c| c[3]).collect();
+    let want_logp: Vec<f64> = (0..n)
+        .map(|r| {
+            let row = &z[r * k..(r + 1) * k];
+            let m = row.iter().fold(f64::MIN, |a, &b| a.max(b as f64));
+            let s: f64 = row.iter().map(|&v| (v as f64 - m).exp()).sum();
+            row[labels[r] as usize] as f64 - m - s.ln()
+        })
+        .collect();
+    assert_close(
+        &format!("label log-prob {what}"),
+        &got_logp,
+        &want_logp,
+        1e-4,
+    );
 }
 
 #[test]

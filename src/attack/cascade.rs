@@ -82,7 +82,8 @@ pub fn combine(mut outs: Vec<BatchOutcome>, targeted: bool) -> BatchOutcome {
     });
     let mut base = outs.remove(0);
     base.min_eps = min_eps;
-    // `outs[s - 1]` is attack s now.
+    base.grad_norm = None; // the linear view is one method's
+                           // `outs[s - 1]` is attack s now.
     for (e, row) in stages.iter().enumerate() {
         for (j, &(kept, _)) in row.iter().enumerate() {
             if kept == 0 {

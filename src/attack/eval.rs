@@ -6,6 +6,9 @@ use super::fgsm::Pred;
 use crate::error::{Error, Result};
 use crate::gpu::{Binding, Context, Recording, Shape, Tensor};
 use crate::ops::loss::{argmax_prob, ARGMAX_PROB_WIDTH};
+
+/// Values per image of the read-out.
+const W: usize = ARGMAX_PROB_WIDTH as usize;
 use crate::plan::{ForwardPlan, GpuModel};
 
 const SHADER: &str = include_str!("../../shaders/attack.wgsl");
@@ -97,9 +100,10 @@ impl EvalPlan {
         let s: Vec<f32> = bytemuck::pod_collect_to_vec(&out[1]);
         let preds = (0..count)
             .map(|i| Pred {
-                class: s[3 * i] as u32,
-                prob: s[3 * i + 1],
-                label_prob: s[3 * i + 2],
+                class: s[W * i] as u32,
+                prob: s[W * i + 1],
+                label_prob: s[W * i + 2],
+                label_logp: s[W * i + 3],
             })
             .collect();
         Ok((l[..count].to_vec(), preds))

@@ -150,6 +150,9 @@ pub(super) struct Family {
     best: Option<(Tensor, Tensor, Tensor)>,
     /// The gradient of the first step from x (the clean gradient).
     g0: Tensor,
+    /// FGSM and FGM: per image the clean gradient's dual norm (L1 for FGSM,
+    /// L2 for FGM), for the first-order prediction of the loss increase.
+    pub g0_norm: Option<Tensor>,
     spec: AttackSpec,
     batch: u32,
     classes: u32,
@@ -207,10 +210,25 @@ impl Family {
         };
         let step_kind = [("STEP", kind as u32 as f64)];
         let (abs, rel) = spec.step_rule();
+        let norm = f32k("grad_norm", &[r, rw], &step_kind)?;
+        let norm_p = c.uniform(&Params4 {
+            a: item,
+            b: batch,
+            c: 0,
+            d: 0,
+        });
+        let g0_norm = if spec.method.iterative() {
+            None
+        } else {
+            // mean |g| (FGSM; times the pixels it is the L1 norm) or ||g||_2 (FGM)
+            let t = c.tensor(Shape::new(batch, 1, 1, 1), "clean gradient norm")?;
+            b.push(c.dispatch("grad_norm", &norm, &norm_p, &[&g0, &t], batch)?);
+            Some(t)
+        };
         Ok(Family {
             kind,
             step: f32k("step", &[r, r, r, rw, rw, r], &step_kind)?,
-            norm: f32k("grad_norm", &[r, rw], &step_kind)?,
+            norm,
             start: f32k("random_start", &[r, r, rw, r], &[])?,
             score: c.kernel(
                 "attack",
@@ -229,17 +247,13 @@ impl Family {
                 decay: spec.decay,
                 _pad: [0; 3],
             }),
-            norm_p: c.uniform(&Params4 {
-                a: item,
-                b: batch,
-                c: 0,
-                d: 0,
-            }),
+            norm_p,
             adv,
             momentum,
             gnorm: c.tensor(Shape::new(batch, 1, 1, 1), "gradient norms")?,
             best,
             g0,
+            g0_norm,
             spec: spec.clone(),
             batch,
             classes,

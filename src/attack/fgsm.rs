@@ -19,6 +19,9 @@ use super::Eps;
 use crate::error::{Error, Result};
 use crate::gpu::{Binding, Context, DType, Recording, Shape, Tensor};
 use crate::ops::loss::{argmax_prob, ARGMAX_PROB_WIDTH};
+
+/// Values per image of the read-out.
+const W: usize = ARGMAX_PROB_WIDTH as usize;
 use crate::plan::{ForwardPlan, GpuModel, GradientPlan, LossKind};
 
 pub(super) const ATTACK_SHADER: &str = include_str!("../../shaders/attack.wgsl");
@@ -41,6 +44,8 @@ pub struct Pred {
     pub class: u32,
     pub prob: f32,
     pub label_prob: f32,
+    /// The label's log-probability, -J(x) (NaN without a label).
+    pub label_logp: f32,
 }
 
 /// What one batch gives back.
@@ -64,6 +69,9 @@ pub struct BatchOutcome {
     /// A cascade, per eps, per image: (the attack whose result is kept, how
     /// many leading attacks left the top-1 on the label).
     pub stages: Option<Vec<Vec<(u8, u8)>>>,
+    /// FGSM and FGM: per image the clean gradient's L1 (FGSM) or L2 (FGM)
+    /// norm; eps times it is the first-order prediction of the loss increase.
+    pub grad_norm: Option<Vec<f32>>,
     /// --minimal, per image: the smallest eps level (k of k/255) at which the
     /// attack succeeded (0: the clean image already did), `None`: not up to
     /// the run's eps.
@@ -146,6 +154,8 @@ pub struct AttackPlan {
     raw_stats: Vec<Tensor>,
     /// --minimal: per image the bisection's (lo, hi) levels.
     lohi: Option<Tensor>,
+    /// FGSM/FGM: the clean gradient's norm per image (see `BatchOutcome`).
+    g0_norm: Option<Tensor>,
     own: Vec<Recording>,
     pieces: Vec<Piece>,
 }
@@ -415,6 +425,10 @@ impl AttackPlan {
             }
         }
         let lohi = bisect.map(|bs| bs.lohi);
+        let g0_norm = match &body {
+            Body::Family(f) => f.g0_norm.clone(),
+            Body::Apgd(_) => None,
+        };
         Ok(AttackPlan {
             ctx,
             batch,
@@ -434,6 +448,7 @@ impl AttackPlan {
             stats,
             raw_stats,
             lohi,
+            g0_norm,
             own: b.own,
             pieces: b.pieces,
         })
@@ -535,6 +550,7 @@ impl AttackPlan {
         reads.extend(self.stats.iter());
         reads.extend(self.raw_stats.iter());
         reads.extend(self.lohi.iter());
+        reads.extend(self.g0_norm.iter());
         if want_images {
             reads.push(&self.adv_u8);
         }
@@ -549,9 +565,10 @@ impl AttackPlan {
             let v = f32s(b);
             (0..count)
                 .map(|i| Pred {
-                    class: v[3 * i] as u32,
-                    prob: v[3 * i + 1],
-                    label_prob: v[3 * i + 2],
+                    class: v[W * i] as u32,
+                    prob: v[W * i + 1],
+                    label_prob: v[W * i + 2],
+                    label_logp: v[W * i + 3],
                 })
                 .collect()
         };
@@ -578,6 +595,15 @@ impl AttackPlan {
             let v = f32s(&out[5 + k + self.raw_stats.len()]);
             super::minimal::min_levels(&v, count, (self.eps[0].exact * 255.0).round() as u32)
         });
+        let grad_norm = self.g0_norm.as_ref().map(|_| {
+            let at = 5 + k + self.raw_stats.len() + self.lohi.is_some() as usize;
+            let scale = if self.spec.method == Method::Fgsm {
+                item as f32
+            } else {
+                1.0
+            };
+            f32s(&out[at])[..count].iter().map(|v| v * scale).collect()
+        });
         let images = want_images.then(|| {
             let bytes = out.last().expect("u8 read last");
             let slot = self.slot_words as usize * 4;
@@ -599,6 +625,7 @@ impl AttackPlan {
             first_success,
             images,
             stages: None,
+            grad_norm,
             min_eps,
         })
     }

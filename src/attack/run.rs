@@ -686,6 +686,7 @@ pub fn run_attack(opts: &RunOptions) -> Result<Report> {
                     steps: None,
                     stages: None,
                     min_eps: None,
+                    linear: None,
                 };
                 record(
                     &obs,
@@ -729,6 +730,12 @@ pub fn run_attack(opts: &RunOptions) -> Result<Report> {
                         min_eps: top_level
                             .zip(o.min_eps.as_ref())
                             .map(|(top, m)| (top, m[j])),
+                        linear: o.grad_norm.as_ref().filter(|_| tgt.is_none()).map(|g| {
+                            (
+                                eps.exact * g[j] as f64,
+                                cp.label_logp as f64 - p.label_logp as f64,
+                            )
+                        }),
                     };
                     // A cascade's row names the attack whose image it kept.
                     let row_method = match &o.stages {
@@ -969,6 +976,7 @@ pub fn run_eval(opts: &RunOptions) -> Result<(Vec<EvalRow>, Report)> {
                     steps: None,
                     stages: None,
                     min_eps: None,
+                    linear: None,
                 });
                 let rel = prep.entries[idx].rel.clone();
                 if let Some(w) = predictions.as_mut() {

@@ -8,7 +8,7 @@ use crate::ops::elementwise::distinct;
 use crate::ops::softmax::{rows, SHADER};
 
 /// Values per sample written by [`argmax_prob`].
-pub const ARGMAX_PROB_WIDTH: u32 = 3;
+pub const ARGMAX_PROB_WIDTH: u32 = 4;
 
 fn check(op: &str, logits: &Tensor, labels: &Tensor) -> Result<Shape> {
     let s = logits.shape;
@@ -83,12 +83,14 @@ pub fn softmax_cross_entropy(
 
 /// Predictions and probabilities, reduced on the GPU.
 ///
-/// `out` is `[n, 3, 1, 1]` (see [`ARGMAX_PROB_WIDTH`]); row `i` holds, as f32:
-/// - `out[3i]`: the predicted class, `argmax(logits[i])` (the first maximum on
+/// `out` is `[n, 4, 1, 1]` (see [`ARGMAX_PROB_WIDTH`]); row `i` holds, as f32:
+/// - `out[4i]`: the predicted class, `argmax(logits[i])` (the first maximum on
 ///   ties, like `torch.argmax`), an integer value exact below 2^24;
-/// - `out[3i + 1]`: its softmax probability;
-/// - `out[3i + 2]`: the softmax probability of `labels[i]` (NaN for a label `>= k`,
-///   e.g. `u32::MAX` when no label is known).
+/// - `out[4i + 1]`: its softmax probability;
+/// - `out[4i + 2]`: the softmax probability of `labels[i]` (NaN for a label `>= k`,
+///   e.g. `u32::MAX` when no label is known);
+/// - `out[4i + 3]`: its log-probability, minus the cross-entropy loss,
+///   computed without underflow (NaN for a label `>= k`).
 pub fn argmax_prob(
     ctx: &Context,
     rec: &mut Recording,

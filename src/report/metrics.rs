@@ -25,6 +25,10 @@ pub struct Observation {
     pub stages: Option<(u8, u8)>,
     /// `--minimal` up to level `.0`: the image's smallest fooling level.
     pub min_eps: Option<(u32, Option<u32>)>,
+    /// FGSM/FGM, untargeted: (eps times the clean gradient's dual norm, the
+    /// first-order prediction of the loss increase; the measured increase
+    /// J(x_adv) - J(x)).
+    pub linear: Option<(f64, f64)>,
 }
 
 /// Whether an attack succeeded on an image: a targeted attack reaches its
@@ -64,6 +68,14 @@ pub struct EpsAccumulator {
     /// then one for "not fooled up to K".
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub min_eps: Vec<u64>,
+    /// Sums of the first-order prediction and the measured loss increase, and
+    /// their count (images with finite losses).
+    #[serde(default)]
+    pub linear_predicted: f64,
+    #[serde(default)]
+    pub linear_measured: f64,
+    #[serde(default)]
+    pub linear_count: u64,
 }
 
 impl EpsAccumulator {
@@ -91,6 +103,13 @@ impl EpsAccumulator {
             // level 0 (fooled clean) cannot happen for a clean-correct image
             let bin = level.map_or(top as usize, |k| (k.max(1) - 1) as usize);
             self.min_eps[bin] += 1;
+        }
+        if let Some((p, m)) = o.linear {
+            if p.is_finite() && m.is_finite() {
+                self.linear_predicted += p;
+                self.linear_measured += m;
+                self.linear_count += 1;
+            }
         }
         if o.clean_correct {
             self.clean_correct += 1;
@@ -122,6 +141,9 @@ impl EpsAccumulator {
         for (a, b) in self.stage_correct.iter_mut().zip(&o.stage_correct) {
             *a += b;
         }
+        self.linear_predicted += o.linear_predicted;
+        self.linear_measured += o.linear_measured;
+        self.linear_count += o.linear_count;
         if self.min_eps.len() < o.min_eps.len() {
             self.min_eps.resize(o.min_eps.len(), 0);
         }
@@ -198,6 +220,10 @@ impl EpsAccumulator {
             mean_steps_to_success: (self.steps_count > 0)
                 .then(|| self.steps_sum as f64 / self.steps_count as f64),
             min_eps: self.min_eps_stats(),
+            predicted_loss_increase: (self.linear_count > 0)
+                .then(|| self.linear_predicted / self.linear_count as f64),
+            loss_increase: (self.linear_count > 0)
+                .then(|| self.linear_measured / self.linear_count as f64),
             robust_accuracy_after: (!self.stage_correct.is_empty()).then(|| {
                 self.stage_correct
                     .iter()
@@ -226,6 +252,7 @@ mod tests {
             steps: None,
             stages: None,
             min_eps: None,
+            linear: None,
         }
     }
 

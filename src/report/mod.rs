@@ -60,6 +60,15 @@ pub struct EpsStats {
     /// 8-bit grid.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub min_eps: Option<MinEpsStats>,
+    /// The seed's linear view (untargeted FGSM and FGM): the first-order
+    /// prediction of the loss increase, eps times the clean gradient's L1
+    /// norm (L2 for FGM), mean over images ...
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub predicted_loss_increase: Option<f64>,
+    /// ... beside the measured mean of J(x_adv) - J(x) (cross-entropy of the
+    /// label at the scored image).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub loss_increase: Option<f64>,
 }
 
 /// The `--minimal` figures of one eps, over the clean-correct images.
