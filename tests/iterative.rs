@@ -593,7 +593,7 @@ fn fgsm_reports_the_gradient_norm_of_the_linear_view() {
             .expect("fgsm and fgm report the gradient norm");
         grad.set_batch(&gpu.ctx, pixels, &out.labels).unwrap();
         let g = grad.run(&gpu.ctx).unwrap();
-        for i in 0..n {
+        for (i, &norm) in norms.iter().enumerate() {
             let gi = &g.input_grad[i * 784..(i + 1) * 784];
             let want = if method == "fgsm" {
                 gi.iter().map(|v| v.abs() as f64).sum::<f64>()
@@ -601,9 +601,8 @@ fn fgsm_reports_the_gradient_norm_of_the_linear_view() {
                 gi.iter().map(|v| (*v as f64).powi(2)).sum::<f64>().sqrt()
             };
             assert!(
-                (norms[i] as f64 - want).abs() <= 1e-4 * want.max(1e-12),
-                "{method} image {i}: norm {} vs {want}",
-                norms[i]
+                (norm as f64 - want).abs() <= 1e-4 * want.max(1e-12),
+                "{method} image {i}: norm {norm} vs {want}"
             );
             let loss = g.loss[i] as f64;
             assert!(

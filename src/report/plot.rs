@@ -87,6 +87,9 @@ pub fn write_svg_plot(path: &Path, report: &Report) -> Result<()> {
 
 type Area<'a> = DrawingArea<SVGBackend<'a>, Shift>;
 
+/// A legend label, its colour and its points.
+type Series = (String, RGBColor, Vec<(f64, f64)>);
+
 fn accuracy_chart(area: &Area, report: &Report, axis: &Axis) -> std::result::Result<(), String> {
     let e = |x: DrawingAreaErrorKind<_>| x.to_string();
     let mut eps: Vec<&super::EpsStats> = report.epsilons.iter().collect();
@@ -122,7 +125,7 @@ fn accuracy_chart(area: &Area, report: &Report, axis: &Axis) -> std::result::Res
             .chain(eps.iter().filter_map(|s| f(s).map(|y| (axis.x(s.eps), y))))
             .collect()
     };
-    let mut series: Vec<(String, RGBColor, Vec<(f64, f64)>)> = Vec::new();
+    let mut series: Vec<Series> = Vec::new();
     match &report.cascade {
         Some(names) => {
             for (i, name) in names.iter().enumerate() {
