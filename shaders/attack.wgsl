@@ -807,3 +807,95 @@ fn bisect_update(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups)
         }
     }
 }
+
+// ---------------------------------------------------------------------------
+// L2 BIM/PGD (torchattacks' PGDL2), one workgroup per image:
+// step_l2:  adv' = adv + a * g / (||g||_2 + 1e-10); delta = adv' - x, scaled
+//           by min(1, eps / ||delta||_2); adv = clip01(x + delta)
+// random_start_l2: delta = z / ||z||_2 * r * eps, z standard normal per pixel
+//           (Box-Muller of the counter-based uniforms), r uniform in [0, 1)
+//           per image; adv = clip01(x + delta)
+// Bindings as `step` (momentum unused) and `random_start`.
+var<workgroup> l2sum: array<f32, 256>;
+
+fn l2_reduce(lid: u32, v: f32) -> f32 {
+    l2sum[lid] = v;
+    workgroupBarrier();
+    for (var stride = 128u; stride > 0u; stride = stride >> 1u) {
+        if (lid < stride) {
+            l2sum[lid] = l2sum[lid] + l2sum[lid + stride];
+        }
+        workgroupBarrier();
+    }
+    let total = l2sum[0];
+    workgroupBarrier();
+    return total;
+}
+
+@compute @workgroup_size(256)
+fn step_l2(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+           @builtin(local_invocation_index) lid: u32) {
+    let img = flat_group(wid, nwg);
+    let n = sp.numel / sp.item;
+    let live = img < n;
+    let base = img * sp.item;
+    var s = 0.0;
+    if (live) {
+        for (var j = lid; j < sp.item; j = j + 256u) {
+            let g = sg[base + j];
+            s = s + g * g;
+        }
+    }
+    let gn = sqrt(l2_reduce(lid, s)) + 1e-10;
+    var eps = 0.0;
+    if (live) { eps = seps[img]; }
+    let a = sp.step_abs + sp.step_rel * eps;
+    var d2 = 0.0;
+    if (live) {
+        for (var j = lid; j < sp.item; j = j + 256u) {
+            let v = sadv[base + j] + a * (sg[base + j] / gn);
+            sadv[base + j] = v;
+            let d = v - sx[base + j];
+            d2 = d2 + d * d;
+        }
+    }
+    let dn = sqrt(l2_reduce(lid, d2));
+    let factor = select(1.0, min(eps / dn, 1.0), dn > 0.0);
+    if (!live) { return; }
+    for (var j = lid; j < sp.item; j = j + 256u) {
+        let x = sx[base + j];
+        sadv[base + j] = clamp(x + (sadv[base + j] - x) * factor, 0.0, 1.0);
+    }
+}
+
+fn normal01(seed_lo: u32, seed_hi: u32, image: u32, restart: u32, element: u32) -> f32 {
+    let u1 = uniform01(seed_lo, seed_hi, image, restart, 2u * element);
+    let u2 = uniform01(seed_lo, seed_hi, image, restart, 2u * element + 1u);
+    return sqrt(-2.0 * log(1.0 - u1)) * cos(6.283185307179586 * u2);
+}
+
+@compute @workgroup_size(256)
+fn random_start_l2(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                   @builtin(local_invocation_index) lid: u32) {
+    let img = flat_group(wid, nwg);
+    let n = rp.numel / rp.item;
+    let live = img < n;
+    let base = img * rp.item;
+    var id = 0u;
+    if (live) { id = rid[img]; }
+    var s = 0.0;
+    if (live) {
+        for (var j = lid; j < rp.item; j = j + 256u) {
+            let z = normal01(rp.seed_lo, rp.seed_hi, id, rp.restart, j);
+            s = s + z * z;
+        }
+    }
+    let zn = sqrt(l2_reduce(lid, s));
+    if (!live) { return; }
+    let r = uniform01(rp.seed_lo, rp.seed_hi, id, rp.restart, 0xffffffffu);
+    let scale = select(0.0, r * reps[img] / zn, zn > 0.0);
+    for (var j = lid; j < rp.item; j = j + 256u) {
+        let z = normal01(rp.seed_lo, rp.seed_hi, id, rp.restart, j);
+        radv[base + j] = clamp(rx[base + j] + z * scale, 0.0, 1.0);
+    }
+}

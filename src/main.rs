@@ -113,8 +113,9 @@ enum Command {
         /// Every method runs every eps.
         #[arg(long, default_value = "fgsm")]
         method: String,
-        /// Norm of the threat model: linf (all but fgm) or l2 (fgm);
-        /// given only to check it.
+        /// Norm of the threat model: linf (the default) or l2 (fgm always; bim
+        /// and pgd with --norm l2, as torchattacks' PGDL2). L2 budgets in --eps
+        /// may exceed 1.
         #[arg(long)]
         norm: Option<String>,
         /// Gradient steps of bim, pgd and mifgsm [default: 10], of apgd-* per
@@ -369,7 +370,7 @@ fn run(cli: Cli) -> Result<(), Error> {
             no_quantize,
         } => {
             let mut o = common.options();
-            o.eps = advex::attack::parse_eps_list(&eps)?;
+            o.eps = advex::attack::parse_l2_eps_list(&eps)?; // L-inf methods check <= 1
             o.target = match target.as_deref() {
                 None => advex::attack::TargetSpec::None,
                 Some("least-likely") => advex::attack::TargetSpec::LeastLikely,
@@ -447,7 +448,7 @@ fn run(cli: Cli) -> Result<(), Error> {
             let opts = advex::bench::BenchOptions {
                 model,
                 batch_sizes,
-                eps: advex::attack::parse_eps_list(&eps)?,
+                eps: advex::attack::parse_l2_eps_list(&eps)?, // checked per method
                 attack: advex::attack::AttackRequest {
                     method: Some(method),
                     steps,

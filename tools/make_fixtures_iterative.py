@@ -5,7 +5,7 @@ Writes tests/fixtures/iterative_mnist.safetensors: for every digit of
 examples/digits (100, sorted by path) and the MNIST CNN of weights/, the
 8-bit adversarial images and their predictions under torchattacks 3.5.1's
 BIM, PGD (random_start=False) and MIFGSM, each at two eps on the 8-bit grid
-with step sizes on the grid, so that advex's results can be compared pixel
+with step sizes on the grid, and PGDL2 (random_start=False) at two L2 eps, so that advex's results can be compared pixel
 for pixel without PyTorch (tests/iterative.rs).
 
 Computation, per method and eps:
@@ -57,6 +57,10 @@ CASES = [
     ("pgd", [20, 51], [2, 5], 10),
     ("mifgsm", [20, 51], [2, 5], 10),
 ]
+# L2 (torchattacks' PGDL2 without its random start): eps and alpha as given
+CASES_L2 = [
+    ("pgd-l2", ["1.5", "3"], ["0.25", "0.5"], 10),
+]
 
 
 def files() -> list[str]:
@@ -75,7 +79,14 @@ def attack(method: str, model, eps: float, alpha: float, steps: int):
         return torchattacks.PGD(model, eps=eps, alpha=alpha, steps=steps, random_start=False)
     if method == "mifgsm":
         return torchattacks.MIFGSM(model, eps=eps, alpha=alpha, steps=steps, decay=1.0)
+    if method == "pgd-l2":
+        return torchattacks.PGDL2(model, eps=eps, alpha=alpha, steps=steps, random_start=False)
     raise ValueError(method)
+
+
+def frac(t: str) -> float:
+    a, _, b = t.partition("/")
+    return float(a) / float(b) if b else float(a)
 
 
 def main() -> None:
@@ -90,18 +101,27 @@ def main() -> None:
         label = model(x).argmax(1)
     out = {"clean_pred": label.numpy().astype(np.int32)}
     cases = []
-    for method, eps_levels, step_levels, steps in CASES:
-        for k, (el, al) in enumerate(zip(eps_levels, step_levels)):
-            eps, alpha = el / 255.0, al / 255.0
+    all_cases = [(m, [f"{e}/255" for e in el], [f"{a}/255" for a in al], st)
+                 for m, el, al, st in CASES] + CASES_L2
+    for method, eps_texts, step_texts, steps in all_cases:
+        for k, (et, at) in enumerate(zip(eps_texts, step_texts)):
+            eps, alpha = frac(et), frac(at)
             lo = torch.clamp(torch.ceil((x - eps) * 255.0 - 1e-3), min=0.0)
             hi = torch.clamp(torch.floor((x + eps) * 255.0 + 1e-3), max=255.0)
+            l2 = method.endswith("-l2")
 
             def levels(adv):
-                return torch.minimum(torch.maximum(torch.round(adv.float() * 255.0), lo), hi)
+                a = adv.float() * 255.0
+                if l2:  # toward the clean pixel, so no change grows (advex's L2 rounding)
+                    q = torch.where(a - x * 255.0 >= 0, torch.floor(a + 1e-3), torch.ceil(a - 1e-3))
+                else:
+                    q = torch.round(a)
+                return torch.minimum(torch.maximum(q, lo), hi)
 
             level = levels(attack(method, model, eps, alpha, steps)(x, label).detach())
             level64 = levels(attack(method, model64, eps, alpha, steps)(x.double(), label).detach())
-            assert float((level / 255.0 - x).abs().max()) <= eps + 1e-6
+            d = (level / 255.0 - x).flatten(1)
+            assert float(d.norm(dim=1).max() if l2 else d.abs().max()) <= eps + 1e-6
             with torch.no_grad():
                 pred = model(level / 255.0).argmax(1)
             # well-conditioned: float32 and float64 give the same pixels
@@ -110,12 +130,12 @@ def main() -> None:
             out[f"{method}/{k}/adv64"] = level64.to(torch.uint8).numpy()
             out[f"{method}/{k}/well"] = well.numpy().astype(np.uint8)
             out[f"{method}/{k}/pred"] = pred.numpy().astype(np.int32)
-            cases.append({"method": method, "index": k, "eps": f"{el}/255",
-                          "step_size": f"{al}/255", "steps": steps,
+            cases.append({"method": method, "index": k, "eps": et,
+                          "step_size": at, "steps": steps,
                           "robust_accuracy": float((pred == label).float().mean()),
                           "f32_vs_f64_pixels": float((level != level64).float().mean()),
                           "well_conditioned": int(well.sum())})
-            print(f"{method} eps {el}/255: robust accuracy {cases[-1]['robust_accuracy']:.2f}, "
+            print(f"{method} eps {et}: robust accuracy {cases[-1]['robust_accuracy']:.2f}, "
                   f"f32 vs f64 pixels differ {cases[-1]['f32_vs_f64_pixels']:.4f}, "
                   f"well-conditioned images {int(well.sum())}")
     with open(os.path.join(ROOT, MODEL), "rb") as fh:

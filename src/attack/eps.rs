@@ -1,4 +1,5 @@
-//! The `--eps` list: decimals (`0.03`) or fractions (`1/255`), in [0, 1].
+//! The `--eps` list: decimals (`0.03`) or fractions (`1/255`), in [0, 1] for
+//! L-inf attacks; L2 budgets (fgm, `--norm l2`) may exceed 1.
 
 use crate::error::{Error, Result};
 
@@ -20,7 +21,7 @@ impl Eps {
     }
 }
 
-fn parse_one(item: &str) -> Result<Eps> {
+fn parse_one(item: &str, max: f64) -> Result<Eps> {
     let t = item.trim();
     let bad = |why: &str| {
         Error::Usage(format!(
@@ -38,8 +39,12 @@ fn parse_one(item: &str) -> Result<Eps> {
         }
         None => t.parse().map_err(|_| bad("not a number"))?,
     };
-    if !value.is_finite() || !(0.0..=1.0).contains(&value) {
-        return Err(bad("must lie in [0, 1] (pixel units of the [0,1] image)"));
+    if !value.is_finite() || !(0.0..=max).contains(&value) {
+        return Err(bad(if max == 1.0 {
+            "must lie in [0, 1] (pixel units of the [0,1] image; only L2 budgets may exceed 1)"
+        } else {
+            "must be a finite number >= 0"
+        }));
     }
     Ok(Eps {
         text: t.to_string(),
@@ -48,12 +53,22 @@ fn parse_one(item: &str) -> Result<Eps> {
     })
 }
 
-/// Parse a comma-separated list. Duplicates are refused (they would share a folder).
+/// Parse a comma-separated list of L-inf budgets in [0, 1]. Duplicates are
+/// refused (they would share a folder).
 pub fn parse_eps_list(list: &str) -> Result<Vec<Eps>> {
+    parse_list(list, 1.0)
+}
+
+/// [`parse_eps_list`] for L2 budgets: any finite eps >= 0.
+pub fn parse_l2_eps_list(list: &str) -> Result<Vec<Eps>> {
+    parse_list(list, f64::MAX)
+}
+
+fn parse_list(list: &str, max: f64) -> Result<Vec<Eps>> {
     let items: Vec<Eps> = list
         .split(',')
         .filter(|s| !s.trim().is_empty())
-        .map(parse_one)
+        .map(|t| parse_one(t, max))
         .collect::<Result<_>>()?;
     if items.is_empty() {
         return Err(Error::Usage(
@@ -89,5 +104,7 @@ mod tests {
         ] {
             assert!(parse_eps_list(bad).is_err(), "{bad:?} should be refused");
         }
+        assert_eq!(parse_l2_eps_list("1.5,3").unwrap()[1].exact, 3.0);
+        assert!(parse_l2_eps_list("-1").is_err());
     }
 }

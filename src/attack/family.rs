@@ -17,6 +17,8 @@ pub(super) enum StepKind {
     Sign = 0,
     Momentum = 1,
     L2 = 2,
+    /// L2 BIM/PGD: its own per-image kernel (`step_l2`).
+    L2Iter = 3,
 }
 
 /// Mirrors `StepParams` in `shaders/attack.wgsl`.
@@ -185,9 +187,10 @@ impl Family {
         } else {
             io.grad.input_grad.clone()
         };
-        let kind = match spec.method {
-            Method::Fgm => StepKind::L2,
-            Method::Mifgsm => StepKind::Momentum,
+        let kind = match (spec.method, spec.norm) {
+            (Method::Fgm, _) => StepKind::L2,
+            (Method::Mifgsm, _) => StepKind::Momentum,
+            (_, super::Norm::L2) => StepKind::L2Iter,
             _ => StepKind::Sign,
         };
         let adv = c.tensor(shape, "adversarial (f32)")?;
@@ -227,9 +230,21 @@ impl Family {
         };
         Ok(Family {
             kind,
-            step: f32k("step", &[r, r, r, rw, rw, r], &step_kind)?,
+            step: if kind == StepKind::L2Iter {
+                f32k("step_l2", &[r, r, r, rw, rw, r], &[])?
+            } else {
+                f32k("step", &[r, r, r, rw, rw, r], &step_kind)?
+            },
             norm,
-            start: f32k("random_start", &[r, r, rw, r], &[])?,
+            start: f32k(
+                if kind == StepKind::L2Iter {
+                    "random_start_l2"
+                } else {
+                    "random_start"
+                },
+                &[r, r, rw, r],
+                &[],
+            )?,
             score: c.kernel(
                 "attack",
                 SHADER,
@@ -273,8 +288,17 @@ impl Family {
         self.best.is_some()
     }
 
+    /// Workgroups of the step and start kernels: per image for L2 BIM/PGD.
+    fn groups(&self) -> u32 {
+        if self.kind == StepKind::L2Iter {
+            self.batch
+        } else {
+            self.numel.div_ceil(256)
+        }
+    }
+
     fn one_step(&self, c: &Context, b: &mut Builder, io: &Io, g: &Tensor) -> Result<()> {
-        if self.kind != StepKind::Sign {
+        if matches!(self.kind, StepKind::Momentum | StepKind::L2) {
             b.push(c.dispatch(
                 "grad_norm",
                 &self.norm,
@@ -288,7 +312,7 @@ impl Family {
             &self.step,
             &self.step_p,
             &[io.clean, g, &self.gnorm, &self.adv, &self.momentum, io.eps],
-            self.numel.div_ceil(256),
+            self.groups(),
         )?);
         Ok(())
     }
@@ -321,7 +345,7 @@ impl Family {
                     &self.start,
                     &p,
                     &[io.clean, io.ids, &self.adv, io.eps],
-                    groups,
+                    self.groups(),
                 )?);
             } else {
                 b.copy(io.clean, &self.adv);

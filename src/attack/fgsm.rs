@@ -342,7 +342,11 @@ impl AttackPlan {
                 ("QUANTIZE", if spec.quantize { 1.0 } else { 0.0 }),
                 (
                     "TOWARD_CLEAN",
-                    if spec.method == Method::Fgm { 1.0 } else { 0.0 },
+                    if spec.norm == super::Norm::L2 {
+                        1.0
+                    } else {
+                        0.0
+                    },
                 ),
             ],
         )?;

@@ -118,6 +118,8 @@ impl Norm {
 #[derive(Debug, Clone)]
 pub struct AttackSpec {
     pub method: Method,
+    /// The threat model: L-inf, or L2 (fgm; bim and pgd with `--norm l2`).
+    pub norm: Norm,
     pub eps: Vec<Eps>,
     /// Gradient steps per restart (1 for fgsm and fgm).
     pub steps: u32,
@@ -166,6 +168,7 @@ impl AttackSpec {
     pub fn fgsm(eps: &[Eps], quantize: bool, target: Target) -> Self {
         AttackSpec {
             method: Method::Fgsm,
+            norm: Norm::Linf,
             eps: eps.to_vec(),
             steps: 1,
             step_size: None,
@@ -199,19 +202,32 @@ impl AttackSpec {
                 }
             }
         }
-        if let Some(n) = &r.norm {
-            let norm = Norm::parse(n)?;
-            if norm != method.norm() {
-                return Err(Error::Usage(match (method, norm) {
-                    (Method::Fgsm, Norm::L2) => {
-                        "--norm l2 with fgsm: the L2 single step is --method fgm".into()
-                    }
-                    (_, Norm::L2) => format!(
-                        "--norm l2: {m} runs in L-inf in this version of advex; for an L2 \
-                         attack use --method fgm"
-                    ),
-                    _ => format!("--norm {}: {m} is an L2 attack", norm.name()),
-                }));
+        let norm = match &r.norm {
+            None => method.norm(),
+            Some(n) => {
+                let norm = Norm::parse(n)?;
+                let l2_capable = matches!(method, Method::Bim | Method::Pgd);
+                if norm != method.norm() && !(l2_capable && norm == Norm::L2) {
+                    return Err(Error::Usage(match (method, norm) {
+                        (Method::Fgsm, Norm::L2) => {
+                            "--norm l2 with fgsm: the L2 single step is --method fgm".into()
+                        }
+                        (_, Norm::L2) => format!(
+                            "--norm l2: {m} runs in L-inf; the L2 attacks are fgm, bim and pgd"
+                        ),
+                        _ => format!("--norm {}: {m} is an L2 attack", norm.name()),
+                    }));
+                }
+                norm
+            }
+        };
+        if norm == Norm::Linf {
+            if let Some(e) = eps.iter().find(|e| e.exact > 1.0) {
+                return Err(Error::Usage(format!(
+                    "--eps {}: an L-inf budget lies in [0, 1] (pixel units); only L2 \
+                     attacks (fgm, --norm l2) take larger ones",
+                    e.text
+                )));
             }
         }
         let iterative = method.iterative();
@@ -295,6 +311,7 @@ impl AttackSpec {
         };
         Ok(AttackSpec {
             method,
+            norm,
             eps: eps.to_vec(),
             steps,
             step_size,
@@ -381,7 +398,7 @@ impl AttackSpec {
         if self.method == Method::Fgsm {
             return s;
         }
-        s.push(format!("norm={}", self.method.norm().name()));
+        s.push(format!("norm={}", self.norm.name()));
         if self.method.iterative() {
             s.push(format!("steps={}", self.steps));
             if !self.method.apgd() {
@@ -588,9 +605,16 @@ mod tests {
         .contains("fgm"));
         assert!(err(AttackRequest {
             norm: Some("l2".into()),
+            ..req("mifgsm")
+        })
+        .contains("fgm, bim and pgd"));
+        let l2 = resolve(AttackRequest {
+            norm: Some("l2".into()),
             ..req("pgd")
         })
-        .contains("fgm"));
+        .unwrap();
+        assert_eq!(l2.norm, Norm::L2);
+        assert!(l2.settings().contains(&"norm=l2".to_string()));
         assert!(err(AttackRequest {
             norm: Some("l3".into()),
             ..req("pgd")

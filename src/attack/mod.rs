@@ -16,7 +16,7 @@ pub mod worker;
 
 pub use cascade::CascadePlan;
 pub use devices::{open_gpus, run_ordered, DeviceOptions};
-pub use eps::{parse_eps_list, Eps};
+pub use eps::{parse_eps_list, parse_l2_eps_list, Eps};
 pub use eval::EvalPlan;
 pub use fgsm::{image_id, AttackPlan, BatchOutcome, FgsmPlan, Pred, Target};
 pub use method::{AttackRequest, AttackSpec, Cascade, Method, Norm, METHOD_NAMES};
