@@ -233,7 +233,8 @@ fn deterministic_methods_match_torchattacks() {
     }
 }
 
-/// Randomised methods (pgd with its random start, apgd-ce, apgd-dlr, apgd-t)
+/// Randomised methods (pgd with its random start, in L-inf and L2, apgd-ce,
+/// apgd-dlr, apgd-t)
 /// on 500 held-out digits against the reference implementations
 /// (tests/fixtures/random_mnist.safetensors, tools/make_fixtures_random.py):
 /// robust accuracy at the unrounded points within 1 percentage point of the
@@ -267,9 +268,10 @@ fn randomised_methods_match_the_reference_accuracy() {
     let batch = 250usize;
     for case in &cases {
         let method = case["method"].as_str().unwrap();
-        let eps = parse_eps_list(case["eps"].as_str().unwrap()).unwrap();
+        let eps = parse_l2_eps_list(case["eps"].as_str().unwrap()).unwrap();
         let r = AttackRequest {
-            method: Some(method.into()),
+            method: Some(method.trim_end_matches("-l2").into()),
+            norm: method.ends_with("-l2").then(|| "l2".into()),
             steps: Some(case["steps"].as_u64().unwrap() as u32),
             seed: Some(1),
             ..Default::default()
