@@ -181,6 +181,15 @@ enum Command {
         /// Also draw accuracy against eps as SVG here.
         #[arg(long)]
         plot: Option<PathBuf>,
+        /// Draw a contact sheet (PNG) of a few images: clean, the perturbation
+        /// amplified, and the adversarial image per eps, each with its
+        /// prediction and confidence.
+        #[arg(long, value_name = "FILE.png")]
+        gallery: Option<PathBuf>,
+        /// The gallery's images: how many (the first N) or a comma list of
+        /// paths relative to --images.
+        #[arg(long, value_name = "N|LIST", default_value = "6", requires = "gallery")]
+        gallery_images: String,
         /// Keep adversarial pixels in f32 instead of rounding to the 8-bit grid.
         #[arg(long)]
         no_quantize: bool,
@@ -367,6 +376,8 @@ fn run(cli: Cli) -> Result<(), Error> {
             worker,
             overwrite,
             plot,
+            gallery,
+            gallery_images,
             no_quantize,
         } => {
             let mut o = common.options();
@@ -384,6 +395,8 @@ fn run(cli: Cli) -> Result<(), Error> {
                 .expect("clap checks --png-compression");
             o.overwrite = overwrite;
             o.plot = plot;
+            o.gallery = gallery;
+            o.gallery_pick = advex::report::gallery::GalleryPick::parse(&gallery_images)?;
             o.quantize = !no_quantize;
             o.attack = advex::attack::AttackRequest {
                 method: Some(method),

@@ -1081,3 +1081,49 @@ fn minimal_writes_min_eps_column_and_histogram() {
     assert_eq!(code, 1);
     assert!(err.contains("--minimal"), "{err}");
 }
+
+/// `--gallery`: a PNG with one row per picked image and three tiles per eps
+/// beyond the clean one; picking paths that were not attacked is an error.
+#[test]
+fn gallery_draws_a_contact_sheet() {
+    let dir = tempfile::tempdir().unwrap();
+    let sheet = dir.path().join("sheet.png");
+    let base = |c: &mut Command| {
+        c.args([
+            "attack",
+            "-q",
+            "--no-tune",
+            "--model",
+            "weights/mnist_cnn.safetensors",
+        ])
+        .args([
+            "--images",
+            "examples/digits",
+            "--eps",
+            "0.1,0.2",
+            "--method",
+            "bim",
+        ])
+        .current_dir(root());
+    };
+    let mut c = advex();
+    base(&mut c);
+    let (code, _, err) = run(c
+        .arg("--gallery")
+        .arg(&sheet)
+        .args(["--gallery-images", "3/1900.png,7/3900.png"]));
+    assert_eq!(code, 0, "{err}");
+    let img = image::open(&sheet).unwrap().to_rgb8();
+    // 1 + 2 * 2 tiles of 112 px (28 px digits, enlarged 4x) and their gaps
+    assert_eq!(img.width(), 6 + 5 * (112 + 6));
+    assert!(img.height() > 2 * 112);
+    let mut c = advex();
+    base(&mut c);
+    let (code, _, err) = run(c
+        .arg("--gallery")
+        .arg(dir.path().join("none.png"))
+        .args(["--gallery-images", "no/such.png"]));
+    assert_eq!(code, 1);
+    assert!(err.contains("--gallery-images"), "{err}");
+    assert!(!dir.path().join("none.png").exists());
+}

@@ -18,6 +18,7 @@ use crate::error::{Error, Result};
 use crate::gpu::DType;
 use crate::model::Model;
 use crate::plan::GpuModel;
+use crate::report::gallery::{GalleryAdv, GalleryPick, GalleryRow};
 use crate::report::{
     prediction_record, EpsAccumulator, ModelInfo, Observation, PredictionRow, PredictionWriter,
     Report, Timing,
@@ -57,6 +58,9 @@ pub struct RunOptions {
     pub overwrite: bool,
     pub report: Option<PathBuf>,
     pub plot: Option<PathBuf>,
+    /// `--gallery FILE.png`: a contact sheet of the images `gallery_pick` picks.
+    pub gallery: Option<PathBuf>,
+    pub gallery_pick: GalleryPick,
     pub predictions: Option<PathBuf>,
     pub batch_size: Option<u32>,
     pub adapter: Option<String>,
@@ -92,6 +96,8 @@ impl RunOptions {
             overwrite: false,
             report: None,
             plot: None,
+            gallery: None,
+            gallery_pick: GalleryPick::First(6),
             predictions: None,
             batch_size: None,
             adapter: None,
@@ -153,7 +159,7 @@ fn prepare(opts: &RunOptions) -> Result<Prepared> {
         resize: model.preprocess.resize,
         filter: crate::data::Filter::from_name(&model.preprocess.interpolation),
     };
-    for p in [&opts.report, &opts.plot, &opts.predictions]
+    for p in [&opts.report, &opts.plot, &opts.predictions, &opts.gallery]
         .into_iter()
         .flatten()
     {
@@ -506,6 +512,19 @@ pub fn run_attack(opts: &RunOptions) -> Result<Report> {
     let prep = prepare(opts)?;
     let target = resolve_target(&opts.target, &prep.model)?;
     let mut attack = Cascade::resolve(&opts.attack, &opts.eps, opts.quantize, target)?;
+    if let (Some(_), GalleryPick::Paths(paths)) = (&opts.gallery, &opts.gallery_pick) {
+        if let Some(p) = paths
+            .iter()
+            .find(|p| !prep.entries.iter().any(|e| &e.rel == *p))
+        {
+            return Err(Error::Usage(format!(
+                "--gallery-images {p}: no such image under {} (give paths relative to \
+                 --images, e.g. {})",
+                opts.images.display(),
+                prep.entries.first().map_or("cat.png", |e| e.rel.as_str())
+            )));
+        }
+    }
     for note in attack.fit_to_model(prep.model.num_classes())? {
         eprintln!("note: {note}");
     }
@@ -600,7 +619,15 @@ pub fn run_attack(opts: &RunOptions) -> Result<Report> {
         1 + gpus.len(),
         opts.strict,
     );
-    let want_images = opts.out.is_some();
+    let want_images = opts.out.is_some() || opts.gallery.is_some();
+    let mut gallery: Vec<GalleryRow> = Vec::new();
+    let class_name = |c: u32| match &prep.model.classes {
+        Some(names) => names
+            .get(c as usize)
+            .cloned()
+            .unwrap_or_else(|| c.to_string()),
+        None => c.to_string(),
+    };
     // Shard bookkeeping: a new shard closes (and commits) the previous one,
     // after the images sent so far. `false`: the writer has failed.
     let turn = |book: &mut Option<ShardBook>, job: &mut Vec<Sample>, g: usize| -> Result<bool> {
@@ -669,6 +696,21 @@ pub fn run_attack(opts: &RunOptions) -> Result<Report> {
                 let rel = &prep.entries[g].rel;
                 let label = o.labels[j];
                 let cp = o.clean[j];
+                let mut gallery_row = (opts.gallery.is_some() && opts.gallery_pick.picks(g, rel))
+                    .then(|| {
+                        let item = b.pixels.len() / b.indices.len();
+                        GalleryRow {
+                            name: rel.clone(),
+                            shape: prep.model.input,
+                            clean: b.pixels[j * item..(j + 1) * item]
+                                .iter()
+                                .map(|v| (v * 255.0).round().clamp(0.0, 255.0) as u8)
+                                .collect(),
+                            class: class_name(cp.class),
+                            prob: cp.prob,
+                            adv: Vec::new(),
+                        }
+                    });
                 let clean_correct = cp.class == label;
                 let tgt = (target != Target::Untargeted).then_some(o.loss_labels[j]);
                 let label_prob =
@@ -759,7 +801,20 @@ pub fn run_attack(opts: &RunOptions) -> Result<Report> {
                             min_eps: o.min_eps.as_ref().map(|m| m[j]),
                         },
                     )?;
-                    if let Some(images) = o.images.as_mut() {
+                    if let (Some(row), Some(images)) = (gallery_row.as_mut(), o.images.as_ref()) {
+                        let heading = if o.stages.is_some() {
+                            format!("{row_method} {}", eps.text)
+                        } else {
+                            format!("eps {}", eps.text)
+                        };
+                        row.adv.push(GalleryAdv {
+                            heading,
+                            pixels: images[e][j].clone(),
+                            class: class_name(p.class),
+                            prob: p.prob,
+                        });
+                    }
+                    if let (Some(images), true) = (o.images.as_mut(), opts.out.is_some()) {
                         job.push(Sample {
                             index: g,
                             rel: rel.clone(),
@@ -772,6 +827,7 @@ pub fn run_attack(opts: &RunOptions) -> Result<Report> {
                         });
                     }
                 }
+                gallery.extend(gallery_row);
             }
             if !job.is_empty() && out_tx.send(WriterMsg::Samples(job)).is_err() {
                 return Ok(false); // the writer failed; its error is reported below
@@ -817,6 +873,9 @@ pub fn run_attack(opts: &RunOptions) -> Result<Report> {
         worker: share.as_ref().map(|s| s.worker.clone()),
     };
     if let Some(s) = &share {
+        if !gallery.is_empty() {
+            write_gallery_for(opts, &report, &gallery)?;
+        }
         return finish_share(opts, s, Some(report), start);
     }
     if images == 0 {
@@ -826,7 +885,22 @@ pub fn run_attack(opts: &RunOptions) -> Result<Report> {
         )));
     }
     write_reports(opts, &report)?;
+    write_gallery_for(opts, &report, &gallery)?;
     Ok(report)
+}
+
+/// `--gallery`: the contact sheet of the picked images this process attacked.
+fn write_gallery_for(opts: &RunOptions, report: &Report, rows: &[GalleryRow]) -> Result<()> {
+    let Some(path) = &opts.gallery else {
+        return Ok(());
+    };
+    let title = format!(
+        "{} - {} ({} images shown)",
+        report.model.name,
+        report.method.to_uppercase(),
+        rows.len()
+    );
+    crate::report::write_gallery(path, &title, rows)
 }
 
 /// After a sharded run: when every shard of the run is committed, merge them

@@ -1,9 +1,11 @@
 //! Metrics per eps, the JSON report, the predictions CSV and the accuracy plot.
 
+pub mod gallery;
 mod metrics;
 mod plot;
 mod predictions;
 
+pub use gallery::write_gallery;
 pub use metrics::{attack_success, EpsAccumulator, Observation};
 pub use plot::write_svg_plot;
 pub use predictions::{
