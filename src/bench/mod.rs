@@ -188,6 +188,18 @@ pub fn run_bench(
     mut each: impl FnMut(&BenchResult),
 ) -> Result<Vec<BenchResult>> {
     let model = Arc::new(crate::load_model_or_bundled(opts.model.as_deref())?);
+    if opts.attack.method.as_deref().is_some_and(|m| m.contains(',')) {
+        return Err(crate::error::Error::Usage(
+            "bench times one method at a time; give --method once per run (a cascade costs \
+             the sum of its attacks)"
+                .into(),
+        ));
+    }
+    let mut spec =
+        crate::attack::AttackSpec::resolve(&opts.attack, &opts.eps, true, Target::Untargeted)?;
+    if let Some(note) = spec.fit_to_model(model.num_classes())? {
+        eprintln!("note: {note}");
+    }
     let gpus = crate::attack::open_gpus(
         &crate::attack::DeviceOptions {
             adapter: opts.adapter.clone(),
@@ -198,11 +210,6 @@ pub fn run_bench(
         opts.precision,
     )?;
     let ctx = gpus[0].ctx.clone();
-    let mut spec =
-        crate::attack::AttackSpec::resolve(&opts.attack, &opts.eps, true, Target::Untargeted)?;
-    if let Some(note) = spec.fit_to_model(model.num_classes())? {
-        eprintln!("note: {note}");
-    }
     let mut results = Vec::new();
     'sizes: for &batch in &opts.batch_sizes {
         let mut plans = Vec::with_capacity(gpus.len());
