@@ -5,6 +5,11 @@ fn flat_group(wid: vec3<u32>, nwg: vec3<u32>) -> u32 {
     return wid.x + wid.y * nwg.x;
 }
 
+// Elements of one image, for the per-element kernels that look up a per-image
+// value (eps, norms, flags): a pipeline constant, so `i / ITEM` compiles to a
+// multiply instead of a division per element.
+override ITEM: u32 = 1u;
+
 // ---------------------------------------------------------------------------
 // The 8-bit level of an adversarial pixel `a` (f32, already in [0,1]) whose
 // clean value is `x`: the grid point nearest to `a` among those inside the
@@ -87,18 +92,18 @@ fn step(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     if (i >= sp.numel) { return; }
     let x = sx[i];
     let g = sg[i];
-    let eps = seps[i / sp.item];
+    let eps = seps[i / ITEM];
     let a = sp.step_abs + sp.step_rel * eps;
     var v: f32;
     switch STEP {
         case 1u: {
-            let n = sgnorm[i / sp.item];
+            let n = sgnorm[i / ITEM];
             let m = select(0.0, g / n, n > 0.0) + sp.decay * smom[i];
             smom[i] = m;
             v = clamp(sadv[i] + a * sign(m), x - eps, x + eps);
         }
         case 2u: {
-            let n = sgnorm[i / sp.item];
+            let n = sgnorm[i / ITEM];
             v = x + select(0.0, a * g / n, n > 0.0);
         }
         default: {
@@ -212,7 +217,7 @@ fn finalize(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
         let i = t * 4u + j;
         if (i < fp.numel) {
             let a = fadv[i];
-            let level = ball_level(fx[i], a, feps[i / fp.item], TOWARD_CLEAN);
+            let level = ball_level(fx[i], a, feps[i / ITEM], TOWARD_CLEAN);
             fout[i] = select(a, level / 255.0, QUANTIZE);
             packed = packed | (u32(level) << (8u * j));
         }
@@ -315,7 +320,7 @@ fn keep_best(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
              @builtin(local_invocation_index) lid: u32) {
     let i = flat_group(wid, nwg) * 256u + lid;
     if (i >= kp.numel) { return; }
-    if (kflag[i / kp.item] == 1u) { kbest[i] = kadv[i]; }
+    if (kflag[i / ITEM] == 1u) { kbest[i] = kadv[i]; }
 }
 
 // ---------------------------------------------------------------------------
@@ -538,13 +543,13 @@ fn apgd_step(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
     let i = flat_group(wid, nwg) * 256u + lid;
     if (i >= app.numel) { return; }
     let x = ap_x[i];
-    let eps = ap_eps[i / app.item];
+    let eps = ap_eps[i / ITEM];
     let lo = x - eps;
     let hi = x + eps;
     let xa = ap_adv[i];
     let g2 = xa - ap_old[i];
     ap_old[i] = xa;
-    let step = ap_state[(i / app.item) * APGD_S + A_STEP];
+    let step = ap_state[(i / ITEM) * APGD_S + A_STEP];
     let z = clamp(clamp(xa + step * sign(ap_g[i]), lo, hi), 0.0, 1.0);
     let a = select(0.75, 1.0, app.first == 1u);
     let v = clamp(clamp(xa + (z - xa) * a + g2 * (1.0 - a), lo, hi), 0.0, 1.0);
@@ -681,7 +686,7 @@ fn apgd_apply(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
               @builtin(local_invocation_index) lid: u32) {
     let i = flat_group(wid, nwg) * 256u + lid;
     if (i >= aap.numel) { return; }
-    let f = u32(aa_state[(i / aap.item) * APGD_S + A_FLAGS]);
+    let f = u32(aa_state[(i / ITEM) * APGD_S + A_FLAGS]);
     if (f == 0u) { return; }
     if ((f & F_FOOLED) != 0u) { aa_best_adv[i] = aa_adv[i]; }
     if ((f & F_IMPROVED) != 0u) {

@@ -826,10 +826,14 @@ fn print_attack_summary(r: &advex::report::Report) {
             r.skipped.len()
         );
     }
-    println!(
-        "{:.2} s, {:.1} images/s",
-        r.timing.seconds, r.timing.images_per_second
-    );
+    let rate = r.timing.images_per_second;
+    // three significant figures below 1 image/s (APGD on a CPU adapter)
+    let decimals = if rate >= 1.0 || rate == 0.0 {
+        1
+    } else {
+        (2 - rate.log10().floor() as i32).clamp(1, 6) as usize
+    };
+    println!("{:.2} s, {rate:.decimals$} images/s", r.timing.seconds);
 }
 
 fn yes(b: bool) -> &'static str {

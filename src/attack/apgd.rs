@@ -109,7 +109,8 @@ struct Quad {
     d: u32,
 }
 
-/// The tensors of the attack plan that APGD reads and writes.
+/// The tensors of the attack plan that the attack bodies read and write.
+#[derive(Clone, Copy)]
 pub(super) struct Io<'a> {
     pub grad: &'a GradientPlan,
     pub clean: &'a Tensor,
@@ -167,6 +168,7 @@ impl Apgd {
         let numel = u32::try_from(shape.numel()).map_err(|_| {
             Error::Usage("batch too large for the attack kernels; lower --batch-size".into())
         })?;
+        let item = numel / batch;
         let rw = Binding::ReadWriteF32;
         let r = Binding::ReadF32;
         let start = c.kernel(
@@ -183,7 +185,7 @@ impl Apgd {
             DType::F32,
             "apgd_step",
             &[r, r, r, rw, rw, rw, r],
-            &[],
+            &[("ITEM", item as f64)],
         )?;
         let track = c.kernel(
             "attack",
@@ -199,7 +201,7 @@ impl Apgd {
             DType::F32,
             "apgd_apply",
             &[r, rw, rw, rw, rw, rw, rw],
-            &[],
+            &[("ITEM", item as f64)],
         )?;
         let t = |label: &str| c.tensor(shape, label);
         let targeted = spec.target != super::Target::Untargeted;
@@ -226,7 +228,7 @@ impl Apgd {
             batch,
             classes,
             numel,
-            item: (shape.numel() / batch as u64) as u32,
+            item,
             targeted,
             negate: targeted && m == Method::ApgdCe,
         })

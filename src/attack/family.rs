@@ -211,7 +211,7 @@ impl Family {
         let f32k = |entry: &'static str, bind: &[Binding], consts: &[(&str, f64)]| {
             c.kernel("attack", SHADER, DType::F32, entry, bind, consts)
         };
-        let step_kind = [("STEP", kind as u32 as f64)];
+        let step_kind = [("STEP", kind as u32 as f64), ("ITEM", item as f64)];
         let (abs, rel) = spec.step_rule();
         let norm = f32k("grad_norm", &[r, rw], &step_kind)?;
         let norm_p = c.uniform(&Params4 {
@@ -253,7 +253,7 @@ impl Family {
                 &[Binding::Read, r, r, rw, rw],
                 &[],
             )?,
-            keep: f32k("keep_best", &[r, r, rw], &[])?,
+            keep: f32k("keep_best", &[r, r, rw], &[("ITEM", item as f64)])?,
             step_p: c.uniform(&StepParams {
                 numel,
                 item,

@@ -276,7 +276,8 @@ impl AttackPlan {
             bytemuck::cast_slice(&vec![u32::MAX; (batch * slots) as usize]),
         );
         b.copy(&unset, &first);
-        // Each image's eps: the run's, one eps after another, or a bisection's.
+        // Each image's eps: one tensor per eps of the run, filled once (bound
+        // directly, no copy per batch), and one the bisection writes.
         let eps_img = c.tensor(Shape::new(batch, 1, 1, 1), "eps per image")?;
         let mut eps_fill = Vec::new();
         for e in eps {
@@ -339,6 +340,7 @@ impl AttackPlan {
                 Binding::ReadF32,
             ],
             &[
+                ("ITEM", item as f64),
                 ("QUANTIZE", if spec.quantize { 1.0 } else { 0.0 }),
                 (
                     "TOWARD_CLEAN",
@@ -350,7 +352,7 @@ impl AttackPlan {
                 ),
             ],
         )?;
-        let finalize = |b: &mut Builder, point: &Tensor, slot: u32| -> Result<()> {
+        let finalize = |b: &mut Builder, point: &Tensor, eps: &Tensor, slot: u32| -> Result<()> {
             let p = c.uniform(&FinalParams {
                 numel: numel32,
                 words: words as u32,
@@ -361,7 +363,7 @@ impl AttackPlan {
                 "perturb",
                 &kf,
                 &p,
-                &[&clean, point, &fwd.input, &adv_u8, &eps_img],
+                &[&clean, point, &fwd.input, &adv_u8, eps],
                 (words as u32).div_ceil(256),
             )?;
             b.push(d);
@@ -381,11 +383,12 @@ impl AttackPlan {
         let mut raw_stats = Vec::new();
         for (e, fill) in eps_fill.iter().enumerate() {
             let e32 = e as u32;
-            b.copy(fill, &eps_img);
+            // Every image at this eps: its filled tensor is the per-image eps.
+            let io = Io { eps: fill, ..io };
             let total = body.record_eps(c, &mut b, &io, &success, e32)?;
             let point = body.point();
             // The scored and saved image: rounded inside the ball.
-            finalize(&mut b, point, e32)?;
+            finalize(&mut b, point, fill, e32)?;
             let p = c.uniform(&Params4 {
                 a: item as u32,
                 b: batch,
@@ -423,7 +426,7 @@ impl AttackPlan {
             for _ in 0..bs.rounds() {
                 bs.mid(c, &mut b, &io)?;
                 body.record_eps(c, &mut b, &io, &success, k)?;
-                finalize(&mut b, body.point(), k)?;
+                finalize(&mut b, body.point(), &eps_img, k)?;
                 b.shared(Piece::Forward);
                 bs.update(c, &mut b, &io, &fwd.logits, 2)?;
             }

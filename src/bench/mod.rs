@@ -188,7 +188,12 @@ pub fn run_bench(
     mut each: impl FnMut(&BenchResult),
 ) -> Result<Vec<BenchResult>> {
     let model = Arc::new(crate::load_model_or_bundled(opts.model.as_deref())?);
-    if opts.attack.method.as_deref().is_some_and(|m| m.contains(',')) {
+    if opts
+        .attack
+        .method
+        .as_deref()
+        .is_some_and(|m| m.contains(','))
+    {
         return Err(crate::error::Error::Usage(
             "bench times one method at a time; give --method once per run (a cascade costs \
              the sum of its attacks)"
