@@ -163,11 +163,12 @@ fn argmax_takes_first_maximum() {
     z[k + k - 1] = 2.0;
     z[k + 3] = 2.0;
     let got = run_loss(&ctx, &z, &[5, 5], k as u32, 1.0);
+    let w = loss::ARGMAX_PROB_WIDTH as usize;
     assert_eq!(got.argmax[0], 0.0);
-    assert_eq!(got.argmax[3], 3.0);
-    // out-of-range label: NaN label probability and loss
+    assert_eq!(got.argmax[w], 3.0);
+    // out-of-range label: NaN label probability, log-probability and loss
     let got = run_loss(&ctx, &z[..k], &[u32::MAX], k as u32, 1.0);
-    assert!(got.argmax[2].is_nan());
+    assert!(got.argmax[2].is_nan() && got.argmax[3].is_nan());
     assert!(got.loss[0].is_nan());
 }
 
