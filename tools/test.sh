@@ -8,6 +8,16 @@ cd "$(dirname "$0")/.."
 
 ./tools/setup.sh
 
+# SPIRV-Tools' validator, so tests/backends.rs also validates the SPIR-V of every
+# shader (best effort: the test translates without it and says so).
+if ! command -v spirv-val >/dev/null 2>&1 && [ "$(id -u)" -eq 0 ] \
+    && command -v apt-get >/dev/null 2>&1; then
+    echo "advex tests: installing spirv-tools (spirv-val) for the shader checks" >&2
+    { apt-get install -y -qq --no-install-recommends spirv-tools \
+        || { apt-get update -qq && apt-get install -y -qq --no-install-recommends spirv-tools; }
+    } >/dev/null 2>&1 || echo "advex tests: spirv-tools unavailable; SPIR-V is not validated" >&2
+fi
+
 # lavapipe's threads: use every core the machine has.
 export LP_NUM_THREADS="${LP_NUM_THREADS:-$(nproc)}"
 

@@ -11,7 +11,7 @@ use crate::ops::loss::{argmax_prob, ARGMAX_PROB_WIDTH};
 const W: usize = ARGMAX_PROB_WIDTH as usize;
 use crate::plan::{ForwardPlan, GpuModel};
 
-const SHADER: &str = include_str!("../../shaders/attack.wgsl");
+use super::fgsm::ATTACK_SHADER as SHADER;
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]

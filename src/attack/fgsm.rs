@@ -24,7 +24,7 @@ use crate::ops::loss::{argmax_prob, ARGMAX_PROB_WIDTH};
 const W: usize = ARGMAX_PROB_WIDTH as usize;
 use crate::plan::{ForwardPlan, GpuModel, GradientPlan, LossKind};
 
-pub(super) const ATTACK_SHADER: &str = include_str!("../../shaders/attack.wgsl");
+pub(crate) const ATTACK_SHADER: &str = include_str!("../../shaders/attack.wgsl");
 use ATTACK_SHADER as SHADER;
 
 /// Which class's loss the attack moves.

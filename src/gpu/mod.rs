@@ -7,6 +7,7 @@ mod context;
 mod diagnose;
 mod pipeline;
 mod record;
+mod registry;
 mod tune;
 
 pub use adapter::{
@@ -18,6 +19,7 @@ pub use context::{decode, Context, ContextOptions, KernelStyle};
 pub use diagnose::{Diagnosis, GpuNode, IcdFile, Vendor};
 pub use pipeline::{Binding, Kernel, KernelKey};
 pub use record::{Recording, Step};
+pub use registry::shader_modules;
 pub use tune::{default_cache_path, TuneTable};
 
 /// Threads per workgroup used by the simple element-wise kernels.

@@ -4,7 +4,7 @@
 use crate::error::{Error, Result};
 use crate::gpu::{Binding, Context, Recording, Tensor, WORKGROUP_1D};
 
-const SHADER: &str = concat!(
+pub(crate) const SHADER: &str = concat!(
     include_str!("../../shaders/act.wgsl"),
     include_str!("../../shaders/activation.wgsl")
 );

@@ -6,7 +6,7 @@ use crate::error::{Error, Result};
 use crate::gpu::{Binding, Context, Recording, Tensor};
 use crate::ops::elementwise::{count_u32, distinct, groups_1d, same_size};
 
-const SHADER: &str = include_str!("../../shaders/affine.wgsl");
+pub(crate) const SHADER: &str = include_str!("../../shaders/affine.wgsl");
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]

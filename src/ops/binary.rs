@@ -11,7 +11,7 @@ use crate::error::{Error, Result};
 use crate::gpu::{Binding, Context, Recording, Shape, Tensor};
 use crate::ops::elementwise::{count_u32, distinct, groups_1d};
 
-const SHADER: &str = include_str!("../../shaders/binary.wgsl");
+pub(crate) const SHADER: &str = include_str!("../../shaders/binary.wgsl");
 
 /// The element-wise operation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]

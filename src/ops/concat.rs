@@ -6,7 +6,7 @@ use crate::error::{Error, Result};
 use crate::gpu::{Binding, Context, Recording, Shape, Tensor};
 use crate::ops::elementwise::{count_u32, distinct, groups_1d};
 
-const SHADER: &str = include_str!("../../shaders/concat.wgsl");
+pub(crate) const SHADER: &str = include_str!("../../shaders/concat.wgsl");
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]

@@ -31,21 +31,21 @@ use crate::ops::conv_direct::{self, Pointwise};
 use crate::ops::params::Conv2dParams;
 
 // act.wgsl (the fused activations) and window.wgsl are prepended where used.
-const GEMM_SHADER: &str = concat!(
+pub(crate) const GEMM_SHADER: &str = concat!(
     include_str!("../../shaders/act.wgsl"),
     include_str!("../../shaders/conv.wgsl")
 );
-const DW_SHADER: &str = concat!(
+pub(crate) const DW_SHADER: &str = concat!(
     include_str!("../../shaders/act.wgsl"),
     include_str!("../../shaders/depthwise.wgsl")
 );
-const FEW_SHADER: &str = include_str!("../../shaders/conv_backward_few.wgsl");
-const DW_DIRECT_SHADER: &str = concat!(
+pub(crate) const FEW_SHADER: &str = include_str!("../../shaders/conv_backward_few.wgsl");
+pub(crate) const DW_DIRECT_SHADER: &str = concat!(
     include_str!("../../shaders/act.wgsl"),
     include_str!("../../shaders/window.wgsl"),
     include_str!("../../shaders/depthwise_direct.wgsl")
 );
-const SAME_SHADER: &str = concat!(
+pub(crate) const SAME_SHADER: &str = concat!(
     include_str!("../../shaders/act.wgsl"),
     include_str!("../../shaders/window.wgsl"),
     include_str!("../../shaders/conv_same_direct.wgsl")

@@ -17,7 +17,7 @@ use crate::ops::elementwise;
 
 /// Prelude of the vec4 layout: 8 pixels (2 groups of 4 consecutive) per thread,
 /// 4 columns forward, 8 backward.
-const VEC4: &str = concat!(
+pub(crate) const VEC4: &str = concat!(
     "const G: u32 = 2u;\n",
     "const TN_F: u32 = 4u;\n",
     "const TN_B: u32 = 8u;\n",
@@ -36,7 +36,7 @@ const VEC4: &str = concat!(
 );
 
 /// Prelude of the scalar layout: 4 pixels per thread, WG apart, 16 columns.
-const SCALAR: &str = concat!(
+pub(crate) const SCALAR: &str = concat!(
     "const G: u32 = 1u;\n",
     "const TN_F: u32 = 16u;\n",
     "const TN_B: u32 = 16u;\n",

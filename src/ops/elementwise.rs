@@ -7,7 +7,7 @@ use std::sync::Arc;
 use crate::error::{Error, Result};
 use crate::gpu::{Binding, Context, DType, Recording, Step, Tensor, WORKGROUP_1D};
 
-const SHADER: &str = include_str!("../../shaders/elementwise.wgsl");
+pub(crate) const SHADER: &str = include_str!("../../shaders/elementwise.wgsl");
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]

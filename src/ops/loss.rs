@@ -127,7 +127,7 @@ pub fn argmax_prob(
     Ok(())
 }
 
-const DLR_SHADER: &str = include_str!("../../shaders/dlr.wgsl");
+pub(crate) const DLR_SHADER: &str = include_str!("../../shaders/dlr.wgsl");
 
 /// Mirrors `DlrParams` in `shaders/dlr.wgsl`.
 #[repr(C)]

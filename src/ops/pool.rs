@@ -12,7 +12,7 @@ use crate::gpu::{Binding, Context, KernelStyle, Recording, Shape, Tensor};
 use crate::ops::elementwise::{count_u32, distinct, groups_1d};
 use crate::ops::Pool2dParams;
 
-const SHADER: &str = include_str!("../../shaders/pool.wgsl");
+pub(crate) const SHADER: &str = include_str!("../../shaders/pool.wgsl");
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]

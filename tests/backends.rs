@@ -1,0 +1,207 @@
+//! Every shader on every backend, without a GPU: each `shaders/*.wgsl` is
+//! parsed and validated by naga (the compiler inside wgpu) for both storage
+//! types (`st` = f32, and f16 with `enable f16`), and each entry point, with
+//! its pipeline constants at their defaults and at every value the host sets
+//! (one constant at a time), is translated to SPIR-V (Vulkan), MSL (Metal) and
+//! HLSL (DX12), and the SPIR-V checked by `spirv-val` where SPIRV-Tools is
+//! installed. A shader that only compiles on the CI's Vulkan would fail here.
+
+use std::path::Path;
+
+use naga::back::{hlsl, msl, spv, PipelineConstants};
+use naga::valid::{Capabilities, ValidationFlags, Validator};
+use naga::ShaderStage;
+
+/// The values the host gives each pipeline constant (besides the default).
+fn values(name: &str) -> &'static [f64] {
+    match name {
+        "ACT" => &[0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0],
+        "STEP" => &[0.0, 1.0, 2.0],
+        "MODE" => &[0.0, 1.0, 2.0],
+        "OP" => &[0.0, 1.0],
+        "WG_M" => &[16.0, 64.0],
+        "TM" => &[4.0, 8.0],
+        "BK" => &[8.0, 16.0],
+        "WG" => &[64.0, 128.0, 256.0],
+        "KH" | "KW" => &[1.0, 3.0, 5.0],
+        "PAD_T" | "PAD_L" => &[0.0, 1.0, 2.0],
+        "WMOD" => &[0.0, 1.0, 2.0, 3.0],
+        "ITEM" => &[784.0, 150528.0],
+        // booleans
+        _ => &[0.0, 1.0],
+    }
+}
+
+/// (name, source) of every module the host compiles; every file in shaders/
+/// is part of one.
+fn shaders() -> Vec<(String, String)> {
+    let modules = advex::gpu::shader_modules();
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("shaders");
+    for e in std::fs::read_dir(&dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|e| e == "wgsl") {
+            let text = std::fs::read_to_string(&p).unwrap();
+            assert!(
+                modules.iter().any(|(_, src)| src.contains(text.trim())),
+                "{} is in no module of advex::gpu::shader_modules(): add it there",
+                p.display()
+            );
+        }
+    }
+    modules
+        .into_iter()
+        .map(|(n, s)| (n.to_string(), s.to_string()))
+        .collect()
+}
+
+/// Translate one specialisation of one entry point to the three backends.
+fn translate(
+    what: &str,
+    module: &naga::Module,
+    info: &naga::valid::ModuleInfo,
+    entry: &str,
+    constants: &PipelineConstants,
+    f16: bool,
+    spirv_val: Option<&Path>,
+) {
+    let ep = Some((ShaderStage::Compute, entry));
+    let (module, info) =
+        naga::back::pipeline_constants::process_overrides(module, info, ep, constants)
+            .unwrap_or_else(|e| panic!("{what}: pipeline constants: {e:?}"));
+    let words = spv::write_vec(
+        &module,
+        &info,
+        &spv::Options::default(),
+        Some(&spv::PipelineOptions {
+            shader_stage: ShaderStage::Compute,
+            entry_point: entry.into(),
+        }),
+    )
+    .unwrap_or_else(|e| panic!("{what}: SPIR-V: {e}"));
+    if let Some(dir) = spirv_val {
+        let file = dir.join("shader.spv");
+        std::fs::write(&file, bytemuck::cast_slice(&words)).unwrap();
+        let out = std::process::Command::new("spirv-val")
+            .args(["--target-env", "vulkan1.1"])
+            .arg(&file)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{what}: spirv-val: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let msl_options = msl::Options {
+        lang_version: (2, 4),
+        ..Default::default()
+    };
+    msl::write_string(
+        &module,
+        &info,
+        &msl_options,
+        &msl::PipelineOptions {
+            entry_point: Some((ShaderStage::Compute, entry.into())),
+            ..Default::default()
+        },
+    )
+    .unwrap_or_else(|e| panic!("{what}: MSL: {e}"));
+    let hlsl_options = hlsl::Options {
+        shader_model: if f16 {
+            hlsl::ShaderModel::V6_2
+        } else {
+            hlsl::ShaderModel::V5_1
+        },
+        ..Default::default()
+    };
+    let pipeline = hlsl::PipelineOptions {
+        entry_point: Some((ShaderStage::Compute, entry.into())),
+    };
+    let mut text = String::new();
+    hlsl::Writer::new(&mut text, &hlsl_options, &pipeline)
+        .write(&module, &info, None)
+        .unwrap_or_else(|e| panic!("{what}: HLSL: {e}"));
+}
+
+/// A scratch folder when SPIRV-Tools' validator is installed (tools/test.sh
+/// installs it where it can): the SPIR-V is then validated too.
+fn spirv_val_dir() -> Option<tempfile::TempDir> {
+    let found = std::process::Command::new("spirv-val")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        eprintln!(
+            "spirv-val not found: SPIR-V translated, not validated (apt-get install spirv-tools)"
+        );
+    }
+    found.then(|| tempfile::tempdir().unwrap())
+}
+
+#[test]
+fn every_shader_translates_to_spirv_msl_and_hlsl() {
+    let mut translated = 0;
+    let val = spirv_val_dir();
+    for (name, source) in shaders() {
+        for f16 in [false, true] {
+            let prelude = if f16 {
+                "enable f16;\nalias st = f16;\n"
+            } else {
+                "alias st = f32;\n"
+            };
+            let what = format!("{name}.wgsl ({})", if f16 { "f16" } else { "f32" });
+            let module = naga::front::wgsl::parse_str(&format!("{prelude}{source}"))
+                .unwrap_or_else(|e| panic!("{what}: {}", e.emit_to_string(&source)));
+            let caps = if f16 {
+                Capabilities::SHADER_FLOAT16
+            } else {
+                Capabilities::empty()
+            };
+            let info = Validator::new(ValidationFlags::all(), caps)
+                .validate(&module)
+                .unwrap_or_else(|e| panic!("{what}: validation: {e:?}"));
+            let overrides: Vec<String> = module
+                .overrides
+                .iter()
+                .filter_map(|(_, o)| o.name.clone())
+                .collect();
+            for ep in &module.entry_points {
+                let entry = ep.name.as_str();
+                // defaults, then each constant at each of its values
+                let mut sets = vec![PipelineConstants::default()];
+                for o in &overrides {
+                    for &v in values(o) {
+                        let mut c = PipelineConstants::default();
+                        c.insert(o.clone(), v);
+                        sets.push(c);
+                    }
+                }
+                for c in &sets {
+                    translate(
+                        &format!("{what} {entry} {c:?}"),
+                        &module,
+                        &info,
+                        entry,
+                        c,
+                        f16,
+                        val.as_ref().map(|d| d.path()),
+                    );
+                    translated += 1;
+                }
+            }
+        }
+    }
+    eprintln!(
+        "{translated} specialisations translated to SPIR-V ({}), MSL and HLSL",
+        if val.is_some() {
+            "validated"
+        } else {
+            "not validated"
+        }
+    );
+    assert!(
+        translated > 100,
+        "only {translated} specialisations translated"
+    );
+}
