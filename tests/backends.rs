@@ -205,3 +205,76 @@ fn every_shader_translates_to_spirv_msl_and_hlsl() {
         "only {translated} specialisations translated"
     );
 }
+
+/// Every uniform struct the host writes has the size (rounded up to 16 bytes)
+/// and field offsets of its WGSL twin (named fields by name), and
+/// every uniform a shader declares has a Rust twin.
+#[test]
+fn uniform_structs_match_their_wgsl_twins() {
+    let modules: std::collections::HashMap<String, naga::Module> = shaders()
+        .into_iter()
+        .map(|(name, src)| {
+            let m = naga::front::wgsl::parse_str(&format!("alias st = f32;\n{src}")).unwrap();
+            (name, m)
+        })
+        .collect();
+    let layouts = advex::gpu::uniform_layouts();
+    let mut problems: Vec<String> = Vec::new();
+    for l in &layouts {
+        let what = format!("{}.wgsl struct {}", l.module, l.wgsl);
+        let m = modules
+            .get(l.module)
+            .unwrap_or_else(|| panic!("{what}: no such module"));
+        let ty = m
+            .types
+            .iter()
+            .find(|(_, t)| t.name.as_deref() == Some(l.wgsl))
+            .unwrap_or_else(|| panic!("{what}: not found"))
+            .1;
+        let naga::TypeInner::Struct { members, span } = &ty.inner else {
+            panic!("{what}: not a struct");
+        };
+        // the host pads uniforms to whole 16-byte rows
+        if (*span as usize).div_ceil(16) * 16 != l.size {
+            problems.push(format!("{what}: WGSL size {span}, Rust {}", l.size));
+        }
+        for (name, off) in &l.fields {
+            match members.iter().find(|m| m.name.as_deref() == Some(*name)) {
+                None => problems.push(format!("{what}: no field {name} (Rust has it at {off})")),
+                Some(m) if m.offset as usize != *off => problems.push(format!(
+                    "{what}.{name}: WGSL offset {}, Rust {off}",
+                    m.offset
+                )),
+                Some(_) => {}
+            }
+        }
+        for member in members {
+            let name = member.name.as_deref().unwrap_or("");
+            if !(name.starts_with('_') || l.fields.iter().any(|(f, _)| *f == name)) {
+                problems.push(format!("{what}: field {name} has no Rust twin"));
+            }
+        }
+    }
+    // every uniform of every module is covered (the scalar conv layout shares
+    // the vec4 one's structs)
+    for (name, m) in &modules {
+        let owner = if name == "conv_direct_scalar" {
+            "conv_direct_vec4"
+        } else {
+            name
+        };
+        for (_, g) in m.global_variables.iter() {
+            if g.space != naga::AddressSpace::Uniform {
+                continue;
+            }
+            let ty = m.types[g.ty].name.clone().unwrap_or_default();
+            if !layouts.iter().any(|l| l.module == owner && l.wgsl == ty) {
+                problems.push(format!(
+                    "{name}.wgsl: uniform struct {ty} has no Rust twin in \
+                     advex::gpu::uniform_layouts()"
+                ));
+            }
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}

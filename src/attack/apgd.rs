@@ -99,14 +99,23 @@ struct TrackParams {
     _pad1: [u32; 3],
 }
 
-/// Mirrors `ApgdApplyParams` and `ApgdTargetParams` (four u32).
+/// Mirrors `ApgdApplyParams`.
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct Quad {
-    a: u32,
-    b: u32,
-    c: u32,
-    d: u32,
+struct ApplyParams {
+    numel: u32,
+    item: u32,
+    _pad: [u32; 2],
+}
+
+/// Mirrors `ApgdTargetParams`.
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct TargetParams {
+    n: u32,
+    classes: u32,
+    count: u32,
+    _pad: u32,
 }
 
 /// The tensors of the attack plan that the attack bodies read and write.
@@ -277,11 +286,10 @@ impl Apgd {
     }
 
     fn apply(&self, c: &Context, b: &mut Builder, io: &Io) -> Result<()> {
-        let p = c.uniform(&Quad {
-            a: self.numel,
-            b: self.item,
-            c: 0,
-            d: 0,
+        let p = c.uniform(&ApplyParams {
+            numel: self.numel,
+            item: self.item,
+            _pad: [0; 2],
         });
         let d = c.dispatch(
             "apgd_apply",
@@ -321,11 +329,11 @@ impl Apgd {
                     &[Binding::Read, Binding::ReadWriteF32],
                     &[],
                 )?;
-                let p = c.uniform(&Quad {
-                    a: self.batch,
-                    b: self.classes,
-                    c: *count,
-                    d: 0,
+                let p = c.uniform(&TargetParams {
+                    n: self.batch,
+                    classes: self.classes,
+                    count: *count,
+                    _pad: 0,
                 });
                 let d = c.dispatch(
                     "apgd_targets",
@@ -427,6 +435,33 @@ impl Apgd {
         }
         Ok(total)
     }
+}
+
+/// This file's uniform structs and their WGSL twins (checked by
+/// tests/backends.rs).
+pub(crate) fn uniform_layouts() -> Vec<crate::gpu::UniformLayout> {
+    vec![
+        crate::gpu::uniform_layout!(
+            "attack",
+            "ApgdStartParams",
+            StartParams,
+            [item, n, restart, seed_lo, seed_hi, random]
+        ),
+        crate::gpu::uniform_layout!("attack", "ApgdStepParams", StepParams, [numel, item, first]),
+        crate::gpu::uniform_layout!(
+            "attack",
+            "ApgdTrackParams",
+            TrackParams,
+            [n, classes, targeted, phase, step, out0, negate, check]
+        ),
+        crate::gpu::uniform_layout!("attack", "ApgdApplyParams", ApplyParams, [numel, item]),
+        crate::gpu::uniform_layout!(
+            "attack",
+            "ApgdTargetParams",
+            TargetParams,
+            [n, classes, count]
+        ),
+    ]
 }
 
 #[cfg(test)]

@@ -11,16 +11,7 @@ use crate::ops::loss::{argmax_prob, ARGMAX_PROB_WIDTH};
 const W: usize = ARGMAX_PROB_WIDTH as usize;
 use crate::plan::{ForwardPlan, GpuModel};
 
-use super::fgsm::ATTACK_SHADER as SHADER;
-
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct LabelParams {
-    n: u32,
-    classes: u32,
-    target: u32,
-    _pad: u32,
-}
+use super::fgsm::{LabelParams, ATTACK_SHADER as SHADER};
 
 pub struct EvalPlan {
     ctx: Arc<Context>,
@@ -52,7 +43,7 @@ impl EvalPlan {
         let p = c.uniform(&LabelParams {
             n: batch,
             classes: gpu.num_classes(),
-            target: 0,
+            target_class: 0,
             _pad: 0,
         });
         tail.push(c.dispatch(

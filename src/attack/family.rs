@@ -58,14 +58,32 @@ struct SuccessParams {
     _pad: [u32; 3],
 }
 
-/// Four u32 (`GradNormParams`, `ScoreParams`, `KeepParams`).
+/// Mirrors `GradNormParams`.
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-pub(super) struct Params4 {
-    pub a: u32,
-    pub b: u32,
-    pub c: u32,
-    pub d: u32,
+struct GradNormParams {
+    item: u32,
+    n: u32,
+    _pad: [u32; 2],
+}
+
+/// Mirrors `ScoreParams`.
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct ScoreParams {
+    n: u32,
+    classes: u32,
+    restart: u32,
+    targeted: u32,
+}
+
+/// Mirrors `KeepParams`.
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct KeepParams {
+    numel: u32,
+    item: u32,
+    _pad: [u32; 2],
 }
 
 /// Records `first_success`: per image, the step count where the attack first
@@ -214,11 +232,10 @@ impl Family {
         let step_kind = [("STEP", kind as u32 as f64), ("ITEM", item as f64)];
         let (abs, rel) = spec.step_rule();
         let norm = f32k("grad_norm", &[r, rw], &step_kind)?;
-        let norm_p = c.uniform(&Params4 {
-            a: item,
-            b: batch,
-            c: 0,
-            d: 0,
+        let norm_p = c.uniform(&GradNormParams {
+            item,
+            n: batch,
+            _pad: [0; 2],
         });
         let g0_norm = if spec.method.iterative() {
             None
@@ -371,11 +388,11 @@ impl Family {
                 b.copy(&self.adv, &io.grad.input);
                 b.shared(Piece::GradForward);
                 success.record(c, b, io, &io.grad.logits, slot, total)?;
-                let p = c.uniform(&Params4 {
-                    a: self.batch,
-                    b: self.classes,
-                    c: r,
-                    d: (s.target != super::Target::Untargeted) as u32,
+                let p = c.uniform(&ScoreParams {
+                    n: self.batch,
+                    classes: self.classes,
+                    restart: r,
+                    targeted: (s.target != super::Target::Untargeted) as u32,
                 });
                 b.push(c.dispatch(
                     "restart_score",
@@ -384,11 +401,10 @@ impl Family {
                     &[&io.grad.logits, io.true_labels, io.loss_labels, score, flag],
                     self.batch.div_ceil(64),
                 )?);
-                let p = c.uniform(&Params4 {
-                    a: self.numel,
-                    b: self.item,
-                    c: 0,
-                    d: 0,
+                let p = c.uniform(&KeepParams {
+                    numel: self.numel,
+                    item: self.item,
+                    _pad: [0; 2],
                 });
                 b.push(c.dispatch(
                     "keep_best",
@@ -401,4 +417,37 @@ impl Family {
         }
         Ok(total)
     }
+}
+
+/// This file's uniform structs and their WGSL twins (checked by
+/// tests/backends.rs).
+pub(crate) fn uniform_layouts() -> Vec<crate::gpu::UniformLayout> {
+    vec![
+        crate::gpu::uniform_layout!(
+            "attack",
+            "StepParams",
+            StepParams,
+            [numel, item, step_abs, step_rel, decay]
+        ),
+        crate::gpu::uniform_layout!(
+            "attack",
+            "StartParams",
+            StartParams,
+            [numel, item, restart, seed_lo, seed_hi]
+        ),
+        crate::gpu::uniform_layout!(
+            "attack",
+            "SuccessParams",
+            SuccessParams,
+            [n, classes, step, targeted, out0]
+        ),
+        crate::gpu::uniform_layout!("attack", "GradNormParams", GradNormParams, [item, n]),
+        crate::gpu::uniform_layout!(
+            "attack",
+            "ScoreParams",
+            ScoreParams,
+            [n, classes, restart, targeted]
+        ),
+        crate::gpu::uniform_layout!("attack", "KeepParams", KeepParams, [numel, item]),
+    ]
 }

@@ -11,7 +11,7 @@
 use std::sync::Arc;
 
 use super::apgd::{Apgd, Io};
-use super::family::{Family, Params4, Success};
+use super::family::{Family, Success};
 use super::method::{AttackSpec, Method};
 use super::minimal::Bisect;
 use super::replay::{Builder, Piece};
@@ -86,6 +86,26 @@ struct FinalParams {
     words: u32,
     word0: u32,
     item: u32,
+}
+
+/// Mirrors `LabelParams`.
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+pub(super) struct LabelParams {
+    pub n: u32,
+    pub classes: u32,
+    pub target_class: u32,
+    pub _pad: u32,
+}
+
+/// Mirrors `NormParams`.
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct NormParams {
+    item: u32,
+    n: u32,
+    images: u32,
+    out0: u32,
 }
 
 /// The attack body of a plan: the FGSM family, or APGD.
@@ -250,11 +270,11 @@ impl AttackPlan {
             &[Binding::Read, Binding::ReadWriteF32, Binding::ReadWriteF32],
             &[("MODE", mode)],
         )?;
-        let p = c.uniform(&Params4 {
-            a: batch,
-            b: classes,
-            c: target_class,
-            d: 0,
+        let p = c.uniform(&LabelParams {
+            n: batch,
+            classes,
+            target_class,
+            _pad: 0,
         });
         let step = c.dispatch(
             "resolve_labels",
@@ -389,11 +409,11 @@ impl AttackPlan {
             let point = body.point();
             // The scored and saved image: rounded inside the ball.
             finalize(&mut b, point, fill, e32)?;
-            let p = c.uniform(&Params4 {
-                a: item as u32,
-                b: batch,
-                c: batch,
-                d: e32 * batch,
+            let p = c.uniform(&NormParams {
+                item: item as u32,
+                n: batch,
+                images: batch,
+                out0: e32 * batch,
             });
             let d = c.dispatch("norms", &kn, &p, &[&clean, &fwd.input, &norms], batch)?;
             b.push(d);
@@ -647,4 +667,24 @@ pub fn image_id(rel: &str) -> u32 {
         h = h.wrapping_mul(0x0100_0193);
     }
     h
+}
+
+/// This file's uniform structs and their WGSL twins (checked by
+/// tests/backends.rs).
+pub(crate) fn uniform_layouts() -> Vec<crate::gpu::UniformLayout> {
+    vec![
+        crate::gpu::uniform_layout!(
+            "attack",
+            "FinalParams",
+            FinalParams,
+            [numel, words, word0, item]
+        ),
+        crate::gpu::uniform_layout!(
+            "attack",
+            "LabelParams",
+            LabelParams,
+            [n, classes, target_class]
+        ),
+        crate::gpu::uniform_layout!("attack", "NormParams", NormParams, [item, n, images, out0]),
+    ]
 }

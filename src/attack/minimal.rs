@@ -160,3 +160,14 @@ pub fn min_levels(lohi: &[f32], count: usize, top: u32) -> Vec<Option<u32>> {
         })
         .collect()
 }
+
+/// This file's uniform structs and their WGSL twins (checked by
+/// tests/backends.rs).
+pub(crate) fn uniform_layouts() -> Vec<crate::gpu::UniformLayout> {
+    vec![crate::gpu::uniform_layout!(
+        "attack",
+        "BisectParams",
+        BisectParams,
+        [n, classes, targeted, phase, top]
+    )]
+}

@@ -5,7 +5,7 @@ pub mod cascade;
 pub mod devices;
 pub mod eps;
 pub mod eval;
-mod family;
+pub(crate) mod family;
 pub mod fgsm;
 pub mod method;
 pub mod minimal;

@@ -19,7 +19,8 @@ pub use context::{decode, Context, ContextOptions, KernelStyle};
 pub use diagnose::{Diagnosis, GpuNode, IcdFile, Vendor};
 pub use pipeline::{Binding, Kernel, KernelKey};
 pub use record::{Recording, Step};
-pub use registry::shader_modules;
+pub(crate) use registry::uniform_layout;
+pub use registry::{shader_modules, uniform_layouts, UniformLayout};
 pub use tune::{default_cache_path, TuneTable};
 
 /// Threads per workgroup used by the simple element-wise kernels.

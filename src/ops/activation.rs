@@ -96,12 +96,13 @@ impl Activation {
     }
 }
 
+/// Mirrors `Params` in `shaders/activation.wgsl`.
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 struct Params {
     count: u32,
-    alpha: f32,
-    beta: f32,
+    act_alpha: f32,
+    act_beta: f32,
     _pad: u32,
 }
 
@@ -111,8 +112,8 @@ fn params(ctx: &Context, act: Activation, count: u64) -> Result<(wgpu::Buffer, u
     let (code, alpha, beta) = act.code();
     let buf = ctx.uniform(&Params {
         count,
-        alpha,
-        beta,
+        act_alpha: alpha,
+        act_beta: beta,
         _pad: 0,
     });
     Ok((buf, count.div_ceil(WORKGROUP_1D), code as f64))
@@ -227,4 +228,15 @@ pub fn backward_from_output(
         groups,
     )?);
     Ok(())
+}
+
+/// This file's uniform structs and their WGSL twins (checked by
+/// tests/backends.rs).
+pub(crate) fn uniform_layouts() -> Vec<crate::gpu::UniformLayout> {
+    vec![crate::gpu::uniform_layout!(
+        "activation",
+        "Params",
+        Params,
+        [count, act_alpha, act_beta]
+    )]
 }

@@ -105,3 +105,14 @@ pub fn backward(
     rec.push(ctx.dispatch(op, &k, &params, &[gy, scale, gx], groups)?);
     Ok(())
 }
+
+/// This file's uniform structs and their WGSL twins (checked by
+/// tests/backends.rs).
+pub(crate) fn uniform_layouts() -> Vec<crate::gpu::UniformLayout> {
+    vec![crate::gpu::uniform_layout!(
+        "affine",
+        "Params",
+        Params,
+        [count, hw, c]
+    )]
+}

@@ -248,3 +248,12 @@ fn grad(
     rec.push(ctx.dispatch(label, &k, &p, &[gy, other, g], groups)?);
     Ok(())
 }
+
+/// This file's uniform structs and their WGSL twins (checked by
+/// tests/backends.rs).
+pub(crate) fn uniform_layouts() -> Vec<crate::gpu::UniformLayout> {
+    vec![
+        crate::gpu::uniform_layout!("binary", "Fwd", Fwd, [od, sa, sb, count]),
+        crate::gpu::uniform_layout!("binary", "Bwd", Bwd, [od, td, rd, so, count, red]),
+    ]
+}

@@ -108,3 +108,14 @@ pub fn forward(ctx: &Context, rec: &mut Recording, xs: &[&Tensor], y: &Tensor) -
 pub fn backward(ctx: &Context, rec: &mut Recording, gy: &Tensor, gxs: &[&Tensor]) -> Result<()> {
     run(ctx, rec, "backward", gxs, gy)
 }
+
+/// This file's uniform structs and their WGSL twins (checked by
+/// tests/backends.rs).
+pub(crate) fn uniform_layouts() -> Vec<crate::gpu::UniformLayout> {
+    vec![crate::gpu::uniform_layout!(
+        "concat",
+        "Params",
+        Params,
+        [count, item_part, item_all, offset]
+    )]
+}

@@ -1286,3 +1286,56 @@ fn same_repack(
     rec.push(ctx.dispatch(label, &k, &u, &[w, &wt], len.div_ceil(SAME_WG))?);
     Ok(wt)
 }
+
+/// This file's uniform structs and their WGSL twins (checked by
+/// tests/backends.rs).
+pub(crate) fn uniform_layouts() -> Vec<crate::gpu::UniformLayout> {
+    vec![
+        crate::gpu::uniform_layout!(
+            "conv",
+            "Params",
+            GemmParams,
+            [
+                batch, in_c, in_h, in_w, out_c, out_h, out_w, groups, k_h, k_w, stride_h, stride_w,
+                dil_h, dil_w, pad_t, pad_l, icg, ocg, gemm_m, gemm_n, gemm_k, tiles_m, tiles_n,
+                total_wg, act_alpha, act_beta, step_h, step_w, dstep_h, dstep_w, ph_rows, ph_cols
+            ]
+        ),
+        crate::gpu::uniform_layout!(
+            "conv_backward_few",
+            "Params",
+            FewParams,
+            [
+                batch, in_c, in_h, in_w, out_c, out_h, out_w, k_h, k_w, stride_h, stride_w, dil_h,
+                dil_w, pad_t, pad_l, step_h, step_w, ph_rows, ph_cols, tiles, total_wg
+            ]
+        ),
+        crate::gpu::uniform_layout!(
+            "depthwise",
+            "Params",
+            DwParams,
+            [
+                batch, in_c, in_h, in_w, out_c, out_h, out_w, mult, k_h, k_w, stride_h, stride_w,
+                dil_h, dil_w, pad_t, pad_l, quads, items, act_alpha, act_beta, step_h
+            ]
+        ),
+        crate::gpu::uniform_layout!(
+            "depthwise_direct",
+            "Params",
+            DwDirectParams,
+            [planes, c, h, w, quads, pairs, items, act_alpha, act_beta]
+        ),
+        crate::gpu::uniform_layout!(
+            "depthwise_direct",
+            "Params2",
+            DwS2Params,
+            [planes, h, w8, oh, ow4, items, c]
+        ),
+        crate::gpu::uniform_layout!(
+            "conv_same_direct",
+            "Params",
+            SameParams,
+            [n, r, nout, nout4, h, w, quads, pairs, items, act_alpha, act_beta]
+        ),
+    ]
+}

@@ -250,3 +250,14 @@ pub(crate) fn backward(
     rec.push(ctx.dispatch(label, &k, &u, &[gy, w, gx, w], params.total_wg)?);
     Ok(())
 }
+
+/// This file's uniform structs and their WGSL twins (checked by
+/// tests/backends.rs).
+pub(crate) fn uniform_layouts() -> Vec<crate::gpu::UniformLayout> {
+    vec![crate::gpu::uniform_layout!(
+        "conv_direct_vec4",
+        "Params",
+        Params,
+        [m, hw, kdim, ncols, a_c, out_c, tiles_m, tiles_n, total_wg, act_alpha, act_beta]
+    )]
+}

@@ -215,3 +215,14 @@ pub fn copy(_ctx: &Context, rec: &mut Recording, src: &Tensor, dst: &Tensor) -> 
     }
     Ok(())
 }
+
+/// This file's uniform structs and their WGSL twins (checked by
+/// tests/backends.rs).
+pub(crate) fn uniform_layouts() -> Vec<crate::gpu::UniformLayout> {
+    vec![crate::gpu::uniform_layout!(
+        "elementwise",
+        "Params",
+        Params,
+        [count, alpha]
+    )]
+}

@@ -222,3 +222,14 @@ pub fn dlr(
     )?);
     Ok(())
 }
+
+/// This file's uniform structs and their WGSL twins (checked by
+/// tests/backends.rs).
+pub(crate) fn uniform_layouts() -> Vec<crate::gpu::UniformLayout> {
+    vec![crate::gpu::uniform_layout!(
+        "dlr",
+        "DlrParams",
+        DlrParams,
+        [n, k, scale]
+    )]
+}

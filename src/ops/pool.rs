@@ -337,3 +337,31 @@ pub fn global_avg_backward(
     rec.push(ctx.dispatch(op, &k, &params, &[gy, gx], groups_1d(count))?);
     Ok(())
 }
+
+/// This file's uniform structs and their WGSL twins (checked by
+/// tests/backends.rs).
+pub(crate) fn uniform_layouts() -> Vec<crate::gpu::UniformLayout> {
+    vec![crate::gpu::uniform_layout!(
+        "pool",
+        "Params",
+        Params,
+        [
+            count,
+            ih,
+            iw,
+            oh,
+            ow,
+            kh,
+            kw,
+            sh,
+            sw,
+            pt,
+            pl,
+            dh,
+            dw,
+            hend,
+            wend,
+            include_pad
+        ]
+    )]
+}

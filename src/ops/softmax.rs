@@ -88,3 +88,14 @@ pub fn backward(
     rec.push(ctx.dispatch(op, &k, &params, &[y, gy, gx], p.rows)?);
     Ok(())
 }
+
+/// This file's uniform structs and their WGSL twins (checked by
+/// tests/backends.rs).
+pub(crate) fn uniform_layouts() -> Vec<crate::gpu::UniformLayout> {
+    vec![crate::gpu::uniform_layout!(
+        "softmax",
+        "Params",
+        Params,
+        [rows, k, hw, sign]
+    )]
+}
