@@ -1,4 +1,6 @@
-//! Attacks: FGSM and its eps sweeps, and the perturbation kernel's host side.
+//! Attacks: the FGSM family and APGD on the GPU (one submit per batch), eps
+//! sweeps, cascades and --minimal, and the attack/eval commands around them
+//! (streaming, shards, several devices). See ARCHITECTURE.md.
 
 pub mod apgd;
 pub mod cascade;
