@@ -75,6 +75,9 @@ pub struct GpuModel {
     /// `--precision f16`; arithmetic stays f32). Images in, input gradients,
     /// losses and read-outs are f32 either way.
     pub dtype: DType,
+    /// Weight copies in the layouts some kernels need, made once for every
+    /// plan of this model (see [`ops::prepared`]).
+    pub prepared: ops::prepared::PreparedWeights,
 }
 
 fn vector(ctx: &Context, data: &[f32], dtype: DType, label: &str) -> Result<Tensor> {
@@ -162,6 +165,7 @@ impl GpuModel {
             fused_from,
             logits,
             dtype,
+            prepared: ops::prepared::PreparedWeights::new(),
         })
     }
 
@@ -261,7 +265,17 @@ impl GpuModel {
                     let y = arena.tensor(shape, self.dtype, name)?;
                     match (op, &self.params[i]) {
                         (Op::Conv2d { params, .. }, Params::Conv { w, b }) => {
-                            ops::conv::forward_act(ctx, rec, params, x(0), w, b.as_ref(), act, &y)?
+                            ops::conv::forward_act_with(
+                                ctx,
+                                rec,
+                                params,
+                                x(0),
+                                w,
+                                b.as_ref(),
+                                act,
+                                &y,
+                                Some(&self.prepared),
+                            )?
                         }
                         (Op::Linear { .. }, Params::Conv { w, b }) => {
                             ops::linear::forward_act(ctx, rec, x(0), w, b.as_ref(), act, &y)?
@@ -374,6 +388,8 @@ impl GpuModel {
         let input_st = self.storage_input(&mut recording, &input)?;
         let values = self.record_forward(&mut recording, &input_st, batch, self.logits, true)?;
         let logits = values[self.logits].clone();
+        // weight copies this plan is the first to need, made before it runs
+        self.prepared.flush(&self.ctx)?;
         Ok(ForwardPlan {
             batch,
             input,
@@ -582,9 +598,15 @@ impl GpuModel {
             }
             let gx = |k: usize| &targets[k].0;
             match (&node.op, &self.params[i]) {
-                (Op::Conv2d { params, .. }, Params::Conv { w, .. }) => {
-                    ops::conv::backward(ctx, &mut rec, params, &gy, w, gx(0))?
-                }
+                (Op::Conv2d { params, .. }, Params::Conv { w, .. }) => ops::conv::backward_with(
+                    ctx,
+                    &mut rec,
+                    params,
+                    &gy,
+                    w,
+                    gx(0),
+                    Some(&self.prepared),
+                )?,
                 (Op::Linear { .. }, Params::Conv { w, .. }) => {
                     ops::linear::backward(ctx, &mut rec, &gy, w, gx(0))?
                 }
@@ -676,6 +698,7 @@ impl GpuModel {
                 g
             }
         };
+        self.prepared.flush(ctx)?;
         Ok(GradientPlan {
             batch,
             input: input32,

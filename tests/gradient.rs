@@ -176,3 +176,52 @@ fn f16_and_bf16_models_run() {
         );
     }
 }
+
+/// Weight copies (transposed pointwise weights, repacked 3x3 weights) are made
+/// once per model, not recorded into every pass: the bundled EfficientNet's
+/// plans hold no transpose or repack dispatch, a second plan makes no new
+/// copy, and a plan built when the copies exist gives the same logits as the
+/// plan of a fresh model that makes them (submitted before it first runs).
+#[test]
+fn weight_copies_are_made_once_per_model() {
+    let ctx = ctx();
+    let model = Arc::new(advex::load_model_or_bundled(None).unwrap());
+    let gpu = GpuModel::new(ctx.clone(), model.clone()).unwrap();
+    let labels = |recs: &[&advex::gpu::Recording]| -> Vec<String> {
+        recs.iter()
+            .flat_map(|r| r.steps.iter())
+            .filter_map(|s| match s {
+                advex::gpu::Step::Dispatch { label, .. } => Some(label.clone()),
+                _ => None,
+            })
+            .collect()
+    };
+    let grad = gpu.gradient_plan(1, 1.0).unwrap();
+    let made = gpu.prepared.len();
+    let all = labels(&[&grad.forward, &grad.backward]);
+    assert!(
+        !all.iter().any(|l| l.contains("repack") || l == "transpose"),
+        "a plan still makes weight copies: {:?}",
+        all.iter()
+            .filter(|l| l.contains("repack") || *l == "transpose")
+            .collect::<Vec<_>>()
+    );
+    let fwd = gpu.forward_plan(1).unwrap();
+    assert!(!labels(&[&fwd.recording])
+        .iter()
+        .any(|l| l.contains("repack") || l == "transpose"));
+    assert_eq!(gpu.prepared.len(), made, "a second plan made copies again");
+    let img: Vec<f32> = random(5, 3 * 224 * 224)
+        .iter()
+        .map(|v| v * 0.5 + 0.5)
+        .collect();
+    let run = |g: &GpuModel| {
+        let p = g.forward_plan(1).unwrap();
+        ctx.write(&p.input, &img);
+        ctx.run_read(&[&p.recording], &[&p.logits])
+            .unwrap()
+            .remove(0)
+    };
+    let fresh = GpuModel::new(ctx.clone(), model).unwrap();
+    assert_eq!(run(&gpu), run(&fresh));
+}

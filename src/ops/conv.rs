@@ -29,6 +29,7 @@ use crate::gpu::{Binding, Context, DType, KernelStyle, Recording, Shape, Tensor}
 use crate::ops::activation::Activation;
 use crate::ops::conv_direct::{self, Pointwise};
 use crate::ops::params::Conv2dParams;
+use crate::ops::prepared::{derived, PreparedWeights};
 
 // act.wgsl (the fused activations) and window.wgsl are prepended where used.
 pub(crate) const GEMM_SHADER: &str = concat!(
@@ -313,6 +314,23 @@ pub fn forward_act(
     act: Activation,
     y: &Tensor,
 ) -> Result<()> {
+    forward_act_with(ctx, rec, p, x, w, b, act, y, None)
+}
+
+/// [`forward_act`] with weight copies (transposed, repacked) taken from a
+/// model's [`PreparedWeights`] instead of remade in the recording.
+#[allow(clippy::too_many_arguments)]
+pub fn forward_act_with(
+    ctx: &Context,
+    rec: &mut Recording,
+    p: &Conv2dParams,
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    act: Activation,
+    y: &Tensor,
+    prepared: Option<&PreparedWeights>,
+) -> Result<()> {
     let geo = Geometry::new(p, x.shape, w.shape, y.shape, "output")?;
     if let Some(b) = b {
         if b.numel() != geo.oc as u64 {
@@ -391,7 +409,18 @@ pub fn forward_act(
             groups,
         )?);
     } else if let Some(pw) = geo.pointwise().filter(|pw| pw.eligible(ctx)) {
-        conv_direct::forward(ctx, rec, &pw, x, w, b, act, y, format!("conv2d{suffix}"))?;
+        conv_direct::forward(
+            ctx,
+            rec,
+            &pw,
+            x,
+            w,
+            b,
+            act,
+            y,
+            format!("conv2d{suffix}"),
+            prepared,
+        )?;
     } else if geo.s2_direct(ctx) || geo.same_direct(ctx, false) {
         let (entry, (mut params, shape_constants, groups)) = if geo.s2_direct(ctx) {
             ("main_s2", geo.s2_params())
@@ -400,7 +429,7 @@ pub fn forward_act(
         };
         params.act_alpha = act_alpha;
         params.act_beta = act_beta;
-        let wt = same_repack(ctx, rec, &geo, &params, w, false)?;
+        let wt = same_repack(ctx, rec, &geo, &params, w, false, prepared)?;
         let mut all: Vec<(&str, f64)> = constants.to_vec();
         all.extend(shape_constants);
         let k = ctx.kernel(
@@ -508,6 +537,19 @@ pub fn backward(
     w: &Tensor,
     gx: &Tensor,
 ) -> Result<()> {
+    backward_with(ctx, rec, p, gy, w, gx, None)
+}
+
+/// [`backward`] with weight copies from a model's [`PreparedWeights`].
+pub fn backward_with(
+    ctx: &Context,
+    rec: &mut Recording,
+    p: &Conv2dParams,
+    gy: &Tensor,
+    w: &Tensor,
+    gx: &Tensor,
+    prepared: Option<&PreparedWeights>,
+) -> Result<()> {
     let geo = Geometry::new(p, gx.shape, w.shape, gy.shape, "output gradient")?;
     check_index_range(&[gy, w, gx])?;
     if gx.numel() == 0 {
@@ -561,7 +603,7 @@ pub fn backward(
         conv_direct::backward(ctx, rec, &pw, gy, w, gx, "conv2d_backward")?;
     } else if geo.same_direct(ctx, true) {
         let (params, constants, groups) = geo.same_params(true);
-        let wt = same_repack(ctx, rec, &geo, &params, w, true)?;
+        let wt = same_repack(ctx, rec, &geo, &params, w, true, prepared)?;
         let k = ctx.kernel(
             "conv_same_direct",
             SAME_SHADER,
@@ -1258,8 +1300,33 @@ fn same_repack(
     params: &SameParams,
     w: &Tensor,
     backward: bool,
+    prepared: Option<&PreparedWeights>,
 ) -> Result<Tensor> {
     let len = params.r * geo.kh * geo.kw * params.nout4 * 4;
+    let key = || {
+        format!(
+            "same_repack flip{backward} r{} kh{} kw{} nout4 {} {:?}",
+            params.r,
+            geo.kh,
+            geo.kw,
+            params.nout4,
+            bytemuck::bytes_of(params)
+        )
+    };
+    derived(prepared, rec, w, key, |rec| {
+        same_repack_into(ctx, rec, geo, params, w, backward, len)
+    })
+}
+
+fn same_repack_into(
+    ctx: &Context,
+    rec: &mut Recording,
+    geo: &Geometry,
+    params: &SameParams,
+    w: &Tensor,
+    backward: bool,
+    len: u32,
+) -> Result<Tensor> {
     let wt = ctx.tensor_as(Shape::new(len, 1, 1, 1), w.dtype, "repacked weights")?;
     let constants = [
         ("KH", geo.kh as f64),

@@ -14,6 +14,7 @@ use crate::error::Result;
 use crate::gpu::{Binding, Context, KernelStyle, Recording, Tensor};
 use crate::ops::activation::Activation;
 use crate::ops::elementwise;
+use crate::ops::prepared::{derived, PreparedWeights};
 
 /// Prelude of the vec4 layout: 8 pixels (2 groups of 4 consecutive) per thread,
 /// 4 columns forward, 8 backward.
@@ -184,6 +185,7 @@ pub(crate) fn forward(
     act: Activation,
     y: &Tensor,
     label: String,
+    prepared: Option<&PreparedWeights>,
 ) -> Result<()> {
     let l = pw.layout();
     let (code, alpha, beta) = act.code();
@@ -197,8 +199,18 @@ pub(crate) fn forward(
     // With output channels in fours: w^T per group and the [k][n] entry (4 FMAs
     // per weight load); else the [n][k] entry on w itself.
     let (entry, tn, wk) = if pw.ocg().is_multiple_of(4) {
-        let wt = ctx.tensor_as(w.shape, w.dtype, "transposed weights")?;
-        elementwise::transpose(ctx, rec, w, &wt, pw.groups, pw.ocg(), pw.icg())?;
+        let (g, o, i) = (pw.groups, pw.ocg(), pw.icg());
+        let wt = derived(
+            prepared,
+            rec,
+            w,
+            || format!("transpose g{g} o{o} i{i}"),
+            |r| {
+                let wt = ctx.tensor_as(w.shape, w.dtype, "transposed weights")?;
+                elementwise::transpose(ctx, r, w, &wt, g, o, i)?;
+                Ok(wt)
+            },
+        )?;
         ("backward", l.tn_b, wt)
     } else {
         ("forward", l.tn_f, w.clone())

@@ -20,6 +20,7 @@ pub mod linear;
 pub mod loss;
 pub mod params;
 pub mod pool;
+pub mod prepared;
 pub mod softmax;
 
 pub use activation::Activation;
