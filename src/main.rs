@@ -51,7 +51,9 @@ struct ImageArgs {
     /// JSON report (or an .svg plot of accuracy against eps).
     #[arg(long)]
     report: Option<PathBuf>,
-    /// Images per GPU batch (default: chosen from the adapter's limits).
+    /// Images per GPU batch (default: chosen from the adapter's limits). An
+    /// attack batch whose tensors would exceed the adapter's largest storage
+    /// binding runs in parts that fit (same results).
     #[arg(long)]
     batch_size: Option<u32>,
     /// Adapter name substring (see `advex devices`).

@@ -169,6 +169,19 @@ impl GpuModel {
         })
     }
 
+    /// The largest tensor a plan of this model binds, in bytes per image: every
+    /// node's output (and its gradient) in the storage type, the f32 image and
+    /// its gradient. A batch fits the adapter when this times the batch size is
+    /// within [`Context::max_binding_bytes`].
+    pub fn largest_binding_per_image(&self) -> u64 {
+        let image = self.input_shape(1).numel() * 4;
+        self.model
+            .nodes
+            .iter()
+            .map(|n| n.shape.item() * self.dtype.size())
+            .fold(image, u64::max)
+    }
+
     pub fn num_classes(&self) -> u32 {
         self.model.nodes[self.logits].shape.item() as u32
     }

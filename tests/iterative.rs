@@ -632,3 +632,60 @@ fn fgsm_reports_the_gradient_norm_of_the_linear_view() {
         .grad_norm
         .is_none());
 }
+
+/// A batch whose tensors would exceed the adapter's largest storage binding
+/// runs in parts that fit: on a device requested with 512 KiB bindings the
+/// MNIST CNN's batches of 32 split into parts of 10, and every prediction,
+/// norm and saved pixel equals the unsplit run's.
+#[test]
+fn batches_split_to_fit_a_small_binding_limit() {
+    let (gpu, paths, pixels) = digits();
+    let small = Arc::new(
+        advex::Context::new(advex::gpu::ContextOptions {
+            max_binding_bytes: Some(512 << 10),
+            ..Default::default()
+        })
+        .unwrap(),
+    );
+    assert_eq!(small.max_binding_bytes(), 512 << 10);
+    let (gpu_small, _, _) = digits_on(small);
+    let n = 32usize;
+    let ids: Vec<u32> = paths[..n].iter().map(|p| image_id(p)).collect();
+    let labels = vec![None; n];
+    let eps = parse_eps_list("0.1,0.2").unwrap();
+    for method in ["fgsm", "pgd"] {
+        let c = advex::attack::Cascade::resolve(
+            &AttackRequest {
+                method: Some(method.into()),
+                steps: (method == "pgd").then_some(3),
+                ..Default::default()
+            },
+            &eps,
+            true,
+            Target::Untargeted,
+        )
+        .unwrap();
+        let whole = advex::attack::CascadePlan::new(&gpu, n as u32, &c).unwrap();
+        let split = advex::attack::CascadePlan::new(&gpu_small, n as u32, &c).unwrap();
+        assert_eq!(whole.part(), n as u32);
+        assert_eq!(split.part(), 10, "{method}: parts of the split plan");
+        let a = whole
+            .run_ids(&pixels[..n * 784], &labels, &ids, true)
+            .unwrap();
+        let b = split
+            .run_ids(&pixels[..n * 784], &labels, &ids, true)
+            .unwrap();
+        assert_eq!(a.labels, b.labels);
+        for e in 0..eps.len() {
+            let classes = |o: &advex::attack::BatchOutcome| -> Vec<u32> {
+                o.adv[e].iter().map(|p| p.class).collect()
+            };
+            assert_eq!(classes(&a), classes(&b), "{method} eps {e}: predictions");
+            assert_eq!(a.norms[e], b.norms[e], "{method} eps {e}: norms");
+            assert!(
+                a.images.as_ref().unwrap()[e] == b.images.as_ref().unwrap()[e],
+                "{method} eps {e}: pixels differ between the split and unsplit runs"
+            );
+        }
+    }
+}

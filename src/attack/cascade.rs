@@ -3,6 +3,11 @@
 //! robust, per eps; the kept result of an image is the first attack's that
 //! succeeded (else the last attack's): the pointwise worst case.
 //!
+//! A batch whose tensors would exceed the adapter's largest storage binding
+//! is split: the plans are built for the largest sub-batch that fits and run
+//! once per part (results are per image, so they do not change; one submit
+//! per part instead of per batch).
+//!
 //! Each attack is its own [`AttackPlan`], one submit per batch. A later attack
 //! runs on the whole batch and its results are taken only where no earlier
 //! attack succeeded: results are identical to running it on the robust images
@@ -19,24 +24,89 @@ use crate::report::attack_success;
 /// One plan per attack of a cascade (a single method is a cascade of one).
 pub struct CascadePlan {
     pub stages: Vec<AttackPlan>,
+    /// The batch size asked for; the plans run `stages[0].batch` at a time.
+    batch: u32,
+}
+
+/// The largest tensor an attack plan binds, in bytes per image: the model's
+/// (activations and gradients), and the 8-bit results of every eps.
+pub fn bytes_per_image(gpu: &GpuModel, cascade: &Cascade) -> u64 {
+    let s = &cascade.stages[0];
+    let slots = s.eps.len() as u64 + s.minimal as u64;
+    gpu.largest_binding_per_image()
+        .max(slots * gpu.input_shape(1).numel())
 }
 
 impl CascadePlan {
+    /// Plans for batches of `batch`, split into parts that fit the adapter's
+    /// largest storage binding.
     pub fn new(gpu: &GpuModel, batch: u32, cascade: &Cascade) -> Result<Self> {
+        let per_image = bytes_per_image(gpu, cascade);
+        let limit = gpu.ctx.max_binding_bytes();
+        if per_image > limit {
+            return Err(crate::error::Error::Usage(format!(
+                "one image needs a {per_image}-byte buffer, more than this adapter's largest \
+                 storage binding ({limit} bytes): use fewer eps per run, --precision f16, or \
+                 another adapter (--adapter)"
+            )));
+        }
+        let part = batch.min((limit / per_image) as u32).max(1);
+        if part < batch {
+            log::info!(
+                "batches of {batch} run in parts of {part}: larger tensors would exceed the \
+                 adapter's largest storage binding ({limit} bytes)"
+            );
+        }
         let stages = cascade
             .stages
             .iter()
-            .map(|s| AttackPlan::with_spec(gpu, batch, s))
+            .map(|s| AttackPlan::with_spec(gpu, part, s))
             .collect::<Result<Vec<_>>>()?;
-        Ok(CascadePlan { stages })
+        Ok(CascadePlan { stages, batch })
     }
 
+    /// The batch size asked for.
     pub fn batch(&self) -> u32 {
+        self.batch
+    }
+
+    /// Images per submit (below [`CascadePlan::batch`] when batches are split).
+    pub fn part(&self) -> u32 {
         self.stages[0].batch
     }
 
-    /// Every attack on one batch (see [`AttackPlan::run_ids`]), combined.
+    /// Every attack on one batch (see [`AttackPlan::run_ids`]), combined; a
+    /// batch larger than [`CascadePlan::part`] runs in parts.
     pub fn run_ids(
+        &self,
+        pixels: &[f32],
+        labels: &[Option<u32>],
+        ids: &[u32],
+        want_images: bool,
+    ) -> Result<BatchOutcome> {
+        let part = self.part() as usize;
+        if labels.len() <= part {
+            return self.run_part(pixels, labels, ids, want_images);
+        }
+        let item = pixels.len() / labels.len().max(1);
+        let mut out: Option<BatchOutcome> = None;
+        for start in (0..labels.len()).step_by(part) {
+            let end = (start + part).min(labels.len());
+            let o = self.run_part(
+                &pixels[start * item..end * item],
+                &labels[start..end],
+                &ids[start..end],
+                want_images,
+            )?;
+            match out.as_mut() {
+                None => out = Some(o),
+                Some(acc) => acc.append(o),
+            }
+        }
+        Ok(out.expect("at least one part"))
+    }
+
+    fn run_part(
         &self,
         pixels: &[f32],
         labels: &[Option<u32>],

@@ -78,6 +78,38 @@ pub struct BatchOutcome {
     pub min_eps: Option<Vec<Option<u32>>>,
 }
 
+impl BatchOutcome {
+    /// Append the next images' outcome (a batch run in parts).
+    pub fn append(&mut self, o: BatchOutcome) {
+        fn per_eps<T>(a: &mut [Vec<T>], b: Vec<Vec<T>>) {
+            for (x, y) in a.iter_mut().zip(b) {
+                x.extend(y);
+            }
+        }
+        self.labels.extend(o.labels);
+        self.loss_labels.extend(o.loss_labels);
+        self.clean.extend(o.clean);
+        per_eps(&mut self.adv, o.adv);
+        if let (Some(a), Some(b)) = (self.raw_adv.as_mut(), o.raw_adv) {
+            per_eps(a, b);
+        }
+        per_eps(&mut self.norms, o.norms);
+        per_eps(&mut self.first_success, o.first_success);
+        if let (Some(a), Some(b)) = (self.images.as_mut(), o.images) {
+            per_eps(a, b);
+        }
+        if let (Some(a), Some(b)) = (self.stages.as_mut(), o.stages) {
+            per_eps(a, b);
+        }
+        if let (Some(a), Some(b)) = (self.grad_norm.as_mut(), o.grad_norm) {
+            a.extend(b);
+        }
+        if let (Some(a), Some(b)) = (self.min_eps.as_mut(), o.min_eps) {
+            a.extend(b);
+        }
+    }
+}
+
 /// Mirrors `FinalParams` in `shaders/attack.wgsl`.
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]

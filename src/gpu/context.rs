@@ -42,6 +42,10 @@ pub struct ContextOptions {
     /// Refuse a software adapter (llvmpipe) with an explanation (`--require-gpu`);
     /// `ADVEX_REQUIRE_GPU=1` turns it on too.
     pub require_gpu: bool,
+    /// Request the device with storage bindings (and buffers) of at most this
+    /// many bytes, below the adapter's own limit (tests use it to exercise
+    /// the plans' batch splitting).
+    pub max_binding_bytes: Option<u64>,
 }
 
 /// Which kernel family runs pointwise convolutions and linear layers.
@@ -245,7 +249,12 @@ impl Context {
         let features = adapter.features() & wanted_features;
         // The adapter's own limits: wgpu's defaults (128 MiB storage bindings) are far
         // too small for real batches.
-        let limits = adapter.limits();
+        let mut limits = adapter.limits();
+        if let Some(cap) = options.max_binding_bytes {
+            limits.max_storage_buffer_binding_size =
+                limits.max_storage_buffer_binding_size.min(cap);
+            limits.max_buffer_size = limits.max_buffer_size.min(cap);
+        }
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("advex"),
             required_features: features,
