@@ -715,21 +715,14 @@ pub fn run_attack(opts: &RunOptions) -> Result<Report> {
                 let tgt = (target != Target::Untargeted).then_some(o.loss_labels[j]);
                 let label_prob =
                     |p: f32, pred: &super::Pred| if p.is_nan() { pred.prob } else { p };
-                let obs = Observation {
+                let obs = Observation::unattacked(
                     label,
-                    pred: cp.class,
-                    pred_prob: cp.prob,
-                    label_prob: label_prob(cp.label_prob, &cp),
+                    cp.class,
+                    cp.prob,
+                    label_prob(cp.label_prob, &cp),
                     clean_correct,
-                    target: tgt,
-                    linf: 0.0,
-                    l2: 0.0,
-                    raw_success: None,
-                    steps: None,
-                    stages: None,
-                    min_eps: None,
-                    linear: None,
-                };
+                    tgt,
+                );
                 record(
                     &obs,
                     &mut clean,
@@ -1037,21 +1030,14 @@ pub fn run_eval(opts: &RunOptions) -> Result<(Vec<EvalRow>, Report)> {
                 } else {
                     p.label_prob
                 };
-                acc.add(&Observation {
-                    label: used[j],
-                    pred: p.class,
-                    pred_prob: p.prob,
+                acc.add(&Observation::unattacked(
+                    used[j],
+                    p.class,
+                    p.prob,
                     label_prob,
-                    clean_correct: p.class == used[j],
-                    target: None,
-                    linf: 0.0,
-                    l2: 0.0,
-                    raw_success: None,
-                    steps: None,
-                    stages: None,
-                    min_eps: None,
-                    linear: None,
-                });
+                    p.class == used[j],
+                    None,
+                ));
                 let rel = prep.entries[idx].rel.clone();
                 if let Some(w) = predictions.as_mut() {
                     w.row(&PredictionRow {

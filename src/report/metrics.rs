@@ -31,6 +31,35 @@ pub struct Observation {
     pub linear: Option<(f64, f64)>,
 }
 
+impl Observation {
+    /// An image as given (the clean pass, or `advex eval`): no perturbation,
+    /// nothing attack-specific.
+    pub fn unattacked(
+        label: u32,
+        pred: u32,
+        pred_prob: f32,
+        label_prob: f32,
+        clean_correct: bool,
+        target: Option<u32>,
+    ) -> Self {
+        Observation {
+            label,
+            pred,
+            pred_prob,
+            label_prob,
+            clean_correct,
+            target,
+            linf: 0.0,
+            l2: 0.0,
+            raw_success: None,
+            steps: None,
+            stages: None,
+            min_eps: None,
+            linear: None,
+        }
+    }
+}
+
 /// Whether an attack succeeded on an image: a targeted attack reaches its
 /// target, an untargeted one leaves the label.
 pub fn attack_success(pred: u32, label: u32, target: Option<u32>) -> bool {
@@ -240,19 +269,9 @@ mod tests {
 
     fn obs(label: u32, pred: u32, clean_correct: bool) -> Observation {
         Observation {
-            label,
-            pred,
-            pred_prob: 0.5,
-            label_prob: 0.1,
-            clean_correct,
-            target: None,
             linf: 0.1,
             l2: 1.0,
-            raw_success: None,
-            steps: None,
-            stages: None,
-            min_eps: None,
-            linear: None,
+            ..Observation::unattacked(label, pred, 0.5, 0.1, clean_correct, None)
         }
     }
 
