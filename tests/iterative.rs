@@ -636,7 +636,7 @@ fn fgsm_reports_the_gradient_norm_of_the_linear_view() {
 /// A batch whose tensors would exceed the adapter's largest storage binding
 /// runs in parts that fit: on a device requested with 512 KiB bindings the
 /// MNIST CNN's batches of 32 split into parts of 10, and every prediction,
-/// norm and saved pixel equals the unsplit run's.
+/// norm and saved pixel equals the unsplit run's (attacks and `eval`).
 #[test]
 fn batches_split_to_fit_a_small_binding_limit() {
     let (gpu, paths, pixels) = digits();
@@ -653,6 +653,15 @@ fn batches_split_to_fit_a_small_binding_limit() {
     let ids: Vec<u32> = paths[..n].iter().map(|p| image_id(p)).collect();
     let labels = vec![None; n];
     let eps = parse_eps_list("0.1,0.2").unwrap();
+    let (la, pa) = EvalPlan::new(&gpu, n as u32)
+        .unwrap()
+        .run(&pixels[..n * 784], &labels)
+        .unwrap();
+    let small_eval = EvalPlan::new(&gpu_small, n as u32).unwrap();
+    assert_eq!(small_eval.part(), 10);
+    let (lb, pb) = small_eval.run(&pixels[..n * 784], &labels).unwrap();
+    assert_eq!(la, lb);
+    assert_eq!(pa, pb, "eval: predictions of the split run");
     for method in ["fgsm", "pgd"] {
         let c = advex::attack::Cascade::resolve(
             &AttackRequest {

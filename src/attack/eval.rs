@@ -1,4 +1,6 @@
-//! Clean evaluation: forward only, predictions reduced on the GPU.
+//! Clean evaluation: forward only, predictions reduced on the GPU. A batch
+//! whose tensors would exceed the adapter's largest storage binding runs in
+//! parts that fit.
 
 use std::sync::Arc;
 
@@ -15,7 +17,10 @@ use super::fgsm::{LabelParams, ATTACK_SHADER as SHADER};
 
 pub struct EvalPlan {
     ctx: Arc<Context>,
+    /// The batch size asked for.
     pub batch: u32,
+    /// Images per submit (`batch`, or less where a batch would not fit).
+    part: u32,
     item: usize,
     fwd: ForwardPlan,
     labels: Tensor,
@@ -24,9 +29,18 @@ pub struct EvalPlan {
 }
 
 impl EvalPlan {
-    pub fn new(gpu: &GpuModel, batch: u32) -> Result<Self> {
+    pub fn new(gpu: &GpuModel, asked: u32) -> Result<Self> {
         let ctx = gpu.ctx.clone();
         let c = &*ctx;
+        let per_image = gpu.largest_binding_per_image();
+        let limit = c.max_binding_bytes();
+        if per_image > limit {
+            return Err(Error::Usage(format!(
+                "one image needs a {per_image}-byte buffer, more than this adapter's largest \
+                 storage binding ({limit} bytes): try --precision f16 or another adapter"
+            )));
+        }
+        let batch = asked.min((limit / per_image) as u32).max(1);
         let fwd = gpu.forward_plan(batch)?;
         let labels = c.tensor(Shape::new(batch, 1, 1, 1), "labels")?;
         let scratch = c.tensor(Shape::new(batch, 1, 1, 1), "loss labels")?;
@@ -57,7 +71,8 @@ impl EvalPlan {
         let item = gpu.input_shape(1).numel() as usize;
         Ok(EvalPlan {
             ctx,
-            batch,
+            batch: asked,
+            part: batch,
             item,
             fwd,
             labels,
@@ -66,17 +81,38 @@ impl EvalPlan {
         })
     }
 
+    /// Images per submit (below [`EvalPlan::batch`] when batches are split).
+    pub fn part(&self) -> u32 {
+        self.part
+    }
+
     /// Predictions for `labels.len()` images; returns (labels used, predictions).
     pub fn run(&self, pixels: &[f32], labels: &[Option<u32>]) -> Result<(Vec<u32>, Vec<Pred>)> {
-        let ctx = &*self.ctx;
         let count = labels.len();
-        let n = self.batch as usize;
-        if count == 0 || count > n || pixels.len() != count * self.item {
+        if count == 0 || count > self.batch as usize || pixels.len() != count * self.item {
             return Err(Error::shape(
                 "eval",
-                format!("{count} images for batch size {n}"),
+                format!("{count} images for batch size {}", self.batch),
             ));
         }
+        let part = self.part as usize;
+        let (mut used, mut preds) = (Vec::new(), Vec::new());
+        for start in (0..count).step_by(part) {
+            let end = (start + part).min(count);
+            let (u, p) = self.run_part(
+                &pixels[start * self.item..end * self.item],
+                &labels[start..end],
+            )?;
+            used.extend(u);
+            preds.extend(p);
+        }
+        Ok((used, preds))
+    }
+
+    fn run_part(&self, pixels: &[f32], labels: &[Option<u32>]) -> Result<(Vec<u32>, Vec<Pred>)> {
+        let ctx = &*self.ctx;
+        let count = labels.len();
+        let n = self.part as usize;
         // A partial batch leaves the previous images in the tail rows: their
         // results are never read, so nothing is copied to pad them.
         ctx.write(&self.fwd.input, pixels);
