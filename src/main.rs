@@ -477,13 +477,15 @@ fn run(cli: Cli) -> Result<(), Error> {
                 profile,
                 require_gpu,
             };
-            if !json {
-                println!(
-                    "{:>6} {:>5} {:>9} {:>12} {:>12} {:>10}  adapter",
-                    "batch", "eps", "precision", "images/s", "ms/batch", "dispatches"
-                );
-            }
+            // the header comes with the first result, so a usage error stands alone
+            let mut header = !json;
             advex::bench::run_bench(&opts, |r| {
+                if std::mem::take(&mut header) {
+                    println!(
+                        "{:>6} {:>5} {:>9} {:>12} {:>12} {:>10}  adapter",
+                        "batch", "eps", "precision", "images/s", "ms/batch", "dispatches"
+                    );
+                }
                 if json {
                     println!("{}", serde_json::to_string(r).expect("serialisable"));
                 } else {
