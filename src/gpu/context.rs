@@ -99,6 +99,9 @@ pub struct Context {
     style: KernelStyle,
     tuning: Mutex<TuneTable>,
     modules: Mutex<HashMap<(&'static str, DType), Arc<wgpu::ShaderModule>>>,
+    /// The source each shader name was first compiled from: modules and
+    /// kernels are cached by name, so one name must always mean one source.
+    sources: Mutex<HashMap<&'static str, &'static str>>,
     kernels: Mutex<HashMap<KernelKey, Arc<Kernel>>>,
     pool: Arc<Mutex<PoolInner>>,
     submits: AtomicU64,
@@ -309,6 +312,7 @@ impl Context {
             features,
             max_groups,
             modules: Mutex::default(),
+            sources: Mutex::default(),
             kernels: Mutex::default(),
             pool: Arc::default(),
             submits: AtomicU64::new(0),
@@ -397,6 +401,23 @@ impl Context {
         bindings: &[Binding],
         constants: &[(&str, f64)],
     ) -> Result<Arc<Kernel>> {
+        {
+            let mut names = self.sources.lock().unwrap();
+            match names.get(shader) {
+                Some(prev) if !std::ptr::eq(*prev, source) && *prev != source => {
+                    return Err(Error::Validation {
+                        context: format!("compiling {shader}.wgsl"),
+                        message: "two different shader sources were given this name; the \
+                                  caches would mix them up: give each module its own name"
+                            .into(),
+                    })
+                }
+                Some(_) => {}
+                None => {
+                    names.insert(shader, source);
+                }
+            }
+        }
         let key = KernelKey::new(shader, dtype, entry, bindings, constants);
         if let Some(k) = self.kernels.lock().unwrap().get(&key) {
             return Ok(k.clone());
