@@ -37,6 +37,15 @@ pub fn bytes_per_image(gpu: &GpuModel, cascade: &Cascade) -> u64 {
         .max(slots * gpu.input_shape(1).numel())
 }
 
+/// The size of each part of a batch of `batch` whose parts may hold at most
+/// `most` images: as few parts as possible, as even as possible (a batch of 32
+/// with room for 27 runs as two parts of 16, not 27 and a padded 5).
+pub fn even_part(batch: u32, most: u64) -> u32 {
+    let most = most.clamp(1, batch.max(1) as u64) as u32;
+    let parts = batch.div_ceil(most);
+    batch.div_ceil(parts.max(1))
+}
+
 impl CascadePlan {
     /// Plans for batches of `batch`, split into parts that fit the adapter's
     /// largest storage binding.
@@ -50,7 +59,7 @@ impl CascadePlan {
                  another adapter (--adapter)"
             )));
         }
-        let part = batch.min((limit / per_image) as u32).max(1);
+        let part = even_part(batch, limit / per_image);
         if part < batch {
             log::info!(
                 "batches of {batch} run in parts of {part}: larger tensors would exceed the \
@@ -73,6 +82,17 @@ impl CascadePlan {
     /// Images per submit (below [`CascadePlan::batch`] when batches are split).
     pub fn part(&self) -> u32 {
         self.stages[0].batch
+    }
+
+    /// [`CascadePlan::run_ids`] with the images' positions as their ids.
+    pub fn run(
+        &self,
+        pixels: &[f32],
+        labels: &[Option<u32>],
+        want_images: bool,
+    ) -> Result<BatchOutcome> {
+        let ids: Vec<u32> = (0..labels.len() as u32).collect();
+        self.run_ids(pixels, labels, &ids, want_images)
     }
 
     /// Every attack on one batch (see [`AttackPlan::run_ids`]), combined; a
@@ -173,4 +193,19 @@ pub fn combine(mut outs: Vec<BatchOutcome>, targeted: bool) -> BatchOutcome {
     }
     base.stages = Some(stages);
     base
+}
+
+#[cfg(test)]
+mod tests {
+    use super::even_part;
+
+    #[test]
+    fn parts_are_as_few_and_even_as_possible() {
+        assert_eq!(even_part(32, 27), 16);
+        assert_eq!(even_part(32, 10), 8);
+        assert_eq!(even_part(32, 64), 32);
+        assert_eq!(even_part(7, 1), 1);
+        assert_eq!(even_part(5, 0), 1);
+        assert_eq!(even_part(100, 47), 34);
+    }
 }

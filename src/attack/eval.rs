@@ -40,7 +40,7 @@ impl EvalPlan {
                  storage binding ({limit} bytes): try --precision f16 or another adapter"
             )));
         }
-        let batch = asked.min((limit / per_image) as u32).max(1);
+        let batch = super::cascade::even_part(asked, limit / per_image);
         let fwd = gpu.forward_plan(batch)?;
         let labels = c.tensor(Shape::new(batch, 1, 1, 1), "labels")?;
         let scratch = c.tensor(Shape::new(batch, 1, 1, 1), "loss labels")?;

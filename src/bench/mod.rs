@@ -228,7 +228,10 @@ pub fn run_bench(
                     eprintln!("batch {batch}: {}", r.describe());
                 }
             }
-            match crate::attack::AttackPlan::with_spec(gpu, batch, &spec) {
+            let one = crate::attack::Cascade {
+                stages: vec![spec.clone()],
+            };
+            match crate::attack::CascadePlan::new(gpu, batch, &one) {
                 Ok(p) => plans.push(p),
                 Err(e) => {
                     log::warn!("batch size {batch} skipped: {e}");
@@ -236,7 +239,9 @@ pub fn run_bench(
                 }
             }
         }
-        let plan = &plans[0];
+        // one part's plan (the whole batch unless it had to be split to fit
+        // the adapter's storage bindings): its dispatches and profile
+        let plan = &plans[0].stages[0];
         let item = gpus[0].input_shape(1).numel() as usize;
         let pixels = synthetic(item * batch as usize, batch as u64);
         let labels = vec![None; batch as usize];
@@ -284,7 +289,8 @@ pub fn run_bench(
                 })
                 .map(|(_, v)| v)
                 .sum();
-            let fwd_flops = conv_flops(&model) as f64 * batch as f64 * (1 + opts.eps.len()) as f64;
+            let fwd_flops =
+                conv_flops(&model) as f64 * plan.batch as f64 * (1 + opts.eps.len()) as f64;
             let perturb_ms = ops.get("perturb").copied();
             let conv_gflops = (conv_ms > 0.0).then(|| fwd_flops / (conv_ms / 1e3) / 1e9);
             let perturb_gbps = perturb_ms
