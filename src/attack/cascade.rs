@@ -14,8 +14,9 @@
 //! alone (every image's attack is independent of the others'), without
 //! AutoAttack's saving of skipping them.
 
-use super::fgsm::{AttackPlan, BatchOutcome};
+use super::fgsm::AttackPlan;
 use super::method::Cascade;
+use super::outcome::BatchOutcome;
 use super::Target;
 use crate::error::Result;
 use crate::plan::GpuModel;

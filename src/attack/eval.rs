@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use super::fgsm::Pred;
+use super::outcome::Pred;
 use crate::error::{Error, Result};
 use crate::gpu::{Binding, Context, Recording, Shape, Tensor};
 use crate::ops::loss::{argmax_prob, ARGMAX_PROB_WIDTH};
