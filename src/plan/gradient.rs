@@ -1,0 +1,325 @@
+//! Forward, loss and backward to the input: the gradient plan.
+
+use super::*;
+
+/// The loss a [`GradientPlan`] differentiates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LossKind {
+    /// Softmax cross-entropy of the label.
+    CrossEntropy,
+    /// AutoAttack's DLR loss of the label ([`crate::ops::loss::dlr`]).
+    Dlr,
+    /// AutoAttack's targeted DLR loss: label in `labels`, target in `targets`.
+    DlrTargeted,
+}
+
+/// Everything needed to run forward and backward for batches of `batch` images.
+pub struct GradientPlan {
+    pub batch: u32,
+    /// Images in [0, 1], NCHW.
+    pub input: Tensor,
+    /// u32 labels, one per image.
+    pub labels: Tensor,
+    /// u32 target classes, one per image (read by [`LossKind::DlrTargeted`] only).
+    pub targets: Tensor,
+    /// Logits `[batch, classes, 1, 1]`.
+    pub logits: Tensor,
+    /// Per-image loss `[batch, 1, 1, 1]`.
+    pub loss: Tensor,
+    /// Gradient of the summed loss with respect to `input`.
+    pub input_grad: Tensor,
+    /// The forward pass up to the logits.
+    pub forward: Recording,
+    /// Loss (on `labels`) and backward to the input.
+    pub backward: Recording,
+    /// Every node's output (kept for backward).
+    pub values: Vec<Tensor>,
+}
+
+impl GpuModel {
+    /// Build a plan for forward + loss + backward to the input at batch size `batch`.
+    /// `sign` is +1 to ascend the loss of the label (untargeted), -1 to descend it
+    /// (targeted).
+    pub fn gradient_plan(&self, batch: u32, sign: f32) -> Result<GradientPlan> {
+        self.gradient_plan_with(batch, sign, LossKind::CrossEntropy)
+    }
+
+    /// [`GpuModel::gradient_plan`] with another loss on the logits.
+    pub fn gradient_plan_with(
+        &self,
+        batch: u32,
+        sign: f32,
+        kind: LossKind,
+    ) -> Result<GradientPlan> {
+        let ctx = &*self.ctx;
+        let model = &self.model;
+        let input32 = ctx.tensor(self.input_shape(batch), "input")?;
+        let labels = ctx.tensor(Shape::new(batch, 1, 1, 1), "labels")?;
+        let targets = ctx.tensor(Shape::new(batch, 1, 1, 1), "targets")?;
+        let loss = ctx.tensor(Shape::new(batch, 1, 1, 1), "loss")?;
+        let mut forward = Recording::new();
+        let input = self.storage_input(&mut forward, &input32)?;
+        let values = self.record_forward(&mut forward, &input, batch, self.logits, false)?;
+        let mut rec = Recording::new();
+        let last = self.logits;
+        let logits = values[last].clone();
+
+        // Which nodes lie on a path from the input to the logits.
+        let mut needed = vec![false; last + 1];
+        needed[last] = true;
+        for i in (0..=last).rev() {
+            if needed[i] {
+                for s in &model.nodes[i].inputs {
+                    if let Src::Node(j) = s {
+                        needed[*j] = true;
+                    }
+                }
+            }
+        }
+
+        // Gradient buffers are handed out again once consumed.
+        let mut arena = Arena::new(ctx);
+        let mut grads: Vec<Option<Tensor>> = vec![None; last + 1];
+        let g_logits = arena.tensor(logits.shape, self.dtype, "grad logits")?;
+        let seed = if self.dtype == DType::F16 {
+            F16_GRAD_SCALE
+        } else {
+            1.0
+        };
+        match kind {
+            LossKind::CrossEntropy => ops::loss::softmax_cross_entropy(
+                ctx,
+                &mut rec,
+                &logits,
+                &labels,
+                sign * seed,
+                &loss,
+                &g_logits,
+            )?,
+            LossKind::Dlr | LossKind::DlrTargeted => ops::loss::dlr(
+                ctx,
+                &mut rec,
+                &logits,
+                &labels,
+                (kind == LossKind::DlrTargeted).then_some(&targets),
+                sign * seed,
+                &loss,
+                &g_logits,
+            )?,
+        }
+        grads[last] = Some(g_logits);
+        let mut input_grad: Option<Tensor> = None;
+
+        for i in (0..=last).rev() {
+            if !needed[i] {
+                continue;
+            }
+            let node = &model.nodes[i];
+            let Some(gy) = grads[i].clone() else {
+                continue;
+            };
+            let x = |k: usize| self.src(&values, &input, node.inputs[k]).clone();
+            if matches!(node.op, Op::Flatten) {
+                // A view: its gradient is the output gradient seen with the input's shape.
+                let shape = x(0).shape;
+                let slot = match node.inputs[0] {
+                    Src::Input => &mut input_grad,
+                    Src::Node(j) => &mut grads[j],
+                };
+                match slot {
+                    None => *slot = Some(gy.reshaped(shape)),
+                    Some(dst) => {
+                        ops::elementwise::accumulate(ctx, &mut rec, &gy.reshaped(shape), dst)?;
+                        arena.release(&gy);
+                    }
+                }
+                grads[i] = None;
+                continue;
+            }
+            // Where input k's gradient goes: straight into its buffer when this is the
+            // first contribution, else into scratch followed by an accumulate.
+            let mut targets: Vec<(Tensor, Option<Tensor>)> = Vec::new();
+            for (k, s) in node.inputs.iter().enumerate() {
+                let shape = x(k).shape;
+                let slot = match *s {
+                    Src::Input => &mut input_grad,
+                    Src::Node(j) => &mut grads[j],
+                };
+                match slot {
+                    None => {
+                        let t = arena.tensor(shape, self.dtype, &format!("grad {}", node.name))?;
+                        *slot = Some(t.clone());
+                        targets.push((t, None));
+                    }
+                    Some(existing) => {
+                        let scratch = arena.tensor(
+                            shape,
+                            self.dtype,
+                            &format!("grad scratch {}", node.name),
+                        )?;
+                        targets.push((scratch, Some(existing.clone())));
+                    }
+                }
+            }
+            let gx = |k: usize| &targets[k].0;
+            match (&node.op, &self.params[i]) {
+                (Op::Conv2d { params, .. }, Params::Conv { w, .. }) => ops::conv::backward_with(
+                    ctx,
+                    &mut rec,
+                    params,
+                    &gy,
+                    w,
+                    gx(0),
+                    Some(&self.prepared),
+                )?,
+                (Op::Linear { .. }, Params::Conv { w, .. }) => {
+                    ops::linear::backward(ctx, &mut rec, &gy, w, gx(0))?
+                }
+                (Op::Affine { .. }, Params::Affine { scale, .. }) => {
+                    ops::affine::backward(ctx, &mut rec, &gy, scale, gx(0))?
+                }
+                (Op::Activation(a), _) if self.fused_from[i].is_some() => {
+                    // Fused into the conv before it: the pre-activation was never
+                    // stored, so the derivative comes from the output.
+                    ops::activation::backward_from_output(
+                        ctx,
+                        &mut rec,
+                        *a,
+                        &values[i],
+                        &gy,
+                        gx(0),
+                    )?
+                }
+                (Op::Activation(a), _) => {
+                    ops::activation::backward(ctx, &mut rec, *a, &x(0), &gy, gx(0))?
+                }
+                (Op::MaxPool(p), _) => {
+                    ops::pool::max_backward(ctx, &mut rec, p, &x(0), &gy, gx(0))?
+                }
+                (Op::AvgPool(p), _) => ops::pool::avg_backward(ctx, &mut rec, p, &gy, gx(0))?,
+                (Op::GlobalAvgPool, _) => {
+                    ops::pool::global_avg_backward(ctx, &mut rec, &gy, gx(0))?
+                }
+                (Op::Add, _) | (Op::Mul, _) => {
+                    let op = if matches!(node.op, Op::Add) {
+                        ops::binary::BinaryOp::Add
+                    } else {
+                        ops::binary::BinaryOp::Mul
+                    };
+                    ops::binary::backward(
+                        ctx,
+                        &mut rec,
+                        op,
+                        &x(0),
+                        &x(1),
+                        &gy,
+                        Some(gx(0)),
+                        Some(gx(1)),
+                    )?
+                }
+                (Op::Concat, _) => {
+                    let gs: Vec<&Tensor> = (0..node.inputs.len()).map(gx).collect();
+                    ops::concat::backward(ctx, &mut rec, &gy, &gs)?
+                }
+                (Op::Softmax, _) => ops::softmax::backward(ctx, &mut rec, &values[i], &gy, gx(0))?,
+                _ => {
+                    return Err(Error::Validation {
+                        context: format!("recording backward of node {}", node.name),
+                        message: "parameters missing for this op".into(),
+                    })
+                }
+            }
+            for (t, acc) in &targets {
+                if let Some(dst) = acc {
+                    ops::elementwise::accumulate(ctx, &mut rec, t, dst)?;
+                    arena.release(t);
+                }
+            }
+            // This node's output gradient is consumed: free it unless a view shares it.
+            let gy = grads[i].take().expect("present");
+            let shared = grads
+                .iter()
+                .flatten()
+                .chain(input_grad.iter())
+                .any(|g| Arc::ptr_eq(&g.buffer, &gy.buffer));
+            if !shared {
+                arena.release(&gy);
+            }
+        }
+        let input_grad = match input_grad {
+            Some(g) if g.dtype == DType::F32 => g,
+            Some(g) => {
+                // Back to f32, undoing the seed's scale, in one pass.
+                let g32 = ctx.tensor(input.shape, "input grad")?;
+                ops::elementwise::cast_scaled(ctx, &mut rec, &g, &g32, 1.0 / seed)?;
+                g32
+            }
+            None => {
+                // The logits do not depend on the input: the gradient is zero.
+                let g = ctx.tensor(input.shape, "input grad")?;
+                rec.push(Step::Clear {
+                    buffer: g.buffer.clone(),
+                });
+                g
+            }
+        };
+        self.prepared.flush(ctx)?;
+        Ok(GradientPlan {
+            batch,
+            input: input32,
+            labels,
+            targets,
+            logits,
+            loss,
+            input_grad,
+            forward,
+            backward: rec,
+            values,
+        })
+    }
+}
+
+impl GradientPlan {
+    /// Upload a batch of images (`batch * C*H*W` values in [0, 1]) and labels.
+    pub fn set_batch(&self, ctx: &Context, images: &[f32], labels: &[u32]) -> Result<()> {
+        if images.len() as u64 != self.input.numel() || labels.len() != self.batch as usize {
+            return Err(Error::shape(
+                "batch",
+                format!(
+                    "expected {} image values and {} labels, got {} and {}",
+                    self.input.numel(),
+                    self.batch,
+                    images.len(),
+                    labels.len()
+                ),
+            ));
+        }
+        ctx.write(&self.input, images);
+        ctx.write_bytes(&self.labels, bytemuck::cast_slice(labels));
+        Ok(())
+    }
+
+    /// Run forward, loss and backward in one submit; read back the input gradient,
+    /// logits and per-image loss.
+    pub fn run(&self, ctx: &Context) -> Result<GradientResult> {
+        let mut out = ctx.run_read(
+            &[&self.forward, &self.backward],
+            &[&self.input_grad, &self.logits, &self.loss],
+        )?;
+        let loss = out.pop().unwrap();
+        let logits = out.pop().unwrap();
+        let input_grad = out.pop().unwrap();
+        Ok(GradientResult {
+            input_grad,
+            logits,
+            loss,
+        })
+    }
+}
+
+/// What [`GradientPlan::run`] reads back.
+pub struct GradientResult {
+    pub input_grad: Vec<f32>,
+    pub logits: Vec<f32>,
+    pub loss: Vec<f32>,
+}
