@@ -47,6 +47,14 @@ pub fn even_part(batch: u32, most: u64) -> u32 {
     batch.div_ceil(parts.max(1))
 }
 
+/// The image ranges of `count` images run `part` at a time.
+pub fn parts(count: usize, part: usize) -> impl Iterator<Item = std::ops::Range<usize>> {
+    let part = part.max(1);
+    (0..count)
+        .step_by(part)
+        .map(move |start| start..(start + part).min(count))
+}
+
 impl CascadePlan {
     /// Plans for batches of `batch`, split into parts that fit the adapter's
     /// largest storage binding.
@@ -111,12 +119,11 @@ impl CascadePlan {
         }
         let item = pixels.len() / labels.len().max(1);
         let mut out: Option<BatchOutcome> = None;
-        for start in (0..labels.len()).step_by(part) {
-            let end = (start + part).min(labels.len());
+        for r in parts(labels.len(), part) {
             let o = self.run_part(
-                &pixels[start * item..end * item],
-                &labels[start..end],
-                &ids[start..end],
+                &pixels[r.start * item..r.end * item],
+                &labels[r.clone()],
+                &ids[r],
                 want_images,
             )?;
             match out.as_mut() {
@@ -208,5 +215,7 @@ mod tests {
         assert_eq!(even_part(7, 1), 1);
         assert_eq!(even_part(5, 0), 1);
         assert_eq!(even_part(100, 47), 34);
+        let r: Vec<_> = super::parts(10, 4).collect();
+        assert_eq!(r, vec![0..4, 4..8, 8..10]);
     }
 }

@@ -97,12 +97,9 @@ impl EvalPlan {
         }
         let part = self.part as usize;
         let (mut used, mut preds) = (Vec::new(), Vec::new());
-        for start in (0..count).step_by(part) {
-            let end = (start + part).min(count);
-            let (u, p) = self.run_part(
-                &pixels[start * self.item..end * self.item],
-                &labels[start..end],
-            )?;
+        for r in super::cascade::parts(count, part) {
+            let (u, p) =
+                self.run_part(&pixels[r.start * self.item..r.end * self.item], &labels[r])?;
             used.extend(u);
             preds.extend(p);
         }
