@@ -13,6 +13,10 @@
 #   EPS_COUNTS   sweep lengths for the PyTorch comparison (default 1,8)
 #   PYTHON       interpreter with torch (default python3)
 #   KERNELS=0    skip the per-kernel table
+#   STEP_LIMIT   seconds any one step may run before it is stopped (default 0:
+#                no limit), so one hung step cannot lose the others' results
+#   ITERATIVE=0  skip PGD and APGD against torchattacks and AutoAttack (run when
+#                PYTHON imports torchattacks / pyautoattack)
 # Vulkan: if no loader is installed, unpack the .deb files of a `.gl/` folder
 # first (see the device tool's README); set VK_DRIVER_FILES if the driver's
 # manifest is not found by itself.
@@ -41,7 +45,7 @@ ADVEX=target/release/advex
 step() { # name, command...
     local name=$1; shift
     echo "== $name: $*" | tee -a "$OUT/summary.txt"
-    "$@" 2>&1 | tee "$OUT/$name.txt" | tee -a "$OUT/summary.txt" >/dev/null
+    timeout -k 10 "${STEP_LIMIT:-0}" "$@" 2>&1 | tee "$OUT/$name.txt" | tee -a "$OUT/summary.txt" >/dev/null
     local rc=${PIPESTATUS[0]}
     [ "$rc" -eq 0 ] || echo "   ($name exited $rc)" | tee -a "$OUT/summary.txt"
 }
@@ -51,18 +55,26 @@ step() { # name, command...
     uname -a
     command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
 } > "$OUT/machine.txt" 2>&1
+# Most telling first (the comparison with PyTorch), so that a run cut short
+# still has it.
 step devices "$ADVEX" devices
-step untuned "$ADVEX" bench --batch-size "$BATCHES" --eps 1/255 --no-tune --json
 step tuned "$ADVEX" bench --batch-size "$BATCHES" --eps 1/255 --json
-step profile_f32 "$ADVEX" bench --batch-size "$BIG" --eps 1/255 --profile
-step profile_f16 "$ADVEX" bench --batch-size "$BIG" --eps 1/255 --precision f16 --profile
-step sweep8 "$ADVEX" bench --batch-size "$BATCHES" --eps 1/255,2/255,3/255,4/255,5/255,6/255,7/255,8/255 --json
-step mnist "$ADVEX" bench --model weights/mnist_cnn.safetensors --batch-size "$BATCHES" --json
 if "$PYTHON" -c "import torch" 2>/dev/null; then
     step torch_compare "$PYTHON" tools/bench_torch.py --compare --batch-size "$BATCHES" --eps-count "$EPS_COUNTS"
     step torch_compare_f16 "$PYTHON" tools/bench_torch.py --compare --batch-size "$BIG" --eps-count 1 --advex-precision f16
 else
     echo "== torch_compare: skipped ($PYTHON has no torch)" | tee -a "$OUT/summary.txt"
+fi
+step profile_f32 "$ADVEX" bench --batch-size "$BIG" --eps 1/255 --profile
+step profile_f16 "$ADVEX" bench --batch-size "$BIG" --eps 1/255 --precision f16 --profile
+step untuned "$ADVEX" bench --batch-size "$BATCHES" --eps 1/255 --no-tune --json
+step sweep8 "$ADVEX" bench --batch-size "$BATCHES" --eps 1/255,2/255,3/255,4/255,5/255,6/255,7/255,8/255 --json
+step mnist "$ADVEX" bench --model weights/mnist_cnn.safetensors --batch-size "$BATCHES" --json
+if [ "${ITERATIVE:-1}" != 0 ] && "$PYTHON" -c "import torchattacks" 2>/dev/null; then
+    step torch_pgd "$PYTHON" tools/bench_torch.py --compare --method pgd --steps 10 --batch-size "$BIG"
+fi
+if [ "${ITERATIVE:-1}" != 0 ] && "$PYTHON" -c "import pyautoattack.autopgd_base" 2>/dev/null; then
+    step torch_apgd_ce "$PYTHON" tools/bench_torch.py --compare --method apgd-ce --steps 100 --batch-size "$BIG"
 fi
 if [ "${KERNELS:-1}" = 0 ]; then
     echo "== kernels: skipped (KERNELS=0)" | tee -a "$OUT/summary.txt"

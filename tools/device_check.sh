@@ -1,0 +1,100 @@
+#!/usr/bin/env bash
+# On a lent GPU machine that has no Rust: the test executables and binaries
+# that tools/device_pack.sh packed into .devbin/, run over the GPU's Vulkan
+# driver, then tools/gpu_bench.sh. Results land in $OUT (the device tool's
+# folder; device-out/ elsewhere), at most 8 files: machine.txt, tests.txt
+# (one line per test executable, failures spelled out), tests.tar.gz (full
+# logs), summary.txt (every benchmark's output), bench.tar.gz, tune.json.
+# Each phase has its own time limit, so results come back even if one hangs:
+#   TEST_LIMIT  seconds for all tests (default 150)   TEST_ONE  one executable (90)
+#   BENCH_LIMIT seconds for gpu_bench.sh (default 300) STEP_LIMIT one step (120)
+#   TESTS=0 / BENCH=0 skip a phase; BATCHES etc. go to gpu_bench.sh.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+RES="${OUT:-device-out}"
+mkdir -p "$RES"
+t0=$(date +%s)
+elapsed() { echo $(( $(date +%s) - t0 )); }
+
+# The Vulkan loader (the machine's image has the driver, not the loader).
+if ! ldconfig -p | grep -q 'libvulkan.so.1 '; then
+    for f in .gl/*.deb; do dpkg -x "$f" /; done
+    ldconfig
+fi
+icd=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
+if [ -z "${VK_DRIVER_FILES:-}" ] && [ -f "$icd" ]; then export VK_DRIVER_FILES=$icd; fi
+export NODEVICE_SELECT=1
+# Python packages the machine lacks (torchattacks, pyautoattack), unpacked.
+if [ -d .whl/site ]; then export PYTHONPATH="$PWD/.whl/site${PYTHONPATH:+:$PYTHONPATH}"; fi
+
+tar -xJf .devbin/bins.tar.xz || { echo "device_check: .devbin/bins.tar.xz missing: run tools/device_pack.sh and carry .devbin" >&2; exit 1; }
+# Put the bundled model back where tools/device_pack.sh blanked it.
+python3 - weights/efficientnet_lite0.safetensors <<'PY' || exit 1
+import sys
+model = open(sys.argv[1], "rb").read()
+for line in open("target/BLANKED"):
+    path, at = line.split()
+    with open(path, "r+b") as f:
+        f.seek(int(at))
+        assert f.read(len(model)) == bytes(len(model)), path
+        f.seek(int(at))
+        f.write(model)
+PY
+# The test executables read fixtures through the absolute path they were built in.
+manifest=$(cat target/tests/MANIFEST_DIR)
+if [ "$manifest" != "$PWD" ]; then
+    if [ -e "$manifest" ]; then
+        echo "device_check: $manifest exists and is not this checkout; tests may read the wrong files" >&2
+    else
+        mkdir -p "$(dirname "$manifest")" && ln -s "$PWD" "$manifest"
+    fi
+fi
+{
+    date -u; uname -a
+    command -v nvidia-smi >/dev/null && nvidia-smi
+    ls -l /usr/local/nvidia/share/vulkan/icd.d/ 2>&1
+    echo "VK_DRIVER_FILES=${VK_DRIVER_FILES:-}"
+    target/release/advex devices
+} > "$RES/machine.txt" 2>&1
+cat "$RES/machine.txt"
+echo "== prepared in $(elapsed) s"
+
+if [ "${TESTS:-1}" != 0 ]; then
+    limit=${TEST_LIMIT:-150}
+    one=${TEST_ONE:-90}
+    logs=$(mktemp -d)
+    ts=$(date +%s)
+    for t in target/tests/*; do
+        [ -x "$t" ] || continue
+        name=$(basename "$t")
+        # tests/backends.rs translates shaders on the CPU: nothing to learn on a GPU.
+        [ "$name" = backends ] && continue
+        # Its fixture (18 MB) may be left behind to fit the transfer limit.
+        if [ "$name" = onnx_effnet ] && [ ! -f tests/fixtures/onnx/efficientnet_lite0.onnx.data ]; then
+            echo "$name: not run (tests/fixtures/onnx/efficientnet_lite0.onnx.data not carried)" | tee -a "$RES/tests.txt"; continue
+        fi
+        left=$(( limit - ($(date +%s) - ts) ))
+        if [ "$left" -le 5 ]; then echo "$name: not run (TEST_LIMIT spent)" | tee -a "$RES/tests.txt"; continue; fi
+        lim=$(( left < one ? left : one ))
+        s=$(date +%s)
+        timeout -k 5 "$lim" "$t" --test-threads=8 > "$logs/$name.log" 2>&1
+        rc=$?
+        result=$(grep '^test result' "$logs/$name.log" | tail -1)
+        echo "$name: rc $rc, $(( $(date +%s) - s )) s, ${result:-no result line}" | tee -a "$RES/tests.txt"
+        if [ "$rc" -ne 0 ]; then
+            grep -E -A12 '^---- |panicked' "$logs/$name.log" | head -60 | sed 's/^/    /' >> "$RES/tests.txt"
+        fi
+    done
+    tar -C "$logs" -czf "$RES/tests.tar.gz" .
+    echo "== tests done at $(elapsed) s"
+fi
+
+if [ "${BENCH:-1}" != 0 ]; then
+    bench=$(mktemp -d)
+    STEP_LIMIT=${STEP_LIMIT:-120} timeout -k 10 "${BENCH_LIMIT:-300}" tools/gpu_bench.sh "$bench"
+    echo "   (gpu_bench.sh exited $?)" >> "$bench/summary.txt"
+    cp "$bench/summary.txt" "$RES/summary.txt"
+    [ -f "$bench/tune.json" ] && cp "$bench/tune.json" "$RES/tune.json"
+    tar -C "$bench" -czf "$RES/bench.tar.gz" .
+    echo "== bench done at $(elapsed) s"
+fi
