@@ -33,20 +33,30 @@ fn values(name: &str) -> &'static [f64] {
 }
 
 /// (name, source) of every module the host compiles; every file in shaders/
-/// is part of one.
+/// (and its family folders) is part of one.
 fn shaders() -> Vec<(String, String)> {
     let modules = advex::gpu::shader_modules();
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("shaders");
-    for e in std::fs::read_dir(&dir).unwrap() {
-        let p = e.unwrap().path();
-        if p.extension().is_some_and(|e| e == "wgsl") {
-            let text = std::fs::read_to_string(&p).unwrap();
-            assert!(
-                modules.iter().any(|(_, src)| src.contains(text.trim())),
-                "{} is in no module of advex::gpu::shader_modules(): add it there",
-                p.display()
-            );
+    let mut files = Vec::new();
+    let mut dirs = vec![dir];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                dirs.push(p);
+            } else if p.extension().is_some_and(|e| e == "wgsl") {
+                files.push(p);
+            }
         }
+    }
+    assert!(files.len() > 10, "shaders/ holds only {} .wgsl files", files.len());
+    for p in files {
+        let text = std::fs::read_to_string(&p).unwrap();
+        assert!(
+            modules.iter().any(|(_, src)| src.contains(text.trim())),
+            "{} is in no module of advex::gpu::Shader: add it to Shader::source",
+            p.display()
+        );
     }
     modules
         .into_iter()
@@ -277,4 +287,17 @@ fn uniform_structs_match_their_wgsl_twins() {
         }
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+/// Every module has its own name (the pipeline cache's key) and a source.
+#[test]
+fn shader_names_are_unique() {
+    let all = advex::gpu::Shader::ALL;
+    let mut names: Vec<&str> = all.iter().map(|s| s.name()).collect();
+    names.sort();
+    names.dedup();
+    assert_eq!(names.len(), all.len(), "two shaders share a name: {names:?}");
+    for s in all {
+        assert!(s.source().contains("@compute"), "{s}: no compute entry point");
+    }
 }

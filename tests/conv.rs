@@ -732,7 +732,7 @@ fn tiles(rec: &Recording) -> Vec<(u32, u32)> {
     rec.steps
         .iter()
         .filter_map(|s| match s {
-            Step::Dispatch { kernel, .. } if kernel.key.shader == "conv" => {
+            Step::Dispatch { kernel, .. } if kernel.key.shader.name() == "conv" => {
                 let get = |name: &str| {
                     kernel
                         .key
@@ -856,7 +856,7 @@ fn shaders(rec: &Recording) -> Vec<&'static str> {
             Step::Dispatch { kernel, label, .. }
                 if label != "transpose" && !label.ends_with("_repack") =>
             {
-                Some(kernel.key.shader)
+                Some(kernel.key.shader.name())
             }
             _ => None,
         })

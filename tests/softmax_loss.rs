@@ -297,19 +297,3 @@ fn dlr_losses_match_reference() {
     let err = loss::dlr(&ctx, &mut Recording::new(), &zt, &lt, None, 1.0, &lo, &gr).unwrap_err();
     assert!(err.to_string().contains("at least 3 classes"), "{err}");
 }
-
-/// Modules and kernels are cached by shader name: a second, different source
-/// under a name already used is an error, not a silent reuse.
-#[test]
-fn one_shader_name_means_one_source() {
-    let ctx = advex::Context::new(Default::default()).unwrap();
-    const A: &str = "@compute @workgroup_size(1) fn main() {}\n";
-    const B: &str = "@compute @workgroup_size(2) fn main() {}\n";
-    let f32 = advex::gpu::DType::F32;
-    ctx.kernel("same_name", A, f32, "main", &[], &[]).unwrap();
-    ctx.kernel("same_name", A, f32, "main", &[], &[]).unwrap();
-    let err = ctx
-        .kernel("same_name", B, f32, "main", &[], &[])
-        .unwrap_err();
-    assert!(err.to_string().contains("own name"), "{err}");
-}

@@ -109,7 +109,7 @@ fn tiles(rec: &Recording) -> Vec<Vec<(String, u64)>> {
     rec.steps
         .iter()
         .filter_map(|s| match s {
-            Step::Dispatch { kernel, .. } if kernel.key.shader == "conv" => Some(
+            Step::Dispatch { kernel, .. } if kernel.key.shader.name() == "conv" => Some(
                 kernel
                     .key
                     .constants

@@ -10,17 +10,15 @@
 //! ...) whose results count only for images no earlier run fooled.
 //!
 //! Every run, step and checkpoint decision is recorded into the batch's replay
-//! list (`shaders/attack.wgsl`, `apgd_*` kernels): no host round trip.
+//! list (`shaders/attack/attack.wgsl`, `apgd_*` kernels): no host round trip.
 
 use std::sync::Arc;
 
 use super::method::{AttackSpec, Method};
 use super::replay::{Builder, Piece};
 use crate::error::{Error, Result};
-use crate::gpu::{Binding, Context, DType, Kernel, Shape, Tensor};
+use crate::gpu::{Binding, Context, DType, Kernel, Shader, Shape, Tensor};
 use crate::plan::GradientPlan;
-
-use super::fgsm::ATTACK_SHADER as SHADER;
 
 /// f32 values of per-image state (`APGD_S` in the shader).
 const STATE: u32 = 12;
@@ -59,7 +57,7 @@ pub fn checkpoints(n_iter: u32) -> Vec<Option<f32>> {
         .collect()
 }
 
-/// Mirrors `ApgdStartParams` in `shaders/attack.wgsl`.
+/// Mirrors `ApgdStartParams` in `shaders/attack/attack.wgsl`.
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 struct StartParams {
@@ -181,32 +179,28 @@ impl Apgd {
         let rw = Binding::ReadWriteF32;
         let r = Binding::ReadF32;
         let start = c.kernel(
-            "attack",
-            SHADER,
+            Shader::Attack,
             DType::F32,
             "apgd_start",
             &[r, r, rw, rw, rw, rw, rw, r],
             &[],
         )?;
         let step = c.kernel(
-            "attack",
-            SHADER,
+            Shader::Attack,
             DType::F32,
             "apgd_step",
             &[r, r, r, rw, rw, rw, r],
             &[("ITEM", item as f64)],
         )?;
         let track = c.kernel(
-            "attack",
-            SHADER,
+            Shader::Attack,
             logits,
             "apgd_track",
             &[Binding::Read, r, r, r, rw, rw, r],
             &[],
         )?;
         let apply = c.kernel(
-            "attack",
-            SHADER,
+            Shader::Attack,
             DType::F32,
             "apgd_apply",
             &[r, rw, rw, rw, rw, rw, rw],
@@ -322,8 +316,7 @@ impl Apgd {
         match &self.ranked {
             Some((ranked, count)) => {
                 let k = c.kernel(
-                    "attack",
-                    SHADER,
+                    Shader::Attack,
                     io.grad.logits.dtype,
                     "apgd_targets",
                     &[Binding::Read, Binding::ReadWriteF32],

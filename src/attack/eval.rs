@@ -6,14 +6,14 @@ use std::sync::Arc;
 
 use super::outcome::Pred;
 use crate::error::{Error, Result};
-use crate::gpu::{Binding, Context, Recording, Shape, Tensor};
+use crate::gpu::{Binding, Context, Recording, Shader, Shape, Tensor};
 use crate::ops::loss::{argmax_prob, ARGMAX_PROB_WIDTH};
 
 /// Values per image of the read-out.
 const W: usize = ARGMAX_PROB_WIDTH as usize;
 use crate::plan::{ForwardPlan, GpuModel};
 
-use super::fgsm::{LabelParams, ATTACK_SHADER as SHADER};
+use super::fgsm::LabelParams;
 
 pub struct EvalPlan {
     ctx: Arc<Context>,
@@ -47,8 +47,7 @@ impl EvalPlan {
         let stats = c.tensor(Shape::new(batch, ARGMAX_PROB_WIDTH, 1, 1), "stats")?;
         let mut tail = Recording::new();
         let k = c.kernel(
-            "attack",
-            SHADER,
+            Shader::Attack,
             fwd.logits.dtype,
             "resolve_labels",
             &[Binding::Read, Binding::ReadWriteF32, Binding::ReadWriteF32],

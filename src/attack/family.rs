@@ -5,13 +5,12 @@
 use std::sync::Arc;
 
 use super::apgd::Io;
-use super::fgsm::ATTACK_SHADER as SHADER;
 use super::method::{AttackSpec, Method};
 use super::replay::{Builder, Piece};
 use crate::error::Result;
-use crate::gpu::{Binding, Context, DType, Kernel, Shape, Step, Tensor};
+use crate::gpu::{Binding, Context, DType, Kernel, Shader, Shape, Step, Tensor};
 
-/// Which of the step kernel's variants (`STEP` in `shaders/attack.wgsl`).
+/// Which of the step kernel's variants (`STEP` in `shaders/attack/attack.wgsl`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum StepKind {
     Sign = 0,
@@ -21,7 +20,7 @@ pub(super) enum StepKind {
     L2Iter = 3,
 }
 
-/// Mirrors `StepParams` in `shaders/attack.wgsl`.
+/// Mirrors `StepParams` in `shaders/attack/attack.wgsl`.
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 struct StepParams {
@@ -104,8 +103,7 @@ impl Success {
         logits: DType,
     ) -> Result<Self> {
         let kernel = c.kernel(
-            "attack",
-            SHADER,
+            Shader::Attack,
             logits,
             "first_success",
             &[
@@ -227,7 +225,7 @@ impl Family {
             None
         };
         let f32k = |entry: &'static str, bind: &[Binding], consts: &[(&str, f64)]| {
-            c.kernel("attack", SHADER, DType::F32, entry, bind, consts)
+            c.kernel(Shader::Attack, DType::F32, entry, bind, consts)
         };
         let step_kind = [("STEP", kind as u32 as f64), ("ITEM", item as f64)];
         let (abs, rel) = spec.step_rule();
@@ -263,8 +261,7 @@ impl Family {
                 &[],
             )?,
             score: c.kernel(
-                "attack",
-                SHADER,
+                Shader::Attack,
                 io.grad.logits.dtype,
                 "restart_score",
                 &[Binding::Read, r, r, rw, rw],

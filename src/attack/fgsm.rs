@@ -18,17 +18,14 @@ use super::outcome::{BatchOutcome, Pred, Target};
 use super::replay::{Builder, Piece};
 use super::Eps;
 use crate::error::{Error, Result};
-use crate::gpu::{Binding, Context, DType, Recording, Shape, Tensor};
+use crate::gpu::{Binding, Context, DType, Recording, Shader, Shape, Tensor};
 use crate::ops::loss::{argmax_prob, ARGMAX_PROB_WIDTH};
 
 /// Values per image of the read-out.
 const W: usize = ARGMAX_PROB_WIDTH as usize;
 use crate::plan::{ForwardPlan, GpuModel, GradientPlan, LossKind};
 
-pub(crate) const ATTACK_SHADER: &str = include_str!("../../shaders/attack.wgsl");
-use ATTACK_SHADER as SHADER;
-
-/// Mirrors `FinalParams` in `shaders/attack.wgsl`.
+/// Mirrors `FinalParams` in `shaders/attack/attack.wgsl`.
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 struct FinalParams {
@@ -213,8 +210,7 @@ impl AttackPlan {
             }
         }
         let kl = c.kernel(
-            "attack",
-            SHADER,
+            Shader::Attack,
             grad.logits.dtype,
             "resolve_labels",
             &[Binding::Read, Binding::ReadWriteF32, Binding::ReadWriteF32],
@@ -298,8 +294,7 @@ impl AttackPlan {
         })?;
         let adv_u8 = c.tensor(Shape::new(total_words, 1, 1, 1), "adversarial u8")?;
         let kf = c.kernel(
-            "attack",
-            SHADER,
+            Shader::Attack,
             DType::F32,
             "finalize",
             &[
@@ -341,8 +336,7 @@ impl AttackPlan {
         };
         let norms = c.tensor(Shape::new(batch * k, 2, 1, 1), "norms")?;
         let kn = c.kernel(
-            "attack",
-            SHADER,
+            Shader::Attack,
             DType::F32,
             "norms",
             &[Binding::ReadF32, Binding::ReadF32, Binding::ReadWriteF32],

@@ -3,20 +3,19 @@
 //! inside the batch's one submit. After the run's own attack at K, each round
 //! runs the whole attack again at every image's own eps, the midpoint of its
 //! interval, and updates the interval from the rounded result's prediction
-//! (`bisect_*` in `shaders/attack.wgsl`): ceil(log2 K) rounds. Bisection
+//! (`bisect_*` in `shaders/attack/attack.wgsl`): ceil(log2 K) rounds. Bisection
 //! assumes that an attack that succeeds at an eps succeeds at larger ones; the
 //! level it reports always succeeded when it was tried.
 
 use std::sync::Arc;
 
 use super::apgd::Io;
-use super::fgsm::ATTACK_SHADER as SHADER;
 use super::replay::Builder;
 use super::Eps;
 use crate::error::{Error, Result};
-use crate::gpu::{Binding, Context, DType, Kernel, Shape, Tensor};
+use crate::gpu::{Binding, Context, DType, Kernel, Shader, Shape, Tensor};
 
-/// Mirrors `BisectParams` in `shaders/attack.wgsl`.
+/// Mirrors `BisectParams` in `shaders/attack/attack.wgsl`.
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 struct BisectParams {
@@ -65,16 +64,14 @@ impl Bisect {
     ) -> Result<Self> {
         let top = eps_levels(eps)?;
         let mid = c.kernel(
-            "attack",
-            SHADER,
+            Shader::Attack,
             DType::F32,
             "bisect_mid",
             &[Binding::ReadWriteF32, Binding::ReadWriteF32],
             &[],
         )?;
         let update = c.kernel(
-            "attack",
-            SHADER,
+            Shader::Attack,
             logits,
             "bisect_update",
             &[

@@ -15,6 +15,7 @@ use super::buffer::{self, DType, GpuBuffer, PoolInner, Shape, Tensor};
 use super::diagnose::Diagnosis;
 use super::pipeline::{layout_entries, Binding, Kernel, KernelKey};
 use super::record::{encode, Recording, Step};
+use super::shader::Shader;
 use super::tune::{default_cache_path, TuneTable};
 use crate::error::{Error, Result};
 
@@ -51,10 +52,10 @@ pub struct ContextOptions {
 /// Which kernel family runs pointwise convolutions and linear layers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KernelStyle {
-    /// Workgroup-tiled GEMM (`shaders/conv.wgsl`): for GPUs.
+    /// Workgroup-tiled GEMM (`shaders/conv/gemm.wgsl`): for GPUs.
     Tiled,
     /// Register-blocked GEMM straight from global memory, no workgroup memory
-    /// (`shaders/conv_direct.wgsl`): for CPU adapters such as llvmpipe, where each
+    /// (`shaders/conv/pointwise_direct.wgsl`): for CPU adapters such as llvmpipe, where each
     /// load instruction and barrier is costly. Shapes it does not cover fall back
     /// to the tiled kernels.
     Direct,
@@ -98,10 +99,9 @@ pub struct Context {
     max_groups: u32,
     style: KernelStyle,
     tuning: Mutex<TuneTable>,
-    modules: Mutex<HashMap<(&'static str, DType), Arc<wgpu::ShaderModule>>>,
+    modules: Mutex<HashMap<(Shader, DType), Arc<wgpu::ShaderModule>>>,
     /// The source each shader name was first compiled from: modules and
     /// kernels are cached by name, so one name must always mean one source.
-    sources: Mutex<HashMap<&'static str, &'static str>>,
     kernels: Mutex<HashMap<KernelKey, Arc<Kernel>>>,
     pool: Arc<Mutex<PoolInner>>,
     submits: AtomicU64,
@@ -312,7 +312,6 @@ impl Context {
             features,
             max_groups,
             modules: Mutex::default(),
-            sources: Mutex::default(),
             kernels: Mutex::default(),
             pool: Arc::default(),
             submits: AtomicU64::new(0),
@@ -389,47 +388,22 @@ impl Context {
         Ok(())
     }
 
-    /// Get or compile a kernel. `source` is the WGSL of shader `shader`, compiled
-    /// with its storage type `st` aliased to `dtype` (f32 or f16); `constants` are
-    /// override constants (part of the cache key).
+    /// Get or compile a kernel: `shader`'s module with its storage type `st`
+    /// aliased to `dtype` (f32 or f16); `constants` are override constants (part
+    /// of the cache key).
     pub fn kernel(
         &self,
-        shader: &'static str,
-        source: &'static str,
+        shader: Shader,
         dtype: DType,
         entry: &'static str,
         bindings: &[Binding],
         constants: &[(&str, f64)],
     ) -> Result<Arc<Kernel>> {
-        {
-            let mut names = self.sources.lock().unwrap();
-            match names.get(shader) {
-                Some(prev) if !std::ptr::eq(*prev, source) && *prev != source => {
-                    return Err(Error::Validation {
-                        context: format!("compiling {shader}.wgsl"),
-                        message: "two different shader sources were given this name; the \
-                                  caches would mix them up: give each module its own name"
-                            .into(),
-                    })
-                }
-                Some(_) => {}
-                None => {
-                    names.insert(shader, source);
-                }
-            }
-        }
         let key = KernelKey::new(shader, dtype, entry, bindings, constants);
         if let Some(k) = self.kernels.lock().unwrap().get(&key) {
             return Ok(k.clone());
         }
         self.check_dtype(dtype)?;
-        // Shaders compiled WITHOUT wgpu's injected runtime checks (no bounds
-        // clamping of buffer / array / vector indices, no loop bounding, no
-        // integer-division guards). Only sound for shaders that guard every index
-        // themselves, whose loops all terminate and whose divisors are never zero:
-        // a shader joins this list only after such an audit (see the comment at the
-        // top of each listed file). Every other shader keeps the checked module.
-        const TRUSTED_SHADERS: &[&str] = &["conv", "depthwise"];
         let context = format!("compiling {shader}.wgsl ({dtype}) entry {entry}");
         let scopes = Scopes::push(&self.device);
         let module = {
@@ -443,11 +417,13 @@ impl Context {
                         DType::F16 => "enable f16;\nalias st = f16;\n",
                     };
                     let desc = wgpu::ShaderModuleDescriptor {
-                        label: Some(shader),
-                        source: wgpu::ShaderSource::Wgsl(format!("{prelude}{source}").into()),
+                        label: Some(shader.name()),
+                        source: wgpu::ShaderSource::Wgsl(
+                            format!("{prelude}{}", shader.source()).into(),
+                        ),
                     };
-                    Arc::new(if TRUSTED_SHADERS.contains(&shader) {
-                        // SAFETY: the listed shaders bounds-check every storage,
+                    Arc::new(if shader.trusted() {
+                        // SAFETY: trusted shaders bounds-check every storage,
                         // workgroup and private-array access against the tensor
                         // shapes the host validated, loop over uniform-bounded
                         // ranges only, and divide only by host-validated non-zero

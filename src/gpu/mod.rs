@@ -8,6 +8,7 @@ mod diagnose;
 mod pipeline;
 mod record;
 mod registry;
+mod shader;
 mod tune;
 
 pub use adapter::{
@@ -20,7 +21,8 @@ pub use diagnose::{Diagnosis, GpuNode, IcdFile, Vendor};
 pub use pipeline::{Binding, Kernel, KernelKey};
 pub use record::{Recording, Step};
 pub(crate) use registry::uniform_layout;
-pub use registry::{shader_modules, uniform_layouts, UniformLayout};
+pub use registry::{uniform_layouts, UniformLayout};
+pub use shader::{shader_modules, Shader};
 pub use tune::{default_cache_path, TuneTable};
 
 /// Threads per workgroup used by the simple element-wise kernels.

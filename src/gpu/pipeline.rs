@@ -2,6 +2,7 @@
 //! specialisation constants).
 
 use super::buffer::DType;
+use super::shader::Shader;
 
 /// How a kernel sees one tensor binding. Binding 0 is always the uniform parameter
 /// block; tensors follow at bindings 1, 2, ... in the order the op passes them.
@@ -34,7 +35,7 @@ impl Binding {
 /// Cache key of a compiled pipeline.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct KernelKey {
-    pub shader: &'static str,
+    pub shader: Shader,
     /// Storage type of the kernel's `st` bindings.
     pub dtype: DType,
     pub entry: &'static str,
@@ -45,7 +46,7 @@ pub struct KernelKey {
 
 impl KernelKey {
     pub fn new(
-        shader: &'static str,
+        shader: Shader,
         dtype: DType,
         entry: &'static str,
         bindings: &[Binding],

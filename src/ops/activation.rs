@@ -2,12 +2,7 @@
 //! hardsigmoid. One shader, the function chosen by a specialisation constant.
 
 use crate::error::{Error, Result};
-use crate::gpu::{Binding, Context, Recording, Tensor, WORKGROUP_1D};
-
-pub(crate) const SHADER: &str = concat!(
-    include_str!("../../shaders/act.wgsl"),
-    include_str!("../../shaders/activation.wgsl")
-);
+use crate::gpu::{Binding, Context, Recording, Shader, Tensor, WORKGROUP_1D};
 
 /// An element-wise activation function.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -30,7 +25,7 @@ pub enum Activation {
 }
 
 impl Activation {
-    /// (ACT override code, alpha, beta) as `shaders/act.wgsl` reads them (in
+    /// (ACT override code, alpha, beta) as `shaders/common/act.wgsl` reads them (in
     /// activation.wgsl and in every conv kernel's fused epilogue).
     pub(crate) fn code(&self) -> (u32, f32, f32) {
         match *self {
@@ -96,7 +91,7 @@ impl Activation {
     }
 }
 
-/// Mirrors `Params` in `shaders/activation.wgsl`.
+/// Mirrors `Params` in `shaders/elementwise/activation.wgsl`.
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 struct Params {
@@ -130,8 +125,7 @@ pub fn forward(
     check(act, x, y)?;
     let (p, groups, code) = params(ctx, act, x.numel())?;
     let k = ctx.kernel(
-        "activation",
-        SHADER,
+        Shader::Activation,
         x.dtype,
         "forward",
         &[Binding::Read, Binding::ReadWrite],
@@ -154,8 +148,7 @@ pub fn backward(
     check(act, x, gx)?;
     let (p, groups, code) = params(ctx, act, x.numel())?;
     let k = ctx.kernel(
-        "activation",
-        SHADER,
+        Shader::Activation,
         x.dtype,
         "backward",
         &[Binding::Read, Binding::Read, Binding::ReadWrite],
@@ -213,8 +206,7 @@ pub fn backward_from_output(
     };
     let (p, groups, code) = params(ctx, act, count)?;
     let k = ctx.kernel(
-        "activation",
-        SHADER,
+        Shader::Activation,
         y.dtype,
         entry,
         &[Binding::Read, Binding::Read, Binding::ReadWrite],

@@ -3,10 +3,8 @@
 //! `gx = gy * scale[c]`. `scale` and `shift` are `[1, c, 1, 1]` tensors.
 
 use crate::error::{Error, Result};
-use crate::gpu::{Binding, Context, Recording, Tensor};
+use crate::gpu::{Binding, Context, Recording, Shader, Tensor};
 use crate::ops::elementwise::{count_u32, distinct, groups_1d, same_size};
-
-pub(crate) const SHADER: &str = include_str!("../../shaders/affine.wgsl");
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -58,8 +56,7 @@ pub fn forward(
         return Ok(());
     }
     let k = ctx.kernel(
-        "affine",
-        SHADER,
+        Shader::Affine,
         x.dtype,
         "forward",
         &[
@@ -93,8 +90,7 @@ pub fn backward(
         return Ok(());
     }
     let k = ctx.kernel(
-        "affine",
-        SHADER,
+        Shader::Affine,
         gy.dtype,
         "backward",
         &[Binding::Read, Binding::Read, Binding::ReadWrite],

@@ -8,10 +8,8 @@
 //! workgroup per element of that operand.
 
 use crate::error::{Error, Result};
-use crate::gpu::{Binding, Context, Recording, Shape, Tensor};
+use crate::gpu::{Binding, Context, Recording, Shader, Shape, Tensor};
 use crate::ops::elementwise::{count_u32, distinct, groups_1d};
-
-pub(crate) const SHADER: &str = include_str!("../../shaders/binary.wgsl");
 
 /// The element-wise operation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -126,8 +124,7 @@ pub fn forward(
         return Ok(());
     }
     let k = ctx.kernel(
-        "binary",
-        SHADER,
+        Shader::Binary,
         y.dtype,
         "forward",
         &[Binding::Read, Binding::Read, Binding::ReadWrite],
@@ -238,8 +235,7 @@ fn grad(
         ("grad_reduce", count)
     };
     let k = ctx.kernel(
-        "binary",
-        SHADER,
+        Shader::Binary,
         g.dtype,
         entry,
         &[Binding::Read, Binding::Read, Binding::ReadWrite],

@@ -3,10 +3,8 @@
 //! input.
 
 use crate::error::{Error, Result};
-use crate::gpu::{Binding, Context, Recording, Shape, Tensor};
+use crate::gpu::{Binding, Context, Recording, Shader, Shape, Tensor};
 use crate::ops::elementwise::{count_u32, distinct, groups_1d};
-
-pub(crate) const SHADER: &str = include_str!("../../shaders/concat.wgsl");
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -65,8 +63,7 @@ fn run(
     }
     count_u32(op, joint.numel())?;
     let k = ctx.kernel(
-        "concat",
-        SHADER,
+        Shader::Concat,
         joint.dtype,
         entry,
         &[Binding::Read, Binding::ReadWrite],

@@ -1,19 +1,19 @@
 //! 2-D convolution, forward and backward to the input.
 //!
 //! Two kernel families:
-//! - `shaders/conv.wgsl`: a tiled implicit GEMM for dense and grouped convolutions
+//! - `shaders/conv/gemm.wgsl`: a tiled implicit GEMM for dense and grouped convolutions
 //!   and for `linear`: 256 threads per workgroup, K in slices through workgroup
 //!   memory, the output tile picked per layer by `Tile::pick` (64 x 64 in
 //!   general, 128 x 64 for large layers, 256 x 16 when the GEMM has at most 32
 //!   columns). The backward pass of a strided convolution runs one dense GEMM per
 //!   stride phase (`backward_phased`) instead of gathering zeros;
-//! - `shaders/depthwise.wgsl`: depthwise convolution (groups == input channels,
+//! - `shaders/conv/depthwise.wgsl`: depthwise convolution (groups == input channels,
 //!   channel multiplier >= 1), a direct kernel with 4 outputs per thread.
 //!
 //! On CPU adapters ([`crate::gpu::KernelStyle::Direct`]) two more families take
-//! the layers they fit: `shaders/conv_direct.wgsl` for pointwise layers and
+//! the layers they fit: `shaders/conv/pointwise_direct.wgsl` for pointwise layers and
 //! linear layers of 256 rows and more ([`crate::ops::conv_direct`]), and
-//! `shaders/conv_backward_few.wgsl` for the backward of layers with at most 4
+//! `shaders/conv/backward_few.wgsl` for the backward of layers with at most 4
 //! input channels (stems): no workgroup memory, vec4 loads, as llvmpipe charges
 //! per load instruction and per barrier.
 //!
@@ -25,32 +25,11 @@
 //! `Context::kernel`): they guard every index themselves; keep it so.
 
 use crate::error::{Error, Result};
-use crate::gpu::{Binding, Context, DType, KernelStyle, Recording, Shape, Tensor};
+use crate::gpu::{Binding, Context, DType, KernelStyle, Recording, Shader, Shape, Tensor};
 use crate::ops::activation::Activation;
 use crate::ops::conv_direct::{self, Pointwise};
 use crate::ops::params::Conv2dParams;
 use crate::ops::prepared::{derived, PreparedWeights};
-
-// act.wgsl (the fused activations) and window.wgsl are prepended where used.
-pub(crate) const GEMM_SHADER: &str = concat!(
-    include_str!("../../shaders/act.wgsl"),
-    include_str!("../../shaders/conv.wgsl")
-);
-pub(crate) const DW_SHADER: &str = concat!(
-    include_str!("../../shaders/act.wgsl"),
-    include_str!("../../shaders/depthwise.wgsl")
-);
-pub(crate) const FEW_SHADER: &str = include_str!("../../shaders/conv_backward_few.wgsl");
-pub(crate) const DW_DIRECT_SHADER: &str = concat!(
-    include_str!("../../shaders/act.wgsl"),
-    include_str!("../../shaders/window.wgsl"),
-    include_str!("../../shaders/depthwise_direct.wgsl")
-);
-pub(crate) const SAME_SHADER: &str = concat!(
-    include_str!("../../shaders/act.wgsl"),
-    include_str!("../../shaders/window.wgsl"),
-    include_str!("../../shaders/conv_same_direct.wgsl")
-);
 
 /// Tile shape of the GEMM kernel, set through its override constants (`WG_M`
 /// threads along m, `TM` m per thread, `BK` the K slice); conv.wgsl supports
@@ -372,14 +351,7 @@ pub fn forward_act_with(
         params.act_beta = act_beta;
         let mut all: Vec<(&str, f64)> = constants.to_vec();
         all.extend(shape_constants);
-        let k = ctx.kernel(
-            "depthwise_direct",
-            DW_DIRECT_SHADER,
-            y.dtype,
-            "main",
-            &bindings,
-            &all,
-        )?;
+        let k = ctx.kernel(Shader::DepthwiseDirect, y.dtype, "main", &bindings, &all)?;
         let u = ctx.uniform(&params);
         rec.push(ctx.dispatch(
             format!("depthwise_conv2d{suffix}"),
@@ -392,14 +364,7 @@ pub fn forward_act_with(
         let (mut params, groups) = geo.dw_params(false)?;
         params.act_alpha = act_alpha;
         params.act_beta = act_beta;
-        let k = ctx.kernel(
-            "depthwise",
-            DW_SHADER,
-            y.dtype,
-            "forward",
-            &bindings,
-            &constants,
-        )?;
+        let k = ctx.kernel(Shader::Depthwise, y.dtype, "forward", &bindings, &constants)?;
         let u = ctx.uniform(&params);
         rec.push(ctx.dispatch(
             format!("depthwise_conv2d{suffix}"),
@@ -432,14 +397,7 @@ pub fn forward_act_with(
         let wt = same_repack(ctx, rec, &geo, &params, w, false, prepared)?;
         let mut all: Vec<(&str, f64)> = constants.to_vec();
         all.extend(shape_constants);
-        let k = ctx.kernel(
-            "conv_same_direct",
-            SAME_SHADER,
-            y.dtype,
-            entry,
-            &bindings,
-            &all,
-        )?;
+        let k = ctx.kernel(Shader::ConvSameDirect, y.dtype, entry, &bindings, &all)?;
         let u = ctx.uniform(&params);
         rec.push(ctx.dispatch(
             format!("conv2d{suffix}"),
@@ -488,7 +446,7 @@ fn gemm_forward(
         Binding::ReadWrite,
     ];
     let dtype = tensors[3].dtype;
-    let k = ctx.kernel("conv", GEMM_SHADER, dtype, "forward", &bindings, &constants)?;
+    let k = ctx.kernel(Shader::Conv, dtype, "forward", &bindings, &constants)?;
     let u = ctx.uniform(&params);
     rec.push(ctx.dispatch(label, &k, &u, &tensors, params.total_wg)?);
     Ok(())
@@ -513,14 +471,7 @@ fn gemm_backward(
     };
     let bindings = [Binding::Read, Binding::Read, Binding::ReadWrite];
     let dtype = tensors[2].dtype;
-    let k = ctx.kernel(
-        "conv",
-        GEMM_SHADER,
-        dtype,
-        entry,
-        &bindings,
-        &tile.constants(),
-    )?;
+    let k = ctx.kernel(Shader::Conv, dtype, entry, &bindings, &tile.constants())?;
     let u = ctx.uniform(&params);
     rec.push(ctx.dispatch(label, &k, &u, &tensors, params.total_wg)?);
     Ok(())
@@ -565,8 +516,7 @@ pub fn backward_with(
     if geo.dw_direct_s2(ctx) && gy.numel() > 0 {
         let (params, constants, groups) = geo.dw_s2_params();
         let k = ctx.kernel(
-            "depthwise_direct",
-            DW_DIRECT_SHADER,
+            Shader::DepthwiseDirect,
             gx.dtype,
             "backward_s2",
             &bindings4,
@@ -579,8 +529,7 @@ pub fn backward_with(
         let (params, constants, groups) = geo.dw_direct_params(true);
         let bindings = bindings4;
         let k = ctx.kernel(
-            "depthwise_direct",
-            DW_DIRECT_SHADER,
+            Shader::DepthwiseDirect,
             gx.dtype,
             "main",
             &bindings,
@@ -591,7 +540,7 @@ pub fn backward_with(
         rec.push(ctx.dispatch("depthwise_conv2d_backward", &k, &u, &[gy, w, w, gx], groups)?);
     } else if geo.depthwise {
         let (params, groups) = geo.dw_params(true)?;
-        let k = ctx.kernel("depthwise", DW_SHADER, gx.dtype, "backward", &bindings, &[])?;
+        let k = ctx.kernel(Shader::Depthwise, gx.dtype, "backward", &bindings, &[])?;
         let u = ctx.uniform(&params);
         rec.push(ctx.dispatch("depthwise_conv2d_backward", &k, &u, &[gy, w, gx], groups)?);
     } else if gy.numel() == 0 {
@@ -605,8 +554,7 @@ pub fn backward_with(
         let (params, constants, groups) = geo.same_params(true);
         let wt = same_repack(ctx, rec, &geo, &params, w, true, prepared)?;
         let k = ctx.kernel(
-            "conv_same_direct",
-            SAME_SHADER,
+            Shader::ConvSameDirect,
             gx.dtype,
             "main",
             &bindings4,
@@ -618,8 +566,7 @@ pub fn backward_with(
     } else if geo.few_inputs(ctx) {
         let params = geo.few_params();
         let k = ctx.kernel(
-            "conv_backward_few",
-            FEW_SHADER,
+            Shader::ConvBackwardFew,
             gx.dtype,
             "backward",
             &bindings,
@@ -752,7 +699,7 @@ impl Geometry {
     /// the storage type and everything that shapes the GEMM.
     fn tune_key(&self, backward: bool, dtype: DType) -> String {
         static HASH: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
-        let hash = HASH.get_or_init(|| fnv1a(GEMM_SHADER.as_bytes()));
+        let hash = HASH.get_or_init(|| fnv1a(Shader::Conv.source().as_bytes()));
         let p = &self.p;
         format!(
             "conv.wgsl#{hash:08x} {} {dtype} x{} oc{} k{}x{} s{:?} p{:?} d{:?} g{}",
@@ -1334,8 +1281,7 @@ fn same_repack_into(
         ("FLIP", if backward { 1.0 } else { 0.0 }),
     ];
     let k = ctx.kernel(
-        "conv_same_direct",
-        SAME_SHADER,
+        Shader::ConvSameDirect,
         w.dtype,
         "repack",
         &[Binding::Read, Binding::ReadWrite],

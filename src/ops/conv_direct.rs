@@ -1,5 +1,5 @@
 //! Pointwise convolutions (1x1, stride 1, no padding) and linear layers on CPU
-//! adapters: `shaders/conv_direct.wgsl`, a register-blocked GEMM without
+//! adapters: `shaders/conv/pointwise_direct.wgsl`, a register-blocked GEMM without
 //! workgroup memory.
 //!
 //! Chosen by [`crate::ops::conv`] when the context's [`KernelStyle`] is
@@ -11,76 +11,29 @@
 //! all (linear layers at small batch) stay on the tiled kernels.
 
 use crate::error::Result;
-use crate::gpu::{Binding, Context, KernelStyle, Recording, Tensor};
+use crate::gpu::{Binding, Context, KernelStyle, Recording, Shader, Tensor};
 use crate::ops::activation::Activation;
 use crate::ops::elementwise;
 use crate::ops::prepared::{derived, PreparedWeights};
-
-/// Prelude of the vec4 layout: 8 pixels (2 groups of 4 consecutive) per thread,
-/// 4 columns forward, 8 backward.
-pub(crate) const VEC4: &str = concat!(
-    "const G: u32 = 2u;\n",
-    "const TN_F: u32 = 4u;\n",
-    "const TN_B: u32 = 8u;\n",
-    "@group(0) @binding(1) var<storage, read> a: array<vec4<st>>;\n",
-    "@group(0) @binding(3) var<storage, read_write> y: array<vec4<st>>;\n",
-    "fn pixels(tm: u32, lid: u32, g: u32) -> vec4<u32> {\n",
-    "    let q = tm * (WG * G) + g * WG + lid;\n",
-    "    return vec4(4u * q) + vec4(0u, 1u, 2u, 3u);\n",
-    "}\n",
-    "fn load_a(o: vec4<u32>) -> vec4<f32> { return vec4<f32>(a[o.x / 4u]); }\n",
-    "fn store_y(o: vec4<u32>, ok: vec4<bool>, v: vec4<f32>) {\n",
-    "    if (ok.x) { y[o.x / 4u] = vec4<st>(v); }\n",
-    "}\n",
-    include_str!("../../shaders/act.wgsl"),
-    include_str!("../../shaders/conv_direct.wgsl"),
-);
-
-/// Prelude of the scalar layout: 4 pixels per thread, WG apart, 16 columns.
-pub(crate) const SCALAR: &str = concat!(
-    "const G: u32 = 1u;\n",
-    "const TN_F: u32 = 16u;\n",
-    "const TN_B: u32 = 16u;\n",
-    "@group(0) @binding(1) var<storage, read> a: array<st>;\n",
-    "@group(0) @binding(3) var<storage, read_write> y: array<st>;\n",
-    "fn pixels(tm: u32, lid: u32, g: u32) -> vec4<u32> {\n",
-    "    let b = tm * (WG * 4u * G) + g * 4u * WG + lid;\n",
-    "    return vec4(b, b + WG, b + 2u * WG, b + 3u * WG);\n",
-    "}\n",
-    "fn load_a(o: vec4<u32>) -> vec4<f32> {\n",
-    "    return vec4<f32>(vec4<st>(a[o.x], a[o.y], a[o.z], a[o.w]));\n",
-    "}\n",
-    "fn store_y(o: vec4<u32>, ok: vec4<bool>, v: vec4<f32>) {\n",
-    "    if (ok.x) { y[o.x] = st(v.x); }\n",
-    "    if (ok.y) { y[o.y] = st(v.y); }\n",
-    "    if (ok.z) { y[o.z] = st(v.z); }\n",
-    "    if (ok.w) { y[o.w] = st(v.w); }\n",
-    "}\n",
-    include_str!("../../shaders/act.wgsl"),
-    include_str!("../../shaders/conv_direct.wgsl"),
-);
 
 /// One layout: its module and the tile constants its prelude sets (G pixel
 /// groups of 4 per thread, TN_F / TN_B columns forward / backward).
 #[derive(Clone, Copy)]
 struct Layout {
-    shader: &'static str,
-    source: &'static str,
+    shader: Shader,
     g: u32,
     tn_f: u32,
     tn_b: u32,
 }
 
 const LAYOUT_VEC4: Layout = Layout {
-    shader: "conv_direct_vec4",
-    source: VEC4,
+    shader: Shader::ConvDirectVec4,
     g: 2,
     tn_f: 4,
     tn_b: 8,
 };
 const LAYOUT_SCALAR: Layout = Layout {
-    shader: "conv_direct_scalar",
-    source: SCALAR,
+    shader: Shader::ConvDirectScalar,
     g: 1,
     tn_f: 16,
     tn_b: 16,
@@ -224,7 +177,7 @@ pub(crate) fn forward(
         Binding::ReadWrite,
         Binding::Read,
     ];
-    let k = ctx.kernel(l.shader, l.source, x.dtype, entry, &bindings, &constants)?;
+    let k = ctx.kernel(l.shader, x.dtype, entry, &bindings, &constants)?;
     let u = ctx.uniform(&params);
     rec.push(ctx.dispatch(label, &k, &u, &[x, &wk, y, bias], params.total_wg)?);
     Ok(())
@@ -251,7 +204,6 @@ pub(crate) fn backward(
     ];
     let k = ctx.kernel(
         l.shader,
-        l.source,
         gx.dtype,
         "backward",
         &bindings,

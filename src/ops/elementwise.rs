@@ -5,9 +5,7 @@
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
-use crate::gpu::{Binding, Context, DType, Recording, Step, Tensor, WORKGROUP_1D};
-
-pub(crate) const SHADER: &str = include_str!("../../shaders/elementwise.wgsl");
+use crate::gpu::{Binding, Context, DType, Recording, Shader, Step, Tensor, WORKGROUP_1D};
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -71,7 +69,7 @@ fn launch(
     if count == 0 {
         return Ok(());
     }
-    let k = ctx.kernel("elementwise", SHADER, dtype, entry, &bindings, &[])?;
+    let k = ctx.kernel(Shader::Elementwise, dtype, entry, &bindings, &[])?;
     let p = ctx.uniform(&Params {
         count,
         alpha,

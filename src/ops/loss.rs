@@ -3,9 +3,9 @@
 //! written with [`Context::write_bytes`]). One workgroup per sample.
 
 use crate::error::{Error, Result};
-use crate::gpu::{Binding, Context, Recording, Shape, Tensor};
+use crate::gpu::{Binding, Context, Recording, Shader, Shape, Tensor};
 use crate::ops::elementwise::distinct;
-use crate::ops::softmax::{rows, SHADER};
+use crate::ops::softmax::rows;
 
 /// Values per sample written by [`argmax_prob`].
 pub const ARGMAX_PROB_WIDTH: u32 = 4;
@@ -64,8 +64,7 @@ pub fn softmax_cross_entropy(
         return Ok(());
     }
     let k = ctx.kernel(
-        "softmax",
-        SHADER,
+        Shader::Softmax,
         logits.dtype,
         "cross_entropy",
         &[
@@ -115,8 +114,7 @@ pub fn argmax_prob(
         return Ok(());
     }
     let k = ctx.kernel(
-        "softmax",
-        SHADER,
+        Shader::Softmax,
         logits.dtype,
         "argmax_prob",
         &[Binding::Read, Binding::ReadF32, Binding::ReadWriteF32],
@@ -127,9 +125,7 @@ pub fn argmax_prob(
     Ok(())
 }
 
-pub(crate) const DLR_SHADER: &str = include_str!("../../shaders/dlr.wgsl");
-
-/// Mirrors `DlrParams` in `shaders/dlr.wgsl`.
+/// Mirrors `DlrParams` in `shaders/loss/dlr.wgsl`.
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 struct DlrParams {
@@ -193,8 +189,7 @@ pub fn dlr(
         return Ok(());
     }
     let k = ctx.kernel(
-        "dlr",
-        DLR_SHADER,
+        Shader::Dlr,
         logits.dtype,
         "dlr",
         &[

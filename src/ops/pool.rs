@@ -8,11 +8,9 @@
 //! wins) rather than storing indices.
 
 use crate::error::{Error, Result};
-use crate::gpu::{Binding, Context, KernelStyle, Recording, Shape, Tensor};
+use crate::gpu::{Binding, Context, KernelStyle, Recording, Shader, Shape, Tensor};
 use crate::ops::elementwise::{count_u32, distinct, groups_1d};
 use crate::ops::Pool2dParams;
-
-pub(crate) const SHADER: &str = include_str!("../../shaders/pool.wgsl");
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -103,8 +101,7 @@ fn launch(
     let mut bindings = vec![Binding::Read; tensors.len() - 1];
     bindings.push(Binding::ReadWrite);
     let k = ctx.kernel(
-        "pool",
-        SHADER,
+        Shader::Pool,
         tensors[tensors.len() - 1].dtype,
         entry,
         &bindings,
@@ -299,8 +296,7 @@ pub fn global_avg_forward(
         ("global_avg_forward", planes)
     };
     let k = ctx.kernel(
-        "pool",
-        SHADER,
+        Shader::Pool,
         y.dtype,
         entry,
         &[Binding::Read, Binding::ReadWrite],
@@ -326,8 +322,7 @@ pub fn global_avg_backward(
         return Ok(());
     }
     let k = ctx.kernel(
-        "pool",
-        SHADER,
+        Shader::Pool,
         gx.dtype,
         "global_avg_backward",
         &[Binding::Read, Binding::ReadWrite],

@@ -3,10 +3,8 @@
 //! (the row maximum is subtracted before exponentiating).
 
 use crate::error::{Error, Result};
-use crate::gpu::{Binding, Context, Recording, Shape, Tensor};
+use crate::gpu::{Binding, Context, Recording, Shader, Shape, Tensor};
 use crate::ops::elementwise::{count_u32, distinct};
-
-pub(crate) const SHADER: &str = include_str!("../../shaders/softmax.wgsl");
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -48,8 +46,7 @@ pub fn forward(ctx: &Context, rec: &mut Recording, x: &Tensor, y: &Tensor) -> Re
         return Ok(());
     }
     let k = ctx.kernel(
-        "softmax",
-        SHADER,
+        Shader::Softmax,
         x.dtype,
         "softmax_forward",
         &[Binding::Read, Binding::ReadWrite],
@@ -77,8 +74,7 @@ pub fn backward(
         return Ok(());
     }
     let k = ctx.kernel(
-        "softmax",
-        SHADER,
+        Shader::Softmax,
         y.dtype,
         "softmax_backward",
         &[Binding::Read, Binding::Read, Binding::ReadWrite],
