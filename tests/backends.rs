@@ -49,7 +49,11 @@ fn shaders() -> Vec<(String, String)> {
             }
         }
     }
-    assert!(files.len() > 10, "shaders/ holds only {} .wgsl files", files.len());
+    assert!(
+        files.len() > 10,
+        "shaders/ holds only {} .wgsl files",
+        files.len()
+    );
     for p in files {
         let text = std::fs::read_to_string(&p).unwrap();
         assert!(
@@ -296,8 +300,15 @@ fn shader_names_are_unique() {
     let mut names: Vec<&str> = all.iter().map(|s| s.name()).collect();
     names.sort();
     names.dedup();
-    assert_eq!(names.len(), all.len(), "two shaders share a name: {names:?}");
+    assert_eq!(
+        names.len(),
+        all.len(),
+        "two shaders share a name: {names:?}"
+    );
     for s in all {
-        assert!(s.source().contains("@compute"), "{s}: no compute entry point");
+        assert!(
+            s.source().contains("@compute"),
+            "{s}: no compute entry point"
+        );
     }
 }

@@ -1,6 +1,7 @@
 mod common;
 
 use advex::gpu::{Recording, Shape, Step};
+use advex::ops::conv::{ConvKernel, ConvKernel::*, Pass, PwLayout};
 use advex::ops::{conv, linear, Activation, Conv2dParams};
 use advex::{Context, KernelStyle};
 use common::ref_conv::{linear_backward, linear_forward, RefConv};
@@ -872,49 +873,44 @@ fn pointwise_direct_and_tiled() {
         // vec4: 3 * 120 pixels (one partial tile), 20 columns (5 of 4)
         (
             Case::new("pw vec4", 3, 8, [10, 12], 20, [1, 1]).bias(),
-            "conv_direct_vec4",
+            PointwiseDirect(PwLayout::Vec4),
         ),
         // vec4: 2 * 1520 pixels = 6 tiles of 512, the last partial; backward 12
         // columns (1.5 tiles of 8)
         (
             Case::new("pw vec4 tiles", 2, 12, [40, 38], 9, [1, 1]),
-            "conv_direct_vec4",
+            PointwiseDirect(PwLayout::Vec4),
         ),
         // scalar: 7 x 7 maps, 6 * 49 pixels (2 tiles, one partial), 37 columns
         // (16 + 16 + 5)
         (
             Case::new("pw scalar 7x7", 6, 12, [7, 7], 37, [1, 1]).bias(),
-            "conv_direct_scalar",
+            PointwiseDirect(PwLayout::Scalar),
         ),
         // scalar, batch 1, odd sizes, 300 pixels past one 256-pixel tile
         (
             Case::new("pw scalar batch 1", 1, 4, [15, 21], 3, [1, 1]),
-            "conv_direct_scalar",
+            PointwiseDirect(PwLayout::Scalar),
         ),
         // grouped: 2 groups of 8 -> 5
         (
             Case::new("pw grouped", 2, 16, [10, 16], 10, [1, 1])
                 .groups(2)
                 .bias(),
-            "conv_direct_vec4",
+            PointwiseDirect(PwLayout::Vec4),
         ),
     ];
     let direct = ctx_style(KernelStyle::Direct);
     let tiled = ctx_style(KernelStyle::Tiled);
-    for (i, (case, shader)) in cases.iter().enumerate() {
+    for (i, (case, kernel)) in cases.iter().enumerate() {
         let seed = 900 + 10 * i as u64;
-        for (ctx, want) in [(&direct, *shader), (&tiled, "conv")] {
-            let p = case.params();
-            let xs = case.x_shape();
-            let ws = case.w_shape();
-            let ys = p.out_shape(xs, ws.dims()).unwrap();
-            let x = ctx.tensor(xs, "x").unwrap();
-            let w = ctx.tensor(ws, "w").unwrap();
-            let y = ctx.tensor(ys, "y").unwrap();
-            let mut rec = Recording::new();
-            conv::forward(ctx, &mut rec, &p, &x, &w, None, &y).unwrap();
-            conv::backward(ctx, &mut rec, &p, &y, &w, &x).unwrap();
-            assert_eq!(shaders(&rec), [want, want], "{}: kernels", case.name);
+        for (ctx, want) in [(&direct, *kernel), (&tiled, Gemm)] {
+            assert_eq!(
+                conv_kernels(ctx, case),
+                [want, want],
+                "{}: kernels",
+                case.name
+            );
             check_on(ctx, case, false, seed);
         }
         for (j, act) in [
@@ -979,25 +975,19 @@ fn few_channel_backward() {
             .stride([2, 1]),
     ];
     for (i, case) in cases.iter().enumerate() {
-        let p = case.params();
-        let xs = case.x_shape();
-        let ws = case.w_shape();
-        let ys = p.out_shape(xs, ws.dims()).unwrap();
-        let gy = direct.tensor(ys, "gy").unwrap();
-        let w = direct.tensor(ws, "w").unwrap();
-        let gx = direct.tensor(xs, "gx").unwrap();
-        let mut rec = Recording::new();
-        conv::backward(&direct, &mut rec, &p, &gy, &w, &gx).unwrap();
-        assert_eq!(shaders(&rec), ["conv_backward_few"], "{}", case.name);
+        assert_eq!(conv_kernels(&direct, case)[1], FewInputs, "{}", case.name);
         check_on(&direct, case, false, 970 + i as u64);
     }
 }
 
-/// Shaders the forward and backward passes of `case` dispatch on `ctx`.
-fn conv_shaders(ctx: &Context, case: &Case) -> Vec<&'static str> {
+/// The kernels `conv::select` picks for the forward and backward passes of
+/// `case` on `ctx`, after checking that the recorded dispatches use them.
+fn conv_kernels(ctx: &Context, case: &Case) -> [ConvKernel; 2] {
     let p = case.params();
     let xs = case.x_shape();
     let ws = case.w_shape();
+    let want = [Pass::Forward, Pass::Backward]
+        .map(|pass| conv::kernel_for(ctx, &p, xs, ws, pass).unwrap());
     let ys = p.out_shape(xs, ws.dims()).unwrap();
     let x = ctx.tensor(xs, "x").unwrap();
     let w = ctx.tensor(ws, "w").unwrap();
@@ -1006,7 +996,13 @@ fn conv_shaders(ctx: &Context, case: &Case) -> Vec<&'static str> {
     let mut rec = Recording::new();
     conv::forward(ctx, &mut rec, &p, &x, &w, None, &y).unwrap();
     conv::backward(ctx, &mut rec, &p, &y, &w, &gx).unwrap();
-    shaders(&rec)
+    let recorded: Vec<&str> = want
+        .iter()
+        .filter_map(|k| k.shader())
+        .map(|s| s.name())
+        .collect();
+    assert_eq!(shaders(&rec), recorded, "{}: recorded kernels", case.name);
+    want
 }
 
 /// The vec4-block depthwise kernel of CPU adapters (stride 1, 'same' padding,
@@ -1051,8 +1047,8 @@ fn depthwise_direct_and_fallback() {
     ];
     for (i, case) in cases.iter().enumerate() {
         assert_eq!(
-            conv_shaders(&ctx, case),
-            ["depthwise_direct", "depthwise_direct"],
+            conv_kernels(&ctx, case),
+            [DepthwiseDirect, DepthwiseDirect],
             "{}",
             case.name
         );
@@ -1063,8 +1059,8 @@ fn depthwise_direct_and_fallback() {
         // The GPU family keeps the general depthwise kernel.
         let tiled = ctx_style(KernelStyle::Tiled);
         assert_eq!(
-            conv_shaders(&tiled, case),
-            ["depthwise", "depthwise"],
+            conv_kernels(&tiled, case),
+            [Depthwise, Depthwise],
             "{}",
             case.name
         );
@@ -1097,8 +1093,8 @@ fn depthwise_direct_and_fallback() {
     ];
     for (i, case) in fallback.iter().enumerate() {
         assert_eq!(
-            conv_shaders(&ctx, case),
-            ["depthwise", "depthwise"],
+            conv_kernels(&ctx, case),
+            [Depthwise, Depthwise],
             "{}",
             case.name
         );
@@ -1134,8 +1130,8 @@ fn depthwise_direct_and_fallback() {
     ];
     for (i, case) in s2.iter().enumerate() {
         assert_eq!(
-            conv_shaders(&ctx, case),
-            ["depthwise", "depthwise_direct"],
+            conv_kernels(&ctx, case),
+            [Depthwise, DepthwiseDirectS2],
             "{}",
             case.name
         );
@@ -1169,8 +1165,8 @@ fn same_direct_and_fallback() {
         Case::new("same 2x2 k3", 1, 9, [2, 2], 4, [3, 3]).pad([1; 4]),
     ];
     for (i, case) in cases.iter().enumerate() {
-        let s = conv_shaders(&ctx, case);
-        assert_eq!(s, ["conv_same_direct", "conv_same_direct"], "{}", case.name);
+        let s = conv_kernels(&ctx, case);
+        assert_eq!(s, [SameDirect, SameDirect], "{}", case.name);
         check_on(&ctx, case, false, 400 + i as u64);
         for act in [Activation::Relu, Activation::Silu] {
             check_fused(&ctx, case, false, act, 420 + i as u64);
@@ -1197,16 +1193,17 @@ fn same_direct_and_fallback() {
         Case::new("k7", 1, 5, [8, 8], 6, [7, 7]).pad([3; 4]),
     ];
     for (i, case) in fallback.iter().enumerate() {
-        let s = conv_shaders(&ctx, case);
-        assert!(!s.contains(&"conv_same_direct"), "{}: {s:?}", case.name);
+        let s = conv_kernels(&ctx, case);
+        assert!(
+            !s.contains(&SameDirect) && !s.contains(&SameDirectS2),
+            "{}: {s:?}",
+            case.name
+        );
         check_on(&ctx, case, false, 440 + i as u64);
     }
     // Few input channels: forward here, backward on conv_backward_few.
     let stem = Case::new("same ic 3", 2, 3, [8, 8], 8, [3, 3]).pad([1; 4]);
-    assert_eq!(
-        conv_shaders(&ctx, &stem),
-        ["conv_same_direct", "conv_backward_few"]
-    );
+    assert_eq!(conv_kernels(&ctx, &stem), [SameDirect, FewInputs]);
     check_on(&ctx, &stem, false, 460);
 }
 
@@ -1245,8 +1242,8 @@ fn stride2_direct_forward() {
             .stride([2, 2]),
     ];
     for (i, case) in cases.iter().enumerate() {
-        let s = conv_shaders(&ctx, case);
-        assert_eq!(s[0], "conv_same_direct", "{}: {s:?}", case.name);
+        let s = conv_kernels(&ctx, case);
+        assert_eq!(s[0], SameDirectS2, "{}: {s:?}", case.name);
         check_on(&ctx, case, false, 500 + i as u64);
         for act in [Activation::Relu6, Activation::Hardswish] {
             check_fused(&ctx, case, false, act, 520 + i as u64);
@@ -1268,8 +1265,12 @@ fn stride2_direct_forward() {
     .iter()
     .enumerate()
     {
-        let s = conv_shaders(&ctx, case);
-        assert!(!s.contains(&"conv_same_direct"), "{}: {s:?}", case.name);
+        let s = conv_kernels(&ctx, case);
+        assert!(
+            !s.contains(&SameDirect) && !s.contains(&SameDirectS2),
+            "{}: {s:?}",
+            case.name
+        );
         check_on(&ctx, case, false, 540 + i as u64);
     }
 }

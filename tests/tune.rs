@@ -151,10 +151,10 @@ fn a_stored_choice_decides_the_tile() {
         (tiles(&rec), out)
     };
     let (before, want) = record(&ctx);
-    let fwd = conv::tune_key(&ctx, &p, xs, ws, DType::F32, false)
+    let fwd = conv::tune_key(&ctx, &p, xs, ws, DType::F32, conv::Pass::Forward)
         .unwrap()
         .unwrap();
-    let bwd = conv::tune_key(&ctx, &p, xs, ws, DType::F32, true)
+    let bwd = conv::tune_key(&ctx, &p, xs, ws, DType::F32, conv::Pass::Backward)
         .unwrap()
         .unwrap();
     assert_ne!(fwd, bwd);
@@ -191,7 +191,15 @@ fn a_stored_choice_decides_the_tile() {
     );
     // Layers on other kernels have no key: depthwise here.
     let dw = Conv2dParams { groups: 8, ..p };
-    let key = conv::tune_key(&ctx, &dw, xs, Shape::new(8, 1, 3, 3), DType::F32, false).unwrap();
+    let key = conv::tune_key(
+        &ctx,
+        &dw,
+        xs,
+        Shape::new(8, 1, 3, 3),
+        DType::F32,
+        conv::Pass::Forward,
+    )
+    .unwrap();
     assert_eq!(key, None);
 }
 

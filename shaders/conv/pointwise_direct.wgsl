@@ -5,15 +5,15 @@
 // its width, costs a short loop over the SIMD lanes, and workgroup memory and
 // barriers cost as much again. So this family has no workgroup memory at all,
 // loads only vec4s of weights, and keeps 32-64 accumulators per thread: many FMAs
-// per load instruction. Real GPUs keep the tiled kernels in conv.wgsl (see
-// `ops::conv_direct` for the choice).
+// per load instruction. Real GPUs keep the tiled kernels in gemm.wgsl (see
+// `ops::conv::select` for the choice).
 //
 // Per group grp, with m = (image, pixel) over N*HW pixels, two entries that
 // differ in how they read B:
-//   forward (B as [n][k], vec4 along k):
+//   b_nk (B as [n][k], vec4 along k):
 //     y[img, grp*OCg + n, px] = act(sum_k x[img, grp*ICg + k, px] * w[grp*OCg + n, k] + b)
 //     (k over ICg, n over OCg: ICg % 4 == 0)
-//   backward (B as [k][n], vec4 along n; TN_B columns, 4 FMAs per weight load):
+//   b_kn (B as [k][n], vec4 along n; TN_B columns, 4 FMAs per weight load):
 //     gx[img, grp*ICg + n, px] = sum_k gy[img, grp*OCg + k, px] * w[grp*OCg + k, n]
 //     (k over OCg, n over ICg: ICg % 4 == 0). The host also runs the forward
 //     pass through it, with w transposed per group (B = w^T, k over ICg, n over
@@ -21,7 +21,7 @@
 // Both read A as "a[(img * a_c + grp * kdim + k) * hw + px]" and write
 // "y[(img * out_c + grp * ncols + n) * hw + px]", overwriting the output.
 //
-// The host prepends a prelude (see `ops::conv_direct`) that declares bindings 1
+// The host prepends a prelude (see `ops::conv::pointwise`) that declares bindings 1
 // (`a`) and 3 (`y`) and the functions below, in one of two layouts:
 //   vec4: HW % 4 == 0; a thread's pixels come in groups of 4 consecutive pixels of
 //         one image, loaded and stored as one vec4;
@@ -84,7 +84,7 @@ fn offsets(m: vec4<u32>, c: u32, c0: u32) -> vec4<u32> {
 }
 
 @compute @workgroup_size(WG)
-fn forward(@builtin(workgroup_id) wid: vec3<u32>,
+fn b_nk(@builtin(workgroup_id) wid: vec3<u32>,
            @builtin(num_workgroups) nwg: vec3<u32>,
            @builtin(local_invocation_index) lid: u32) {
     if (wid.x + wid.y * nwg.x >= p.total_wg) {
@@ -137,7 +137,7 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>,
 }
 
 @compute @workgroup_size(WG)
-fn backward(@builtin(workgroup_id) wid: vec3<u32>,
+fn b_kn(@builtin(workgroup_id) wid: vec3<u32>,
             @builtin(num_workgroups) nwg: vec3<u32>,
             @builtin(local_invocation_index) lid: u32) {
     if (wid.x + wid.y * nwg.x >= p.total_wg) {

@@ -28,7 +28,6 @@ pub(crate) use uniform_layout;
 /// Every uniform struct the host writes, with its WGSL twin.
 pub fn uniform_layouts() -> Vec<UniformLayout> {
     [
-        crate::ops::conv_direct::uniform_layouts(),
         crate::ops::pool::uniform_layouts(),
         crate::ops::softmax::uniform_layouts(),
         crate::ops::elementwise::uniform_layouts(),

@@ -14,7 +14,7 @@ pub mod affine;
 pub mod binary;
 pub mod concat;
 pub mod conv;
-pub mod conv_direct;
+
 pub mod elementwise;
 pub mod linear;
 pub mod loss;

@@ -1,17 +1,20 @@
 //! Pointwise convolutions (1x1, stride 1, no padding) and linear layers on CPU
-//! adapters: `shaders/conv/pointwise_direct.wgsl`, a register-blocked GEMM without
-//! workgroup memory.
+//! adapters: `shaders/conv/pointwise_direct.wgsl`, a register-blocked GEMM
+//! without workgroup memory.
 //!
-//! Chosen by [`crate::ops::conv`] when the context's [`KernelStyle`] is
-//! `Direct` (CPU adapters by default) and the layer is pointwise with input
-//! channels per group a multiple of 4; everything else keeps the tiled kernels.
-//! Two layouts, picked per layer: `vec4` (pixels per image a multiple of 4: loads
-//! and stores 4 pixels at a time) and `scalar` (any size, e.g. 7 x 7 maps and
-//! linear layers at batch 256 and more). Layers with fewer than 256 pixels in
-//! all (linear layers at small batch) stay on the tiled kernels.
+//! [`super::select`] picks it on CPU adapters for pointwise layers with input
+//! channels per group a multiple of 4 and at least 256 pixels in all (with
+//! fewer, linear layers at small batch, the tiled GEMM is faster). Two layouts,
+//! picked per layer ([`PwLayout`]): `vec4` (pixels per image a multiple of 4:
+//! loads and stores 4 pixels at a time) and `scalar` (any size, e.g. 7 x 7
+//! maps and linear layers at batch 256 and more). Two entries differ in how
+//! they read the weights: `b_nk` (`w` as [n][k]) and `b_kn` (`[k][n]`, 4 FMAs
+//! per weight load): the backward pass reads `w` through `b_kn`, the forward
+//! pass `w` transposed per group (made once per model) when the output
+//! channels per group come in fours, else `w` through `b_nk`.
 
 use crate::error::Result;
-use crate::gpu::{Binding, Context, KernelStyle, Recording, Shader, Tensor};
+use crate::gpu::{Binding, Context, Recording, Shader, Tensor};
 use crate::ops::activation::Activation;
 use crate::ops::elementwise;
 use crate::ops::prepared::{derived, PreparedWeights};
@@ -24,6 +27,24 @@ struct Layout {
     g: u32,
     tn_f: u32,
     tn_b: u32,
+}
+
+/// The two layouts of the pointwise kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PwLayout {
+    /// Pixels per image a multiple of 4: 4 consecutive pixels per load and store.
+    Vec4,
+    /// Any size: a thread's 4 pixels WG apart, loaded one by one.
+    Scalar,
+}
+
+impl PwLayout {
+    fn spec(self) -> Layout {
+        match self {
+            PwLayout::Vec4 => LAYOUT_VEC4,
+            PwLayout::Scalar => LAYOUT_SCALAR,
+        }
+    }
 }
 
 const LAYOUT_VEC4: Layout = Layout {
@@ -63,7 +84,7 @@ struct Params {
 
 /// A pointwise convolution seen as per-group GEMMs over `batch * hw` pixels.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Pointwise {
+pub(super) struct Pointwise {
     pub batch: u32,
     pub hw: u32,
     pub in_c: u32,
@@ -79,10 +100,9 @@ impl Pointwise {
         self.out_c / self.groups
     }
 
-    /// Whether the direct kernels take this layer on `ctx`.
-    pub fn eligible(&self, ctx: &Context) -> bool {
-        ctx.kernel_style() == KernelStyle::Direct
-            && self.groups > 0
+    /// Whether the direct kernels take this layer (on a CPU adapter).
+    pub fn eligible(&self) -> bool {
+        self.groups > 0
             && self.in_c.is_multiple_of(self.groups)
             && self.out_c.is_multiple_of(self.groups)
             && self.icg().is_multiple_of(4)
@@ -96,16 +116,16 @@ impl Pointwise {
             && (self.batch as u64 * self.hw as u64 * self.in_c.max(self.out_c) as u64) < u32::MAX as u64
     }
 
-    fn layout(&self) -> Layout {
+    pub fn layout(&self) -> PwLayout {
         if self.hw.is_multiple_of(4) {
-            LAYOUT_VEC4
+            PwLayout::Vec4
         } else {
-            LAYOUT_SCALAR
+            PwLayout::Scalar
         }
     }
 
     fn params(&self, kdim: u32, ncols: u32, a_c: u32, out_c: u32, tn: u32) -> Params {
-        let g = self.layout().g;
+        let g = self.layout().spec().g;
         let m = self.batch * self.hw;
         let tiles_m = m.div_ceil(4 * g * WG);
         let tiles_n = ncols.div_ceil(tn);
@@ -128,7 +148,7 @@ impl Pointwise {
 
 /// y = act(pointwise_conv(x, w) + b); shapes validated by the caller.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn forward(
+pub(super) fn forward(
     ctx: &Context,
     rec: &mut Recording,
     pw: &Pointwise,
@@ -140,7 +160,7 @@ pub(crate) fn forward(
     label: String,
     prepared: Option<&PreparedWeights>,
 ) -> Result<()> {
-    let l = pw.layout();
+    let l = pw.layout().spec();
     let (code, alpha, beta) = act.code();
     let constants = [
         ("HAS_BIAS", if b.is_some() { 1.0 } else { 0.0 }),
@@ -164,9 +184,9 @@ pub(crate) fn forward(
                 Ok(wt)
             },
         )?;
-        ("backward", l.tn_b, wt)
+        ("b_kn", l.tn_b, wt)
     } else {
-        ("forward", l.tn_f, w.clone())
+        ("b_nk", l.tn_f, w.clone())
     };
     let mut params = pw.params(pw.icg(), pw.ocg(), pw.in_c, pw.out_c, tn);
     params.act_alpha = alpha;
@@ -185,7 +205,7 @@ pub(crate) fn forward(
 
 /// gx = pointwise_conv_backward(gy, w), overwriting gx; shapes validated by the
 /// caller.
-pub(crate) fn backward(
+pub(super) fn backward(
     ctx: &Context,
     rec: &mut Recording,
     pw: &Pointwise,
@@ -194,7 +214,7 @@ pub(crate) fn backward(
     gx: &Tensor,
     label: &str,
 ) -> Result<()> {
-    let l = pw.layout();
+    let l = pw.layout().spec();
     let params = pw.params(pw.ocg(), pw.icg(), pw.out_c, pw.in_c, l.tn_b);
     let bindings = [
         Binding::Read,
@@ -202,13 +222,7 @@ pub(crate) fn backward(
         Binding::ReadWrite,
         Binding::Read,
     ];
-    let k = ctx.kernel(
-        l.shader,
-        gx.dtype,
-        "backward",
-        &bindings,
-        &[("WG", WG as f64)],
-    )?;
+    let k = ctx.kernel(l.shader, gx.dtype, "b_kn", &bindings, &[("WG", WG as f64)])?;
     let u = ctx.uniform(&params);
     // No bias: the weight is bound in its place (never read).
     rec.push(ctx.dispatch(label, &k, &u, &[gy, w, gx, w], params.total_wg)?);
@@ -217,7 +231,7 @@ pub(crate) fn backward(
 
 /// This file's uniform structs and their WGSL twins (checked by
 /// tests/backends.rs).
-pub(crate) fn uniform_layouts() -> Vec<crate::gpu::UniformLayout> {
+pub(super) fn uniform_layouts() -> Vec<crate::gpu::UniformLayout> {
     vec![crate::gpu::uniform_layout!(
         "conv_direct_vec4",
         "Params",
