@@ -3,7 +3,7 @@
 // blocks.
 //
 // On llvmpipe each load instruction costs a loop over the SIMD lanes whatever its
-// width (see conv_direct.wgsl), so this kernel reads the input as whole vec4
+// width (see pointwise_direct.wgsl), so this kernel reads the input as whole vec4
 // blocks: per kernel row, 3 aligned blocks hold the 4 + KW - 1 inputs a quad of
 // outputs needs (4 blocks for two adjacent quads), and every tap takes its 4
 // inputs out of them by a shift. The shift is (row offset * W - PAD_L) mod 4, a

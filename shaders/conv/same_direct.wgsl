@@ -1,6 +1,6 @@
 // Dense KH x KW convolution, stride 1, 'same' size (output = input size), for
 // CPU adapters, forward and backward to the input (MNIST-style and ResNet-style
-// 3x3 layers): the spatial sibling of conv_direct.wgsl, built like
+// 3x3 layers): the spatial sibling of pointwise_direct.wgsl, built like
 // depthwise_direct.wgsl.
 //
 // One thread computes 8 consecutive pixels of a plane (two quads, positions flat
