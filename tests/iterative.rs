@@ -633,6 +633,34 @@ fn fgsm_reports_the_gradient_norm_of_the_linear_view() {
         .is_none());
 }
 
+/// `webgpu_limits` (also `ADVEX_LIMITS=webgpu`, under which the whole suite
+/// passes) asks for WebGPU's default limits instead of the adapter's; the
+/// MNIST CNN gives the same predictions there.
+#[test]
+fn webgpu_default_limits_can_be_requested() {
+    let web = Arc::new(
+        advex::Context::new(advex::gpu::ContextOptions {
+            webgpu_limits: true,
+            ..Default::default()
+        })
+        .unwrap(),
+    );
+    assert_eq!(web.max_binding_bytes(), 128 << 20);
+    let (gpu, _, pixels) = digits();
+    let (gpu_web, _, _) = digits_on(web);
+    let n = 16usize;
+    let labels = vec![None; n];
+    let a = EvalPlan::new(&gpu, n as u32)
+        .unwrap()
+        .run(&pixels[..n * 784], &labels)
+        .unwrap();
+    let b = EvalPlan::new(&gpu_web, n as u32)
+        .unwrap()
+        .run(&pixels[..n * 784], &labels)
+        .unwrap();
+    assert_eq!(a, b, "eval under WebGPU's default limits");
+}
+
 /// A batch whose tensors would exceed the adapter's largest storage binding
 /// runs in parts that fit: on a device requested with 512 KiB bindings the
 /// MNIST CNN's batches of 32 (room for 10 images) run as four parts of 8, and

@@ -9,6 +9,9 @@
 #   TEST_LIMIT  seconds for all tests (default 150)   TEST_ONE  one executable (90)
 #   BENCH_LIMIT seconds for gpu_bench.sh (default 300) STEP_LIMIT one step (120)
 #   TESTS=0 / BENCH=0 skip a phase; BATCHES etc. go to gpu_bench.sh.
+# When the pack holds target/release/advex-before (ADVEX_BEFORE in
+# tools/device_pack.sh), a phase before the benchmarks times it against this
+# build, alternating, in the same run (before_after.txt; BEFORE=0 skips it).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 RES="${OUT:-device-out}"
@@ -87,6 +90,36 @@ if [ "${TESTS:-1}" != 0 ]; then
     done
     tar -C "$logs" -czf "$RES/tests.tar.gz" .
     echo "== tests done at $(elapsed) s"
+fi
+
+if [ "${BEFORE:-1}" != 0 ] && [ -x target/release/advex-before ]; then
+    # ABAB, each a fresh process: FGSM at 1 and 8 eps, f32, autotune off (the
+    # same kernels both sides unless the change is in the kernels).
+    for round in 1 2; do
+        for which in before after; do
+            exe=target/release/advex; [ "$which" = before ] && exe=target/release/advex-before
+            for eps in 1/255 1/255,2/255,3/255,4/255,5/255,6/255,7/255,8/255; do
+                timeout -k 5 120 "$exe" bench --batch-size 1,8,128 --eps "$eps" --no-tune --json 2>/dev/null \
+                    | sed "s/^/$which $round /" >> "$RES/before_after.txt"
+            done
+        done
+    done
+    python3 - "$RES/before_after.txt" <<'PY' | tee -a "$RES/before_after.txt"
+import json, sys
+rows = {}
+for line in open(sys.argv[1]):
+    which, rnd, js = line.split(" ", 2)
+    if not js.startswith("{"):
+        continue
+    r = json.loads(js)
+    rows.setdefault((r["batch_size"], r["eps_count"]), {}).setdefault(which, []).append(r["images_per_second"])
+print("batch eps   before img/s (runs)      after img/s (runs)   after/before (best)")
+for (b, k), v in sorted(rows.items()):
+    bf, af = v.get("before", []), v.get("after", [])
+    if bf and af:
+        print(f"{b:5d} {k:3d}  {' '.join(f'{x:9.1f}' for x in bf):>22}  {' '.join(f'{x:9.1f}' for x in af):>22}  {max(af) / max(bf):6.3f}")
+PY
+    echo "== before/after done at $(elapsed) s"
 fi
 
 if [ "${BENCH:-1}" != 0 ]; then

@@ -21,6 +21,11 @@ mapfile -t tests < <(cargo test --no-run --locked --message-format=json 2>/dev/n
 mkdir -p "$stage/target/release" "$stage/target/debug" "$stage/target/tests"
 cp target/release/advex "$stage/target/release/advex"
 cp "$bench" "$stage/target/release/kernels-bench"
+# ADVEX_BEFORE=path: an earlier release binary, timed against this one in the
+# same run by tools/device_check.sh (a ratio, not two runs' absolute figures).
+if [ -n "${ADVEX_BEFORE:-}" ]; then
+    cp "$ADVEX_BEFORE" "$stage/target/release/advex-before"
+fi
 # tests/cli.rs runs the advex that `cargo test` built (CARGO_BIN_EXE_advex).
 cp target/debug/advex "$stage/target/debug/advex"
 for t in "${tests[@]}"; do

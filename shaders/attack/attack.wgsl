@@ -1,10 +1,6 @@
 // Attack kernels: labels for the loss, steps of the FGSM family (sign, momentum,
 // L2), random starts, in-ball 8-bit rounding, per-image norms and bookkeeping.
 
-fn flat_group(wid: vec3<u32>, nwg: vec3<u32>) -> u32 {
-    return wid.x + wid.y * nwg.x;
-}
-
 // Elements of one image, for the per-element kernels that look up a per-image
 // value (eps, norms, flags): a pipeline constant, so `i / ITEM` compiles to a
 // multiply instead of a division per element.
@@ -88,7 +84,7 @@ struct StepParams {
 @compute @workgroup_size(256)
 fn step(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) lid: u32) {
-    let i = flat_group(wid, nwg) * 256u + lid;
+    let i = grid_group(wid, nwg) * 256u + lid;
     if (i >= sp.numel) { return; }
     let x = sx[i];
     let g = sg[i];
@@ -132,7 +128,7 @@ var<workgroup> gsum: array<f32, 256>;
 @compute @workgroup_size(256)
 fn grad_norm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
              @builtin(local_invocation_index) lid: u32) {
-    let img = flat_group(wid, nwg);
+    let img = grid_group(wid, nwg);
     let live = img < gp.n;
     var s = 0.0;
     if (live) {
@@ -178,7 +174,7 @@ struct StartParams {
 @compute @workgroup_size(256)
 fn random_start(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                 @builtin(local_invocation_index) lid: u32) {
-    let i = flat_group(wid, nwg) * 256u + lid;
+    let i = grid_group(wid, nwg) * 256u + lid;
     if (i >= rp.numel) { return; }
     let n = i / rp.item;
     let u = uniform01(rp.seed_lo, rp.seed_hi, rid[n], rp.restart, i - n * rp.item);
@@ -210,7 +206,7 @@ struct FinalParams {
 @compute @workgroup_size(256)
 fn finalize(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
             @builtin(local_invocation_index) lid: u32) {
-    let t = flat_group(wid, nwg) * 256u + lid;
+    let t = grid_group(wid, nwg) * 256u + lid;
     if (t >= fp.words) { return; }
     var packed = 0u;
     for (var j = 0u; j < 4u; j = j + 1u) {
@@ -249,7 +245,7 @@ struct SuccessParams {
 @compute @workgroup_size(64)
 fn first_success(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                  @builtin(local_invocation_index) lid: u32) {
-    let i = flat_group(wid, nwg) * 64u + lid;
+    let i = grid_group(wid, nwg) * 64u + lid;
     if (i >= up.n) { return; }
     let base = i * up.classes;
     var best = 0u;
@@ -281,7 +277,7 @@ struct ScoreParams {
 @compute @workgroup_size(64)
 fn restart_score(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                  @builtin(local_invocation_index) lid: u32) {
-    let i = flat_group(wid, nwg) * 64u + lid;
+    let i = grid_group(wid, nwg) * 64u + lid;
     if (i >= cp.n) { return; }
     let base = i * cp.classes;
     var best = 0u;
@@ -318,7 +314,7 @@ struct KeepParams {
 @compute @workgroup_size(256)
 fn keep_best(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
              @builtin(local_invocation_index) lid: u32) {
-    let i = flat_group(wid, nwg) * 256u + lid;
+    let i = grid_group(wid, nwg) * 256u + lid;
     if (i >= kp.numel) { return; }
     if (kflag[i / ITEM] == 1u) { kbest[i] = kadv[i]; }
 }
@@ -344,7 +340,7 @@ var<workgroup> ssum: array<f32, 256>;
 @compute @workgroup_size(256)
 fn norms(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
          @builtin(local_invocation_index) lid: u32) {
-    let img = flat_group(wid, nwg);
+    let img = grid_group(wid, nwg);
     // Uniform control flow: every invocation of the group shares img.
     let live = img < np.images;
     var m = 0.0;
@@ -378,7 +374,8 @@ fn norms(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: ve
 // ---------------------------------------------------------------------------
 // resolve_labels: after the clean forward, fill unknown labels (0xffffffff) with
 // the clean top-1 prediction, then choose the class whose loss the attack moves:
-// MODE 0 the label (untargeted), 1 a fixed target class, 2 the least-likely class.
+// MODE 0 the label (untargeted), 1 a fixed target class, 2 the least-likely class
+// (the host's `LabelMode`).
 override MODE: u32 = 0u;
 
 struct LabelParams {
@@ -397,7 +394,7 @@ struct LabelParams {
 @compute @workgroup_size(64)
 fn resolve_labels(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                   @builtin(local_invocation_index) lid: u32) {
-    let i = flat_group(wid, nwg) * 64u + lid;
+    let i = grid_group(wid, nwg) * 64u + lid;
     if (i >= lp.n) { return; }
     let base = i * lp.classes;
     // First maximum and first minimum, like torch.argmax / argmin.
@@ -475,7 +472,7 @@ var<workgroup> amax: array<f32, 256>;
 @compute @workgroup_size(256)
 fn apgd_start(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
               @builtin(local_invocation_index) lid: u32) {
-    let img = flat_group(wid, nwg);
+    let img = grid_group(wid, nwg);
     let live = img < asp.n;
     let random = asp.random == 1u;
     var id = 0u;
@@ -540,7 +537,7 @@ struct ApgdStepParams {
 @compute @workgroup_size(256)
 fn apgd_step(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
              @builtin(local_invocation_index) lid: u32) {
-    let i = flat_group(wid, nwg) * 256u + lid;
+    let i = grid_group(wid, nwg) * 256u + lid;
     if (i >= app.numel) { return; }
     let x = ap_x[i];
     let eps = ap_eps[i / ITEM];
@@ -597,7 +594,7 @@ struct ApgdTrackParams {
 @compute @workgroup_size(64)
 fn apgd_track(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
               @builtin(local_invocation_index) lid: u32) {
-    let i = flat_group(wid, nwg) * 64u + lid;
+    let i = grid_group(wid, nwg) * 64u + lid;
     if (i >= atp.n) { return; }
     let s = i * APGD_S;
     if (atp.phase == 3u) {
@@ -684,7 +681,7 @@ struct ApgdApplyParams {
 @compute @workgroup_size(256)
 fn apgd_apply(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
               @builtin(local_invocation_index) lid: u32) {
-    let i = flat_group(wid, nwg) * 256u + lid;
+    let i = grid_group(wid, nwg) * 256u + lid;
     if (i >= aap.numel) { return; }
     let f = u32(aa_state[(i / ITEM) * APGD_S + A_FLAGS]);
     if (f == 0u) { return; }
@@ -721,7 +718,7 @@ fn ranks_above(va: f32, a: u32, vb: f32, b: u32) -> bool {
 @compute @workgroup_size(64)
 fn apgd_targets(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                 @builtin(local_invocation_index) lid: u32) {
-    let i = flat_group(wid, nwg) * 64u + lid;
+    let i = grid_group(wid, nwg) * 64u + lid;
     if (i >= agp.n) { return; }
     let base = i * agp.classes;
     // The top class, then repeatedly the best class ranked below the last one.
@@ -774,7 +771,7 @@ struct BisectParams {
 @compute @workgroup_size(64)
 fn bisect_mid(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
               @builtin(local_invocation_index) lid: u32) {
-    let i = flat_group(wid, nwg) * 64u + lid;
+    let i = grid_group(wid, nwg) * 64u + lid;
     if (i >= bp.n) { return; }
     let lo = b_lohi[2u * i];
     let hi = b_lohi[2u * i + 1u];
@@ -789,7 +786,7 @@ fn bisect_mid(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
 @compute @workgroup_size(64)
 fn bisect_update(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                  @builtin(local_invocation_index) lid: u32) {
-    let i = flat_group(wid, nwg) * 64u + lid;
+    let i = grid_group(wid, nwg) * 64u + lid;
     if (i >= bp.n) { return; }
     let base = i * bp.classes;
     var best = 0u;
@@ -840,7 +837,7 @@ fn l2_reduce(lid: u32, v: f32) -> f32 {
 @compute @workgroup_size(256)
 fn step_l2(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
            @builtin(local_invocation_index) lid: u32) {
-    let img = flat_group(wid, nwg);
+    let img = grid_group(wid, nwg);
     let n = sp.numel / sp.item;
     let live = img < n;
     let base = img * sp.item;
@@ -882,7 +879,7 @@ fn normal01(seed_lo: u32, seed_hi: u32, image: u32, restart: u32, element: u32) 
 @compute @workgroup_size(256)
 fn random_start_l2(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                    @builtin(local_invocation_index) lid: u32) {
-    let img = flat_group(wid, nwg);
+    let img = grid_group(wid, nwg);
     let n = rp.numel / rp.item;
     let live = img < n;
     let base = img * rp.item;

@@ -67,7 +67,7 @@ fn first_tap(a: u32, pad: u32, dil: u32, stride: u32, step: u32, k_max: u32) -> 
 fn backward(@builtin(workgroup_id) wid: vec3<u32>,
             @builtin(num_workgroups) nwg: vec3<u32>,
             @builtin(local_invocation_index) lid: u32) {
-    let wg = wid.x + wid.y * nwg.x;
+    let wg = grid_group(wid, nwg);
     if (wg >= p.total_wg) {
         return;
     }

@@ -54,10 +54,6 @@ override HAS_BIAS: bool = false;
 
 // Epilogue activation: act() and ACT come from act.wgsl, prepended by the host.
 
-fn thread_index(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
-    return (wid.x + wid.y * nwg.x) * WG + lid;
-}
-
 // ---------------------------------------------------------------- forward
 
 @group(0) @binding(1) var<storage, read> x: array<st>;
@@ -69,7 +65,7 @@ fn thread_index(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
 fn forward(@builtin(workgroup_id) wid: vec3<u32>,
            @builtin(num_workgroups) nwg: vec3<u32>,
            @builtin(local_invocation_index) lid: u32) {
-    let t = thread_index(wid, nwg, lid);
+    let t = grid_thread(wid, nwg, lid, WG);
     if (t >= p.items) {
         return;
     }
@@ -127,7 +123,7 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>,
 fn backward(@builtin(workgroup_id) wid: vec3<u32>,
             @builtin(num_workgroups) nwg: vec3<u32>,
             @builtin(local_invocation_index) lid: u32) {
-    let t = thread_index(wid, nwg, lid);
+    let t = grid_thread(wid, nwg, lid, WG);
     if (t >= p.items) {
         return;
     }

@@ -58,7 +58,7 @@ const WG: u32 = 64u;
 fn main(@builtin(workgroup_id) wid: vec3<u32>,
         @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) lid: u32) {
-    let t = (wid.x + wid.y * nwg.x) * WG + lid;
+    let t = grid_thread(wid, nwg, lid, WG);
     if (t >= p.items) {
         return;
     }
@@ -130,7 +130,7 @@ fn row_block(base: u32, i: i32) -> vec4<f32> {
 fn backward_s2(@builtin(workgroup_id) wid: vec3<u32>,
                @builtin(num_workgroups) nwg: vec3<u32>,
                @builtin(local_invocation_index) lid: u32) {
-    let t = (wid.x + wid.y * nwg.x) * WG + lid;
+    let t = grid_thread(wid, nwg, lid, WG);
     if (t >= p2.items) {
         return;
     }

@@ -175,10 +175,6 @@ fn store_a(kq: u32, m: u32, v: vec4<f32>) {
     tile_a[(kq + 3u) * sa + col][c] = v.w;
 }
 
-fn flat_wg(wid: vec3<u32>, nwg: vec3<u32>) -> u32 {
-    return wid.x + wid.y * nwg.x;
-}
-
 fn pick(v: vec4<f32>, i: u32) -> f32 {
     return select(select(v.w, v.z, i == 2u), select(v.y, v.x, i == 0u), i < 2u);
 }
@@ -278,7 +274,7 @@ fn fwd_epilogue(mstart: u32, nb: u32, g: u32, bv: vec4<f32>,
 fn forward(@builtin(workgroup_id) wid: vec3<u32>,
            @builtin(num_workgroups) nwg: vec3<u32>,
            @builtin(local_invocation_index) lid: u32) {
-    let wg = flat_wg(wid, nwg);
+    let wg = grid_group(wid, nwg);
     if (wg >= p.total_wg) {
         return;
     }
@@ -463,7 +459,7 @@ fn bwd_epilogue(mstart: u32, nb: u32, g: u32,
 fn backward(@builtin(workgroup_id) wid: vec3<u32>,
             @builtin(num_workgroups) nwg: vec3<u32>,
             @builtin(local_invocation_index) lid: u32) {
-    let wg = flat_wg(wid, nwg);
+    let wg = grid_group(wid, nwg);
     if (wg >= p.total_wg) {
         return;
     }
@@ -670,7 +666,7 @@ fn ph_epilogue(mstart: u32, nb: u32, g: u32, ah: u32, aw: u32, cols: u32, gm: u3
 fn backward_phased(@builtin(workgroup_id) wid: vec3<u32>,
                    @builtin(num_workgroups) nwg: vec3<u32>,
                    @builtin(local_invocation_index) lid: u32) {
-    let wg = flat_wg(wid, nwg);
+    let wg = grid_group(wid, nwg);
     if (wg >= p.total_wg) {
         return;
     }

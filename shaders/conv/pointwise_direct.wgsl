@@ -69,7 +69,7 @@ struct Tile {
 }
 
 fn tile_of(wid: vec3<u32>, nwg: vec3<u32>) -> Tile {
-    let wg = wid.x + wid.y * nwg.x;
+    let wg = grid_group(wid, nwg);
     let rest = wg / p.tiles_n;
     return Tile(rest % p.tiles_m, (wg % p.tiles_n), rest / p.tiles_m);
 }
@@ -87,7 +87,7 @@ fn offsets(m: vec4<u32>, c: u32, c0: u32) -> vec4<u32> {
 fn b_nk(@builtin(workgroup_id) wid: vec3<u32>,
            @builtin(num_workgroups) nwg: vec3<u32>,
            @builtin(local_invocation_index) lid: u32) {
-    if (wid.x + wid.y * nwg.x >= p.total_wg) {
+    if (grid_group(wid, nwg) >= p.total_wg) {
         return;
     }
     let t = tile_of(wid, nwg);
@@ -140,7 +140,7 @@ fn b_nk(@builtin(workgroup_id) wid: vec3<u32>,
 fn b_kn(@builtin(workgroup_id) wid: vec3<u32>,
             @builtin(num_workgroups) nwg: vec3<u32>,
             @builtin(local_invocation_index) lid: u32) {
-    if (wid.x + wid.y * nwg.x >= p.total_wg) {
+    if (grid_group(wid, nwg) >= p.total_wg) {
         return;
     }
     let t = tile_of(wid, nwg);

@@ -59,7 +59,7 @@ const WG: u32 = 64u;
 fn repack(@builtin(workgroup_id) wid: vec3<u32>,
           @builtin(num_workgroups) nwg: vec3<u32>,
           @builtin(local_invocation_index) lid: u32) {
-    let i = (wid.x + wid.y * nwg.x) * WG + lid;
+    let i = grid_thread(wid, nwg, lid, WG);
     if (i >= p.items) {
         return;
     }
@@ -90,7 +90,7 @@ fn repack(@builtin(workgroup_id) wid: vec3<u32>,
 fn main(@builtin(workgroup_id) wid: vec3<u32>,
         @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) lid: u32) {
-    let t = (wid.x + wid.y * nwg.x) * WG + lid;
+    let t = grid_thread(wid, nwg, lid, WG);
     if (t >= p.items) {
         return;
     }
@@ -212,7 +212,7 @@ fn emit_s2(img: u32, o: u32, oh: u32, k: u32, acc: vec4<f32>) {
 fn main_s2(@builtin(workgroup_id) wid: vec3<u32>,
            @builtin(num_workgroups) nwg: vec3<u32>,
            @builtin(local_invocation_index) lid: u32) {
-    let t = (wid.x + wid.y * nwg.x) * WG + lid;
+    let t = grid_thread(wid, nwg, lid, WG);
     if (t >= p.items) {
         return;
     }

@@ -56,17 +56,13 @@ fn dact_from_output(y: f32) -> f32 {
     }
 }
 
-fn flat(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
-    return (wid.x + wid.y * nwg.x) * 256u + lid;
-}
-
 @group(0) @binding(1) var<storage, read> x: array<st>;
 @group(0) @binding(2) var<storage, read_write> y: array<st>;
 
 @compute @workgroup_size(256)
 fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
            @builtin(local_invocation_index) lid: u32) {
-    let i = flat(wid, nwg, lid);
+    let i = grid_thread(wid, nwg, lid, 256u);
     if (i >= p.count) { return; }
     y[i] = st(act(f32(x[i])));
 }
@@ -79,7 +75,7 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
 @compute @workgroup_size(256)
 fn backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
             @builtin(local_invocation_index) lid: u32) {
-    let i = flat(wid, nwg, lid);
+    let i = grid_thread(wid, nwg, lid, 256u);
     if (i >= p.count) { return; }
     gx[i] = st(f32(gy[i]) * dact(f32(bx[i])));
 }
@@ -91,7 +87,7 @@ fn backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
 fn backward_from_output(@builtin(workgroup_id) wid: vec3<u32>,
                         @builtin(num_workgroups) nwg: vec3<u32>,
                         @builtin(local_invocation_index) lid: u32) {
-    let i = flat(wid, nwg, lid);
+    let i = grid_thread(wid, nwg, lid, 256u);
     if (i >= p.count) { return; }
     gx[i] = st(f32(gy[i]) * dact_from_output(f32(oy[i])));
 }
@@ -107,7 +103,7 @@ fn backward_from_output(@builtin(workgroup_id) wid: vec3<u32>,
 fn backward_from_output4(@builtin(workgroup_id) wid: vec3<u32>,
                          @builtin(num_workgroups) nwg: vec3<u32>,
                          @builtin(local_invocation_index) lid: u32) {
-    let i = flat(wid, nwg, lid);
+    let i = grid_thread(wid, nwg, lid, 256u);
     if (i >= p.count) { return; }
     let yv = vec4<f32>(oy4[i]);
     let d = vec4(dact_from_output(yv.x), dact_from_output(yv.y),

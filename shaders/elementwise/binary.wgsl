@@ -43,10 +43,6 @@ struct Bwd {
 @group(0) @binding(2) var<storage, read> other: array<st>;
 @group(0) @binding(3) var<storage, read_write> g: array<st>;
 
-fn group_index(wid: vec3<u32>, nwg: vec3<u32>) -> u32 {
-    return wid.x + wid.y * nwg.x;
-}
-
 // Coordinates (n, c, h, w) of flat index i in dims d.
 fn coords(i: u32, d: vec4<u32>) -> vec4<u32> {
     let w = i % d.w;
@@ -63,7 +59,7 @@ fn contiguous(d: vec4<u32>) -> vec4<u32> {
 @compute @workgroup_size(256)
 fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
            @builtin(local_invocation_index) lid: u32) {
-    let i = group_index(wid, nwg) * WG + lid;
+    let i = grid_group(wid, nwg) * WG + lid;
     if (i >= fp.count) {
         return;
     }
@@ -89,7 +85,7 @@ fn term(oc: vec4<u32>) -> f32 {
 @compute @workgroup_size(256)
 fn grad_map(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
             @builtin(local_invocation_index) lid: u32) {
-    let i = group_index(wid, nwg) * WG + lid;
+    let i = grid_group(wid, nwg) * WG + lid;
     if (i >= bp.count) {
         return;
     }
@@ -102,7 +98,7 @@ var<workgroup> partial: array<f32, WG>;
 @compute @workgroup_size(256)
 fn grad_reduce(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                @builtin(local_invocation_index) lid: u32) {
-    let j = group_index(wid, nwg);
+    let j = grid_group(wid, nwg);
     if (j >= bp.count) {
         return;
     }

@@ -35,7 +35,7 @@ fn above(va: f32, a: u32, vb: f32, b: u32) -> bool {
 @compute @workgroup_size(64)
 fn dlr(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
        @builtin(local_invocation_index) lid: u32) {
-    let r = (wid.x + wid.y * nwg.x) * 64u + lid;
+    let r = grid_thread(wid, nwg, lid, 64u);
     if (r >= p.n) { return; }
     let base = r * p.k;
     // The four highest classes, best first (k >= 4 checked by the host; with

@@ -42,10 +42,6 @@ struct Params {
 var<workgroup> partial: array<f32, WG>;
 var<workgroup> partial_idx: array<u32, WG>;
 
-fn group_index(wid: vec3<u32>, nwg: vec3<u32>) -> u32 {
-    return wid.x + wid.y * nwg.x;
-}
-
 fn neg_inf() -> f32 {
     return bitcast<f32>(0xff800000u);
 }
@@ -108,7 +104,7 @@ fn row_sum_exp(r: u32, lid: u32, m: f32) -> f32 {
 @compute @workgroup_size(256)
 fn softmax_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                    @builtin(local_invocation_index) lid: u32) {
-    let r = group_index(wid, nwg);
+    let r = grid_group(wid, nwg);
     if (r >= p.rows) {
         return;
     }
@@ -123,7 +119,7 @@ fn softmax_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroup
 @compute @workgroup_size(256)
 fn softmax_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                     @builtin(local_invocation_index) lid: u32) {
-    let r = group_index(wid, nwg);
+    let r = grid_group(wid, nwg);
     if (r >= p.rows) {
         return;
     }
@@ -142,7 +138,7 @@ fn softmax_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgrou
 @compute @workgroup_size(256)
 fn cross_entropy(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                  @builtin(local_invocation_index) lid: u32) {
-    let r = group_index(wid, nwg);
+    let r = grid_group(wid, nwg);
     if (r >= p.rows) {
         return;
     }
@@ -188,7 +184,7 @@ fn beats(va: f32, ia: u32, vb: f32, ib: u32) -> bool {
 @compute @workgroup_size(256)
 fn argmax_prob(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                @builtin(local_invocation_index) lid: u32) {
-    let r = group_index(wid, nwg);
+    let r = grid_group(wid, nwg);
     if (r >= p.rows) {
         return;
     }

@@ -44,10 +44,6 @@ struct Params {
 @group(0) @binding(1) var<storage, read> agy: array<st>;
 @group(0) @binding(2) var<storage, read_write> agx: array<st>;
 
-fn group_index(wid: vec3<u32>, nwg: vec3<u32>) -> u32 {
-    return wid.x + wid.y * nwg.x;
-}
-
 fn neg_inf() -> f32 {
     return bitcast<f32>(0xff800000u);
 }
@@ -85,7 +81,7 @@ fn window_max(base: u32, oy: u32, ox: u32) -> Best {
 @compute @workgroup_size(256)
 fn max_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                @builtin(local_invocation_index) lid: u32) {
-    let i = group_index(wid, nwg) * WG + lid;
+    let i = grid_group(wid, nwg) * WG + lid;
     if (i >= p.count) {
         return;
     }
@@ -99,7 +95,7 @@ fn max_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
 @compute @workgroup_size(256)
 fn max_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                 @builtin(local_invocation_index) lid: u32) {
-    let i = group_index(wid, nwg) * WG + lid;
+    let i = grid_group(wid, nwg) * WG + lid;
     if (i >= p.count) {
         return;
     }
@@ -149,7 +145,7 @@ fn max_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
 @compute @workgroup_size(256)
 fn max_backward_windows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                         @builtin(local_invocation_index) lid: u32) {
-    let i = group_index(wid, nwg) * WG + lid;
+    let i = grid_group(wid, nwg) * WG + lid;
     if (i >= p.count) {
         return;
     }
@@ -208,7 +204,7 @@ fn avg_window(oy: u32, ox: u32) -> AvgWindow {
 @compute @workgroup_size(256)
 fn avg_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                @builtin(local_invocation_index) lid: u32) {
-    let i = group_index(wid, nwg) * WG + lid;
+    let i = grid_group(wid, nwg) * WG + lid;
     if (i >= p.count) {
         return;
     }
@@ -234,7 +230,7 @@ fn avg_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
 @compute @workgroup_size(256)
 fn avg_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                 @builtin(local_invocation_index) lid: u32) {
-    let i = group_index(wid, nwg) * WG + lid;
+    let i = grid_group(wid, nwg) * WG + lid;
     if (i >= p.count) {
         return;
     }
@@ -282,7 +278,7 @@ var<workgroup> partial: array<f32, WG>;
 @compute @workgroup_size(256)
 fn global_avg_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                       @builtin(local_invocation_index) lid: u32) {
-    let plane = group_index(wid, nwg);
+    let plane = grid_group(wid, nwg);
     if (plane >= p.count) {
         return;
     }
@@ -310,7 +306,7 @@ fn global_avg_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgr
 @compute @workgroup_size(256)
 fn global_avg_forward_thread(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                              @builtin(local_invocation_index) lid: u32) {
-    let plane = group_index(wid, nwg) * WG + lid;
+    let plane = grid_group(wid, nwg) * WG + lid;
     if (plane >= p.count) {
         return;
     }
@@ -327,7 +323,7 @@ fn global_avg_forward_thread(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num
 @compute @workgroup_size(256)
 fn global_avg_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                        @builtin(local_invocation_index) lid: u32) {
-    let i = group_index(wid, nwg) * WG + lid;
+    let i = grid_group(wid, nwg) * WG + lid;
     if (i >= p.count) {
         return;
     }

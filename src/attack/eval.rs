@@ -13,7 +13,7 @@ use crate::ops::loss::{argmax_prob, ARGMAX_PROB_WIDTH};
 const W: usize = ARGMAX_PROB_WIDTH as usize;
 use crate::plan::{ForwardPlan, GpuModel};
 
-use super::fgsm::LabelParams;
+use super::fgsm::{LabelMode, LabelParams};
 
 pub struct EvalPlan {
     ctx: Arc<Context>,
@@ -51,7 +51,7 @@ impl EvalPlan {
             fwd.logits.dtype,
             "resolve_labels",
             &[Binding::Read, Binding::ReadWriteF32, Binding::ReadWriteF32],
-            &[("MODE", 0.0)],
+            &[LabelMode::Untargeted.constant()],
         )?;
         let p = c.uniform(&LabelParams {
             n: batch,

@@ -35,6 +35,25 @@ struct FinalParams {
     item: u32,
 }
 
+/// `resolve_labels`' MODE override (attack.wgsl): the class whose loss the
+/// attack moves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum LabelMode {
+    /// The label (untargeted attacks; also evaluation).
+    Untargeted = 0,
+    /// A fixed target class (`target_class`).
+    Class = 1,
+    /// The clean model's least-likely class.
+    LeastLikely = 2,
+}
+
+impl LabelMode {
+    /// The pipeline constant.
+    pub(super) fn constant(self) -> (&'static str, f64) {
+        ("MODE", self as u32 as f64)
+    }
+}
+
 /// Mirrors `LabelParams`.
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -198,9 +217,9 @@ impl AttackPlan {
         b.copy(&clean, &grad.input);
         b.shared(Piece::GradForward);
         let (mode, target_class) = match target {
-            Target::Untargeted => (0.0, 0),
-            Target::Class(t) => (1.0, t),
-            Target::LeastLikely => (2.0, 0),
+            Target::Untargeted => (LabelMode::Untargeted, 0),
+            Target::Class(t) => (LabelMode::Class, t),
+            Target::LeastLikely => (LabelMode::LeastLikely, 0),
         };
         if let Target::Class(t) = target {
             if t >= classes {
@@ -214,7 +233,7 @@ impl AttackPlan {
             grad.logits.dtype,
             "resolve_labels",
             &[Binding::Read, Binding::ReadWriteF32, Binding::ReadWriteF32],
-            &[("MODE", mode)],
+            &[mode.constant()],
         )?;
         let p = c.uniform(&LabelParams {
             n: batch,

@@ -47,6 +47,25 @@ pub struct ContextOptions {
     /// many bytes, below the adapter's own limit (tests use it to exercise
     /// the plans' batch splitting).
     pub max_binding_bytes: Option<u64>,
+    /// Request WebGPU's default limits (128 MiB storage bindings, 256 MiB
+    /// buffers, 16 KiB of workgroup memory, 256 invocations per workgroup...)
+    /// instead of the adapter's own, as a browser or a strict driver would give;
+    /// `ADVEX_LIMITS=webgpu` turns it on too (the test suite runs under it).
+    pub webgpu_limits: bool,
+}
+
+/// `ADVEX_LIMITS`: `webgpu` asks for WebGPU's default limits, `adapter` (or
+/// unset) for the adapter's own.
+fn webgpu_limits_from_env() -> Result<bool> {
+    match std::env::var("ADVEX_LIMITS") {
+        Ok(v) if v.trim().eq_ignore_ascii_case("webgpu") => Ok(true),
+        Ok(v) if v.trim().is_empty() || v.trim().eq_ignore_ascii_case("adapter") => Ok(false),
+        Ok(v) => Err(Error::Usage(format!(
+            "ADVEX_LIMITS={v:?} is not a limit set: use webgpu (WebGPU's default limits) \
+             or adapter (the adapter's own), or unset it"
+        ))),
+        Err(_) => Ok(false),
+    }
 }
 
 /// Which kernel family runs pointwise convolutions and linear layers.
@@ -251,8 +270,13 @@ impl Context {
         let wanted_features = wgpu::Features::SHADER_F16 | wgpu::Features::TIMESTAMP_QUERY;
         let features = adapter.features() & wanted_features;
         // The adapter's own limits: wgpu's defaults (128 MiB storage bindings) are far
-        // too small for real batches.
-        let mut limits = adapter.limits();
+        // too small for real batches; the plans split batches to fit what is given.
+        let webgpu = options.webgpu_limits || webgpu_limits_from_env()?;
+        let mut limits = if webgpu {
+            wgpu::Limits::default()
+        } else {
+            adapter.limits()
+        };
         if let Some(cap) = options.max_binding_bytes {
             limits.max_storage_buffer_binding_size =
                 limits.max_storage_buffer_binding_size.min(cap);

@@ -6,6 +6,17 @@
 //! The sources live in `shaders/`, a folder per op family: `common/` (snippets
 //! prepended to others), `conv/`, `elementwise/`, `pool/`, `loss/`, `attack/`.
 
+/// A module's source: `shaders/common/grid.wgsl` (grid indexing, shared by
+/// every kernel), then the named files under `shaders/`, in order.
+macro_rules! module {
+    ($($file:literal),+) => {
+        concat!(
+            include_str!("../../shaders/common/grid.wgsl"),
+            $(include_str!(concat!("../../shaders/", $file))),+
+        )
+    };
+}
+
 /// One compiled WGSL module. `st` (the storage type) is left to the prelude the
 /// context adds (`alias st = f32;`, or `enable f16; alias st = f16;`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -87,50 +98,42 @@ impl Shader {
         }
     }
 
-    /// The module's full source, preludes included.
+    /// The module's full source, preludes included (every module starts with
+    /// `shaders/common/grid.wgsl`).
     pub fn source(self) -> &'static str {
         match self {
-            Shader::Activation => concat!(
-                include_str!("../../shaders/common/act.wgsl"),
-                include_str!("../../shaders/elementwise/activation.wgsl")
+            Shader::Activation => module!("common/act.wgsl", "elementwise/activation.wgsl"),
+            Shader::Affine => module!("elementwise/affine.wgsl"),
+            Shader::Attack => module!("attack/attack.wgsl"),
+            Shader::Binary => module!("elementwise/binary.wgsl"),
+            Shader::Concat => module!("elementwise/concat.wgsl"),
+            Shader::Conv => module!("common/act.wgsl", "conv/gemm.wgsl"),
+            Shader::ConvBackwardFew => module!("conv/backward_few.wgsl"),
+            Shader::ConvDirectVec4 => module!(
+                "conv/pointwise_vec4.wgsl",
+                "common/act.wgsl",
+                "conv/pointwise_direct.wgsl"
             ),
-            Shader::Affine => include_str!("../../shaders/elementwise/affine.wgsl"),
-            Shader::Attack => include_str!("../../shaders/attack/attack.wgsl"),
-            Shader::Binary => include_str!("../../shaders/elementwise/binary.wgsl"),
-            Shader::Concat => include_str!("../../shaders/elementwise/concat.wgsl"),
-            Shader::Conv => concat!(
-                include_str!("../../shaders/common/act.wgsl"),
-                include_str!("../../shaders/conv/gemm.wgsl")
+            Shader::ConvDirectScalar => module!(
+                "conv/pointwise_scalar.wgsl",
+                "common/act.wgsl",
+                "conv/pointwise_direct.wgsl"
             ),
-            Shader::ConvBackwardFew => include_str!("../../shaders/conv/backward_few.wgsl"),
-            Shader::ConvDirectVec4 => concat!(
-                include_str!("../../shaders/conv/pointwise_vec4.wgsl"),
-                include_str!("../../shaders/common/act.wgsl"),
-                include_str!("../../shaders/conv/pointwise_direct.wgsl")
+            Shader::ConvSameDirect => module!(
+                "common/act.wgsl",
+                "common/window.wgsl",
+                "conv/same_direct.wgsl"
             ),
-            Shader::ConvDirectScalar => concat!(
-                include_str!("../../shaders/conv/pointwise_scalar.wgsl"),
-                include_str!("../../shaders/common/act.wgsl"),
-                include_str!("../../shaders/conv/pointwise_direct.wgsl")
+            Shader::Depthwise => module!("common/act.wgsl", "conv/depthwise.wgsl"),
+            Shader::DepthwiseDirect => module!(
+                "common/act.wgsl",
+                "common/window.wgsl",
+                "conv/depthwise_direct.wgsl"
             ),
-            Shader::ConvSameDirect => concat!(
-                include_str!("../../shaders/common/act.wgsl"),
-                include_str!("../../shaders/common/window.wgsl"),
-                include_str!("../../shaders/conv/same_direct.wgsl")
-            ),
-            Shader::Depthwise => concat!(
-                include_str!("../../shaders/common/act.wgsl"),
-                include_str!("../../shaders/conv/depthwise.wgsl")
-            ),
-            Shader::DepthwiseDirect => concat!(
-                include_str!("../../shaders/common/act.wgsl"),
-                include_str!("../../shaders/common/window.wgsl"),
-                include_str!("../../shaders/conv/depthwise_direct.wgsl")
-            ),
-            Shader::Dlr => include_str!("../../shaders/loss/dlr.wgsl"),
-            Shader::Elementwise => include_str!("../../shaders/elementwise/elementwise.wgsl"),
-            Shader::Pool => include_str!("../../shaders/pool/pool.wgsl"),
-            Shader::Softmax => include_str!("../../shaders/loss/softmax.wgsl"),
+            Shader::Dlr => module!("loss/dlr.wgsl"),
+            Shader::Elementwise => module!("elementwise/elementwise.wgsl"),
+            Shader::Pool => module!("pool/pool.wgsl"),
+            Shader::Softmax => module!("loss/softmax.wgsl"),
         }
     }
 
