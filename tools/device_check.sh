@@ -9,9 +9,11 @@
 #   TEST_LIMIT  seconds for all tests (default 150)   TEST_ONE  one executable (90)
 #   BENCH_LIMIT seconds for gpu_bench.sh (default 300) STEP_LIMIT one step (120)
 #   TESTS=0 / BENCH=0 skip a phase; BATCHES etc. go to gpu_bench.sh.
+#   TESTS_WEBGPU=1 runs the tests a second time with ADVEX_LIMITS=webgpu.
 # When the pack holds target/release/advex-before (ADVEX_BEFORE in
 # tools/device_pack.sh), a phase before the benchmarks times it against this
-# build, alternating, in the same run (before_after.txt; BEFORE=0 skips it).
+# build, alternating, in the same run (before_after.txt; BEFORE=0 skips it;
+# BEFORE_BATCHES and BEFORE_MODEL change what is timed).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 RES="${OUT:-device-out}"
@@ -62,32 +64,36 @@ fi
 cat "$RES/machine.txt"
 echo "== prepared in $(elapsed) s"
 
-if [ "${TESTS:-1}" != 0 ]; then
+run_tests() { # tag (added to names), then environment for the executables
+    local tag=$1; shift
     limit=${TEST_LIMIT:-150}
     one=${TEST_ONE:-90}
-    logs=$(mktemp -d)
     ts=$(date +%s)
     for t in target/tests/*; do
         [ -x "$t" ] || continue
         name=$(basename "$t")
-        # tests/backends.rs translates shaders on the CPU: nothing to learn on a GPU.
-        [ "$name" = backends ] && continue
         # Its fixture (18 MB) may be left behind to fit the transfer limit.
         if [ "$name" = onnx_effnet ] && [ ! -f tests/fixtures/onnx/efficientnet_lite0.onnx.data ]; then
-            echo "$name: not run (tests/fixtures/onnx/efficientnet_lite0.onnx.data not carried)" | tee -a "$RES/tests.txt"; continue
+            echo "$name$tag: not run (tests/fixtures/onnx/efficientnet_lite0.onnx.data not carried)" | tee -a "$RES/tests.txt"; continue
         fi
         left=$(( limit - ($(date +%s) - ts) ))
-        if [ "$left" -le 5 ]; then echo "$name: not run (TEST_LIMIT spent)" | tee -a "$RES/tests.txt"; continue; fi
+        if [ "$left" -le 5 ]; then echo "$name$tag: not run (TEST_LIMIT spent)" | tee -a "$RES/tests.txt"; continue; fi
         lim=$(( left < one ? left : one ))
         s=$(date +%s)
-        timeout -k 5 "$lim" "$t" --test-threads=8 > "$logs/$name.log" 2>&1
+        env "$@" timeout -k 5 "$lim" "$t" --test-threads=8 > "$logs/$name$tag.log" 2>&1
         rc=$?
-        result=$(grep '^test result' "$logs/$name.log" | tail -1)
-        echo "$name: rc $rc, $(( $(date +%s) - s )) s, ${result:-no result line}" | tee -a "$RES/tests.txt"
+        result=$(grep '^test result' "$logs/$name$tag.log" | tail -1)
+        echo "$name$tag: rc $rc, $(( $(date +%s) - s )) s, ${result:-no result line}" | tee -a "$RES/tests.txt"
         if [ "$rc" -ne 0 ]; then
-            grep -E -A12 '^---- |panicked' "$logs/$name.log" | head -60 | sed 's/^/    /' >> "$RES/tests.txt"
+            grep -E -A12 '^---- |panicked' "$logs/$name$tag.log" | head -60 | sed 's/^/    /' >> "$RES/tests.txt"
         fi
     done
+}
+
+if [ "${TESTS:-1}" != 0 ]; then
+    logs=$(mktemp -d)
+    run_tests "" ADVEX_LIMITS=adapter
+    [ "${TESTS_WEBGPU:-0}" = 1 ] && run_tests "@webgpu" ADVEX_LIMITS=webgpu
     tar -C "$logs" -czf "$RES/tests.tar.gz" .
     echo "== tests done at $(elapsed) s"
 fi
@@ -99,7 +105,8 @@ if [ "${BEFORE:-1}" != 0 ] && [ -x target/release/advex-before ]; then
         for which in before after; do
             exe=target/release/advex; [ "$which" = before ] && exe=target/release/advex-before
             for eps in 1/255 1/255,2/255,3/255,4/255,5/255,6/255,7/255,8/255; do
-                timeout -k 5 120 "$exe" bench --batch-size 1,8,128 --eps "$eps" --no-tune --json 2>/dev/null \
+                timeout -k 5 120 "$exe" bench --batch-size "${BEFORE_BATCHES:-1,8,128}" --eps "$eps" --no-tune --json \
+                    ${BEFORE_MODEL:+--model "$BEFORE_MODEL"} 2>/dev/null \
                     | sed "s/^/$which $round /" >> "$RES/before_after.txt"
             done
         done
