@@ -147,7 +147,9 @@ pub fn open_run(dir: &Path, manifest: &Manifest, overwrite: bool) -> Result<()> 
             .map_err(|e| Error::io(dir, e))?
             .flatten()
             .any(|e| !e.file_name().to_string_lossy().starts_with('.'));
-        if busy {
+        // Checked again after the listing: another worker of the same run may
+        // have written the manifest (and started on shards) since the first look.
+        if busy && !path.exists() {
             return Err(Error::Usage(format!(
                 "--out {} already holds files that are not an advex run; choose an empty \
                  folder, or pass --overwrite to replace its eps_* folders",
