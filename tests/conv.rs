@@ -814,6 +814,57 @@ fn conv_tile_variants() {
     );
 }
 
+/// `forward_fixed` (kernel size and stride as pipeline constants) against the
+/// reference, on a GPU-style context: the largest row segment it takes (7 wide
+/// at stride 3: 16 values), rectangular kernels, unequal strides, a channel
+/// multiplier, odd sizes, batch 1, bias; and the general kernel beyond it.
+#[test]
+fn depthwise_fixed_forward() {
+    let ctx = ctx_style(KernelStyle::Tiled);
+    let cases = [
+        (
+            Case::new("dw k7 s3 (16-value segment)", 2, 3, [17, 19], 3, [7, 7])
+                .pad([3; 4])
+                .stride([3, 3])
+                .groups(3)
+                .bias(),
+            DepthwiseFixed,
+        ),
+        (
+            Case::new("dw k5x3 s(1,2)", 1, 4, [9, 11], 4, [5, 3])
+                .pad([2, 1, 2, 0])
+                .stride([1, 2])
+                .groups(4),
+            DepthwiseFixed,
+        ),
+        (
+            Case::new("dw k3 s2 mult 2", 3, 2, [7, 6], 4, [3, 3])
+                .pad([1; 4])
+                .stride([2, 2])
+                .groups(2)
+                .bias(),
+            DepthwiseFixed,
+        ),
+        (
+            Case::new("dw k1 s1", 1, 5, [4, 3], 5, [1, 1]).groups(5),
+            DepthwiseFixed,
+        ),
+        // 3 * 4 + 5 = 17 values: the general kernel
+        (
+            Case::new("dw k5 s4", 1, 2, [13, 17], 2, [5, 5])
+                .pad([2; 4])
+                .stride([4, 4])
+                .groups(2),
+            Depthwise,
+        ),
+    ];
+    for (i, (case, want)) in cases.iter().enumerate() {
+        assert_eq!(conv_kernels(&ctx, case)[0], *want, "{}", case.name);
+        check_on(&ctx, case, true, 620 + i as u64);
+        check_fused(&ctx, case, true, Activation::Relu6, 640 + i as u64);
+    }
+}
+
 #[test]
 fn depthwise_backward_stride_phases() {
     // EfficientNet-Lite0's 5x5 stride-2 depthwise (TF SAME on an even input)
@@ -1056,11 +1107,11 @@ fn depthwise_direct_and_fallback() {
         for act in [Activation::Relu6, Activation::Hardswish] {
             check_fused(&ctx, case, true, act, 320 + i as u64);
         }
-        // The GPU family keeps the general depthwise kernel.
+        // The GPU family keeps the depthwise kernel (its fixed-size forward).
         let tiled = ctx_style(KernelStyle::Tiled);
         assert_eq!(
             conv_kernels(&tiled, case),
-            [Depthwise, Depthwise],
+            [DepthwiseFixed, Depthwise],
             "{}",
             case.name
         );
@@ -1092,9 +1143,15 @@ fn depthwise_direct_and_fallback() {
             .groups(4),
     ];
     for (i, case) in fallback.iter().enumerate() {
+        // Without dilation the forward pass takes forward_fixed.
+        let forward = if case.name == "dw dilated" {
+            Depthwise
+        } else {
+            DepthwiseFixed
+        };
         assert_eq!(
             conv_kernels(&ctx, case),
-            [Depthwise, Depthwise],
+            [forward, Depthwise],
             "{}",
             case.name
         );
@@ -1131,7 +1188,7 @@ fn depthwise_direct_and_fallback() {
     for (i, case) in s2.iter().enumerate() {
         assert_eq!(
             conv_kernels(&ctx, case),
-            [Depthwise, DepthwiseDirectS2],
+            [DepthwiseFixed, DepthwiseDirectS2],
             "{}",
             case.name
         );

@@ -9,7 +9,7 @@
 // Storage elements are `st` (f32 or f16, aliased by the host); arithmetic is f32.
 
 //
-// Compiled without wgpu's runtime checks (Context::kernel's TRUSTED_SHADERS), so
+// Compiled without wgpu's runtime checks (`Shader::trusted`), so
 // every access guards itself: threads past `items` return first; input reads
 // check the row / column ranges; output gradient reads check oh < out_h,
 // ow < out_w; writes check the last partial quad of a row. Divisors (quads,
@@ -99,6 +99,74 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>,
                     acc[j] += wv * f32(x[row + u32(iwj)]);
                 }
             }
+        }
+    }
+    var b = 0.0;
+    if (HAS_BIAS) {
+        b = f32(bias[oc]);
+    }
+    let y_base = ((img * p.out_c + oc) * p.out_h + oh) * p.out_w + ow0;
+    for (var j = 0u; j < PER; j++) {
+        if (ow0 + j < p.out_w) {
+            y[y_base + j] = st(act(acc[j] + b));
+        }
+    }
+}
+
+// --------------------------------------- forward, kernel size and stride fixed
+// forward_fixed: the outputs of `forward` for layers without dilation, with the
+// kernel size and stride as pipeline constants (KH, KW, SH, SW), so the loops
+// unroll; the input row segment a thread's 4 outputs need (3 * SW + KW values)
+// is loaded once per kernel row instead of once per tap. The host takes it only
+// when 3 * SW + KW <= SEG_MAX and KH, KW are the weight's own sizes (so the
+// segment and weight indices stay in range: this module runs unchecked).
+
+override KH: u32 = 3u;
+override KW: u32 = 3u;
+override SH: u32 = 1u;
+override SW: u32 = 1u;
+const SEG_MAX: u32 = 16u;
+
+@compute @workgroup_size(256)
+fn forward_fixed(@builtin(workgroup_id) wid: vec3<u32>,
+                 @builtin(num_workgroups) nwg: vec3<u32>,
+                 @builtin(local_invocation_index) lid: u32) {
+    let t = grid_thread(wid, nwg, lid, WG);
+    if (t >= p.items) {
+        return;
+    }
+    let q = t % p.quads;
+    var r = t / p.quads;
+    let oh = r % p.out_h;
+    r = r / p.out_h;
+    let oc = r % p.out_c;
+    let img = r / p.out_c;
+    let c = oc / p.mult;
+    let ow0 = q * PER;
+
+    let x_base = (img * p.in_c + c) * p.in_h * p.in_w;
+    let w_base = oc * KH * KW;
+    let ih0 = i32(oh * SH) - i32(p.pad_t);
+    let iw0 = i32(ow0 * SW) - i32(p.pad_l);
+    var acc = vec4<f32>(0.0);
+    for (var kh = 0u; kh < KH; kh++) {
+        let ih = ih0 + i32(kh);
+        if (u32(ih) >= p.in_h) {
+            continue;
+        }
+        let row = x_base + u32(ih) * p.in_w;
+        var seg: array<f32, SEG_MAX>;
+        for (var i = 0u; i < 3u * SW + KW; i++) {
+            let iw = iw0 + i32(i);
+            var v = 0.0;
+            if (u32(iw) < p.in_w) {
+                v = f32(x[row + u32(iw)]);
+            }
+            seg[i] = v;
+        }
+        for (var kw = 0u; kw < KW; kw++) {
+            let wv = f32(w[w_base + kh * KW + kw]);
+            acc += wv * vec4<f32>(seg[kw], seg[SW + kw], seg[2u * SW + kw], seg[3u * SW + kw]);
         }
     }
     var b = 0.0;

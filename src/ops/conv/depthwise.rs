@@ -39,23 +39,37 @@ struct DwParams {
     _pad2: u32,
 }
 
-/// y = act(depthwise(x, w) + b) on `[x, w, bias, y]`.
+/// y = act(depthwise(x, w) + b) on `[x, w, bias, y]`; `fixed`: through
+/// `forward_fixed` (no dilation; see [`super::ConvKernel::DepthwiseFixed`]).
 pub(super) fn forward(
     ctx: &Context,
     rec: &mut Recording,
     geo: &Geometry,
     epilogue: &Epilogue,
     tensors: [&Tensor; 4],
+    fixed: bool,
 ) -> Result<()> {
     let (mut params, groups) = params(geo, false)?;
     params.act_alpha = epilogue.alpha;
     params.act_beta = epilogue.beta;
+    let mut constants = epilogue.constants().to_vec();
+    let entry = if fixed {
+        constants.extend([
+            ("KH", geo.kh as f64),
+            ("KW", geo.kw as f64),
+            ("SH", geo.p.stride[0] as f64),
+            ("SW", geo.p.stride[1] as f64),
+        ]);
+        "forward_fixed"
+    } else {
+        "forward"
+    };
     let k = ctx.kernel(
         Shader::Depthwise,
         tensors[3].dtype,
-        "forward",
+        entry,
         &Epilogue::BINDINGS,
-        &epilogue.constants(),
+        &constants,
     )?;
     let u = ctx.uniform(&params);
     let label = format!("depthwise_conv2d{}", epilogue.suffix());

@@ -112,7 +112,8 @@ pub fn forward_act_with(
     let label = || format!("conv2d{}", epilogue.suffix());
     match select::select(&geo, ctx.kernel_style(), Pass::Forward) {
         ConvKernel::Gemm => gemm::forward(ctx, rec, &geo, None, &epilogue, tensors, label()),
-        ConvKernel::Depthwise => depthwise::forward(ctx, rec, &geo, &epilogue, tensors),
+        ConvKernel::Depthwise => depthwise::forward(ctx, rec, &geo, &epilogue, tensors, false),
+        ConvKernel::DepthwiseFixed => depthwise::forward(ctx, rec, &geo, &epilogue, tensors, true),
         ConvKernel::DepthwiseDirect => {
             depthwise_direct::forward(ctx, rec, &geo, &epilogue, tensors)
         }
@@ -181,8 +182,8 @@ pub fn backward_with(
             });
             Ok(())
         }
-        ConvKernel::SameDirectS2 => {
-            unreachable!("select picks SameDirectS2 for forward passes only")
+        k @ (ConvKernel::SameDirectS2 | ConvKernel::DepthwiseFixed) => {
+            unreachable!("select picks {k:?} for forward passes only")
         }
     }
 }

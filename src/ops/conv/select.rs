@@ -25,6 +25,11 @@ pub enum ConvKernel {
     /// `shaders/conv/depthwise.wgsl`: depthwise layers (one group per input
     /// channel, any channel multiplier, stride and dilation).
     Depthwise,
+    /// `shaders/conv/depthwise.wgsl`'s `forward_fixed`: the forward pass of
+    /// depthwise layers without dilation and with kernels up to 7 wide (every
+    /// depthwise layer of the usual mobile networks), the kernel size and
+    /// stride specialised.
+    DepthwiseFixed,
     /// `shaders/conv/depthwise_direct.wgsl`'s `main`: depthwise 'same' layers
     /// of stride 1 on CPU adapters (the backward pass flips the kernel).
     DepthwiseDirect,
@@ -58,7 +63,7 @@ impl ConvKernel {
     pub fn shader(self) -> Option<Shader> {
         Some(match self {
             ConvKernel::Gemm => Shader::Conv,
-            ConvKernel::Depthwise => Shader::Depthwise,
+            ConvKernel::Depthwise | ConvKernel::DepthwiseFixed => Shader::Depthwise,
             ConvKernel::DepthwiseDirect | ConvKernel::DepthwiseDirectS2 => Shader::DepthwiseDirect,
             ConvKernel::PointwiseDirect(PwLayout::Vec4) => Shader::ConvDirectVec4,
             ConvKernel::PointwiseDirect(PwLayout::Scalar) => Shader::ConvDirectScalar,
@@ -80,6 +85,8 @@ pub(super) fn select(geo: &Geometry, style: KernelStyle, pass: Pass) -> ConvKern
         Pass::Forward => {
             if direct && geo.dw_direct() {
                 ConvKernel::DepthwiseDirect
+            } else if geo.dw_fixed() {
+                ConvKernel::DepthwiseFixed
             } else if geo.depthwise {
                 ConvKernel::Depthwise
             } else if let Some(pw) = pointwise {
@@ -146,6 +153,15 @@ impl Geometry {
             && (self.x.h as u64 * self.x.w as u64).is_multiple_of(4)
             && self.x.numel() < i32::MAX as u64
             && (self.x.h as u64 * self.x.w as u64) < (i32::MAX as u64) / 8
+    }
+
+    /// `depthwise.wgsl`'s `forward_fixed`: no dilation, and the row segment of
+    /// a thread's 4 outputs (3 * stride + kernel width values) fits its
+    /// 16-value buffer.
+    pub(super) fn dw_fixed(&self) -> bool {
+        self.depthwise
+            && self.p.dilation == [1, 1]
+            && 3 * self.p.stride[1] as u64 + self.kw as u64 <= 16
     }
 
     /// `depthwise_direct.wgsl`'s `backward_s2`: one channel per group, stride
