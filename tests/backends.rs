@@ -23,6 +23,7 @@ fn values(name: &str) -> &'static [f64] {
         "TM" => &[4.0, 8.0],
         "BK" => &[8.0, 16.0],
         "WG" => &[64.0, 128.0, 256.0],
+        "WG_IMAGES" => &[32.0, 64.0],
         "KH" | "KW" => &[1.0, 3.0, 5.0, 7.0],
         "SH" | "SW" => &[1.0, 2.0, 3.0],
         "PAD_T" | "PAD_L" => &[0.0, 1.0, 2.0],
@@ -181,13 +182,25 @@ fn every_shader_translates_to_spirv_msl_and_hlsl() {
                 .iter()
                 .filter_map(|(_, o)| o.name.clone())
                 .collect();
+            // Constants without a default in WGSL (the host always sets them,
+            // workgroup sizes): their largest value in every set.
+            let required: PipelineConstants = module
+                .overrides
+                .iter()
+                .filter(|(_, o)| o.init.is_none())
+                .filter_map(|(_, o)| o.name.clone())
+                .map(|n| {
+                    let v = *values(&n).last().unwrap();
+                    (n, v)
+                })
+                .collect();
             for ep in &module.entry_points {
                 let entry = ep.name.as_str();
                 // defaults, then each constant at each of its values
-                let mut sets = vec![PipelineConstants::default()];
+                let mut sets = vec![required.clone()];
                 for o in &overrides {
                     for &v in values(o) {
-                        let mut c = PipelineConstants::default();
+                        let mut c = required.clone();
                         c.insert(o.clone(), v);
                         sets.push(c);
                     }

@@ -1,6 +1,12 @@
 // Attack kernels: labels for the loss, steps of the FGSM family (sign, momentum,
 // L2), random starts, in-ball 8-bit rounding, per-image norms and bookkeeping.
 
+// Workgroup sizes: the host's (`Shader::workgroup_constants`), never written
+// here: WG for per-element kernels and per-image reductions (a power of two),
+// WG_IMAGES for kernels with one thread per image.
+override WG: u32;
+override WG_IMAGES: u32;
+
 // Elements of one image, for the per-element kernels that look up a per-image
 // value (eps, norms, flags): a pipeline constant, so `i / ITEM` compiles to a
 // multiply instead of a division per element.
@@ -81,10 +87,10 @@ struct StepParams {
 @group(0) @binding(5) var<storage, read_write> smom: array<f32>;
 @group(0) @binding(6) var<storage, read> seps: array<f32>;
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn step(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) lid: u32) {
-    let i = grid_group(wid, nwg) * 256u + lid;
+    let i = grid_thread(wid, nwg, lid, WG);
     if (i >= sp.numel) { return; }
     let x = sx[i];
     let g = sg[i];
@@ -123,9 +129,9 @@ struct GradNormParams {
 @group(0) @binding(1) var<storage, read> gg: array<f32>;
 @group(0) @binding(2) var<storage, read_write> gout: array<f32>;
 
-var<workgroup> gsum: array<f32, 256>;
+var<workgroup> gsum: array<f32, WG>;
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn grad_norm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
              @builtin(local_invocation_index) lid: u32) {
     let img = grid_group(wid, nwg);
@@ -133,14 +139,14 @@ fn grad_norm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
     var s = 0.0;
     if (live) {
         let base = img * gp.item;
-        for (var i = lid; i < gp.item; i = i + 256u) {
+        for (var i = lid; i < gp.item; i = i + WG) {
             let g = gg[base + i];
             s = s + select(abs(g), g * g, STEP == 2u);
         }
     }
     gsum[lid] = s;
     workgroupBarrier();
-    for (var stride = 128u; stride > 0u; stride = stride >> 1u) {
+    for (var stride = WG / 2u; stride > 0u; stride = stride >> 1u) {
         if (lid < stride) {
             gsum[lid] = gsum[lid] + gsum[lid + stride];
         }
@@ -171,10 +177,10 @@ struct StartParams {
 @group(0) @binding(3) var<storage, read_write> radv: array<f32>;
 @group(0) @binding(4) var<storage, read> reps: array<f32>;
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn random_start(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                 @builtin(local_invocation_index) lid: u32) {
-    let i = grid_group(wid, nwg) * 256u + lid;
+    let i = grid_thread(wid, nwg, lid, WG);
     if (i >= rp.numel) { return; }
     let n = i / rp.item;
     let u = uniform01(rp.seed_lo, rp.seed_hi, rid[n], rp.restart, i - n * rp.item);
@@ -203,10 +209,10 @@ struct FinalParams {
 @group(0) @binding(4) var<storage, read_write> fu8: array<u32>;
 @group(0) @binding(5) var<storage, read> feps: array<f32>;
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn finalize(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
             @builtin(local_invocation_index) lid: u32) {
-    let t = grid_group(wid, nwg) * 256u + lid;
+    let t = grid_thread(wid, nwg, lid, WG);
     if (t >= fp.words) { return; }
     var packed = 0u;
     for (var j = 0u; j < 4u; j = j + 1u) {
@@ -242,10 +248,10 @@ struct SuccessParams {
 @group(0) @binding(3) var<storage, read> uloss: array<u32>;
 @group(0) @binding(4) var<storage, read_write> ufirst: array<u32>;
 
-@compute @workgroup_size(64)
+@compute @workgroup_size(WG_IMAGES)
 fn first_success(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                  @builtin(local_invocation_index) lid: u32) {
-    let i = grid_group(wid, nwg) * 64u + lid;
+    let i = grid_thread(wid, nwg, lid, WG_IMAGES);
     if (i >= up.n) { return; }
     let base = i * up.classes;
     var best = 0u;
@@ -274,10 +280,10 @@ struct ScoreParams {
 @group(0) @binding(4) var<storage, read_write> cbest: array<f32>;
 @group(0) @binding(5) var<storage, read_write> cflag: array<u32>;
 
-@compute @workgroup_size(64)
+@compute @workgroup_size(WG_IMAGES)
 fn restart_score(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                  @builtin(local_invocation_index) lid: u32) {
-    let i = grid_group(wid, nwg) * 64u + lid;
+    let i = grid_thread(wid, nwg, lid, WG_IMAGES);
     if (i >= cp.n) { return; }
     let base = i * cp.classes;
     var best = 0u;
@@ -311,10 +317,10 @@ struct KeepParams {
 @group(0) @binding(2) var<storage, read> kadv: array<f32>;
 @group(0) @binding(3) var<storage, read_write> kbest: array<f32>;
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn keep_best(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
              @builtin(local_invocation_index) lid: u32) {
-    let i = grid_group(wid, nwg) * 256u + lid;
+    let i = grid_thread(wid, nwg, lid, WG);
     if (i >= kp.numel) { return; }
     if (kflag[i / ITEM] == 1u) { kbest[i] = kadv[i]; }
 }
@@ -334,10 +340,10 @@ struct NormParams {
 @group(0) @binding(2) var<storage, read> nadv: array<f32>;
 @group(0) @binding(3) var<storage, read_write> nout: array<f32>;
 
-var<workgroup> smax: array<f32, 256>;
-var<workgroup> ssum: array<f32, 256>;
+var<workgroup> smax: array<f32, WG>;
+var<workgroup> ssum: array<f32, WG>;
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn norms(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
          @builtin(local_invocation_index) lid: u32) {
     let img = grid_group(wid, nwg);
@@ -349,7 +355,7 @@ fn norms(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: ve
         let n = img % np.n;
         let xbase = n * np.item;
         let abase = img * np.item;
-        for (var i = lid; i < np.item; i = i + 256u) {
+        for (var i = lid; i < np.item; i = i + WG) {
             let d = abs(nadv[abase + i] - nx[xbase + i]);
             m = max(m, d);
             s = s + d * d;
@@ -358,7 +364,7 @@ fn norms(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: ve
     smax[lid] = m;
     ssum[lid] = s;
     workgroupBarrier();
-    for (var stride = 128u; stride > 0u; stride = stride >> 1u) {
+    for (var stride = WG / 2u; stride > 0u; stride = stride >> 1u) {
         if (lid < stride) {
             smax[lid] = max(smax[lid], smax[lid + stride]);
             ssum[lid] = ssum[lid] + ssum[lid + stride];
@@ -391,10 +397,10 @@ struct LabelParams {
 @group(0) @binding(2) var<storage, read_write> llabels: array<u32>;
 @group(0) @binding(3) var<storage, read_write> lloss: array<u32>;
 
-@compute @workgroup_size(64)
+@compute @workgroup_size(WG_IMAGES)
 fn resolve_labels(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                   @builtin(local_invocation_index) lid: u32) {
-    let i = grid_group(wid, nwg) * 64u + lid;
+    let i = grid_thread(wid, nwg, lid, WG_IMAGES);
     if (i >= lp.n) { return; }
     let base = i * lp.classes;
     // First maximum and first minimum, like torch.argmax / argmin.
@@ -467,9 +473,9 @@ struct ApgdStartParams {
 @group(0) @binding(7) var<storage, read_write> as_input: array<f32>;
 @group(0) @binding(8) var<storage, read> as_eps: array<f32>;
 
-var<workgroup> amax: array<f32, 256>;
+var<workgroup> amax: array<f32, WG>;
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn apgd_start(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
               @builtin(local_invocation_index) lid: u32) {
     let img = grid_group(wid, nwg);
@@ -483,14 +489,14 @@ fn apgd_start(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
     }
     var m = 0.0;
     if (live && random) {
-        for (var j = lid; j < asp.item; j = j + 256u) {
+        for (var j = lid; j < asp.item; j = j + WG) {
             let u = uniform01(asp.seed_lo, asp.seed_hi, id, asp.restart, j);
             m = max(m, abs(2.0 * u - 1.0));
         }
     }
     amax[lid] = m;
     workgroupBarrier();
-    for (var stride = 128u; stride > 0u; stride = stride >> 1u) {
+    for (var stride = WG / 2u; stride > 0u; stride = stride >> 1u) {
         if (lid < stride) {
             amax[lid] = max(amax[lid], amax[lid + stride]);
         }
@@ -499,7 +505,7 @@ fn apgd_start(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
     let scale = eps / (amax[0] + 1e-12);
     if (!live) { return; }
     let base = img * asp.item;
-    for (var j = lid; j < asp.item; j = j + 256u) {
+    for (var j = lid; j < asp.item; j = j + WG) {
         let i = base + j;
         var v = as_x[i];
         if (random) {
@@ -534,10 +540,10 @@ struct ApgdStepParams {
 @group(0) @binding(6) var<storage, read_write> ap_input: array<f32>;
 @group(0) @binding(7) var<storage, read> ap_eps: array<f32>;
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn apgd_step(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
              @builtin(local_invocation_index) lid: u32) {
-    let i = grid_group(wid, nwg) * 256u + lid;
+    let i = grid_thread(wid, nwg, lid, WG);
     if (i >= app.numel) { return; }
     let x = ap_x[i];
     let eps = ap_eps[i / ITEM];
@@ -591,10 +597,10 @@ struct ApgdTrackParams {
 @group(0) @binding(6) var<storage, read_write> at_first: array<u32>;
 @group(0) @binding(7) var<storage, read> at_eps: array<f32>;
 
-@compute @workgroup_size(64)
+@compute @workgroup_size(WG_IMAGES)
 fn apgd_track(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
               @builtin(local_invocation_index) lid: u32) {
-    let i = grid_group(wid, nwg) * 64u + lid;
+    let i = grid_thread(wid, nwg, lid, WG_IMAGES);
     if (i >= atp.n) { return; }
     let s = i * APGD_S;
     if (atp.phase == 3u) {
@@ -678,10 +684,10 @@ struct ApgdApplyParams {
 @group(0) @binding(6) var<storage, read_write> aa_g_best: array<f32>;
 @group(0) @binding(7) var<storage, read_write> aa_result: array<f32>;
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn apgd_apply(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
               @builtin(local_invocation_index) lid: u32) {
-    let i = grid_group(wid, nwg) * 256u + lid;
+    let i = grid_thread(wid, nwg, lid, WG);
     if (i >= aap.numel) { return; }
     let f = u32(aa_state[(i / ITEM) * APGD_S + A_FLAGS]);
     if (f == 0u) { return; }
@@ -715,10 +721,10 @@ fn ranks_above(va: f32, a: u32, vb: f32, b: u32) -> bool {
     return va > vb || (va == vb && a > b);
 }
 
-@compute @workgroup_size(64)
+@compute @workgroup_size(WG_IMAGES)
 fn apgd_targets(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                 @builtin(local_invocation_index) lid: u32) {
-    let i = grid_group(wid, nwg) * 64u + lid;
+    let i = grid_thread(wid, nwg, lid, WG_IMAGES);
     if (i >= agp.n) { return; }
     let base = i * agp.classes;
     // The top class, then repeatedly the best class ranked below the last one.
@@ -768,10 +774,10 @@ struct BisectParams {
 @group(0) @binding(1) var<storage, read_write> b_lohi: array<f32>;
 @group(0) @binding(2) var<storage, read_write> b_eps: array<f32>;
 
-@compute @workgroup_size(64)
+@compute @workgroup_size(WG_IMAGES)
 fn bisect_mid(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
               @builtin(local_invocation_index) lid: u32) {
-    let i = grid_group(wid, nwg) * 64u + lid;
+    let i = grid_thread(wid, nwg, lid, WG_IMAGES);
     if (i >= bp.n) { return; }
     let lo = b_lohi[2u * i];
     let hi = b_lohi[2u * i + 1u];
@@ -783,10 +789,10 @@ fn bisect_mid(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
 @group(0) @binding(3) var<storage, read> bu_loss: array<u32>;
 @group(0) @binding(4) var<storage, read_write> bu_lohi: array<f32>;
 
-@compute @workgroup_size(64)
+@compute @workgroup_size(WG_IMAGES)
 fn bisect_update(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                  @builtin(local_invocation_index) lid: u32) {
-    let i = grid_group(wid, nwg) * 64u + lid;
+    let i = grid_thread(wid, nwg, lid, WG_IMAGES);
     if (i >= bp.n) { return; }
     let base = i * bp.classes;
     var best = 0u;
@@ -818,12 +824,12 @@ fn bisect_update(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups)
 //           (Box-Muller of the counter-based uniforms), r uniform in [0, 1)
 //           per image; adv = clip01(x + delta)
 // Bindings as `step` (momentum unused) and `random_start`.
-var<workgroup> l2sum: array<f32, 256>;
+var<workgroup> l2sum: array<f32, WG>;
 
 fn l2_reduce(lid: u32, v: f32) -> f32 {
     l2sum[lid] = v;
     workgroupBarrier();
-    for (var stride = 128u; stride > 0u; stride = stride >> 1u) {
+    for (var stride = WG / 2u; stride > 0u; stride = stride >> 1u) {
         if (lid < stride) {
             l2sum[lid] = l2sum[lid] + l2sum[lid + stride];
         }
@@ -834,7 +840,7 @@ fn l2_reduce(lid: u32, v: f32) -> f32 {
     return total;
 }
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn step_l2(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
            @builtin(local_invocation_index) lid: u32) {
     let img = grid_group(wid, nwg);
@@ -843,7 +849,7 @@ fn step_l2(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
     let base = img * sp.item;
     var s = 0.0;
     if (live) {
-        for (var j = lid; j < sp.item; j = j + 256u) {
+        for (var j = lid; j < sp.item; j = j + WG) {
             let g = sg[base + j];
             s = s + g * g;
         }
@@ -854,7 +860,7 @@ fn step_l2(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
     let a = sp.step_abs + sp.step_rel * eps;
     var d2 = 0.0;
     if (live) {
-        for (var j = lid; j < sp.item; j = j + 256u) {
+        for (var j = lid; j < sp.item; j = j + WG) {
             let v = sadv[base + j] + a * (sg[base + j] / gn);
             sadv[base + j] = v;
             let d = v - sx[base + j];
@@ -864,7 +870,7 @@ fn step_l2(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
     let dn = sqrt(l2_reduce(lid, d2));
     let factor = select(1.0, min(eps / dn, 1.0), dn > 0.0);
     if (!live) { return; }
-    for (var j = lid; j < sp.item; j = j + 256u) {
+    for (var j = lid; j < sp.item; j = j + WG) {
         let x = sx[base + j];
         sadv[base + j] = clamp(x + (sadv[base + j] - x) * factor, 0.0, 1.0);
     }
@@ -876,7 +882,7 @@ fn normal01(seed_lo: u32, seed_hi: u32, image: u32, restart: u32, element: u32) 
     return sqrt(-2.0 * log(1.0 - u1)) * cos(6.283185307179586 * u2);
 }
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn random_start_l2(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                    @builtin(local_invocation_index) lid: u32) {
     let img = grid_group(wid, nwg);
@@ -887,7 +893,7 @@ fn random_start_l2(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroup
     if (live) { id = rid[img]; }
     var s = 0.0;
     if (live) {
-        for (var j = lid; j < rp.item; j = j + 256u) {
+        for (var j = lid; j < rp.item; j = j + WG) {
             let z = normal01(rp.seed_lo, rp.seed_hi, id, rp.restart, j);
             s = s + z * z;
         }
@@ -896,7 +902,7 @@ fn random_start_l2(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroup
     if (!live) { return; }
     let r = uniform01(rp.seed_lo, rp.seed_hi, id, rp.restart, 0xffffffffu);
     let scale = select(0.0, r * reps[img] / zn, zn > 0.0);
-    for (var j = lid; j < rp.item; j = j + 256u) {
+    for (var j = lid; j < rp.item; j = j + WG) {
         let z = normal01(rp.seed_lo, rp.seed_hi, id, rp.restart, j);
         radv[base + j] = clamp(rx[base + j] + z * scale, 0.0, 1.0);
     }

@@ -45,7 +45,8 @@ struct Params {
     _pad2: u32,
 }
 
-const WG: u32 = 64u;
+// Workgroup size: the host's (`Shader::workgroup_constants`), never written here.
+override WG: u32;
 
 @group(0) @binding(0) var<uniform> p: Params;
 // Storage elements are `st` (f32 or f16, aliased by the host); arithmetic is f32.

@@ -16,7 +16,8 @@
 // sizes, strides, multiplier) are non-zero by the host's validation (a zero-size
 // output records no forward dispatch). Keep it so when editing.
 
-const WG: u32 = 256u;
+// Workgroup size: the host's (`Shader::workgroup_constants`), never written here.
+override WG: u32;
 const PER: u32 = 4u;
 
 struct Params {
@@ -61,7 +62,7 @@ override HAS_BIAS: bool = false;
 @group(0) @binding(3) var<storage, read> bias: array<st>;
 @group(0) @binding(4) var<storage, read_write> y: array<st>;
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn forward(@builtin(workgroup_id) wid: vec3<u32>,
            @builtin(num_workgroups) nwg: vec3<u32>,
            @builtin(local_invocation_index) lid: u32) {
@@ -127,7 +128,7 @@ override SH: u32 = 1u;
 override SW: u32 = 1u;
 const SEG_MAX: u32 = 16u;
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn forward_fixed(@builtin(workgroup_id) wid: vec3<u32>,
                  @builtin(num_workgroups) nwg: vec3<u32>,
                  @builtin(local_invocation_index) lid: u32) {
@@ -187,7 +188,7 @@ fn forward_fixed(@builtin(workgroup_id) wid: vec3<u32>,
 @group(0) @binding(2) var<storage, read> bw: array<st>;
 @group(0) @binding(3) var<storage, read_write> gx: array<st>;
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn backward(@builtin(workgroup_id) wid: vec3<u32>,
             @builtin(num_workgroups) nwg: vec3<u32>,
             @builtin(local_invocation_index) lid: u32) {

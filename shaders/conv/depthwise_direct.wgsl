@@ -46,7 +46,8 @@ override HAS_BIAS: bool = false;
 // Epilogue activation: act4() and ACT come from act.wgsl, window() from
 // window.wgsl; the host prepends both.
 
-const WG: u32 = 64u;
+// Workgroup size: the host's (`Shader::workgroup_constants`), never written here.
+override WG: u32;
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> a: array<vec4<st>>;

@@ -270,6 +270,8 @@ fn fwd_epilogue(mstart: u32, nb: u32, g: u32, bv: vec4<f32>,
     }
 }
 
+// 256 threads: structural to the tiles (WG_M threads along m times 256 / WG_M
+// along n), so written here rather than taken from the host.
 @compute @workgroup_size(256)
 fn forward(@builtin(workgroup_id) wid: vec3<u32>,
            @builtin(num_workgroups) nwg: vec3<u32>,

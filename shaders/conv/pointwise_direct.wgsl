@@ -54,7 +54,8 @@ struct Params {
     _pad: u32,
 }
 
-override WG: u32 = 64u;
+// Workgroup size: the host's (`Shader::workgroup_constants`), never written here.
+override WG: u32;
 override HAS_BIAS: bool = false;
 // Epilogue activation: act4() and ACT come from act.wgsl, prepended by the host.
 

@@ -3,6 +3,9 @@
 // prepends the alias); arithmetic is f32.
 // ACT and act() (the forward functions) come from act.wgsl, prepended by the host.
 
+// Workgroup size: the host's (`Shader::workgroup_constants`), never written here.
+override WG: u32;
+
 struct Params {
     count: u32,
     act_alpha: f32,
@@ -59,10 +62,10 @@ fn dact_from_output(y: f32) -> f32 {
 @group(0) @binding(1) var<storage, read> x: array<st>;
 @group(0) @binding(2) var<storage, read_write> y: array<st>;
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
            @builtin(local_invocation_index) lid: u32) {
-    let i = grid_thread(wid, nwg, lid, 256u);
+    let i = grid_thread(wid, nwg, lid, WG);
     if (i >= p.count) { return; }
     y[i] = st(act(f32(x[i])));
 }
@@ -72,10 +75,10 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
 @group(0) @binding(2) var<storage, read> gy: array<st>;
 @group(0) @binding(3) var<storage, read_write> gx: array<st>;
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
             @builtin(local_invocation_index) lid: u32) {
-    let i = grid_thread(wid, nwg, lid, 256u);
+    let i = grid_thread(wid, nwg, lid, WG);
     if (i >= p.count) { return; }
     gx[i] = st(f32(gy[i]) * dact(f32(bx[i])));
 }
@@ -83,11 +86,11 @@ fn backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
 // backward from the output: binding 1 = y (forward output), 2 = gy, 3 = gx
 @group(0) @binding(1) var<storage, read> oy: array<st>;
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn backward_from_output(@builtin(workgroup_id) wid: vec3<u32>,
                         @builtin(num_workgroups) nwg: vec3<u32>,
                         @builtin(local_invocation_index) lid: u32) {
-    let i = grid_thread(wid, nwg, lid, 256u);
+    let i = grid_thread(wid, nwg, lid, WG);
     if (i >= p.count) { return; }
     gx[i] = st(f32(gy[i]) * dact_from_output(f32(oy[i])));
 }
@@ -99,11 +102,11 @@ fn backward_from_output(@builtin(workgroup_id) wid: vec3<u32>,
 @group(0) @binding(2) var<storage, read> gy4: array<vec4<st>>;
 @group(0) @binding(3) var<storage, read_write> gx4: array<vec4<st>>;
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn backward_from_output4(@builtin(workgroup_id) wid: vec3<u32>,
                          @builtin(num_workgroups) nwg: vec3<u32>,
                          @builtin(local_invocation_index) lid: u32) {
-    let i = grid_thread(wid, nwg, lid, 256u);
+    let i = grid_thread(wid, nwg, lid, WG);
     if (i >= p.count) { return; }
     let yv = vec4<f32>(oy4[i]);
     let d = vec4(dact_from_output(yv.x), dact_from_output(yv.y),

@@ -2,7 +2,8 @@
 // normalisation, unfolded batch norm) and its gradient gx = gy * scale[c].
 // Storage elements are `st` (f32 or f16, aliased by the host); arithmetic is f32.
 
-const WG: u32 = 256u;
+// Workgroup size: the host's (`Shader::workgroup_constants`), never written here.
+override WG: u32;
 
 struct Params {
     count: u32,
@@ -22,7 +23,7 @@ struct Params {
 @group(0) @binding(1) var<storage, read> gy: array<st>;
 @group(0) @binding(3) var<storage, read_write> gx: array<st>;
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
            @builtin(local_invocation_index) lid: u32) {
     let i = grid_thread(wid, nwg, lid, WG);
@@ -33,7 +34,7 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
     y[i] = st(fma(f32(x[i]), f32(scale[c]), f32(shift[c])));
 }
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
             @builtin(local_invocation_index) lid: u32) {
     let i = grid_thread(wid, nwg, lid, WG);

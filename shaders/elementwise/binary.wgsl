@@ -8,7 +8,8 @@
 
 override OP: u32 = 0u;
 
-const WG: u32 = 256u;
+// Workgroup size: the host's (`Shader::workgroup_constants`), never written here.
+override WG: u32;
 
 struct Fwd {
     od: vec4<u32>,   // output dims n, c, h, w
@@ -56,7 +57,7 @@ fn contiguous(d: vec4<u32>) -> vec4<u32> {
     return vec4<u32>(d.y * d.z * d.w, d.z * d.w, d.w, 1u);
 }
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
            @builtin(local_invocation_index) lid: u32) {
     let i = grid_group(wid, nwg) * WG + lid;
@@ -82,7 +83,7 @@ fn term(oc: vec4<u32>) -> f32 {
 }
 
 // Same shape as the output: one thread per element.
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn grad_map(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
             @builtin(local_invocation_index) lid: u32) {
     let i = grid_group(wid, nwg) * WG + lid;
@@ -95,7 +96,7 @@ fn grad_map(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
 var<workgroup> partial: array<f32, WG>;
 
 // One workgroup per gradient element, summing over the broadcast dimensions.
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn grad_reduce(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                @builtin(local_invocation_index) lid: u32) {
     let j = grid_group(wid, nwg);

@@ -3,7 +3,8 @@
 // Element i of the part sits at (i / item_part) * item_all + offset + i % item_part
 // of the joint tensor, items being c * h * w per batch entry.
 
-const WG: u32 = 256u;
+// Workgroup size: the host's (`Shader::workgroup_constants`), never written here.
+override WG: u32;
 
 struct Params {
     count: u32,       // elements of the part
@@ -23,7 +24,7 @@ fn joint_index(i: u32) -> u32 {
     return (i / p.item_part) * p.item_all + p.offset + i % p.item_part;
 }
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
            @builtin(local_invocation_index) lid: u32) {
     let i = grid_thread(wid, nwg, lid, WG);
@@ -33,7 +34,7 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
     dst[joint_index(i)] = src[i];
 }
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
             @builtin(local_invocation_index) lid: u32) {
     let i = grid_thread(wid, nwg, lid, WG);

@@ -2,7 +2,8 @@
 // several consumers), y = alpha * x, and conversions between f32 and the
 // storage type `st` (f32 or f16, aliased by the host). Arithmetic is f32.
 
-const WG: u32 = 256u;
+// Workgroup size: the host's (`Shader::workgroup_constants`), never written here.
+override WG: u32;
 
 struct Params {
     count: u32,
@@ -15,7 +16,7 @@ struct Params {
 @group(0) @binding(1) var<storage, read> src: array<st>;
 @group(0) @binding(2) var<storage, read_write> dst: array<st>;
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn accumulate(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
               @builtin(local_invocation_index) lid: u32) {
     let i = grid_thread(wid, nwg, lid, WG);
@@ -25,7 +26,7 @@ fn accumulate(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
     dst[i] = st(f32(dst[i]) + f32(src[i]));
 }
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn scale(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
          @builtin(local_invocation_index) lid: u32) {
     let i = grid_thread(wid, nwg, lid, WG);
@@ -38,7 +39,7 @@ fn scale(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: ve
 // f32 (1) -> st (2), times p.alpha
 @group(0) @binding(1) var<storage, read> src32: array<f32>;
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn to_storage(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
               @builtin(local_invocation_index) lid: u32) {
     let i = grid_thread(wid, nwg, lid, WG);
@@ -51,7 +52,7 @@ fn to_storage(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
 // st (1) -> f32 (2), times p.alpha
 @group(0) @binding(2) var<storage, read_write> dst32: array<f32>;
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn from_storage(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                 @builtin(local_invocation_index) lid: u32) {
     let i = grid_thread(wid, nwg, lid, WG);
@@ -65,7 +66,7 @@ fn from_storage(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
 // p.count = batches * rows * cols elements, rows = p._p0, cols = p._p1;
 // bindings src (1), dst (2) as accumulate. (Weights of the CPU adapters'
 // pointwise kernels, transposed per group.)
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn transpose(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
              @builtin(local_invocation_index) lid: u32) {
     let i = grid_thread(wid, nwg, lid, WG);

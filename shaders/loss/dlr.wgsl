@@ -13,6 +13,10 @@
 
 override TARGETED: bool = false;
 
+// Workgroup size: the host's (`Shader::workgroup_constants`: one thread per
+// row), never written here.
+override WG: u32;
+
 struct DlrParams {
     n: u32,
     k: u32,
@@ -32,10 +36,10 @@ fn above(va: f32, a: u32, vb: f32, b: u32) -> bool {
     return va > vb || (va == vb && a > b);
 }
 
-@compute @workgroup_size(64)
+@compute @workgroup_size(WG)
 fn dlr(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
        @builtin(local_invocation_index) lid: u32) {
-    let r = grid_thread(wid, nwg, lid, 64u);
+    let r = grid_thread(wid, nwg, lid, WG);
     if (r >= p.n) { return; }
     let base = r * p.k;
     // The four highest classes, best first (k >= 4 checked by the host; with

@@ -16,7 +16,8 @@
 // x, y, sy, gy, gx and grad hold `st` (f32 or f16, aliased by the host); labels,
 // loss and out are always 4-byte. Arithmetic is f32.
 
-const WG: u32 = 256u;
+// Workgroup size: the host's (`Shader::workgroup_constants`), never written here.
+override WG: u32;
 
 struct Params {
     rows: u32,
@@ -101,7 +102,7 @@ fn row_sum_exp(r: u32, lid: u32, m: f32) -> f32 {
     return reduce_sum(lid, s);
 }
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn softmax_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                    @builtin(local_invocation_index) lid: u32) {
     let r = grid_group(wid, nwg);
@@ -116,7 +117,7 @@ fn softmax_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroup
     }
 }
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn softmax_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                     @builtin(local_invocation_index) lid: u32) {
     let r = grid_group(wid, nwg);
@@ -135,7 +136,7 @@ fn softmax_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgrou
     }
 }
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn cross_entropy(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                  @builtin(local_invocation_index) lid: u32) {
     let r = grid_group(wid, nwg);
@@ -181,7 +182,7 @@ fn beats(va: f32, ia: u32, vb: f32, ib: u32) -> bool {
     return va > vb || (va == vb && ia < ib);
 }
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn argmax_prob(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                @builtin(local_invocation_index) lid: u32) {
     let r = grid_group(wid, nwg);

@@ -11,7 +11,8 @@
 // Every kernel rebuilds its flat workgroup index from the folded grid.
 // Storage elements are `st` (f32 or f16, aliased by the host); arithmetic is f32.
 
-const WG: u32 = 256u;
+// Workgroup size: the host's (`Shader::workgroup_constants`), never written here.
+override WG: u32;
 
 struct Params {
     count: u32,      // threads' work items (outputs, inputs, or planes)
@@ -78,7 +79,7 @@ fn window_max(base: u32, oy: u32, ox: u32) -> Best {
     return best;
 }
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn max_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                @builtin(local_invocation_index) lid: u32) {
     let i = grid_group(wid, nwg) * WG + lid;
@@ -92,7 +93,7 @@ fn max_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
     y[i] = st(b.val);
 }
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn max_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                 @builtin(local_invocation_index) lid: u32) {
     let i = grid_group(wid, nwg) * WG + lid;
@@ -142,7 +143,7 @@ fn max_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
 // and 0 elsewhere, so each x is read once instead of once per candidate
 // window. Inputs no window covers are cleared by the host beforehand.
 // Bindings as max_backward; p.count is the number of windows (gy elements).
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn max_backward_windows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                         @builtin(local_invocation_index) lid: u32) {
     let i = grid_group(wid, nwg) * WG + lid;
@@ -201,7 +202,7 @@ fn avg_window(oy: u32, ox: u32) -> AvgWindow {
     return AvgWindow(cy0, cy1, cx0, cx1, div);
 }
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn avg_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                @builtin(local_invocation_index) lid: u32) {
     let i = grid_group(wid, nwg) * WG + lid;
@@ -227,7 +228,7 @@ fn avg_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
     y[i] = st(acc / win.div);
 }
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn avg_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                 @builtin(local_invocation_index) lid: u32) {
     let i = grid_group(wid, nwg) * WG + lid;
@@ -275,7 +276,7 @@ fn avg_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
 var<workgroup> partial: array<f32, WG>;
 
 // One workgroup per plane (p.count planes of p.ih * p.iw elements).
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn global_avg_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                       @builtin(local_invocation_index) lid: u32) {
     let plane = grid_group(wid, nwg);
@@ -303,7 +304,7 @@ fn global_avg_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgr
 
 // One thread per plane (for CPU adapters, where the barriers of the tree
 // reduction above cost more than the additions): p.count planes.
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn global_avg_forward_thread(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                              @builtin(local_invocation_index) lid: u32) {
     let plane = grid_group(wid, nwg) * WG + lid;
@@ -320,7 +321,7 @@ fn global_avg_forward_thread(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num
 }
 
 // gx[i] = gy[plane(i)] / (ih * iw); p.count is the number of input elements.
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn global_avg_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                        @builtin(local_invocation_index) lid: u32) {
     let i = grid_group(wid, nwg) * WG + lid;

@@ -17,7 +17,9 @@ use std::sync::Arc;
 use super::method::{AttackSpec, Method};
 use super::replay::{Builder, Piece};
 use crate::error::{Error, Result};
-use crate::gpu::{Binding, Context, DType, Kernel, Shader, Shape, Tensor};
+use crate::gpu::{
+    Binding, Context, DType, Kernel, Shader, Shape, Tensor, WORKGROUP_1D, WORKGROUP_IMAGES,
+};
 use crate::plan::GradientPlan;
 
 /// f32 values of per-image state (`APGD_S` in the shader).
@@ -273,7 +275,7 @@ impl Apgd {
                 io.first,
                 io.eps,
             ],
-            self.batch.div_ceil(64),
+            self.batch.div_ceil(WORKGROUP_IMAGES),
         )?;
         b.push(d);
         Ok(())
@@ -298,7 +300,7 @@ impl Apgd {
                 &self.g_best,
                 &self.result,
             ],
-            self.numel.div_ceil(256),
+            self.numel.div_ceil(WORKGROUP_1D),
         )?;
         b.push(d);
         Ok(())
@@ -333,7 +335,7 @@ impl Apgd {
                     &k,
                     &p,
                     &[&io.grad.logits, ranked],
-                    self.batch.div_ceil(64),
+                    self.batch.div_ceil(WORKGROUP_IMAGES),
                 )?;
                 b.push(d);
             }
@@ -413,7 +415,7 @@ impl Apgd {
                             &io.grad.input,
                             io.eps,
                         ],
-                        self.numel.div_ceil(256),
+                        self.numel.div_ceil(WORKGROUP_1D),
                     )?;
                     b.push(d);
                     b.shared(Piece::GradForward);

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use super::outcome::Pred;
 use crate::error::{Error, Result};
-use crate::gpu::{Binding, Context, Recording, Shader, Shape, Tensor};
+use crate::gpu::{Binding, Context, Recording, Shader, Shape, Tensor, WORKGROUP_IMAGES};
 use crate::ops::loss::{argmax_prob, ARGMAX_PROB_WIDTH};
 
 /// Values per image of the read-out.
@@ -64,7 +64,7 @@ impl EvalPlan {
             &k,
             &p,
             &[&fwd.logits, &labels, &scratch],
-            batch.div_ceil(64),
+            batch.div_ceil(WORKGROUP_IMAGES),
         )?);
         argmax_prob(c, &mut tail, &fwd.logits, &labels, &stats)?;
         let item = gpu.input_shape(1).numel() as usize;

@@ -8,7 +8,9 @@ use super::apgd::Io;
 use super::method::{AttackSpec, Method};
 use super::replay::{Builder, Piece};
 use crate::error::Result;
-use crate::gpu::{Binding, Context, DType, Kernel, Shader, Shape, Step, Tensor};
+use crate::gpu::{
+    Binding, Context, DType, Kernel, Shader, Shape, Step, Tensor, WORKGROUP_1D, WORKGROUP_IMAGES,
+};
 
 /// Which of the step kernel's variants (`STEP` in `shaders/attack/attack.wgsl`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -144,7 +146,7 @@ impl Success {
             &self.kernel,
             &p,
             &[logits, io.true_labels, io.loss_labels, io.first],
-            self.batch.div_ceil(64),
+            self.batch.div_ceil(WORKGROUP_IMAGES),
         )?;
         b.push(d);
         Ok(())
@@ -307,7 +309,7 @@ impl Family {
         if self.kind == StepKind::L2Iter {
             self.batch
         } else {
-            self.numel.div_ceil(256)
+            self.numel.div_ceil(WORKGROUP_1D)
         }
     }
 
@@ -341,7 +343,7 @@ impl Family {
         slot: u32,
     ) -> Result<u32> {
         let s = &self.spec;
-        let groups = self.numel.div_ceil(256);
+        let groups = self.numel.div_ceil(WORKGROUP_1D);
         let mut total = 0u32;
         for r in 0..s.restarts {
             if s.random_start {
@@ -396,7 +398,7 @@ impl Family {
                     &self.score,
                     &p,
                     &[&io.grad.logits, io.true_labels, io.loss_labels, score, flag],
-                    self.batch.div_ceil(64),
+                    self.batch.div_ceil(WORKGROUP_IMAGES),
                 )?);
                 let p = c.uniform(&KeepParams {
                     numel: self.numel,

@@ -18,7 +18,9 @@ use super::outcome::{BatchOutcome, Pred, Target};
 use super::replay::{Builder, Piece};
 use super::Eps;
 use crate::error::{Error, Result};
-use crate::gpu::{Binding, Context, DType, Recording, Shader, Shape, Tensor};
+use crate::gpu::{
+    Binding, Context, DType, Recording, Shader, Shape, Tensor, WORKGROUP_1D, WORKGROUP_IMAGES,
+};
 use crate::ops::loss::{argmax_prob, ARGMAX_PROB_WIDTH};
 
 /// Values per image of the read-out.
@@ -246,7 +248,7 @@ impl AttackPlan {
             &kl,
             &p,
             &[&grad.logits, &true_labels, &loss_labels],
-            batch.div_ceil(64),
+            batch.div_ceil(WORKGROUP_IMAGES),
         )?;
         b.push(step);
         let clean_stats = c.tensor(Shape::new(batch, ARGMAX_PROB_WIDTH, 1, 1), "clean stats")?;
@@ -348,7 +350,7 @@ impl AttackPlan {
                 &kf,
                 &p,
                 &[&clean, point, &fwd.input, &adv_u8, eps],
-                (words as u32).div_ceil(256),
+                (words as u32).div_ceil(WORKGROUP_1D),
             )?;
             b.push(d);
             Ok(())

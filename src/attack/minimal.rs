@@ -13,7 +13,7 @@ use super::apgd::Io;
 use super::replay::Builder;
 use super::Eps;
 use crate::error::{Error, Result};
-use crate::gpu::{Binding, Context, DType, Kernel, Shader, Shape, Tensor};
+use crate::gpu::{Binding, Context, DType, Kernel, Shader, Shape, Tensor, WORKGROUP_IMAGES};
 
 /// Mirrors `BisectParams` in `shaders/attack/attack.wgsl`.
 #[repr(C)]
@@ -121,7 +121,7 @@ impl Bisect {
             &self.mid,
             &p,
             &[&self.lohi, io.eps],
-            self.batch.div_ceil(64),
+            self.batch.div_ceil(WORKGROUP_IMAGES),
         )?);
         Ok(())
     }
@@ -141,7 +141,7 @@ impl Bisect {
             &self.update,
             &p,
             &[logits, io.true_labels, io.loss_labels, &self.lohi],
-            self.batch.div_ceil(64),
+            self.batch.div_ceil(WORKGROUP_IMAGES),
         )?);
         Ok(())
     }

@@ -22,11 +22,8 @@ pub use pipeline::{Binding, Kernel, KernelKey};
 pub use record::{Recording, Step};
 pub(crate) use registry::uniform_layout;
 pub use registry::{uniform_layouts, UniformLayout};
-pub use shader::{shader_modules, Shader};
+pub use shader::{shader_modules, Shader, WORKGROUP_1D, WORKGROUP_DIRECT, WORKGROUP_IMAGES};
 pub use tune::{default_cache_path, TuneTable};
-
-/// Threads per workgroup used by the simple element-wise kernels.
-pub const WORKGROUP_1D: u32 = 256;
 
 /// Ceiling division.
 pub fn div_ceil(a: u32, b: u32) -> u32 {

@@ -17,6 +17,15 @@ macro_rules! module {
     };
 }
 
+/// Threads per workgroup of the element-wise (1-D) kernels and of per-image
+/// reductions (a power of two).
+pub const WORKGROUP_1D: u32 = 256;
+/// Threads per workgroup of the kernels with one thread per image or row
+/// (attack bookkeeping, the DLR loss).
+pub const WORKGROUP_IMAGES: u32 = 64;
+/// Threads per workgroup of the direct convolution kernels for CPU adapters.
+pub const WORKGROUP_DIRECT: u32 = 64;
+
 /// One compiled WGSL module. `st` (the storage type) is left to the prelude the
 /// context adds (`alias st = f32;`, or `enable f16; alias st = f16;`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -134,6 +143,31 @@ impl Shader {
             Shader::Elementwise => module!("elementwise/elementwise.wgsl"),
             Shader::Pool => module!("pool/pool.wgsl"),
             Shader::Softmax => module!("loss/softmax.wgsl"),
+        }
+    }
+
+    /// The workgroup sizes the module's `override`s take. The WGSL declares
+    /// them without a default; [`crate::Context::kernel`] supplies these, so
+    /// the sizes the host divides work by are written only here. (`Conv`'s
+    /// 256 threads are structural to its tiles and written in gemm.wgsl.)
+    pub fn workgroup_constants(self) -> &'static [(&'static str, u32)] {
+        match self {
+            Shader::Conv => &[],
+            Shader::Attack => &[("WG", WORKGROUP_1D), ("WG_IMAGES", WORKGROUP_IMAGES)],
+            Shader::Dlr => &[("WG", WORKGROUP_IMAGES)],
+            Shader::ConvBackwardFew
+            | Shader::ConvDirectVec4
+            | Shader::ConvDirectScalar
+            | Shader::ConvSameDirect
+            | Shader::DepthwiseDirect => &[("WG", WORKGROUP_DIRECT)],
+            Shader::Activation
+            | Shader::Affine
+            | Shader::Binary
+            | Shader::Concat
+            | Shader::Depthwise
+            | Shader::Elementwise
+            | Shader::Pool
+            | Shader::Softmax => &[("WG", WORKGROUP_1D)],
         }
     }
 

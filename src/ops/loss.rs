@@ -3,7 +3,7 @@
 //! written with [`Context::write_bytes`]). One workgroup per sample.
 
 use crate::error::{Error, Result};
-use crate::gpu::{Binding, Context, Recording, Shader, Shape, Tensor};
+use crate::gpu::{Binding, Context, Recording, Shader, Shape, Tensor, WORKGROUP_IMAGES};
 use crate::ops::elementwise::distinct;
 use crate::ops::softmax::rows;
 
@@ -213,7 +213,7 @@ pub fn dlr(
         &k,
         &params,
         &[logits, labels, t, loss, grad],
-        s.n.div_ceil(64),
+        s.n.div_ceil(WORKGROUP_IMAGES),
     )?);
     Ok(())
 }

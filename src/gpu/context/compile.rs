@@ -15,6 +15,14 @@ impl Context {
         bindings: &[Binding],
         constants: &[(&str, f64)],
     ) -> Result<Arc<Kernel>> {
+        // The module's workgroup sizes (the host's), unless the caller set them.
+        let mut all: Vec<(&str, f64)> = constants.to_vec();
+        for &(name, size) in shader.workgroup_constants() {
+            if !all.iter().any(|(n, _)| *n == name) {
+                all.push((name, size as f64));
+            }
+        }
+        let constants = &all[..];
         let key = KernelKey::new(shader, dtype, entry, bindings, constants);
         if let Some(k) = self.kernels.lock().unwrap().get(&key) {
             return Ok(k.clone());

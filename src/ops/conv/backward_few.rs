@@ -4,10 +4,10 @@
 
 use super::{gcd, Geometry};
 use crate::error::Result;
-use crate::gpu::{Binding, Context, Recording, Shader, Tensor};
+use crate::gpu::{Binding, Context, Recording, Shader, Tensor, WORKGROUP_DIRECT};
 
 /// Threads per workgroup (4 pixels each).
-const WG: u32 = 64;
+const WG: u32 = WORKGROUP_DIRECT;
 
 /// Parameters of `backward_few.wgsl` (its header explains them).
 #[repr(C)]

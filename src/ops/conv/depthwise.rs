@@ -4,10 +4,10 @@
 
 use super::{gcd, Epilogue, Geometry};
 use crate::error::{Error, Result};
-use crate::gpu::{Binding, Context, Recording, Shader, Tensor};
+use crate::gpu::{Binding, Context, Recording, Shader, Tensor, WORKGROUP_1D};
 
 /// Threads per workgroup and outputs per thread.
-const THREADS: u32 = 256;
+const THREADS: u32 = WORKGROUP_1D;
 const PER_THREAD: u32 = 4;
 
 #[repr(C)]

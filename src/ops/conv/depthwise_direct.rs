@@ -6,10 +6,10 @@
 
 use super::{Epilogue, Geometry};
 use crate::error::Result;
-use crate::gpu::{Context, Recording, Shader, Tensor};
+use crate::gpu::{Context, Recording, Shader, Tensor, WORKGROUP_DIRECT};
 
 /// Threads per workgroup (8 outputs each).
-const WG: u32 = 64;
+const WG: u32 = WORKGROUP_DIRECT;
 
 /// Parameters of `main` (the shader's header explains them).
 #[repr(C)]

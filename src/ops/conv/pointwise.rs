@@ -14,7 +14,7 @@
 //! channels per group come in fours, else `w` through `b_nk`.
 
 use crate::error::Result;
-use crate::gpu::{Binding, Context, Recording, Shader, Tensor};
+use crate::gpu::{Binding, Context, Recording, Shader, Tensor, WORKGROUP_DIRECT};
 use crate::ops::activation::Activation;
 use crate::ops::elementwise;
 use crate::ops::prepared::{derived, PreparedWeights};
@@ -61,7 +61,7 @@ const LAYOUT_SCALAR: Layout = Layout {
 };
 
 /// Threads per workgroup.
-const WG: u32 = 64;
+const WG: u32 = WORKGROUP_DIRECT;
 /// Fewest GEMM rows (pixels) the direct kernels take: one scalar-layout tile.
 const MIN_PIXELS: u64 = 4 * WG as u64;
 
@@ -165,7 +165,6 @@ pub(super) fn forward(
     let constants = [
         ("HAS_BIAS", if b.is_some() { 1.0 } else { 0.0 }),
         ("ACT", code as f64),
-        ("WG", WG as f64),
     ];
     // Without a bias the weight is bound in its place (never read).
     let bias = b.unwrap_or(w);
@@ -222,7 +221,7 @@ pub(super) fn backward(
         Binding::ReadWrite,
         Binding::Read,
     ];
-    let k = ctx.kernel(l.shader, gx.dtype, "b_kn", &bindings, &[("WG", WG as f64)])?;
+    let k = ctx.kernel(l.shader, gx.dtype, "b_kn", &bindings, &[])?;
     let u = ctx.uniform(&params);
     // No bias: the weight is bound in its place (never read).
     rec.push(ctx.dispatch(label, &k, &u, &[gy, w, gx, w], params.total_wg)?);

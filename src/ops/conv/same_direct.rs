@@ -7,11 +7,11 @@
 
 use super::{Epilogue, Geometry};
 use crate::error::Result;
-use crate::gpu::{Binding, Context, Recording, Shader, Shape, Tensor};
+use crate::gpu::{Binding, Context, Recording, Shader, Shape, Tensor, WORKGROUP_DIRECT};
 use crate::ops::prepared::{derived, PreparedWeights};
 
 /// Threads per workgroup.
-const WG: u32 = 64;
+const WG: u32 = WORKGROUP_DIRECT;
 
 /// Parameters of `same_direct.wgsl` (its header explains them).
 #[repr(C)]
