@@ -1,11 +1,9 @@
-mod common;
-
 use advex::gpu::{Recording, Shape, Step};
 use advex::ops::conv::{ConvKernel, ConvKernel::*, Pass, PwLayout};
 use advex::ops::{conv, linear, Activation, Conv2dParams};
 use advex::{Context, KernelStyle};
-use common::ref_conv::{linear_backward, linear_forward, RefConv};
-use common::*;
+use crate::common::ref_conv::{linear_backward, linear_forward, RefConv};
+use crate::common::*;
 
 /// Value the outputs are filled with before a run, to prove every element is written.
 const POISON: f32 = 1.0e30;

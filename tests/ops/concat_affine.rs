@@ -1,10 +1,8 @@
-mod common;
-
 use advex::gpu::{Recording, Shape};
 use advex::ops::{affine, concat};
 use advex::Context;
-use common::ref_misc as r;
-use common::*;
+use crate::common::ref_misc as r;
+use crate::common::*;
 
 fn check_concat(ctx: &Context, parts: &[Shape], seed: u64) {
     let data: Vec<Vec<f32>> = parts

@@ -8,8 +8,6 @@
 //! relative) of each element, plus the rounding of intermediate f16 values for
 //! composite checks.
 
-mod common;
-
 use std::sync::Arc;
 
 use advex::attack::{parse_eps_list, FgsmPlan, Target};
@@ -22,9 +20,9 @@ use advex::ops::{
 };
 use advex::plan::GpuModel;
 use advex::{Context, DType, KernelStyle, Tensor};
-use common::ref_conv::{linear_backward, linear_forward, RefConv};
-use common::ref_misc as r;
-use common::*;
+use crate::common::ref_conv::{linear_backward, linear_forward, RefConv};
+use crate::common::ref_misc as r;
+use crate::common::*;
 
 /// Per-element tolerance of f16 results (relative; `assert_close` adds a tenth
 /// of it times the largest magnitude as absolute slack).
@@ -575,8 +573,8 @@ fn f16_every_op_network_matches_reference() {
         plan.run(&ctx).unwrap()
     };
     let (o16, o32) = (run(&g16), run(&g32));
-    let vals = common::ref_graph::forward(&model, &to_f64(&x), n);
-    let want = &vals[common::ref_graph::logits_node(&model)];
+    let vals = crate::common::ref_graph::forward(&model, &to_f64(&x), n);
+    let want = &vals[crate::common::ref_graph::logits_node(&model)];
     // f16 storage of every intermediate value: errors of a few f16 ulps.
     assert_close("f16 every-op logits", &o16.logits, want, 2e-2);
     assert_close("f16 every-op loss", &o16.loss, &to_f64(&o32.loss), 2e-2);

@@ -2,14 +2,12 @@
 //! the GPU input gradient matches central finite differences of the f64 CPU
 //! forward, and forward + backward is a single submit.
 
-mod common;
-
 use std::sync::Arc;
 
 use advex::model::{Dtype, Model};
 use advex::plan::GpuModel;
-use common::builder::ModelBuilder;
-use common::*;
+use crate::common::builder::ModelBuilder;
+use crate::common::*;
 use rand::Rng;
 use serde_json::json;
 

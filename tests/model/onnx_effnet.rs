@@ -3,8 +3,6 @@
 //! normalisation inside) gives the same logits and top-1 as the bundled file on
 //! the six example photos.
 
-mod common;
-
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -12,7 +10,7 @@ use advex::data::{load_image, Preprocessor};
 use advex::model::Model;
 use advex::onnx::{load_onnx_model, ImportOptions};
 use advex::plan::GpuModel;
-use common::*;
+use crate::common::*;
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

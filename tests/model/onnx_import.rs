@@ -4,9 +4,6 @@
 //! CPU reference forward against a direct computation. Then the real
 //! `torch.onnx.export` fixtures load. No GPU needed.
 
-mod common;
-mod onnx_build;
-
 use std::path::{Path, PathBuf};
 
 use advex::model::{Model, NodeSpec, Op};
@@ -15,9 +12,9 @@ use advex::onnx::{
     convert_onnx, import_onnx, load_onnx_model, parse_floats, parse_size, ImportOptions, Imported,
     MAX_OPSET,
 };
-use common::ref_conv::RefConv;
-use common::ref_graph;
-use onnx_build::*;
+use crate::common::ref_conv::RefConv;
+use crate::common::ref_graph;
+use crate::onnx_build::*;
 
 /// The model's output for one image, on the CPU reference.
 fn cpu(m: &Model, x: &[f32]) -> Vec<f64> {

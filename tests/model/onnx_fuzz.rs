@@ -3,12 +3,10 @@
 //! and loading it as a model when the import succeeds, must return an error or
 //! a model, never panic. A few hundred cases, a few seconds.
 
-mod onnx_build;
-
 use std::path::Path;
 
 use advex::onnx::{import_onnx_bytes, ImportOptions};
-use onnx_build::*;
+use crate::onnx_build::*;
 use proptest::prelude::*;
 use proptest::test_runner::Config;
 

@@ -1,8 +1,6 @@
-mod common;
-
 use advex::gpu::{Recording, Shape};
 use advex::ops::activation::{self, Activation};
-use common::*;
+use crate::common::*;
 
 const ALL: [Activation; 8] = [
     Activation::Relu,

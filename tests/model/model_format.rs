@@ -1,8 +1,6 @@
 //! The model file format: round trips, sidecar, BatchNorm folding, shape
 //! inference, FLOPs and parameters, and every kind of bad input. CPU only.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -12,8 +10,8 @@ use advex::model::{
 };
 use advex::ops::activation::Activation;
 use advex::ops::params::Conv2dParams;
-use common::builder::*;
-use common::{assert_close, rng};
+use crate::common::builder::*;
+use crate::common::{assert_close, rng};
 use rand::Rng;
 use serde_json::{json, Value};
 
@@ -339,7 +337,7 @@ fn batch_norm_folds_into_conv() {
             panic!()
         };
         let xs = shape(3, 9, 9);
-        let x: Vec<f64> = f64s(&common::random(99 + seed as u64, 3 * 81));
+        let x: Vec<f64> = f64s(&crate::common::random(99 + seed as u64, 3 * 81));
         let w0 = f64s(b.tensor_values("conv.weight"));
         let b0 = bias.then(|| f64s(b.tensor_values("conv.bias")));
         let mut want = conv_f64(&x, xs, &w0, weight.shape, b0.as_deref(), params, n.shape);

@@ -4,15 +4,13 @@
 //! input gradient (>= 99.9% agreement where |g| > 1e-6 max|g|) and FGSM top-1 at
 //! each eps.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use advex::attack::{parse_eps_list, FgsmPlan, Target};
 use advex::onnx::{load_onnx_model, ImportOptions};
 use advex::plan::GpuModel;
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 
 fn dir() -> PathBuf {

@@ -1,8 +1,6 @@
 //! The autotune: measured tile choices per layer, their cache file, and that
 //! plans built after tuning use them and compute the same values.
 
-mod common;
-
 use std::sync::Arc;
 
 use advex::gpu::{Recording, Shape, Step, TuneTable};
@@ -10,7 +8,7 @@ use advex::model::{Dtype, Model};
 use advex::ops::{conv, Conv2dParams};
 use advex::plan::GpuModel;
 use advex::{Context, ContextOptions, DType, KernelStyle};
-use common::*;
+use crate::common::*;
 
 /// A context on the tiled kernels (every convolution on the tuned GEMM) with
 /// its tuning table in `cache`.
