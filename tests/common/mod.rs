@@ -102,3 +102,58 @@ pub fn assert_close(what: &str, got: &[f32], want: &[f64], rtol: f64) {
         ratio
     );
 }
+
+/// A test's storage type: how its inputs are drawn and uploaded, how its
+/// outputs are poisoned, and how close results must be. One `Case` serves both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum St {
+    F32,
+    /// Inputs rounded to f16 before the reference sees them (so it computes
+    /// what the GPU was given); kernels accumulate in f32 and round once on
+    /// store.
+    F16,
+}
+
+impl St {
+    pub fn dtype(self) -> advex::DType {
+        match self {
+            St::F32 => advex::DType::F32,
+            St::F16 => advex::DType::F16,
+        }
+    }
+
+    /// Seeded values in [-1, 1), as this storage type holds them.
+    pub fn random(self, seed: u64, n: usize) -> Vec<f32> {
+        let v = random(seed, n);
+        match self {
+            St::F32 => v,
+            St::F16 => v.iter().map(|&x| half::f16::from_f32(x).to_f32()).collect(),
+        }
+    }
+
+    pub fn upload(
+        self,
+        ctx: &Context,
+        v: &[f32],
+        s: advex::gpu::Shape,
+        label: &str,
+    ) -> advex::Tensor {
+        ctx.upload_as(v, s, self.dtype(), label).unwrap()
+    }
+
+    /// An output tensor every element of which fails the comparison until the
+    /// kernel writes it.
+    pub fn poisoned(self, ctx: &Context, s: advex::gpu::Shape, label: &str) -> advex::Tensor {
+        // 1e30: far from any result in f32, infinity in f16
+        self.upload(ctx, &vec![1.0e30; s.numel() as usize], s, label)
+    }
+
+    /// Per-element tolerance (relative; `assert_close` adds a tenth of it times
+    /// the largest magnitude as absolute slack).
+    pub fn tolerance(self) -> f64 {
+        match self {
+            St::F32 => 1e-4,
+            St::F16 => 2e-3,
+        }
+    }
+}

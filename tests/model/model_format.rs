@@ -4,14 +4,14 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use crate::common::builder::*;
+use crate::common::{assert_close, rng};
 use advex::gpu::Shape;
 use advex::model::{
     write_safetensors, Dtype, Model, ModelError, ModelSpec, NodeSpec, Op, Src, METADATA_KEY,
 };
 use advex::ops::activation::Activation;
 use advex::ops::params::Conv2dParams;
-use crate::common::builder::*;
-use crate::common::{assert_close, rng};
 use rand::Rng;
 use serde_json::{json, Value};
 

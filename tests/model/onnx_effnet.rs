@@ -6,11 +6,11 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use crate::common::*;
 use advex::data::{load_image, Preprocessor};
 use advex::model::Model;
 use advex::onnx::{load_onnx_model, ImportOptions};
 use advex::plan::GpuModel;
-use crate::common::*;
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

@@ -5,8 +5,8 @@
 
 use std::path::Path;
 
-use advex::onnx::{import_onnx_bytes, ImportOptions};
 use crate::onnx_build::*;
+use advex::onnx::{import_onnx_bytes, ImportOptions};
 use proptest::prelude::*;
 use proptest::test_runner::Config;
 

@@ -6,15 +6,15 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::common::ref_conv::RefConv;
+use crate::common::ref_graph;
+use crate::onnx_build::*;
 use advex::model::{Model, NodeSpec, Op};
 use advex::onnx::proto::{tensor_proto::DataLocation, TensorProto};
 use advex::onnx::{
     convert_onnx, import_onnx, load_onnx_model, parse_floats, parse_size, ImportOptions, Imported,
     MAX_OPSET,
 };
-use crate::common::ref_conv::RefConv;
-use crate::common::ref_graph;
-use crate::onnx_build::*;
 
 /// The model's output for one image, on the CPU reference.
 fn cpu(m: &Model, x: &[f32]) -> Vec<f64> {

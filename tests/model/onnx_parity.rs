@@ -7,10 +7,10 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::common::*;
 use advex::attack::{parse_eps_list, FgsmPlan, Target};
 use advex::onnx::{load_onnx_model, ImportOptions};
 use advex::plan::GpuModel;
-use crate::common::*;
 use serde_json::Value;
 
 fn dir() -> PathBuf {

@@ -1,6 +1,6 @@
+use crate::common::*;
 use advex::gpu::{Recording, Shape};
 use advex::ops::activation::{self, Activation};
-use crate::common::*;
 
 const ALL: [Activation; 8] = [
     Activation::Relu,

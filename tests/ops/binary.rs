@@ -1,9 +1,9 @@
+use crate::common::ref_misc as r;
+use crate::common::*;
 use advex::gpu::{Recording, Shape};
 use advex::ops::binary::{self, BinaryOp};
 use advex::ops::elementwise;
 use advex::Context;
-use crate::common::ref_misc as r;
-use crate::common::*;
 
 fn check(ctx: &Context, op: BinaryOp, sa: Shape, sb: Shape, seed: u64) {
     let mul = op == BinaryOp::Mul;

@@ -1,8 +1,8 @@
+use crate::common::ref_misc as r;
+use crate::common::*;
 use advex::gpu::{Recording, Shape};
 use advex::ops::{affine, concat};
 use advex::Context;
-use crate::common::ref_misc as r;
-use crate::common::*;
 
 fn check_concat(ctx: &Context, parts: &[Shape], seed: u64) {
     let data: Vec<Vec<f32>> = parts

@@ -1,12 +1,11 @@
+use crate::common::ref_conv::{linear_backward, linear_forward, RefConv};
+use crate::common::*;
 use advex::gpu::{Recording, Shape, Step};
 use advex::ops::conv::{ConvKernel, ConvKernel::*, Pass, PwLayout};
 use advex::ops::{conv, linear, Activation, Conv2dParams};
 use advex::{Context, KernelStyle};
-use crate::common::ref_conv::{linear_backward, linear_forward, RefConv};
-use crate::common::*;
 
 /// Value the outputs are filled with before a run, to prove every element is written.
-const POISON: f32 = 1.0e30;
 
 #[derive(Debug, Clone, Copy)]
 struct Case {
@@ -89,8 +88,7 @@ impl Case {
 }
 
 fn poisoned(ctx: &Context, shape: Shape, label: &str) -> advex::Tensor {
-    ctx.upload(&vec![POISON; shape.numel() as usize], shape, label)
-        .unwrap()
+    St::F32.poisoned(ctx, shape, label)
 }
 
 /// Labels of the dispatches that compute (weight repacks left out).
@@ -109,6 +107,11 @@ fn labels(rec: &Recording) -> Vec<String> {
 /// Run forward and backward of `case` on the GPU and compare with the reference.
 /// `depthwise` says which kernel family must have been chosen.
 fn check_on(ctx: &Context, case: &Case, depthwise: bool, seed: u64) {
+    check_on_as(ctx, case, depthwise, seed, St::F32);
+}
+
+/// [`check_on`] in storage type `st`.
+fn check_on_as(ctx: &Context, case: &Case, depthwise: bool, seed: u64, st: St) {
     let p = case.params();
     let xs = case.x_shape();
     let ws = case.w_shape();
@@ -127,17 +130,17 @@ fn check_on(ctx: &Context, case: &Case, depthwise: bool, seed: u64) {
         case.name
     );
 
-    let xv = random(seed, xs.numel() as usize);
-    let wv = random(seed + 1, ws.numel() as usize);
-    let bv = random(seed + 2, case.oc as usize);
-    let gyv = random(seed + 3, ys.numel() as usize);
+    let xv = st.random(seed, xs.numel() as usize);
+    let wv = st.random(seed + 1, ws.numel() as usize);
+    let bv = st.random(seed + 2, case.oc as usize);
+    let gyv = st.random(seed + 3, ys.numel() as usize);
 
-    let x = ctx.upload(&xv, xs, "x").unwrap();
-    let w = ctx.upload(&wv, ws, "w").unwrap();
-    let b = ctx.upload(&bv, Shape::new(1, case.oc, 1, 1), "b").unwrap();
-    let gy = ctx.upload(&gyv, ys, "gy").unwrap();
-    let y = poisoned(ctx, ys, "y");
-    let gx = poisoned(ctx, xs, "gx");
+    let x = st.upload(ctx, &xv, xs, "x");
+    let w = st.upload(ctx, &wv, ws, "w");
+    let b = st.upload(ctx, &bv, Shape::new(1, case.oc, 1, 1), "b");
+    let gy = st.upload(ctx, &gyv, ys, "gy");
+    let y = st.poisoned(ctx, ys, "y");
+    let gx = st.poisoned(ctx, xs, "gx");
 
     let mut rec = Recording::new();
     let bias = case.bias.then_some(&b);
@@ -158,8 +161,14 @@ fn check_on(ctx: &Context, case: &Case, depthwise: bool, seed: u64) {
     let bias64 = to_f64(&bv);
     let want_y = r.forward(&to_f64(&xv), &to_f64(&wv), case.bias.then_some(&bias64[..]));
     let want_gx = r.backward(&to_f64(&gyv), &to_f64(&wv));
-    assert_close(&format!("{} forward", case.name), &out[0], &want_y, 1e-4);
-    assert_close(&format!("{} backward", case.name), &out[1], &want_gx, 1e-4);
+    let what = format!("{} ({}, {st:?})", case.name, ctx.kernel_style().name());
+    assert_close(&format!("{what} forward"), &out[0], &want_y, st.tolerance());
+    assert_close(
+        &format!("{what} backward"),
+        &out[1],
+        &want_gx,
+        st.tolerance(),
+    );
 }
 
 fn check(case: &Case, depthwise: bool, seed: u64) {
@@ -1327,5 +1336,85 @@ fn stride2_direct_forward() {
             case.name
         );
         check_on(&ctx, case, false, 540 + i as u64);
+    }
+}
+
+/// The same cases in f16 storage, on both kernel families: every conv kernel
+/// family (GEMM, depthwise general and fixed, pointwise direct in both
+/// layouts, the few-channel stem backward, 'same' and stride-2 direct).
+#[test]
+fn f16_convolutions_match_reference() {
+    let cases = [
+        (
+            Case::new("3x3 stride 1 pad 1", 2, 5, [8, 8], 7, [3, 3])
+                .pad([1; 4])
+                .bias(),
+            false,
+        ),
+        (
+            Case::new("3x3 stride 2 odd sizes", 1, 6, [9, 11], 10, [3, 3])
+                .pad([1, 1, 0, 0])
+                .stride([2, 2])
+                .bias(),
+            false,
+        ),
+        (
+            Case::new("grouped", 2, 8, [6, 6], 6, [3, 3])
+                .pad([1; 4])
+                .groups(2)
+                .bias(),
+            false,
+        ),
+        (
+            Case::new("depthwise stride 2", 2, 8, [9, 9], 8, [3, 3])
+                .pad([0, 0, 1, 1])
+                .stride([2, 2])
+                .groups(8)
+                .bias(),
+            true,
+        ),
+        (
+            Case::new("depthwise 5x5", 1, 6, [7, 10], 6, [5, 5])
+                .pad([2; 4])
+                .groups(6)
+                .bias(),
+            true,
+        ),
+        (
+            Case::new("depthwise dilated", 1, 4, [9, 8], 4, [3, 3])
+                .pad([2; 4])
+                .dil([2, 2])
+                .groups(4),
+            true,
+        ),
+        // Pointwise: the direct kernels' vec4 layout (8x8 maps) and scalar
+        // layout (7x7 maps) on CPU adapters, the tiled GEMM elsewhere.
+        (
+            Case::new("pointwise 8x8", 4, 16, [8, 8], 24, [1, 1]).bias(),
+            false,
+        ),
+        (
+            Case::new("pointwise 7x7", 6, 16, [7, 7], 20, [1, 1]).bias(),
+            false,
+        ),
+        // The stem: 3 input channels (few-channel backward on CPU adapters).
+        (
+            Case::new("stem 3x3 stride 2", 2, 3, [15, 15], 8, [3, 3])
+                .pad([0, 0, 1, 1])
+                .stride([2, 2])
+                .bias(),
+            false,
+        ),
+    ];
+    for style in [KernelStyle::Tiled, KernelStyle::Direct] {
+        let ctx = ctx_style(style);
+        assert!(
+            ctx.supports_f16(),
+            "adapter {} lacks SHADER_F16 (lavapipe has it)",
+            ctx.summary.name
+        );
+        for (i, (case, depthwise)) in cases.iter().enumerate() {
+            check_on_as(&ctx, case, *depthwise, 100 + i as u64 * 10, St::F16);
+        }
     }
 }

@@ -4,10 +4,10 @@
 
 use std::sync::Arc;
 
-use advex::model::{Dtype, Model};
-use advex::plan::GpuModel;
 use crate::common::builder::ModelBuilder;
 use crate::common::*;
+use advex::model::{Dtype, Model};
+use advex::plan::GpuModel;
 use rand::Rng;
 use serde_json::json;
 

@@ -1,6 +1,7 @@
-//! The half-precision path (`--precision f16`): every kernel family with f16
-//! storage against the f64 CPU reference, dtype checks at dispatch, and whole
-//! models in f16 against f32 (labels and gradient signs).
+//! The half-precision path (`--precision f16`): the kernel families with f16
+//! storage against the f64 CPU reference (convolutions run their f32 `Case`s
+//! in f16 in `conv.rs`), dtype checks at dispatch, and whole models in f16
+//! against f32 (labels and gradient signs).
 //!
 //! Inputs are rounded to f16 before the reference sees them, so the reference
 //! computes exactly what the GPU was given; the kernels accumulate in f32 and
@@ -10,19 +11,19 @@
 
 use std::sync::Arc;
 
+use crate::common::ref_conv::{linear_backward, linear_forward};
+use crate::common::ref_misc as r;
+use crate::common::*;
 use advex::attack::{parse_eps_list, FgsmPlan, Target};
 use advex::gpu::{Recording, Shape};
 use advex::model::Model;
 use advex::ops::binary::BinaryOp;
 use advex::ops::{
-    activation, affine, binary, concat, conv, elementwise, linear, loss, pool, softmax, Activation,
-    Conv2dParams, Pool2dParams,
+    activation, affine, binary, concat, elementwise, linear, loss, pool, softmax, Activation,
+    Pool2dParams,
 };
 use advex::plan::GpuModel;
 use advex::{Context, DType, KernelStyle, Tensor};
-use crate::common::ref_conv::{linear_backward, linear_forward, RefConv};
-use crate::common::ref_misc as r;
-use crate::common::*;
 
 /// Per-element tolerance of f16 results (relative; `assert_close` adds a tenth
 /// of it times the largest magnitude as absolute slack).
@@ -62,155 +63,6 @@ fn f16_ctx(style: KernelStyle) -> Arc<Context> {
         c.summary.name
     );
     c
-}
-
-struct ConvCase {
-    name: &'static str,
-    x: [u32; 4],
-    oc: u32,
-    k: u32,
-    stride: u32,
-    padding: [u32; 4],
-    groups: u32,
-}
-
-fn check_conv(ctx: &Context, c: &ConvCase, seed: u64) {
-    let p = Conv2dParams {
-        stride: [c.stride; 2],
-        padding: c.padding,
-        dilation: [1, 1],
-        groups: c.groups,
-    };
-    let [n, ic, hh, ww] = c.x;
-    let xs = Shape::new(n, ic, hh, ww);
-    let ws = Shape::new(c.oc, ic / c.groups, c.k, c.k);
-    let ys = p.out_shape(xs, ws.dims()).unwrap();
-    let u = |v: u32| v as usize;
-    let reference = RefConv {
-        x: xs.dims().map(u),
-        w: ws.dims().map(u),
-        stride: [u(c.stride); 2],
-        padding: c.padding.map(u),
-        dilation: [1, 1],
-        groups: u(c.groups),
-    };
-    let xv = hrandom(seed, xs.numel() as usize);
-    let wv = hrandom(seed + 1, ws.numel() as usize);
-    let bv = hrandom(seed + 2, c.oc as usize);
-    let gyv = hrandom(seed + 3, ys.numel() as usize);
-    let x = up(ctx, &xv, xs);
-    let w = up(ctx, &wv, ws);
-    let b = up(ctx, &bv, Shape::new(1, c.oc, 1, 1));
-    let gy = up(ctx, &gyv, ys);
-    let y = out16(ctx, ys);
-    let gx = out16(ctx, xs);
-    let mut rec = Recording::new();
-    conv::forward(ctx, &mut rec, &p, &x, &w, Some(&b), &y).unwrap();
-    conv::backward(ctx, &mut rec, &p, &gy, &w, &gx).unwrap();
-    let out = ctx.run_read(&[&rec], &[&y, &gx]).unwrap();
-    let b64 = to_f64(&bv);
-    let want_y = reference.forward(&to_f64(&xv), &to_f64(&wv), Some(&b64));
-    let want_gx = reference.backward(&to_f64(&gyv), &to_f64(&wv));
-    let style = ctx.kernel_style().name();
-    assert_close(
-        &format!("{} ({style}) f16 forward", c.name),
-        &out[0],
-        &want_y,
-        TOL,
-    );
-    assert_close(
-        &format!("{} ({style}) f16 backward", c.name),
-        &out[1],
-        &want_gx,
-        TOL,
-    );
-}
-
-#[test]
-fn f16_convolutions_match_reference() {
-    let cases = [
-        ConvCase {
-            name: "3x3 stride 1 pad 1",
-            x: [2, 5, 8, 8],
-            oc: 7,
-            k: 3,
-            stride: 1,
-            padding: [1; 4],
-            groups: 1,
-        },
-        ConvCase {
-            name: "3x3 stride 2 odd sizes",
-            x: [1, 6, 9, 11],
-            oc: 10,
-            k: 3,
-            stride: 2,
-            padding: [1, 1, 0, 0],
-            groups: 1,
-        },
-        ConvCase {
-            name: "grouped",
-            x: [2, 8, 6, 6],
-            oc: 6,
-            k: 3,
-            stride: 1,
-            padding: [1; 4],
-            groups: 2,
-        },
-        ConvCase {
-            name: "depthwise stride 2",
-            x: [2, 8, 9, 9],
-            oc: 8,
-            k: 3,
-            stride: 2,
-            padding: [0, 0, 1, 1],
-            groups: 8,
-        },
-        ConvCase {
-            name: "depthwise 5x5",
-            x: [1, 6, 7, 10],
-            oc: 6,
-            k: 5,
-            stride: 1,
-            padding: [2; 4],
-            groups: 6,
-        },
-        // Pointwise: the direct kernels' vec4 layout (8x8 maps) and scalar
-        // layout (7x7 maps) on CPU adapters, the tiled GEMM elsewhere.
-        ConvCase {
-            name: "pointwise 8x8",
-            x: [4, 16, 8, 8],
-            oc: 24,
-            k: 1,
-            stride: 1,
-            padding: [0; 4],
-            groups: 1,
-        },
-        ConvCase {
-            name: "pointwise 7x7",
-            x: [6, 16, 7, 7],
-            oc: 20,
-            k: 1,
-            stride: 1,
-            padding: [0; 4],
-            groups: 1,
-        },
-        // The stem: 3 input channels (few-channel backward on CPU adapters).
-        ConvCase {
-            name: "stem 3x3 stride 2",
-            x: [2, 3, 15, 15],
-            oc: 8,
-            k: 3,
-            stride: 2,
-            padding: [0, 0, 1, 1],
-            groups: 1,
-        },
-    ];
-    for style in [KernelStyle::Tiled, KernelStyle::Direct] {
-        let ctx = f16_ctx(style);
-        for (i, c) in cases.iter().enumerate() {
-            check_conv(&ctx, c, 100 + i as u64 * 10);
-        }
-    }
 }
 
 #[test]

@@ -1,9 +1,9 @@
+use crate::common::ref_misc as r;
+use crate::common::*;
 use advex::gpu::{Recording, Shape};
 use advex::ops::pool;
 use advex::ops::Pool2dParams;
 use advex::{Context, KernelStyle};
-use crate::common::ref_misc as r;
-use crate::common::*;
 
 fn params(kernel: u32, stride: u32, padding: [u32; 4]) -> Pool2dParams {
     Pool2dParams::new([kernel, kernel], [stride, stride], padding)

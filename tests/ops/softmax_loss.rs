@@ -1,8 +1,8 @@
+use crate::common::ref_misc as r;
+use crate::common::*;
 use advex::gpu::{Recording, Shape};
 use advex::ops::{loss, softmax};
 use advex::Context;
-use crate::common::ref_misc as r;
-use crate::common::*;
 use rand::Rng;
 
 fn check_softmax(ctx: &Context, s: Shape, scale: f32, seed: u64) {

@@ -3,12 +3,12 @@
 
 use std::sync::Arc;
 
+use crate::common::*;
 use advex::gpu::{Recording, Shape, Step, TuneTable};
 use advex::model::{Dtype, Model};
 use advex::ops::{conv, Conv2dParams};
 use advex::plan::GpuModel;
 use advex::{Context, ContextOptions, DType, KernelStyle};
-use crate::common::*;
 
 /// A context on the tiled kernels (every convolution on the tuned GEMM) with
 /// its tuning table in `cache`.
