@@ -7,6 +7,9 @@
 //! rounding, norms, and forwards of the rounded and unrounded points. Only
 //! predictions, norms, first-success steps and (when images are saved) 8-bit
 //! pixels come back.
+//!
+//! (About 640 lines: `AttackPlan::new` records the whole replay list in one
+//! piece so its order, which the GPU relies on, reads top to bottom.)
 
 use std::sync::Arc;
 

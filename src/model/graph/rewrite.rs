@@ -1,41 +1,59 @@
-//! The inference rewrites: identity removal, BatchNorm folding into the
-//! convolution or linear layer before it, and dead-node removal.
+//! The inference rewrites, as three passes: identity resolution, BatchNorm
+//! folding into the convolution before it, and compaction (dead nodes
+//! dropped, the rest renumbered).
 
 use super::*;
 
 impl Builder<'_, '_> {
-    /// Removes identities, folds batch_norm into convolutions, turns the rest
-    /// into affines, drops nodes that do not reach the output and renumbers.
+    /// The rewrites, in order: identities resolved, batch norms folded into
+    /// the convolution before them (the rest become affines), then the nodes
+    /// that reach the output kept and renumbered.
     pub(super) fn rewrite(
         &self,
         mut ir: Vec<IrNode>,
         out: usize,
     ) -> Result<(Vec<Node>, usize), ModelError> {
-        let n = ir.len();
-        let mut alias: Vec<Option<Src>> = vec![None; n];
-        let resolve = |alias: &[Option<Src>], mut s: Src| {
-            while let Src::Node(i) = s {
-                match alias[i] {
-                    Some(t) => s = t,
-                    None => break,
-                }
-            }
-            s
-        };
-        for i in 0..n {
-            let ins: Vec<Src> = ir[i].inputs.iter().map(|&s| resolve(&alias, s)).collect();
+        let mut alias: Vec<Option<Src>> = vec![None; ir.len()];
+        let out_node = self.resolve_identities(&mut ir, &mut alias, out)?;
+        self.fold_batch_norms(&mut ir, &mut alias, out_node)?;
+        self.compact(ir, &alias, out)
+    }
+
+    /// Pass 1: every identity becomes an alias of its input, and every input
+    /// points past aliases. Returns the node giving the output.
+    fn resolve_identities(
+        &self,
+        ir: &mut [IrNode],
+        alias: &mut [Option<Src>],
+        out: usize,
+    ) -> Result<usize, ModelError> {
+        for i in 0..ir.len() {
+            let ins: Vec<Src> = ir[i].inputs.iter().map(|&s| resolve(alias, s)).collect();
             if let IrOp::Identity = ir[i].op {
                 alias[i] = Some(ins[0]);
             }
             ir[i].inputs = ins;
         }
-        let Src::Node(out_node) = resolve(&alias, Src::Node(out)) else {
-            return Err(self.err(
+        match resolve(alias, Src::Node(out)) {
+            Src::Node(j) => Ok(j),
+            Src::Input => Err(self.err(
                 &ir[out].name,
                 "the output is the graph input itself: there is nothing to compute",
-            ));
-        };
-        let live = liveness(&ir, &alias, out_node);
+            )),
+        }
+    }
+
+    /// Pass 2: a batch norm whose input is a convolution read by nothing else
+    /// is folded into that convolution's weights and bias (and becomes its
+    /// alias); non-finite results are an error naming the batch norm.
+    fn fold_batch_norms(
+        &self,
+        ir: &mut [IrNode],
+        alias: &mut [Option<Src>],
+        out_node: usize,
+    ) -> Result<(), ModelError> {
+        let n = ir.len();
+        let live = liveness(ir, alias, out_node);
         let mut consumers = vec![0usize; n];
         consumers[out_node] += 1;
         for i in (0..n).filter(|&i| live[i] && alias[i].is_none()) {
@@ -49,7 +67,7 @@ impl Builder<'_, '_> {
             if !live[i] || alias[i].is_some() {
                 continue;
             }
-            let ins: Vec<Src> = ir[i].inputs.iter().map(|&s| resolve(&alias, s)).collect();
+            let ins: Vec<Src> = ir[i].inputs.iter().map(|&s| resolve(alias, s)).collect();
             ir[i].inputs = ins;
             let IrOp::Bn { scale, shift } = &ir[i].op else {
                 continue;
@@ -95,11 +113,22 @@ impl Builder<'_, '_> {
             alias[i] = Some(Src::Node(j));
             consumers[j] = consumers[i];
         }
-        let Src::Node(out_node) = resolve(&alias, Src::Node(out)) else {
+        Ok(())
+    }
+
+    /// Pass 3: the nodes that reach the output, renumbered in order, the
+    /// remaining batch norms as affines. Returns them and the output's index.
+    fn compact(
+        &self,
+        ir: Vec<IrNode>,
+        alias: &[Option<Src>],
+        out: usize,
+    ) -> Result<(Vec<Node>, usize), ModelError> {
+        let Src::Node(out_node) = resolve(alias, Src::Node(out)) else {
             return Err(self.err(&ir[out].name, "the output is the graph input itself"));
         };
-        let live = liveness(&ir, &alias, out_node);
-        let mut index = vec![usize::MAX; n];
+        let live = liveness(&ir, alias, out_node);
+        let mut index = vec![usize::MAX; ir.len()];
         let mut nodes = Vec::new();
         for (i, node) in ir.into_iter().enumerate() {
             if !live[i] || alias[i].is_some() {
@@ -123,7 +152,7 @@ impl Builder<'_, '_> {
             let inputs = node
                 .inputs
                 .iter()
-                .map(|&s| match resolve(&alias, s) {
+                .map(|&s| match resolve(alias, s) {
                     Src::Input => Src::Input,
                     Src::Node(j) => Src::Node(index[j]),
                 })
@@ -138,6 +167,17 @@ impl Builder<'_, '_> {
         }
         Ok((nodes, index[out_node]))
     }
+}
+
+/// Follows aliases from `s` to the node (or input) that gives its value.
+fn resolve(alias: &[Option<Src>], mut s: Src) -> Src {
+    while let Src::Node(i) = s {
+        match alias[i] {
+            Some(t) => s = t,
+            None => break,
+        }
+    }
+    s
 }
 
 /// Nodes whose value reaches `out` (inputs always point to earlier nodes).

@@ -1,5 +1,7 @@
 //! Ops on constant tensors, evaluated on the CPU while importing (shape
 //! arithmetic, broadcasting binary ops, reshapes, gathers, slices, casts...).
+//! (About 650 lines: one small function per ONNX op, kept together as the
+//! converters' CPU library.)
 
 use super::*;
 
