@@ -55,60 +55,14 @@ impl GpuModel {
                 _ if self.fused_from[i].is_some() => values[self.fused_from[i].unwrap()].clone(),
                 op => {
                     let y = arena.tensor(shape, self.dtype, name)?;
-                    match (op, &self.params[i]) {
-                        (Op::Conv2d { params, .. }, Params::Conv { w, b }) => {
-                            ops::conv::forward_act_with(
-                                ctx,
-                                rec,
-                                params,
-                                x(0),
-                                w,
-                                b.as_ref(),
-                                act,
-                                &y,
-                                Some(&self.prepared),
-                            )?
-                        }
-                        (Op::Linear { .. }, Params::Conv { w, b }) => {
-                            ops::linear::forward_act(ctx, rec, x(0), w, b.as_ref(), act, &y)?
-                        }
-                        (Op::Affine { .. }, Params::Affine { scale, shift }) => {
-                            ops::affine::forward(ctx, rec, x(0), scale, shift, &y)?
-                        }
-                        (Op::Activation(a), _) => ops::activation::forward(ctx, rec, *a, x(0), &y)?,
-                        (Op::MaxPool(p), _) => ops::pool::max_forward(ctx, rec, p, x(0), &y)?,
-                        (Op::AvgPool(p), _) => ops::pool::avg_forward(ctx, rec, p, x(0), &y)?,
-                        (Op::GlobalAvgPool, _) => {
-                            ops::pool::global_avg_forward(ctx, rec, x(0), &y)?
-                        }
-                        (Op::Add, _) => ops::binary::forward(
-                            ctx,
-                            rec,
-                            ops::binary::BinaryOp::Add,
-                            x(0),
-                            x(1),
-                            &y,
-                        )?,
-                        (Op::Mul, _) => ops::binary::forward(
-                            ctx,
-                            rec,
-                            ops::binary::BinaryOp::Mul,
-                            x(0),
-                            x(1),
-                            &y,
-                        )?,
-                        (Op::Concat, _) => {
-                            let xs: Vec<&Tensor> = (0..node.inputs.len()).map(x).collect();
-                            ops::concat::forward(ctx, rec, &xs, &y)?
-                        }
-                        (Op::Softmax, _) => ops::softmax::forward(ctx, rec, x(0), &y)?,
-                        _ => {
-                            return Err(Error::Validation {
-                                context: format!("recording node {name}"),
-                                message: "parameters missing for this op".into(),
-                            })
-                        }
-                    }
+                    let xs: Vec<&Tensor> = (0..node.inputs.len()).map(x).collect();
+                    let lower = Lowering {
+                        ctx,
+                        params: &self.params[i],
+                        prepared: &self.prepared,
+                        name,
+                    };
+                    lower.forward(rec, op, &xs, act, &y)?;
                     y
                 }
             };

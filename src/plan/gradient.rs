@@ -162,73 +162,17 @@ impl GpuModel {
                 }
             }
             let gx = |k: usize| &targets[k].0;
-            match (&node.op, &self.params[i]) {
-                (Op::Conv2d { params, .. }, Params::Conv { w, .. }) => ops::conv::backward_with(
-                    ctx,
-                    &mut rec,
-                    params,
-                    &gy,
-                    w,
-                    gx(0),
-                    Some(&self.prepared),
-                )?,
-                (Op::Linear { .. }, Params::Conv { w, .. }) => {
-                    ops::linear::backward(ctx, &mut rec, &gy, w, gx(0))?
-                }
-                (Op::Affine { .. }, Params::Affine { scale, .. }) => {
-                    ops::affine::backward(ctx, &mut rec, &gy, scale, gx(0))?
-                }
-                (Op::Activation(a), _) if self.fused_from[i].is_some() => {
-                    // Fused into the conv before it: the pre-activation was never
-                    // stored, so the derivative comes from the output.
-                    ops::activation::backward_from_output(
-                        ctx,
-                        &mut rec,
-                        *a,
-                        &values[i],
-                        &gy,
-                        gx(0),
-                    )?
-                }
-                (Op::Activation(a), _) => {
-                    ops::activation::backward(ctx, &mut rec, *a, &x(0), &gy, gx(0))?
-                }
-                (Op::MaxPool(p), _) => {
-                    ops::pool::max_backward(ctx, &mut rec, p, &x(0), &gy, gx(0))?
-                }
-                (Op::AvgPool(p), _) => ops::pool::avg_backward(ctx, &mut rec, p, &gy, gx(0))?,
-                (Op::GlobalAvgPool, _) => {
-                    ops::pool::global_avg_backward(ctx, &mut rec, &gy, gx(0))?
-                }
-                (Op::Add, _) | (Op::Mul, _) => {
-                    let op = if matches!(node.op, Op::Add) {
-                        ops::binary::BinaryOp::Add
-                    } else {
-                        ops::binary::BinaryOp::Mul
-                    };
-                    ops::binary::backward(
-                        ctx,
-                        &mut rec,
-                        op,
-                        &x(0),
-                        &x(1),
-                        &gy,
-                        Some(gx(0)),
-                        Some(gx(1)),
-                    )?
-                }
-                (Op::Concat, _) => {
-                    let gs: Vec<&Tensor> = (0..node.inputs.len()).map(gx).collect();
-                    ops::concat::backward(ctx, &mut rec, &gy, &gs)?
-                }
-                (Op::Softmax, _) => ops::softmax::backward(ctx, &mut rec, &values[i], &gy, gx(0))?,
-                _ => {
-                    return Err(Error::Validation {
-                        context: format!("recording backward of node {}", node.name),
-                        message: "parameters missing for this op".into(),
-                    })
-                }
-            }
+            let xs: Vec<Tensor> = (0..node.inputs.len()).map(x).collect();
+            let xs: Vec<&Tensor> = xs.iter().collect();
+            let gxs: Vec<&Tensor> = (0..node.inputs.len()).map(gx).collect();
+            let lower = Lowering {
+                ctx,
+                params: &self.params[i],
+                prepared: &self.prepared,
+                name: &node.name,
+            };
+            let fused = self.fused_from[i].is_some();
+            lower.backward(&mut rec, &node.op, &xs, &values[i], &gy, &gxs, fused)?;
             for (t, acc) in &targets {
                 if let Some(dst) = acc {
                     ops::elementwise::accumulate(ctx, &mut rec, t, dst)?;

@@ -14,11 +14,15 @@ use crate::ops::Activation;
 mod arena;
 mod forward;
 mod gradient;
+mod lower;
 mod tune;
 
+use crate::ops::binary::BinaryOp;
+use crate::ops::prepared::PreparedWeights;
 use arena::Arena;
 pub use forward::ForwardPlan;
 pub use gradient::{GradientPlan, GradientResult, LossKind};
+use lower::Lowering;
 pub use tune::TuneReport;
 
 /// Device copies of a model's parameters.
