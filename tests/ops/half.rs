@@ -19,8 +19,7 @@ use advex::gpu::{Recording, Shape};
 use advex::model::Model;
 use advex::ops::binary::BinaryOp;
 use advex::ops::{
-    activation, affine, binary, concat, elementwise, linear, loss, pool, softmax, Activation,
-    Pool2dParams,
+    activation, affine, binary, concat, elementwise, linear, loss, softmax, Activation,
 };
 use advex::plan::GpuModel;
 use advex::{Context, DType, KernelStyle, Tensor};
@@ -97,126 +96,6 @@ fn f16_linear_matches_reference() {
                 TOL,
             );
         }
-    }
-}
-
-#[test]
-fn f16_activations_match_reference() {
-    let ctx = f16_ctx(KernelStyle::Tiled);
-    // 4 * 60 elements take the vec4 backward-from-output entry, 210 the scalar one.
-    for count in [240u32, 210] {
-        let s = Shape::new(1, count, 1, 1);
-        let xv: Vec<f32> = h(&random(count as u64, count as usize)
-            .iter()
-            .map(|v| v * 8.0)
-            .collect::<Vec<_>>());
-        let gyv = hrandom(count as u64 + 1, count as usize);
-        let x = up(&ctx, &xv, s);
-        let gy = up(&ctx, &gyv, s);
-        for act in [Activation::Silu, Activation::Hardswish, Activation::Relu6] {
-            let y = out16(&ctx, s);
-            let gx = out16(&ctx, s);
-            let mut rec = Recording::new();
-            activation::forward(&ctx, &mut rec, act, &x, &y).unwrap();
-            activation::backward(&ctx, &mut rec, act, &x, &gy, &gx).unwrap();
-            let mut reads = vec![&y, &gx];
-            let gxo = out16(&ctx, s);
-            if act.derivative_from_output() {
-                activation::backward_from_output(&ctx, &mut rec, act, &y, &gy, &gxo).unwrap();
-                reads.push(&gxo);
-            }
-            let out = ctx.run_read(&[&rec], &reads).unwrap();
-            let want_y: Vec<f64> = xv.iter().map(|&v| act.apply_f64(v as f64)).collect();
-            let d = |v: f64| {
-                let e = 1e-6;
-                (act.apply_f64(v + e) - act.apply_f64(v - e)) / (2.0 * e)
-            };
-            let want_gx: Vec<f64> = xv
-                .iter()
-                .zip(&gyv)
-                .map(|(&v, &g)| g as f64 * d(v as f64))
-                .collect();
-            let name = act.name();
-            assert_close(
-                &format!("f16 {name} forward ({count})"),
-                &out[0],
-                &want_y,
-                TOL,
-            );
-            assert_close(
-                &format!("f16 {name} backward ({count})"),
-                &out[1],
-                &want_gx,
-                TOL,
-            );
-            if out.len() == 3 {
-                assert_close(
-                    &format!("f16 {name} backward from output ({count})"),
-                    &out[2],
-                    &want_gx,
-                    TOL,
-                );
-            }
-        }
-    }
-}
-
-#[test]
-fn f16_pooling_matches_reference() {
-    for style in [KernelStyle::Tiled, KernelStyle::Direct] {
-        let ctx = f16_ctx(style);
-        let xs = Shape::new(2, 3, 9, 8);
-        let p = Pool2dParams::new([3, 3], [2, 2], [1, 1, 1, 1]);
-        let xv = hrandom(1, xs.numel() as usize);
-        let (want_max, _, ys) = r::max_pool(&to_f64(&xv), xs, &p);
-        let (want_avg, _) = r::avg_pool(&to_f64(&xv), xs, &p);
-        let gyv = hrandom(2, ys.numel() as usize);
-        let want_max_gx = r::max_pool_backward(&to_f64(&xv), xs, &p, &to_f64(&gyv));
-        let want_avg_gx = r::avg_pool_backward(&to_f64(&gyv), xs, &p);
-        let gs = Shape::new(2, 3, 1, 1);
-        let ggv = hrandom(3, 6);
-        let want_g = r::global_avg(&to_f64(&xv), xs);
-        let want_g_gx = r::global_avg_backward(&to_f64(&ggv), xs);
-
-        let x = up(&ctx, &xv, xs);
-        let gy = up(&ctx, &gyv, ys);
-        let gg = up(&ctx, &ggv, gs);
-        let outs: Vec<Tensor> = [ys, xs, ys, xs, gs, xs]
-            .iter()
-            .map(|&s| out16(&ctx, s))
-            .collect();
-        let mut rec = Recording::new();
-        pool::max_forward(&ctx, &mut rec, &p, &x, &outs[0]).unwrap();
-        pool::max_backward(&ctx, &mut rec, &p, &x, &gy, &outs[1]).unwrap();
-        pool::avg_forward(&ctx, &mut rec, &p, &x, &outs[2]).unwrap();
-        pool::avg_backward(&ctx, &mut rec, &p, &gy, &outs[3]).unwrap();
-        pool::global_avg_forward(&ctx, &mut rec, &x, &outs[4]).unwrap();
-        pool::global_avg_backward(&ctx, &mut rec, &gg, &outs[5]).unwrap();
-        let got = ctx
-            .run_read(&[&rec], &outs.iter().collect::<Vec<_>>())
-            .unwrap();
-        let style = style.name();
-        assert_close(&format!("f16 max pool ({style})"), &got[0], &want_max, TOL);
-        assert_close(
-            &format!("f16 max pool backward ({style})"),
-            &got[1],
-            &want_max_gx,
-            TOL,
-        );
-        assert_close(&format!("f16 avg pool ({style})"), &got[2], &want_avg, TOL);
-        assert_close(
-            &format!("f16 avg pool backward ({style})"),
-            &got[3],
-            &want_avg_gx,
-            TOL,
-        );
-        assert_close(&format!("f16 global avg ({style})"), &got[4], &want_g, TOL);
-        assert_close(
-            &format!("f16 global avg backward ({style})"),
-            &got[5],
-            &want_g_gx,
-            TOL,
-        );
     }
 }
 

@@ -11,40 +11,105 @@ fn params(kernel: u32, stride: u32, padding: [u32; 4]) -> Pool2dParams {
 
 /// Runs max pool forward and backward on the GPU and compares with the reference.
 fn check_max(ctx: &Context, what: &str, xs: Shape, p: &Pool2dParams, x: &[f32], seed: u64) {
+    check_max_as(ctx, what, xs, p, x, seed, St::F32);
+}
+
+/// [`check_max`] in storage type `st` (`x` already holds `st`'s values).
+fn check_max_as(
+    ctx: &Context,
+    what: &str,
+    xs: Shape,
+    p: &Pool2dParams,
+    x: &[f32],
+    seed: u64,
+    st: St,
+) {
     let (want_y, _, ys) = r::max_pool(&to_f64(x), xs, p);
     assert_eq!(p.out_shape(xs).unwrap(), ys);
-    let gys = random(seed, ys.numel() as usize);
+    let gys = st.random(seed, ys.numel() as usize);
     let want_gx = r::max_pool_backward(&to_f64(x), xs, p, &to_f64(&gys));
-    let xt = ctx.upload(x, xs, "x").unwrap();
-    let gy = ctx.upload(&gys, ys, "gy").unwrap();
-    let y = ctx.tensor(ys, "y").unwrap();
-    // Poisoned: an element the backward pass leaves unwritten fails the check.
-    let gx = ctx
-        .upload(&vec![1.0e30; xs.numel() as usize], xs, "gx")
-        .unwrap();
+    let xt = st.upload(ctx, x, xs, "x");
+    let gy = st.upload(ctx, &gys, ys, "gy");
+    // Poisoned: an element a pass leaves unwritten fails the check.
+    let y = st.poisoned(ctx, ys, "y");
+    let gx = st.poisoned(ctx, xs, "gx");
     let mut rec = Recording::new();
     pool::max_forward(ctx, &mut rec, p, &xt, &y).unwrap();
     pool::max_backward(ctx, &mut rec, p, &xt, &gy, &gx).unwrap();
     let out = ctx.run_read(&[&rec], &[&y, &gx]).unwrap();
-    assert_close(&format!("{what} max forward"), &out[0], &want_y, 1e-4);
-    assert_close(&format!("{what} max backward"), &out[1], &want_gx, 1e-4);
+    let what = format!("{what} ({st:?})");
+    assert_close(
+        &format!("{what} max forward"),
+        &out[0],
+        &want_y,
+        st.tolerance(),
+    );
+    assert_close(
+        &format!("{what} max backward"),
+        &out[1],
+        &want_gx,
+        st.tolerance(),
+    );
 }
 
 fn check_avg(ctx: &Context, what: &str, xs: Shape, p: &Pool2dParams, seed: u64) {
-    let x = random(seed, xs.numel() as usize);
+    check_avg_as(ctx, what, xs, p, seed, St::F32);
+}
+
+fn check_avg_as(ctx: &Context, what: &str, xs: Shape, p: &Pool2dParams, seed: u64, st: St) {
+    let x = st.random(seed, xs.numel() as usize);
     let (want_y, ys) = r::avg_pool(&to_f64(&x), xs, p);
-    let gys = random(seed + 1, ys.numel() as usize);
+    let gys = st.random(seed + 1, ys.numel() as usize);
     let want_gx = r::avg_pool_backward(&to_f64(&gys), xs, p);
-    let xt = ctx.upload(&x, xs, "x").unwrap();
-    let gy = ctx.upload(&gys, ys, "gy").unwrap();
-    let y = ctx.tensor(ys, "y").unwrap();
-    let gx = ctx.tensor(xs, "gx").unwrap();
+    let xt = st.upload(ctx, &x, xs, "x");
+    let gy = st.upload(ctx, &gys, ys, "gy");
+    let y = st.poisoned(ctx, ys, "y");
+    let gx = st.poisoned(ctx, xs, "gx");
     let mut rec = Recording::new();
     pool::avg_forward(ctx, &mut rec, p, &xt, &y).unwrap();
     pool::avg_backward(ctx, &mut rec, p, &gy, &gx).unwrap();
     let out = ctx.run_read(&[&rec], &[&y, &gx]).unwrap();
-    assert_close(&format!("{what} avg forward"), &out[0], &want_y, 1e-4);
-    assert_close(&format!("{what} avg backward"), &out[1], &want_gx, 1e-4);
+    let what = format!("{what} ({st:?})");
+    assert_close(
+        &format!("{what} avg forward"),
+        &out[0],
+        &want_y,
+        st.tolerance(),
+    );
+    assert_close(
+        &format!("{what} avg backward"),
+        &out[1],
+        &want_gx,
+        st.tolerance(),
+    );
+}
+
+/// Global average pool forward and backward of `xs` in storage type `st`.
+fn check_global_as(ctx: &Context, xs: Shape, seed: u64, st: St) {
+    let ys = Shape::new(xs.n, xs.c, 1, 1);
+    let x = st.random(seed, xs.numel() as usize);
+    let gys = st.random(seed + 100, ys.numel() as usize);
+    let xt = st.upload(ctx, &x, xs, "x");
+    let gy = st.upload(ctx, &gys, ys, "gy");
+    let y = st.poisoned(ctx, ys, "y");
+    let gx = st.poisoned(ctx, xs, "gx");
+    let mut rec = Recording::new();
+    pool::global_avg_forward(ctx, &mut rec, &xt, &y).unwrap();
+    pool::global_avg_backward(ctx, &mut rec, &gy, &gx).unwrap();
+    let out = ctx.run_read(&[&rec], &[&y, &gx]).unwrap();
+    let what = format!("global avg {xs} ({}, {st:?})", ctx.kernel_style().name());
+    assert_close(
+        &what,
+        &out[0],
+        &r::global_avg(&to_f64(&x), xs),
+        st.tolerance(),
+    );
+    assert_close(
+        &format!("{what} backward"),
+        &out[1],
+        &r::global_avg_backward(&to_f64(&gys), xs),
+        st.tolerance(),
+    );
 }
 
 #[test]
@@ -228,30 +293,29 @@ fn global_avg_pool_matches_reference() {
         .into_iter()
         .enumerate()
         {
-            let ys = Shape::new(xs.n, xs.c, 1, 1);
-            let x = random(400 + i as u64, xs.numel() as usize);
-            let gys = random(500 + i as u64, ys.numel() as usize);
-            let xt = ctx.upload(&x, xs, "x").unwrap();
-            let gy = ctx.upload(&gys, ys, "gy").unwrap();
-            let y = ctx.tensor(ys, "y").unwrap();
-            let gx = ctx.tensor(xs, "gx").unwrap();
-            let mut rec = Recording::new();
-            pool::global_avg_forward(&ctx, &mut rec, &xt, &y).unwrap();
-            pool::global_avg_backward(&ctx, &mut rec, &gy, &gx).unwrap();
-            let out = ctx.run_read(&[&rec], &[&y, &gx]).unwrap();
-            assert_close(
-                &format!("global avg {xs}"),
-                &out[0],
-                &r::global_avg(&to_f64(&x), xs),
-                1e-4,
-            );
-            assert_close(
-                &format!("global avg backward {xs}"),
-                &out[1],
-                &r::global_avg_backward(&to_f64(&gys), xs),
-                1e-4,
-            );
+            check_global_as(&ctx, xs, 400 + i as u64, St::F32);
         }
+    }
+}
+
+/// Max, average and global average pooling in f16 storage on both kernel
+/// families: the cases of the f32 tests with an odd, padded, strided window.
+#[test]
+fn f16_pooling_matches_reference() {
+    for style in [KernelStyle::Tiled, KernelStyle::Direct] {
+        let ctx = ctx_style(style);
+        assert!(
+            ctx.supports_f16(),
+            "adapter {} lacks SHADER_F16",
+            ctx.summary.name
+        );
+        let xs = Shape::new(2, 3, 9, 8);
+        let p = Pool2dParams::new([3, 3], [2, 2], [1, 1, 1, 1]);
+        let x = St::F16.random(1, xs.numel() as usize);
+        check_max_as(&ctx, "3x3 s2 pad 1", xs, &p, &x, 2, St::F16);
+        check_avg_as(&ctx, "3x3 s2 pad 1", xs, &p, 3, St::F16);
+        check_global_as(&ctx, xs, 4, St::F16);
+        check_global_as(&ctx, Shape::new(3, 5, 7, 7), 5, St::F16);
     }
 }
 
