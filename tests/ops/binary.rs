@@ -6,29 +6,35 @@ use advex::ops::elementwise;
 use advex::Context;
 
 fn check(ctx: &Context, op: BinaryOp, sa: Shape, sb: Shape, seed: u64) {
+    check_as(ctx, op, sa, sb, seed, St::F32);
+}
+
+/// Forward and both gradients of `op` on `sa` and `sb` in storage type `st`.
+fn check_as(ctx: &Context, op: BinaryOp, sa: Shape, sb: Shape, seed: u64, st: St) {
     let mul = op == BinaryOp::Mul;
     let so = binary::broadcast_shape(sa, sb).unwrap();
-    let a = random(seed, sa.numel() as usize);
-    let b = random(seed + 1, sb.numel() as usize);
-    let gys = random(seed + 2, so.numel() as usize);
+    let a = st.random(seed, sa.numel() as usize);
+    let b = st.random(seed + 1, sb.numel() as usize);
+    let gys = st.random(seed + 2, so.numel() as usize);
     let (want_y, rs) = r::binary(mul, &to_f64(&a), sa, &to_f64(&b), sb);
     assert_eq!(rs, so);
     let (want_ga, want_gb) =
         r::binary_backward(mul, &to_f64(&a), sa, &to_f64(&b), sb, &to_f64(&gys));
-    let at = ctx.upload(&a, sa, "a").unwrap();
-    let bt = ctx.upload(&b, sb, "b").unwrap();
-    let gy = ctx.upload(&gys, so, "gy").unwrap();
-    let y = ctx.tensor(so, "y").unwrap();
-    let ga = ctx.tensor(sa, "ga").unwrap();
-    let gb = ctx.tensor(sb, "gb").unwrap();
+    let at = st.upload(ctx, &a, sa, "a");
+    let bt = st.upload(ctx, &b, sb, "b");
+    let gy = st.upload(ctx, &gys, so, "gy");
+    let y = st.poisoned(ctx, so, "y");
+    let ga = st.poisoned(ctx, sa, "ga");
+    let gb = st.poisoned(ctx, sb, "gb");
     let mut rec = Recording::new();
     binary::forward(ctx, &mut rec, op, &at, &bt, &y).unwrap();
     binary::backward(ctx, &mut rec, op, &at, &bt, &gy, Some(&ga), Some(&gb)).unwrap();
     let out = ctx.run_read(&[&rec], &[&y, &ga, &gb]).unwrap();
-    let what = format!("{} {sa} {sb}", op.name());
-    assert_close(&format!("{what} forward"), &out[0], &want_y, 1e-4);
-    assert_close(&format!("{what} grad a"), &out[1], &want_ga, 1e-4);
-    assert_close(&format!("{what} grad b"), &out[2], &want_gb, 1e-4);
+    let what = format!("{} {sa} {sb} ({st:?})", op.name());
+    let tol = st.tolerance();
+    assert_close(&format!("{what} forward"), &out[0], &want_y, tol);
+    assert_close(&format!("{what} grad a"), &out[1], &want_ga, tol);
+    assert_close(&format!("{what} grad b"), &out[2], &want_gb, tol);
 }
 
 const CASES: [(Shape, Shape); 7] = [
@@ -59,6 +65,17 @@ fn mul_matches_reference() {
     let ctx = ctx();
     for (i, (sa, sb)) in CASES.iter().enumerate() {
         check(&ctx, BinaryOp::Mul, *sa, *sb, 1000 + 10 * i as u64);
+    }
+}
+
+/// Every case of both ops in f16 storage.
+#[test]
+fn f16_binary_matches_reference() {
+    let ctx = ctx();
+    assert!(ctx.supports_f16(), "the adapter lacks SHADER_F16");
+    for (i, (sa, sb)) in CASES.iter().enumerate() {
+        check_as(&ctx, BinaryOp::Add, *sa, *sb, 2000 + 10 * i as u64, St::F16);
+        check_as(&ctx, BinaryOp::Mul, *sa, *sb, 3000 + 10 * i as u64, St::F16);
     }
 }
 

@@ -5,10 +5,15 @@ use advex::ops::{affine, concat};
 use advex::Context;
 
 fn check_concat(ctx: &Context, parts: &[Shape], seed: u64) {
+    check_concat_as(ctx, parts, seed, St::F32);
+}
+
+/// Concat of `parts` and its backward in storage type `st` (copies: exact).
+fn check_concat_as(ctx: &Context, parts: &[Shape], seed: u64, st: St) {
     let data: Vec<Vec<f32>> = parts
         .iter()
         .enumerate()
-        .map(|(i, s)| random(seed + i as u64, s.numel() as usize))
+        .map(|(i, s)| st.random(seed + i as u64, s.numel() as usize))
         .collect();
     let d64: Vec<Vec<f64>> = data.iter().map(|d| to_f64(d)).collect();
     let refs: Vec<(&[f64], Shape)> = d64
@@ -18,33 +23,30 @@ fn check_concat(ctx: &Context, parts: &[Shape], seed: u64) {
         .collect();
     let (want_y, so) = r::concat(&refs);
     assert_eq!(concat::out_shape(parts).unwrap(), so);
-    let gys = random(seed + 100, so.numel() as usize);
+    let gys = st.random(seed + 100, so.numel() as usize);
     let want_gx = r::concat_backward(&to_f64(&gys), parts);
 
     let xs: Vec<_> = data
         .iter()
         .zip(parts)
-        .map(|(d, s)| ctx.upload(d, *s, "x").unwrap())
+        .map(|(d, s)| st.upload(ctx, d, *s, "x"))
         .collect();
-    let gxs: Vec<_> = parts
-        .iter()
-        .map(|s| ctx.tensor(*s, "gx").unwrap())
-        .collect();
-    let y = ctx.tensor(so, "y").unwrap();
-    let gy = ctx.upload(&gys, so, "gy").unwrap();
+    let gxs: Vec<_> = parts.iter().map(|s| st.poisoned(ctx, *s, "gx")).collect();
+    let y = st.poisoned(ctx, so, "y");
+    let gy = st.upload(ctx, &gys, so, "gy");
     let mut rec = Recording::new();
     concat::forward(ctx, &mut rec, &xs.iter().collect::<Vec<_>>(), &y).unwrap();
     concat::backward(ctx, &mut rec, &gy, &gxs.iter().collect::<Vec<_>>()).unwrap();
     let mut reads = vec![&y];
     reads.extend(gxs.iter());
     let out = ctx.run_read(&[&rec], &reads).unwrap();
-    assert_close(&format!("concat {so}"), &out[0], &want_y, 1e-6);
+    assert_close(&format!("concat {so} ({st:?})"), &out[0], &want_y, 1e-12);
     for (i, w) in want_gx.iter().enumerate() {
         assert_close(
-            &format!("concat backward {so} part {i}"),
+            &format!("concat backward {so} part {i} ({st:?})"),
             &out[i + 1],
             w,
-            1e-6,
+            1e-12,
         );
     }
 }
@@ -80,28 +82,40 @@ fn concat_rejects_mismatched_inputs() {
 }
 
 fn check_affine(ctx: &Context, s: Shape, seed: u64) {
-    let x = random(seed, s.numel() as usize);
-    let scale: Vec<f32> = random(seed + 1, s.c as usize)
+    check_affine_as(ctx, s, seed, St::F32);
+}
+
+/// Per-channel affine forward and backward of `s` in storage type `st`.
+fn check_affine_as(ctx: &Context, s: Shape, seed: u64, st: St) {
+    let x = st.random(seed, s.numel() as usize);
+    let scale: Vec<f32> = st
+        .random(seed + 1, s.c as usize)
         .iter()
         .map(|v| v * 4.0)
         .collect();
-    let shift = random(seed + 2, s.c as usize);
-    let gys = random(seed + 3, s.numel() as usize);
+    let shift = st.random(seed + 2, s.c as usize);
+    let gys = st.random(seed + 3, s.numel() as usize);
     let cs = Shape::new(1, s.c, 1, 1);
-    let xt = ctx.upload(&x, s, "x").unwrap();
-    let sc = ctx.upload(&scale, cs, "scale").unwrap();
-    let sh = ctx.upload(&shift, cs, "shift").unwrap();
-    let gy = ctx.upload(&gys, s, "gy").unwrap();
-    let y = ctx.tensor(s, "y").unwrap();
-    let gx = ctx.tensor(s, "gx").unwrap();
+    let xt = st.upload(ctx, &x, s, "x");
+    let sc = st.upload(ctx, &scale, cs, "scale");
+    let sh = st.upload(ctx, &shift, cs, "shift");
+    let gy = st.upload(ctx, &gys, s, "gy");
+    let y = st.poisoned(ctx, s, "y");
+    let gx = st.poisoned(ctx, s, "gx");
     let mut rec = Recording::new();
     affine::forward(ctx, &mut rec, &xt, &sc, &sh, &y).unwrap();
     affine::backward(ctx, &mut rec, &gy, &sc, &gx).unwrap();
     let out = ctx.run_read(&[&rec], &[&y, &gx]).unwrap();
     let want_y = r::affine(&to_f64(&x), s, &to_f64(&scale), &to_f64(&shift));
     let want_gx = r::affine_backward(&to_f64(&gys), s, &to_f64(&scale));
-    assert_close(&format!("affine {s}"), &out[0], &want_y, 1e-4);
-    assert_close(&format!("affine backward {s}"), &out[1], &want_gx, 1e-4);
+    let what = format!("affine {s} ({st:?})");
+    assert_close(&what, &out[0], &want_y, st.tolerance());
+    assert_close(
+        &format!("{what} backward"),
+        &out[1],
+        &want_gx,
+        st.tolerance(),
+    );
 }
 
 #[test]
@@ -117,6 +131,31 @@ fn affine_matches_reference() {
     let y = ctx.tensor(Shape::new(1, 3, 2, 2), "y").unwrap();
     assert!(affine::forward(&ctx, &mut rec, &x, &bad, &bad, &y).is_err());
     assert!(rec.is_empty());
+}
+
+/// Concat (two and three parts) and affine in f16 storage.
+#[test]
+fn f16_concat_affine_match_reference() {
+    let ctx = ctx();
+    assert!(ctx.supports_f16(), "the adapter lacks SHADER_F16");
+    check_concat_as(
+        &ctx,
+        &[Shape::new(2, 3, 4, 4), Shape::new(2, 5, 4, 4)],
+        40,
+        St::F16,
+    );
+    check_concat_as(
+        &ctx,
+        &[
+            Shape::new(1, 1, 3, 5),
+            Shape::new(1, 4, 3, 5),
+            Shape::new(1, 2, 3, 5),
+        ],
+        50,
+        St::F16,
+    );
+    check_affine_as(&ctx, Shape::new(2, 3, 5, 4), 60, St::F16);
+    check_affine_as(&ctx, Shape::new(3, 9, 1, 1), 70, St::F16);
 }
 
 #[test]

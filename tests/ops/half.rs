@@ -17,10 +17,7 @@ use crate::common::*;
 use advex::attack::{parse_eps_list, FgsmPlan, Target};
 use advex::gpu::{Recording, Shape};
 use advex::model::Model;
-use advex::ops::binary::BinaryOp;
-use advex::ops::{
-    activation, affine, binary, concat, elementwise, linear, loss, softmax, Activation,
-};
+use advex::ops::{activation, elementwise, linear, loss, softmax, Activation};
 use advex::plan::GpuModel;
 use advex::{Context, DType, KernelStyle, Tensor};
 
@@ -97,72 +94,6 @@ fn f16_linear_matches_reference() {
             );
         }
     }
-}
-
-#[test]
-fn f16_binary_concat_affine_match_reference() {
-    let ctx = f16_ctx(KernelStyle::Tiled);
-    // Broadcast multiply (squeeze-excite): b's gradient reduces over h, w.
-    let sa = Shape::new(2, 6, 5, 5);
-    let sb = Shape::new(2, 6, 1, 1);
-    let av = hrandom(1, sa.numel() as usize);
-    let bv = hrandom(2, sb.numel() as usize);
-    let gyv = hrandom(3, sa.numel() as usize);
-    let (want_y, _) = r::binary(true, &to_f64(&av), sa, &to_f64(&bv), sb);
-    let (want_ga, want_gb) =
-        r::binary_backward(true, &to_f64(&av), sa, &to_f64(&bv), sb, &to_f64(&gyv));
-    let (a, b, gy) = (up(&ctx, &av, sa), up(&ctx, &bv, sb), up(&ctx, &gyv, sa));
-    let (y, ga, gb) = (out16(&ctx, sa), out16(&ctx, sa), out16(&ctx, sb));
-    // Concat of two parts and its backward.
-    let (p1, p2) = (Shape::new(2, 3, 4, 4), Shape::new(2, 5, 4, 4));
-    let (c1v, c2v) = (
-        hrandom(4, p1.numel() as usize),
-        hrandom(5, p2.numel() as usize),
-    );
-    let (want_c, cs) = r::concat(&[(&to_f64(&c1v), p1), (&to_f64(&c2v), p2)]);
-    let gcv = hrandom(6, cs.numel() as usize);
-    let want_gc = r::concat_backward(&to_f64(&gcv), &[p1, p2]);
-    let (c1, c2, gc) = (up(&ctx, &c1v, p1), up(&ctx, &c2v, p2), up(&ctx, &gcv, cs));
-    let (cy, g1, g2) = (out16(&ctx, cs), out16(&ctx, p1), out16(&ctx, p2));
-    // Affine (per channel).
-    let fs = Shape::new(2, 3, 5, 4);
-    let (xv, scv, shv) = (hrandom(7, 120), hrandom(8, 3), hrandom(9, 3));
-    let want_f = r::affine(&to_f64(&xv), fs, &to_f64(&scv), &to_f64(&shv));
-    let want_gf = r::affine_backward(&to_f64(&xv), fs, &to_f64(&scv));
-    let vs = Shape::new(1, 3, 1, 1);
-    let (fx, sc, sh) = (up(&ctx, &xv, fs), up(&ctx, &scv, vs), up(&ctx, &shv, vs));
-    let (fy, fg) = (out16(&ctx, fs), out16(&ctx, fs));
-
-    let mut rec = Recording::new();
-    binary::forward(&ctx, &mut rec, BinaryOp::Mul, &a, &b, &y).unwrap();
-    binary::backward(
-        &ctx,
-        &mut rec,
-        BinaryOp::Mul,
-        &a,
-        &b,
-        &gy,
-        Some(&ga),
-        Some(&gb),
-    )
-    .unwrap();
-    concat::forward(&ctx, &mut rec, &[&c1, &c2], &cy).unwrap();
-    concat::backward(&ctx, &mut rec, &gc, &[&g1, &g2]).unwrap();
-    affine::forward(&ctx, &mut rec, &fx, &sc, &sh, &fy).unwrap();
-    // the gradient of the affine map at gy = x (any f16 tensor will do)
-    affine::backward(&ctx, &mut rec, &fx, &sc, &fg).unwrap();
-    let got = ctx
-        .run_read(&[&rec], &[&y, &ga, &gb, &cy, &g1, &g2, &fy, &fg])
-        .unwrap();
-    assert_close("f16 mul", &got[0], &want_y, TOL);
-    assert_close("f16 mul backward a", &got[1], &want_ga, TOL);
-    assert_close("f16 mul backward b (reduced)", &got[2], &want_gb, TOL);
-    // Copies: exact.
-    assert_close("f16 concat", &got[3], &want_c, 1e-12);
-    assert_close("f16 concat backward 1", &got[4], &want_gc[0], 1e-12);
-    assert_close("f16 concat backward 2", &got[5], &want_gc[1], 1e-12);
-    assert_close("f16 affine", &got[6], &want_f, TOL);
-    assert_close("f16 affine backward", &got[7], &want_gf, TOL);
 }
 
 #[test]
