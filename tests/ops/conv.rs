@@ -405,16 +405,29 @@ fn check_linear(
     out: u32,
     with_bias: bool,
 ) -> Vec<&'static str> {
-    let xv = random(seed, (n * k) as usize);
-    let wv = random(seed + 1, (out * k) as usize);
-    let bv = random(seed + 2, out as usize);
-    let gyv = random(seed + 3, (n * out) as usize);
-    let x = ctx.upload(&xv, Shape::new(n, k, 1, 1), "x").unwrap();
-    let w = ctx.upload(&wv, Shape::new(out, k, 1, 1), "w").unwrap();
-    let b = ctx.upload(&bv, Shape::new(1, out, 1, 1), "b").unwrap();
-    let gy = ctx.upload(&gyv, Shape::new(n, out, 1, 1), "gy").unwrap();
-    let y = poisoned(ctx, Shape::new(n, out, 1, 1), "y");
-    let gx = poisoned(ctx, Shape::new(n, k, 1, 1), "gx");
+    check_linear_as(ctx, seed, n, k, out, with_bias, St::F32)
+}
+
+/// [`check_linear`] in storage type `st`.
+fn check_linear_as(
+    ctx: &Context,
+    seed: u64,
+    n: u32,
+    k: u32,
+    out: u32,
+    with_bias: bool,
+    st: St,
+) -> Vec<&'static str> {
+    let xv = st.random(seed, (n * k) as usize);
+    let wv = st.random(seed + 1, (out * k) as usize);
+    let bv = st.random(seed + 2, out as usize);
+    let gyv = st.random(seed + 3, (n * out) as usize);
+    let x = st.upload(ctx, &xv, Shape::new(n, k, 1, 1), "x");
+    let w = st.upload(ctx, &wv, Shape::new(out, k, 1, 1), "w");
+    let b = st.upload(ctx, &bv, Shape::new(1, out, 1, 1), "b");
+    let gy = st.upload(ctx, &gyv, Shape::new(n, out, 1, 1), "gy");
+    let y = st.poisoned(ctx, Shape::new(n, out, 1, 1), "y");
+    let gx = st.poisoned(ctx, Shape::new(n, k, 1, 1), "gx");
     let mut rec = Recording::new();
     linear::forward(ctx, &mut rec, &x, &w, with_bias.then_some(&b), &y).unwrap();
     linear::backward(ctx, &mut rec, &gy, &w, &gx).unwrap();
@@ -430,19 +443,30 @@ fn check_linear(
         ou,
     );
     let want_gx = linear_backward(&to_f64(&gyv), &to_f64(&wv), nu, ku, ou);
-    assert_close(
-        &format!("linear {n}x{k}->{out} forward"),
-        &got[0],
-        &want_y,
-        1e-4,
+    let what = format!(
+        "linear {n}x{k}->{out} ({}, {st:?})",
+        ctx.kernel_style().name()
     );
+    assert_close(&format!("{what} forward"), &got[0], &want_y, st.tolerance());
     assert_close(
-        &format!("linear {n}x{k}->{out} backward"),
+        &format!("{what} backward"),
         &got[1],
         &want_gx,
-        1e-4,
+        st.tolerance(),
     );
     shaders(&rec)
+}
+
+/// Linear layers in f16 storage on both kernel families (300 rows take the
+/// direct kernels on CPU adapters).
+#[test]
+fn f16_linear_matches_reference() {
+    for style in [KernelStyle::Tiled, KernelStyle::Direct] {
+        let ctx = ctx_style(style);
+        for (seed, n, k, out) in [(1u64, 3u32, 20u32, 10u32), (2, 300, 16, 12)] {
+            check_linear_as(&ctx, seed, n, k, out, true, St::F16);
+        }
+    }
 }
 
 #[test]
