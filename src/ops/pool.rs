@@ -134,6 +134,38 @@ pub fn max_forward(
     )
 }
 
+/// The pooling passes that choose between two kernels (the others have one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PoolKernel {
+    /// Max pool backward as a gather: one thread per input element visits the
+    /// windows that contain it.
+    MaxBackwardGather,
+    /// Max pool backward for disjoint windows (stride >= kernel, no dilation):
+    /// one thread per window scatters its gradient, the rest cleared.
+    MaxBackwardWindows,
+    /// Global average pool, one workgroup per plane (GPUs).
+    GlobalAvgPerWorkgroup,
+    /// Global average pool, one thread per plane (CPU adapters: no barriers).
+    GlobalAvgPerThread,
+}
+
+/// The kernel [`max_backward`] records for windows `p`.
+pub fn select_max_backward(p: &Pool2dParams) -> PoolKernel {
+    if p.dilation == [1, 1] && p.stride[0] >= p.kernel[0] && p.stride[1] >= p.kernel[1] {
+        PoolKernel::MaxBackwardWindows
+    } else {
+        PoolKernel::MaxBackwardGather
+    }
+}
+
+/// The kernel [`global_avg_forward`] records on adapters of `style`.
+pub fn select_global_avg(style: KernelStyle) -> PoolKernel {
+    match style {
+        KernelStyle::Direct => PoolKernel::GlobalAvgPerThread,
+        KernelStyle::Tiled => PoolKernel::GlobalAvgPerWorkgroup,
+    }
+}
+
 /// Gradient of max pooling: `gx` receives each window's `gy` at the window's
 /// argmax (first maximum on ties); `x` is the forward input.
 pub fn max_backward(
@@ -152,8 +184,7 @@ pub fn max_backward(
         ));
     }
     distinct("max_pool backward", gx, &[x, gy])?;
-    // Disjoint windows: one thread per window scatters it (see pool.wgsl).
-    if p.dilation == [1, 1] && p.stride[0] >= p.kernel[0] && p.stride[1] >= p.kernel[1] {
+    if select_max_backward(p) == PoolKernel::MaxBackwardWindows {
         let (ys, xs) = (gy.shape, x.shape);
         let covered = p.padding == [0; 4]
             && p.stride == p.kernel
@@ -288,12 +319,9 @@ pub fn global_avg_forward(
     if planes == 0 {
         return Ok(());
     }
-    // CPU adapters: one thread per plane (no barriers); GPUs: one workgroup per plane.
-    let per_thread = ctx.kernel_style() == KernelStyle::Direct;
-    let (entry, groups) = if per_thread {
-        ("global_avg_forward_thread", groups_1d(planes))
-    } else {
-        ("global_avg_forward", planes)
+    let (entry, groups) = match select_global_avg(ctx.kernel_style()) {
+        PoolKernel::GlobalAvgPerThread => ("global_avg_forward_thread", groups_1d(planes)),
+        _ => ("global_avg_forward", planes),
     };
     let k = ctx.kernel(
         Shader::Pool,

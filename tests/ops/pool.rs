@@ -162,6 +162,19 @@ fn max_pool_matches_reference() {
     assert_eq!(ceil.out_shape(Shape::new(1, 1, 13, 15)).unwrap().h, 6);
     assert_eq!(ceil.out_shape(Shape::new(1, 1, 10, 12)).unwrap().h, 5);
     assert_eq!(ceil.out_shape(Shape::new(1, 1, 10, 12)).unwrap().w, 6);
+    // What select_max_backward picks: the window scatter exactly where windows
+    // are disjoint (stride >= kernel, no dilation).
+    let windows = [
+        false, true, false, false, false, false, false, false, false, true, true, true, true, true,
+    ];
+    for ((what, _, p), want) in cases.iter().zip(windows) {
+        let want = if want {
+            pool::PoolKernel::MaxBackwardWindows
+        } else {
+            pool::PoolKernel::MaxBackwardGather
+        };
+        assert_eq!(pool::select_max_backward(p), want, "{what}");
+    }
     for (i, (what, xs, p)) in cases.iter().enumerate() {
         let x = random(10 + i as u64, xs.numel() as usize);
         check_max(&ctx, what, *xs, p, &x, 100 + i as u64);
@@ -280,6 +293,14 @@ fn avg_pool_matches_reference() {
 #[test]
 fn global_avg_pool_matches_reference() {
     // one workgroup per plane (tiled, GPUs) and one thread per plane (direct, CPUs)
+    assert_eq!(
+        pool::select_global_avg(KernelStyle::Tiled),
+        pool::PoolKernel::GlobalAvgPerWorkgroup
+    );
+    assert_eq!(
+        pool::select_global_avg(KernelStyle::Direct),
+        pool::PoolKernel::GlobalAvgPerThread
+    );
     for ctx in [
         ctx_style(KernelStyle::Tiled),
         ctx_style(KernelStyle::Direct),
