@@ -131,6 +131,14 @@ impl St {
         }
     }
 
+    /// `v` as this storage type holds it (rounded to f16, or unchanged).
+    pub fn stored(self, v: &[f32]) -> Vec<f32> {
+        match self {
+            St::F32 => v.to_vec(),
+            St::F16 => v.iter().map(|&x| half::f16::from_f32(x).to_f32()).collect(),
+        }
+    }
+
     pub fn upload(
         self,
         ctx: &Context,

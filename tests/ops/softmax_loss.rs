@@ -6,25 +6,40 @@ use advex::Context;
 use rand::Rng;
 
 fn check_softmax(ctx: &Context, s: Shape, scale: f32, seed: u64) {
-    let x: Vec<f32> = random(seed, s.numel() as usize)
+    check_softmax_as(ctx, s, scale, seed, St::F32);
+}
+
+/// Softmax forward and backward of `s` in storage type `st`, logits scaled by
+/// `scale` (a power of two keeps f16 inputs exact).
+fn check_softmax_as(ctx: &Context, s: Shape, scale: f32, seed: u64, st: St) {
+    let x: Vec<f32> = st
+        .random(seed, s.numel() as usize)
         .iter()
         .map(|v| v * scale)
         .collect();
-    let gys = random(seed + 1, s.numel() as usize);
-    let xt = ctx.upload(&x, s, "x").unwrap();
-    let gy = ctx.upload(&gys, s, "gy").unwrap();
-    let y = ctx.tensor(s, "y").unwrap();
-    let gx = ctx.tensor(s, "gx").unwrap();
+    let x = st.stored(&x);
+    let gys = st.random(seed + 1, s.numel() as usize);
+    let xt = st.upload(ctx, &x, s, "x");
+    let gy = st.upload(ctx, &gys, s, "gy");
+    let y = st.poisoned(ctx, s, "y");
+    let gx = st.poisoned(ctx, s, "gx");
     let mut rec = Recording::new();
     softmax::forward(ctx, &mut rec, &xt, &y).unwrap();
     softmax::backward(ctx, &mut rec, &y, &gy, &gx).unwrap();
     let out = ctx.run_read(&[&rec], &[&y, &gx]).unwrap();
     let want_y = r::softmax(&to_f64(&x), s);
     // The backward op is a function of (y, gy): reference it on the y it was given
-    // (with +-80 logits f32 rounding of y ~ 1 dominates the cancellation in gy - dot).
+    // (with +-80 logits f32 rounding of y ~ 1 dominates the cancellation in gy - dot;
+    // in f16 the stored y is rounded as well).
     let want_gx = r::softmax_backward(&to_f64(&out[0]), &to_f64(&gys), s);
-    assert_close(&format!("softmax {s}"), &out[0], &want_y, 1e-4);
-    assert_close(&format!("softmax backward {s}"), &out[1], &want_gx, 1e-4);
+    let what = format!("softmax {s} ({st:?})");
+    assert_close(&what, &out[0], &want_y, st.tolerance());
+    assert_close(
+        &format!("{what} backward"),
+        &out[1],
+        &want_gx,
+        st.tolerance(),
+    );
 }
 
 #[test]
@@ -46,13 +61,18 @@ struct Loss {
 }
 
 fn run_loss(ctx: &Context, z: &[f32], labels: &[u32], k: u32, sign: f32) -> Loss {
+    run_loss_as(ctx, z, labels, k, sign, St::F32)
+}
+
+/// The loss, its gradient (storage type `st`) and the read-out of logits `z`.
+fn run_loss_as(ctx: &Context, z: &[f32], labels: &[u32], k: u32, sign: f32, st: St) -> Loss {
     let n = labels.len() as u32;
     let s = Shape::new(n, k, 1, 1);
-    let zt = ctx.upload(z, s, "logits").unwrap();
+    let zt = st.upload(ctx, z, s, "logits");
     let lt = ctx.tensor(Shape::new(n, 1, 1, 1), "labels").unwrap();
     ctx.write_bytes(&lt, bytemuck::cast_slice(labels));
     let lo = ctx.tensor(Shape::new(n, 1, 1, 1), "loss").unwrap();
-    let gr = ctx.tensor(s, "grad").unwrap();
+    let gr = st.poisoned(ctx, s, "grad");
     let am = ctx
         .tensor(Shape::new(n, loss::ARGMAX_PROB_WIDTH, 1, 1), "argmax")
         .unwrap();
@@ -68,14 +88,26 @@ fn run_loss(ctx: &Context, z: &[f32], labels: &[u32], k: u32, sign: f32) -> Loss
 }
 
 fn check_loss(ctx: &Context, n: usize, k: usize, scale: f32, sign: f32, seed: u64) {
-    let z: Vec<f32> = random(seed, n * k).iter().map(|v| v * scale).collect();
+    check_loss_as(ctx, n, k, scale, sign, seed, St::F32);
+}
+
+/// Cross-entropy, its gradient and the read-out in storage type `st` (the loss
+/// and the read-out are f32 either way, computed from the stored logits).
+fn check_loss_as(ctx: &Context, n: usize, k: usize, scale: f32, sign: f32, seed: u64, st: St) {
+    let z: Vec<f32> = st.random(seed, n * k).iter().map(|v| v * scale).collect();
+    let z = st.stored(&z);
     let mut rg = rng(seed + 1);
     let labels: Vec<u32> = (0..n).map(|_| rg.random_range(0..k as u32)).collect();
-    let got = run_loss(ctx, &z, &labels, k as u32, sign);
+    let got = run_loss_as(ctx, &z, &labels, k as u32, sign, st);
     let (want_loss, want_grad) = r::cross_entropy(&to_f64(&z), n, k, &labels, sign as f64);
-    let what = format!("n {n} k {k} scale {scale} sign {sign}");
+    let what = format!("n {n} k {k} scale {scale} sign {sign} ({st:?})");
     assert_close(&format!("loss {what}"), &got.loss, &want_loss, 1e-4);
-    assert_close(&format!("loss grad {what}"), &got.grad, &want_grad, 1e-4);
+    assert_close(
+        &format!("loss grad {what}"),
+        &got.grad,
+        &want_grad,
+        st.tolerance(),
+    );
     check_argmax(&got.argmax, &z, n, k, &labels, &what);
 }
 
@@ -123,6 +155,18 @@ fn cross_entropy_and_argmax_match_reference() {
     check_loss(&ctx, 3, 10, 80.0, 1.0, 3);
     check_loss(&ctx, 4, 1000, 80.0, -1.0, 4);
     check_loss(&ctx, 2, 10, 1.0, -1.0, 5);
+}
+
+/// Softmax and the loss in f16 storage (logits rounded to f16; the loss and
+/// the read-out stay f32).
+#[test]
+fn f16_softmax_and_loss_match_reference() {
+    let ctx = ctx();
+    assert!(ctx.supports_f16(), "the adapter lacks SHADER_F16");
+    check_softmax_as(&ctx, Shape::new(3, 37, 1, 1), 8.0, 11, St::F16);
+    check_softmax_as(&ctx, Shape::new(2, 6, 3, 5), 2.0, 12, St::F16);
+    check_loss_as(&ctx, 3, 37, 8.0, -1.0, 13, St::F16);
+    check_loss_as(&ctx, 5, 1000, 4.0, 1.0, 14, St::F16);
 }
 
 #[test]
