@@ -62,6 +62,38 @@ override HAS_BIAS: bool = false;
 @group(0) @binding(3) var<storage, read> bias: array<st>;
 @group(0) @binding(4) var<storage, read_write> y: array<st>;
 
+// A forward thread's 4 outputs: row oh of channel oc of image img, columns
+// ow0 .. ow0 + 3 (t < p.items).
+struct OutQuad {
+    oh: u32,
+    oc: u32,
+    img: u32,
+    ow0: u32,
+}
+
+fn out_quad(t: u32) -> OutQuad {
+    let q = t % p.quads;
+    var r = t / p.quads;
+    let oh = r % p.out_h;
+    r = r / p.out_h;
+    return OutQuad(oh, r % p.out_c, r / p.out_c, q * PER);
+}
+
+// The epilogue: bias, activation, and the store of the quad's outputs that
+// exist (the last quad of a row may be partial).
+fn store_quad(o: OutQuad, acc: vec4<f32>) {
+    var b = 0.0;
+    if (HAS_BIAS) {
+        b = f32(bias[o.oc]);
+    }
+    let y_base = ((o.img * p.out_c + o.oc) * p.out_h + o.oh) * p.out_w + o.ow0;
+    for (var j = 0u; j < PER; j++) {
+        if (o.ow0 + j < p.out_w) {
+            y[y_base + j] = st(act(acc[j] + b));
+        }
+    }
+}
+
 @compute @workgroup_size(WG)
 fn forward(@builtin(workgroup_id) wid: vec3<u32>,
            @builtin(num_workgroups) nwg: vec3<u32>,
@@ -70,14 +102,12 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>,
     if (t >= p.items) {
         return;
     }
-    let q = t % p.quads;
-    var r = t / p.quads;
-    let oh = r % p.out_h;
-    r = r / p.out_h;
-    let oc = r % p.out_c;
-    let img = r / p.out_c;
+    let o = out_quad(t);
+    let oh = o.oh;
+    let oc = o.oc;
+    let img = o.img;
+    let ow0 = o.ow0;
     let c = oc / p.mult;
-    let ow0 = q * PER;
 
     let x_base = (img * p.in_c + c) * p.in_h * p.in_w;
     let w_base = oc * p.k_h * p.k_w;
@@ -102,16 +132,7 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>,
             }
         }
     }
-    var b = 0.0;
-    if (HAS_BIAS) {
-        b = f32(bias[oc]);
-    }
-    let y_base = ((img * p.out_c + oc) * p.out_h + oh) * p.out_w + ow0;
-    for (var j = 0u; j < PER; j++) {
-        if (ow0 + j < p.out_w) {
-            y[y_base + j] = st(act(acc[j] + b));
-        }
-    }
+    store_quad(o, acc);
 }
 
 // --------------------------------------- forward, kernel size and stride fixed
@@ -136,14 +157,12 @@ fn forward_fixed(@builtin(workgroup_id) wid: vec3<u32>,
     if (t >= p.items) {
         return;
     }
-    let q = t % p.quads;
-    var r = t / p.quads;
-    let oh = r % p.out_h;
-    r = r / p.out_h;
-    let oc = r % p.out_c;
-    let img = r / p.out_c;
+    let o = out_quad(t);
+    let oh = o.oh;
+    let oc = o.oc;
+    let img = o.img;
+    let ow0 = o.ow0;
     let c = oc / p.mult;
-    let ow0 = q * PER;
 
     let x_base = (img * p.in_c + c) * p.in_h * p.in_w;
     let w_base = oc * KH * KW;
@@ -170,16 +189,7 @@ fn forward_fixed(@builtin(workgroup_id) wid: vec3<u32>,
             acc += wv * vec4<f32>(seg[kw], seg[SW + kw], seg[2u * SW + kw], seg[3u * SW + kw]);
         }
     }
-    var b = 0.0;
-    if (HAS_BIAS) {
-        b = f32(bias[oc]);
-    }
-    let y_base = ((img * p.out_c + oc) * p.out_h + oh) * p.out_w + ow0;
-    for (var j = 0u; j < PER; j++) {
-        if (ow0 + j < p.out_w) {
-            y[y_base + j] = st(act(acc[j] + b));
-        }
-    }
+    store_quad(o, acc);
 }
 
 // --------------------------------------------------------------- backward
