@@ -58,7 +58,7 @@ impl GpuModel {
                     let xs: Vec<&Tensor> = (0..node.inputs.len()).map(x).collect();
                     let lower = Lowering {
                         ctx,
-                        params: &self.params[i],
+                        weights: &self.weights[i],
                         prepared: &self.prepared,
                         name,
                     };

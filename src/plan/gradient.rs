@@ -167,7 +167,7 @@ impl GpuModel {
             let gxs: Vec<&Tensor> = (0..node.inputs.len()).map(gx).collect();
             let lower = Lowering {
                 ctx,
-                params: &self.params[i],
+                weights: &self.weights[i],
                 prepared: &self.prepared,
                 name: &node.name,
             };

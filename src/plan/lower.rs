@@ -9,7 +9,7 @@ use super::*;
 pub(super) struct Lowering<'a> {
     pub ctx: &'a Context,
     /// The node's weights, if its op has any.
-    pub params: &'a Params,
+    pub weights: &'a Weights,
     /// The model's weight copies in kernel layouts (transposed, repacked).
     pub prepared: &'a PreparedWeights,
     /// For errors: the node's name.
@@ -35,8 +35,8 @@ impl Lowering<'_> {
         y: &Tensor,
     ) -> Result<()> {
         let ctx = self.ctx;
-        match (op, self.params) {
-            (Op::Conv2d { params, .. }, Params::Conv { w, b }) => ops::conv::forward_act_with(
+        match (op, self.weights) {
+            (Op::Conv2d { params, .. }, Weights::Conv { w, b }) => ops::conv::forward_act_with(
                 ctx,
                 rec,
                 params,
@@ -47,10 +47,10 @@ impl Lowering<'_> {
                 y,
                 Some(self.prepared),
             ),
-            (Op::Linear { .. }, Params::Conv { w, b }) => {
+            (Op::Linear { .. }, Weights::Conv { w, b }) => {
                 ops::linear::forward_act(ctx, rec, xs[0], w, b.as_ref(), act, y)
             }
-            (Op::Affine { .. }, Params::Affine { scale, shift }) => {
+            (Op::Affine { .. }, Weights::Affine { scale, shift }) => {
                 ops::affine::forward(ctx, rec, xs[0], scale, shift, y)
             }
             (Op::Activation(a), _) => ops::activation::forward(ctx, rec, *a, xs[0], y),
@@ -81,14 +81,14 @@ impl Lowering<'_> {
         fused: bool,
     ) -> Result<()> {
         let ctx = self.ctx;
-        match (op, self.params) {
-            (Op::Conv2d { params, .. }, Params::Conv { w, .. }) => {
+        match (op, self.weights) {
+            (Op::Conv2d { params, .. }, Weights::Conv { w, .. }) => {
                 ops::conv::backward_with(ctx, rec, params, gy, w, gxs[0], Some(self.prepared))
             }
-            (Op::Linear { .. }, Params::Conv { w, .. }) => {
+            (Op::Linear { .. }, Weights::Conv { w, .. }) => {
                 ops::linear::backward(ctx, rec, gy, w, gxs[0])
             }
-            (Op::Affine { .. }, Params::Affine { scale, .. }) => {
+            (Op::Affine { .. }, Weights::Affine { scale, .. }) => {
                 ops::affine::backward(ctx, rec, gy, scale, gxs[0])
             }
             (Op::Activation(a), _) if fused => {

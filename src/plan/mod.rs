@@ -26,7 +26,7 @@ use lower::Lowering;
 pub use tune::TuneReport;
 
 /// Device copies of a model's parameters.
-enum Params {
+enum Weights {
     None,
     Conv { w: Tensor, b: Option<Tensor> },
     Affine { scale: Tensor, shift: Tensor },
@@ -36,7 +36,7 @@ enum Params {
 pub struct GpuModel {
     pub ctx: Arc<Context>,
     pub model: Arc<Model>,
-    params: Vec<Params>,
+    weights: Vec<Weights>,
     /// `fuse_into[i] = Some(j)`: conv/linear node `i` applies node `j`'s activation
     /// in its epilogue (its only consumer, with a derivative computable from the
     /// output); `fused_from[j] = Some(i)` the other way round.
@@ -75,9 +75,9 @@ impl GpuModel {
     /// `dtype` (F16 needs the adapter's `SHADER_F16`).
     pub fn with_precision(ctx: Arc<Context>, model: Arc<Model>, dtype: DType) -> Result<Self> {
         ctx.check_dtype(dtype)?;
-        let mut params = Vec::with_capacity(model.nodes.len());
+        let mut weights = Vec::with_capacity(model.nodes.len());
         for node in &model.nodes {
-            params.push(match &node.op {
+            weights.push(match &node.op {
                 Op::Conv2d { weight, bias, .. } | Op::Linear { weight, bias } => {
                     let [a, b, c, d] = weight.shape;
                     let w =
@@ -86,13 +86,13 @@ impl GpuModel {
                         Some(b) => Some(vector(&ctx, b, dtype, &node.name)?),
                         None => None,
                     };
-                    Params::Conv { w, b }
+                    Weights::Conv { w, b }
                 }
-                Op::Affine { scale, shift } => Params::Affine {
+                Op::Affine { scale, shift } => Weights::Affine {
                     scale: vector(&ctx, scale, dtype, &node.name)?,
                     shift: vector(&ctx, shift, dtype, &node.name)?,
                 },
-                _ => Params::None,
+                _ => Weights::None,
             });
         }
         let mut logits = model.output;
@@ -133,7 +133,7 @@ impl GpuModel {
         Ok(GpuModel {
             ctx,
             model,
-            params,
+            weights,
             fuse_into,
             fused_from,
             logits,
