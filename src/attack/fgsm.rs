@@ -503,7 +503,7 @@ impl AttackPlan {
     }
 
     /// [`AttackPlan::run`] with one id per image for the random numbers (see
-    /// [`image_id`]), so that an image's result depends on nothing else.
+    /// [`crate::attack::outcome::image_id`]), so that an image's result depends on nothing else.
     pub fn run_ids(
         &self,
         pixels: &[f32],

@@ -40,7 +40,7 @@ pub struct BenchOptions {
     /// Autotune at each batch size first (see [`GpuModel::tune`]).
     pub tune: bool,
     pub profile: bool,
-    /// Refuse a software adapter (see [`ContextOptions::require_gpu`]).
+    /// Refuse a software adapter (see [`crate::gpu::ContextOptions::require_gpu`]).
     pub require_gpu: bool,
 }
 

@@ -95,7 +95,8 @@ pub struct Diagnosis {
     pub loader: Option<String>,
     pub icds: Vec<IcdFile>,
     pub gpu_nodes: Vec<GpuNode>,
-    /// The [`VARIABLES`] that are set.
+    /// The variables that steer adapter choice (VK_*, NVIDIA_*, CUDA_VISIBLE_DEVICES,
+    /// WGPU_*, ADVEX_REQUIRE_GPU) that are set.
     pub env: Vec<(String, String)>,
 }
 

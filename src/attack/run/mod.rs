@@ -83,7 +83,7 @@ pub struct RunOptions {
     pub quantize: bool,
     pub strict: bool,
     pub quiet: bool,
-    /// Refuse a software adapter (see [`ContextOptions::require_gpu`]).
+    /// Refuse a software adapter (see [`crate::gpu::ContextOptions::require_gpu`]).
     pub require_gpu: bool,
 }
 

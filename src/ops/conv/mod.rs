@@ -1,16 +1,16 @@
 //! 2-D convolution, forward and backward to the input.
 //!
 //! One file per kernel family, and one place that chooses among them
-//! ([`select`], used by the forward and backward passes and by the autotune):
-//! - [`gemm`] (`shaders/conv/gemm.wgsl`): the tiled implicit GEMM, any dense or
+//! (`select.rs`, used by the forward and backward passes and by the autotune):
+//! - `gemm.rs` (`shaders/conv/gemm.wgsl`): the tiled implicit GEMM, any dense or
 //!   grouped convolution and `linear`; the general case, and every layer on GPUs
 //!   but the depthwise ones;
-//! - [`depthwise`] (`shaders/conv/depthwise.wgsl`): depthwise convolutions, a
+//! - `depthwise.rs` (`shaders/conv/depthwise.wgsl`): depthwise convolutions, a
 //!   direct kernel with 4 outputs per thread;
 //! - on CPU adapters ([`crate::gpu::KernelStyle::Direct`]), families without workgroup
 //!   memory, as llvmpipe charges per load instruction and per barrier:
-//!   [`pointwise`] (1x1 and linear layers), [`same_direct`] (dense 'same' and
-//!   stride-2 layers), [`depthwise_direct`] and [`backward_few`] (the backward
+//!   `pointwise.rs` (1x1 and linear layers), `same_direct.rs` (dense 'same' and
+//!   stride-2 layers), `depthwise_direct.rs` and `backward_few.rs` (the backward
 //!   pass of stems).
 //!
 //! Every forward kernel applies bias and an optional activation in its
