@@ -17,9 +17,10 @@ pub(super) struct Lowering<'a> {
 }
 
 impl Lowering<'_> {
-    fn missing(&self) -> Error {
+    /// The op needs weights this node does not have (`pass`: "" or "backward of ").
+    fn missing(&self, pass: &str) -> Error {
         Error::Validation {
-            context: format!("recording node {}", self.name),
+            context: format!("recording {pass}node {}", self.name),
             message: "parameters missing for this op".into(),
         }
     }
@@ -61,7 +62,7 @@ impl Lowering<'_> {
             (Op::Mul, _) => ops::binary::forward(ctx, rec, BinaryOp::Mul, xs[0], xs[1], y),
             (Op::Concat, _) => ops::concat::forward(ctx, rec, xs, y),
             (Op::Softmax, _) => ops::softmax::forward(ctx, rec, xs[0], y),
-            _ => Err(self.missing()),
+            _ => Err(self.missing("")),
         }
     }
 
@@ -109,10 +110,7 @@ impl Lowering<'_> {
             }
             (Op::Concat, _) => ops::concat::backward(ctx, rec, gy, gxs),
             (Op::Softmax, _) => ops::softmax::backward(ctx, rec, y, gy, gxs[0]),
-            _ => Err(Error::Validation {
-                context: format!("recording backward of node {}", self.name),
-                message: "parameters missing for this op".into(),
-            }),
+            _ => Err(self.missing("backward of ")),
         }
     }
 }

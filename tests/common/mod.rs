@@ -124,11 +124,7 @@ impl St {
 
     /// Seeded values in [-1, 1), as this storage type holds them.
     pub fn random(self, seed: u64, n: usize) -> Vec<f32> {
-        let v = random(seed, n);
-        match self {
-            St::F32 => v,
-            St::F16 => v.iter().map(|&x| half::f16::from_f32(x).to_f32()).collect(),
-        }
+        self.stored(&random(seed, n))
     }
 
     /// `v` as this storage type holds it (rounded to f16, or unchanged).

@@ -18,37 +18,11 @@ use advex::gpu::{Recording, Shape};
 use advex::model::Model;
 use advex::ops::{activation, elementwise, Activation};
 use advex::plan::GpuModel;
-use advex::{Context, DType, KernelStyle, Tensor};
+use advex::{Context, DType, KernelStyle};
 
 /// Per-element tolerance of f16 results (relative; `assert_close` adds a tenth
 /// of it times the largest magnitude as absolute slack).
 const TOL: f64 = 2e-3;
-
-/// Values as f16 would store them.
-fn h(v: &[f32]) -> Vec<f32> {
-    v.iter().map(|&x| half::f16::from_f32(x).to_f32()).collect()
-}
-
-/// Seeded values in [-1, 1), rounded to f16.
-fn hrandom(seed: u64, n: usize) -> Vec<f32> {
-    h(&random(seed, n))
-}
-
-fn up(ctx: &Context, v: &[f32], s: Shape) -> Tensor {
-    ctx.upload_as(v, s, DType::F16, "f16 input").unwrap()
-}
-
-/// An f16 output tensor filled with infinities (1e30 as f16), so an element the
-/// kernel does not write fails the comparison.
-fn out16(ctx: &Context, s: Shape) -> Tensor {
-    ctx.upload_as(
-        &vec![1.0e30; s.numel() as usize],
-        s,
-        DType::F16,
-        "f16 output",
-    )
-    .unwrap()
-}
 
 fn f16_ctx(style: KernelStyle) -> Arc<Context> {
     let c = ctx_style(style);
@@ -68,14 +42,14 @@ fn f16_casts_accumulate_and_scale_match_reference() {
     let ctx = f16_ctx(KernelStyle::Tiled);
     let (n, k) = (3usize, 37usize);
     let s = Shape::new(n as u32, k as u32, 1, 1);
-    let zv: Vec<f32> = h(&random(1, n * k).iter().map(|v| v * 6.0).collect::<Vec<_>>());
-    let gyv = hrandom(2, n * k);
-    let z = up(&ctx, &zv, s);
+    let zv = St::F16.stored(&random(1, n * k).iter().map(|v| v * 6.0).collect::<Vec<_>>());
+    let gyv = St::F16.random(2, n * k);
+    let z = St::F16.upload(&ctx, &zv, s, "z");
     // casts: f16 -> f32 -> f16 and scale, accumulate
     let z32 = ctx.tensor(s, "z32").unwrap();
-    let z16 = out16(&ctx, s);
-    let acc = up(&ctx, &gyv, s);
-    let scaled = out16(&ctx, s);
+    let z16 = St::F16.poisoned(&ctx, s, "out");
+    let acc = St::F16.upload(&ctx, &gyv, s, "acc");
+    let scaled = St::F16.poisoned(&ctx, s, "out");
 
     let mut rec = Recording::new();
     elementwise::cast(&ctx, &mut rec, &z, &z32).unwrap();
@@ -103,7 +77,7 @@ fn f16_casts_accumulate_and_scale_match_reference() {
 fn dtype_mismatch_is_refused_at_dispatch() {
     let ctx = f16_ctx(KernelStyle::Tiled);
     let s = Shape::new(1, 8, 1, 1);
-    let x16 = up(&ctx, &[0.5; 8], s);
+    let x16 = St::F16.upload(&ctx, &[0.5; 8], s, "x16");
     let y32 = ctx.tensor(s, "y").unwrap();
     let mut rec = Recording::new();
     let err = activation::forward(&ctx, &mut rec, Activation::Relu, &x16, &y32)
