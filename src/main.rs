@@ -86,6 +86,7 @@ fn run(cli: Cli) -> Result<(), Error> {
             gallery,
             gallery_images,
             no_quantize,
+            count_rounding,
         } => {
             let mut o = common.options();
             o.eps = advex::attack::parse_l2_eps_list(&eps)?; // L-inf methods check <= 1
@@ -119,6 +120,7 @@ fn run(cli: Cli) -> Result<(), Error> {
                 decay,
                 seed: Some(seed),
                 minimal,
+                count_rounding,
             };
             let report = advex::attack::run_attack(&o)?;
             print_attack_summary(&report);
@@ -130,6 +132,7 @@ fn run(cli: Cli) -> Result<(), Error> {
             eps,
             method,
             steps,
+            count_rounding,
             iterations,
             adapter,
             devices,
@@ -172,6 +175,7 @@ fn run(cli: Cli) -> Result<(), Error> {
                 attack: advex::attack::AttackRequest {
                     method: Some(method),
                     steps,
+                    count_rounding,
                     ..Default::default()
                 },
                 iterations,

@@ -146,6 +146,66 @@ fn attack_writes_report_predictions_plot_and_pngs() {
     assert!(err.contains("--overwrite"), "{err}");
 }
 
+/// `lost_to_rounding` is in the report only with `--count-rounding` (one
+/// forward more per eps); every other figure is the same; the flag makes no
+/// sense with `--no-quantize` and is refused with it.
+#[test]
+fn count_rounding_adds_lost_to_rounding_only_when_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let report = |name: &str, extra: &[&str]| -> serde_json::Value {
+        let (code, _, err) = run(advex()
+            .args([
+                "attack",
+                "--quiet",
+                "--model",
+                "weights/mnist_cnn.safetensors",
+            ])
+            .args(["--images", "examples/digits/5", "--eps", "0.1,0.2"])
+            .args(extra)
+            .arg("--report")
+            .arg(d.join(name))
+            .current_dir(root()));
+        assert_eq!(code, 0, "{err}");
+        serde_json::from_str(&std::fs::read_to_string(d.join(name)).unwrap()).unwrap()
+    };
+    let plain = report("plain.json", &[]);
+    let counted = report("counted.json", &["--count-rounding"]);
+    for (e, (a, b)) in plain["epsilons"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(counted["epsilons"].as_array().unwrap())
+        .enumerate()
+    {
+        assert!(a.get("lost_to_rounding").is_none(), "eps {e}: {a}");
+        assert!(b["lost_to_rounding"].as_u64().is_some(), "eps {e}: {b}");
+        for key in [
+            "accuracy",
+            "success_rate",
+            "mean_adv_confidence",
+            "mean_linf",
+            "mean_l2",
+        ] {
+            assert_eq!(a[key], b[key], "eps {e}: {key}");
+        }
+    }
+    let (code, _, err) = run(advex()
+        .args(["attack", "--model", "weights/mnist_cnn.safetensors"])
+        .args([
+            "--images",
+            "examples/digits/5",
+            "--no-quantize",
+            "--count-rounding",
+        ])
+        .current_dir(root()));
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("--count-rounding") && err.contains("--no-quantize"),
+        "{err}"
+    );
+}
+
 #[test]
 fn precision_f16_runs_and_is_reported() {
     let d = tempfile::tempdir().unwrap();

@@ -339,6 +339,7 @@ fn every_method_stays_in_the_ball_on_the_grid() {
             steps: (method != "fgsm" && method != "fgm").then_some(5),
             restarts: (method == "pgd" || method == "apgd-ce").then_some(2),
             norm: name.ends_with("-l2").then(|| "l2".into()),
+            count_rounding: true,
             ..Default::default()
         };
         let s = spec(method, &eps, r, Target::Untargeted);
@@ -378,7 +379,7 @@ fn every_method_stays_in_the_ball_on_the_grid() {
                     );
                 }
             }
-            // rounding was counted, and iterative methods know their steps
+            // rounding was counted (--count-rounding)
             assert!(out.raw_adv.is_some());
         }
     }
@@ -508,6 +509,147 @@ fn results_do_not_depend_on_the_batch_size() {
         out.images.unwrap()[0] != a_img[0],
         "the seed changes the random start"
     );
+}
+
+/// `--count-rounding` is opt-in: by default every eps costs one forward (the
+/// rounded image) and the outcome has no unrounded scores; with the flag the
+/// unrounded point is scored too. Everything else (images, predictions,
+/// norms) is the same either way, and the last step's success is judged on
+/// the image that is scored: the rounded one by default, the unrounded one
+/// with the flag.
+#[test]
+fn counting_rounding_is_opt_in_and_changes_nothing_else() {
+    let (gpu, paths, pixels) = digits();
+    let n = 24usize;
+    let pixels = &pixels[..n * 784];
+    let ids: Vec<u32> = paths[..n].iter().map(|p| image_id(p)).collect();
+    let eps = parse_eps_list("4/255,0.1,0.2").unwrap();
+    let k = eps.len();
+    let fwd = gpu
+        .forward_plan(n as u32)
+        .unwrap()
+        .recording
+        .dispatch_count();
+    for method in ["fgsm", "bim", "pgd"] {
+        let r = AttackRequest {
+            steps: (method != "fgsm").then_some(3),
+            ..Default::default()
+        };
+        let plain = spec(method, &eps, r.clone(), Target::Untargeted);
+        assert!(!plain.count_rounding, "off unless asked for");
+        let counted = spec(
+            method,
+            &eps,
+            AttackRequest {
+                count_rounding: true,
+                ..r
+            },
+            Target::Untargeted,
+        );
+        let a = AttackPlan::with_spec(&gpu, n as u32, &plain).unwrap();
+        let b = AttackPlan::with_spec(&gpu, n as u32, &counted).unwrap();
+        // one forward (and its read-out) more per eps with the flag
+        let extra = b.dispatch_count() - a.dispatch_count();
+        assert!(
+            extra >= k * fwd && extra <= k * (fwd + 2),
+            "{method}: {extra} more dispatches with --count-rounding, expected {k} forwards of {fwd}"
+        );
+        let (_, oa) = run_batches(&a, pixels, &ids, n).pop().unwrap();
+        let (_, ob) = run_batches(&b, pixels, &ids, n).pop().unwrap();
+        assert!(
+            oa.raw_adv.is_none(),
+            "{method}: unrounded scores without the flag"
+        );
+        let raw = ob.raw_adv.as_ref().expect("unrounded scores with the flag");
+        assert!(oa.images == ob.images, "{method}: images differ");
+        assert_eq!(oa.norms, ob.norms, "{method}: norms differ");
+        for e in 0..k {
+            for j in 0..n {
+                assert_eq!(
+                    oa.adv[e][j].class, ob.adv[e][j].class,
+                    "{method} eps {e} image {j}"
+                );
+                let label = oa.labels[j];
+                if method == "fgsm" {
+                    // one step: it succeeded iff the scored image fooled the model
+                    assert_eq!(
+                        oa.first_success[e][j].is_some(),
+                        oa.adv[e][j].class != label,
+                        "{method} eps {e} image {j}: default judges the rounded image"
+                    );
+                    assert_eq!(
+                        ob.first_success[e][j].is_some(),
+                        raw[e][j].class != label,
+                        "{method} eps {e} image {j}: the flag judges the unrounded point"
+                    );
+                } else if ob.first_success[e][j] != oa.first_success[e][j] {
+                    // only the last step's judgement may differ
+                    let last = Some(3);
+                    assert!(
+                        oa.first_success[e][j].map_or(true, |s| s == 3)
+                            && ob.first_success[e][j].map_or(true, |s| s == 3)
+                            && (oa.first_success[e][j] == last || ob.first_success[e][j] == last),
+                        "{method} eps {e} image {j}: steps {:?} vs {:?}",
+                        oa.first_success[e][j],
+                        ob.first_success[e][j]
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Batches overlapped on one plan (the next submitted before the one in
+/// flight is collected, as `advex attack` runs them) give exactly what they
+/// give one at a time.
+#[test]
+fn overlapped_batches_equal_sequential_ones() {
+    let (gpu, paths, pixels) = digits();
+    let n = 12usize;
+    let ids: Vec<u32> = paths[..3 * n].iter().map(|p| image_id(p)).collect();
+    let labels = vec![None; n];
+    let eps = parse_eps_list("0.1,0.2").unwrap();
+    for method in ["fgsm", "pgd"] {
+        let r = AttackRequest {
+            steps: (method == "pgd").then_some(3),
+            ..Default::default()
+        };
+        let s = spec(method, &eps, r, Target::Untargeted);
+        let plan = AttackPlan::with_spec(&gpu, n as u32, &s).unwrap();
+        let batch = |i: usize| {
+            (
+                &pixels[i * n * 784..(i + 1) * n * 784],
+                &ids[i * n..(i + 1) * n],
+            )
+        };
+        let one_by_one: Vec<_> = (0..3)
+            .map(|i| {
+                let (px, id) = batch(i);
+                plan.run_ids(px, &labels, id, true).unwrap()
+            })
+            .collect();
+        let pending: Vec<_> = (0..3)
+            .map(|i| {
+                let (px, id) = batch(i);
+                plan.submit_ids(px, &labels, id, true).unwrap()
+            })
+            .collect();
+        for (i, p) in pending.into_iter().enumerate() {
+            let o = plan.finish(p).unwrap();
+            let want = &one_by_one[i];
+            assert!(o.images == want.images, "{method} batch {i}: images differ");
+            assert_eq!(o.norms, want.norms, "{method} batch {i}: norms differ");
+            assert_eq!(o.first_success, want.first_success, "{method} batch {i}");
+            for e in 0..eps.len() {
+                for j in 0..n {
+                    assert_eq!(
+                        o.adv[e][j].class, want.adv[e][j].class,
+                        "{method} batch {i}"
+                    );
+                }
+            }
+        }
+    }
 }
 
 /// `--minimal`: the level the bisection reports fooled the image when the

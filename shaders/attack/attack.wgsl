@@ -67,6 +67,9 @@ fn uniform01(seed_lo: u32, seed_hi: u32, image: u32, restart: u32, element: u32)
 // (STEP 1) or ||g||_2 (STEP 2) from `grad_norm`. As torchattacks: a zero
 // gradient moves nothing (sign(0) = 0; a zero norm divides to zero).
 override STEP: u32 = 0u;
+// FROM_X: the first step of a run without random start moves from x itself
+// (no copy of x into adv first).
+override FROM_X: bool = false;
 
 struct StepParams {
     numel: u32,   // elements of one batch
@@ -87,6 +90,14 @@ struct StepParams {
 @group(0) @binding(5) var<storage, read_write> smom: array<f32>;
 @group(0) @binding(6) var<storage, read> seps: array<f32>;
 
+// The point a step moves from: x on a run's first step (FROM_X), else adv.
+fn step_from(i: u32, x: f32) -> f32 {
+    if (FROM_X) {
+        return x;
+    }
+    return sadv[i];
+}
+
 @compute @workgroup_size(WG)
 fn step(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) lid: u32) {
@@ -102,14 +113,14 @@ fn step(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
             let n = sgnorm[i / ITEM];
             let m = select(0.0, g / n, n > 0.0) + sp.decay * smom[i];
             smom[i] = m;
-            v = clamp(sadv[i] + a * sign(m), x - eps, x + eps);
+            v = clamp(step_from(i, x) + a * sign(m), x - eps, x + eps);
         }
         case 2u: {
             let n = sgnorm[i / ITEM];
             v = x + select(0.0, a * g / n, n > 0.0);
         }
         default: {
-            v = clamp(sadv[i] + a * sign(g), x - eps, x + eps);
+            v = clamp(step_from(i, x) + a * sign(g), x - eps, x + eps);
         }
     }
     sadv[i] = clamp(v, 0.0, 1.0);

@@ -14,7 +14,7 @@
 //! alone (every image's attack is independent of the others'), without
 //! AutoAttack's saving of skipping them.
 
-use super::fgsm::AttackPlan;
+use super::fgsm::{AttackPlan, PendingBatch};
 use super::method::Cascade;
 use super::outcome::BatchOutcome;
 use super::Target;
@@ -113,19 +113,59 @@ impl CascadePlan {
         ids: &[u32],
         want_images: bool,
     ) -> Result<BatchOutcome> {
-        let part = self.part() as usize;
-        if labels.len() <= part {
-            return self.run_part(pixels, labels, ids, want_images);
+        let p = self.submit_ids(pixels, labels, ids, want_images)?;
+        self.finish(p)
+    }
+
+    /// The first half of [`CascadePlan::run_ids`]: every part and attack of
+    /// the batch submitted, nothing waited for, so the next batch can be
+    /// uploaded and submitted while this one runs.
+    pub fn submit_ids(
+        &self,
+        pixels: &[f32],
+        labels: &[Option<u32>],
+        ids: &[u32],
+        want_images: bool,
+    ) -> Result<PendingCascade> {
+        if labels.is_empty() {
+            return Err(crate::error::Error::shape(
+                "attack",
+                "0 images: a batch holds at least one",
+            ));
         }
-        let item = pixels.len() / labels.len().max(1);
-        let mut out: Option<BatchOutcome> = None;
+        let part = self.part() as usize;
+        let item = pixels.len() / labels.len();
+        let mut parts_out = Vec::new();
         for r in parts(labels.len(), part) {
-            let o = self.run_part(
-                &pixels[r.start * item..r.end * item],
-                &labels[r.clone()],
-                &ids[r],
-                want_images,
-            )?;
+            let stages = self
+                .stages
+                .iter()
+                .map(|p| {
+                    p.submit_ids(
+                        &pixels[r.start * item..r.end * item],
+                        &labels[r.clone()],
+                        &ids[r.clone()],
+                        want_images,
+                    )
+                })
+                .collect::<Result<Vec<_>>>()?;
+            parts_out.push(stages);
+        }
+        Ok(PendingCascade { parts: parts_out })
+    }
+
+    /// The second half of [`CascadePlan::run_ids`]: wait, decode, combine.
+    pub fn finish(&self, p: PendingCascade) -> Result<BatchOutcome> {
+        let targeted = self.stages[0].spec.target != Target::Untargeted;
+        let mut out: Option<BatchOutcome> = None;
+        for stages in p.parts {
+            let outs = self
+                .stages
+                .iter()
+                .zip(stages)
+                .map(|(plan, pending)| plan.finish(pending))
+                .collect::<Result<Vec<_>>>()?;
+            let o = combine(outs, targeted);
             match out.as_mut() {
                 None => out = Some(o),
                 Some(acc) => acc.append(o),
@@ -133,22 +173,12 @@ impl CascadePlan {
         }
         Ok(out.expect("at least one part"))
     }
+}
 
-    fn run_part(
-        &self,
-        pixels: &[f32],
-        labels: &[Option<u32>],
-        ids: &[u32],
-        want_images: bool,
-    ) -> Result<BatchOutcome> {
-        let outs = self
-            .stages
-            .iter()
-            .map(|p| p.run_ids(pixels, labels, ids, want_images))
-            .collect::<Result<Vec<_>>>()?;
-        let targeted = self.stages[0].spec.target != Target::Untargeted;
-        Ok(combine(outs, targeted))
-    }
+/// A batch submitted by [`CascadePlan::submit_ids`]: per part, per attack.
+#[must_use = "CascadePlan::finish gives the outcome (and any error)"]
+pub struct PendingCascade {
+    parts: Vec<Vec<PendingBatch>>,
 }
 
 /// The pointwise worst case of the attacks' outcomes on one batch.

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::mpsc::{channel, sync_channel};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, TryLockError};
 
 use crate::error::{Error, Result};
 use crate::gpu::{list_adapters, select_devices, AdapterId, DType};
@@ -63,17 +63,39 @@ pub fn open_gpus(opts: &DeviceOptions, model: Arc<Model>, dtype: DType) -> Resul
 }
 
 /// Run `jobs` on every device at once and hand each result to `consume` in the
-/// jobs' order.
-///
-/// Each device (`plans`, one per device) has its own thread and takes the next
-/// job when it is free. At most two jobs per device are out at a time, so
-/// memory stays bounded however uneven the devices are. `consume` returning
-/// `Ok(false)` stops the run early. The first error, in job order, ends the
-/// run: the jobs before it are consumed, those after it are not.
+/// jobs' order (see [`run_pipelined`]; here each job is done in one call).
 pub fn run_ordered<P, J, R>(
     plans: Vec<P>,
     jobs: impl Iterator<Item = Result<J>>,
     work: impl Fn(&P, &J) -> Result<R> + Sync,
+    consume: impl FnMut(J, R) -> Result<bool>,
+) -> Result<()>
+where
+    P: Send,
+    J: Send,
+    R: Send,
+{
+    run_pipelined(plans, jobs, work, |_, r| Ok(r), consume)
+}
+
+/// Run `jobs` on every device at once and hand each result to `consume` in the
+/// jobs' order, overlapping each device's batches.
+///
+/// Each device (`plans`, one per device) has its own thread and takes the next
+/// job when it is free. A job runs in two halves: `submit` (upload and submit
+/// the work, without waiting) and `finish` (wait and read back). A device
+/// submits its next job, when one is waiting, before it finishes the one in
+/// flight, so the GPU runs one batch while the host uploads the next and
+/// reads back the one before. At most three jobs per device are out at a
+/// time (one in flight, one being submitted, one waiting), so memory stays
+/// bounded however uneven the devices are. `consume` returning `Ok(false)`
+/// stops the run early. The first error, in job order, ends the run: the jobs
+/// before it are consumed, those after it are not.
+pub fn run_pipelined<P, J, S, R>(
+    plans: Vec<P>,
+    jobs: impl Iterator<Item = Result<J>>,
+    submit: impl Fn(&P, &J) -> Result<S> + Sync,
+    finish: impl Fn(&P, S) -> Result<R> + Sync,
     mut consume: impl FnMut(J, R) -> Result<bool>,
 ) -> Result<()>
 where
@@ -84,7 +106,7 @@ where
     if plans.is_empty() {
         return Err(Error::Usage("no device to run on".into()));
     }
-    let window = 2 * plans.len();
+    let window = 3 * plans.len();
     std::thread::scope(|scope| {
         let (job_tx, job_rx) = sync_channel::<(usize, J)>(plans.len());
         let job_rx = Arc::new(Mutex::new(job_rx));
@@ -92,17 +114,61 @@ where
         for (d, plan) in plans.into_iter().enumerate() {
             let jobs = job_rx.clone();
             let done = done_tx.clone();
-            let work = &work;
+            let (submit, finish) = (&submit, &finish);
             std::thread::Builder::new()
                 .name(format!("advex-device-{d}"))
-                .spawn_scoped(scope, move || loop {
-                    // the lock is held only while waiting for the next job
-                    let next = jobs.lock().unwrap_or_else(|e| e.into_inner()).recv();
-                    let Ok((seq, job)) = next else { return };
-                    let r = work(&plan, &job);
-                    let failed = r.is_err();
-                    if done.send((seq, job, r)).is_err() || failed {
-                        return; // a failed device takes no more work
+                .spawn_scoped(scope, move || {
+                    // The job in flight: submitted, not yet finished.
+                    let mut held: Option<(usize, J, S)> = None;
+                    // Finish the held job and hand its result over; false:
+                    // stop (it failed, or nobody listens).
+                    let finish_held = |held: &mut Option<(usize, J, S)>| -> bool {
+                        let Some((seq, job, s)) = held.take() else {
+                            return true;
+                        };
+                        let r = finish(&plan, s);
+                        let failed = r.is_err();
+                        done.send((seq, job, r)).is_ok() && !failed
+                    };
+                    loop {
+                        // The lock is held only while taking the next job.
+                        // With one in flight, take only a job already
+                        // waiting: a lock held by another device means it
+                        // waits for jobs, so none is.
+                        let next = if held.is_some() {
+                            match jobs.try_lock() {
+                                Ok(rx) => rx.try_recv().ok(),
+                                Err(TryLockError::Poisoned(e)) => e.into_inner().try_recv().ok(),
+                                Err(TryLockError::WouldBlock) => None,
+                            }
+                        } else {
+                            let rx = jobs.lock().unwrap_or_else(|e| e.into_inner());
+                            rx.recv().ok()
+                        };
+                        let Some((seq, job)) = next else {
+                            if held.is_none() {
+                                return; // no more jobs
+                            }
+                            if !finish_held(&mut held) {
+                                return;
+                            }
+                            continue;
+                        };
+                        match submit(&plan, &job) {
+                            Ok(s) => {
+                                let ok = finish_held(&mut held);
+                                held = Some((seq, job, s));
+                                if !ok {
+                                    return; // a failed device takes no more work
+                                }
+                            }
+                            Err(e) => {
+                                // what is in flight comes first
+                                finish_held(&mut held);
+                                let _ = done.send((seq, job, Err(e)));
+                                return;
+                            }
+                        }
                     }
                 })
                 .expect("spawning a device thread");
@@ -255,6 +321,64 @@ mod tests {
         );
         assert!(r.unwrap_err().to_string().contains("unreadable"));
         assert_eq!(order, vec![0, 1, 2, 3, 4]);
+    }
+
+    /// Split jobs come back in order on uneven devices, each submitted once
+    /// and finished once, and a failing half stops the run after the jobs
+    /// before it, whichever half fails.
+    #[test]
+    fn pipelined_jobs_come_back_in_order_and_stop_at_errors() {
+        let submitted = Mutex::new(Vec::new());
+        let mut order = Vec::new();
+        run_pipelined(
+            vec![Duration::from_millis(3), Duration::ZERO],
+            (0..30u32).map(Ok),
+            |_, &j| {
+                submitted.lock().unwrap().push(j);
+                Ok(j * 2)
+            },
+            |d, s| {
+                std::thread::sleep(*d);
+                Ok(s + 1)
+            },
+            |j, r| {
+                assert_eq!(r, j * 2 + 1);
+                order.push(j);
+                Ok(true)
+            },
+        )
+        .unwrap();
+        assert_eq!(order, (0..30).collect::<Vec<_>>());
+        let mut all = submitted.into_inner().unwrap();
+        all.sort();
+        assert_eq!(all, (0..30).collect::<Vec<_>>(), "each job submitted once");
+        for failing_submit in [true, false] {
+            let mut order = Vec::new();
+            let r = run_pipelined(
+                vec![(), ()],
+                (0..20u32).map(Ok),
+                |_, &j| {
+                    if failing_submit && j == 9 {
+                        Err(Error::Usage("submit 9 failed".into()))
+                    } else {
+                        Ok(j)
+                    }
+                },
+                |_, j| {
+                    if !failing_submit && j == 9 {
+                        Err(Error::Usage("finish 9 failed".into()))
+                    } else {
+                        Ok(j)
+                    }
+                },
+                |j, _| {
+                    order.push(j);
+                    Ok(true)
+                },
+            );
+            assert!(r.unwrap_err().to_string().contains(" 9 failed"));
+            assert_eq!(order, (0..9).collect::<Vec<_>>());
+        }
     }
 
     /// `consume` can stop the run early.

@@ -157,6 +157,9 @@ impl Success {
 pub(super) struct Family {
     kind: StepKind,
     step: Arc<Kernel>,
+    /// `step` moving from x (every kind but L2 BIM/PGD, whose step kernel
+    /// reads the point it moves).
+    step_from_x: Option<Arc<Kernel>>,
     norm: Arc<Kernel>,
     start: Arc<Kernel>,
     score: Arc<Kernel>,
@@ -252,6 +255,16 @@ impl Family {
             } else {
                 f32k("step", &[r, r, r, rw, rw, r], &step_kind)?
             },
+            // The first step from x itself (no copy of x into adv first).
+            step_from_x: (kind != StepKind::L2Iter)
+                .then(|| {
+                    f32k(
+                        "step",
+                        &[r, r, r, rw, rw, r],
+                        &[step_kind[0], step_kind[1], ("FROM_X", 1.0)],
+                    )
+                })
+                .transpose()?,
             norm,
             start: f32k(
                 if kind == StepKind::L2Iter {
@@ -313,7 +326,14 @@ impl Family {
         }
     }
 
-    fn one_step(&self, c: &Context, b: &mut Builder, io: &Io, g: &Tensor) -> Result<()> {
+    fn one_step(
+        &self,
+        c: &Context,
+        b: &mut Builder,
+        io: &Io,
+        g: &Tensor,
+        from_x: bool,
+    ) -> Result<()> {
         if matches!(self.kind, StepKind::Momentum | StepKind::L2) {
             b.push(c.dispatch(
                 "grad_norm",
@@ -323,9 +343,13 @@ impl Family {
                 self.batch,
             )?);
         }
+        let kernel = match &self.step_from_x {
+            Some(k) if from_x => k,
+            _ => &self.step,
+        };
         b.push(c.dispatch(
             "perturb",
-            &self.step,
+            kernel,
             &self.step_p,
             &[io.clean, g, &self.gnorm, &self.adv, &self.momentum, io.eps],
             self.groups(),
@@ -363,7 +387,7 @@ impl Family {
                     &[io.clean, io.ids, &self.adv, io.eps],
                     self.groups(),
                 )?);
-            } else {
+            } else if self.step_from_x.is_none() {
                 b.copy(io.clean, &self.adv);
             }
             if self.kind == StepKind::Momentum {
@@ -373,13 +397,15 @@ impl Family {
             }
             for t in 0..s.steps {
                 if t == 0 && !s.random_start {
-                    self.one_step(c, b, io, &self.g0)?;
+                    // From x: the step kernel reads x as its start (or, for
+                    // L2 BIM, the copy above).
+                    self.one_step(c, b, io, &self.g0, true)?;
                 } else {
                     b.copy(&self.adv, &io.grad.input);
                     b.shared(Piece::GradForward);
                     success.record(c, b, io, &io.grad.logits, slot, total)?;
                     b.shared(Piece::GradBackward);
-                    self.one_step(c, b, io, &io.grad.input_grad)?;
+                    self.one_step(c, b, io, &io.grad.input_grad, false)?;
                 }
                 total += 1;
             }

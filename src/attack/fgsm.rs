@@ -4,7 +4,8 @@
 //! Everything for a batch is recorded once and replayed in one submit: clean
 //! forward, labels, the clean gradient, every step of every eps (forward,
 //! backward and the step kernel, with no host round trip), the in-ball 8-bit
-//! rounding, norms, and forwards of the rounded and unrounded points. Only
+//! rounding, norms, and a forward of the rounded point (with
+//! `--count-rounding`, of the unrounded point too). Only
 //! predictions, norms, first-success steps and (when images are saved) 8-bit
 //! pixels come back.
 //!
@@ -118,7 +119,8 @@ impl Body {
 
 /// The recorded attack for batches of a fixed size: the clean pass, every
 /// step of every eps (and restart), the in-ball rounding, and one forward per
-/// eps of the rounded and of the unrounded point, all replayed in one submit.
+/// eps of the rounded point (and of the unrounded one with
+/// `--count-rounding`), all replayed in one submit.
 pub struct AttackPlan {
     ctx: Arc<Context>,
     pub batch: u32,
@@ -141,7 +143,7 @@ pub struct AttackPlan {
     first: Tensor,
     /// Clean stats, then one per eps.
     stats: Vec<Tensor>,
-    /// Per eps, the unrounded point's stats (only when rounding).
+    /// Per eps, the unrounded point's stats (only with `--count-rounding`).
     raw_stats: Vec<Tensor>,
     /// --minimal: per image the bisection's (lo, hi) levels.
     lohi: Option<Tensor>,
@@ -149,6 +151,14 @@ pub struct AttackPlan {
     g0_norm: Option<Tensor>,
     own: Vec<Recording>,
     pieces: Vec<Piece>,
+}
+
+/// A batch submitted by [`AttackPlan::submit_ids`], not yet collected.
+#[must_use = "AttackPlan::finish gives the outcome (and any error)"]
+pub struct PendingBatch {
+    pending: crate::gpu::Pending,
+    count: usize,
+    want_images: bool,
 }
 
 /// The plan of `advex attack` before there were other methods.
@@ -392,20 +402,26 @@ impl AttackPlan {
             if let Some(bs) = &bisect {
                 bs.update(c, &mut b, &io, &fwd.logits, 1)?;
             }
-            // The unrounded point: what rounding cost, and whether the last
-            // step succeeded (restarts and APGD have scored theirs already).
+            // Whether the last step succeeded (restarts and APGD have scored
+            // theirs already), and with --count-rounding what rounding cost.
+            // By default one forward per eps: the last step is judged by the
+            // image it gives, as scored (with --no-quantize that is the
+            // unrounded point itself). --count-rounding adds a forward of the
+            // unrounded point, which then judges the last step.
             let scored = body.scored();
-            if spec.quantize || !scored {
+            let count_rounding = spec.quantize && spec.count_rounding;
+            if !scored && !count_rounding {
+                success.record(c, &mut b, &io, &fwd.logits, e32, total)?;
+            }
+            if count_rounding {
                 b.copy(point, &fwd.input);
                 b.shared(Piece::Forward);
                 if !scored {
                     success.record(c, &mut b, &io, &fwd.logits, e32, total)?;
                 }
-                if spec.quantize {
-                    let s = c.tensor(Shape::new(batch, ARGMAX_PROB_WIDTH, 1, 1), "raw stats")?;
-                    argmax_prob(c, b.rec(), &fwd.logits, &true_labels, &s)?;
-                    raw_stats.push(s);
-                }
+                let s = c.tensor(Shape::new(batch, ARGMAX_PROB_WIDTH, 1, 1), "raw stats")?;
+                argmax_prob(c, b.rec(), &fwd.logits, &true_labels, &s)?;
+                raw_stats.push(s);
             }
         }
         // --minimal: bisection rounds below the eps, each a whole attack at
@@ -511,6 +527,21 @@ impl AttackPlan {
         ids: &[u32],
         want_images: bool,
     ) -> Result<BatchOutcome> {
+        let p = self.submit_ids(pixels, labels, ids, want_images)?;
+        self.finish(p)
+    }
+
+    /// The first half of [`AttackPlan::run_ids`]: upload the batch and submit
+    /// its work without waiting. Another batch may be submitted (on this plan
+    /// too) before [`AttackPlan::finish`] collects this one: the device runs
+    /// them in order, and each keeps its own read-back.
+    pub fn submit_ids(
+        &self,
+        pixels: &[f32],
+        labels: &[Option<u32>],
+        ids: &[u32],
+        want_images: bool,
+    ) -> Result<PendingBatch> {
         let ctx = &*self.ctx;
         let count = labels.len();
         let n = self.batch as usize;
@@ -549,7 +580,24 @@ impl AttackPlan {
         if want_images {
             reads.push(&self.adv_u8);
         }
-        let out = ctx.run_read_bytes(&recs, &reads)?;
+        Ok(PendingBatch {
+            pending: ctx.submit_read(&recs, &reads)?,
+            count,
+            want_images,
+        })
+    }
+
+    /// The second half of [`AttackPlan::run_ids`]: wait for a submitted
+    /// batch and decode what it read back.
+    pub fn finish(&self, p: PendingBatch) -> Result<BatchOutcome> {
+        let PendingBatch {
+            pending,
+            count,
+            want_images,
+        } = p;
+        let n = self.batch as usize;
+        let item = self.item as usize;
+        let out = self.ctx.wait_read(pending)?;
         let u32s = |b: &[u8]| -> Vec<u32> { bytemuck::pod_collect_to_vec(b) };
         let f32s = |b: &[u8]| -> Vec<f32> { bytemuck::pod_collect_to_vec(b) };
         let true_labels = u32s(&out[0]);

@@ -138,6 +138,9 @@ pub struct AttackSpec {
     pub target: Target,
     /// `--minimal`: also search each image's smallest eps on the 8-bit grid.
     pub minimal: bool,
+    /// `--count-rounding`: also score the unrounded point of every eps (one
+    /// more forward per eps) to count `lost_to_rounding`.
+    pub count_rounding: bool,
 }
 
 /// What the user asked for, before defaults and checks (the CLI's flags).
@@ -155,6 +158,8 @@ pub struct AttackRequest {
     pub seed: Option<u64>,
     /// `--minimal`.
     pub minimal: bool,
+    /// `--count-rounding`.
+    pub count_rounding: bool,
 }
 
 /// Default `--steps` of the iterative methods.
@@ -180,6 +185,7 @@ impl AttackSpec {
             quantize,
             target,
             minimal: false,
+            count_rounding: false,
         }
     }
 
@@ -188,6 +194,13 @@ impl AttackSpec {
     pub fn resolve(r: &AttackRequest, eps: &[Eps], quantize: bool, target: Target) -> Result<Self> {
         let method = Method::parse(r.method.as_deref().unwrap_or("fgsm"))?;
         let m = method.name();
+        if r.count_rounding && !quantize {
+            return Err(Error::Usage(
+                "--count-rounding counts what rounding to the 8-bit grid cost, but \
+                 --no-quantize rounds nothing; drop one of the two"
+                    .into(),
+            ));
+        }
         if r.minimal {
             match eps {
                 [one] => {
@@ -323,6 +336,7 @@ impl AttackSpec {
             quantize,
             target,
             minimal: r.minimal,
+            count_rounding: r.count_rounding,
         })
     }
 
@@ -394,6 +408,9 @@ impl AttackSpec {
         let mut s = Vec::new();
         if self.minimal {
             s.push("minimal=true".into());
+        }
+        if self.count_rounding {
+            s.push("count_rounding=true".into());
         }
         if self.method == Method::Fgsm {
             return s;

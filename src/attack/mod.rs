@@ -18,7 +18,7 @@ pub mod shards;
 pub mod worker;
 
 pub use cascade::CascadePlan;
-pub use devices::{open_gpus, run_ordered, DeviceOptions};
+pub use devices::{open_gpus, run_ordered, run_pipelined, DeviceOptions};
 pub use eps::{parse_eps_list, parse_l2_eps_list, Eps};
 pub use eval::EvalPlan;
 pub use fgsm::{AttackPlan, FgsmPlan};

@@ -260,8 +260,18 @@ pub fn run_bench(
                 .map(|p| {
                     let (pixels, labels) = (&pixels, &labels);
                     s.spawn(move || -> Result<()> {
+                        // as `advex attack` runs: the next batch submitted
+                        // before the one in flight is waited for
+                        let ids: Vec<u32> = (0..labels.len() as u32).collect();
+                        let mut held = None;
                         for _ in 0..iterations {
-                            p.run(pixels, labels, false)?;
+                            let next = p.submit_ids(pixels, labels, &ids, false)?;
+                            if let Some(h) = held.replace(next) {
+                                p.finish(h)?;
+                            }
+                        }
+                        if let Some(h) = held {
+                            p.finish(h)?;
                         }
                         Ok(())
                     })

@@ -194,6 +194,10 @@ pub(crate) enum Command {
         /// Keep adversarial pixels in f32 instead of rounding to the 8-bit grid.
         #[arg(long)]
         no_quantize: bool,
+        /// Also count what rounding to the 8-bit grid cost (the report's
+        /// lost_to_rounding): one more forward pass per eps.
+        #[arg(long, conflicts_with = "no_quantize")]
+        count_rounding: bool,
     },
     /// Throughput of FGSM on synthetic images: images/s per batch size.
     Bench {
@@ -212,6 +216,9 @@ pub(crate) enum Command {
         /// Gradient steps of bim, pgd and mifgsm [default: 10], apgd-* [default: 100].
         #[arg(long)]
         steps: Option<u32>,
+        /// Time the attack with --count-rounding (one more forward per eps).
+        #[arg(long)]
+        count_rounding: bool,
         /// Timed batches per configuration (after one warm-up).
         #[arg(long, default_value_t = 5)]
         iterations: u32,

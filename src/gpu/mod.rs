@@ -16,7 +16,7 @@ pub use adapter::{
     quiet_window_system_probes, select_devices, AdapterId, AdapterSummary,
 };
 pub use buffer::{DType, GpuBuffer, Shape, Tensor};
-pub use context::{decode, Context, ContextOptions, KernelStyle};
+pub use context::{decode, Context, ContextOptions, KernelStyle, Pending};
 pub use diagnose::{Diagnosis, GpuNode, IcdFile, Vendor};
 pub use pipeline::{Binding, Kernel, KernelKey};
 pub use record::{Recording, Step};

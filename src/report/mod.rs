@@ -46,11 +46,13 @@ pub struct EpsStats {
     pub mean_linf: f64,
     pub mean_l2: f64,
     /// Images the attack fooled before rounding to the 8-bit grid and not
-    /// after (absent with `--no-quantize`).
+    /// after (only with `--count-rounding`, which scores the unrounded point
+    /// too: one more forward per eps).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lost_to_rounding: Option<u64>,
-    /// Mean steps (over restarts) to the first success before rounding, over
-    /// the clean-correct images it fooled at some step.
+    /// Mean steps (over restarts) to the first success, over the
+    /// clean-correct images it fooled at some step; the last step is judged
+    /// on the rounded image unless `--count-rounding`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mean_steps_to_success: Option<f64>,
     /// A cascade (`--method a,b`): robust accuracy after each attack, in the

@@ -239,7 +239,9 @@ pub fn run_attack(opts: &RunOptions) -> Result<Report> {
         *book = Some(ShardBook::new(shard, opts.eps.len()));
         Ok(true)
     };
-    let result = run_ordered(
+    // Each device uploads and submits its next batch before it waits for
+    // the one in flight (run_pipelined).
+    let result = run_pipelined(
         plans,
         loader,
         |plan, b| {
@@ -253,7 +255,14 @@ pub fn run_attack(opts: &RunOptions) -> Result<Report> {
                 .iter()
                 .map(|&i| image_id(&prep.entries[global[i]].rel))
                 .collect();
-            let o = plan.run_ids(&b.pixels, &labels, &ids, want_images)?;
+            plan.submit_ids(&b.pixels, &labels, &ids, want_images)
+                .map(Some)
+        },
+        |plan, pending| {
+            let Some(pending) = pending else {
+                return Ok(None);
+            };
+            let o = plan.finish(pending)?;
             check_finite(
                 dtype,
                 &model_name,

@@ -14,7 +14,7 @@ use std::sync::mpsc::sync_channel;
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::devices::{open_gpus, run_ordered, DeviceOptions};
+use super::devices::{open_gpus, run_ordered, run_pipelined, DeviceOptions};
 use super::shards::{self, digest, open_run, Manifest, ShardRecord};
 use super::worker::{resolve_worker, Worker};
 use super::{image_id, AttackRequest, Cascade, CascadePlan, Eps, EvalPlan, Pred, Target};

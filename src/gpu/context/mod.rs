@@ -12,6 +12,7 @@ mod submit;
 
 pub use memory::decode;
 pub(crate) use profile::Timer;
+pub use submit::Pending;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -53,6 +53,24 @@ impl Context {
         reads: &[&Tensor],
         timer: Option<&mut Timer>,
     ) -> Result<Vec<Vec<u8>>> {
+        let pending = self.submit_inner(recordings, reads, timer)?;
+        self.wait_read(pending)
+    }
+
+    /// Run recordings and copy `reads` back, in one submit, without waiting:
+    /// [`Context::wait_read`] gives the bytes. Work submitted after it (and
+    /// [`Context::write`]s made after it) runs after it on the device, so the
+    /// host can prepare and submit the next batch while this one runs.
+    pub fn submit_read(&self, recordings: &[&Recording], reads: &[&Tensor]) -> Result<Pending> {
+        self.submit_inner(recordings, reads, None)
+    }
+
+    fn submit_inner(
+        &self,
+        recordings: &[&Recording],
+        reads: &[&Tensor],
+        timer: Option<&mut Timer>,
+    ) -> Result<Pending> {
         let context = "running GPU work";
         let scopes = Scopes::push(&self.device);
         let mut encoder = self
@@ -78,9 +96,8 @@ impl Context {
             }
             staging.push((s, bytes));
         }
-        self.queue.submit([encoder.finish()]);
+        let index = self.queue.submit([encoder.finish()]);
         self.submits.fetch_add(1, Ordering::Relaxed);
-        let mut out = Vec::with_capacity(staging.len());
         let mut pending = Vec::new();
         for (s, bytes) in &staging {
             if *bytes == 0 {
@@ -97,16 +114,30 @@ impl Context {
         if let Some(t) = timer_opt.as_mut() {
             t.map();
         }
+        // Validation and out-of-memory errors of encoding and submitting
+        // surface here, before anything waits.
+        scopes.pop(context)?;
+        self.take_uncaptured(context)?;
+        Ok(Pending {
+            staging,
+            mapped: pending,
+            index,
+        })
+    }
+
+    /// Wait for a [`Context::submit_read`] and return its reads' bytes.
+    pub fn wait_read(&self, p: Pending) -> Result<Vec<Vec<u8>>> {
+        let context = "running GPU work";
         self.device
             .poll(wgpu::PollType::Wait {
-                submission_index: None,
+                submission_index: Some(p.index),
                 timeout: None,
             })
             .map_err(|e| Error::DeviceLost(e.to_string()))?;
-        scopes.pop(context)?;
         self.take_uncaptured(context)?;
-        let mut rx_iter = pending.into_iter();
-        for (s, bytes) in &staging {
+        let mut out = Vec::with_capacity(p.staging.len());
+        let mut rx_iter = p.mapped.into_iter();
+        for (s, bytes) in &p.staging {
             if *bytes == 0 {
                 out.push(Vec::new());
                 continue;
@@ -128,4 +159,12 @@ impl Context {
         }
         Ok(out)
     }
+}
+
+/// Work submitted by [`Context::submit_read`] whose reads are not back yet.
+#[must_use = "wait_read gives the results (and any error)"]
+pub struct Pending {
+    staging: Vec<(GpuBuffer, u64)>,
+    mapped: Vec<std::sync::mpsc::Receiver<std::result::Result<(), wgpu::BufferAsyncError>>>,
+    index: wgpu::SubmissionIndex,
 }
