@@ -563,6 +563,7 @@ fn counting_rounding_is_opt_in_and_changes_nothing_else() {
         let raw = ob.raw_adv.as_ref().expect("unrounded scores with the flag");
         assert!(oa.images == ob.images, "{method}: images differ");
         assert_eq!(oa.norms, ob.norms, "{method}: norms differ");
+        #[allow(clippy::needless_range_loop)] // four outcomes indexed alike
         for e in 0..k {
             for j in 0..n {
                 assert_eq!(
@@ -586,8 +587,8 @@ fn counting_rounding_is_opt_in_and_changes_nothing_else() {
                     // only the last step's judgement may differ
                     let last = Some(3);
                     assert!(
-                        oa.first_success[e][j].map_or(true, |s| s == 3)
-                            && ob.first_success[e][j].map_or(true, |s| s == 3)
+                        oa.first_success[e][j].is_none_or(|s| s == 3)
+                            && ob.first_success[e][j].is_none_or(|s| s == 3)
                             && (oa.first_success[e][j] == last || ob.first_success[e][j] == last),
                         "{method} eps {e} image {j}: steps {:?} vs {:?}",
                         oa.first_success[e][j],
@@ -650,6 +651,63 @@ fn overlapped_batches_equal_sequential_ones() {
             }
         }
     }
+}
+
+/// `--precision mixed` (tensor cores: f16 operands, f32 accumulation)
+/// against strict f32 on the digits' CNN: the input gradient's signs (where
+/// the gradient is not negligible) and FGSM's labels agree. Runs where the
+/// adapter has cooperative matrices (a GPU; tools/device_check.sh runs it
+/// there); elsewhere it says why and passes.
+#[test]
+fn mixed_precision_agrees_with_f32_on_signs_and_labels() {
+    let mixed = Arc::new(
+        advex::Context::new(advex::gpu::ContextOptions {
+            mixed: true,
+            ..Default::default()
+        })
+        .unwrap(),
+    );
+    if !mixed.coop() {
+        eprintln!(
+            "skipped: {} (mixed runs strict f32 here)",
+            mixed.coop_note().unwrap_or("no cooperative matrices")
+        );
+        return;
+    }
+    let (strict, _, pixels) = digits();
+    let (fast, _, _) = digits_on(mixed);
+    let n = 100usize;
+    let pixels = &pixels[..n * 784];
+    let eps = parse_eps_list("0.1").unwrap();
+    let s = spec("fgsm", &eps, AttackRequest::default(), Target::Untargeted);
+    let run = |gpu: &GpuModel| {
+        let plan = AttackPlan::with_spec(gpu, n as u32, &s).unwrap();
+        let out = plan.run(pixels, &vec![None; n], false).unwrap();
+        let grad = gpu.gradient_plan(n as u32, 1.0).unwrap();
+        grad.set_batch(&gpu.ctx, pixels, &out.labels).unwrap();
+        (out, grad.run(&gpu.ctx).unwrap().input_grad)
+    };
+    let (a, ga) = run(&strict);
+    let (b, gb) = run(&fast);
+    assert_eq!(a.labels, b.labels, "clean predictions differ");
+    let (mut same, mut counted) = (0usize, 0usize);
+    for i in 0..n {
+        let (x, y) = (&ga[i * 784..(i + 1) * 784], &gb[i * 784..(i + 1) * 784]);
+        let big = x.iter().fold(0.0f32, |m, v| m.max(v.abs())) * 1e-2;
+        for (u, v) in x.iter().zip(y) {
+            if u.abs() > big {
+                counted += 1;
+                same += (u.signum() == v.signum()) as usize;
+            }
+        }
+    }
+    let signs = same as f64 / counted as f64;
+    let labels = (0..n)
+        .filter(|&i| a.adv[0][i].class == b.adv[0][i].class)
+        .count();
+    eprintln!("mixed vs f32: {signs:.5} of gradient signs, {labels}/{n} FGSM labels");
+    assert!(signs >= 0.995, "gradient signs agree on only {signs:.5}");
+    assert!(labels >= 98, "FGSM labels agree on only {labels}/{n}");
 }
 
 /// `--minimal`: the level the bisection reports fooled the image when the

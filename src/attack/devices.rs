@@ -22,6 +22,8 @@ pub struct DeviceOptions {
     pub devices: Option<String>,
     /// `--require-gpu`.
     pub require_gpu: bool,
+    /// `--precision mixed` (see [`ContextOptions::mixed`]).
+    pub mixed: bool,
 }
 
 /// The model on every device the options name, in the order given. Without
@@ -31,6 +33,7 @@ pub fn open_gpus(opts: &DeviceOptions, model: Arc<Model>, dtype: DType) -> Resul
         let ctx = Arc::new(Context::new(ContextOptions {
             adapter: opts.adapter.clone(),
             require_gpu: opts.require_gpu,
+            mixed: opts.mixed,
             ..Default::default()
         })?);
         return Ok(vec![GpuModel::with_precision(ctx, model, dtype)?]);
@@ -55,6 +58,7 @@ pub fn open_gpus(opts: &DeviceOptions, model: Arc<Model>, dtype: DType) -> Resul
         let ctx = Arc::new(Context::new(ContextOptions {
             adapter_index: Some(i),
             require_gpu: opts.require_gpu,
+            mixed: opts.mixed,
             ..Default::default()
         })?);
         gpus.push(GpuModel::with_precision(ctx, model.clone(), dtype)?);

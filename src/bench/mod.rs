@@ -37,6 +37,8 @@ pub struct BenchOptions {
     pub devices: Option<String>,
     /// Storage type on the device (see [`GpuModel::with_precision`]).
     pub precision: DType,
+    /// `--precision mixed` (see [`crate::gpu::ContextOptions::mixed`]).
+    pub mixed: bool,
     /// Autotune at each batch size first (see [`GpuModel::tune`]).
     pub tune: bool,
     pub profile: bool,
@@ -210,6 +212,7 @@ pub fn run_bench(
             adapter: opts.adapter.clone(),
             devices: opts.devices.clone(),
             require_gpu: opts.require_gpu,
+            mixed: opts.mixed,
         },
         model.clone(),
         opts.precision,
@@ -330,7 +333,11 @@ pub fn run_bench(
             adapter: devices_name(&gpus),
             devices: gpus.len(),
             backend: ctx.summary.backend.clone(),
-            precision: opts.precision.name().into(),
+            precision: if ctx.coop() {
+                "mixed".into()
+            } else {
+                opts.precision.name().into()
+            },
             dispatches: plan.dispatch_count(),
             profile,
         };

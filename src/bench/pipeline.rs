@@ -366,6 +366,7 @@ pub fn run_pipeline(opts: &PipelineOptions, scratch: &Path) -> Result<PipelineRe
             adapter: opts.adapter.clone(),
             devices: opts.devices.clone(),
             require_gpu: opts.require_gpu,
+            mixed: false,
         },
         Arc::new(model.clone()),
         crate::gpu::DType::F32,

@@ -62,7 +62,10 @@ pub(crate) struct ImageArgs {
     pub(crate) devices: Option<String>,
     /// Storage type of weights, activations and gradients on the GPU: f16 halves
     /// memory traffic (needs an adapter with SHADER_F16; arithmetic stays f32).
-    #[arg(long, default_value = "f32", value_parser = ["f32", "f16"])]
+    /// mixed: f32 storage, convolutions and linear layers on tensor cores (f16
+    /// operands, f32 accumulation, as TF32 in PyTorch) where the adapter has
+    /// cooperative matrices; strict f32 elsewhere.
+    #[arg(long, default_value = "f32", value_parser = ["f32", "f16", "mixed"])]
     pub(crate) precision: String,
     /// Do not autotune (by default the convolutions' tile shapes are timed on
     /// first use per adapter and cached; see ADVEX_TUNE_CACHE).
@@ -88,7 +91,7 @@ impl ImageArgs {
         o.batch_size = self.batch_size;
         o.adapter = self.adapter.clone();
         o.devices = self.devices.clone();
-        o.precision = precision(&self.precision);
+        (o.precision, o.mixed) = precision(&self.precision);
         o.tune = !self.no_tune;
         o.strict = self.strict;
         o.quiet = self.quiet;
@@ -227,8 +230,9 @@ pub(crate) enum Command {
         adapter: Option<String>,
         #[arg(long, value_name = "all|LIST|NAME", help = DEVICES_HELP)]
         devices: Option<String>,
-        /// Storage type on the GPU (f16 needs SHADER_F16; arithmetic stays f32).
-        #[arg(long, default_value = "f32", value_parser = ["f32", "f16"])]
+        /// Storage type on the GPU (f16 needs SHADER_F16; arithmetic stays
+        /// f32); mixed: tensor-core convolutions where the adapter has them.
+        #[arg(long, default_value = "f32", value_parser = ["f32", "f16", "mixed"])]
         precision: String,
         /// Do not autotune before timing.
         #[arg(long)]
@@ -308,9 +312,16 @@ pub(crate) enum Command {
     },
 }
 
-/// `--precision` (clap has already checked the value).
-pub(crate) fn precision(s: &str) -> advex::DType {
-    advex::DType::parse(s).expect("clap checks --precision")
+/// `--precision` (clap has already checked the value): the storage type,
+/// and whether convolutions may run on cooperative matrices (`mixed`).
+pub(crate) fn precision(s: &str) -> (advex::DType, bool) {
+    match s {
+        "mixed" => (advex::DType::F32, true),
+        _ => (
+            advex::DType::parse(s).expect("clap checks --precision"),
+            false,
+        ),
+    }
 }
 
 /// `--batch-size 1,8,32`.

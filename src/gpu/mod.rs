@@ -4,6 +4,7 @@
 mod adapter;
 mod buffer;
 mod context;
+pub mod coop;
 mod diagnose;
 mod pipeline;
 mod record;

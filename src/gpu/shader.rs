@@ -42,6 +42,9 @@ pub enum Shader {
     Concat,
     /// The tiled implicit-GEMM convolution (and linear layers).
     Conv,
+    /// The implicit-GEMM convolution on cooperative matrices (tensor cores;
+    /// `--precision mixed` on adapters that have them).
+    ConvCoop,
     /// Backward of convolutions with at most 4 input channels (CPU adapters).
     ConvBackwardFew,
     /// Pointwise convolutions on CPU adapters, vec4 layout.
@@ -66,13 +69,14 @@ pub enum Shader {
 
 impl Shader {
     /// Every module.
-    pub const ALL: [Shader; 16] = [
+    pub const ALL: [Shader; 17] = [
         Shader::Activation,
         Shader::Affine,
         Shader::Attack,
         Shader::Binary,
         Shader::Concat,
         Shader::Conv,
+        Shader::ConvCoop,
         Shader::ConvBackwardFew,
         Shader::ConvDirectVec4,
         Shader::ConvDirectScalar,
@@ -94,6 +98,7 @@ impl Shader {
             Shader::Binary => "binary",
             Shader::Concat => "concat",
             Shader::Conv => "conv",
+            Shader::ConvCoop => "conv_coop",
             Shader::ConvBackwardFew => "conv_backward_few",
             Shader::ConvDirectVec4 => "conv_direct_vec4",
             Shader::ConvDirectScalar => "conv_direct_scalar",
@@ -117,6 +122,7 @@ impl Shader {
             Shader::Binary => module!("elementwise/binary.wgsl"),
             Shader::Concat => module!("elementwise/concat.wgsl"),
             Shader::Conv => module!("common/act.wgsl", "conv/gemm.wgsl"),
+            Shader::ConvCoop => module!("common/act.wgsl", "conv/coop.wgsl"),
             Shader::ConvBackwardFew => module!("conv/backward_few.wgsl"),
             Shader::ConvDirectVec4 => module!(
                 "conv/pointwise_vec4.wgsl",
@@ -152,7 +158,7 @@ impl Shader {
     /// 256 threads are structural to its tiles and written in gemm.wgsl.)
     pub fn workgroup_constants(self) -> &'static [(&'static str, u32)] {
         match self {
-            Shader::Conv => &[],
+            Shader::Conv | Shader::ConvCoop => &[],
             Shader::Attack => &[("WG", WORKGROUP_1D), ("WG_IMAGES", WORKGROUP_IMAGES)],
             Shader::Dlr => &[("WG", WORKGROUP_IMAGES)],
             Shader::ConvBackwardFew
@@ -169,6 +175,40 @@ impl Shader {
             | Shader::Pool
             | Shader::Softmax => &[("WG", WORKGROUP_1D)],
         }
+    }
+
+    /// Enable directives the module needs, written before everything else
+    /// (the storage-type prelude included): the cooperative-matrix GEMM's
+    /// f16 operands, cooperative matrices and subgroup ids.
+    pub fn enables(self) -> &'static str {
+        match self {
+            Shader::ConvCoop => "enable f16;\nenable wgpu_cooperative_matrix;\n",
+            _ => "",
+        }
+    }
+
+    /// The device features the module needs beyond the storage type's.
+    pub fn features(self) -> wgpu::Features {
+        match self {
+            Shader::ConvCoop => {
+                wgpu::Features::SHADER_F16
+                    | wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX
+                    | wgpu::Features::SUBGROUP
+            }
+            _ => wgpu::Features::empty(),
+        }
+    }
+
+    /// The module's full text for storage type `dtype`: its enables, the
+    /// storage-type alias, then [`Shader::source`].
+    pub fn text(self, dtype: crate::gpu::DType) -> String {
+        let enables = self.enables();
+        let alias = match dtype {
+            crate::gpu::DType::F32 => "alias st = f32;\n",
+            crate::gpu::DType::F16 if enables.contains("enable f16;") => "alias st = f16;\n",
+            crate::gpu::DType::F16 => "enable f16;\nalias st = f16;\n",
+        };
+        format!("{enables}{alias}{}", self.source())
     }
 
     /// Whether the module runs WITHOUT wgpu's injected runtime checks (no
@@ -188,8 +228,12 @@ impl std::fmt::Display for Shader {
     }
 }
 
-/// `(name, source)` of every module, for checks that need no GPU
-/// (tests/backends.rs translates each to SPIR-V, MSL and HLSL).
-pub fn shader_modules() -> Vec<(&'static str, &'static str)> {
-    Shader::ALL.iter().map(|s| (s.name(), s.source())).collect()
+/// `(name, enables, source)` of every module, for checks that need no GPU
+/// (tests/backends.rs translates each to SPIR-V, MSL and HLSL; the text the
+/// host compiles is [`Shader::text`]: enables, storage alias, source).
+pub fn shader_modules() -> Vec<(&'static str, &'static str, &'static str)> {
+    Shader::ALL
+        .iter()
+        .map(|s| (s.name(), s.enables(), s.source()))
+        .collect()
 }

@@ -10,6 +10,7 @@ mod activation;
 mod binary;
 mod concat_affine;
 mod conv;
+mod coop;
 mod gradient;
 mod half;
 mod pool;

@@ -200,6 +200,7 @@ pub fn run_attack(opts: &RunOptions) -> Result<Report> {
     let mut skipped: Vec<Skipped> = discovery_skips(&prep);
     let mut book: Option<ShardBook> = None;
     let adapter = gpus[0].ctx.summary.clone();
+    let ran_mixed = gpus.iter().all(|g| g.ctx.coop());
     let devices = device_list(&gpus);
     let loader = BatchLoader::new(
         work.clone(),
@@ -449,7 +450,7 @@ pub fn run_attack(opts: &RunOptions) -> Result<Report> {
         model: model_info(&prep.model, opts.model.as_deref()),
         adapter,
         devices,
-        precision: dtype.name().into(),
+        precision: precision_name(dtype, ran_mixed).into(),
         method: method.clone(),
         cascade: attack.is_cascade().then(|| attack.names()),
         target: target_text(&opts.target),

@@ -112,7 +112,7 @@ pub fn run_eval(opts: &RunOptions) -> Result<(Vec<EvalRow>, Report)> {
         model: model_info(&prep.model, opts.model.as_deref()),
         adapter: gpus[0].ctx.summary.clone(),
         devices: device_list(&gpus),
-        precision: dtype.name().into(),
+        precision: precision_name(dtype, gpus.iter().all(|g| g.ctx.coop())).into(),
         method: crate::report::NO_METHOD.into(),
         cascade: None,
         target: None,

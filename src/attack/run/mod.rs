@@ -76,6 +76,9 @@ pub struct RunOptions {
     pub devices: Option<String>,
     /// Storage type on the device (`--precision`; see [`GpuModel::with_precision`]).
     pub precision: DType,
+    /// `--precision mixed`: tensor-core convolutions where the adapter has
+    /// them (see [`crate::gpu::ContextOptions::mixed`]).
+    pub mixed: bool,
     /// Autotune the convolutions at the batch size before running (measured
     /// choices are cached per adapter; see [`GpuModel::tune`]). The CLI turns it
     /// on unless `--no-tune`.
@@ -111,6 +114,7 @@ impl RunOptions {
             adapter: None,
             devices: None,
             precision: DType::F32,
+            mixed: false,
             tune: false,
             quantize: true,
             strict: false,
@@ -125,6 +129,7 @@ impl RunOptions {
             adapter: self.adapter.clone(),
             devices: self.devices.clone(),
             require_gpu: self.require_gpu,
+            mixed: self.mixed,
         }
     }
 
@@ -391,7 +396,7 @@ fn open_share(opts: &RunOptions, attack: &Cascade, prep: &Prepared, dir: &Path) 
         eps: opts.eps.iter().map(|e| e.text.clone()).collect(),
         target: target_text(&opts.target),
         quantized: opts.quantize,
-        precision: opts.precision.name().into(),
+        precision: precision_name(opts.precision, opts.mixed).into(),
         format: opts.format.name().into(),
         shard_size: size,
         shards: n.div_ceil(size),
@@ -434,4 +439,14 @@ fn write_reports(opts: &RunOptions, report: &Report) -> Result<()> {
         crate::report::write_svg_plot(p, report)?;
     }
     Ok(())
+}
+
+/// The precision a report names: `mixed` where convolutions ran on
+/// cooperative matrices, else the storage type.
+pub(super) fn precision_name(dtype: DType, mixed: bool) -> &'static str {
+    if mixed {
+        "mixed"
+    } else {
+        dtype.name()
+    }
 }

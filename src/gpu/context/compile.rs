@@ -28,6 +28,14 @@ impl Context {
             return Ok(k.clone());
         }
         self.check_dtype(dtype)?;
+        let missing = shader.features() - self.device.features();
+        if !missing.is_empty() {
+            return Err(Error::Usage(format!(
+                "{shader}.wgsl needs the device features {missing:?}, which this device was \
+                 not opened with (the cooperative GEMM runs only with --precision mixed on an \
+                 adapter that has them)"
+            )));
+        }
         let context = format!("compiling {shader}.wgsl ({dtype}) entry {entry}");
         let scopes = Scopes::push(&self.device);
         let module = {
@@ -36,15 +44,9 @@ impl Context {
                 .entry((shader, dtype))
                 .or_insert_with(|| {
                     // Every shader names its storage element type `st`.
-                    let prelude = match dtype {
-                        DType::F32 => "alias st = f32;\n",
-                        DType::F16 => "enable f16;\nalias st = f16;\n",
-                    };
                     let desc = wgpu::ShaderModuleDescriptor {
                         label: Some(shader.name()),
-                        source: wgpu::ShaderSource::Wgsl(
-                            format!("{prelude}{}", shader.source()).into(),
-                        ),
+                        source: wgpu::ShaderSource::Wgsl(shader.text(dtype).into()),
                     };
                     Arc::new(if shader.trusted() {
                         // SAFETY: trusted shaders bounds-check every storage,

@@ -65,6 +65,11 @@ pub struct ContextOptions {
     /// instead of the adapter's own, as a browser or a strict driver would give;
     /// `ADVEX_LIMITS=webgpu` turns it on too (the test suite runs under it).
     pub webgpu_limits: bool,
+    /// `--precision mixed`: run convolutions and linear layers on cooperative
+    /// matrices (tensor cores: f16 operands, f32 accumulation) where the
+    /// adapter has them ([`crate::gpu::coop::CoopReport::check`]); elsewhere
+    /// they stay strict f32, and [`Context::coop_note`] says why.
+    pub mixed: bool,
 }
 
 /// `ADVEX_LIMITS`: `webgpu` asks for WebGPU's default limits, `adapter` (or
@@ -128,6 +133,11 @@ pub struct Context {
     pub queue: wgpu::Queue,
     pub limits: wgpu::Limits,
     pub features: wgpu::Features,
+    /// Convolutions run on cooperative matrices (`--precision mixed` on an
+    /// adapter that has them).
+    coop: bool,
+    /// Why `--precision mixed` runs in strict f32 here, if it does.
+    coop_note: Option<String>,
     max_groups: u32,
     style: KernelStyle,
     tuning: Mutex<TuneTable>,
@@ -281,7 +291,7 @@ impl Context {
     fn from_adapter(adapter: wgpu::Adapter, options: ContextOptions) -> Result<Self> {
         let summary = describe_adapter(&adapter);
         let wanted_features = wgpu::Features::SHADER_F16 | wgpu::Features::TIMESTAMP_QUERY;
-        let features = adapter.features() & wanted_features;
+        let mut features = adapter.features() & wanted_features;
         // The adapter's own limits: wgpu's defaults (128 MiB storage bindings) are far
         // too small for real batches; the plans split batches to fit what is given.
         let webgpu = options.webgpu_limits || webgpu_limits_from_env()?;
@@ -295,11 +305,36 @@ impl Context {
                 limits.max_storage_buffer_binding_size.min(cap);
             limits.max_buffer_size = limits.max_buffer_size.min(cap);
         }
+        let (coop, coop_note) = if options.mixed {
+            match super::coop::CoopReport::of(&adapter, &limits).check() {
+                Ok(needed) => {
+                    features |= needed;
+                    (true, None)
+                }
+                Err(why) => {
+                    log::warn!(
+                        "--precision mixed: {why}, so {} runs convolutions in strict f32",
+                        summary.name
+                    );
+                    (false, Some(why))
+                }
+            }
+        } else {
+            (false, None)
+        };
+        let experimental = if coop {
+            // SAFETY: only coop.wgsl uses the experimental feature (cooperative
+            // matrices), on a configuration the adapter lists; its tests pin
+            // it to the f32 kernels' results.
+            unsafe { wgpu::ExperimentalFeatures::enabled() }
+        } else {
+            wgpu::ExperimentalFeatures::disabled()
+        };
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("advex"),
             required_features: features,
             required_limits: limits.clone(),
-            experimental_features: wgpu::ExperimentalFeatures::disabled(),
+            experimental_features: experimental,
             memory_hints: wgpu::MemoryHints::Performance,
             trace: wgpu::Trace::Off,
         }))
@@ -347,6 +382,8 @@ impl Context {
             queue,
             limits,
             features,
+            coop,
+            coop_note,
             max_groups,
             modules: Mutex::default(),
             kernels: Mutex::default(),
@@ -359,6 +396,17 @@ impl Context {
     /// Kernel family for pointwise convolutions and linear layers.
     pub fn kernel_style(&self) -> KernelStyle {
         self.style
+    }
+
+    /// Whether convolutions and linear layers may run on cooperative
+    /// matrices (`--precision mixed` on an adapter that has them).
+    pub fn coop(&self) -> bool {
+        self.coop
+    }
+
+    /// Why `--precision mixed` was asked for and runs in strict f32 here.
+    pub fn coop_note(&self) -> Option<&str> {
+        self.coop_note.as_deref()
     }
 
     /// The measured choice stored under `key` (see [`crate::gpu::TuneTable`]).

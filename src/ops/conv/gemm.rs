@@ -20,7 +20,7 @@ pub(super) struct Tile {
 
 impl Tile {
     /// 64 x 64, 4 x 4 per thread: the general case.
-    const SQUARE: Tile = Tile {
+    pub(super) const SQUARE: Tile = Tile {
         wg_m: 16,
         tm: 4,
         bk: 16,
@@ -86,7 +86,7 @@ const TALL_MIN_WORKGROUPS: u64 = 512;
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct GemmParams {
+pub(super) struct GemmParams {
     batch: u32,
     in_c: u32,
     in_h: u32,
@@ -110,9 +110,9 @@ struct GemmParams {
     gemm_k: u32,
     tiles_m: u32,
     tiles_n: u32,
-    total_wg: u32,
-    act_alpha: f32,
-    act_beta: f32,
+    pub(super) total_wg: u32,
+    pub(super) act_alpha: f32,
+    pub(super) act_beta: f32,
     step_h: u32,
     step_w: u32,
     dstep_h: u32,
@@ -214,7 +214,11 @@ fn tuned_tile(ctx: &Context, geo: &Geometry, pass: Pass, dtype: DType) -> Option
         .and_then(|name| Tile::from_name(&name))
 }
 
-fn gemm_params(geo: &Geometry, pass: Pass, tuned: Option<Tile>) -> Result<(GemmParams, Tile)> {
+pub(super) fn gemm_params(
+    geo: &Geometry,
+    pass: Pass,
+    tuned: Option<Tile>,
+) -> Result<(GemmParams, Tile)> {
     let (x, y, p) = (geo.x, geo.y, &geo.p);
     let backward = pass == Pass::Backward;
     let g = p.groups;
@@ -317,8 +321,13 @@ fn fnv1a(bytes: &[u8]) -> u32 {
 }
 
 pub(super) fn uniform_layouts() -> Vec<crate::gpu::UniformLayout> {
+    params_layout("conv")
+}
+
+/// `Params` of the module `shader` (gemm.wgsl's, and coop.wgsl's copy).
+pub(super) fn params_layout(shader: &'static str) -> Vec<crate::gpu::UniformLayout> {
     vec![crate::gpu::uniform_layout!(
-        "conv",
+        shader,
         "Params",
         GemmParams,
         [

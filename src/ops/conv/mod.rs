@@ -5,6 +5,9 @@
 //! - `gemm.rs` (`shaders/conv/gemm.wgsl`): the tiled implicit GEMM, any dense or
 //!   grouped convolution and `linear`; the general case, and every layer on GPUs
 //!   but the depthwise ones;
+//! - `coop.rs` (`shaders/conv/coop.wgsl`): the same GEMM on cooperative
+//!   matrices (tensor cores, f16 operands and f32 accumulation) for
+//!   `--precision mixed`, where the adapter has them;
 //! - `depthwise.rs` (`shaders/conv/depthwise.wgsl`): depthwise convolutions, a
 //!   direct kernel with 4 outputs per thread;
 //! - on CPU adapters ([`crate::gpu::KernelStyle::Direct`]), families without workgroup
@@ -22,6 +25,7 @@
 //! every index themselves; keep it so.
 
 mod backward_few;
+mod coop;
 mod depthwise;
 mod depthwise_direct;
 mod gemm;
@@ -110,8 +114,9 @@ pub fn forward_act_with(
     // Without a bias the weight is bound in its place (never read).
     let tensors = [x, w, b.unwrap_or(w), y];
     let label = || format!("conv2d{}", epilogue.suffix());
-    match select::select(&geo, ctx.kernel_style(), Pass::Forward) {
+    match select::select(&geo, ctx.kernel_style(), ctx.coop(), Pass::Forward) {
         ConvKernel::Gemm => gemm::forward(ctx, rec, &geo, None, &epilogue, tensors, label()),
+        ConvKernel::Coop => coop::forward(ctx, rec, &geo, &epilogue, tensors, label()),
         ConvKernel::Depthwise => depthwise::forward(ctx, rec, &geo, &epilogue, tensors, false),
         ConvKernel::DepthwiseFixed => depthwise::forward(ctx, rec, &geo, &epilogue, tensors, true),
         ConvKernel::DepthwiseDirect => {
@@ -164,8 +169,9 @@ pub fn backward_with(
     }
     let tensors = [gy, w, gx];
     let label = "conv2d_backward";
-    match select::select(&geo, ctx.kernel_style(), Pass::Backward) {
+    match select::select(&geo, ctx.kernel_style(), ctx.coop(), Pass::Backward) {
         ConvKernel::Gemm => gemm::backward(ctx, rec, &geo, None, tensors, label),
+        ConvKernel::Coop => coop::backward(ctx, rec, &geo, tensors, label),
         ConvKernel::Depthwise => depthwise::backward(ctx, rec, &geo, tensors),
         ConvKernel::DepthwiseDirect => depthwise_direct::backward(ctx, rec, &geo, tensors),
         ConvKernel::DepthwiseDirectS2 => depthwise_direct::backward_s2(ctx, rec, &geo, tensors),
@@ -200,7 +206,7 @@ pub fn kernel_for(
 ) -> Result<ConvKernel> {
     let y = p.out_shape(x, w.dims())?;
     let geo = Geometry::new(p, x, w, y, "output")?;
-    Ok(select::select(&geo, ctx.kernel_style(), pass))
+    Ok(select::select(&geo, ctx.kernel_style(), ctx.coop(), pass))
 }
 
 /// The forward kernels' epilogue: bias flag and activation (override
@@ -329,6 +335,7 @@ fn check_index_range(tensors: &[&Tensor]) -> Result<()> {
 pub(crate) fn uniform_layouts() -> Vec<crate::gpu::UniformLayout> {
     [
         gemm::uniform_layouts(),
+        coop::uniform_layouts(),
         depthwise::uniform_layouts(),
         depthwise_direct::uniform_layouts(),
         same_direct::uniform_layouts(),

@@ -22,6 +22,11 @@ pub enum ConvKernel {
     /// convolution (stride > 1 backward phase by phase). The general case and
     /// every layer on GPUs but the depthwise ones.
     Gemm,
+    /// `shaders/conv/coop.wgsl`: the implicit GEMM on cooperative matrices
+    /// (tensor cores; f16 operands, f32 accumulation), with `--precision
+    /// mixed` on adapters that have them: forward passes of dense and grouped
+    /// layers, backward passes of stride-1 layers, at least 16 wide and deep.
+    Coop,
     /// `shaders/conv/depthwise.wgsl`: depthwise layers (one group per input
     /// channel, any channel multiplier, stride and dilation).
     Depthwise,
@@ -63,6 +68,7 @@ impl ConvKernel {
     pub fn shader(self) -> Option<Shader> {
         Some(match self {
             ConvKernel::Gemm => Shader::Conv,
+            ConvKernel::Coop => Shader::ConvCoop,
             ConvKernel::Depthwise | ConvKernel::DepthwiseFixed => Shader::Depthwise,
             ConvKernel::DepthwiseDirect | ConvKernel::DepthwiseDirectS2 => Shader::DepthwiseDirect,
             ConvKernel::PointwiseDirect(PwLayout::Vec4) => Shader::ConvDirectVec4,
@@ -78,7 +84,12 @@ impl ConvKernel {
 /// CPU adapters ([`KernelStyle::Direct`]) take the direct families where a
 /// layer fits them (llvmpipe charges per load instruction and per barrier, so
 /// they use no workgroup memory); everything else runs on the tiled kernels.
-pub(super) fn select(geo: &Geometry, style: KernelStyle, pass: Pass) -> ConvKernel {
+/// `coop` (`--precision mixed` on an adapter with cooperative matrices)
+/// sends the dense GEMMs that fit it to the tensor cores first.
+pub(super) fn select(geo: &Geometry, style: KernelStyle, coop: bool, pass: Pass) -> ConvKernel {
+    if coop && geo.coop_fits(pass) {
+        return ConvKernel::Coop;
+    }
     let direct = style == KernelStyle::Direct;
     let pointwise = geo.pointwise().filter(|pw| direct && pw.eligible());
     match pass {
@@ -224,5 +235,66 @@ impl Geometry {
             && x.c > 0
             && x.numel().max(y.numel()) < (i32::MAX as u64) / 2
             && x.c as u64 * self.oc as u64 * 25 < u32::MAX as u64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gpu::Shape;
+    use crate::ops::Conv2dParams;
+
+    fn geo(x: [u32; 4], oc: u32, k: u32, stride: u32, groups: u32) -> Geometry {
+        let p = Conv2dParams {
+            stride: [stride; 2],
+            padding: [k / 2; 4],
+            dilation: [1, 1],
+            groups,
+        };
+        let xs = Shape::new(x[0], x[1], x[2], x[3]);
+        let ws = Shape::new(oc, x[1] / groups, k, k);
+        let ys = p.out_shape(xs, ws.dims()).unwrap();
+        Geometry::new(&p, xs, ws, ys, "output").unwrap()
+    }
+
+    /// `--precision mixed` on an adapter with cooperative matrices: dense and
+    /// grouped GEMMs 16 wide and deep go to them, forward at any stride and
+    /// backward at stride 1; depthwise, narrow and strided-backward passes
+    /// keep their kernels; without cooperative matrices nothing changes.
+    #[test]
+    fn cooperative_matrices_take_the_gemms_that_fit() {
+        use ConvKernel::*;
+        use Pass::*;
+        let cases: [(Geometry, [ConvKernel; 2]); 6] = [
+            (geo([8, 64, 14, 14], 128, 1, 1, 1), [Coop, Coop]),
+            (geo([8, 64, 14, 14], 64, 3, 1, 1), [Coop, Coop]),
+            (geo([8, 64, 14, 14], 64, 3, 2, 1), [Coop, Gemm]),
+            (geo([8, 64, 14, 14], 64, 3, 1, 2), [Coop, Coop]),
+            // stem: K = 27 forward, but 3 input channels backward
+            (geo([8, 3, 32, 32], 32, 3, 2, 1), [Coop, Gemm]),
+            // depthwise
+            (
+                geo([8, 64, 14, 14], 64, 3, 1, 64),
+                [DepthwiseFixed, Depthwise],
+            ),
+        ];
+        for (i, (g, [fwd, bwd])) in cases.iter().enumerate() {
+            assert_eq!(
+                select(g, KernelStyle::Tiled, true, Forward),
+                *fwd,
+                "case {i} forward"
+            );
+            assert_eq!(
+                select(g, KernelStyle::Tiled, true, Backward),
+                *bwd,
+                "case {i} backward"
+            );
+            for pass in [Forward, Backward] {
+                assert_ne!(select(g, KernelStyle::Tiled, false, pass), Coop, "case {i}");
+            }
+        }
+        // 8 output channels: too narrow for a 16-wide matrix
+        let narrow = geo([8, 64, 14, 14], 8, 1, 1, 1);
+        assert_eq!(select(&narrow, KernelStyle::Tiled, true, Forward), Gemm);
     }
 }

@@ -29,7 +29,7 @@ pub fn tune_key(
 ) -> Result<Option<String>> {
     let y = p.out_shape(x, w.dims())?;
     let geo = Geometry::new(p, x, w, y, "output")?;
-    Ok(select(&geo, ctx.kernel_style(), pass)
+    Ok(select(&geo, ctx.kernel_style(), ctx.coop(), pass)
         .tuned()
         .then(|| gemm::tune_key(&geo, pass, dtype)))
 }
@@ -54,7 +54,10 @@ pub fn tune(
     let mut count = TuneCount::default();
     let mut tensors: Option<[Tensor; 4]> = None;
     for pass in [Pass::Forward, Pass::Backward] {
-        if !select(&geo, ctx.kernel_style(), pass).tuned() || x.numel() == 0 || y.numel() == 0 {
+        if !select(&geo, ctx.kernel_style(), ctx.coop(), pass).tuned()
+            || x.numel() == 0
+            || y.numel() == 0
+        {
             continue;
         }
         let key = gemm::tune_key(&geo, pass, dtype);
