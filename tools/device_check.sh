@@ -2,20 +2,30 @@
 # On a lent GPU machine that has no Rust: the test executables and binaries
 # that tools/device_pack.sh packed into .devbin/, run over the GPU's Vulkan
 # driver, then tools/gpu_bench.sh. Results land in $OUT (the device tool's
-# folder; device-out/ elsewhere), at most 8 files: machine.txt, tests.txt
+# folder; device-out/ elsewhere), at most 7 files: machine.txt, tests.txt
 # (one line per test executable, failures spelled out), tests.tar.gz (full
-# logs), summary.txt (every benchmark's output), bench.tar.gz, tune.json.
+# logs), summary.txt (every benchmark's output), bench.tar.gz (every step's
+# output, results.jsonl, tune.json), before_after.txt (below), and
+# DATE_GPU.json, the machine-readable results (tools/bench_results.py; also
+# written to benchmarks/results/ here, and made even when gpu_bench.sh is cut
+# short): commit it under benchmarks/results/.
 # Each phase has its own time limit, so results come back even if one hangs:
 #   TEST_LIMIT  seconds for all tests (default 150)   TEST_ONE  one executable (90)
-#   BENCH_LIMIT seconds for gpu_bench.sh (default 300) STEP_LIMIT one step (120)
-#   TESTS=0 / BENCH=0 skip a phase; BATCHES etc. go to gpu_bench.sh.
+#   BENCH_LIMIT seconds for gpu_bench.sh (default 300) STEP_LIMIT one step (100)
+#   TOTAL_LIMIT seconds for the whole call (default 470): the benchmarks get
+#               what is left of it (less 15 s to pack the results) when that
+#               is less than BENCH_LIMIT, so the call fits the device tool's
+#               8 minutes with the tests
+#   TESTS=0 / BENCH=0 skip a phase; BATCHES, MODELS etc. go to gpu_bench.sh.
 #   TESTS_WEBGPU=1 runs the tests a second time with ADVEX_LIMITS=webgpu.
+# The commit: `git rev-parse HEAD` where git works, else target/COMMIT, which
+# tools/device_pack.sh writes into the pack.
 # When the pack holds target/release/advex-before (ADVEX_BEFORE in
 # tools/device_pack.sh), a phase before the benchmarks times it against this
 # build, alternating, in the same run (before_after.txt; BEFORE=0 skips it;
 # BEFORE_BATCHES and BEFORE_MODEL change what is timed).
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 1
 RES="${OUT:-device-out}"
 mkdir -p "$RES"
 t0=$(date +%s)
@@ -133,10 +143,20 @@ fi
 
 if [ "${BENCH:-1}" != 0 ]; then
     bench=$(mktemp -d)
-    STEP_LIMIT=${STEP_LIMIT:-120} timeout -k 10 "${BENCH_LIMIT:-300}" tools/gpu_bench.sh "$bench"
-    echo "   (gpu_bench.sh exited $?)" >> "$bench/summary.txt"
+    limit=${BENCH_LIMIT:-300}
+    left=$(( ${TOTAL_LIMIT:-470} - $(elapsed) - 15 ))
+    [ "$left" -lt "$limit" ] && limit=$left
+    if [ "$limit" -lt 20 ]; then
+        echo "== bench: not run (TOTAL_LIMIT spent: $(elapsed) s gone)" | tee "$bench/summary.txt"
+    else
+        echo "== bench: $limit s"
+        STEP_LIMIT=${STEP_LIMIT:-100} timeout -k 10 "$limit" tools/gpu_bench.sh "$bench"
+        echo "   (gpu_bench.sh exited $?)" >> "$bench/summary.txt"
+    fi
+    # The machine-readable file, also when gpu_bench.sh was cut short (same
+    # run: the same file, rewritten).
+    timeout -k 5 30 python3 tools/bench_results.py --bench-dir "$bench" --out-dir "${RESULTS_DIR:-benchmarks/results}" --copy-to "$RES" 2>&1 | tee -a "$bench/summary.txt"
     cp "$bench/summary.txt" "$RES/summary.txt"
-    [ -f "$bench/tune.json" ] && cp "$bench/tune.json" "$RES/tune.json"
     tar -C "$bench" -czf "$RES/bench.tar.gz" .
     echo "== bench done at $(elapsed) s"
 fi

@@ -55,6 +55,12 @@ with open(os.path.join(stage, "target", "BLANKED"), "w") as out:
             open(p, "wb").write(data)
             out.write(f"{os.path.relpath(p, stage)} {at}\n")
 PY
+# The commit the pack was built from (the GPU machine's copy has no .git), and
+# how many tracked files differed from it: tools/bench_results.py records both.
+{
+    git rev-parse HEAD
+    echo "dirty: $(git status --porcelain --untracked-files=no | wc -l)"
+} > "$stage/target/COMMIT"
 # The test executables know this checkout's absolute path (CARGO_MANIFEST_DIR).
 echo "$PWD" > "$stage/target/tests/MANIFEST_DIR"
 mkdir -p .devbin
