@@ -102,8 +102,22 @@ run_tests() { # tag (added to names), then environment for the executables
     done
 }
 
+# The tensor-core path (--precision mixed) again, its output kept: whether the
+# adapter's cooperative matrices ran, the error bound, and the agreement with
+# f32 (the tests pass with a note where the adapter has none).
+mixed_tests() {
+    {
+        echo "== --precision mixed (cooperative matrices)"
+        [ -x target/tests/ops ] && timeout -k 5 60 target/tests/ops coop --nocapture 2>&1 \
+            | grep -E 'skipped|not run|panicked|test result|^test ' | head -20
+        [ -x target/tests/iterative ] && timeout -k 5 60 target/tests/iterative mixed_precision --nocapture 2>&1 \
+            | grep -E 'skipped|mixed vs f32|panicked|test result|^test ' | head -20
+    } >> "$RES/tests.txt"
+}
+
 if [ "${TESTS:-1}" != 0 ]; then
     logs=$(mktemp -d)
+    mixed_tests
     run_tests "" ADVEX_LIMITS=adapter
     [ "${TESTS_WEBGPU:-0}" = 1 ] && run_tests "@webgpu" ADVEX_LIMITS=webgpu
     tar -C "$logs" -czf "$RES/tests.tar.gz" .
