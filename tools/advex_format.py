@@ -30,6 +30,7 @@ This module offers:
 * :class:`TorchExecutor` -- a PyTorch reference executor for any spec: eval
   semantics, differentiable w.r.t. the [0, 1] input, so tools can compute
   reference logits and input gradients for any advex model file.
+* :func:`executor_on` -- a TorchExecutor with its tensors on a device.
 * :func:`load_image` -- decode an image file into the model's input tensor the
   way the contract says (pixel-exact when already at the input size).
 """
@@ -464,6 +465,17 @@ class TorchExecutor(torch.nn.Module):
             values[node["name"]] = self.run_node(node, [values[i] for i in node["inputs"]])
         out = values[self.spec["output"]]
         return (out, values) if return_all else out
+
+
+def executor_on(spec: dict, tensors: Dict[str, torch.Tensor], device: Union[str, torch.device],
+                apply_preprocess: bool = True) -> TorchExecutor:
+    """A :class:`TorchExecutor` whose tensors and preprocess mean/std live on
+    ``device`` (the executor keeps them in plain attributes, so ``.to()`` does
+    not move them). Eval mode."""
+    ex = TorchExecutor(spec, tensors, apply_preprocess=apply_preprocess)
+    ex.t = {k: v.to(device) for k, v in ex.t.items()}
+    ex.mean, ex.std = ex.mean.to(device), ex.std.to(device)
+    return ex.eval()
 
 
 # ---------------------------------------------------------------------------

@@ -22,6 +22,21 @@ and when they are degenerate the BatchNorm running statistics are recalibrated
 on seeded random batches (cumulative average, train mode, no gradient) before
 export (``--calibrate always`` does it anyway).
 
+Two routes make the advex file; the script prints which one it takes and why:
+
+* ``onnx`` (the default when the ``onnx`` package imports): the export and
+  ``advex import`` above, which also exercises advex's ONNX importer;
+* ``native`` (``--native``, or when ``import onnx`` fails, since the
+  TorchScript exporter refuses to run without it, or when the ONNX export
+  itself fails): the graph is written straight from the nn.Module by walking
+  the known structure of these two architectures (:func:`native_graph`), with
+  the state_dict's tensor names and the spec ``advex import --mean --std``
+  records (name, input, preprocess mean/std, no classes). The file is then
+  checked: its logits under tools/advex_format.py's TorchExecutor against the
+  module's on 2 random images (relative difference at most 1e-3, else the
+  model is not made), and ``advex info --model`` loads it when ``--advex``
+  exists. No ONNX file is made on this route.
+
 For OUT/NAME.safetensors (the advex file) it also writes, next to it,
 NAME.pt (the network's state_dict, without the normalisation) and
 NAME.torch.json (architecture, input, mean/std, seed, how it was made), so that
@@ -31,10 +46,12 @@ removes it after the import).
 
     python3 tools/bench_models.py                       # both, into bench-models/
     python3 tools/bench_models.py --models wrn28_10 --out /tmp/m --advex target/release/advex
+    python3 tools/bench_models.py --native              # no ONNX, whether or not onnx imports
 
 Prints one line per model and, last, the advex files made, one per line after
 ``made:`` (for scripts). Exit status 1 when a model could not be made (the
-reason is printed: export failure, or ``advex import``'s refusal verbatim).
+reason is printed: export failure, ``advex import``'s refusal verbatim, or on
+the native route a logit mismatch or ``advex info``'s refusal).
 """
 
 from __future__ import annotations
@@ -52,6 +69,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOOLS = os.path.dirname(os.path.abspath(__file__))
 
 IMAGENET = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
 CIFAR10 = ([0.4914, 0.4822, 0.4465], [0.2471, 0.2435, 0.2616])
@@ -320,8 +338,223 @@ def advex_import(advex: str, onnx_path: str, out: str, mean, std) -> None:
         raise RuntimeError(f"`{' '.join(cmd)}` exited {r.returncode}:\n{(r.stderr + r.stdout).strip()}")
 
 
+# ---------------------------------------------------------------------------
+# The native route: the advex graph written from the module, no ONNX
+# ---------------------------------------------------------------------------
+
+NATIVE_TOL = 1e-3  # max |logit difference| / max |logit| accepted on the native route
+
+
+def _advex_format():
+    """tools/advex_format.py (imported on the native route only)."""
+    if TOOLS not in sys.path:
+        sys.path.insert(0, TOOLS)
+    import advex_format
+    return advex_format
+
+
+def onnx_route() -> tuple[bool, str]:
+    """Whether the ONNX route can run here, and why (the TorchScript exporter
+    refuses to run without the onnx package)."""
+    try:
+        import onnx  # noqa: F401
+    except Exception as e:
+        return False, f"`import onnx` failed ({type(e).__name__}: {e})"
+    return True, f"onnx {getattr(onnx, '__version__', '?')} imports"
+
+
+def _hw(v) -> int | list[int]:
+    """A torch (h, w) attribute as the spec writes it: a number when square."""
+    v = (int(v), int(v)) if isinstance(v, int) else tuple(int(a) for a in v)
+    return v[0] if v[0] == v[1] else [v[0], v[1]]
+
+
+class _NativeGraph:
+    """Emits advex nodes for known nn.Module pieces; tensors by state_dict name."""
+
+    def __init__(self, net: nn.Module) -> None:
+        af = _advex_format()
+        self.g = af.GraphBuilder()
+        self.state = {k: v for k, v in net.state_dict().items()
+                      if not k.endswith("num_batches_tracked")}
+        self.mods = dict(net.named_modules())
+
+    def _mod(self, path: str, kind):
+        m = self.mods.get(path)
+        if not isinstance(m, kind):
+            raise TypeError(f"native route: `{path}` is {type(m).__name__}, expected "
+                            f"{kind.__name__} (the architecture is not the one this walker knows)")
+        return m
+
+    def _tensor(self, name: str) -> str:
+        if name not in self.state:
+            raise KeyError(f"native route: tensor {name!r} is not in the state_dict")
+        self.g.add_tensor(name, self.state[name])
+        return name
+
+    def conv(self, path: str, x: str) -> str:
+        m = self._mod(path, nn.Conv2d)
+        if m.padding_mode != "zeros" or isinstance(m.padding, str):
+            raise ValueError(f"native route: `{path}` has padding {m.padding!r} "
+                             f"({m.padding_mode}); only explicit zero padding is written")
+        return self.g.conv2d(path, x, weight=self._tensor(f"{path}.weight"),
+                             bias=self._tensor(f"{path}.bias") if m.bias is not None else None,
+                             stride=_hw(m.stride), padding=_hw(m.padding),
+                             dilation=_hw(m.dilation), groups=int(m.groups))
+
+    def bn(self, path: str, x: str) -> str:
+        """batch_norm: advex folds it into the conv before it when that conv
+        feeds nothing else, and runs it as a per-channel affine otherwise."""
+        m = self._mod(path, nn.BatchNorm2d)
+        if not (m.affine and m.track_running_stats):
+            raise ValueError(f"native route: `{path}` needs affine=True and running statistics")
+        for t in ("weight", "bias", "running_mean", "running_var"):
+            self._tensor(f"{path}.{t}")
+        return self.g.batch_norm(path, x, prefix=path, eps=float(m.eps))
+
+    def linear(self, path: str, x: str) -> str:
+        m = self._mod(path, nn.Linear)
+        return self.g.linear(path, x, weight=self._tensor(f"{path}.weight"),
+                             bias=self._tensor(f"{path}.bias") if m.bias is not None else None)
+
+    def max_pool(self, path: str, x: str) -> str:
+        m = self._mod(path, nn.MaxPool2d)
+        return self.g.max_pool(path, x, kernel=_hw(m.kernel_size),
+                               stride=_hw(m.stride if m.stride is not None else m.kernel_size),
+                               padding=_hw(m.padding), dilation=_hw(m.dilation),
+                               ceil_mode=bool(m.ceil_mode))
+
+    def unused(self) -> list[str]:
+        return sorted(set(self.state) - set(self.g.tensors))
+
+
+def _resnet50_graph(ng: _NativeGraph, net: nn.Module) -> str:
+    """torchvision's ResNet (Bottleneck blocks, downsample = Sequential(conv, bn)),
+    as torchvision.models.resnet50 or ResNet50 above: same names, same forward."""
+    g = ng.g
+    x = ng.conv("conv1", "input")
+    x = g.relu("relu", ng.bn("bn1", x))
+    x = ng.max_pool("maxpool", x)
+    for layer in ("layer1", "layer2", "layer3", "layer4"):
+        for i in range(len(ng._mod(layer, nn.Sequential))):
+            p = f"{layer}.{i}"
+            blk = ng.mods[p]
+            if not all(hasattr(blk, a) for a in ("conv1", "conv2", "conv3", "bn3", "downsample")):
+                raise TypeError(f"native route: `{p}` ({type(blk).__name__}) is not a Bottleneck")
+            idt = x
+            if blk.downsample is not None:
+                down = ng._mod(f"{p}.downsample", nn.Sequential)
+                if len(down) != 2:
+                    raise TypeError(f"native route: `{p}.downsample` is not (conv, bn)")
+                idt = ng.bn(f"{p}.downsample.1", ng.conv(f"{p}.downsample.0", x))
+            y = g.relu(f"{p}.relu1", ng.bn(f"{p}.bn1", ng.conv(f"{p}.conv1", x)))
+            y = g.relu(f"{p}.relu2", ng.bn(f"{p}.bn2", ng.conv(f"{p}.conv2", y)))
+            y = ng.bn(f"{p}.bn3", ng.conv(f"{p}.conv3", y))
+            x = g.relu(f"{p}.relu", g.add(f"{p}.add", y, idt))
+    pool = ng._mod("avgpool", nn.AdaptiveAvgPool2d)
+    if _hw(pool.output_size) != 1:
+        raise ValueError(f"native route: avgpool output size {pool.output_size} is not 1x1")
+    x = g.flatten("flatten", g.global_avg_pool("avgpool", x))
+    return ng.linear("fc", x)
+
+
+def _wrn_graph(ng: _NativeGraph, net: nn.Module) -> str:
+    """WideResNet above: pre-activation WideBasic blocks; the BN-ReLU opening
+    each block follows an add (or the stem conv), the block's bn2 a conv."""
+    g = ng.g
+    x = ng.conv("conv1", "input")
+    for group in ("block1", "block2", "block3"):
+        for i in range(len(ng._mod(group, nn.Sequential))):
+            p = f"{group}.{i}"
+            blk = ng._mod(p, WideBasic)
+            o = g.relu(f"{p}.relu1", ng.bn(f"{p}.bn1", x))
+            y = g.relu(f"{p}.relu2", ng.bn(f"{p}.bn2", ng.conv(f"{p}.conv1", o)))
+            y = ng.conv(f"{p}.conv2", y)
+            x = g.add(f"{p}.add", y, x if blk.equal else ng.conv(f"{p}.shortcut", o))
+    x = g.relu("relu", ng.bn("bn1", x))
+    x = g.avg_pool("avg_pool", x, kernel=8, stride=8)  # F.avg_pool2d(out, 8)
+    x = g.flatten("flatten", x)  # out.view(-1, channels)
+    return ng.linear("fc", x)
+
+
+def native_graph(arch: str, net: nn.Module, name: str, mean, std, description: str
+                 ) -> tuple[dict, dict]:
+    """(spec, tensors) of NET written straight into advex's format: the spec
+    `advex import --mean --std` records (name, input, preprocess mean/std, no
+    classes, output) with its own description; tensors keep their state_dict names."""
+    ng = _NativeGraph(net)
+    out = {"resnet50": _resnet50_graph, "wrn28_10": _wrn_graph}[arch](ng, net)
+    unused = ng.unused()
+    if unused:
+        raise ValueError(f"native route: state_dict tensors the graph does not use: {unused[:5]}")
+    af = _advex_format()
+    spec = {"format": af.FORMAT_VERSION, "name": name, "description": description,
+            "input": [int(v) for v in ARCHS[arch]["input"]],
+            "preprocess": {"mean": [float(v) for v in mean], "std": [float(v) for v in std]},
+            "nodes": ng.g.nodes, "output": out}
+    return spec, ng.g.tensors
+
+
+@torch.no_grad()
+def check_native(path: str, model: nn.Module, shape, device, n: int = 2) -> dict:
+    """The written file under TorchExecutor against MODEL (normalisation in
+    front) on N random images: max |difference| and that over max |logit|."""
+    af = _advex_format()
+    spec, tensors = af.load_model(path)
+    ex = af.executor_on(spec, tensors, device)
+    x = random_pixels(n, shape, 4242, device)
+    tf32 = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        ref, got = model.eval()(x).float(), ex(x).float()
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
+    diff, scale = float((ref - got).abs().max()), float(ref.abs().max())
+    return {"images": n, "max_abs_diff": diff, "max_abs_logit": scale,
+            "rel": diff / max(scale, 1e-12),
+            "same_top1": bool((ref.argmax(1) == got.argmax(1)).all())}
+
+
+def advex_info(advex: str, path: str) -> str:
+    """`advex info --model PATH` (CPU only): the engine loads the file."""
+    cmd = [advex, "info", "--model", path]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise RuntimeError(f"`{' '.join(cmd)}` exited {r.returncode}:\n{(r.stderr + r.stdout).strip()}")
+    return r.stdout
+
+
+def write_native(arch: str, net: nn.Module, model: nn.Module, path: str, how: str, seed: int,
+                 device, advex: str) -> tuple[str, dict]:
+    """The native route: write, check logits, let advex load it. Returns the
+    description of how it was made and the logit check."""
+    info = ARCHS[arch]
+    mean, std = info["norm"]
+    desc = (f"Written from the PyTorch module by tools/bench_models.py (native route, no ONNX): "
+            f"{how}, seed {seed}.")
+    spec, tensors = native_graph(arch, net, os.path.splitext(os.path.basename(path))[0],
+                                 mean, std, desc)
+    _advex_format().save_model(path, spec, tensors)
+    check = check_native(path, model.to(device), info["input"], device)
+    if not (check["rel"] <= NATIVE_TOL):
+        raise RuntimeError(f"native route: {path} does not reproduce the module: max |logit "
+                           f"difference| {check['max_abs_diff']:.3g} against max |logit| "
+                           f"{check['max_abs_logit']:.3g} (relative {check['rel']:.3g} > {NATIVE_TOL})")
+    if os.path.exists(advex):
+        out = advex_info(advex, path).strip().splitlines()
+        total = [l for l in out if l.startswith("total:")]
+        check["advex_info"] = (total or out or ["loads"])[0]
+    else:
+        check["advex_info"] = f"not run: {advex} does not exist"
+    return (f"native: bench_models.native_graph ({len(spec['nodes'])} nodes, "
+            f"{len(tensors)} tensors)"), check
+
+
 def make(arch: str, out_dir: str, advex: str, seed: int, calibrate: str, device: torch.device,
-         keep_onnx: bool, force: bool, prefer_torchvision: bool) -> str:
+         keep_onnx: bool, force: bool, prefer_torchvision: bool,
+         route: tuple[str, str, bool] = ("onnx", "default", False)) -> str:
+    """ROUTE: (``onnx`` or ``native``, why, whether a failed ONNX export may
+    fall back to the native route)."""
     info = ARCHS[arch]
     shape, (mean, std) = info["input"], info["norm"]
     st = os.path.join(out_dir, arch + ".safetensors")
@@ -330,7 +563,8 @@ def make(arch: str, out_dir: str, advex: str, seed: int, calibrate: str, device:
         with open(meta_path) as f:
             old = json.load(f)
         if old.get("seed") == seed and os.path.exists(os.path.join(out_dir, arch + ".pt")):
-            print(f"{arch}: {st} already made (seed {seed}); --force remakes it", flush=True)
+            print(f"{arch}: {st} already made (seed {seed}, route {old.get('route', 'onnx')}); "
+                  "--force remakes it", flush=True)
             return st
     t0 = time.perf_counter()
     net, how = build_net(arch, seed, prefer_torchvision)
@@ -348,28 +582,51 @@ def make(arch: str, out_dir: str, advex: str, seed: int, calibrate: str, device:
         print(f"  {arch}: BN running stats recalibrated ({calibrated['reason']})"
               + (f"; still degenerate: {still}" if still else ""), flush=True)
     t_build = time.perf_counter() - t0
-    net = model.net.cpu().eval()
+    model = model.cpu().eval()
+    net = model.net
     os.makedirs(out_dir, exist_ok=True)
     torch.save(net.state_dict(), os.path.join(out_dir, arch + ".pt"))
     onnx_path = os.path.join(out_dir, arch + ".onnx")
+    kind, reason, may_fall_back = route
+    native_check = None
     t1 = time.perf_counter()
-    call = export_onnx(net, shape, onnx_path)
-    t_export = time.perf_counter() - t1
-    t2 = time.perf_counter()
-    advex_import(advex, onnx_path, st, mean, std)
-    t_import = time.perf_counter() - t2
-    if not keep_onnx:
-        for p in (onnx_path, onnx_path + ".data"):
+    if kind == "onnx":
+        try:
+            call = export_onnx(net, shape, onnx_path)
+        except Exception as e:
+            if not may_fall_back:
+                raise
+            kind, reason = "native", (f"the ONNX export failed: {type(e).__name__}: "
+                                      f"{str(e).strip()[:300]}")
+            print(f"  {arch}: route native ({reason})", flush=True)
+    if kind == "onnx":
+        t_export = time.perf_counter() - t1
+        t2 = time.perf_counter()
+        advex_import(advex, onnx_path, st, mean, std)
+        t_import = time.perf_counter() - t2
+        if not keep_onnx:
+            for p in (onnx_path, onnx_path + ".data"):
+                if os.path.exists(p):
+                    os.remove(p)
+        timing = f"export {t_export:.1f} s, import {t_import:.1f} s"
+    else:
+        for p in (onnx_path, onnx_path + ".data"):  # a stale one would not match
             if os.path.exists(p):
                 os.remove(p)
+        call, native_check = write_native(arch, net, model, st, how, seed, device, advex)
+        model.cpu()
+        timing = (f"native write + check {time.perf_counter() - t1:.1f} s (max |dlogit| "
+                  f"{native_check['max_abs_diff']:.2e} of max |logit| "
+                  f"{native_check['max_abs_logit']:.3g}; advex info: {native_check['advex_info']})")
     meta = {"arch": arch, "built_by": how, "input": shape, "classes": info["classes"],
             "mean": mean, "std": std, "seed": seed, "bench_batch": info["batch"],
             "params": sum(p.numel() for p in net.parameters()), "torch": torch.__version__,
-            "export": call, "bn_calibrated": calibrated, "logits": stats}
+            "route": kind, "route_reason": reason, "export": call, "native_check": native_check,
+            "bn_calibrated": calibrated, "logits": stats}
     with open(meta_path, "w") as f:
         json.dump(meta, f, indent=1)
     print(f"{arch}: {meta['params'] / 1e6:.1f} M params, {how}; logits {json.dumps(stats)}; "
-          f"build {t_build:.1f} s, export {t_export:.1f} s, import {t_import:.1f} s -> {st}", flush=True)
+          f"route {kind}; build {t_build:.1f} s, {timing} -> {st}", flush=True)
     return st
 
 
@@ -408,7 +665,24 @@ def main() -> None:
     ap.add_argument("--no-onnx", action="store_true", help="remove NAME.onnx after the import")
     ap.add_argument("--no-torchvision", action="store_true", help="ResNet-50 from the definition here")
     ap.add_argument("--force", action="store_true", help="remake files already there")
+    how = ap.add_mutually_exclusive_group()
+    how.add_argument("--native", action="store_true",
+                     help="write the advex file straight from the module, no ONNX (default: "
+                          "only when `import onnx` fails or the ONNX export does)")
+    how.add_argument("--onnx", action="store_true",
+                     help="the ONNX route only: no native fallback when the export fails")
     args = ap.parse_args()
+    if args.native:
+        route = ("native", "--native given", False)
+    else:
+        ok, why = onnx_route()
+        if ok:
+            route = ("onnx", why + (" (--onnx given)" if args.onnx else ""), not args.onnx)
+        elif args.onnx:
+            raise SystemExit(f"--onnx: {why}; torch.onnx.export needs the onnx package")
+        else:
+            route = ("native", f"{why}: torch.onnx.export needs the onnx package", False)
+    print(f"route: {route[0]} ({route[1]})", flush=True)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cpu":
         torch.set_num_threads(max(1, os.cpu_count() or 1))
@@ -416,7 +690,7 @@ def main() -> None:
     for arch in [m.strip() for m in args.models.split(",") if m.strip()]:
         try:
             made.append(make(arch, args.out, args.advex, args.seed, args.calibrate, device,
-                             not args.no_onnx, args.force, not args.no_torchvision))
+                             not args.no_onnx, args.force, not args.no_torchvision, route))
         except Exception as e:
             print(f"{arch}: NOT MADE: {type(e).__name__}: {e}", flush=True)
             failed.append(arch)
