@@ -31,21 +31,27 @@
 // A phase without taps (e.g. a 1x1 kernel's odd rows) writes zeros.
 //
 // Tiling: one workgroup of 256 threads computes a BM x BN tile of C; each thread
-// a TM x 4 register block (TM = 4 or 8 m by 4 consecutive n; with TM = 8 the two
-// halves are 4 m apart by 4 * WG_M, so vec4 reads of tile_a stay contiguous across
-// threads). K advances BK at a time through workgroup memory; the next K slice is
-// fetched from global memory into registers while the current one is multiplied
+// a TM x TN register block (TM = 4 or 8 m by TN = 4 or 8 n, in blocks of 4
+// consecutive m by 4 consecutive n; with TM = 8 the two m halves are 4 * WG_M
+// apart, with TN = 8 the two n halves 4 * (256 / WG_M) apart, so vec4 reads of
+// tile_a and tile_b stay contiguous across threads). K advances BK at a time
+// through workgroup memory; the next K slice is fetched from global memory into
+// registers while the current one is multiplied
 // (one-stage prefetch). The flat workgroup index is (group, m tile, n tile) with
 // the n tile fastest, so neighbouring workgroups share their A (input) tile in
 // cache.
 //
 // The tile shape is chosen per layer by the host through override constants
-// (WG_M threads along m, TM rows per thread, BK), one of three variants only:
-//   64 x 64,  BK 16: WG_M 16, TM 4   (the default)
-//   128 x 64, BK 16: WG_M 16, TM 8   (large layers: twice the FMAs per tile read)
-//   256 x 16, BK 8:  WG_M 64, TM 4   (few columns: the stem's backward has 3,
-//                                     1x1 projections 24)
-// so BM = TM * WG_M, BN = 4 * (256 / WG_M), BK * BM <= 2048 and BK * BN <= 1024:
+// (WG_M threads along m, TM rows and TN columns per thread, BK), one of four
+// variants only:
+//   64 x 64,   BK 16: WG_M 16, TM 4, TN 4  (the default)
+//   128 x 64,  BK 16: WG_M 16, TM 8, TN 4  (large layers: twice the FMAs per tile read)
+//   256 x 16,  BK 8:  WG_M 64, TM 4, TN 4  (few columns: the stem's backward has 3,
+//                                           1x1 projections 24)
+//   128 x 128, BK 8:  WG_M 16, TM 8, TN 8  (an 8 x 8 block per thread: four
+//                                           times the FMAs per tile read of
+//                                           64 x 64; the autotune's to pick)
+// so BM = TM * WG_M, BN = TN * (256 / WG_M), BK * BM <= 2048 and BK * BN <= 1024:
 // the workgroup arrays below are sized for the largest of them, and every
 // workgroup-memory index stays below BK * BM / 4 (tile_a) or BK * (BN / 4 + 1)
 // (tile_b). Do not add variants without re-checking those bounds.
@@ -65,12 +71,15 @@
 override WG_M: u32 = 16u; // threads along m (16 or 64)
 override TM: u32 = 4u;    // m per thread (4 or 8)
 override BK: u32 = 16u;   // K slice (16 or 8)
+override TN: u32 = 4u;    // n per thread (4 or 8)
 
 const THREADS: u32 = 256u;
 
 // Derived tile sizes (override expressions, folded when the pipeline is built).
 fn bm() -> u32 { return TM * WG_M; }
-fn bn() -> u32 { return 4u * (THREADS / WG_M); }
+fn bn() -> u32 { return TN * (THREADS / WG_M); }
+// Offset of a thread's second block of 4 n (TN == 8), in vec4 columns.
+fn tn_half() -> u32 { return THREADS / WG_M; }
 fn bm4() -> u32 { return bm() / 4u; }          // vec4 columns of a tile_a row
 fn bn4p() -> u32 { return bn() / 4u + 1u; }    // tile_b row stride, padded against bank conflicts
 // A loaders: thread column lid % BM, rows in runs of 4; rows covered per pass and
@@ -134,14 +143,22 @@ struct Acc {
     d1: vec4<f32>,
     d2: vec4<f32>,
     d3: vec4<f32>,
+    e0: vec4<f32>, // TN == 8: n = 4*(ty + 256 / WG_M) + 0..3, m as c
+    e1: vec4<f32>,
+    e2: vec4<f32>,
+    e3: vec4<f32>,
+    f0: vec4<f32>, // TM == 8 and TN == 8: n as e, m as d
+    f1: vec4<f32>,
+    f2: vec4<f32>,
+    f3: vec4<f32>,
 }
 
 fn zero_acc() -> Acc {
     let z = vec4<f32>(0.0);
-    return Acc(z, z, z, z, z, z, z, z);
+    return Acc(z, z, z, z, z, z, z, z, z, z, z, z, z, z, z, z);
 }
 
-// Multiply the tiles in workgroup memory into the thread's TM x 4 block.
+// Multiply the tiles in workgroup memory into the thread's TM x TN block.
 fn mma(acc_in: Acc, tx: u32, ty: u32) -> Acc {
     var acc = acc_in;
     let sa = bm4();
@@ -153,12 +170,26 @@ fn mma(acc_in: Acc, tx: u32, ty: u32) -> Acc {
         acc.c1 += a * b.y;
         acc.c2 += a * b.z;
         acc.c3 += a * b.w;
+        if (TN == 8u) {
+            let b2 = tile_b[kk * sb + ty + tn_half()];
+            acc.e0 += a * b2.x;
+            acc.e1 += a * b2.y;
+            acc.e2 += a * b2.z;
+            acc.e3 += a * b2.w;
+        }
         if (TM == 8u) {
             let a2 = tile_a[kk * sa + tx + WG_M];
             acc.d0 += a2 * b.x;
             acc.d1 += a2 * b.y;
             acc.d2 += a2 * b.z;
             acc.d3 += a2 * b.w;
+            if (TN == 8u) {
+                let b2 = tile_b[kk * sb + ty + tn_half()];
+                acc.f0 += a2 * b2.x;
+                acc.f1 += a2 * b2.y;
+                acc.f2 += a2 * b2.z;
+                acc.f3 += a2 * b2.w;
+            }
         }
     }
     return acc;
@@ -339,6 +370,23 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>,
 
     // Epilogue: bias, activation, write y.
     let nb = n0 + 4u * ty;
+    let bv = fwd_bias(nb, g);
+    fwd_epilogue(m0 + 4u * tx, nb, g, bv, acc.c0, acc.c1, acc.c2, acc.c3);
+    if (TM == 8u) {
+        fwd_epilogue(m0 + 4u * (tx + WG_M), nb, g, bv, acc.d0, acc.d1, acc.d2, acc.d3);
+    }
+    if (TN == 8u) {
+        let nb2 = nb + 4u * tn_half();
+        let bv2 = fwd_bias(nb2, g);
+        fwd_epilogue(m0 + 4u * tx, nb2, g, bv2, acc.e0, acc.e1, acc.e2, acc.e3);
+        if (TM == 8u) {
+            fwd_epilogue(m0 + 4u * (tx + WG_M), nb2, g, bv2, acc.f0, acc.f1, acc.f2, acc.f3);
+        }
+    }
+}
+
+// The bias of columns nb..nb+3 (zero without a bias, or past gemm_n).
+fn fwd_bias(nb: u32, g: u32) -> vec4<f32> {
     var bv = vec4<f32>(0.0);
     if (HAS_BIAS) {
         for (var j = 0u; j < 4u; j++) {
@@ -347,10 +395,7 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>,
             }
         }
     }
-    fwd_epilogue(m0 + 4u * tx, nb, g, bv, acc.c0, acc.c1, acc.c2, acc.c3);
-    if (TM == 8u) {
-        fwd_epilogue(m0 + 4u * (tx + WG_M), nb, g, bv, acc.d0, acc.d1, acc.d2, acc.d3);
-    }
+    return bv;
 }
 
 // --------------------------------------------------------------- backward
@@ -532,6 +577,13 @@ fn backward(@builtin(workgroup_id) wid: vec3<u32>,
     bwd_epilogue(m0 + 4u * tx, nb, g, acc.c0, acc.c1, acc.c2, acc.c3);
     if (TM == 8u) {
         bwd_epilogue(m0 + 4u * (tx + WG_M), nb, g, acc.d0, acc.d1, acc.d2, acc.d3);
+    }
+    if (TN == 8u) {
+        let nb2 = nb + 4u * tn_half();
+        bwd_epilogue(m0 + 4u * tx, nb2, g, acc.e0, acc.e1, acc.e2, acc.e3);
+        if (TM == 8u) {
+            bwd_epilogue(m0 + 4u * (tx + WG_M), nb2, g, acc.f0, acc.f1, acc.f2, acc.f3);
+        }
     }
 }
 
@@ -754,5 +806,13 @@ fn backward_phased(@builtin(workgroup_id) wid: vec3<u32>,
     if (TM == 8u) {
         ph_epilogue(m0 + 4u * (tx + WG_M), nb, g, ah, aw, axw.count, gm,
                     acc.d0, acc.d1, acc.d2, acc.d3);
+    }
+    if (TN == 8u) {
+        let nb2 = nb + 4u * tn_half();
+        ph_epilogue(m0 + 4u * tx, nb2, g, ah, aw, axw.count, gm, acc.e0, acc.e1, acc.e2, acc.e3);
+        if (TM == 8u) {
+            ph_epilogue(m0 + 4u * (tx + WG_M), nb2, g, ah, aw, axw.count, gm,
+                        acc.f0, acc.f1, acc.f2, acc.f3);
+        }
     }
 }

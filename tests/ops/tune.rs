@@ -75,7 +75,7 @@ fn tuning_is_measured_cached_and_used() {
     for (k, v) in entries {
         assert!(k.starts_with("conv.wgsl#"), "{k}");
         assert!(
-            ["square", "tall", "narrow"].contains(&v.as_str().unwrap()),
+            ["square", "tall", "narrow", "wide"].contains(&v.as_str().unwrap()),
             "{k}: {v}"
         );
     }
@@ -102,6 +102,86 @@ fn tuning_is_measured_cached_and_used() {
     assert_eq!(t.len(), 2 * r.timed, "both batch sizes saved");
 }
 
+/// The 128 x 128 tile (an 8 x 8 block per thread, which only the autotune
+/// picks) against the f64 reference when a stored choice selects it: forward
+/// with bias, the stride-1 and the phased (stride 2) backward, partial m and
+/// n tiles, K not a multiple of its slice of 8, groups, batch 1.
+#[test]
+fn the_wide_tile_matches_the_reference() {
+    use crate::common::ref_conv::RefConv;
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = tiled_ctx(&dir.path().join("t.json"));
+    // (input, oc, kernel, stride, pad, groups)
+    let cases: [([u32; 4], u32, u32, u32, u32, u32); 4] = [
+        ([2, 21, 13, 11], 150, 3, 1, 1, 1),
+        ([1, 37, 17, 17], 130, 3, 2, 1, 1),
+        ([3, 64, 9, 7], 136, 1, 1, 0, 1),
+        ([1, 48, 10, 10], 264, 3, 1, 1, 2),
+    ];
+    for (i, (x4, oc, k, s, pad, groups)) in cases.into_iter().enumerate() {
+        let p = Conv2dParams {
+            stride: [s, s],
+            padding: [pad; 4],
+            dilation: [1, 1],
+            groups,
+        };
+        let xs = Shape::new(x4[0], x4[1], x4[2], x4[3]);
+        let ws = Shape::new(oc, x4[1] / groups, k, k);
+        let ys = p.out_shape(xs, ws.dims()).unwrap();
+        let seed = 900 + 10 * i as u64;
+        let (xv, wv, bv, gyv) = (
+            random(seed, xs.numel() as usize),
+            random(seed + 1, ws.numel() as usize),
+            random(seed + 2, oc as usize),
+            random(seed + 3, ys.numel() as usize),
+        );
+        for pass in [conv::Pass::Forward, conv::Pass::Backward] {
+            let key = conv::tune_key(&ctx, &p, xs, ws, DType::F32, pass)
+                .unwrap()
+                .expect("a GEMM layer");
+            ctx.set_tuned(key, "wide".into());
+        }
+        let x = ctx.upload(&xv, xs, "x").unwrap();
+        let w = ctx.upload(&wv, ws, "w").unwrap();
+        let b = ctx.upload(&bv, Shape::new(1, oc, 1, 1), "b").unwrap();
+        let gy = ctx.upload(&gyv, ys, "gy").unwrap();
+        let y = ctx.tensor(ys, "y").unwrap();
+        let gx = ctx.tensor(xs, "gx").unwrap();
+        let mut rec = Recording::new();
+        conv::forward(&ctx, &mut rec, &p, &x, &w, Some(&b), &y).unwrap();
+        conv::backward(&ctx, &mut rec, &p, &gy, &w, &gx).unwrap();
+        let wide = vec![
+            ("BK".to_string(), 8f64.to_bits()),
+            ("TM".into(), 8f64.to_bits()),
+            ("TN".into(), 8f64.to_bits()),
+            ("WG_M".into(), 16f64.to_bits()),
+        ];
+        assert_eq!(
+            tiles(&rec),
+            vec![wide.clone(), wide],
+            "case {i}: the stored tile"
+        );
+        let out = ctx.run_read(&[&rec], &[&y, &gx]).unwrap();
+        let r = RefConv {
+            x: xs.dims().map(|v| v as usize),
+            w: ws.dims().map(|v| v as usize),
+            stride: [s as usize; 2],
+            padding: [pad as usize; 4],
+            dilation: [1, 1],
+            groups: groups as usize,
+        };
+        let want_y = r.forward(&to_f64(&xv), &to_f64(&wv), Some(&to_f64(&bv)));
+        let want_gx = r.backward(&to_f64(&gyv), &to_f64(&wv));
+        assert_close(&format!("case {i} forward (wide)"), &out[0], &want_y, 1e-5);
+        assert_close(
+            &format!("case {i} backward (wide)"),
+            &out[1],
+            &want_gx,
+            1e-5,
+        );
+    }
+}
+
 /// Tile constants of every conv.wgsl dispatch in `rec`.
 fn tiles(rec: &Recording) -> Vec<Vec<(String, u64)>> {
     rec.steps
@@ -112,7 +192,7 @@ fn tiles(rec: &Recording) -> Vec<Vec<(String, u64)>> {
                     .key
                     .constants
                     .iter()
-                    .filter(|(k, _)| ["WG_M", "TM", "BK"].contains(&k.as_str()))
+                    .filter(|(k, _)| ["WG_M", "TM", "TN", "BK"].contains(&k.as_str()))
                     .cloned()
                     .collect(),
             ),
@@ -159,11 +239,13 @@ fn a_stored_choice_decides_the_tile() {
     let narrow = vec![
         ("BK".to_string(), 8f64.to_bits()),
         ("TM".into(), 4f64.to_bits()),
+        ("TN".into(), 4f64.to_bits()),
         ("WG_M".into(), 64f64.to_bits()),
     ];
     let tall = vec![
         ("BK".to_string(), 16f64.to_bits()),
         ("TM".into(), 8f64.to_bits()),
+        ("TN".into(), 4f64.to_bits()),
         ("WG_M".into(), 16f64.to_bits()),
     ];
     assert_ne!(

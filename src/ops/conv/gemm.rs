@@ -9,12 +9,14 @@ use crate::error::{Error, Result};
 use crate::gpu::{Binding, Context, DType, Recording, Shader, Tensor};
 
 /// Tile shape of the GEMM kernel, set through its override constants (`WG_M`
-/// threads along m, `TM` m per thread, `BK` the K slice); gemm.wgsl supports
-/// exactly these three (its workgroup arrays and index bounds are sized for them).
+/// threads along m, `TM` m and `TN` n per thread, `BK` the K slice);
+/// gemm.wgsl supports exactly these four (its workgroup arrays and index
+/// bounds are sized for them).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(super) struct Tile {
     wg_m: u32,
     tm: u32,
+    tn: u32,
     bk: u32,
 }
 
@@ -23,6 +25,7 @@ impl Tile {
     pub(super) const SQUARE: Tile = Tile {
         wg_m: 16,
         tm: 4,
+        tn: 4,
         bk: 16,
     };
     /// 128 x 64, 8 x 4 per thread: twice the FMAs per workgroup-memory read, for
@@ -30,6 +33,7 @@ impl Tile {
     const TALL: Tile = Tile {
         wg_m: 16,
         tm: 8,
+        tn: 4,
         bk: 16,
     };
     /// 256 x 16, 4 x 4 per thread: few GEMM columns (the stem's backward has 3,
@@ -37,6 +41,16 @@ impl Tile {
     const NARROW: Tile = Tile {
         wg_m: 64,
         tm: 4,
+        tn: 4,
+        bk: 8,
+    };
+    /// 128 x 128, an 8 x 8 block per thread (K slices of 8): four times the
+    /// FMAs per workgroup-memory read of 64 x 64, for large GEMMs on GPUs.
+    /// Only the autotune picks it (measured per layer), not [`Tile::pick`].
+    const WIDE: Tile = Tile {
+        wg_m: 16,
+        tm: 8,
+        tn: 8,
         bk: 8,
     };
 
@@ -44,7 +58,7 @@ impl Tile {
         (self.tm * self.wg_m) as u64
     }
     fn bn(self) -> u64 {
-        (4 * (256 / self.wg_m)) as u64
+        (self.tn * (256 / self.wg_m)) as u64
     }
 
     /// The tile for a GEMM of `m` x `n` repeated `batches` times (groups, phases).
@@ -61,20 +75,22 @@ impl Tile {
     }
 
     /// Every variant with its name in the tuning table.
-    pub(super) const ALL: [(&'static str, Tile); 3] = [
+    pub(super) const ALL: [(&'static str, Tile); 4] = [
         ("square", Tile::SQUARE),
         ("tall", Tile::TALL),
         ("narrow", Tile::NARROW),
+        ("wide", Tile::WIDE),
     ];
 
     fn from_name(name: &str) -> Option<Tile> {
         Tile::ALL.iter().find(|(n, _)| *n == name).map(|(_, t)| *t)
     }
 
-    fn constants(self) -> [(&'static str, f64); 3] {
+    fn constants(self) -> [(&'static str, f64); 4] {
         [
             ("WG_M", self.wg_m as f64),
             ("TM", self.tm as f64),
+            ("TN", self.tn as f64),
             ("BK", self.bk as f64),
         ]
     }
@@ -137,9 +153,9 @@ pub(super) fn forward(
     let (mut params, tile) = gemm_params(geo, Pass::Forward, tile)?;
     params.act_alpha = epilogue.alpha;
     params.act_beta = epilogue.beta;
-    let [c0, c1, c2] = tile.constants();
+    let [c0, c1, c2, c3] = tile.constants();
     let [e0, e1] = epilogue.constants();
-    let constants = [e0, e1, c0, c1, c2];
+    let constants = [e0, e1, c0, c1, c2, c3];
     let bindings = [
         Binding::Read,
         Binding::Read,
