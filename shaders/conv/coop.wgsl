@@ -5,8 +5,8 @@
 //                     k = (ic, kh, kw); bias and activation in the epilogue.
 //   entry `backward`: stride 1 only; m = input pixels, n = input channels of
 //                     the group, k = (oc, kh, kw); gx overwritten.
-// The uniform block is gemm.wgsl's `Params` (the host fills it the same way,
-// with its 64 x 64 tile).
+// The uniform block is gemm_params.wgsl's `Params` (the host fills it as for
+// gemm.wgsl, with its 64 x 64 tile).
 //
 // Tiling: 128 threads = 4 subgroups of 32 (the host picks this kernel only on
 // adapters whose subgroups are exactly 32 wide and that list 16x16x16 f16
@@ -30,40 +30,6 @@ const BM: u32 = 64u;
 const BN: u32 = 64u;
 const BK: u32 = 32u;
 
-struct Params {
-    batch: u32,
-    in_c: u32,
-    in_h: u32,
-    in_w: u32,
-    out_c: u32,
-    out_h: u32,
-    out_w: u32,
-    groups: u32,
-    k_h: u32,
-    k_w: u32,
-    stride_h: u32,
-    stride_w: u32,
-    dil_h: u32,
-    dil_w: u32,
-    pad_t: u32,
-    pad_l: u32,
-    icg: u32,
-    ocg: u32,
-    gemm_m: u32,
-    gemm_n: u32,
-    gemm_k: u32,
-    tiles_m: u32,
-    tiles_n: u32,
-    total_wg: u32,
-    act_alpha: f32,
-    act_beta: f32,
-    step_h: u32,
-    step_w: u32,
-    dstep_h: u32,
-    dstep_w: u32,
-    ph_rows: u32,
-    ph_cols: u32,
-}
 
 override HAS_BIAS: bool = false;
 

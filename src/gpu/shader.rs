@@ -121,8 +121,8 @@ impl Shader {
             Shader::Attack => module!("attack/attack.wgsl"),
             Shader::Binary => module!("elementwise/binary.wgsl"),
             Shader::Concat => module!("elementwise/concat.wgsl"),
-            Shader::Conv => module!("common/act.wgsl", "conv/gemm.wgsl"),
-            Shader::ConvCoop => module!("common/act.wgsl", "conv/coop.wgsl"),
+            Shader::Conv => module!("common/act.wgsl", "conv/gemm_params.wgsl", "conv/gemm.wgsl"),
+            Shader::ConvCoop => module!("common/act.wgsl", "conv/gemm_params.wgsl", "conv/coop.wgsl"),
             Shader::ConvBackwardFew => module!("conv/backward_few.wgsl"),
             Shader::ConvDirectVec4 => module!(
                 "conv/pointwise_vec4.wgsl",
