@@ -5,6 +5,11 @@
 //   6 hardsigmoid(alpha x + beta clamped to [0, 1]), 7 identity
 // alpha and beta are `p.act_alpha` and `p.act_beta` of the including shader's
 // uniform parameters `p`.
+//
+// Backward kernels use ACT the other way round: with DACT set (their own
+// override), the gradient they write leaves through the derivative of the
+// activation ACT, read from that activation's output y (dact_y below): the
+// convolution's backward and the fused activation's backward in one pass.
 
 override ACT: u32 = 7u;
 
@@ -32,4 +37,26 @@ fn act4(v: vec4<f32>) -> vec4<f32> {
         case 6u: { return clamp(p.act_alpha * v + p.act_beta, vec4(0.0), vec4(1.0)); }
         default: { return v; }
     }
+}
+
+// d act / dx from the output y = act(x), for the functions whose derivative the
+// output determines (the host refuses the others). The kinks match PyTorch's
+// backward: relu: y > 0 <=> x > 0; relu6: 0 < y < 6 <=> 0 < x < 6 (0 at both
+// ends); leaky_relu with a slope >= 0: y > 0 <=> x > 0; sigmoid: y (1 - y)
+// (PyTorch's own formula); hardsigmoid: 0 < y < 1 <=> 0 < alpha x + beta < 1.
+// `alpha`: the activation's parameter (leaky_relu's slope, hardsigmoid's alpha).
+fn dact_y(y: f32, alpha: f32) -> f32 {
+    switch ACT {
+        case 0u: { return select(0.0, 1.0, y > 0.0); }
+        case 1u: { return select(0.0, 1.0, y > 0.0 && y < 6.0); }
+        case 2u: { return select(alpha, 1.0, y > 0.0); }
+        case 3u: { return y * (1.0 - y); }
+        case 6u: { return select(0.0, alpha, y > 0.0 && y < 1.0); }
+        default: { return 1.0; }
+    }
+}
+
+fn dact_y4(y: vec4<f32>, alpha: f32) -> vec4<f32> {
+    return vec4(dact_y(y.x, alpha), dact_y(y.y, alpha),
+                dact_y(y.z, alpha), dact_y(y.w, alpha));
 }

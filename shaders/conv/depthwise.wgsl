@@ -197,6 +197,11 @@ fn forward_fixed(@builtin(workgroup_id) wid: vec3<u32>,
 @group(0) @binding(1) var<storage, read> gy: array<st>;
 @group(0) @binding(2) var<storage, read> bw: array<st>;
 @group(0) @binding(3) var<storage, read_write> gx: array<st>;
+// The output of the activation fused into the convolution before (DACT): its
+// derivative multiplies gx as it is written (act.wgsl's dact_y; ACT names the
+// activation). Without DACT the host binds gy here, never read.
+@group(0) @binding(4) var<storage, read> ay: array<st>;
+override DACT: bool = false;
 
 @compute @workgroup_size(WG)
 fn backward(@builtin(workgroup_id) wid: vec3<u32>,
@@ -277,7 +282,11 @@ fn backward(@builtin(workgroup_id) wid: vec3<u32>,
     let x_base = ((img * p.in_c + c) * p.in_h + ih) * p.in_w + iw0;
     for (var j = 0u; j < PER; j++) {
         if (iw0 + j < p.in_w) {
-            gx[x_base + j] = st(acc[j]);
+            var v = acc[j];
+            if (DACT) {
+                v *= dact_y(f32(ay[x_base + j]), p.act_alpha);
+            }
+            gx[x_base + j] = st(v);
         }
     }
 }

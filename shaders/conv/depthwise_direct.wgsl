@@ -54,6 +54,21 @@ override WG: u32;
 @group(0) @binding(2) var<storage, read> w: array<st>;
 @group(0) @binding(3) var<storage, read> bias: array<st>;
 @group(0) @binding(4) var<storage, read_write> y: array<vec4<st>>;
+// Backward passes with DACT: the output of the activation fused into the
+// convolution before, whose derivative multiplies gx as it is written
+// (act.wgsl's dact_y; ACT then names that activation instead of an epilogue).
+// Otherwise the host binds the input here, never read.
+@group(0) @binding(5) var<storage, read> ay: array<vec4<st>>;
+override DACT: bool = false;
+
+// The value stored for block `i`: the forward epilogue's act4(v), or (DACT)
+// the gradient v through the activation's derivative.
+fn out4(i: u32, v: vec4<f32>, alpha: f32) -> vec4<st> {
+    if (DACT) {
+        return vec4<st>(v * dact_y4(vec4<f32>(ay[i]), alpha));
+    }
+    return vec4<st>(act4(v));
+}
 
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>,
@@ -90,9 +105,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
         acc += b;
         acc2 += b;
     }
-    y[base + q] = vec4<st>(act4(acc));
+    y[base + q] = out4(base + q, acc, p.act_alpha);
     if (second) {
-        y[base + q + 1u] = vec4<st>(act4(acc2));
+        y[base + q + 1u] = out4(base + q + 1u, acc2, p.act_alpha);
     }
 }
 
@@ -115,7 +130,7 @@ struct Params2 {
     ow4: u32,     // gy columns / 4: blocks per gy row
     items: u32,   // planes * h * w8
     c: u32,
-    _pad: u32,
+    act_alpha: f32, // DACT: the activation's parameter
 }
 
 @group(0) @binding(0) var<uniform> p2: Params2;
@@ -166,6 +181,11 @@ fn backward_s2(@builtin(workgroup_id) wid: vec3<u32>,
         }
     }
     let out = (plane * p2.h + ih) * (2u * p2.w8) + 2u * g;
-    y[out] = vec4<st>(acc_a);
-    y[out + 1u] = vec4<st>(acc_b);
+    if (DACT) {
+        y[out] = vec4<st>(acc_a * dact_y4(vec4<f32>(ay[out]), p2.act_alpha));
+        y[out + 1u] = vec4<st>(acc_b * dact_y4(vec4<f32>(ay[out + 1u]), p2.act_alpha));
+    } else {
+        y[out] = vec4<st>(acc_a);
+        y[out + 1u] = vec4<st>(acc_b);
+    }
 }

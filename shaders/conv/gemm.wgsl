@@ -368,6 +368,20 @@ fn fwd_bias(nb: u32, g: u32) -> vec4<f32> {
 @group(0) @binding(1) var<storage, read> gy: array<st>;
 @group(0) @binding(2) var<storage, read> bw: array<st>;
 @group(0) @binding(3) var<storage, read_write> gx: array<st>;
+// The output of the activation fused into the convolution before (DACT): its
+// derivative multiplies gx as it is written (act.wgsl's dact_y; ACT names the
+// activation). Without DACT the host binds gy here, never read.
+@group(0) @binding(4) var<storage, read> ay: array<st>;
+override DACT: bool = false;
+
+// Store gx[i] = v, through the activation's derivative with DACT.
+fn put_gx(i: u32, v: f32) {
+    var o = v;
+    if (DACT) {
+        o = v * dact_y(f32(ay[i]), p.act_alpha);
+    }
+    gx[i] = st(o);
+}
 
 // Backward A loader state: column m = lid % BM of A (one input pixel).
 var<private> ba_ok: bool;
@@ -460,10 +474,10 @@ fn bwd_epilogue(mstart: u32, nb: u32, g: u32,
         let im = mm / in_hw;
         let px = mm - im * in_hw;
         let base = (im * p.in_c + g * p.icg + nb) * in_hw + px;
-        if (nb < p.gemm_n) { gx[base] = st(pick(c0, i)); }
-        if (nb + 1u < p.gemm_n) { gx[base + in_hw] = st(pick(c1, i)); }
-        if (nb + 2u < p.gemm_n) { gx[base + 2u * in_hw] = st(pick(c2, i)); }
-        if (nb + 3u < p.gemm_n) { gx[base + 3u * in_hw] = st(pick(c3, i)); }
+        if (nb < p.gemm_n) { put_gx(base, pick(c0, i)); }
+        if (nb + 1u < p.gemm_n) { put_gx(base + in_hw, pick(c1, i)); }
+        if (nb + 2u < p.gemm_n) { put_gx(base + 2u * in_hw, pick(c2, i)); }
+        if (nb + 3u < p.gemm_n) { put_gx(base + 3u * in_hw, pick(c3, i)); }
     }
 }
 
@@ -674,10 +688,10 @@ fn ph_epilogue(mstart: u32, nb: u32, g: u32, ah: u32, aw: u32, cols: u32, gm: u3
         let ih = ah + qh * p.stride_h;
         let iw = aw + qw * p.stride_w;
         let base = (im * p.in_c + g * p.icg + nb) * in_hw + ih * p.in_w + iw;
-        if (nb < p.gemm_n) { gx[base] = st(pick(c0, i)); }
-        if (nb + 1u < p.gemm_n) { gx[base + in_hw] = st(pick(c1, i)); }
-        if (nb + 2u < p.gemm_n) { gx[base + 2u * in_hw] = st(pick(c2, i)); }
-        if (nb + 3u < p.gemm_n) { gx[base + 3u * in_hw] = st(pick(c3, i)); }
+        if (nb < p.gemm_n) { put_gx(base, pick(c0, i)); }
+        if (nb + 1u < p.gemm_n) { put_gx(base + in_hw, pick(c1, i)); }
+        if (nb + 2u < p.gemm_n) { put_gx(base + 2u * in_hw, pick(c2, i)); }
+        if (nb + 3u < p.gemm_n) { put_gx(base + 3u * in_hw, pick(c3, i)); }
     }
 }
 

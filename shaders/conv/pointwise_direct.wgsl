@@ -30,7 +30,8 @@
 // Prelude: const G (pixel groups per thread), TN_F / TN_B (columns per thread,
 // forward / backward, multiples of 4), fn pixels(tm, lid, g) -> vec4<u32> (the
 // group's 4 pixel indices m, unclamped), fn load_a(o: vec4<u32>) -> vec4<f32> and
-// fn store_y(o: vec4<u32>, ok: vec4<bool>, v: vec4<f32>).
+// fn store_y(o: vec4<u32>, ok: vec4<bool>, v: vec4<f32>), and fn load_ay(o) (the
+// same 4 elements of `ay`, binding 5, read with DACT).
 //
 // Storage elements are `st` (f32 or f16, aliased by the host); loads convert to
 // f32 and the accumulators are f32.
@@ -62,6 +63,20 @@ override HAS_BIAS: bool = false;
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(2) var<storage, read> w: array<vec4<st>>;
 @group(0) @binding(4) var<storage, read> bias: array<st>;
+// Backward passes with DACT: `ay` (binding 5, declared by the prelude) is the
+// output of the activation fused into the convolution before, whose derivative
+// multiplies gx as it is written (act.wgsl's dact_y; ACT then names that
+// activation instead of an epilogue). Otherwise the host binds `a` there.
+override DACT: bool = false;
+
+// What is stored for the 4 elements at `o`: the forward epilogue's act4(v),
+// or (DACT) the gradient v through the activation's derivative.
+fn epilogue(o: vec4<u32>, v: vec4<f32>) -> vec4<f32> {
+    if (DACT) {
+        return v * dact_y4(load_ay(o), p.act_alpha);
+    }
+    return act4(v);
+}
 
 struct Tile {
     tm: u32,
@@ -131,7 +146,8 @@ fn b_nk(@builtin(workgroup_id) wid: vec3<u32>,
                 if (HAS_BIAS) {
                     v += vec4(f32(bias[t.grp * p.ncols + n0 + j]));
                 }
-                store_y(yo + vec4(j * hw), ok, act4(v));
+                let o = yo + vec4(j * hw);
+                store_y(o, ok, epilogue(o, v));
             }
         }
     }
@@ -183,7 +199,8 @@ fn b_kn(@builtin(workgroup_id) wid: vec3<u32>,
                 if (HAS_BIAS) {
                     v += vec4(f32(bias[t.grp * p.ncols + n0 + j]));
                 }
-                store_y(yo + vec4(j * hw), ok, act4(v));
+                let o = yo + vec4(j * hw);
+                store_y(o, ok, epilogue(o, v));
             }
         }
     }

@@ -86,6 +86,21 @@ fn repack(@builtin(workgroup_id) wid: vec3<u32>,
 @group(0) @binding(2) var<storage, read> wt: array<vec4<st>>;
 @group(0) @binding(3) var<storage, read> bias: array<st>;
 @group(0) @binding(4) var<storage, read_write> y: array<vec4<st>>;
+// Backward passes with DACT: the output of the activation fused into the
+// convolution before, whose derivative multiplies gx as it is written
+// (act.wgsl's dact_y; ACT then names that activation instead of an epilogue).
+// Otherwise the host binds `a` here, never read.
+@group(0) @binding(5) var<storage, read> ay: array<vec4<st>>;
+override DACT: bool = false;
+
+// What is stored at block `i`: the forward epilogue's act4(v), or (DACT) the
+// gradient v through the activation's derivative.
+fn out4(i: u32, v: vec4<f32>) -> vec4<st> {
+    if (DACT) {
+        return vec4<st>(v * dact_y4(vec4<f32>(ay[i]), p.act_alpha));
+    }
+    return vec4<st>(act4(v));
+}
 
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>,
@@ -152,9 +167,9 @@ fn emit(img: u32, o: u32, q: u32, second: bool, ca: vec4<f32>, cb: vec4<f32>) {
         vb += b;
     }
     let plane = (img * p.nout + o) * p.quads;
-    y[plane + q] = vec4<st>(act4(va));
+    y[plane + q] = out4(plane + q, va);
     if (second) {
-        y[plane + q + 1u] = vec4<st>(act4(vb));
+        y[plane + q + 1u] = out4(plane + q + 1u, vb);
     }
 }
 

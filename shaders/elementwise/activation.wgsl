@@ -43,20 +43,9 @@ fn dact(x: f32) -> f32 {
     }
 }
 
-// d act / dx from the output y = act(x), for the functions whose derivative the
-// output determines (the host refuses the others). The kinks match dact exactly:
-// relu: y > 0 <=> x > 0; relu6: 0 < y < 6 <=> 0 < x < 6; leaky_relu with a
-// slope >= 0: y > 0 <=> x > 0; sigmoid: y (1 - y) (PyTorch's own formula);
-// hardsigmoid: 0 < y < 1 <=> 0 < alpha x + beta < 1.
+// d act / dx from the output: dact_y() of act.wgsl with this shader's parameters.
 fn dact_from_output(y: f32) -> f32 {
-    switch ACT {
-        case 0u: { return select(0.0, 1.0, y > 0.0); }
-        case 1u: { return select(0.0, 1.0, y > 0.0 && y < 6.0); }
-        case 2u: { return select(p.act_alpha, 1.0, y > 0.0); }
-        case 3u: { return y * (1.0 - y); }
-        case 6u: { return select(0.0, p.act_alpha, y > 0.0 && y < 1.0); }
-        default: { return 1.0; }
-    }
+    return dact_y(y, p.act_alpha);
 }
 
 @group(0) @binding(1) var<storage, read> x: array<st>;

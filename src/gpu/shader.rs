@@ -122,7 +122,9 @@ impl Shader {
             Shader::Binary => module!("elementwise/binary.wgsl"),
             Shader::Concat => module!("elementwise/concat.wgsl"),
             Shader::Conv => module!("common/act.wgsl", "conv/gemm_params.wgsl", "conv/gemm.wgsl"),
-            Shader::ConvCoop => module!("common/act.wgsl", "conv/gemm_params.wgsl", "conv/coop.wgsl"),
+            Shader::ConvCoop => {
+                module!("common/act.wgsl", "conv/gemm_params.wgsl", "conv/coop.wgsl")
+            }
             Shader::ConvBackwardFew => module!("conv/backward_few.wgsl"),
             Shader::ConvDirectVec4 => module!(
                 "conv/pointwise_vec4.wgsl",

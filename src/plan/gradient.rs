@@ -77,6 +77,15 @@ impl GpuModel {
             }
         }
 
+        let mut consumers = vec![0usize; last + 1];
+        for node in &model.nodes[..=last] {
+            for s in &node.inputs {
+                if let Src::Node(j) = s {
+                    consumers[*j] += 1;
+                }
+            }
+        }
+
         // Gradient buffers are handed out again once consumed.
         let mut arena = Arena::new(ctx);
         let mut grads: Vec<Option<Tensor>> = vec![None; last + 1];
@@ -136,14 +145,20 @@ impl GpuModel {
                 grads[i] = None;
                 continue;
             }
+            // A convolution reading the output of an activation fused into the
+            // convolution before: its backward pass applies the activation's
+            // derivative as it writes, and its gradient goes straight to the
+            // convolution before (the activation's own backward pass is left out).
+            let through = self.backward_through(i, &consumers, &values, &grads);
             // Where input k's gradient goes: straight into its buffer when this is the
             // first contribution, else into scratch followed by an accumulate.
             let mut targets: Vec<(Tensor, Option<Tensor>)> = Vec::new();
             for (k, s) in node.inputs.iter().enumerate() {
                 let shape = x(k).shape;
-                let slot = match *s {
-                    Src::Input => &mut input_grad,
-                    Src::Node(j) => &mut grads[j],
+                let slot = match (*s, through) {
+                    (Src::Node(_), Some((before, _))) => &mut grads[before],
+                    (Src::Input, _) => &mut input_grad,
+                    (Src::Node(j), None) => &mut grads[j],
                 };
                 match slot {
                     None => {
@@ -172,7 +187,8 @@ impl GpuModel {
                 name: &node.name,
             };
             let fused = self.fused_from[i].is_some();
-            lower.backward(&mut rec, &node.op, &xs, &values[i], &gy, &gxs, fused)?;
+            let act = through.map(|(_, a)| a);
+            lower.backward(&mut rec, &node.op, &xs, &values[i], &gy, &gxs, fused, act)?;
             for (t, acc) in &targets {
                 if let Some(dst) = acc {
                     ops::elementwise::accumulate(ctx, &mut rec, t, dst)?;
@@ -220,6 +236,42 @@ impl GpuModel {
             backward: rec,
             values,
         })
+    }
+}
+
+impl GpuModel {
+    /// For node `i`'s backward pass: `Some((before, act))` when node `i` is a
+    /// convolution whose only input is the output of activation `act`, fused
+    /// into convolution `before` and read by node `i` alone, and the kernel of
+    /// node `i`'s backward pass can apply `act`'s derivative as it writes
+    /// ([`ops::conv::backward_through`]). Then that pass writes the gradient of
+    /// `before`'s output (not yet written by anyone) directly.
+    fn backward_through(
+        &self,
+        i: usize,
+        consumers: &[usize],
+        values: &[Tensor],
+        grads: &[Option<Tensor>],
+    ) -> Option<(usize, Activation)> {
+        let node = &self.model.nodes[i];
+        let (Op::Conv2d { params, .. }, Weights::Conv { w, .. }) = (&node.op, &self.weights[i])
+        else {
+            return None;
+        };
+        let [Src::Node(j)] = node.inputs[..] else {
+            return None;
+        };
+        let before = self.fused_from[j]?;
+        let Op::Activation(act) = self.model.nodes[j].op else {
+            return None;
+        };
+        let fits = act != Activation::Identity
+            && act.derivative_from_output()
+            && consumers[j] == 1
+            && grads[j].is_none()
+            && grads[before].is_none()
+            && ops::conv::backward_fuses(&self.ctx, params, values[j].shape, w.shape);
+        fits.then_some((before, act))
     }
 }
 

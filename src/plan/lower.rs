@@ -69,7 +69,10 @@ impl Lowering<'_> {
     /// Record the gradients `gxs` (one per input, overwritten) from the output
     /// gradient `gy`, given the forward's inputs `xs` and output `y`. `fused`:
     /// this activation ran in the epilogue of the convolution before it (its
-    /// input was never stored, so its derivative comes from `y`).
+    /// input was never stored, so its derivative comes from `y`). `through`:
+    /// this convolution's input is the output of that activation, whose
+    /// derivative its backward pass applies as it writes
+    /// ([`ops::conv::backward_through`]).
     #[allow(clippy::too_many_arguments)]
     pub(super) fn backward(
         &self,
@@ -80,11 +83,14 @@ impl Lowering<'_> {
         gy: &Tensor,
         gxs: &[&Tensor],
         fused: bool,
+        through: Option<Activation>,
     ) -> Result<()> {
         let ctx = self.ctx;
         match (op, self.weights) {
             (Op::Conv2d { params, .. }, Weights::Conv { w, .. }) => {
-                ops::conv::backward_with(ctx, rec, params, gy, w, gxs[0], Some(self.prepared))
+                let through = through.map(|act| ops::conv::Through { act, y: xs[0] });
+                let prepared = Some(self.prepared);
+                ops::conv::backward_through(ctx, rec, params, gy, w, gxs[0], through, prepared)
             }
             (Op::Linear { .. }, Weights::Conv { w, .. }) => {
                 ops::linear::backward(ctx, rec, gy, w, gxs[0])

@@ -1442,3 +1442,225 @@ fn f16_convolutions_match_reference() {
         }
     }
 }
+
+/// d act / dx from the output y, as PyTorch's backward takes it at the kinks
+/// (relu6: 0 at both ends; leaky_relu: the slope at 0).
+fn dact_from_y(act: Activation, y: f64) -> f64 {
+    match act {
+        Activation::Relu => (y > 0.0) as u8 as f64,
+        Activation::Relu6 => (y > 0.0 && y < 6.0) as u8 as f64,
+        Activation::LeakyRelu { negative_slope } => {
+            if y > 0.0 {
+                1.0
+            } else {
+                negative_slope as f64
+            }
+        }
+        Activation::Sigmoid => y * (1.0 - y),
+        Activation::Hardsigmoid { alpha, .. } => {
+            if y > 0.0 && y < 1.0 {
+                alpha as f64
+            } else {
+                0.0
+            }
+        }
+        a => panic!("{a:?}: no derivative from the output"),
+    }
+}
+
+/// backward_through: gx = backward(gy) * act'(y) in one dispatch, against the
+/// reference backward times the derivative, on `kernel` in storage `st`. y is
+/// act of values in [-4, 8), rounded to `st`, so relu6's top is reached.
+fn check_through(
+    ctx: &Context,
+    case: &Case,
+    kernel: ConvKernel,
+    act: Activation,
+    seed: u64,
+    st: St,
+) {
+    let p = case.params();
+    let (xs, ws) = (case.x_shape(), case.w_shape());
+    let ys = p.out_shape(xs, ws.dims()).unwrap();
+    assert_eq!(
+        conv::kernel_for(ctx, &p, xs, ws, Pass::Backward).unwrap(),
+        kernel,
+        "{}",
+        case.name
+    );
+    assert!(conv::backward_fuses(ctx, &p, xs, ws), "{}", case.name);
+    let wv = st.random(seed, ws.numel() as usize);
+    let gyv = st.random(seed + 1, ys.numel() as usize);
+    let av: Vec<f32> = random(seed + 2, xs.numel() as usize)
+        .iter()
+        .map(|v| act.apply_f64(*v as f64 * 6.0 + 2.0) as f32)
+        .collect();
+    let av = st.stored(&av);
+    let w = st.upload(ctx, &wv, ws, "w");
+    let gy = st.upload(ctx, &gyv, ys, "gy");
+    let a = st.upload(ctx, &av, xs, "activation output");
+    let gx = st.poisoned(ctx, xs, "gx");
+    let mut rec = Recording::new();
+    let through = Some(conv::Through { act, y: &a });
+    conv::backward_through(ctx, &mut rec, &p, &gy, &w, &gx, through, None).unwrap();
+    let l = labels(&rec);
+    assert_eq!(l.len(), 1, "{}: one dispatch, got {l:?}", case.name);
+    assert!(
+        l[0].ends_with(&format!("+{}'", act.name())),
+        "{}: {l:?}",
+        case.name
+    );
+    let got = ctx.run_read(&[&rec], &[&gx]).unwrap().remove(0);
+    let want: Vec<f64> = case
+        .reference()
+        .backward(&to_f64(&gyv), &to_f64(&wv))
+        .iter()
+        .zip(&av)
+        .map(|(g, y)| g * dact_from_y(act, *y as f64))
+        .collect();
+    let what = format!("{} through {} ({st:?})", case.name, act.name());
+    assert_close(&what, &got, &want, st.tolerance());
+}
+
+#[test]
+fn conv_backward_through_activation() {
+    let tiled = ctx_style(KernelStyle::Tiled);
+    let direct = ctx_style(KernelStyle::Direct);
+    let cases = [
+        (
+            &tiled,
+            Case::new("gemm 3x3 s1", 2, 5, [7, 9], 6, [3, 3]).pad([1; 4]),
+            Gemm,
+        ),
+        (
+            &tiled,
+            Case::new("gemm 3x3 s2 phased", 1, 6, [9, 11], 5, [3, 3])
+                .pad([1; 4])
+                .stride([2, 2]),
+            Gemm,
+        ),
+        (
+            &tiled,
+            Case::new("depthwise s2 mult 2", 2, 3, [9, 8], 6, [3, 3])
+                .pad([1; 4])
+                .stride([2, 2])
+                .groups(3),
+            Depthwise,
+        ),
+        (
+            &direct,
+            Case::new("dw direct 4x7 k3", 2, 4, [4, 7], 4, [3, 3])
+                .pad([1; 4])
+                .groups(4),
+            DepthwiseDirect,
+        ),
+        (
+            &direct,
+            Case::new("dw direct s2", 1, 3, [8, 16], 3, [3, 3])
+                .pad([1; 4])
+                .stride([2, 2])
+                .groups(3),
+            DepthwiseDirectS2,
+        ),
+        (
+            &direct,
+            Case::new("pw vec4", 3, 8, [10, 12], 20, [1, 1]),
+            PointwiseDirect(PwLayout::Vec4),
+        ),
+        (
+            &direct,
+            Case::new("pw scalar", 6, 12, [7, 7], 8, [1, 1]),
+            PointwiseDirect(PwLayout::Scalar),
+        ),
+        (
+            &direct,
+            Case::new("same 4x7 k3", 2, 8, [4, 7], 6, [3, 3]).pad([1; 4]),
+            SameDirect,
+        ),
+    ];
+    let acts = [
+        Activation::Relu6,
+        Activation::LeakyRelu {
+            negative_slope: 0.1,
+        },
+        Activation::Sigmoid,
+        Activation::Hardsigmoid {
+            alpha: 1.0 / 6.0,
+            beta: 0.5,
+        },
+    ];
+    for (i, (ctx, case, kernel)) in cases.iter().enumerate() {
+        for (j, act) in acts.into_iter().enumerate() {
+            let seed = 1500 + 10 * i as u64 + j as u64;
+            check_through(ctx, case, *kernel, act, seed, St::F32);
+        }
+        check_through(
+            ctx,
+            case,
+            *kernel,
+            Activation::Relu,
+            1600 + i as u64,
+            St::F16,
+        );
+    }
+}
+
+#[test]
+fn backward_through_refuses_what_it_cannot_apply() {
+    let ctx = ctx_style(KernelStyle::Direct);
+    // a stem's backward pass (3 input channels): backward_few.wgsl has no epilogue
+    let stem = Case::new("stem", 1, 3, [8, 8], 4, [3, 3]).pad([1; 4]);
+    let (p, xs, ws) = (stem.params(), stem.x_shape(), stem.w_shape());
+    let ys = p.out_shape(xs, ws.dims()).unwrap();
+    assert_eq!(
+        conv::kernel_for(&ctx, &p, xs, ws, Pass::Backward).unwrap(),
+        FewInputs
+    );
+    assert!(!conv::backward_fuses(&ctx, &p, xs, ws));
+    let w = ctx
+        .upload(&random(1, ws.numel() as usize), ws, "w")
+        .unwrap();
+    let gy = ctx
+        .upload(&random(2, ys.numel() as usize), ys, "gy")
+        .unwrap();
+    let a = ctx
+        .upload(&random(3, xs.numel() as usize), xs, "a")
+        .unwrap();
+    let gx = poisoned(&ctx, xs, "gx");
+    let mut rec = Recording::new();
+    let relu = Some(conv::Through {
+        act: Activation::Relu,
+        y: &a,
+    });
+    let err = conv::backward_through(&ctx, &mut rec, &p, &gy, &w, &gx, relu, None).unwrap_err();
+    assert!(err.to_string().contains("apart"), "{err}");
+    // an activation whose derivative needs its input, on a kernel with the epilogue
+    let same = Case::new("same", 1, 8, [4, 8], 6, [3, 3]).pad([1; 4]);
+    let (p, xs, ws) = (same.params(), same.x_shape(), same.w_shape());
+    let ys = p.out_shape(xs, ws.dims()).unwrap();
+    let w = ctx
+        .upload(&random(4, ws.numel() as usize), ws, "w")
+        .unwrap();
+    let gy = ctx
+        .upload(&random(5, ys.numel() as usize), ys, "gy")
+        .unwrap();
+    let a = ctx
+        .upload(&random(6, xs.numel() as usize), xs, "a")
+        .unwrap();
+    let gx = poisoned(&ctx, xs, "gx");
+    let silu = Some(conv::Through {
+        act: Activation::Silu,
+        y: &a,
+    });
+    let err = conv::backward_through(&ctx, &mut rec, &p, &gy, &w, &gx, silu, None).unwrap_err();
+    assert!(err.to_string().contains("needs its input"), "{err}");
+    // the activation's output must have the gradient's shape
+    let wrong = ctx
+        .upload(&random(7, ys.numel() as usize), ys, "a")
+        .unwrap();
+    let bad = Some(conv::Through {
+        act: Activation::Relu,
+        y: &wrong,
+    });
+    assert!(conv::backward_through(&ctx, &mut rec, &p, &gy, &w, &gx, bad, None).is_err());
+}

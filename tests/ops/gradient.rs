@@ -106,6 +106,31 @@ fn whole_network_gradient_matches_finite_differences() {
         "forward + loss + backward must be one submit"
     );
     assert!(plan.forward.dispatch_count() + plan.backward.dispatch_count() > 40);
+    // Activations fused into a convolution and read by one convolution have no
+    // backward pass of their own: the reading convolution's backward applies
+    // the derivative (c1's relu6 in dw's). se_reduce's relu keeps its pass
+    // where se_expand's backward runs on the stems' kernel (4 input channels,
+    // CPU adapters), and c5's relu, which feeds the linear layer, keeps its own.
+    let backward: Vec<&str> = plan
+        .backward
+        .steps
+        .iter()
+        .filter_map(|s| match s {
+            advex::gpu::Step::Dispatch { label, .. } => Some(label.as_str()),
+            _ => None,
+        })
+        .collect();
+    let count = |l: &str| backward.iter().filter(|b| **b == l).count();
+    assert_eq!(count("depthwise_conv2d_backward+relu6'"), 1, "{backward:?}");
+    assert_eq!(count("relu6_backward"), 0, "{backward:?}");
+    let stems = ctx.kernel_style() == advex::KernelStyle::Direct;
+    let relu_apart = if stems { 2 } else { 1 };
+    assert_eq!(count("relu_backward"), relu_apart, "{backward:?}");
+    assert_eq!(
+        count("conv2d_backward+relu'"),
+        2 - relu_apart,
+        "{backward:?}"
+    );
 
     // Logits against the f64 reference.
     let xd = to_f64(&x);

@@ -2,7 +2,7 @@
 //! channels, channel multiplier >= 1, any stride, dilation and padding; a
 //! direct kernel with 4 outputs per thread, forward and backward.
 
-use super::{gcd, Epilogue, Geometry};
+use super::{gcd, BackEpilogue, Epilogue, Geometry};
 use crate::error::{Error, Result};
 use crate::gpu::{Binding, Context, Recording, Shader, Tensor, WORKGROUP_1D};
 
@@ -82,19 +82,28 @@ pub(super) fn backward(
     ctx: &Context,
     rec: &mut Recording,
     geo: &Geometry,
+    back: &BackEpilogue,
     tensors: [&Tensor; 3],
 ) -> Result<()> {
-    let (params, groups) = params(geo, true)?;
-    let bindings = [Binding::Read, Binding::Read, Binding::ReadWrite];
+    let (mut params, groups) = params(geo, true)?;
+    params.act_alpha = back.alpha;
+    let bindings = [
+        Binding::Read,
+        Binding::Read,
+        Binding::ReadWrite,
+        Binding::Read,
+    ];
     let k = ctx.kernel(
         Shader::Depthwise,
         tensors[2].dtype,
         "backward",
         &bindings,
-        &[],
+        &back.constants(),
     )?;
     let u = ctx.uniform(&params);
-    rec.push(ctx.dispatch("depthwise_conv2d_backward", &k, &u, &tensors, groups)?);
+    let [gy, w, gx] = tensors;
+    let label = back.label("depthwise_conv2d_backward");
+    rec.push(ctx.dispatch(label, &k, &u, &[gy, w, gx, back.ay], groups)?);
     Ok(())
 }
 

@@ -4,9 +4,9 @@
 //! for the backward pass of stride-2 layers. [`super::select`] says which
 //! layers fit.
 
-use super::{Epilogue, Geometry};
+use super::{BackEpilogue, Epilogue, Geometry};
 use crate::error::Result;
-use crate::gpu::{Context, Recording, Shader, Tensor, WORKGROUP_DIRECT};
+use crate::gpu::{Binding, Context, Recording, Shader, Tensor, WORKGROUP_DIRECT};
 
 /// Threads per workgroup (8 outputs each).
 const WG: u32 = WORKGROUP_DIRECT;
@@ -39,8 +39,18 @@ struct DwS2Params {
     ow4: u32,
     items: u32,
     c: u32,
-    _pad: u32,
+    act_alpha: f32,
 }
+
+/// Bindings of both entries: a, w, bias, y and the activation output the
+/// backward passes read with DACT.
+const BINDINGS: [Binding; 5] = [
+    Binding::Read,
+    Binding::Read,
+    Binding::Read,
+    Binding::ReadWrite,
+    Binding::Read,
+];
 
 /// y = act(depthwise(x, w) + b) on `[x, w, bias, y]`.
 pub(super) fn forward(
@@ -59,48 +69,61 @@ pub(super) fn forward(
         Shader::DepthwiseDirect,
         tensors[3].dtype,
         "main",
-        &Epilogue::BINDINGS,
+        &BINDINGS,
         &constants,
     )?;
     let u = ctx.uniform(&params);
     let label = format!("depthwise_conv2d{}", epilogue.suffix());
-    rec.push(ctx.dispatch(label, &k, &u, &tensors, groups)?);
+    // The input is bound at the derivative's slot (never read forward).
+    let [x, w, b, y] = tensors;
+    rec.push(ctx.dispatch(label, &k, &u, &[x, w, b, y, x], groups)?);
     Ok(())
 }
 
-/// gx from gy (`[gy, w, gx]`): `main` with the kernel flipped.
+/// gx from gy (`[gy, w, gx]`): `main` with the kernel flipped, and the
+/// epilogue `back`.
 pub(super) fn backward(
     ctx: &Context,
     rec: &mut Recording,
     geo: &Geometry,
+    back: &BackEpilogue,
     [gy, w, gx]: [&Tensor; 3],
 ) -> Result<()> {
-    let (params, constants, groups) = main_params(geo, true);
+    let (mut params, shape_constants, groups) = main_params(geo, true);
+    params.act_alpha = back.alpha;
+    let mut constants = back.constants().to_vec();
+    constants.extend(shape_constants);
     let k = ctx.kernel(
         Shader::DepthwiseDirect,
         gx.dtype,
         "main",
-        &Epilogue::BINDINGS,
+        &BINDINGS,
         &constants,
     )?;
     let u = ctx.uniform(&params);
     // No bias: the weight is bound in its place (never read).
-    rec.push(ctx.dispatch("depthwise_conv2d_backward", &k, &u, &[gy, w, w, gx], groups)?);
+    let label = back.label("depthwise_conv2d_backward");
+    rec.push(ctx.dispatch(label, &k, &u, &[gy, w, w, gx, back.ay], groups)?);
     Ok(())
 }
 
-/// gx from gy (`[gy, w, gx]`) of a stride-2 layer: `backward_s2`.
+/// gx from gy (`[gy, w, gx]`) of a stride-2 layer: `backward_s2`, with the
+/// epilogue `back`.
 pub(super) fn backward_s2(
     ctx: &Context,
     rec: &mut Recording,
     geo: &Geometry,
+    back: &BackEpilogue,
     [gy, w, gx]: [&Tensor; 3],
 ) -> Result<()> {
     let (x, y) = (geo.x, geo.y);
     let planes = x.n * x.c;
     let w8 = x.w / 8;
     let items = planes * x.h * w8;
+    let [d0, d1] = back.constants();
     let constants = [
+        d0,
+        d1,
         ("KH", geo.kh as f64),
         ("KW", geo.kw as f64),
         ("PAD_T", geo.p.padding[0] as f64),
@@ -114,19 +137,20 @@ pub(super) fn backward_s2(
         ow4: y.w / 4,
         items,
         c: x.c,
-        _pad: 0,
+        act_alpha: back.alpha,
     };
     let k = ctx.kernel(
         Shader::DepthwiseDirect,
         gx.dtype,
         "backward_s2",
-        &Epilogue::BINDINGS,
+        &BINDINGS,
         &constants,
     )?;
     let u = ctx.uniform(&params);
     // No bias: the weight is bound in its place (never read).
     let groups = items.div_ceil(WG);
-    rec.push(ctx.dispatch("depthwise_conv2d_backward", &k, &u, &[gy, w, w, gx], groups)?);
+    let label = back.label("depthwise_conv2d_backward");
+    rec.push(ctx.dispatch(label, &k, &u, &[gy, w, w, gx, back.ay], groups)?);
     Ok(())
 }
 
@@ -180,7 +204,7 @@ pub(super) fn uniform_layouts() -> Vec<crate::gpu::UniformLayout> {
             "depthwise_direct",
             "Params2",
             DwS2Params,
-            [planes, h, w8, oh, ow4, items, c]
+            [planes, h, w8, oh, ow4, items, c, act_alpha]
         ),
     ]
 }

@@ -4,7 +4,7 @@
 //! or the autotune. The backward pass of a strided convolution runs one dense
 //! GEMM per stride phase (`backward_phased`) instead of gathering zeros.
 
-use super::{gcd, Epilogue, Geometry, Pass};
+use super::{gcd, BackEpilogue, Epilogue, Geometry, Pass};
 use crate::error::{Error, Result};
 use crate::gpu::{Binding, Context, DType, Recording, Shader, Tensor};
 
@@ -169,28 +169,40 @@ pub(super) fn forward(
 }
 
 /// Record the backward pass (phase by phase for stride > 1) of `geo` on
-/// `[gy, w, gx]` with `tile` (else the tuning table's, else the heuristic's).
+/// `[gy, w, gx]` with `tile` (else the tuning table's, else the heuristic's)
+/// and the epilogue `back`.
 pub(super) fn backward(
     ctx: &Context,
     rec: &mut Recording,
     geo: &Geometry,
     tile: Option<Tile>,
+    back: &BackEpilogue,
     tensors: [&Tensor; 3],
     label: &str,
 ) -> Result<()> {
     let dtype = tensors[2].dtype;
     let tile = tile.or_else(|| tuned_tile(ctx, geo, Pass::Backward, dtype));
-    let (params, tile) = gemm_params(geo, Pass::Backward, tile)?;
+    let (mut params, tile) = gemm_params(geo, Pass::Backward, tile)?;
+    params.act_alpha = back.alpha;
     // Stride > 1: phase by phase, without the zero taps (see gemm.wgsl).
     let entry = if phased(geo) {
         "backward_phased"
     } else {
         "backward"
     };
-    let bindings = [Binding::Read, Binding::Read, Binding::ReadWrite];
-    let k = ctx.kernel(Shader::Conv, dtype, entry, &bindings, &tile.constants())?;
+    let bindings = [
+        Binding::Read,
+        Binding::Read,
+        Binding::ReadWrite,
+        Binding::Read,
+    ];
+    let [c0, c1, c2, c3] = tile.constants();
+    let [e0, e1] = back.constants();
+    let constants = [e0, e1, c0, c1, c2, c3];
+    let k = ctx.kernel(Shader::Conv, dtype, entry, &bindings, &constants)?;
     let u = ctx.uniform(&params);
-    rec.push(ctx.dispatch(label, &k, &u, &tensors, params.total_wg)?);
+    let [gy, w, gx] = tensors;
+    rec.push(ctx.dispatch(label, &k, &u, &[gy, w, gx, back.ay], params.total_wg)?);
     Ok(())
 }
 

@@ -162,24 +162,69 @@ pub fn backward_with(
     gx: &Tensor,
     prepared: Option<&PreparedWeights>,
 ) -> Result<()> {
+    backward_through(ctx, rec, p, gy, w, gx, None, prepared)
+}
+
+/// The activation whose derivative a backward pass applies as it writes
+/// (see [`backward_through`]): `act` ran in the epilogue of the convolution
+/// before, and `y` is its output (the tensor this convolution read).
+#[derive(Clone, Copy)]
+pub struct Through<'a> {
+    pub act: Activation,
+    pub y: &'a Tensor,
+}
+
+/// gx = backward(gy) * act'(y) in one pass, with `through = Some((act, y))`:
+/// the backward pass of this convolution and of the activation fused into the
+/// convolution before it, whose output `y` (the forward input of this one, of
+/// `gx`'s shape) gives the derivative (`act` must be one whose derivative its
+/// output determines). Without the fusion the activation's backward is a pass
+/// of its own that reads y and this gradient and writes another: two fewer
+/// passes over the tensor, and one dispatch less. Kernels without the
+/// epilogue refuse; [`backward_fuses`] says beforehand. `through = None` is
+/// [`backward_with`].
+#[allow(clippy::too_many_arguments)]
+pub fn backward_through(
+    ctx: &Context,
+    rec: &mut Recording,
+    p: &Conv2dParams,
+    gy: &Tensor,
+    w: &Tensor,
+    gx: &Tensor,
+    through: Option<Through>,
+    prepared: Option<&PreparedWeights>,
+) -> Result<()> {
     let geo = Geometry::new(p, gx.shape, w.shape, gy.shape, "output gradient")?;
     check_index_range(&[gy, w, gx])?;
+    let kernel = select::select(&geo, ctx.kernel_style(), ctx.coop(), Pass::Backward);
+    let back = BackEpilogue::new(through, gy, gx)?;
+    if back.dact && !kernel.fuses_dact() {
+        return Err(Error::Validation {
+            context: "conv2d backward".into(),
+            message: format!(
+                "kernel {kernel:?} applies no activation derivative; record the activation's backward pass apart"
+            ),
+        });
+    }
     if gx.numel() == 0 {
         return Ok(());
     }
     let tensors = [gy, w, gx];
-    let label = "conv2d_backward";
-    match select::select(&geo, ctx.kernel_style(), ctx.coop(), Pass::Backward) {
-        ConvKernel::Gemm => gemm::backward(ctx, rec, &geo, None, tensors, label),
+    let label = back.label("conv2d_backward");
+    let label = label.as_str();
+    match kernel {
+        ConvKernel::Gemm => gemm::backward(ctx, rec, &geo, None, &back, tensors, label),
         ConvKernel::Coop => coop::backward(ctx, rec, &geo, tensors, label),
-        ConvKernel::Depthwise => depthwise::backward(ctx, rec, &geo, tensors),
-        ConvKernel::DepthwiseDirect => depthwise_direct::backward(ctx, rec, &geo, tensors),
-        ConvKernel::DepthwiseDirectS2 => depthwise_direct::backward_s2(ctx, rec, &geo, tensors),
+        ConvKernel::Depthwise => depthwise::backward(ctx, rec, &geo, &back, tensors),
+        ConvKernel::DepthwiseDirect => depthwise_direct::backward(ctx, rec, &geo, &back, tensors),
+        ConvKernel::DepthwiseDirectS2 => {
+            depthwise_direct::backward_s2(ctx, rec, &geo, &back, tensors)
+        }
         ConvKernel::PointwiseDirect(_) => {
             let pw = geo.pointwise().expect("select checked it");
-            pointwise::backward(ctx, rec, &pw, gy, w, gx, label)
+            pointwise::backward(ctx, rec, &pw, &back, gy, w, gx, label)
         }
-        ConvKernel::SameDirect => same_direct::backward(ctx, rec, &geo, tensors, prepared),
+        ConvKernel::SameDirect => same_direct::backward(ctx, rec, &geo, &back, tensors, prepared),
         ConvKernel::FewInputs => backward_few::backward(ctx, rec, &geo, tensors),
         ConvKernel::Clear => {
             // No output elements (zero channels): the gradient is zero.
@@ -192,6 +237,13 @@ pub fn backward_with(
             unreachable!("select picks {k:?} for forward passes only")
         }
     }
+}
+
+/// Whether [`backward_through`] can apply an activation's derivative for the
+/// backward pass of `p` with input shape `x` and weight shape `w` on `ctx`
+/// (the kernel it selects has the epilogue). False for shapes it refuses.
+pub fn backward_fuses(ctx: &Context, p: &Conv2dParams, x: Shape, w: Shape) -> bool {
+    kernel_for(ctx, p, x, w, Pass::Backward).is_ok_and(|k| k.fuses_dact())
 }
 
 /// The kernel the `pass` of the convolution `p` with input shape `x` and
@@ -251,6 +303,75 @@ impl Epilogue {
         match self.act {
             Activation::Identity => String::new(),
             a => format!("+{}", a.name()),
+        }
+    }
+}
+
+/// The backward kernels' epilogue: with `dact`, the gradient is multiplied by
+/// the derivative of activation `code` (parameter `alpha`) read from `ay`, the
+/// activation's output, as it is written. Without, `ay` is the output gradient
+/// (bound, never read: the kernels' layouts always hold the binding).
+pub(super) struct BackEpilogue<'a> {
+    dact: bool,
+    act: Activation,
+    code: u32,
+    alpha: f32,
+    ay: &'a Tensor,
+}
+
+impl<'a> BackEpilogue<'a> {
+    fn new(through: Option<Through<'a>>, gy: &'a Tensor, gx: &Tensor) -> Result<Self> {
+        let Some(Through { act, y }) = through else {
+            return Ok(BackEpilogue {
+                dact: false,
+                act: Activation::Identity,
+                code: Activation::Identity.code().0,
+                alpha: 0.0,
+                ay: gy,
+            });
+        };
+        let context = || "conv2d backward through an activation".to_string();
+        if !act.derivative_from_output() {
+            return Err(Error::Validation {
+                context: context(),
+                message: format!(
+                    "{}'s derivative needs its input; record the activation's backward pass apart",
+                    act.name()
+                ),
+            });
+        }
+        if y.shape != gx.shape || y.dtype != gx.dtype {
+            return Err(Error::shape(
+                "conv2d backward",
+                format!(
+                    "the activation's output {} ({:?}) must have the gradient's shape {} ({:?})",
+                    y.shape, y.dtype, gx.shape, gx.dtype
+                ),
+            ));
+        }
+        let (code, alpha, _) = act.code();
+        Ok(BackEpilogue {
+            dact: act != Activation::Identity,
+            act,
+            code,
+            alpha,
+            ay: y,
+        })
+    }
+
+    fn constants(&self) -> [(&'static str, f64); 2] {
+        [
+            ("DACT", if self.dact { 1.0 } else { 0.0 }),
+            ("ACT", self.code as f64),
+        ]
+    }
+
+    /// `base`, or `base+relu6'` when the derivative is applied.
+    fn label(&self, base: &str) -> String {
+        if self.dact {
+            format!("{base}+{}'", self.act.name())
+        } else {
+            base.to_string()
         }
     }
 }

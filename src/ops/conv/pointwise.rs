@@ -13,6 +13,7 @@
 //! pass `w` transposed per group (made once per model) when the output
 //! channels per group come in fours, else `w` through `b_nk`.
 
+use super::BackEpilogue;
 use crate::error::Result;
 use crate::gpu::{Binding, Context, Recording, Shader, Tensor, WORKGROUP_DIRECT};
 use crate::ops::activation::Activation;
@@ -147,6 +148,16 @@ impl Pointwise {
 }
 
 /// y = act(pointwise_conv(x, w) + b); shapes validated by the caller.
+/// Bindings of both entries: a, w, y, bias, and the activation output the
+/// backward pass reads with DACT.
+const BINDINGS: [Binding; 5] = [
+    Binding::Read,
+    Binding::Read,
+    Binding::ReadWrite,
+    Binding::Read,
+    Binding::Read,
+];
+
 #[allow(clippy::too_many_arguments)]
 pub(super) fn forward(
     ctx: &Context,
@@ -190,46 +201,37 @@ pub(super) fn forward(
     let mut params = pw.params(pw.icg(), pw.ocg(), pw.in_c, pw.out_c, tn);
     params.act_alpha = alpha;
     params.act_beta = beta;
-    let bindings = [
-        Binding::Read,
-        Binding::Read,
-        Binding::ReadWrite,
-        Binding::Read,
-    ];
-    let k = ctx.kernel(l.shader, x.dtype, entry, &bindings, &constants)?;
+    let k = ctx.kernel(l.shader, x.dtype, entry, &BINDINGS, &constants)?;
     let u = ctx.uniform(&params);
-    rec.push(ctx.dispatch(label, &k, &u, &[x, &wk, y, bias], params.total_wg)?);
+    // x is bound at the derivative's slot too (never read forward).
+    rec.push(ctx.dispatch(label, &k, &u, &[x, &wk, y, bias, x], params.total_wg)?);
     Ok(())
 }
 
 /// gx = pointwise_conv_backward(gy, w), overwriting gx; shapes validated by the
 /// caller.
+/// gx from gy through `b_kn`, with the epilogue `back`.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn backward(
     ctx: &Context,
     rec: &mut Recording,
     pw: &Pointwise,
+    back: &BackEpilogue,
     gy: &Tensor,
     w: &Tensor,
     gx: &Tensor,
     label: &str,
 ) -> Result<()> {
     let l = pw.layout().spec();
-    let params = pw.params(pw.ocg(), pw.icg(), pw.out_c, pw.in_c, l.tn_b);
-    let bindings = [
-        Binding::Read,
-        Binding::Read,
-        Binding::ReadWrite,
-        Binding::Read,
-    ];
-    let k = ctx.kernel(l.shader, gx.dtype, "b_kn", &bindings, &[])?;
+    let mut params = pw.params(pw.ocg(), pw.icg(), pw.out_c, pw.in_c, l.tn_b);
+    params.act_alpha = back.alpha;
+    let k = ctx.kernel(l.shader, gx.dtype, "b_kn", &BINDINGS, &back.constants())?;
     let u = ctx.uniform(&params);
     // No bias: the weight is bound in its place (never read).
-    rec.push(ctx.dispatch(label, &k, &u, &[gy, w, gx, w], params.total_wg)?);
+    rec.push(ctx.dispatch(label, &k, &u, &[gy, w, gx, w, back.ay], params.total_wg)?);
     Ok(())
 }
 
-/// This file's uniform structs and their WGSL twins (checked by
-/// tests/backends.rs).
 pub(super) fn uniform_layouts() -> Vec<crate::gpu::UniformLayout> {
     vec![crate::gpu::uniform_layout!(
         "conv_direct_vec4",

@@ -5,7 +5,7 @@
 //! repacked once per model (a tap's weights for 4 consecutive output channels
 //! contiguous; flipped for the backward pass).
 
-use super::{Epilogue, Geometry};
+use super::{BackEpilogue, Epilogue, Geometry};
 use crate::error::Result;
 use crate::gpu::{Binding, Context, Recording, Shader, Shape, Tensor, WORKGROUP_DIRECT};
 use crate::ops::prepared::{derived, PreparedWeights};
@@ -30,6 +30,16 @@ struct SameParams {
     act_beta: f32,
     _pad: u32,
 }
+
+/// Bindings of `main` and `main_s2`: a, w, bias, y, and the activation
+/// output `main`'s backward pass reads with DACT.
+const BINDINGS: [Binding; 5] = [
+    Binding::Read,
+    Binding::Read,
+    Binding::Read,
+    Binding::ReadWrite,
+    Binding::Read,
+];
 
 /// y = act(conv2d(x, w) + b) on `[x, w, bias, y]`: `main_s2` when `s2`, else
 /// `main`.
@@ -56,35 +66,42 @@ pub(super) fn forward(
         Shader::ConvSameDirect,
         y.dtype,
         entry,
-        &Epilogue::BINDINGS,
+        &BINDINGS,
         &constants,
     )?;
     let u = ctx.uniform(&params);
     let label = format!("conv2d{}", epilogue.suffix());
-    rec.push(ctx.dispatch(label, &k, &u, &[x, &wt, bias, y], groups)?);
+    // x is bound at the derivative's slot too (never read forward).
+    rec.push(ctx.dispatch(label, &k, &u, &[x, &wt, bias, y, x], groups)?);
     Ok(())
 }
 
-/// gx from gy (`[gy, w, gx]`): `main` with the kernel flipped.
+/// gx from gy (`[gy, w, gx]`): `main` with the kernel flipped, and the
+/// epilogue `back`.
 pub(super) fn backward(
     ctx: &Context,
     rec: &mut Recording,
     geo: &Geometry,
+    back: &BackEpilogue,
     [gy, w, gx]: [&Tensor; 3],
     prepared: Option<&PreparedWeights>,
 ) -> Result<()> {
-    let (params, constants, groups) = main_params(geo, true);
+    let (mut params, shape_constants, groups) = main_params(geo, true);
+    params.act_alpha = back.alpha;
     let wt = repack(ctx, rec, geo, &params, w, true, prepared)?;
+    let mut constants = back.constants().to_vec();
+    constants.extend(shape_constants);
     let k = ctx.kernel(
         Shader::ConvSameDirect,
         gx.dtype,
         "main",
-        &Epilogue::BINDINGS,
+        &BINDINGS,
         &constants,
     )?;
     let u = ctx.uniform(&params);
     // No bias: the repacked weight is bound in its place (never read).
-    rec.push(ctx.dispatch("conv2d_backward", &k, &u, &[gy, &wt, &wt, gx], groups)?);
+    let label = back.label("conv2d_backward");
+    rec.push(ctx.dispatch(label, &k, &u, &[gy, &wt, &wt, gx, back.ay], groups)?);
     Ok(())
 }
 

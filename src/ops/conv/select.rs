@@ -64,6 +64,23 @@ impl ConvKernel {
         self == ConvKernel::Gemm
     }
 
+    /// Whether its backward pass can apply the derivative of the activation
+    /// before the convolution as it writes ([`super::backward_through`]).
+    /// The tensor-core kernel and the stems' kernel (whose input is the image)
+    /// do not; a layer with no output writes a zero gradient, which needs none.
+    pub fn fuses_dact(self) -> bool {
+        matches!(
+            self,
+            ConvKernel::Gemm
+                | ConvKernel::Depthwise
+                | ConvKernel::DepthwiseDirect
+                | ConvKernel::DepthwiseDirectS2
+                | ConvKernel::PointwiseDirect(_)
+                | ConvKernel::SameDirect
+                | ConvKernel::Clear
+        )
+    }
+
     /// The shader module it dispatches (`None`: no dispatch).
     pub fn shader(self) -> Option<Shader> {
         Some(match self {

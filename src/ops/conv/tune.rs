@@ -2,7 +2,7 @@
 
 use super::gemm::{self, Tile};
 use super::select::{select, Pass};
-use super::{Epilogue, Geometry};
+use super::{BackEpilogue, Epilogue, Geometry};
 use crate::error::Result;
 use crate::gpu::{Context, DType, Recording, Shape, Tensor};
 use crate::ops::activation::Activation;
@@ -88,7 +88,9 @@ pub fn tune(
             for _ in 0..reps.max(1) {
                 match pass {
                     Pass::Backward => {
-                        gemm::backward(ctx, &mut rec, &geo, Some(tile), [ty, tw, tgx], "tune")?
+                        let back = BackEpilogue::new(None, ty, tgx)?;
+                        let tensors = [ty, tw, tgx];
+                        gemm::backward(ctx, &mut rec, &geo, Some(tile), &back, tensors, "tune")?
                     }
                     Pass::Forward => {
                         // No bias (the weight bound in its place), no activation.
