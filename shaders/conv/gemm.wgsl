@@ -51,10 +51,15 @@
 //   128 x 128, BK 8:  WG_M 16, TM 8, TN 8  (an 8 x 8 block per thread: four
 //                                           times the FMAs per tile read of
 //                                           64 x 64; the autotune's to pick)
-// so BM = TM * WG_M, BN = TN * (256 / WG_M), BK * BM <= 2048 and BK * BN <= 1024:
-// the workgroup arrays below are sized for the largest of them, and every
-// workgroup-memory index stays below BK * BM / 4 (tile_a) or BK * (BN / 4 + 1)
-// (tile_b). Do not add variants without re-checking those bounds.
+// so BM = TM * WG_M, BN = TN * (256 / WG_M). Each may run double-buffered
+// (DB): two halves of workgroup memory, the next K slice stored into one while
+// the other is multiplied, one barrier per slice instead of two. The host sizes
+// the workgroup arrays per variant (A_LEN = BK * BM / 4 and B_LEN =
+// BK * (BN / 4 + 1) vec4s, twice that with DB), so a layer reserves only what
+// its tile uses; the double-buffered tiles need more than WebGPU's 16 KiB and
+// are offered only where the device's limit allows. Every workgroup-memory
+// index stays below A_LEN (tile_a) or B_LEN (tile_b): a half's offset plus at
+// most (BK - 1) * BM / 4 + BM / 4 - 1, or (BK - 1) * (BN / 4 + 1) + BN / 4 - 1.
 //
 // Compiled without wgpu's runtime checks (Context::kernel's TRUSTED_SHADERS), so
 // every access guards itself: A / B loads check m < gemm_m, k < gemm_k, n < gemm_n
@@ -94,10 +99,20 @@ override HAS_BIAS: bool = false;
 
 // Epilogue activation: act() and ACT come from act.wgsl, prepended by the host.
 
-// A tile, [BK][BM] as vec4 along m (at most 2048 floats).
-var<workgroup> tile_a: array<vec4<f32>, 512>;   // >= BK * BM / 4
-// B tile, [BK][BN] as vec4 along n, rows padded to BN / 4 + 1.
-var<workgroup> tile_b: array<vec4<f32>, 272>;   // >= BK * (BN / 4 + 1)
+// Double buffering, and the workgroup arrays' lengths (set by the host from
+// the tile: see above; the defaults fit every single-buffered variant).
+override DB: bool = false;
+override A_LEN: u32 = 512u;
+override B_LEN: u32 = 272u;
+fn a_half() -> u32 { return BK * bm4(); }
+fn b_half() -> u32 { return BK * bn4p(); }
+
+// A tile, [BK][BM] as vec4 along m (twice with DB).
+var<workgroup> tile_a: array<vec4<f32>, A_LEN>;
+// B tile, [BK][BN] as vec4 along n, rows padded to BN / 4 + 1 (twice with DB).
+var<workgroup> tile_b: array<vec4<f32>, B_LEN>;
+// The half the store helpers write (0, or 1 with DB).
+var<private> wbuf: u32;
 
 struct Acc {
     c0: vec4<f32>, // n = 4*ty + 0, components over m = 4*tx + 0..3
@@ -123,33 +138,36 @@ fn zero_acc() -> Acc {
     return Acc(z, z, z, z, z, z, z, z, z, z, z, z, z, z, z, z);
 }
 
-// Multiply the tiles in workgroup memory into the thread's TM x TN block.
-fn mma(acc_in: Acc, tx: u32, ty: u32) -> Acc {
+// Multiply half `rbuf` of the tiles in workgroup memory into the thread's
+// TM x TN block.
+fn mma(acc_in: Acc, tx: u32, ty: u32, rbuf: u32) -> Acc {
     var acc = acc_in;
     let sa = bm4();
     let sb = bn4p();
+    let oa = rbuf * a_half() + tx;
+    let ob = rbuf * b_half() + ty;
     for (var kk = 0u; kk < BK; kk++) {
-        let a = tile_a[kk * sa + tx];
-        let b = tile_b[kk * sb + ty];
+        let a = tile_a[kk * sa + oa];
+        let b = tile_b[kk * sb + ob];
         acc.c0 += a * b.x;
         acc.c1 += a * b.y;
         acc.c2 += a * b.z;
         acc.c3 += a * b.w;
         if (TN == 8u) {
-            let b2 = tile_b[kk * sb + ty + tn_half()];
+            let b2 = tile_b[kk * sb + ob + tn_half()];
             acc.e0 += a * b2.x;
             acc.e1 += a * b2.y;
             acc.e2 += a * b2.z;
             acc.e3 += a * b2.w;
         }
         if (TM == 8u) {
-            let a2 = tile_a[kk * sa + tx + WG_M];
+            let a2 = tile_a[kk * sa + oa + WG_M];
             acc.d0 += a2 * b.x;
             acc.d1 += a2 * b.y;
             acc.d2 += a2 * b.z;
             acc.d3 += a2 * b.w;
             if (TN == 8u) {
-                let b2 = tile_b[kk * sb + ty + tn_half()];
+                let b2 = tile_b[kk * sb + ob + tn_half()];
                 acc.f0 += a2 * b2.x;
                 acc.f1 += a2 * b2.y;
                 acc.f2 += a2 * b2.z;
@@ -162,13 +180,24 @@ fn mma(acc_in: Acc, tx: u32, ty: u32) -> Acc {
 
 // Store this thread's 4 A values: rows k = kq..kq+3 of column m.
 fn store_a(kq: u32, m: u32, v: vec4<f32>) {
-    let col = m / 4u;
+    let col = wbuf * a_half() + m / 4u;
     let c = m % 4u;
     let sa = bm4();
     tile_a[(kq + 0u) * sa + col][c] = v.x;
     tile_a[(kq + 1u) * sa + col][c] = v.y;
     tile_a[(kq + 2u) * sa + col][c] = v.z;
     tile_a[(kq + 3u) * sa + col][c] = v.w;
+}
+
+// Before storing the next K slice, multiplied from half `rbuf` now: with DB
+// it goes to the other half (nobody reads that one until the barrier after the
+// stores); without, every thread must first be done reading the only half.
+fn next_slice(rbuf: u32) {
+    if (DB) {
+        wbuf = 1u - rbuf;
+    } else {
+        workgroupBarrier();
+    }
 }
 
 fn pick(v: vec4<f32>, i: u32) -> f32 {
@@ -241,7 +270,7 @@ fn fwd_store_b(kl: u32, nl: u32, v: vec4<f32>) {
     for (var i = 0u; i < 4u; i++) {
         let nn = nl + (THREADS / BK) * i;
         if (nn < bn()) {
-            tile_b[kl * sb + nn / 4u][nn % 4u] = v[i];
+            tile_b[wbuf * b_half() + kl * sb + nn / 4u][nn % 4u] = v[i];
         }
     }
 }
@@ -314,23 +343,35 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>,
     }
     var rb = fwd_load_b(bk, bnl, w_row0, n_left);
     var acc = zero_acc();
+    wbuf = 0u;
+    store_a(akq, am, ra0);
+    if (a_passes() == 2u) {
+        store_a(akq + arp, am, ra1);
+    }
+    fwd_store_b(bk, bnl, rb);
+    workgroupBarrier();
+    var rbuf = 0u;
     for (var k0 = 0u; k0 < p.gemm_k; k0 += BK) {
-        workgroupBarrier();
-        store_a(akq, am, ra0);
-        if (a_passes() == 2u) {
-            store_a(akq + arp, am, ra1);
-        }
-        fwd_store_b(bk, bnl, rb);
-        workgroupBarrier();
         let k1 = k0 + BK;
-        if (k1 < p.gemm_k) {
+        let more = k1 < p.gemm_k;
+        if (more) {
             ra0 = fwd_load_a(k1 + akq);
             if (a_passes() == 2u) {
                 ra1 = fwd_load_a(k1 + akq + arp);
             }
             rb = fwd_load_b(k1 + bk, bnl, w_row0, n_left);
         }
-        acc = mma(acc, tx, ty);
+        acc = mma(acc, tx, ty, rbuf);
+        if (more) {
+            next_slice(rbuf);
+            store_a(akq, am, ra0);
+            if (a_passes() == 2u) {
+                store_a(akq + arp, am, ra1);
+            }
+            fwd_store_b(bk, bnl, rb);
+            workgroupBarrier();
+            rbuf = wbuf;
+        }
     }
 
     // Epilogue: bias, activation, write y.
@@ -453,7 +494,7 @@ fn bwd_load_b(k: u32, n: u32, g: u32) -> vec4<f32> {
 // Store 4 B values: rows k = kq..kq+3 of column n (n fastest across threads).
 // (Only threads with kq < BK store: with BN = 16 and BK = 8, the first 32.)
 fn bwd_store_b(kq: u32, n: u32, v: vec4<f32>) {
-    let col = n / 4u;
+    let col = wbuf * b_half() + n / 4u;
     let c = n % 4u;
     let sb = bn4p();
     tile_b[(kq + 0u) * sb + col][c] = v.x;
@@ -529,18 +570,20 @@ fn backward(@builtin(workgroup_id) wid: vec3<u32>,
         rb = bwd_load_b(bkq, bn_, g);
     }
     var acc = zero_acc();
+    wbuf = 0u;
+    store_a(kq, col, ra0);
+    if (a_passes() == 2u) {
+        store_a(kq + arp, col, ra1);
+    }
+    if (b_on) {
+        bwd_store_b(bkq, bcol, rb);
+    }
+    workgroupBarrier();
+    var rbuf = 0u;
     for (var k0 = 0u; k0 < p.gemm_k; k0 += BK) {
-        workgroupBarrier();
-        store_a(kq, col, ra0);
-        if (a_passes() == 2u) {
-            store_a(kq + arp, col, ra1);
-        }
-        if (b_on) {
-            bwd_store_b(bkq, bcol, rb);
-        }
-        workgroupBarrier();
         let k1 = k0 + BK;
-        if (k1 < p.gemm_k) {
+        let more = k1 < p.gemm_k;
+        if (more) {
             ra0 = bwd_load_a(k1 + kq);
             if (a_passes() == 2u) {
                 ra1 = bwd_load_a(k1 + kq + arp);
@@ -549,7 +592,19 @@ fn backward(@builtin(workgroup_id) wid: vec3<u32>,
                 rb = bwd_load_b(k1 + bkq, bn_, g);
             }
         }
-        acc = mma(acc, tx, ty);
+        acc = mma(acc, tx, ty, rbuf);
+        if (more) {
+            next_slice(rbuf);
+            store_a(kq, col, ra0);
+            if (a_passes() == 2u) {
+                store_a(kq + arp, col, ra1);
+            }
+            if (b_on) {
+                bwd_store_b(bkq, bcol, rb);
+            }
+            workgroupBarrier();
+            rbuf = wbuf;
+        }
     }
 
     let nb = n0 + 4u * ty;
@@ -757,18 +812,20 @@ fn backward_phased(@builtin(workgroup_id) wid: vec3<u32>,
         rb = ph_load_b(bkq, gk, bn_, g, axh.k0, axw.k0);
     }
     var acc = zero_acc();
+    wbuf = 0u;
+    store_a(kq, col, ra0);
+    if (a_passes() == 2u) {
+        store_a(kq + arp, col, ra1);
+    }
+    if (b_on) {
+        bwd_store_b(bkq, bcol, rb);
+    }
+    workgroupBarrier();
+    var rbuf = 0u;
     for (var k0 = 0u; k0 < gk; k0 += BK) {
-        workgroupBarrier();
-        store_a(kq, col, ra0);
-        if (a_passes() == 2u) {
-            store_a(kq + arp, col, ra1);
-        }
-        if (b_on) {
-            bwd_store_b(bkq, bcol, rb);
-        }
-        workgroupBarrier();
         let k1 = k0 + BK;
-        if (k1 < gk) {
+        let more = k1 < gk;
+        if (more) {
             ra0 = ph_load_a(k1 + kq, gk);
             if (a_passes() == 2u) {
                 ra1 = ph_load_a(k1 + kq + arp, gk);
@@ -777,7 +834,19 @@ fn backward_phased(@builtin(workgroup_id) wid: vec3<u32>,
                 rb = ph_load_b(k1 + bkq, gk, bn_, g, axh.k0, axw.k0);
             }
         }
-        acc = mma(acc, tx, ty);
+        acc = mma(acc, tx, ty, rbuf);
+        if (more) {
+            next_slice(rbuf);
+            store_a(kq, col, ra0);
+            if (a_passes() == 2u) {
+                store_a(kq + arp, col, ra1);
+            }
+            if (b_on) {
+                bwd_store_b(bkq, bcol, rb);
+            }
+            workgroupBarrier();
+            rbuf = wbuf;
+        }
     }
 
     let nb = n0 + 4u * ty;

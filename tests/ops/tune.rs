@@ -23,6 +23,18 @@ fn tiled_ctx(cache: &std::path::Path) -> Arc<Context> {
     )
 }
 
+/// The GEMM tile variants' names in the tuning table.
+const TILES: [&str; 8] = [
+    "square",
+    "tall",
+    "narrow",
+    "wide",
+    "square-db",
+    "tall-db",
+    "narrow-db",
+    "wide-db",
+];
+
 fn adapter_key(ctx: &Context) -> String {
     let s = &ctx.summary;
     format!("{} | {} | {}", s.name, s.driver, s.backend)
@@ -74,10 +86,7 @@ fn tuning_is_measured_cached_and_used() {
     assert_eq!(entries.len(), r.timed);
     for (k, v) in entries {
         assert!(k.starts_with("conv.wgsl#"), "{k}");
-        assert!(
-            ["square", "tall", "narrow", "wide"].contains(&v.as_str().unwrap()),
-            "{k}: {v}"
-        );
+        assert!(TILES.contains(&v.as_str().unwrap()), "{k}: {v}");
     }
     // Tuned plans compute what untuned ones do (the tile changes the work split,
     // not the summation order).
@@ -102,12 +111,13 @@ fn tuning_is_measured_cached_and_used() {
     assert_eq!(t.len(), 2 * r.timed, "both batch sizes saved");
 }
 
-/// The 128 x 128 tile (an 8 x 8 block per thread, which only the autotune
-/// picks) against the f64 reference when a stored choice selects it: forward
-/// with bias, the stride-1 and the phased (stride 2) backward, partial m and
-/// n tiles, K not a multiple of its slice of 8, groups, batch 1.
+/// The tiles only the autotune picks (the 128 x 128 one with an 8 x 8 block
+/// per thread, and every double-buffered one) against the f64 reference when
+/// a stored choice selects them: forward with bias, the stride-1 and the
+/// phased (stride 2) backward, partial m and n tiles, K not a multiple of the
+/// K slice, groups, batch 1.
 #[test]
-fn the_wide_tile_matches_the_reference() {
+fn stored_tiles_match_the_reference() {
     use crate::common::ref_conv::RefConv;
     let dir = tempfile::tempdir().unwrap();
     let ctx = tiled_ctx(&dir.path().join("t.json"));
@@ -118,67 +128,129 @@ fn the_wide_tile_matches_the_reference() {
         ([3, 64, 9, 7], 136, 1, 1, 0, 1),
         ([1, 48, 10, 10], 264, 3, 1, 1, 2),
     ];
-    for (i, (x4, oc, k, s, pad, groups)) in cases.into_iter().enumerate() {
-        let p = Conv2dParams {
-            stride: [s, s],
-            padding: [pad; 4],
-            dilation: [1, 1],
-            groups,
-        };
-        let xs = Shape::new(x4[0], x4[1], x4[2], x4[3]);
-        let ws = Shape::new(oc, x4[1] / groups, k, k);
-        let ys = p.out_shape(xs, ws.dims()).unwrap();
-        let seed = 900 + 10 * i as u64;
-        let (xv, wv, bv, gyv) = (
-            random(seed, xs.numel() as usize),
-            random(seed + 1, ws.numel() as usize),
-            random(seed + 2, oc as usize),
-            random(seed + 3, ys.numel() as usize),
-        );
-        for pass in [conv::Pass::Forward, conv::Pass::Backward] {
-            let key = conv::tune_key(&ctx, &p, xs, ws, DType::F32, pass)
-                .unwrap()
-                .expect("a GEMM layer");
-            ctx.set_tuned(key, "wide".into());
+    // (name, WG_M, TM, TN, BK, DB)
+    let stored = [
+        ("wide", 16u32, 8u32, 8u32, 8u32, false),
+        ("square-db", 16, 4, 4, 16, true),
+        ("tall-db", 16, 8, 4, 16, true),
+        ("narrow-db", 64, 4, 4, 8, true),
+        ("wide-db", 16, 8, 8, 8, true),
+    ];
+    for (t, (name, wg_m, tm, tn, bk, db)) in stored.into_iter().enumerate() {
+        for (i, (x4, oc, k, s, pad, groups)) in cases.into_iter().enumerate() {
+            let p = Conv2dParams {
+                stride: [s, s],
+                padding: [pad; 4],
+                dilation: [1, 1],
+                groups,
+            };
+            let xs = Shape::new(x4[0], x4[1], x4[2], x4[3]);
+            let ws = Shape::new(oc, x4[1] / groups, k, k);
+            let ys = p.out_shape(xs, ws.dims()).unwrap();
+            let seed = 900 + 100 * t as u64 + 10 * i as u64;
+            let (xv, wv, bv, gyv) = (
+                random(seed, xs.numel() as usize),
+                random(seed + 1, ws.numel() as usize),
+                random(seed + 2, oc as usize),
+                random(seed + 3, ys.numel() as usize),
+            );
+            for pass in [conv::Pass::Forward, conv::Pass::Backward] {
+                let key = conv::tune_key(&ctx, &p, xs, ws, DType::F32, pass)
+                    .unwrap()
+                    .expect("a GEMM layer");
+                ctx.set_tuned(key, name.into());
+            }
+            let x = ctx.upload(&xv, xs, "x").unwrap();
+            let w = ctx.upload(&wv, ws, "w").unwrap();
+            let b = ctx.upload(&bv, Shape::new(1, oc, 1, 1), "b").unwrap();
+            let gy = ctx.upload(&gyv, ys, "gy").unwrap();
+            let y = ctx.tensor(ys, "y").unwrap();
+            let gx = ctx.tensor(xs, "gx").unwrap();
+            let mut rec = Recording::new();
+            conv::forward(&ctx, &mut rec, &p, &x, &w, Some(&b), &y).unwrap();
+            conv::backward(&ctx, &mut rec, &p, &gy, &w, &gx).unwrap();
+            let want_tile = vec![
+                ("BK".to_string(), (bk as f64).to_bits()),
+                ("DB".into(), (db as u8 as f64).to_bits()),
+                ("TM".into(), (tm as f64).to_bits()),
+                ("TN".into(), (tn as f64).to_bits()),
+                ("WG_M".into(), (wg_m as f64).to_bits()),
+            ];
+            assert_eq!(
+                tiles(&rec),
+                vec![want_tile.clone(), want_tile],
+                "{name} case {i}: the stored tile"
+            );
+            let out = ctx.run_read(&[&rec], &[&y, &gx]).unwrap();
+            let r = RefConv {
+                x: xs.dims().map(|v| v as usize),
+                w: ws.dims().map(|v| v as usize),
+                stride: [s as usize; 2],
+                padding: [pad as usize; 4],
+                dilation: [1, 1],
+                groups: groups as usize,
+            };
+            let want_y = r.forward(&to_f64(&xv), &to_f64(&wv), Some(&to_f64(&bv)));
+            let want_gx = r.backward(&to_f64(&gyv), &to_f64(&wv));
+            assert_close(&format!("{name} case {i} forward"), &out[0], &want_y, 1e-5);
+            assert_close(
+                &format!("{name} case {i} backward"),
+                &out[1],
+                &want_gx,
+                1e-5,
+            );
         }
-        let x = ctx.upload(&xv, xs, "x").unwrap();
-        let w = ctx.upload(&wv, ws, "w").unwrap();
-        let b = ctx.upload(&bv, Shape::new(1, oc, 1, 1), "b").unwrap();
-        let gy = ctx.upload(&gyv, ys, "gy").unwrap();
-        let y = ctx.tensor(ys, "y").unwrap();
-        let gx = ctx.tensor(xs, "gx").unwrap();
-        let mut rec = Recording::new();
-        conv::forward(&ctx, &mut rec, &p, &x, &w, Some(&b), &y).unwrap();
-        conv::backward(&ctx, &mut rec, &p, &gy, &w, &gx).unwrap();
-        let wide = vec![
-            ("BK".to_string(), 8f64.to_bits()),
-            ("TM".into(), 8f64.to_bits()),
-            ("TN".into(), 8f64.to_bits()),
-            ("WG_M".into(), 16f64.to_bits()),
-        ];
-        assert_eq!(
-            tiles(&rec),
-            vec![wide.clone(), wide],
-            "case {i}: the stored tile"
-        );
-        let out = ctx.run_read(&[&rec], &[&y, &gx]).unwrap();
-        let r = RefConv {
-            x: xs.dims().map(|v| v as usize),
-            w: ws.dims().map(|v| v as usize),
-            stride: [s as usize; 2],
-            padding: [pad as usize; 4],
-            dilation: [1, 1],
-            groups: groups as usize,
-        };
-        let want_y = r.forward(&to_f64(&xv), &to_f64(&wv), Some(&to_f64(&bv)));
-        let want_gx = r.backward(&to_f64(&gyv), &to_f64(&wv));
-        assert_close(&format!("case {i} forward (wide)"), &out[0], &want_y, 1e-5);
-        assert_close(
-            &format!("case {i} backward (wide)"),
-            &out[1],
-            &want_gx,
-            1e-5,
-        );
+    }
+}
+
+/// A device with WebGPU's 16 KiB of workgroup memory is never given a
+/// double-buffered tile: the autotune leaves them out, and a stored choice
+/// naming one (a table copied from another device) falls back to the shape's
+/// own tile.
+#[test]
+fn double_buffered_tiles_need_the_workgroup_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = Arc::new(
+        Context::new(ContextOptions {
+            kernels: Some(KernelStyle::Tiled),
+            tune_cache: Some(dir.path().join("t.json")),
+            webgpu_limits: true,
+            ..Default::default()
+        })
+        .unwrap(),
+    );
+    assert_eq!(ctx.workgroup_storage_bytes(), 16384);
+    let p = Conv2dParams {
+        stride: [1, 1],
+        padding: [1; 4],
+        dilation: [1, 1],
+        groups: 1,
+    };
+    let (xs, ws) = (Shape::new(2, 21, 13, 11), Shape::new(150, 21, 3, 3));
+    let ys = p.out_shape(xs, ws.dims()).unwrap();
+    for pass in [conv::Pass::Forward, conv::Pass::Backward] {
+        let key = conv::tune_key(&ctx, &p, xs, ws, DType::F32, pass)
+            .unwrap()
+            .unwrap();
+        ctx.set_tuned(key, "wide-db".into());
+    }
+    let (x, w, y) = (
+        ctx.tensor(xs, "x").unwrap(),
+        ctx.tensor(ws, "w").unwrap(),
+        ctx.tensor(ys, "y").unwrap(),
+    );
+    let mut rec = Recording::new();
+    conv::forward(&ctx, &mut rec, &p, &x, &w, None, &y).unwrap();
+    conv::backward(&ctx, &mut rec, &p, &y, &w, &x).unwrap();
+    for t in tiles(&rec) {
+        assert!(t.contains(&("DB".into(), 0f64.to_bits())), "{t:?}");
+    }
+    // The autotune times single-buffered tiles only; on this adapter's own
+    // limit (32 KiB on llvmpipe) every tile.
+    assert_eq!(conv::tuned_tiles(&ctx), &TILES[..4]);
+    let full = tiled_ctx(&dir.path().join("u.json"));
+    if full.workgroup_storage_bytes() >= 25088 {
+        assert_eq!(conv::tuned_tiles(&full), TILES);
     }
 }
 
@@ -192,7 +264,7 @@ fn tiles(rec: &Recording) -> Vec<Vec<(String, u64)>> {
                     .key
                     .constants
                     .iter()
-                    .filter(|(k, _)| ["WG_M", "TM", "TN", "BK"].contains(&k.as_str()))
+                    .filter(|(k, _)| ["WG_M", "TM", "TN", "BK", "DB"].contains(&k.as_str()))
                     .cloned()
                     .collect(),
             ),
@@ -238,12 +310,14 @@ fn a_stored_choice_decides_the_tile() {
     assert_ne!(fwd, bwd);
     let narrow = vec![
         ("BK".to_string(), 8f64.to_bits()),
+        ("DB".into(), 0f64.to_bits()),
         ("TM".into(), 4f64.to_bits()),
         ("TN".into(), 4f64.to_bits()),
         ("WG_M".into(), 64f64.to_bits()),
     ];
     let tall = vec![
         ("BK".to_string(), 16f64.to_bits()),
+        ("DB".into(), 0f64.to_bits()),
         ("TM".into(), 8f64.to_bits()),
         ("TN".into(), 4f64.to_bits()),
         ("WG_M".into(), 16f64.to_bits()),

@@ -456,6 +456,12 @@ impl Context {
             .min(self.limits.max_buffer_size)
     }
 
+    /// Bytes of workgroup memory one workgroup may use on this device (the
+    /// adapter's own limit, or WebGPU's 16 KiB with `webgpu_limits`).
+    pub fn workgroup_storage_bytes(&self) -> u32 {
+        self.limits.max_compute_workgroup_storage_size
+    }
+
     /// Whether the adapter can run F16 kernels (`SHADER_F16`).
     pub fn supports_f16(&self) -> bool {
         self.features.contains(wgpu::Features::SHADER_F16)

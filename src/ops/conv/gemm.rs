@@ -9,15 +9,17 @@ use crate::error::{Error, Result};
 use crate::gpu::{Binding, Context, DType, Recording, Shader, Tensor};
 
 /// Tile shape of the GEMM kernel, set through its override constants (`WG_M`
-/// threads along m, `TM` m and `TN` n per thread, `BK` the K slice);
-/// gemm.wgsl supports exactly these four (its workgroup arrays and index
-/// bounds are sized for them).
+/// threads along m, `TM` m and `TN` n per thread, `BK` the K slice, `DB`
+/// double-buffered workgroup memory); gemm.wgsl supports exactly these
+/// shapes (its index bounds are checked for them), each single- or
+/// double-buffered.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(super) struct Tile {
     wg_m: u32,
     tm: u32,
     tn: u32,
     bk: u32,
+    db: bool,
 }
 
 impl Tile {
@@ -27,6 +29,7 @@ impl Tile {
         tm: 4,
         tn: 4,
         bk: 16,
+        db: false,
     };
     /// 128 x 64, 8 x 4 per thread: twice the FMAs per workgroup-memory read, for
     /// layers with enough tiles to fill a GPU anyway.
@@ -35,6 +38,7 @@ impl Tile {
         tm: 8,
         tn: 4,
         bk: 16,
+        db: false,
     };
     /// 256 x 16, 4 x 4 per thread: few GEMM columns (the stem's backward has 3,
     /// 1x1 projections 24), where a 64-wide tile would mostly compute padding.
@@ -43,6 +47,7 @@ impl Tile {
         tm: 4,
         tn: 4,
         bk: 8,
+        db: false,
     };
     /// 128 x 128, an 8 x 8 block per thread (K slices of 8): four times the
     /// FMAs per workgroup-memory read of 64 x 64, for large GEMMs on GPUs.
@@ -52,7 +57,30 @@ impl Tile {
         tm: 8,
         tn: 8,
         bk: 8,
+        db: false,
     };
+
+    /// The same tile double-buffered: the next K slice is stored into one
+    /// half of workgroup memory while the other is multiplied, one barrier
+    /// per slice instead of two, for twice the workgroup memory.
+    const fn double(self) -> Tile {
+        Tile { db: true, ..self }
+    }
+
+    /// vec4s of workgroup memory for the A and B tiles (gemm.wgsl's A_LEN,
+    /// B_LEN).
+    fn lens(self) -> (u32, u32) {
+        let halves = if self.db { 2 } else { 1 };
+        let bm = self.tm * self.wg_m;
+        let bn = self.tn * (256 / self.wg_m);
+        (halves * self.bk * bm / 4, halves * self.bk * (bn / 4 + 1))
+    }
+
+    /// Bytes of workgroup memory a workgroup of this tile uses.
+    pub(super) fn workgroup_bytes(self) -> u32 {
+        let (a, b) = self.lens();
+        (a + b) * 16
+    }
 
     fn bm(self) -> u64 {
         (self.tm * self.wg_m) as u64
@@ -74,24 +102,39 @@ impl Tile {
         }
     }
 
-    /// Every variant with its name in the tuning table.
-    pub(super) const ALL: [(&'static str, Tile); 4] = [
+    /// Every variant with its name in the tuning table. The double-buffered
+    /// ones need more than WebGPU's 16 KiB of workgroup memory:
+    /// [`Tile::fits`] says whether a device takes them.
+    pub(super) const ALL: [(&'static str, Tile); 8] = [
         ("square", Tile::SQUARE),
         ("tall", Tile::TALL),
         ("narrow", Tile::NARROW),
         ("wide", Tile::WIDE),
+        ("square-db", Tile::SQUARE.double()),
+        ("tall-db", Tile::TALL.double()),
+        ("narrow-db", Tile::NARROW.double()),
+        ("wide-db", Tile::WIDE.double()),
     ];
 
     fn from_name(name: &str) -> Option<Tile> {
         Tile::ALL.iter().find(|(n, _)| *n == name).map(|(_, t)| *t)
     }
 
-    fn constants(self) -> [(&'static str, f64); 4] {
+    /// Whether `ctx`'s device gives a workgroup this tile's memory.
+    pub(super) fn fits(self, ctx: &Context) -> bool {
+        self.workgroup_bytes() <= ctx.workgroup_storage_bytes()
+    }
+
+    fn constants(self) -> [(&'static str, f64); 7] {
+        let (a_len, b_len) = self.lens();
         [
             ("WG_M", self.wg_m as f64),
             ("TM", self.tm as f64),
             ("TN", self.tn as f64),
             ("BK", self.bk as f64),
+            ("DB", if self.db { 1.0 } else { 0.0 }),
+            ("A_LEN", a_len as f64),
+            ("B_LEN", b_len as f64),
         ]
     }
 }
@@ -153,9 +196,8 @@ pub(super) fn forward(
     let (mut params, tile) = gemm_params(geo, Pass::Forward, tile)?;
     params.act_alpha = epilogue.alpha;
     params.act_beta = epilogue.beta;
-    let [c0, c1, c2, c3] = tile.constants();
-    let [e0, e1] = epilogue.constants();
-    let constants = [e0, e1, c0, c1, c2, c3];
+    let mut constants = epilogue.constants().to_vec();
+    constants.extend(tile.constants());
     let bindings = [
         Binding::Read,
         Binding::Read,
@@ -196,9 +238,8 @@ pub(super) fn backward(
         Binding::ReadWrite,
         Binding::Read,
     ];
-    let [c0, c1, c2, c3] = tile.constants();
-    let [e0, e1] = back.constants();
-    let constants = [e0, e1, c0, c1, c2, c3];
+    let mut constants = back.constants().to_vec();
+    constants.extend(tile.constants());
     let k = ctx.kernel(Shader::Conv, dtype, entry, &bindings, &constants)?;
     let u = ctx.uniform(&params);
     let [gy, w, gx] = tensors;
@@ -236,10 +277,13 @@ pub(super) fn tune_key(geo: &Geometry, pass: Pass, dtype: DType) -> String {
     )
 }
 
-/// The tile the tuning table holds for this pass, if any.
+/// The tile the tuning table holds for this pass, if any (and if this device
+/// gives it its workgroup memory: a table copied from another device may name
+/// one it cannot).
 fn tuned_tile(ctx: &Context, geo: &Geometry, pass: Pass, dtype: DType) -> Option<Tile> {
     ctx.tuned(&tune_key(geo, pass, dtype))
         .and_then(|name| Tile::from_name(&name))
+        .filter(|t| t.fits(ctx))
 }
 
 pub(super) fn gemm_params(

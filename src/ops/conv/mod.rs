@@ -36,7 +36,7 @@ mod tune;
 
 pub use pointwise::PwLayout;
 pub use select::{ConvKernel, Pass};
-pub use tune::{tune, tune_key, TuneCount};
+pub use tune::{tune, tune_key, tuned_tiles, TuneCount};
 
 use crate::error::{Error, Result};
 use crate::gpu::{Binding, Context, Recording, Shape, Tensor};

@@ -34,10 +34,20 @@ pub fn tune_key(
         .then(|| gemm::tune_key(&geo, pass, dtype)))
 }
 
+/// The GEMM tiles the autotune times on `ctx`'s device, by their names in
+/// the tuning table: all but those whose workgroup memory the device lacks.
+pub fn tuned_tiles(ctx: &Context) -> Vec<&'static str> {
+    Tile::ALL
+        .into_iter()
+        .filter(|(_, t)| t.fits(ctx))
+        .map(|(name, _)| name)
+        .collect()
+}
+
 /// Autotune one convolution (or linear layer seen as a 1x1 convolution) with
 /// input `x` and weight `w`: for each of its passes that runs on the tiled GEMM
-/// and has no entry in `ctx`'s tuning table yet, time every tile variant
-/// (`reps` dispatches, the best of two rounds; GPU timestamps where the adapter
+/// and has no entry in `ctx`'s tuning table yet, time every tile variant the
+/// device takes ([`tuned_tiles`]) (`reps` dispatches, the best of two rounds; GPU timestamps where the adapter
 /// has them, wall clock otherwise) and store the fastest. The forward and
 /// backward passes then use the stored tile; without an entry they pick one by
 /// shape.
@@ -83,7 +93,7 @@ pub fn tune(
         }
         let [tx, tw, ty, tgx] = tensors.as_ref().expect("made above");
         let mut best: Option<(f64, &str)> = None;
-        for (name, tile) in Tile::ALL {
+        for (name, tile) in Tile::ALL.into_iter().filter(|(_, t)| t.fits(ctx)) {
             let mut rec = Recording::new();
             for _ in 0..reps.max(1) {
                 match pass {
