@@ -587,3 +587,215 @@ fn broken_shards_are_skipped_and_counted() {
         report.skipped
     );
 }
+
+/// A tar shard whose members carry `names` as the shard spells them (raw
+/// header bytes: the tar crate refuses to write hostile names, an attacker's
+/// tool does not), each holding `png`.
+fn raw_tar(names: &[String], png: &[u8]) -> Vec<u8> {
+    let mut tar = tar::Builder::new(Vec::new());
+    for name in names {
+        let mut h = tar::Header::new_gnu();
+        let field = &mut h.as_gnu_mut().unwrap().name;
+        assert!(name.len() < field.len() && !name.contains('\0'), "{name:?}");
+        field[..name.len()].copy_from_slice(name.as_bytes());
+        h.set_size(png.len() as u64);
+        h.set_mode(0o644);
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_cksum();
+        tar.append(&h, png).unwrap();
+    }
+    tar.into_inner().unwrap()
+}
+
+/// Every file under `dir`, recursively (symlinks listed, not followed).
+fn all_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in walkdir::WalkDir::new(dir) {
+        let e = e.unwrap();
+        if !e.file_type().is_dir() {
+            out.push(e.path().to_path_buf());
+        }
+    }
+    out
+}
+
+/// Runs the digits model on `shard` with `--out` in each format; returns,
+/// per format, the report and the output folder. Every file under `root`
+/// afterwards must lie in `root/shards` or one of the output folders.
+fn attack_shard_everywhere(
+    root: &Path,
+    shard: &[u8],
+) -> Vec<(advex::report::Report, PathBuf, OutputFormat)> {
+    std::fs::create_dir_all(root.join("shards")).unwrap();
+    write_file(&root.join("shards/evil.tar"), shard);
+    let mut done = Vec::new();
+    for format in [
+        OutputFormat::Png,
+        OutputFormat::WebDataset,
+        OutputFormat::Safetensors,
+    ] {
+        // three levels down, so that '../../../x' still lands inside root
+        let out = root.join(format!("a/b/out_{}", format.name()));
+        let mut o = digits_run("0.1");
+        o.images = root.join("shards/evil.tar");
+        o.out = Some(out.clone());
+        o.format = format;
+        o.quiet = true;
+        let report = run_attack(&o).unwrap();
+        done.push((report, out, format));
+    }
+    let outs: Vec<PathBuf> = done.iter().map(|(_, o, _)| o.clone()).collect();
+    for f in all_files(root) {
+        assert!(
+            f.starts_with(root.join("shards")) || outs.iter().any(|o| f.starts_with(o)),
+            "{} was written outside --out",
+            f.display()
+        );
+    }
+    done
+}
+
+#[test]
+fn hostile_member_names_write_nothing_outside_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().canonicalize().unwrap();
+    let png = std::fs::read(self::root().join("examples/digits/3/1900.png")).unwrap();
+    let abs = format!("{}/abs/escaped3.png", root.display());
+    let hostile: Vec<String> = [
+        "../../../escaped1.png",
+        abs.as_str(),
+        "ok/../../escaped2.png",
+        "C:evil.png",
+        "C:/evil/x.png",
+        "..\\..\\win.png",
+        "\\\\server\\share\\unc.png",
+        "a\\b.png",
+        "ctl\u{1b}[2J.png",
+        "a//b.png",
+        "CON.png",
+        "dir /x.png",
+        "what?.png",
+    ]
+    .map(String::from)
+    .to_vec();
+    let mut names = hostile.clone();
+    names.push("normal.png".into());
+    names.push("./dot/fine.png".into());
+    for (report, out, format) in attack_shard_everywhere(&root, &raw_tar(&names, &png)) {
+        assert_eq!(report.images, 2, "{:?}", report.skipped);
+        assert_eq!(report.skipped.len(), hostile.len(), "{:?}", report.skipped);
+        for s in &report.skipped {
+            // ('..\\..\\win.png' has no '/', so WebDataset's keying, at the
+            // first dot of the base name, leaves it without an image member)
+            let refused = s.reason.contains("cannot name an output file");
+            assert!(refused || s.reason.contains("no image member"), "{s:?}");
+            assert!(
+                !s.image.contains('\u{1b}'),
+                "escape character shown raw: {s:?}"
+            );
+        }
+        if format == OutputFormat::Png {
+            for f in ["normal.png", "dot/fine.png"] {
+                assert!(out.join("eps_0.1").join(f).is_file(), "{f}");
+            }
+            assert_eq!(all_files(&out.join("eps_0.1")).len(), 2);
+        }
+    }
+}
+
+/// Random member names from an alphabet rich in separators, dots, drive and
+/// UNC prefixes: whatever the names, nothing is written outside --out in any
+/// output format, and every member is either written or skipped with a reason.
+#[test]
+fn random_member_names_write_nothing_outside_out() {
+    use rand::Rng;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().canonicalize().unwrap();
+    let png = std::fs::read(self::root().join("examples/digits/3/1900.png")).unwrap();
+    let pieces = [
+        "..", ".", "/", "\\", "C:", "a", "b", "ok", " ", "\u{7}", "CON", "~", "é", "*",
+    ];
+    let mut r = rng(2025);
+    let mut names: Vec<String> = (0..40)
+        .map(|i| {
+            let n = r.random_range(1..7);
+            let body: String = (0..n)
+                .map(|_| pieces[r.random_range(0..pieces.len())])
+                .collect();
+            // a distinct stem per member, so that keys do not merge
+            format!("{body}{i}.png")
+        })
+        .collect();
+    names.sort();
+    names.dedup();
+    for (report, _, _) in attack_shard_everywhere(&root, &raw_tar(&names, &png)) {
+        // (members whose base names start with a dot share WebDataset keys,
+        // so images and skips need not add up to the member count)
+        assert!(
+            report.images > 0,
+            "no random name passed: {:?}",
+            report.skipped
+        );
+        let refused = |s: &advex::data::Skipped| s.reason.contains("cannot name an output file");
+        assert!(report.skipped.iter().any(refused), "no random name refused");
+    }
+}
+
+/// A symlink left in an output folder (a resumed run's) never carries a PNG
+/// out of it: the writer stops with an error naming it before writing any
+/// file of the batch. A symlink that stays inside the folder is followed.
+#[cfg(unix)]
+#[test]
+fn a_symlinked_output_subfolder_is_not_followed_out() {
+    use advex::data::{OutputSpec, OutputWriter, PngCompression, Sample};
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().canonicalize().unwrap();
+    let out = root.join("out");
+    let eps_dir = out.join("eps_0.1");
+    std::fs::create_dir_all(eps_dir.join("real")).unwrap();
+    std::fs::create_dir_all(root.join("elsewhere")).unwrap();
+    std::os::unix::fs::symlink(root.join("elsewhere"), eps_dir.join("sub")).unwrap();
+    std::os::unix::fs::symlink(eps_dir.join("real"), eps_dir.join("inner")).unwrap();
+    let spec = OutputSpec {
+        dir: out.clone(),
+        format: OutputFormat::Png,
+        shard_size: 10,
+        eps: parse_eps_list("0.1").unwrap(),
+        method: "fgsm".into(),
+        shape: [1, 2, 2],
+        png_compression: PngCompression::default(),
+    };
+    let sample = |index: usize, rel: &str| Sample {
+        index,
+        rel: rel.into(),
+        label: 0,
+        clean_pred: 0,
+        adv_pred: 1,
+        adv_prob: 0.5,
+        eps: 0,
+        pixels: vec![7, 8, 9, 10],
+    };
+    let mut w = OutputWriter::new(spec.clone()).unwrap();
+    w.write(vec![sample(0, "y.png"), sample(1, "inner/z.png")])
+        .unwrap();
+    assert!(eps_dir.join("y.png").is_file());
+    assert!(eps_dir.join("real/z.png").is_file());
+    let err = w
+        .write(vec![sample(2, "a.png"), sample(3, "sub/x.png")])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("symlink") && err.contains("sub"), "{err}");
+    assert!(all_files(&root.join("elsewhere")).is_empty());
+    assert!(
+        !eps_dir.join("a.png").exists(),
+        "nothing of the batch is written"
+    );
+    // a name the rules refuse is an error here too, whoever calls the writer
+    let mut w = OutputWriter::new(spec).unwrap();
+    let err = w
+        .write(vec![sample(4, "../../x.png")])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("cannot name an output file"), "{err}");
+    assert!(!root.join("x.png").exists());
+}

@@ -60,11 +60,17 @@ impl ImageEntry {
         Ok(bytes)
     }
 
-    /// How messages name the image.
+    /// How messages name the image (control characters escaped, so that a
+    /// name cannot drive the terminal).
     pub fn display(&self) -> String {
-        match self.member {
+        let shown = match self.member {
             Some(_) => format!("{}:{}", self.path.display(), self.rel),
             None => self.path.display().to_string(),
+        };
+        if shown.chars().any(char::is_control) {
+            super::names::escaped(&shown)
+        } else {
+            shown
         }
     }
 }
@@ -149,8 +155,11 @@ fn read_shard(path: &Path, found: &mut Discovered) -> Result<()> {
         if !entry.header().entry_type().is_file() {
             continue;
         }
+        // The member's name as the shard spells it (a shard's author chooses
+        // it freely): kept as is, so reports show the source; whether it may
+        // name an output file is decided by data::names, once, for every format.
         let name = match entry.path() {
-            Ok(p) => p.to_string_lossy().replace('\\', "/"),
+            Ok(p) => p.to_string_lossy().into_owned(),
             Err(_) => continue,
         };
         let (dir, base) = name

@@ -5,6 +5,7 @@ mod discover;
 mod image_io;
 mod labels;
 mod loader;
+mod names;
 mod output;
 mod resample;
 
@@ -15,6 +16,7 @@ pub use image_io::{
 };
 pub use labels::{assign_labels, LabelSource};
 pub use loader::{Batch, BatchLoader, Skipped};
+pub use names::{escaped, output_path, output_rel, SymlinkGuard};
 pub use output::{
-    png_path, sample_key, OutputFormat, OutputSpec, OutputWriter, Sample, DEFAULT_SHARD_SIZE,
+    admit, png_path, sample_key, OutputFormat, OutputSpec, OutputWriter, Sample, DEFAULT_SHARD_SIZE,
 };

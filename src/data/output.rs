@@ -23,6 +23,7 @@ use std::path::{Path, PathBuf};
 use rayon::prelude::*;
 
 use super::image_io::{encode_png_with, write_atomic, PngCompression};
+use super::{ImageEntry, Skipped};
 use crate::attack::Eps;
 use crate::error::{Error, Result};
 
@@ -89,10 +90,16 @@ pub struct OutputSpec {
 
 /// Writes samples batch by batch (in image order) and finishes shards as the
 /// images move past them.
+///
+/// A PNG is never written through a symlink that leads out of its eps folder
+/// (one left in the folder of a resumed run): the write stops with an error
+/// naming it, before any file of the batch is written.
 pub struct OutputWriter {
     spec: OutputSpec,
     /// Per eps, the shard being written.
     open: Vec<Option<OpenShard>>,
+    /// Per eps, the symlink check of its folder (PNG outputs).
+    guards: Vec<super::names::SymlinkGuard>,
 }
 
 struct OpenShard {
@@ -120,21 +127,75 @@ struct SampleRow {
     adv_prob: f32,
 }
 
-/// WebDataset key: the relative path without its extension, dots replaced.
-pub fn sample_key(rel: &str) -> String {
+/// WebDataset key: the image's output path ([`super::names::output_rel`])
+/// without its extension, dots replaced (WebDataset splits keys at the first
+/// dot). Refuses the names [`super::names`] refuses.
+pub fn sample_key(rel: &str) -> Result<String> {
+    let rel = super::names::output_rel(rel).map_err(|why| {
+        Error::Usage(format!(
+            "image {} cannot name an output file: it {why}",
+            super::names::escaped(rel)
+        ))
+    })?;
     let stem = match rel.rfind('.') {
         Some(i) if !rel[i..].contains('/') => &rel[..i],
-        _ => rel,
+        _ => &rel[..],
     };
-    stem.replace('.', "_")
+    Ok(stem.replace('.', "_"))
 }
 
-/// Output PNG path: `out/eps_<value>/<relative path with .png>`.
-pub fn png_path(out: &Path, eps: &Eps, rel: &str) -> PathBuf {
-    let mut p = out.join(eps.dir_name());
-    p.push(rel);
-    p.set_extension("png");
-    p
+/// Output PNG path: `out/eps_<value>/<relative path with .png>`, inside the
+/// eps folder by construction ([`super::names::output_path`]; names it
+/// refuses are an error).
+pub fn png_path(out: &Path, eps: &Eps, rel: &str) -> Result<PathBuf> {
+    super::names::output_path(&out.join(eps.dir_name()), rel, "png")
+}
+
+/// The images a run may write under `dir` in `format`, one output each: the
+/// rest leave with the reason, in order. Refused: names [`super::names`]
+/// refuses (every format: they also travel in tar keys and metadata); a
+/// second image whose output would overwrite the first's (`a.jpg` and
+/// `a.png` both give `a.png`; WebDataset keys likewise). Depends only on the
+/// names, so every worker and every rerun admits the same images. (Symlinks
+/// in the output folder are the writer's to refuse: see [`OutputWriter`].)
+pub fn admit(entries: Vec<ImageEntry>, format: OutputFormat) -> (Vec<ImageEntry>, Vec<Skipped>) {
+    let mut kept = Vec::with_capacity(entries.len());
+    let mut skipped = Vec::new();
+    let mut taken: std::collections::HashMap<String, String> = Default::default();
+    for e in entries {
+        let mut skip = |reason: String| {
+            skipped.push(Skipped {
+                image: e.display(),
+                reason,
+            })
+        };
+        let rel = match super::names::output_rel(&e.rel) {
+            Ok(r) => r,
+            Err(why) => {
+                skip(format!("its name cannot name an output file: it {why}"));
+                continue;
+            }
+        };
+        let output = match format {
+            OutputFormat::Png => Some(match rel.rfind('.') {
+                Some(i) if !rel[i..].contains('/') => format!("{}.png", &rel[..i]),
+                _ => format!("{rel}.png"),
+            }),
+            OutputFormat::WebDataset => sample_key(&e.rel).ok(),
+            OutputFormat::Safetensors => None,
+        };
+        if let Some(out) = output {
+            if let Some(first) = taken.get(&out) {
+                skip(format!(
+                    "its output {out} would overwrite that of {first}; rename one of them"
+                ));
+                continue;
+            }
+            taken.insert(out, e.display());
+        }
+        kept.push(e);
+    }
+    (kept, skipped)
 }
 
 fn tmp_name(path: &Path) -> PathBuf {
@@ -147,7 +208,12 @@ impl OutputWriter {
             return Err(Error::Usage("--shard-size must be at least 1".into()));
         }
         let open = (0..spec.eps.len()).map(|_| None).collect();
-        Ok(OutputWriter { spec, open })
+        let guards = spec
+            .eps
+            .iter()
+            .map(|e| super::names::SymlinkGuard::new(&spec.dir.join(e.dir_name())))
+            .collect();
+        Ok(OutputWriter { spec, open, guards })
     }
 
     /// Write one batch's samples (any order within the batch; batches in image
@@ -155,13 +221,23 @@ impl OutputWriter {
     pub fn write(&mut self, samples: Vec<Sample>) -> Result<()> {
         let [c, h, w] = self.spec.shape;
         match self.spec.format {
-            OutputFormat::Png => samples.par_iter().try_for_each(|s| {
-                let png = encode_png_with(&s.pixels, c, h, w, self.spec.png_compression)?;
-                write_atomic(
-                    &png_path(&self.spec.dir, &self.spec.eps[s.eps], &s.rel),
-                    &png,
-                )
-            }),
+            OutputFormat::Png => {
+                let mut paths = Vec::with_capacity(samples.len());
+                for s in &samples {
+                    let path = png_path(&self.spec.dir, &self.spec.eps[s.eps], &s.rel)?;
+                    self.guards[s.eps].check(&path).map_err(|why| {
+                        Error::Usage(format!(
+                            "refusing to write {}: {why}; remove that link from --out, or use another --out",
+                            path.display()
+                        ))
+                    })?;
+                    paths.push(path);
+                }
+                samples.par_iter().zip(&paths).try_for_each(|(s, path)| {
+                    let png = encode_png_with(&s.pixels, c, h, w, self.spec.png_compression)?;
+                    write_atomic(path, &png)
+                })
+            }
             OutputFormat::WebDataset => {
                 let pngs: Vec<Vec<u8>> = samples
                     .par_iter()
@@ -228,7 +304,7 @@ impl OutputWriter {
     }
 
     fn append_tar(&mut self, s: &Sample, png: &[u8]) -> Result<()> {
-        let key = sample_key(&s.rel);
+        let key = sample_key(&s.rel)?;
         let eps = &self.spec.eps[s.eps];
         let json = serde_json::json!({
             "source": s.rel,

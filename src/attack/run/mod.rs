@@ -156,7 +156,15 @@ struct Prepared {
 fn prepare(opts: &RunOptions) -> Result<Prepared> {
     let model = Arc::new(crate::load_model_or_bundled(opts.model.as_deref())?);
     let found = discover(&opts.images)?;
-    let entries = found.entries;
+    let mut skipped = found.skipped;
+    let mut entries = found.entries;
+    if opts.out.is_some() {
+        // Every image's output path decided before any work: names that
+        // cannot name a file inside the output folder are skipped here.
+        let (kept, refused) = crate::data::admit(entries, opts.format);
+        entries = kept;
+        skipped.extend(refused);
+    }
     let classes = model.classes.as_deref();
     let (labels, label_source) = assign_labels(
         &entries,
@@ -184,7 +192,7 @@ fn prepare(opts: &RunOptions) -> Result<Prepared> {
         labels,
         label_source,
         prep,
-        skipped: found.skipped,
+        skipped,
     })
 }
 
