@@ -67,11 +67,7 @@ impl ImageEntry {
             Some(_) => format!("{}:{}", self.path.display(), self.rel),
             None => self.path.display().to_string(),
         };
-        if shown.chars().any(char::is_control) {
-            super::names::escaped(&shown)
-        } else {
-            shown
-        }
+        super::names::printable(&shown)
     }
 }
 
@@ -137,6 +133,7 @@ fn read_shard(path: &Path, found: &mut Discovered) -> Result<()> {
     let mut archive = tar::Archive::new(std::io::BufReader::new(file));
     let mut keys: std::collections::BTreeMap<String, KeyMembers> = Default::default();
     let skip = |found: &mut Discovered, image: String, reason: String| {
+        let image = super::names::printable(&image);
         found.skipped.push(super::Skipped { image, reason })
     };
     let entries = archive.entries().map_err(|e| Error::io(path, e))?;
@@ -316,7 +313,10 @@ fn finish(root: &Path, mut found: Discovered) -> Result<Discovered> {
         if kept.last().is_some_and(|k| k.rel == e.rel) {
             found.skipped.push(super::Skipped {
                 image: e.display(),
-                reason: format!("{} appears twice (another shard has the same key)", e.rel),
+                reason: format!(
+                    "{} appears twice (another shard has the same key)",
+                    super::names::printable(&e.rel)
+                ),
             });
             continue;
         }

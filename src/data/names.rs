@@ -115,6 +115,16 @@ pub fn escaped(name: &str) -> String {
     format!("{name:?}")
 }
 
+/// `s` as it is, or [`escaped`] when it holds control characters: how
+/// messages show a name a stranger chose.
+pub fn printable(s: &str) -> String {
+    if s.chars().any(char::is_control) {
+        escaped(s)
+    } else {
+        s.to_string()
+    }
+}
+
 /// Refuses output paths that leave their folder through a symlink: a folder
 /// on the way that is a symlink to somewhere outside `root` (a symlink
 /// inside `root` that stays inside is fine). Folders are checked once each.
