@@ -15,6 +15,7 @@ pub mod onnx;
 pub mod ops;
 pub mod plan;
 pub mod report;
+pub mod run;
 
 pub use error::{Error, ModelError, Result};
 pub use gpu::{Context, ContextOptions, DType, KernelStyle, Shape, Tensor};

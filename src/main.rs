@@ -91,9 +91,9 @@ fn run(cli: Cli) -> Result<(), Error> {
             let mut o = common.options();
             o.eps = advex::attack::parse_l2_eps_list(&eps)?; // L-inf methods check <= 1
             o.target = match target.as_deref() {
-                None => advex::attack::TargetSpec::None,
-                Some("least-likely") => advex::attack::TargetSpec::LeastLikely,
-                Some(t) => advex::attack::TargetSpec::Class(t.to_string()),
+                None => advex::run::TargetSpec::None,
+                Some("least-likely") => advex::run::TargetSpec::LeastLikely,
+                Some(t) => advex::run::TargetSpec::Class(t.to_string()),
             };
             o.out = out;
             o.format = advex::data::OutputFormat::parse(&format).expect("clap checks --format");
@@ -122,7 +122,7 @@ fn run(cli: Cli) -> Result<(), Error> {
                 minimal,
                 count_rounding,
             };
-            let report = advex::attack::run_attack(&o)?;
+            let report = advex::run::run_attack(&o)?;
             print_attack_summary(&report);
             Ok(())
         }
@@ -286,7 +286,7 @@ fn run(cli: Cli) -> Result<(), Error> {
             Ok(())
         }
         Command::Merge { dir } => {
-            let report = advex::attack::write_merged(&dir)?;
+            let report = advex::run::write_merged(&dir)?;
             println!(
                 "merged {} images into {}: report.json, predictions.csv, accuracy.svg",
                 report.images,
@@ -296,7 +296,7 @@ fn run(cli: Cli) -> Result<(), Error> {
             Ok(())
         }
         Command::Eval { common } => {
-            let (rows, report) = advex::attack::run_eval(&common.options())?;
+            let (rows, report) = advex::run::run_eval(&common.options())?;
             if common.predictions.is_none() && rows.len() <= 50 {
                 for r in &rows {
                     println!(

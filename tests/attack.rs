@@ -6,12 +6,11 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use advex::attack::{
-    parse_eps_list, run_attack, run_eval, FgsmPlan, RunOptions, Target, TargetSpec,
-};
+use advex::attack::{parse_eps_list, FgsmPlan, Target};
 use advex::data::{load_image, OutputFormat, Preprocessor};
 use advex::model::Model;
 use advex::plan::GpuModel;
+use advex::run::{run_attack, run_eval, RunOptions, TargetSpec};
 use common::*;
 use serde_json::Value;
 

@@ -14,7 +14,7 @@
 //! alone (every image's attack is independent of the others'), without
 //! AutoAttack's saving of skipping them.
 
-use super::fgsm::{AttackPlan, PendingBatch};
+use super::batch_plan::{AttackPlan, PendingBatch};
 use super::method::Cascade;
 use super::outcome::BatchOutcome;
 use super::Target;

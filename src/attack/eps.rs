@@ -19,6 +19,20 @@ impl Eps {
     pub fn dir_name(&self) -> String {
         format!("eps_{}", self.text.replace('/', "_"))
     }
+
+    /// This eps in 8-bit levels (what `--minimal` searches below), refused
+    /// when it is not on the grid.
+    pub fn levels(&self) -> Result<u32> {
+        let k = (self.exact * 255.0).round();
+        if (self.exact * 255.0 - k).abs() > 1e-6 || !(1.0..=255.0).contains(&k) {
+            return Err(Error::Usage(format!(
+                "--minimal searches the 8-bit grid below --eps, so give an eps on it \
+                 between 1/255 and 1 (e.g. 16/255), not {}",
+                self.text
+            )));
+        }
+        Ok(k as u32)
+    }
 }
 
 fn parse_one(item: &str, max: f64) -> Result<Eps> {

@@ -13,7 +13,7 @@ use crate::ops::loss::{argmax_prob, ARGMAX_PROB_WIDTH};
 const W: usize = ARGMAX_PROB_WIDTH as usize;
 use crate::plan::{ForwardPlan, GpuModel};
 
-use super::fgsm::{LabelMode, LabelParams};
+use super::batch_plan::{LabelMode, LabelParams};
 
 pub struct EvalPlan {
     ctx: Arc<Context>,

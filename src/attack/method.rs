@@ -204,7 +204,7 @@ impl AttackSpec {
         if r.minimal {
             match eps {
                 [one] => {
-                    super::minimal::eps_levels(one)?;
+                    one.levels()?;
                 }
                 _ => {
                     return Err(Error::Usage(format!(

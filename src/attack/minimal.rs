@@ -12,7 +12,7 @@ use std::sync::Arc;
 use super::apgd::Io;
 use super::replay::Builder;
 use super::Eps;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::gpu::{Binding, Context, DType, Kernel, Shader, Shape, Tensor, WORKGROUP_IMAGES};
 
 /// Mirrors `BisectParams` in `shaders/attack/attack.wgsl`.
@@ -40,19 +40,6 @@ pub(super) struct Bisect {
     top: u32,
 }
 
-/// The run's eps in 8-bit levels, refused when it is not on the grid.
-pub fn eps_levels(eps: &Eps) -> Result<u32> {
-    let k = (eps.exact * 255.0).round();
-    if (eps.exact * 255.0 - k).abs() > 1e-6 || !(1.0..=255.0).contains(&k) {
-        return Err(Error::Usage(format!(
-            "--minimal searches the 8-bit grid below --eps, so give an eps on it \
-             between 1/255 and 1 (e.g. 16/255), not {}",
-            eps.text
-        )));
-    }
-    Ok(k as u32)
-}
-
 impl Bisect {
     pub fn new(
         c: &Context,
@@ -62,7 +49,7 @@ impl Bisect {
         eps: &Eps,
         logits: DType,
     ) -> Result<Self> {
-        let top = eps_levels(eps)?;
+        let top = eps.levels()?;
         let mid = c.kernel(
             Shader::Attack,
             DType::F32,

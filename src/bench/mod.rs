@@ -207,8 +207,8 @@ pub fn run_bench(
     if let Some(note) = spec.fit_to_model(model.num_classes())? {
         eprintln!("note: {note}");
     }
-    let gpus = crate::attack::open_gpus(
-        &crate::attack::DeviceOptions {
+    let gpus = crate::run::open_gpus(
+        &crate::run::DeviceOptions {
             adapter: opts.adapter.clone(),
             devices: opts.devices.clone(),
             require_gpu: opts.require_gpu,

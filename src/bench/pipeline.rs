@@ -21,13 +21,14 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::attack::{parse_eps_list, run_attack, run_eval, RunOptions};
+use crate::attack::parse_eps_list;
 use crate::data::{
     decode_bytes, discover, encode_png, to_input, write_atomic, BatchLoader, OutputFormat,
     OutputSpec, OutputWriter, Preprocessor, Sample, DEFAULT_SHARD_SIZE,
 };
 use crate::error::{Error, Result};
 use crate::gpu::Shape;
+use crate::run::{run_attack, run_eval, RunOptions};
 use crate::Context;
 
 /// What `advex bench --pipeline` takes.
@@ -361,8 +362,8 @@ pub fn run_pipeline(opts: &PipelineOptions, scratch: &Path) -> Result<PipelineRe
         }
     };
     let model = crate::load_model(&model_path)?;
-    let gpus = crate::attack::open_gpus(
-        &crate::attack::DeviceOptions {
+    let gpus = crate::run::open_gpus(
+        &crate::run::DeviceOptions {
             adapter: opts.adapter.clone(),
             devices: opts.devices.clone(),
             require_gpu: opts.require_gpu,

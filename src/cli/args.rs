@@ -82,8 +82,8 @@ pub(crate) struct ImageArgs {
 }
 
 impl ImageArgs {
-    pub(crate) fn options(&self) -> advex::attack::RunOptions {
-        let mut o = advex::attack::RunOptions::bundled(&self.images);
+    pub(crate) fn options(&self) -> advex::run::RunOptions {
+        let mut o = advex::run::RunOptions::bundled(&self.images);
         o.model = self.model.clone();
         o.labels = self.labels.clone();
         o.predictions = self.predictions.clone();

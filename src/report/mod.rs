@@ -132,7 +132,7 @@ pub struct Report {
     /// The share of a sharded run this report covers, when it is not the
     /// whole run (see `advex merge`).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub worker: Option<crate::attack::Worker>,
+    pub worker: Option<crate::run::Worker>,
 }
 
 impl Report {

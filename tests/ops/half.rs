@@ -295,13 +295,13 @@ fn f16_overflow_is_an_error_that_says_what_to_do() {
     }
     let path = b.write(dir.path(), "big.safetensors", advex::model::Dtype::F32);
     let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let mut o = advex::attack::RunOptions::new(&path, root.join("examples/photos"));
+    let mut o = advex::run::RunOptions::new(&path, root.join("examples/photos"));
     o.eps = parse_eps_list("1/255").unwrap();
     o.batch_size = Some(2);
-    let r = advex::attack::run_attack(&o).expect("f32 runs");
+    let r = advex::run::run_attack(&o).expect("f32 runs");
     assert!(r.clean.accuracy.is_finite());
     o.precision = DType::F16;
-    let err = advex::attack::run_attack(&o).expect_err("f16 overflows");
+    let err = advex::run::run_attack(&o).expect_err("f16 overflows");
     let msg = err.to_string();
     assert!(msg.contains("--precision f32"), "{msg}");
 }

@@ -121,7 +121,7 @@ pub fn run_attack(opts: &RunOptions) -> Result<Report> {
     let stage_names = attack.names();
     let minimal = opts.attack.minimal;
     let top_level = if minimal {
-        Some(crate::attack::minimal::eps_levels(&opts.eps[0])?)
+        Some(opts.eps[0].levels()?)
     } else {
         None
     };

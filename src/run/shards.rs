@@ -368,7 +368,7 @@ fn merge_where(dir: &Path, share: Option<&Worker>) -> Result<(Report, Vec<u8>)> 
         csv.extend(std::fs::read(&rows).map_err(|e| Error::io(&rows, e))?);
     }
     let images = clean.images as usize;
-    let eps = super::parse_eps_list(&m.eps.join(","))?;
+    let eps = crate::attack::parse_eps_list(&m.eps.join(","))?;
     let report = Report {
         model: m.model.clone(),
         adapter: records

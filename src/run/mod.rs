@@ -1,12 +1,20 @@
-//! Whole runs over a folder of images: `advex attack` (`attack.rs`) and
-//! `advex eval` (`eval.rs`); here their options, preparation (discovery,
-//! labels, the model) and what both share.
+//! The jobs that run the attacks of [`crate::attack`] over folders and
+//! shards: `advex attack` (`attack.rs`) and `advex eval` (`eval.rs`),
+//! sharded and resumable runs and `advex merge` (`shards.rs`), workers of a
+//! job array (`worker.rs`) and several devices (`devices.rs`); here their
+//! options, preparation (discovery, labels, the model) and what both share.
 
 mod attack;
+pub mod devices;
 mod eval;
+pub mod shards;
+pub mod worker;
 
 pub use attack::run_attack;
+pub use devices::{open_gpus, run_ordered, run_pipelined, DeviceOptions};
 pub use eval::{run_eval, EvalRow};
+pub use shards::{merge_run, write_merged, Manifest};
+pub use worker::{resolve_worker, Worker};
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -14,10 +22,8 @@ use std::sync::mpsc::sync_channel;
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::devices::{open_gpus, run_ordered, run_pipelined, DeviceOptions};
-use super::shards::{self, digest, open_run, Manifest, ShardRecord};
-use super::worker::{resolve_worker, Worker};
-use super::{image_id, AttackRequest, Cascade, CascadePlan, Eps, EvalPlan, Pred, Target};
+use self::shards::{digest, open_run, ShardRecord};
+use crate::attack::{image_id, AttackRequest, Cascade, CascadePlan, Eps, EvalPlan, Pred, Target};
 use crate::data::{
     assign_labels, discover, write_atomic, BatchLoader, ImageEntry, LabelSource, OutputFormat,
     OutputSpec, OutputWriter, PngCompression, Preprocessor, Sample, Skipped, DEFAULT_SHARD_SIZE,
