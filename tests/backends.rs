@@ -22,6 +22,9 @@ fn values(name: &str) -> &'static [f64] {
         "WG_M" => &[16.0, 64.0],
         "TM" | "TN" => &[4.0, 8.0],
         "BK" => &[8.0, 16.0],
+        // workgroup array lengths (vec4s): the smallest and largest tiles'
+        "A_LEN" => &[256.0, 1024.0],
+        "B_LEN" => &[40.0, 544.0],
         "WG" => &[64.0, 128.0, 256.0],
         "WG_IMAGES" => &[32.0, 64.0],
         "KH" | "KW" => &[1.0, 3.0, 5.0, 7.0],
@@ -362,6 +365,86 @@ fn shader_names_are_unique() {
         assert!(
             s.source().contains("@compute"),
             "{s}: no compute entry point"
+        );
+    }
+}
+
+/// The layering of issue 21: `src/attack` (the algorithms) never imports
+/// `src/run` (the jobs that run them), and its modules import one another
+/// without a circle.
+#[test]
+fn attack_modules_import_no_circle_and_nothing_from_run() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/attack");
+    let mut modules: std::collections::BTreeMap<String, std::collections::BTreeSet<String>> =
+        Default::default();
+    for e in walkdir::WalkDir::new(&root) {
+        let e = e.unwrap();
+        if e.path().extension().is_none_or(|x| x != "rs") {
+            continue;
+        }
+        let rel = e.path().strip_prefix(&root).unwrap();
+        let module = rel
+            .components()
+            .next()
+            .unwrap()
+            .as_os_str()
+            .to_string_lossy()
+            .trim_end_matches(".rs")
+            .to_string();
+        let text = std::fs::read_to_string(e.path()).unwrap();
+        let code: Vec<&str> = text
+            .lines()
+            .filter(|l| !l.trim_start().starts_with("//"))
+            .collect();
+        for line in &code {
+            assert!(
+                !line.contains("crate::run"),
+                "{}: src/attack imports from src/run: {line}",
+                rel.display()
+            );
+        }
+        if module == "mod" {
+            continue;
+        }
+        let deps = modules.entry(module.clone()).or_default();
+        for line in &code {
+            for prefix in ["super::", "crate::attack::"] {
+                for (i, _) in line.match_indices(prefix) {
+                    let name: String = line[i + prefix.len()..]
+                        .chars()
+                        .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+                        .collect();
+                    if !name.is_empty() && name != module {
+                        deps.insert(name);
+                    }
+                }
+            }
+        }
+    }
+    assert!(modules.len() >= 8, "{modules:?}");
+    let names: std::collections::BTreeSet<String> = modules.keys().cloned().collect();
+    // depth-first search for a path back to the start
+    fn reaches(
+        g: &std::collections::BTreeMap<String, std::collections::BTreeSet<String>>,
+        from: &str,
+        to: &str,
+        seen: &mut std::collections::BTreeSet<String>,
+    ) -> bool {
+        for d in g.get(from).into_iter().flatten() {
+            if d == to || (seen.insert(d.clone()) && reaches(g, d, to, seen)) {
+                return true;
+            }
+        }
+        false
+    }
+    let graph: std::collections::BTreeMap<_, std::collections::BTreeSet<String>> = modules
+        .iter()
+        .map(|(m, d)| (m.clone(), d.intersection(&names).cloned().collect()))
+        .collect();
+    for m in &names {
+        assert!(
+            !reaches(&graph, m, m, &mut Default::default()),
+            "src/attack/{m} imports itself through a circle: {graph:?}"
         );
     }
 }
