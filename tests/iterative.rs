@@ -927,3 +927,67 @@ fn batches_split_to_fit_a_small_binding_limit() {
         }
     }
 }
+
+/// Cascades attack later only what is still robust (AutoAttack's saving):
+/// the robust images of a batch run packed in a smaller plan, and every
+/// result (predictions, norms, first successes, pixels, which attack is
+/// kept) is what running each attack on the whole batch gives.
+#[test]
+fn cascades_attack_later_only_what_is_still_robust() {
+    let (gpu, paths, pixels) = digits();
+    let n = 40usize;
+    let ids: Vec<u32> = paths[..n].iter().map(|p| image_id(p)).collect();
+    let labels = vec![None; n];
+    // 0.05 leaves most digits robust to FGSM, 0.3 almost none
+    let eps = parse_eps_list("0.05,0.3").unwrap();
+    for (method, steps) in [("fgsm,bim", None), ("apgd-ce,apgd-t", Some(4))] {
+        let c = advex::attack::Cascade::resolve(
+            &AttackRequest {
+                method: Some(method.into()),
+                steps,
+                ..Default::default()
+            },
+            &eps,
+            true,
+            Target::Untargeted,
+        )
+        .unwrap();
+        let packed = advex::attack::CascadePlan::new(&gpu, n as u32, &c).unwrap();
+        let mut whole = advex::attack::CascadePlan::new(&gpu, n as u32, &c).unwrap();
+        whole.set_compaction(false);
+        let run = |p: &advex::attack::CascadePlan, range: std::ops::Range<usize>| {
+            p.run_ids(
+                &pixels[range.start * 784..range.end * 784],
+                &labels[range.clone()],
+                &ids[range],
+                true,
+            )
+            .unwrap()
+        };
+        for range in [0..n, 0..7] {
+            let a = run(&packed, range.clone());
+            let b = run(&whole, range.clone());
+            assert_eq!(a.labels, b.labels);
+            assert_eq!(a.stages, b.stages, "{method}: the attack kept per image");
+            for e in 0..eps.len() {
+                let classes = |o: &advex::attack::BatchOutcome| -> Vec<u32> {
+                    o.adv[e].iter().map(|p| p.class).collect()
+                };
+                assert_eq!(classes(&a), classes(&b), "{method} eps {e}: predictions");
+                assert_eq!(a.norms[e], b.norms[e], "{method} eps {e}: norms");
+                assert_eq!(a.first_success[e], b.first_success[e], "{method} eps {e}");
+                assert!(
+                    a.images.as_ref().unwrap()[e] == b.images.as_ref().unwrap()[e],
+                    "{method} eps {e}: pixels differ with compaction"
+                );
+            }
+        }
+        // The second attack ran on fewer images than the batch.
+        let sizes = packed.smaller_sizes(1);
+        assert!(
+            !sizes.is_empty() && sizes.iter().all(|&s| s < n as u32),
+            "{method}: later attack sizes {sizes:?}"
+        );
+        assert!(whole.smaller_sizes(1).is_empty());
+    }
+}

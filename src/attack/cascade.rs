@@ -8,11 +8,19 @@
 //! once per part (results are per image, so they do not change; one submit
 //! per part instead of per batch).
 //!
-//! Each attack is its own [`AttackPlan`], one submit per batch. A later attack
-//! runs on the whole batch and its results are taken only where no earlier
-//! attack succeeded: results are identical to running it on the robust images
-//! alone (every image's attack is independent of the others'), without
-//! AutoAttack's saving of skipping them.
+//! Each attack is its own [`AttackPlan`], one submit per batch. As in
+//! AutoAttack, a later attack runs only on the images still robust at some
+//! eps after the earlier ones: they are packed, through the host, into a plan
+//! of the smallest power-of-two batch that holds them (built on first use,
+//! then kept), so its cost follows the robust count, and an attack with none
+//! left is not run. Results are identical to running every attack on the
+//! whole batch and keeping the first success, since an image's attack
+//! depends on nothing but the image (its id keys the random numbers; tests
+//! pin this). With `--minimal` every attack runs on every image, since a
+//! later one may find a smaller eps.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
 
 use super::batch_plan::{AttackPlan, PendingBatch};
 use super::method::Cascade;
@@ -27,6 +35,12 @@ pub struct CascadePlan {
     pub stages: Vec<AttackPlan>,
     /// The batch size asked for; the plans run `stages[0].batch` at a time.
     batch: u32,
+    /// Later attacks only on the images still robust (see the module's text).
+    compact: bool,
+    /// For building the smaller plans later attacks run on.
+    gpu: GpuModel,
+    /// Per later attack, its plans at the smaller batch sizes, by size.
+    smaller: Vec<Mutex<BTreeMap<u32, AttackPlan>>>,
 }
 
 /// The largest tensor an attack plan binds, in bytes per image: the model's
@@ -80,7 +94,30 @@ impl CascadePlan {
             .iter()
             .map(|s| AttackPlan::with_spec(gpu, part, s))
             .collect::<Result<Vec<_>>>()?;
-        Ok(CascadePlan { stages, batch })
+        let compact = stages.len() > 1 && !cascade.stages.iter().any(|s| s.minimal);
+        Ok(CascadePlan {
+            smaller: (0..stages.len()).map(|_| Mutex::default()).collect(),
+            stages,
+            batch,
+            compact,
+            gpu: gpu.clone(),
+        })
+    }
+
+    /// The smaller batch sizes later attack `stage` has run on so far
+    /// (compacting: the plans built for the robust images).
+    pub fn smaller_sizes(&self, stage: usize) -> Vec<u32> {
+        self.smaller
+            .get(stage)
+            .map(|m| m.lock().expect("a plan cache").keys().copied().collect())
+            .unwrap_or_default()
+    }
+
+    /// Whether later attacks run only on the images still robust (the
+    /// default for cascades without `--minimal`); `false` runs every attack
+    /// on every image, as before (for tests and measurements).
+    pub fn set_compaction(&mut self, on: bool) {
+        self.compact = on && self.stages.len() > 1;
     }
 
     /// The batch size asked for.
@@ -135,10 +172,12 @@ impl CascadePlan {
         }
         let part = self.part() as usize;
         let item = pixels.len() / labels.len();
+        // Compacting, only the first attack is submitted now: the later ones
+        // wait for its results (finish).
+        let submitted = if self.compact { 1 } else { self.stages.len() };
         let mut parts_out = Vec::new();
         for r in parts(labels.len(), part) {
-            let stages = self
-                .stages
+            let stages = self.stages[..submitted]
                 .iter()
                 .map(|p| {
                     p.submit_ids(
@@ -149,22 +188,37 @@ impl CascadePlan {
                     )
                 })
                 .collect::<Result<Vec<_>>>()?;
-            parts_out.push(stages);
+            let input = self.compact.then(|| PartInput {
+                pixels: pixels[r.start * item..r.end * item].to_vec(),
+                labels: labels[r.clone()].to_vec(),
+                ids: ids[r.clone()].to_vec(),
+            });
+            parts_out.push((stages, input));
         }
-        Ok(PendingCascade { parts: parts_out })
+        Ok(PendingCascade {
+            parts: parts_out,
+            want_images,
+        })
     }
 
-    /// The second half of [`CascadePlan::run_ids`]: wait, decode, combine.
+    /// The second half of [`CascadePlan::run_ids`]: wait, decode, combine
+    /// (compacting: each later attack on what is still robust, in turn).
     pub fn finish(&self, p: PendingCascade) -> Result<BatchOutcome> {
         let targeted = self.stages[0].spec.target != Target::Untargeted;
         let mut out: Option<BatchOutcome> = None;
-        for stages in p.parts {
-            let outs = self
+        for (stages, input) in p.parts {
+            let mut outs = self
                 .stages
                 .iter()
                 .zip(stages)
                 .map(|(plan, pending)| plan.finish(pending))
                 .collect::<Result<Vec<_>>>()?;
+            if let Some(input) = input {
+                for s in 1..self.stages.len() {
+                    let o = self.on_robust(s, &outs, &input, targeted, p.want_images)?;
+                    outs.push(o);
+                }
+            }
             let o = combine(outs, targeted);
             match out.as_mut() {
                 None => out = Some(o),
@@ -173,12 +227,111 @@ impl CascadePlan {
         }
         Ok(out.expect("at least one part"))
     }
+
+    /// Attack `s` of the cascade on the images of one part still robust at
+    /// some eps after `done` (attacks 0..s), packed into the smallest plan
+    /// that holds them; the outcome is the part's, with the rows of the
+    /// others left as attack 0's (`combine` never reads them: an earlier
+    /// attack succeeded at every eps there).
+    fn on_robust(
+        &self,
+        s: usize,
+        done: &[BatchOutcome],
+        input: &PartInput,
+        targeted: bool,
+        want_images: bool,
+    ) -> Result<BatchOutcome> {
+        let first = &done[0];
+        let count = first.labels.len();
+        let rows: Vec<usize> = (0..count)
+            .filter(|&j| {
+                let label = first.labels[j];
+                let tgt = targeted.then_some(first.loss_labels[j]);
+                (0..first.adv.len()).any(|e| {
+                    !done
+                        .iter()
+                        .any(|o| attack_success(o.adv[e][j].class, label, tgt))
+                })
+            })
+            .collect();
+        let mut full = shadow(first, want_images);
+        if rows.is_empty() {
+            return Ok(full);
+        }
+        let item = input.pixels.len() / count;
+        let pixels: Vec<f32> = rows
+            .iter()
+            .flat_map(|&j| input.pixels[j * item..(j + 1) * item].iter().copied())
+            .collect();
+        let labels: Vec<Option<u32>> = rows.iter().map(|&j| input.labels[j]).collect();
+        let ids: Vec<u32> = rows.iter().map(|&j| input.ids[j]).collect();
+        let size = (rows.len() as u32).next_power_of_two();
+        let mut o = if size >= self.part() {
+            self.stages[s].run_ids(&pixels, &labels, &ids, want_images)?
+        } else {
+            let mut plans = self.smaller[s].lock().expect("a plan cache");
+            let plan = match plans.entry(size) {
+                std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::btree_map::Entry::Vacant(e) => {
+                    let spec = &self.stages[s].spec;
+                    e.insert(AttackPlan::with_spec(&self.gpu, size, spec)?)
+                }
+            };
+            plan.run_ids(&pixels, &labels, &ids, want_images)?
+        };
+        for (c, &j) in rows.iter().enumerate() {
+            for e in 0..full.adv.len() {
+                full.adv[e][j] = o.adv[e][c];
+                full.norms[e][j] = o.norms[e][c];
+                full.first_success[e][j] = o.first_success[e][c];
+                if let (Some(f), Some(r)) = (full.raw_adv.as_mut(), o.raw_adv.as_ref()) {
+                    f[e][j] = r[e][c];
+                }
+                if let (Some(f), Some(i)) = (full.images.as_mut(), o.images.as_mut()) {
+                    f[e][j] = std::mem::take(&mut i[e][c]);
+                }
+            }
+        }
+        Ok(full)
+    }
 }
 
-/// A batch submitted by [`CascadePlan::submit_ids`]: per part, per attack.
+/// `o`'s per-image results, the images left empty: the rows a later attack
+/// does not run on (see [`CascadePlan::on_robust`]).
+fn shadow(o: &BatchOutcome, want_images: bool) -> BatchOutcome {
+    BatchOutcome {
+        labels: o.labels.clone(),
+        loss_labels: o.loss_labels.clone(),
+        clean: o.clean.clone(),
+        adv: o.adv.clone(),
+        raw_adv: o.raw_adv.clone(),
+        norms: o.norms.clone(),
+        first_success: o.first_success.clone(),
+        images: want_images.then(|| {
+            o.adv
+                .iter()
+                .map(|row| vec![Vec::new(); row.len()])
+                .collect()
+        }),
+        stages: None,
+        grad_norm: None,
+        min_eps: None,
+    }
+}
+
+/// A batch submitted by [`CascadePlan::submit_ids`]: per part, the attacks
+/// submitted, and (compacting) the part's input for the later ones.
 #[must_use = "CascadePlan::finish gives the outcome (and any error)"]
 pub struct PendingCascade {
-    parts: Vec<Vec<PendingBatch>>,
+    parts: Vec<(Vec<PendingBatch>, Option<PartInput>)>,
+    want_images: bool,
+}
+
+/// One part's images, labels and ids, kept for the later attacks.
+struct PartInput {
+    pixels: Vec<f32>,
+    labels: Vec<Option<u32>>,
+    ids: Vec<u32>,
 }
 
 /// The pointwise worst case of the attacks' outcomes on one batch.

@@ -26,13 +26,16 @@ use lower::Lowering;
 pub use tune::TuneReport;
 
 /// Device copies of a model's parameters.
+#[derive(Clone)]
 enum Weights {
     None,
     Conv { w: Tensor, b: Option<Tensor> },
     Affine { scale: Tensor, shift: Tensor },
 }
 
-/// A model uploaded to a device.
+/// A model uploaded to a device. Clones are cheap and share the device
+/// copies (weights, prepared layouts).
+#[derive(Clone)]
 pub struct GpuModel {
     pub ctx: Arc<Context>,
     pub model: Arc<Model>,
@@ -50,7 +53,7 @@ pub struct GpuModel {
     pub dtype: DType,
     /// Weight copies in the layouts some kernels need, made once for every
     /// plan of this model (see [`ops::prepared`]).
-    pub prepared: ops::prepared::PreparedWeights,
+    pub prepared: Arc<ops::prepared::PreparedWeights>,
 }
 
 fn vector(ctx: &Context, data: &[f32], dtype: DType, label: &str) -> Result<Tensor> {
@@ -138,7 +141,7 @@ impl GpuModel {
             fused_from,
             logits,
             dtype,
-            prepared: ops::prepared::PreparedWeights::new(),
+            prepared: Arc::new(ops::prepared::PreparedWeights::new()),
         })
     }
 
