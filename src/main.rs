@@ -82,6 +82,7 @@ fn run(cli: Cli) -> Result<(), Error> {
             png_compression,
             worker,
             overwrite,
+            verify,
             plot,
             gallery,
             gallery_images,
@@ -102,6 +103,7 @@ fn run(cli: Cli) -> Result<(), Error> {
             o.png_compression = advex::data::PngCompression::parse(&png_compression)
                 .expect("clap checks --png-compression");
             o.overwrite = overwrite;
+            o.verify = verify;
             o.plot = plot;
             o.gallery = gallery;
             o.gallery_pick = advex::report::gallery::GalleryPick::parse(&gallery_images)?;
@@ -293,6 +295,17 @@ fn run(cli: Cli) -> Result<(), Error> {
                 dir.display()
             );
             print_attack_summary(&report);
+            Ok(())
+        }
+        Command::Verify { dir } => {
+            let checked = advex::run::shards::verify_run(&dir)?;
+            println!(
+                "{} is intact: {} shards, {} files checked by size and digest; report.json and \
+                 predictions.csv are their merge",
+                dir.display(),
+                checked.shards,
+                checked.files
+            );
             Ok(())
         }
         Command::Eval { common } => {

@@ -798,3 +798,205 @@ fn a_symlinked_output_subfolder_is_not_followed_out() {
     assert!(err.contains("cannot name an output file"), "{err}");
     assert!(!root.join("x.png").exists());
 }
+
+/// Copy the folder `from` to `to` (files and folders).
+fn copy_tree(from: &Path, to: &Path) {
+    for e in walkdir::WalkDir::new(from) {
+        let e = e.unwrap();
+        let dst = to.join(e.path().strip_prefix(from).unwrap());
+        if e.file_type().is_dir() {
+            std::fs::create_dir_all(&dst).unwrap();
+        } else {
+            std::fs::copy(e.path(), &dst).unwrap();
+        }
+    }
+}
+
+/// What a finished run's folder says, for comparing runs: every file's
+/// bytes by path, `report.json` without its timing.
+fn run_contents(dir: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    let mut out = std::collections::BTreeMap::new();
+    for e in walkdir::WalkDir::new(dir) {
+        let e = e.unwrap();
+        let rel = e
+            .path()
+            .strip_prefix(dir)
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        // markers hold timings and file lists of their own run
+        if !e.file_type().is_file() || rel.starts_with("shards/") && rel.ends_with(".json") {
+            continue;
+        }
+        let mut bytes = std::fs::read(e.path()).unwrap();
+        if rel == "report.json" {
+            let mut v: Value = serde_json::from_slice(&bytes).unwrap();
+            v.as_object_mut().unwrap().remove("timing");
+            bytes = serde_json::to_vec(&v).unwrap();
+        }
+        out.insert(rel, bytes);
+    }
+    out
+}
+
+fn sharded_run(out: &Path, format: OutputFormat) -> RunOptions {
+    let mut o = digits_run("0.1,0.2");
+    o.out = Some(out.to_path_buf());
+    o.format = format;
+    o.shard_size = 10;
+    o.quiet = true;
+    o
+}
+
+/// Issue 24's damage matrix: whatever a disk, a sync or a person does to a
+/// finished run's shards, a rerun of the same command ends identical to the
+/// undamaged run (it redoes what it finds damaged), and a merge of damaged
+/// rows is refused with what to run. For every output format.
+#[test]
+fn damaged_runs_are_redone_or_refused_never_merged() {
+    let dir = tempfile::tempdir().unwrap();
+    for format in [
+        OutputFormat::Png,
+        OutputFormat::WebDataset,
+        OutputFormat::Safetensors,
+    ] {
+        let reference = dir.path().join(format!("ref_{}", format.name()));
+        run_attack(&sharded_run(&reference, format)).unwrap();
+        advex::run::shards::verify_run(&reference).unwrap();
+        let want = run_contents(&reference);
+        let outputs: Vec<String> = want
+            .keys()
+            .filter(|k| k.starts_with("eps_"))
+            .cloned()
+            .collect();
+        assert!(outputs.len() >= 2, "{outputs:?}");
+        type Damage = Box<dyn Fn(&Path)>;
+        let truncate = |rel: String| -> Damage {
+            Box::new(move |d: &Path| {
+                let p = d.join(&rel);
+                let n = std::fs::metadata(&p).unwrap().len();
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(&p)
+                    .unwrap()
+                    .set_len(n / 2)
+                    .unwrap();
+            })
+        };
+        let cases: Vec<(&str, Damage)> = vec![
+            (
+                "a shard's rows cut short",
+                truncate("shards/shard-000003.csv".into()),
+            ),
+            (
+                "one row of a shard edited",
+                Box::new(|d: &Path| {
+                    let p = d.join("shards/shard-000004.csv");
+                    let mut b = std::fs::read(&p).unwrap();
+                    let i = b.iter().position(|c| c.is_ascii_digit()).unwrap();
+                    b[i] = if b[i] == b'9' { b'8' } else { b[i] + 1 };
+                    std::fs::write(&p, b).unwrap();
+                }),
+            ),
+            (
+                "an output deleted",
+                Box::new({
+                    let rel = outputs[0].clone();
+                    move |d: &Path| std::fs::remove_file(d.join(&rel)).unwrap()
+                }),
+            ),
+            (
+                "an output cut short",
+                truncate(outputs[outputs.len() - 1].clone()),
+            ),
+            (
+                "a marker deleted",
+                Box::new(|d: &Path| {
+                    std::fs::remove_file(d.join("shards/shard-000001.json")).unwrap()
+                }),
+            ),
+            (
+                "the report deleted",
+                Box::new(|d: &Path| std::fs::remove_file(d.join("report.json")).unwrap()),
+            ),
+        ];
+        for (i, (what, damage)) in cases.iter().enumerate() {
+            let case = dir.path().join(format!("case_{}_{i}", format.name()));
+            copy_tree(&reference, &case);
+            damage(&case);
+            assert!(
+                advex::run::shards::verify_run(&case).is_err(),
+                "{}: {what}: verify found nothing",
+                format.name()
+            );
+            if what.contains("row") {
+                // merging first: refused, naming the shard and what to run
+                let err = advex::run::write_merged(&case).unwrap_err().to_string();
+                assert!(
+                    err.contains("shard") && err.contains("rerun the same"),
+                    "{}: {what}: {err}",
+                    format.name()
+                );
+            }
+            run_attack(&sharded_run(&case, format)).unwrap();
+            advex::run::shards::verify_run(&case).unwrap();
+            let got = run_contents(&case);
+            assert_eq!(
+                got.keys().collect::<Vec<_>>(),
+                want.keys().collect::<Vec<_>>(),
+                "{}: {what}: files",
+                format.name()
+            );
+            for (k, v) in &want {
+                assert!(
+                    got[k] == *v,
+                    "{}: {what}: {k} differs after the rerun",
+                    format.name()
+                );
+            }
+        }
+    }
+}
+
+/// Random damage (a file deleted, cut short, or one byte flipped in place),
+/// then a rerun with --verify: the run ends identical to the undamaged one.
+#[test]
+fn random_damage_is_redone_with_verify() {
+    use rand::Rng;
+    let dir = tempfile::tempdir().unwrap();
+    let reference = dir.path().join("ref");
+    run_attack(&sharded_run(&reference, OutputFormat::Png)).unwrap();
+    let want = run_contents(&reference);
+    let files: Vec<String> = want
+        .keys()
+        .filter(|k| k.starts_with("eps_") || k.starts_with("shards/"))
+        .cloned()
+        .collect();
+    let mut r = rng(24);
+    for i in 0..6 {
+        let case = dir.path().join(format!("case_{i}"));
+        copy_tree(&reference, &case);
+        let victim = case.join(&files[r.random_range(0..files.len())]);
+        match r.random_range(0..3) {
+            0 => std::fs::remove_file(&victim).unwrap(),
+            1 => {
+                let b = std::fs::read(&victim).unwrap();
+                std::fs::write(&victim, &b[..b.len() / 3]).unwrap();
+            }
+            _ => {
+                let mut b = std::fs::read(&victim).unwrap();
+                let at = r.random_range(0..b.len());
+                b[at] ^= 0x55;
+                std::fs::write(&victim, b).unwrap();
+            }
+        }
+        let mut o = sharded_run(&case, OutputFormat::Png);
+        o.verify = true;
+        run_attack(&o).unwrap();
+        let got = run_contents(&case);
+        assert_eq!(got.len(), want.len(), "case {i}: {}", victim.display());
+        for (k, v) in &want {
+            assert!(got[k] == *v, "case {i} ({}): {k} differs", victim.display());
+        }
+    }
+}

@@ -182,6 +182,11 @@ pub(crate) enum Command {
         /// Replace the eps_* folders of an existing --out.
         #[arg(long)]
         overwrite: bool,
+        /// Resuming an --out run: check every committed shard's files by
+        /// their digests (a full read, for after a copy between machines),
+        /// not only by their sizes. Shards that fail are redone.
+        #[arg(long)]
+        verify: bool,
         /// Also draw accuracy against eps as SVG here.
         #[arg(long)]
         plot: Option<PathBuf>,
@@ -285,6 +290,15 @@ pub(crate) enum Command {
     /// number of workers) into DIR/report.json, DIR/predictions.csv and
     /// DIR/accuracy.svg; lists the shards still missing.
     Merge {
+        /// The run's --out folder.
+        dir: PathBuf,
+    },
+    /// Check a finished sharded run end to end: its manifest, every shard's
+    /// marker, every file the shards wrote (size and digest), and that
+    /// report.json and predictions.csv are the merge of the shards. Prints
+    /// what is wrong and exits 1; rerunning the same attack command redoes
+    /// the damaged shards.
+    Verify {
         /// The run's --out folder.
         dir: PathBuf,
     },

@@ -90,6 +90,14 @@ pub(crate) fn print_attack_summary(r: &advex::report::Report) {
         );
     }
     let rate = r.timing.images_per_second;
+    if rate == 0.0 && r.images > 0 {
+        // a rerun of a sharded run with nothing left: this process attacked none
+        println!(
+            "nothing left to attack: every shard was committed already ({:.2} s to check and merge)",
+            r.timing.seconds
+        );
+        return;
+    }
     // three significant figures below 1 image/s (APGD on a CPU adapter)
     let decimals = if rate >= 1.0 || rate == 0.0 {
         1

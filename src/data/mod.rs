@@ -18,5 +18,6 @@ pub use labels::{assign_labels, LabelSource};
 pub use loader::{Batch, BatchLoader, Skipped};
 pub use names::{escaped, output_path, output_rel, SymlinkGuard};
 pub use output::{
-    admit, png_path, sample_key, OutputFormat, OutputSpec, OutputWriter, Sample, DEFAULT_SHARD_SIZE,
+    admit, png_path, sample_key, FileRecord, OutputFormat, OutputSpec, OutputWriter, Sample,
+    DEFAULT_SHARD_SIZE,
 };

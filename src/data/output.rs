@@ -54,6 +54,64 @@ impl OutputFormat {
     }
 }
 
+/// One file a run wrote: where (relative to the run's folder, `/`-separated),
+/// its size, and its XXH3-64 digest: what a rerun checks before trusting it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FileRecord {
+    pub path: String,
+    pub bytes: u64,
+    pub xxh3: String,
+}
+
+impl FileRecord {
+    /// The record of `bytes`, written at `path` under `dir`.
+    pub fn of_bytes(dir: &Path, path: &Path, bytes: &[u8]) -> Self {
+        FileRecord {
+            path: relative(dir, path),
+            bytes: bytes.len() as u64,
+            xxh3: format!("{:016x}", xxhash_rust::xxh3::xxh3_64(bytes)),
+        }
+    }
+
+    /// The record of the file at `path` under `dir` (read whole).
+    pub fn of_file(dir: &Path, path: &Path) -> Result<Self> {
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        Ok(FileRecord::of_bytes(dir, path, &bytes))
+    }
+
+    /// Whether the file is still what was written: it exists with its size,
+    /// and (`digest`) its content hashes the same. `Err`: what is wrong.
+    pub fn check(&self, dir: &Path, digest: bool) -> std::result::Result<(), String> {
+        let path = dir.join(&self.path);
+        let meta = std::fs::metadata(&path).map_err(|_| format!("{} is missing", self.path))?;
+        if meta.len() != self.bytes {
+            return Err(format!(
+                "{} has {} bytes, {} when it was written",
+                self.path,
+                meta.len(),
+                self.bytes
+            ));
+        }
+        if digest {
+            let now = FileRecord::of_file(dir, &path).map_err(|e| e.to_string())?;
+            if now.xxh3 != self.xxh3 {
+                return Err(format!("{} changed since it was written", self.path));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `path` relative to `dir`, components joined by `/`.
+fn relative(dir: &Path, path: &Path) -> String {
+    path.strip_prefix(dir)
+        .unwrap_or(path)
+        .components()
+        .map(|c| c.as_os_str().to_string_lossy().into_owned())
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
 /// Samples per shard unless `--shard-size` says otherwise.
 pub const DEFAULT_SHARD_SIZE: usize = 1000;
 
@@ -100,6 +158,8 @@ pub struct OutputWriter {
     open: Vec<Option<OpenShard>>,
     /// Per eps, the symlink check of its folder (PNG outputs).
     guards: Vec<super::names::SymlinkGuard>,
+    /// Per shard, the files written for it so far ([`OutputWriter::take_written`]).
+    written: std::collections::BTreeMap<usize, Vec<FileRecord>>,
 }
 
 struct OpenShard {
@@ -213,7 +273,12 @@ impl OutputWriter {
             .iter()
             .map(|e| super::names::SymlinkGuard::new(&spec.dir.join(e.dir_name())))
             .collect();
-        Ok(OutputWriter { spec, open, guards })
+        Ok(OutputWriter {
+            spec,
+            open,
+            guards,
+            written: Default::default(),
+        })
     }
 
     /// Write one batch's samples (any order within the batch; batches in image
@@ -233,10 +298,21 @@ impl OutputWriter {
                     })?;
                     paths.push(path);
                 }
-                samples.par_iter().zip(&paths).try_for_each(|(s, path)| {
-                    let png = encode_png_with(&s.pixels, c, h, w, self.spec.png_compression)?;
-                    write_atomic(path, &png)
-                })
+                let dir = &self.spec.dir;
+                let records: Vec<FileRecord> = samples
+                    .par_iter()
+                    .zip(&paths)
+                    .map(|(s, path)| {
+                        let png = encode_png_with(&s.pixels, c, h, w, self.spec.png_compression)?;
+                        write_atomic(path, &png)?;
+                        Ok(FileRecord::of_bytes(dir, path, &png))
+                    })
+                    .collect::<Result<_>>()?;
+                for (s, r) in samples.iter().zip(records) {
+                    let shard = s.index / self.spec.shard_size;
+                    self.written.entry(shard).or_default().push(r);
+                }
+                Ok(())
             }
             OutputFormat::WebDataset => {
                 let pngs: Vec<Vec<u8>> = samples
@@ -360,10 +436,14 @@ impl OutputWriter {
         Ok(())
     }
 
-    /// Complete a shard: write what remains, then rename it into place.
-    fn finish(&self, eps: usize, open: OpenShard) -> Result<()> {
+    /// Complete a shard: write what remains, then rename it into place; its
+    /// file goes into the shard's record of what was written.
+    fn finish(&mut self, eps: usize, open: OpenShard) -> Result<()> {
         let OpenShard {
-            path, tmp, kind, ..
+            path,
+            tmp,
+            kind,
+            shard,
         } = open;
         let result = match kind {
             ShardKind::Tar(tar) => tar
@@ -387,7 +467,17 @@ impl OutputWriter {
             let _ = std::fs::remove_file(&tmp);
             return Err(e);
         }
+        let record = FileRecord::of_file(&self.spec.dir, &path)?;
+        self.written.entry(shard).or_default().push(record);
         Ok(())
+    }
+
+    /// The files written for `shard` (after [`OutputWriter::finish_shard`]),
+    /// sorted by path: what its marker records.
+    pub fn take_written(&mut self, shard: usize) -> Vec<FileRecord> {
+        let mut files = self.written.remove(&shard).unwrap_or_default();
+        files.sort_by(|a, b| a.path.cmp(&b.path));
+        files
     }
 
     fn write_tensors(

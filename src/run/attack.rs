@@ -48,6 +48,9 @@ impl ShardBook {
                 worker: worker.clone(),
                 adapter: adapter.clone(),
                 devices: devices.to_vec(),
+                // filled in by shards::commit
+                rows: 0,
+                files: Vec::new(),
             }),
             rows,
         ))
@@ -104,13 +107,24 @@ pub fn run_attack(opts: &RunOptions) -> Result<Report> {
     let job = discover(opts)?;
     let plan = plan_shards(opts, &job)?;
     if let Some(share) = plan.share.as_ref().filter(|_| plan.work.is_empty()) {
-        eprintln!(
-            "worker {}/{}: every shard it owns in {} is committed already",
-            share.worker.index,
-            share.worker.count,
-            share.dir.display()
-        );
-        return finish_share(opts, share, None, Instant::now());
+        if share.worker.count > 1 {
+            eprintln!(
+                "worker {}/{}: every shard it owns in {} is committed already",
+                share.worker.index,
+                share.worker.count,
+                share.dir.display()
+            );
+        }
+        let report = finish_share(opts, share, None, Instant::now())?;
+        if share.worker.count == 1 {
+            eprintln!(
+                "all {} shard{} of {} were already committed (checked); merged",
+                share.shards,
+                if share.shards == 1 { "" } else { "s" },
+                share.dir.display()
+            );
+        }
+        return Ok(report);
     }
     let ran = run_shards(opts, &job, &plan)?;
     merge_and_report(opts, &job, &plan, ran)
@@ -388,7 +402,8 @@ fn committer(
                 WriterMsg::Samples(samples) => w.write(samples)?,
                 WriterMsg::Commit(record, rows) => {
                     w.finish_shard(record.shard)?;
-                    shards::commit(&dir, &record, &rows)?;
+                    let files = w.take_written(record.shard);
+                    shards::commit(&dir, &record, &rows, files)?;
                 }
             }
         }
@@ -701,7 +716,7 @@ fn finish_share(
 ) -> Result<Report> {
     let k = opts.eps.len();
     let left = (0..share.shards)
-        .filter(|&u| shards::committed(&share.dir, u, k).is_none())
+        .filter(|&u| shards::committed(&share.dir, u, k, shards::Trust::Sizes).is_none())
         .count();
     if left > 0 {
         eprintln!(

@@ -70,6 +70,8 @@ pub struct RunOptions {
     /// every shard (see [`resolve_worker`]).
     pub worker: Option<String>,
     pub overwrite: bool,
+    /// `--verify`: a rerun checks committed shards by digest, not size.
+    pub verify: bool,
     pub report: Option<PathBuf>,
     pub plot: Option<PathBuf>,
     /// `--gallery FILE.png`: a contact sheet of the images `gallery_pick` picks.
@@ -111,6 +113,7 @@ impl RunOptions {
             png_compression: PngCompression::Fast,
             worker: None,
             overwrite: false,
+            verify: false,
             report: None,
             plot: None,
             gallery: None,
@@ -144,6 +147,17 @@ impl RunOptions {
         RunOptions {
             model: None,
             ..Self::new(PathBuf::new(), images)
+        }
+    }
+}
+
+impl RunOptions {
+    /// How a rerun checks what earlier runs committed.
+    fn trust(&self) -> shards::Trust {
+        if self.verify {
+            shards::Trust::Digests
+        } else {
+            shards::Trust::Sizes
         }
     }
 }
@@ -422,7 +436,7 @@ fn open_share(opts: &RunOptions, attack: &Cascade, prep: &Prepared, dir: &Path) 
     shards::sweep_stale(dir);
     let k = opts.eps.len();
     let mine: Vec<bool> = (0..manifest.shards)
-        .map(|u| worker.owns(u) && shards::committed(dir, u, k).is_none())
+        .map(|u| worker.owns(u) && shards::committed(dir, u, k, opts.trust()).is_none())
         .collect();
     Ok(Share {
         dir: dir.to_path_buf(),

@@ -5,7 +5,8 @@
 //! DIR/advex-run.json                 the manifest: written once, compared on every rerun
 //! DIR/eps_<value>/...                images (png files, or tar / safetensors shards)
 //! DIR/shards/shard-000000.csv        that shard's predictions rows (no header)
-//! DIR/shards/shard-000000.json       its marker: sums, skipped images, worker; written last
+//! DIR/shards/shard-000000.json       its marker: sums, skipped images, worker, and every
+//!                                    file the shard wrote (size, XXH3 digest); written last
 //! DIR/report.json, predictions.csv, accuracy.svg   once every shard is committed
 //! ```
 //!
@@ -16,13 +17,19 @@
 //! workers race on it, and whatever a killed worker left is redone on rerun.
 //! Sums are merged in shard order, so a run split over any number of workers
 //! reports exactly what one unsplit run does.
+//!
+//! Nothing committed is trusted unchecked. A rerun checks every committed
+//! shard: its rows file whole (size and digest: it is small), each other
+//! file by its size (one stat), or by its digest too with `--verify`. A shard
+//! that fails is redone, with a warning naming the file. A merge refuses a
+//! shard whose rows do not match its marker, naming it and what to run.
 
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use super::worker::Worker;
-use crate::data::{write_atomic, Skipped};
+use crate::data::{write_atomic, FileRecord, Skipped};
 use crate::error::{Error, Result};
 use crate::gpu::AdapterSummary;
 use crate::report::{prediction_header, EpsAccumulator, ModelInfo, Report, Timing};
@@ -87,6 +94,35 @@ pub struct ShardRecord {
     /// Every device of a `--devices` run with more than one (see [`Report::devices`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub devices: Vec<AdapterSummary>,
+    /// Rows of its predictions file (one per image and eps, and the clean one).
+    #[serde(default)]
+    pub rows: usize,
+    /// Every file it wrote, its rows file first (markers of older versions
+    /// have none, and are trusted as they were).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<FileRecord>,
+}
+
+impl ShardRecord {
+    /// Whether what the shard wrote is still there: its rows file by size and
+    /// digest, every other file by size, or by digest too with `digest`.
+    /// `Err`: the first thing wrong.
+    pub fn check_files(&self, dir: &Path, digest: bool) -> std::result::Result<(), String> {
+        for (i, f) in self.files.iter().enumerate() {
+            f.check(dir, digest || i == 0)?;
+        }
+        Ok(())
+    }
+}
+
+/// How a rerun checks the shards committed before ([`committed`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Trust {
+    /// Rows files whole, other files by size: one stat each.
+    #[default]
+    Sizes,
+    /// Every file by its digest too (`--verify`): a full read.
+    Digests,
 }
 
 fn shard_dir(dir: &Path) -> PathBuf {
@@ -206,37 +242,55 @@ fn differences(there: &Manifest, here: &Manifest) -> Vec<String> {
         .collect()
 }
 
-/// The committed record of `shard`, if any. A marker that does not parse (a
-/// crash of an old version, a hand edit) is removed with a warning, and the
-/// shard is redone.
-pub fn committed(dir: &Path, shard: usize, eps_count: usize) -> Option<ShardRecord> {
+/// The committed record of `shard`, if any, checked as `trust` says. A
+/// marker that does not parse (a crash of an old version, a hand edit), or
+/// whose files are not what the shard wrote, is removed with a warning naming
+/// what is wrong, and the shard is redone.
+pub fn committed(dir: &Path, shard: usize, eps_count: usize, trust: Trust) -> Option<ShardRecord> {
     let path = marker_path(dir, shard);
     let bytes = std::fs::read(&path).ok()?;
-    match serde_json::from_slice::<ShardRecord>(&bytes) {
-        Ok(r)
-            if r.shard == shard
-                && r.per_eps.len() == eps_count
-                && rows_path(dir, shard).is_file() =>
-        {
-            Some(r)
+    let why = match serde_json::from_slice::<ShardRecord>(&bytes) {
+        Ok(r) if r.shard == shard && r.per_eps.len() == eps_count => {
+            match r.check_files(dir, trust == Trust::Digests) {
+                Ok(()) if rows_path(dir, shard).is_file() => return Some(r),
+                Ok(()) => format!("{} is missing", relative_name(dir, &rows_path(dir, shard))),
+                Err(why) => why,
+            }
         }
-        _ => {
-            log::warn!(
-                "{} is damaged; shard {shard} will be redone",
-                path.display()
-            );
-            let _ = std::fs::remove_file(&path);
-            None
-        }
-    }
+        _ => format!("{} is damaged", path.display()),
+    };
+    eprintln!("warning: shard {shard} will be redone: {why}");
+    let _ = std::fs::remove_file(&path);
+    None
 }
 
-/// Commit a finished shard: its rows, then its marker (created only if absent).
-pub fn commit(dir: &Path, record: &ShardRecord, rows: &[u8]) -> Result<()> {
-    write_atomic(&rows_path(dir, record.shard), rows)?;
-    let json = serde_json::to_vec_pretty(record).expect("record serialises");
+fn relative_name(dir: &Path, path: &Path) -> String {
+    path.strip_prefix(dir).unwrap_or(path).display().to_string()
+}
+
+/// Commit a finished shard: its rows, then its marker (created only if
+/// absent), which records the rows file and `files` (what else it wrote).
+pub fn commit(dir: &Path, record: &ShardRecord, rows: &[u8], files: Vec<FileRecord>) -> Result<()> {
+    let rows_file = rows_path(dir, record.shard);
+    write_atomic(&rows_file, rows)?;
+    let mut record = record.clone();
+    record.rows = count_rows(rows);
+    record.files = std::iter::once(FileRecord::of_bytes(dir, &rows_file, rows))
+        .chain(files)
+        .collect();
+    let json = serde_json::to_vec_pretty(&record).expect("record serialises");
     create_only(&marker_path(dir, record.shard), &json)?;
     Ok(())
+}
+
+/// CSV records in `rows` (no header; quoted fields may hold newlines).
+fn count_rows(rows: &[u8]) -> usize {
+    csv::ReaderBuilder::new()
+        .has_headers(false)
+        .flexible(true)
+        .from_reader(rows)
+        .records()
+        .count()
 }
 
 /// Remove temporary files that dead processes left in the run's folders (a
@@ -327,7 +381,7 @@ fn merge_where(dir: &Path, share: Option<&Worker>) -> Result<(Report, Vec<u8>)> 
     let mut records = Vec::with_capacity(m.shards);
     let mut missing = Vec::new();
     for u in (0..m.shards).filter(|&u| share.is_none_or(|w| w.owns(u))) {
-        match committed(dir, u, m.eps.len()) {
+        match read_marker(dir, u, m.eps.len()) {
             Some(r) => records.push(r),
             None => missing.push(u),
         }
@@ -365,7 +419,9 @@ fn merge_where(dir: &Path, share: Option<&Worker>) -> Result<(Report, Vec<u8>)> 
         skipped.extend(r.skipped.iter().cloned());
         seconds += r.seconds;
         let rows = rows_path(dir, r.shard);
-        csv.extend(std::fs::read(&rows).map_err(|e| Error::io(&rows, e))?);
+        let bytes = std::fs::read(&rows).map_err(|e| Error::io(&rows, e))?;
+        check_rows(dir, r, &bytes)?;
+        csv.extend(bytes);
     }
     let images = clean.images as usize;
     let eps = crate::attack::parse_eps_list(&m.eps.join(","))?;
@@ -396,6 +452,130 @@ fn merge_where(dir: &Path, share: Option<&Worker>) -> Result<(Report, Vec<u8>)> 
         worker: None,
     };
     Ok((report, csv))
+}
+
+/// The marker of `shard` as it is (unchecked; see [`check_rows`]), if it
+/// parses and belongs to this run.
+fn read_marker(dir: &Path, shard: usize, eps_count: usize) -> Option<ShardRecord> {
+    let bytes = std::fs::read(marker_path(dir, shard)).ok()?;
+    serde_json::from_slice::<ShardRecord>(&bytes)
+        .ok()
+        .filter(|r| r.shard == shard && r.per_eps.len() == eps_count)
+}
+
+/// Before a merge takes a shard's rows: they must be what its marker says
+/// (row count and digest), else the merge stops and says how to redo it.
+fn check_rows(dir: &Path, r: &ShardRecord, rows: &[u8]) -> Result<()> {
+    let Some(want) = r.files.first() else {
+        return Ok(()); // a marker of an older version: nothing recorded
+    };
+    let got = FileRecord::of_bytes(dir, &rows_path(dir, r.shard), rows);
+    let rows_now = count_rows(rows);
+    if got.xxh3 != want.xxh3 || got.bytes != want.bytes || rows_now != r.rows {
+        return Err(Error::Usage(format!(
+            "shard {} of {}: {} holds {rows_now} rows ({} bytes), not the {} rows ({} bytes) \
+             its marker recorded; rerun the same `advex attack` command, which redoes that \
+             shard, then merge",
+            r.shard,
+            dir.display(),
+            want.path,
+            got.bytes,
+            r.rows,
+            want.bytes
+        )));
+    }
+    Ok(())
+}
+
+/// What [`verify_run`] checked.
+#[derive(Debug, Clone, Copy)]
+pub struct Verified {
+    pub shards: usize,
+    pub files: usize,
+}
+
+/// `advex verify DIR`: the manifest, every shard's marker, every file the
+/// shards wrote (size and digest), and that `report.json` and
+/// `predictions.csv` are the merge of the shards. Every problem is printed;
+/// any makes it an error that says what to run.
+pub fn verify_run(dir: &Path) -> Result<Verified> {
+    let path = dir.join(MANIFEST);
+    let m: Manifest = std::fs::read(&path)
+        .map_err(|_| {
+            Error::Usage(format!(
+                "{} is not an advex run (no readable {MANIFEST} in it): give the --out folder \
+                 of an `advex attack`",
+                dir.display()
+            ))
+        })
+        .and_then(|b| {
+            serde_json::from_slice(&b).map_err(|e| {
+                Error::Usage(format!(
+                    "{}: not an advex run manifest ({e})",
+                    path.display()
+                ))
+            })
+        })?;
+    let mut problems = Vec::new();
+    let mut files = 0;
+    for u in 0..m.shards {
+        let Some(r) = read_marker(dir, u, m.eps.len()) else {
+            problems.push(format!("shard {u}: not committed (no valid marker)"));
+            continue;
+        };
+        if r.files.is_empty() {
+            problems.push(format!(
+                "shard {u}: its marker records no files (written by an older advex)"
+            ));
+        }
+        files += r.files.len();
+        for f in &r.files {
+            if let Err(why) = f.check(dir, true) {
+                problems.push(format!("shard {u}: {why}"));
+            }
+        }
+        if let Some(want) = r.files.first() {
+            if let Ok(rows) = std::fs::read(rows_path(dir, u)) {
+                if count_rows(&rows) != r.rows && want.check(dir, true).is_ok() {
+                    problems.push(format!(
+                        "shard {u}: its rows file holds the wrong row count"
+                    ));
+                }
+            }
+        }
+    }
+    if problems.is_empty() {
+        match merge_run(dir) {
+            Ok((report, csv)) => {
+                let same = |name: &str, want: &[u8]| {
+                    std::fs::read(dir.join(name)).is_ok_and(|b| b == want)
+                };
+                if !same("predictions.csv", &csv) {
+                    problems.push("predictions.csv is not the merge of the shards' rows".into());
+                }
+                if !same("report.json", report.to_json().as_bytes()) {
+                    problems.push("report.json is not the merge of the shards' markers".into());
+                }
+            }
+            Err(e) => problems.push(e.to_string()),
+        }
+    }
+    if problems.is_empty() {
+        return Ok(Verified {
+            shards: m.shards,
+            files,
+        });
+    }
+    for p in &problems {
+        eprintln!("{}: {p}", dir.display());
+    }
+    Err(Error::Usage(format!(
+        "{} problem{} in {}: rerun the same `advex attack` command (with --verify after a copy \
+         between machines), which redoes the damaged shards and merges again",
+        problems.len(),
+        if problems.len() == 1 { "" } else { "s" },
+        dir.display()
+    )))
 }
 
 /// `advex merge DIR`: write `DIR/report.json`, `DIR/predictions.csv` and
