@@ -1187,3 +1187,60 @@ fn gallery_draws_a_contact_sheet() {
     assert!(err.contains("--gallery-images"), "{err}");
     assert!(!dir.path().join("none.png").exists());
 }
+
+/// `advex verify DIR`: exit 0 on an intact run; a damaged output makes it
+/// exit 1 naming the file; a rerun redoes the shard, says nothing was left
+/// only when that is true, and the run verifies again.
+#[test]
+fn verify_checks_a_run_and_a_rerun_repairs_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let attack = || {
+        run(advex()
+            .args([
+                "attack",
+                "--quiet",
+                "--model",
+                "weights/mnist_cnn.safetensors",
+                "--images",
+                "examples/digits/3",
+                "--eps",
+                "0.1",
+                "--shard-size",
+                "4",
+                "--out",
+            ])
+            .arg(&out)
+            .current_dir(root()))
+    };
+    let verify = || run(advex().arg("verify").arg(&out));
+    let (code, _, err) = attack();
+    assert_eq!(code, 0, "{err}");
+    let (code, stdout, err) = verify();
+    assert_eq!(code, 0, "{err}");
+    assert!(stdout.contains("is intact"), "{stdout}");
+    // a rerun with nothing to do says so
+    let (code, stdout, err) = attack();
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("already committed"), "{err}");
+    assert!(stdout.contains("nothing left to attack"), "{stdout}");
+    // an image cut short
+    let png = walkdir::WalkDir::new(out.join("eps_0.1"))
+        .into_iter()
+        .flatten()
+        .find(|e| e.file_type().is_file())
+        .unwrap()
+        .into_path();
+    let bytes = std::fs::read(&png).unwrap();
+    std::fs::write(&png, &bytes[..bytes.len() / 2]).unwrap();
+    let (code, _, err) = verify();
+    assert_eq!(code, 1, "{err}");
+    let name = png.file_name().unwrap().to_string_lossy().into_owned();
+    assert!(err.contains(&name) && err.contains("rerun"), "{err}");
+    let (code, _, err) = attack();
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("will be redone"), "{err}");
+    assert_eq!(std::fs::read(&png).unwrap(), bytes);
+    let (code, _, err) = verify();
+    assert_eq!(code, 0, "{err}");
+}

@@ -716,7 +716,7 @@ fn finish_share(
 ) -> Result<Report> {
     let k = opts.eps.len();
     let left = (0..share.shards)
-        .filter(|&u| shards::committed(&share.dir, u, k, shards::Trust::Sizes).is_none())
+        .filter(|&u| !shards::is_committed(&share.dir, u, k))
         .count();
     if left > 0 {
         eprintln!(

@@ -264,6 +264,12 @@ pub fn committed(dir: &Path, shard: usize, eps_count: usize, trust: Trust) -> Op
     None
 }
 
+/// Whether `shard` has a marker of this run (not its files: see
+/// [`committed`]); for counting what is left after this process's own work.
+pub fn is_committed(dir: &Path, shard: usize, eps_count: usize) -> bool {
+    read_marker(dir, shard, eps_count).is_some()
+}
+
 fn relative_name(dir: &Path, path: &Path) -> String {
     path.strip_prefix(dir).unwrap_or(path).display().to_string()
 }
