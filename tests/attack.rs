@@ -919,13 +919,36 @@ fn damaged_runs_are_redone_or_refused_never_merged() {
                 "the report deleted",
                 Box::new(|d: &Path| std::fs::remove_file(d.join("report.json")).unwrap()),
             ),
+            (
+                "a marker damaged in place",
+                Box::new(|d: &Path| {
+                    let p = d.join("shards/shard-000002.json");
+                    let b = std::fs::read(&p).unwrap();
+                    std::fs::write(&p, &b[..b.len() / 2]).unwrap();
+                }),
+            ),
+            (
+                "a shard's rows deleted",
+                Box::new(|d: &Path| {
+                    std::fs::remove_file(d.join("shards/shard-000005.csv")).unwrap()
+                }),
+            ),
+            (
+                "a stray temporary file of a dead process",
+                Box::new(|d: &Path| {
+                    let tag = advex::data::tmp_tag();
+                    let host = tag.rsplit_once('-').unwrap().0;
+                    let stray = format!("eps_0.1/.x.png.{host}-999999999.tmp");
+                    std::fs::write(d.join(stray), b"half a file").unwrap();
+                }),
+            ),
         ];
         for (i, (what, damage)) in cases.iter().enumerate() {
             let case = dir.path().join(format!("case_{}_{i}", format.name()));
             copy_tree(&reference, &case);
             damage(&case);
             assert!(
-                advex::run::shards::verify_run(&case).is_err(),
+                what.contains("stray") || advex::run::shards::verify_run(&case).is_err(),
                 "{}: {what}: verify found nothing",
                 format.name()
             );
@@ -954,6 +977,27 @@ fn damaged_runs_are_redone_or_refused_never_merged() {
                     format.name()
                 );
             }
+        }
+        // What a rerun cannot repair is refused with what to do.
+        for (what, manifest) in [("deleted", None), ("damaged", Some(&b"{\"advex\": 1"[..]))] {
+            let case = dir
+                .path()
+                .join(format!("manifest_{}_{what}", format.name()));
+            copy_tree(&reference, &case);
+            let m = case.join("advex-run.json");
+            match manifest {
+                None => std::fs::remove_file(&m).unwrap(),
+                Some(b) => std::fs::write(&m, b).unwrap(),
+            }
+            let err = run_attack(&sharded_run(&case, format))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("--out"),
+                "{}: manifest {what}: {err}",
+                format.name()
+            );
+            assert!(advex::run::shards::verify_run(&case).is_err());
         }
     }
 }

@@ -425,7 +425,15 @@ fn merge_where(dir: &Path, share: Option<&Worker>) -> Result<(Report, Vec<u8>)> 
         skipped.extend(r.skipped.iter().cloned());
         seconds += r.seconds;
         let rows = rows_path(dir, r.shard);
-        let bytes = std::fs::read(&rows).map_err(|e| Error::io(&rows, e))?;
+        let bytes = std::fs::read(&rows).map_err(|e| {
+            Error::Usage(format!(
+                "shard {} of {}: its rows file {} cannot be read ({e}); rerun the same \
+                 `advex attack` command, which redoes that shard, then merge",
+                r.shard,
+                dir.display(),
+                rows.display()
+            ))
+        })?;
         check_rows(dir, r, &bytes)?;
         csv.extend(bytes);
     }
