@@ -6,7 +6,7 @@
 
 use super::{BackEpilogue, Epilogue, Geometry};
 use crate::error::Result;
-use crate::gpu::{Binding, Context, Recording, Shader, Tensor, WORKGROUP_DIRECT};
+use crate::gpu::{Context, Recording, Shader, Tensor, WORKGROUP_DIRECT};
 
 /// Threads per workgroup (8 outputs each).
 const WG: u32 = WORKGROUP_DIRECT;
@@ -42,16 +42,6 @@ struct DwS2Params {
     act_alpha: f32,
 }
 
-/// Bindings of both entries: a, w, bias, y and the activation output the
-/// backward passes read with DACT.
-const BINDINGS: [Binding; 5] = [
-    Binding::Read,
-    Binding::Read,
-    Binding::Read,
-    Binding::ReadWrite,
-    Binding::Read,
-];
-
 /// y = act(depthwise(x, w) + b) on `[x, w, bias, y]`.
 pub(super) fn forward(
     ctx: &Context,
@@ -69,7 +59,7 @@ pub(super) fn forward(
         Shader::DepthwiseDirect,
         tensors[3].dtype,
         "main",
-        &BINDINGS,
+        &Epilogue::BINDINGS_DACT,
         &constants,
     )?;
     let u = ctx.uniform(&params);
@@ -97,7 +87,7 @@ pub(super) fn backward(
         Shader::DepthwiseDirect,
         gx.dtype,
         "main",
-        &BINDINGS,
+        &Epilogue::BINDINGS_DACT,
         &constants,
     )?;
     let u = ctx.uniform(&params);
@@ -143,7 +133,7 @@ pub(super) fn backward_s2(
         Shader::DepthwiseDirect,
         gx.dtype,
         "backward_s2",
-        &BINDINGS,
+        &Epilogue::BINDINGS_DACT,
         &constants,
     )?;
     let u = ctx.uniform(&params);

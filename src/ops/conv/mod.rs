@@ -280,6 +280,18 @@ impl Epilogue {
         Binding::ReadWrite,
     ];
 
+    /// Bindings of a module whose entry serves both a forward pass with an
+    /// epilogue and a backward pass that applies an activation's derivative
+    /// (`depthwise_direct.wgsl`, `same_direct.wgsl`): x or gy, w, bias, y or
+    /// gx, and the activation output the backward pass reads.
+    const BINDINGS_DACT: [Binding; 5] = [
+        Binding::Read,
+        Binding::Read,
+        Binding::Read,
+        Binding::ReadWrite,
+        Binding::Read,
+    ];
+
     fn new(has_bias: bool, act: Activation) -> Self {
         let (code, alpha, beta) = act.code();
         Epilogue {

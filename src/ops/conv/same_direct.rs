@@ -31,16 +31,6 @@ struct SameParams {
     _pad: u32,
 }
 
-/// Bindings of `main` and `main_s2`: a, w, bias, y, and the activation
-/// output `main`'s backward pass reads with DACT.
-const BINDINGS: [Binding; 5] = [
-    Binding::Read,
-    Binding::Read,
-    Binding::Read,
-    Binding::ReadWrite,
-    Binding::Read,
-];
-
 /// y = act(conv2d(x, w) + b) on `[x, w, bias, y]`: `main_s2` when `s2`, else
 /// `main`.
 pub(super) fn forward(
@@ -66,7 +56,7 @@ pub(super) fn forward(
         Shader::ConvSameDirect,
         y.dtype,
         entry,
-        &BINDINGS,
+        &Epilogue::BINDINGS_DACT,
         &constants,
     )?;
     let u = ctx.uniform(&params);
@@ -95,7 +85,7 @@ pub(super) fn backward(
         Shader::ConvSameDirect,
         gx.dtype,
         "main",
-        &BINDINGS,
+        &Epilogue::BINDINGS_DACT,
         &constants,
     )?;
     let u = ctx.uniform(&params);
