@@ -85,9 +85,24 @@ fn is_device_name(part: &str) -> bool {
 }
 
 /// The relative path (components joined by `/`) `name` names under an
-/// output folder, or why it cannot name one.
-pub fn output_rel(name: &str) -> std::result::Result<String, String> {
-    output_components(name).map(|parts| parts.join("/"))
+/// output folder, with its extension replaced by `ext` when given, or an
+/// error naming the image and why it cannot name one.
+pub fn output_rel(name: &str, ext: Option<&str>) -> Result<String> {
+    let parts = output_components(name).map_err(|why| refused(name, &why))?;
+    let Some(ext) = ext else {
+        return Ok(parts.join("/"));
+    };
+    // Path's own extension rule, as output_path applies it
+    let mut p = PathBuf::new();
+    p.set_file_name(parts[parts.len() - 1]);
+    p.set_extension(ext);
+    let last = p.to_string_lossy().into_owned();
+    Ok(parts[..parts.len() - 1]
+        .iter()
+        .copied()
+        .chain(std::iter::once(last.as_str()))
+        .collect::<Vec<_>>()
+        .join("/"))
 }
 
 /// `dir/<name>` with its extension replaced by `ext`: a path inside `dir` by
@@ -214,7 +229,29 @@ mod tests {
             ("COM10.png", "COM10.png"),
             ("é ü/ñ.png", "é ü/ñ.png"),
         ] {
-            assert_eq!(output_rel(name).as_deref(), Ok(want), "{name:?}");
+            assert_eq!(output_rel(name, None).unwrap(), want, "{name:?}");
+        }
+    }
+
+    /// The relative name `output_rel` gives is the path `output_path` builds
+    /// (what the collision check compares against what the writer writes).
+    #[test]
+    fn output_rel_is_output_path() {
+        for name in ["a/.hidden", "x/b.tar.gz", "c", "./d/e.JPG", "f."] {
+            let Ok(p) = output_path(Path::new("out"), name, "png") else {
+                continue;
+            };
+            let want: Vec<String> = p
+                .strip_prefix("out")
+                .unwrap()
+                .components()
+                .map(|c| c.as_os_str().to_string_lossy().into_owned())
+                .collect();
+            assert_eq!(
+                output_rel(name, Some("png")).unwrap(),
+                want.join("/"),
+                "{name:?}"
+            );
         }
     }
 
@@ -259,7 +296,7 @@ mod tests {
             "COM1.png",
             "lpt9.png",
         ] {
-            assert!(output_rel(name).is_err(), "{name:?} passed");
+            assert!(output_rel(name, None).is_err(), "{name:?} passed");
             let err = output_path(Path::new("out"), name, "png").unwrap_err();
             assert!(
                 err.to_string().contains("cannot name an output file"),

@@ -191,12 +191,7 @@ struct SampleRow {
 /// without its extension, dots replaced (WebDataset splits keys at the first
 /// dot). Refuses the names [`super::names`] refuses.
 pub fn sample_key(rel: &str) -> Result<String> {
-    let rel = super::names::output_rel(rel).map_err(|why| {
-        Error::Usage(format!(
-            "image {} cannot name an output file: it {why}",
-            super::names::escaped(rel)
-        ))
-    })?;
+    let rel = super::names::output_rel(rel, None)?;
     let stem = match rel.rfind('.') {
         Some(i) if !rel[i..].contains('/') => &rel[..i],
         _ => &rel[..],
@@ -229,18 +224,13 @@ pub fn admit(entries: Vec<ImageEntry>, format: OutputFormat) -> (Vec<ImageEntry>
                 reason,
             })
         };
-        let rel = match super::names::output_rel(&e.rel) {
-            Ok(r) => r,
-            Err(why) => {
-                skip(format!("its name cannot name an output file: it {why}"));
-                continue;
-            }
-        };
+        if let Err(why) = super::names::output_components(&e.rel) {
+            skip(format!("its name cannot name an output file: it {why}"));
+            continue;
+        }
+        // the names png_path and sample_key give (both pass: checked above)
         let output = match format {
-            OutputFormat::Png => Some(match rel.rfind('.') {
-                Some(i) if !rel[i..].contains('/') => format!("{}.png", &rel[..i]),
-                _ => format!("{rel}.png"),
-            }),
+            OutputFormat::Png => super::names::output_rel(&e.rel, Some("png")).ok(),
             OutputFormat::WebDataset => sample_key(&e.rel).ok(),
             OutputFormat::Safetensors => None,
         };

@@ -249,15 +249,13 @@ fn differences(there: &Manifest, here: &Manifest) -> Vec<String> {
 pub fn committed(dir: &Path, shard: usize, eps_count: usize, trust: Trust) -> Option<ShardRecord> {
     let path = marker_path(dir, shard);
     let bytes = std::fs::read(&path).ok()?;
-    let why = match serde_json::from_slice::<ShardRecord>(&bytes) {
-        Ok(r) if r.shard == shard && r.per_eps.len() == eps_count => {
-            match r.check_files(dir, trust == Trust::Digests) {
-                Ok(()) if rows_path(dir, shard).is_file() => return Some(r),
-                Ok(()) => format!("{} is missing", relative_name(dir, &rows_path(dir, shard))),
-                Err(why) => why,
-            }
-        }
-        _ => format!("{} is damaged", path.display()),
+    let why = match parse_marker(&bytes, shard, eps_count) {
+        Some(r) => match r.check_files(dir, trust == Trust::Digests) {
+            Ok(()) if rows_path(dir, shard).is_file() => return Some(r),
+            Ok(()) => format!("{} is missing", relative_name(dir, &rows_path(dir, shard))),
+            Err(why) => why,
+        },
+        None => format!("{} is damaged", path.display()),
     };
     eprintln!("warning: shard {shard} will be redone: {why}");
     let _ = std::fs::remove_file(&path);
@@ -366,24 +364,7 @@ pub fn merge_share(dir: &Path, worker: &Worker) -> Result<Report> {
 }
 
 fn merge_where(dir: &Path, share: Option<&Worker>) -> Result<(Report, Vec<u8>)> {
-    let path = dir.join(MANIFEST);
-    if !path.is_file() {
-        return Err(Error::Usage(format!(
-            "{} is not an advex run (no {MANIFEST} in it): give the --out folder of an \
-             `advex attack`",
-            dir.display()
-        )));
-    }
-    let m: Manifest = std::fs::read(&path)
-        .map_err(|e| Error::io(&path, e))
-        .and_then(|b| {
-            serde_json::from_slice(&b).map_err(|e| {
-                Error::Usage(format!(
-                    "{}: not an advex run manifest ({e})",
-                    path.display()
-                ))
-            })
-        })?;
+    let m = read_manifest(dir)?;
     let mut records = Vec::with_capacity(m.shards);
     let mut missing = Vec::new();
     for u in (0..m.shards).filter(|&u| share.is_none_or(|w| w.owns(u))) {
@@ -471,10 +452,37 @@ fn merge_where(dir: &Path, share: Option<&Worker>) -> Result<(Report, Vec<u8>)> 
 /// The marker of `shard` as it is (unchecked; see [`check_rows`]), if it
 /// parses and belongs to this run.
 fn read_marker(dir: &Path, shard: usize, eps_count: usize) -> Option<ShardRecord> {
-    let bytes = std::fs::read(marker_path(dir, shard)).ok()?;
-    serde_json::from_slice::<ShardRecord>(&bytes)
+    parse_marker(
+        &std::fs::read(marker_path(dir, shard)).ok()?,
+        shard,
+        eps_count,
+    )
+}
+
+/// A marker's bytes as the record of `shard` of a run with `eps_count` eps.
+fn parse_marker(bytes: &[u8], shard: usize, eps_count: usize) -> Option<ShardRecord> {
+    serde_json::from_slice::<ShardRecord>(bytes)
         .ok()
         .filter(|r| r.shard == shard && r.per_eps.len() == eps_count)
+}
+
+/// The manifest of the run in `dir`, or an error that says what to give.
+fn read_manifest(dir: &Path) -> Result<Manifest> {
+    let path = dir.join(MANIFEST);
+    if !path.is_file() {
+        return Err(Error::Usage(format!(
+            "{} is not an advex run (no {MANIFEST} in it): give the --out folder of an \
+             `advex attack`",
+            dir.display()
+        )));
+    }
+    let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+    serde_json::from_slice(&bytes).map_err(|e| {
+        Error::Usage(format!(
+            "{}: not an advex run manifest ({e})",
+            path.display()
+        ))
+    })
 }
 
 /// Before a merge takes a shard's rows: they must be what its marker says
@@ -513,23 +521,7 @@ pub struct Verified {
 /// `predictions.csv` are the merge of the shards. Every problem is printed;
 /// any makes it an error that says what to run.
 pub fn verify_run(dir: &Path) -> Result<Verified> {
-    let path = dir.join(MANIFEST);
-    let m: Manifest = std::fs::read(&path)
-        .map_err(|_| {
-            Error::Usage(format!(
-                "{} is not an advex run (no readable {MANIFEST} in it): give the --out folder \
-                 of an `advex attack`",
-                dir.display()
-            ))
-        })
-        .and_then(|b| {
-            serde_json::from_slice(&b).map_err(|e| {
-                Error::Usage(format!(
-                    "{}: not an advex run manifest ({e})",
-                    path.display()
-                ))
-            })
-        })?;
+    let m = read_manifest(dir)?;
     let mut problems = Vec::new();
     let mut files = 0;
     for u in 0..m.shards {
@@ -546,18 +538,16 @@ pub fn verify_run(dir: &Path) -> Result<Verified> {
             );
         }
         files += r.files.len();
+        let before = problems.len();
         for f in &r.files {
             if let Err(why) = f.check(dir, true) {
                 problems.push(format!("shard {u}: {why}"));
             }
         }
-        if let Some(want) = r.files.first() {
-            if let Ok(rows) = std::fs::read(rows_path(dir, u)) {
-                if count_rows(&rows) != r.rows && want.check(dir, true).is_ok() {
-                    problems.push(format!(
-                        "shard {u}: its rows file holds the wrong row count"
-                    ));
-                }
+        // the row count too, unless its files were already found wrong
+        if let (true, Ok(rows)) = (problems.len() == before, std::fs::read(rows_path(dir, u))) {
+            if let Err(e) = check_rows(dir, &r, &rows) {
+                problems.push(e.to_string());
             }
         }
     }

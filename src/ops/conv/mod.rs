@@ -198,7 +198,7 @@ pub fn backward_through(
     check_index_range(&[gy, w, gx])?;
     let kernel = select::select(&geo, ctx.kernel_style(), ctx.coop(), Pass::Backward);
     let back = BackEpilogue::new(through, gy, gx)?;
-    if back.dact && !kernel.fuses_dact() {
+    if back.dact() && !kernel.fuses_dact() {
         return Err(Error::Validation {
             context: "conv2d backward".into(),
             message: format!(
@@ -324,9 +324,9 @@ impl Epilogue {
 /// activation's output, as it is written. Without, `ay` is the output gradient
 /// (bound, never read: the kernels' layouts always hold the binding).
 pub(super) struct BackEpilogue<'a> {
-    dact: bool,
+    /// `Identity`: no derivative applied.
     act: Activation,
-    code: u32,
+    /// The activation's parameter (uniform `act_alpha`).
     alpha: f32,
     ay: &'a Tensor,
 }
@@ -335,9 +335,7 @@ impl<'a> BackEpilogue<'a> {
     fn new(through: Option<Through<'a>>, gy: &'a Tensor, gx: &Tensor) -> Result<Self> {
         let Some(Through { act, y }) = through else {
             return Ok(BackEpilogue {
-                dact: false,
                 act: Activation::Identity,
-                code: Activation::Identity.code().0,
                 alpha: 0.0,
                 ay: gy,
             });
@@ -361,26 +359,28 @@ impl<'a> BackEpilogue<'a> {
                 ),
             ));
         }
-        let (code, alpha, _) = act.code();
         Ok(BackEpilogue {
-            dact: act != Activation::Identity,
             act,
-            code,
-            alpha,
+            alpha: act.code().1,
             ay: y,
         })
     }
 
+    /// Whether a derivative is applied (DACT).
+    fn dact(&self) -> bool {
+        self.act != Activation::Identity
+    }
+
     fn constants(&self) -> [(&'static str, f64); 2] {
         [
-            ("DACT", if self.dact { 1.0 } else { 0.0 }),
-            ("ACT", self.code as f64),
+            ("DACT", if self.dact() { 1.0 } else { 0.0 }),
+            ("ACT", self.act.code().0 as f64),
         ]
     }
 
     /// `base`, or `base+relu6'` when the derivative is applied.
     fn label(&self, base: &str) -> String {
-        if self.dact {
+        if self.dact() {
             format!("{base}+{}'", self.act.name())
         } else {
             base.to_string()
