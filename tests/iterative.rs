@@ -331,7 +331,18 @@ fn every_method_stays_in_the_ball_on_the_grid() {
     let ids: Vec<u32> = paths[..n].iter().map(|p| image_id(p)).collect();
     let eps = parse_eps_list("0.1,8/255,0.3").unwrap();
     for name in [
-        "fgsm", "fgm", "bim", "pgd", "mifgsm", "apgd-ce", "apgd-dlr", "apgd-t", "bim-l2", "pgd-l2",
+        "fgsm",
+        "fgm",
+        "bim",
+        "pgd",
+        "mifgsm",
+        "apgd-ce",
+        "apgd-dlr",
+        "apgd-t",
+        "bim-l2",
+        "pgd-l2",
+        "square",
+        "square-l2",
     ] {
         let method = name.trim_end_matches("-l2");
         let l2_ball = method == "fgm" || name.ends_with("-l2");
@@ -396,12 +407,18 @@ fn targeted_attacks_approach_the_target() {
     let eval = EvalPlan::new(&gpu, n as u32).unwrap();
     let to_target = vec![Some(target); n];
     let (_, clean) = eval.run(pixels, &to_target).unwrap();
-    for method in ["fgsm", "bim", "pgd", "mifgsm", "apgd-ce", "apgd-t"] {
+    for method in [
+        "fgsm", "bim", "pgd", "mifgsm", "apgd-ce", "apgd-t", "square",
+    ] {
         let s = spec(
             method,
             &eps,
             AttackRequest {
-                steps: method.starts_with("apgd").then_some(20),
+                steps: match method {
+                    "square" => Some(200),
+                    m if m.starts_with("apgd") => Some(20),
+                    _ => None,
+                },
                 ..Default::default()
             },
             Target::Class(target),
@@ -496,6 +513,46 @@ fn results_do_not_depend_on_the_batch_size() {
         "apgd-t predictions differ between batch sizes"
     );
     assert!(c_img == d_img, "apgd-t images differ between batch sizes");
+    // Square too: its squares are drawn per image and query, in both norms.
+    for norm in ["linf", "l2"] {
+        let e = if norm == "l2" {
+            parse_l2_eps_list("1.0").unwrap()
+        } else {
+            eps.clone()
+        };
+        let sq = AttackSpec {
+            eps: e,
+            ..spec(
+                "square",
+                &eps,
+                AttackRequest {
+                    steps: Some(30),
+                    seed: Some(7),
+                    norm: Some(norm.into()),
+                    ..Default::default()
+                },
+                Target::Untargeted,
+            )
+        };
+        let plan_a = AttackPlan::with_spec(&gpu, 7, &sq).unwrap();
+        let plan_b = AttackPlan::with_spec(&gpu, 32, &sq).unwrap();
+        let collect = |plan: &AttackPlan, batch: usize| {
+            let mut imgs = Vec::new();
+            let mut first = Vec::new();
+            for (_, out) in run_batches(plan, &pixels, &ids, batch) {
+                imgs.extend(out.images.unwrap()[0].iter().cloned());
+                first.extend(out.first_success[0].iter().cloned());
+            }
+            (imgs, first)
+        };
+        let (ia, fa) = collect(&plan_a, 7);
+        let (ib, fb) = collect(&plan_b, 32);
+        assert_eq!(
+            fa, fb,
+            "square {norm}: queries to success differ between batch sizes"
+        );
+        assert!(ia == ib, "square {norm}: images differ between batch sizes");
+    }
     // and another seed gives other starts
     let s2 = AttackSpec {
         seed: 8,
@@ -989,5 +1046,326 @@ fn cascades_attack_later_only_what_is_still_robust() {
             "{method}: later attack sizes {sizes:?}"
         );
         assert!(whole.smaller_sizes(1).is_empty());
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Square against a CPU reference: the same draws (the counter-based generator
+// of shaders/common/random.wgsl, Square's stream), the same schedule and eta
+// profiles (advex::attack::square), and square.py's steps written out in f64
+// with the f64 forward of tests/common/ref_graph.rs.
+
+fn mix32(v: u32) -> u32 {
+    let mut x = v;
+    x ^= x >> 16;
+    x = x.wrapping_mul(0x7feb352d);
+    x ^= x >> 15;
+    x = x.wrapping_mul(0x846ca68b);
+    x ^= x >> 16;
+    x
+}
+
+fn square_draw(seed: u64, image: u32, query: u32, what: u32) -> f32 {
+    let mut h = mix32(seed as u32 ^ 0x9e3779b9);
+    h = mix32(h ^ ((seed >> 32) as u32 ^ 0x53515541));
+    h = mix32(h ^ image);
+    h = mix32(h ^ query.wrapping_mul(0x85ebca6b));
+    h = mix32(h ^ what);
+    (h >> 8) as f32 * (1.0 / 16777216.0)
+}
+
+fn square_sign(u: f32) -> f64 {
+    if u < 0.5 {
+        -1.0
+    } else {
+        1.0
+    }
+}
+
+fn square_corner(u: f32, room: u32) -> u32 {
+    ((u * room as f32).floor() as u32).min(room.max(1) - 1)
+}
+
+/// square.py's margin and loss of the untargeted attack (both the margin).
+fn square_margin(model: &advex::model::Model, x: &[f64], label: u32) -> f64 {
+    let vals = common::ref_graph::forward(model, x, 1);
+    let z = &vals[common::ref_graph::logits_node(model)];
+    let other = z
+        .iter()
+        .enumerate()
+        .filter(|&(c, _)| c as u32 != label)
+        .map(|(_, &v)| v)
+        .fold(f64::NEG_INFINITY, f64::max);
+    z[label as usize] - other
+}
+
+/// One image's Square in f64: the result (best where fooled, else x) and the
+/// query at which it was first fooled.
+#[allow(clippy::too_many_arguments)]
+fn square_cpu(
+    model: &advex::model::Model,
+    x: &[f64],
+    label: u32,
+    id: u32,
+    eps: f64,
+    l2: bool,
+    queries: u32,
+    seed: u64,
+) -> (Vec<f64>, Option<u32>) {
+    use advex::attack::square::{eta, side};
+    use advex::attack::Norm;
+    let [c, h, w] = model.input;
+    let (c, h, w) = (c as usize, h as usize, w as usize);
+    let plane = h * w;
+    let norm = |d: &[f64]| d.iter().map(|v| v * v).sum::<f64>().sqrt();
+    let mut best: Vec<f64> = if l2 {
+        let s = h / 5;
+        let sp = (h - 5 * s) / 2;
+        let e = eta(s as u32);
+        let (nbh, nbw) = (h / s, w / s);
+        let mut d = vec![0.0; x.len()];
+        for (j, dj) in d.iter_mut().enumerate() {
+            let (ch, row, col) = (j / plane, (j % plane) / w, j % w);
+            if row < sp || col < sp {
+                continue;
+            }
+            let (bh, bw) = ((row - sp) / s, (col - sp) / s);
+            if bh >= nbh || bw >= nbw {
+                continue;
+            }
+            let block = (bh * nbw + bw) as u32;
+            let (mut r, mut q) = ((row - sp) % s, (col - sp) % s);
+            if square_draw(seed, id, 0, 0x100000 + block) > 0.5 {
+                std::mem::swap(&mut r, &mut q);
+            }
+            let sg = square_draw(seed, id, 0, 0x200000 + block * c as u32 + ch as u32);
+            *dj = e[r * s + q] as f64 * square_sign(sg);
+        }
+        let n = norm(&d);
+        x.iter()
+            .zip(&d)
+            .map(|(a, b)| (a + b / (n + 1e-12) * eps).clamp(0.0, 1.0))
+            .collect()
+    } else {
+        (0..x.len())
+            .map(|j| {
+                let (ch, col) = (j / plane, j % w);
+                let u = square_draw(seed, id, 0, (ch * w + col) as u32);
+                (x[j] + eps * square_sign(u)).clamp(0.0, 1.0)
+            })
+            .collect()
+    };
+    let mut margin = square_margin(model, &best, label);
+    let mut loss = margin;
+    let mut first = (margin <= 0.0).then_some(1);
+    let mut spent = 1;
+    for q in 0..queries {
+        if margin <= 0.0 {
+            break;
+        }
+        let nq = q + 1;
+        let norm_kind = if l2 { Norm::L2 } else { Norm::Linf };
+        let s = side(norm_kind, q, c as u32, h as u32, w as u32) as usize;
+        let vh = square_corner(square_draw(seed, id, nq, 0), (h - s) as u32) as usize;
+        let vw = square_corner(square_draw(seed, id, nq, 1), (w - s) as u32) as usize;
+        let inside = |row: usize, col: usize, a: usize, b: usize| {
+            row >= a && row < a + s && col >= b && col < b + s
+        };
+        let mut new = best.clone();
+        if !l2 {
+            for (j, v) in new.iter_mut().enumerate() {
+                let (ch, row, col) = (j / plane, (j % plane) / w, j % w);
+                if inside(row, col, vh, vw) {
+                    let sg = square_sign(square_draw(seed, id, nq, 8 + ch as u32));
+                    *v = (*v + 2.0 * eps * sg)
+                        .clamp(x[j] - eps, x[j] + eps)
+                        .clamp(0.0, 1.0);
+                }
+            }
+        } else {
+            let vh2 = square_corner(square_draw(seed, id, nq, 2), (h - s) as u32) as usize;
+            let vw2 = square_corner(square_draw(seed, id, nq, 3), (w - s) as u32) as usize;
+            let flip = square_draw(seed, id, nq, 4) > 0.5;
+            let e = eta(s as u32);
+            let mut d: Vec<f64> = best.iter().zip(x).map(|(a, b)| a - b).collect();
+            let n_img = norm(&d);
+            let mut win = vec![0.0; c];
+            let mut w1 = vec![0.0; c];
+            for (j, dj) in d.iter().enumerate() {
+                let (ch, row, col) = (j / plane, (j % plane) / w, j % w);
+                if inside(row, col, vh, vw) {
+                    w1[ch] += dj * dj;
+                }
+                if inside(row, col, vh, vw) || inside(row, col, vh2, vw2) {
+                    win[ch] += dj * dj;
+                }
+            }
+            let old = d.clone();
+            let mut new_w1 = vec![0.0; x.len()];
+            for ch in 0..c {
+                let sg = square_sign(square_draw(seed, id, nq, 8 + ch as u32));
+                let mut t = Vec::with_capacity(s * s);
+                for r in 0..s {
+                    for cc in 0..s {
+                        let ev = if flip { e[cc * s + r] } else { e[r * s + cc] } as f64;
+                        let j = ch * plane + (vh + r) * w + vw + cc;
+                        t.push(ev * sg + old[j] / (1e-12 + w1[ch].sqrt()));
+                    }
+                }
+                let tn = norm(&t);
+                let scale = ((eps * eps - n_img * n_img).max(0.0) / c as f64 + win[ch]).sqrt()
+                    / (1e-12 + tn);
+                for r in 0..s {
+                    for cc in 0..s {
+                        new_w1[ch * plane + (vh + r) * w + vw + cc] = t[r * s + cc] * scale;
+                    }
+                }
+            }
+            for (j, dj) in d.iter_mut().enumerate() {
+                let (row, col) = ((j % plane) / w, j % w);
+                if inside(row, col, vh, vw) {
+                    *dj = new_w1[j];
+                } else if inside(row, col, vh2, vw2) {
+                    *dj = 0.0;
+                }
+            }
+            let n = norm(&d);
+            for (j, v) in new.iter_mut().enumerate() {
+                *v = (x[j] + d[j] / (n + 1e-12) * eps).clamp(0.0, 1.0);
+            }
+        }
+        let m = square_margin(model, &new, label);
+        spent += 1;
+        let improved = m < loss;
+        if improved {
+            loss = m;
+        }
+        if improved || m <= 0.0 {
+            margin = m;
+            best = new;
+        }
+        if margin <= 0.0 && first.is_none() {
+            first = Some(spent);
+        }
+    }
+    if margin <= 0.0 {
+        (best, first)
+    } else {
+        (x.to_vec(), None)
+    }
+}
+
+/// The 8-bit level the finalize kernel gives (shaders/attack/attack.wgsl
+/// `ball_level`), in f64.
+fn ball_level(x: f64, a: f64, eps: f64, toward_clean: bool) -> u8 {
+    let lo = ((x - eps) * 255.0 - 1e-3).ceil().max(0.0);
+    let hi = ((x + eps) * 255.0 + 1e-3).floor().min(255.0);
+    let mut level = (a * 255.0).round();
+    if toward_clean {
+        level = if a - x >= 0.0 {
+            (a * 255.0 + 1e-3).floor()
+        } else {
+            (a * 255.0 - 1e-3).ceil()
+        };
+    }
+    if lo > hi {
+        return (x * 255.0).round() as u8;
+    }
+    level.clamp(lo, hi) as u8
+}
+
+/// Square, L-inf and L2, against the CPU reference above on a random
+/// 3-channel model with non-square 10x12 images: the same fooled images at
+/// the same query, the same pixels (L2 within one 8-bit level, for f32
+/// against f64), in one submit per batch.
+#[test]
+fn square_matches_a_cpu_reference() {
+    use common::builder::ModelBuilder;
+    let dir = tempfile::tempdir().unwrap();
+    let mut b = ModelBuilder::new("sq", [3, 10, 12], 5);
+    b.conv("conv1", "input", 4, 3, 2, [1, 1, 1, 1], 1, true);
+    b.unary("act1", "relu", "conv1");
+    b.flatten("flat", "act1");
+    b.linear("fc", "flat", 5, true);
+    // No class favoured whatever the image: margins the attack can close.
+    b.tensor_mut("fc.bias").2.iter_mut().for_each(|v| *v = 0.0);
+    let path = b.write(dir.path(), "sq.safetensors", advex::model::Dtype::F32);
+    let model = Arc::new(advex::model::Model::load(&path).unwrap());
+    let ctx = Arc::new(advex::Context::new(advex::ContextOptions::default()).unwrap());
+    let gpu = GpuModel::new(ctx.clone(), model.clone()).unwrap();
+    let n = 12usize;
+    let item = 3 * 10 * 12;
+    let mut rng = common::rng(3);
+    let pixels: Vec<f32> = (0..n * item)
+        .map(|_| rand::Rng::random_range(&mut rng, 0..=255u32) as f32 / 255.0)
+        .collect();
+    let ids: Vec<u32> = (0..n as u32).map(|i| 4000 + 17 * i).collect();
+    let queries = 150u32;
+    let seed = 5u64;
+    for (norm, eps_text) in [("linf", "48/255"), ("l2", "3.0")] {
+        let l2 = norm == "l2";
+        let eps = parse_l2_eps_list(eps_text).unwrap();
+        let r = AttackRequest {
+            norm: Some(norm.into()),
+            steps: Some(queries),
+            seed: Some(seed),
+            ..Default::default()
+        };
+        let s = spec("square", &eps, r, Target::Untargeted);
+        let plan = AttackPlan::with_spec(&gpu, 8, &s).unwrap();
+        let mut fooled_late = 0;
+        for start in (0..n).step_by(8) {
+            let end = (start + 8).min(n);
+            let before = ctx.submit_count();
+            let out = plan
+                .run_ids(
+                    &pixels[start * item..end * item],
+                    &vec![None; end - start],
+                    &ids[start..end],
+                    true,
+                )
+                .unwrap();
+            assert_eq!(
+                ctx.submit_count() - before,
+                1,
+                "{norm}: one submit per batch"
+            );
+            let images = out.images.unwrap();
+            for j in 0..out.labels.len() {
+                let i = start + j;
+                let x: Vec<f64> = pixels[i * item..(i + 1) * item]
+                    .iter()
+                    .map(|&v| v as f64)
+                    .collect();
+                let (want, first) = square_cpu(
+                    &model,
+                    &x,
+                    out.labels[j],
+                    ids[i],
+                    eps[0].exact,
+                    l2,
+                    queries,
+                    seed,
+                );
+                assert_eq!(
+                    out.first_success[0][j], first,
+                    "{norm}: image {i} first fooled at another query"
+                );
+                fooled_late += first.is_some_and(|q| q > 1) as usize;
+                for (p, (&got, (&a, &c))) in
+                    images[0][j].iter().zip(want.iter().zip(&x)).enumerate()
+                {
+                    let level = ball_level(c, a, eps[0].exact, l2);
+                    assert!(
+                        (got as i32 - level as i32).abs() <= l2 as i32,
+                        "{norm}: image {i} pixel {p}: {got} vs the reference's {level}"
+                    );
+                }
+            }
+        }
+        assert!(
+            fooled_late > 0,
+            "{norm}: no image needed a query after the start"
+        );
     }
 }

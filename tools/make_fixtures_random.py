@@ -11,6 +11,9 @@ reference implementations reach on them with the MNIST CNN of weights/:
   apgd-ce   AutoAttack's APGDAttack (PyPI pyautoattack), loss 'ce', 1 restart
   apgd-dlr  APGDAttack, loss 'dlr', 1 restart
   apgd-t    APGDAttack_targeted, 9 target classes, 1 restart
+  square    AutoAttack's SquareAttack, L-inf, margin loss, p_init 0.8, the p
+            schedule not rescaled (as AutoAttack runs it), `steps` queries
+  square-l2 the same in L2
 
 Robust accuracy = the share of images whose label is still the top-1 class at
 the attack's float32 output (not rounded to 8 bits; images the clean model
@@ -26,6 +29,9 @@ robust accuracy), versions and the model's sha256.
 
 Usage: python tools/make_fixtures_random.py
 (needs torch, torchattacks 3.5.1, pyautoattack 0.2.0, mlxtend)
+
+Square runs 100 queries here, not AutoAttack's 5000, to keep the Rust test
+short on a software adapter; its schedule up to query 100 is the same.
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ import numpy as np
 import torch
 import torchattacks
 from pyautoattack.autopgd_base import APGDAttack, APGDAttack_targeted
+from pyautoattack.square import SquareAttack
 from safetensors.numpy import save_file
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -58,6 +65,8 @@ CASES = [
     ("apgd-ce", "26/255", 20),
     ("apgd-dlr", "26/255", 20),
     ("apgd-t", "26/255", 10),
+    ("square", "51/255", 100),
+    ("square-l2", "2.0", 100),
 ]
 
 
@@ -74,6 +83,11 @@ def run(method: str, model, x, y, eps: float, steps: int, seed: int):
     if method == "apgd-t":
         atk = APGDAttack_targeted(model, n_iter=steps, norm="Linf", n_restarts=1, eps=eps,
                                   seed=seed, n_target_classes=9, device="cpu")
+        return atk.perturb(x, y)
+    if method in ("square", "square-l2"):
+        atk = SquareAttack(model, norm="L2" if method.endswith("-l2") else "Linf",
+                           n_queries=steps, eps=eps, p_init=0.8, n_restarts=1, seed=seed,
+                           device="cpu", resc_schedule=False)
         return atk.perturb(x, y)
     raise ValueError(method)
 

@@ -20,7 +20,7 @@ use crate::error::{Error, Result};
 use crate::gpu::{
     Binding, Context, DType, Kernel, Shader, Shape, Tensor, WORKGROUP_1D, WORKGROUP_IMAGES,
 };
-use crate::plan::GradientPlan;
+use crate::plan::{ForwardPlan, GradientPlan};
 
 /// f32 values of per-image state (`APGD_S` in the shader).
 const STATE: u32 = 12;
@@ -122,6 +122,8 @@ struct TargetParams {
 #[derive(Clone, Copy)]
 pub(super) struct Io<'a> {
     pub grad: &'a GradientPlan,
+    /// The forward-only plan (the scored point's forward; Square's queries).
+    pub fwd: &'a ForwardPlan,
     pub clean: &'a Tensor,
     pub ids: &'a Tensor,
     /// Labels after `resolve_labels`.

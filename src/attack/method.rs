@@ -23,11 +23,14 @@ pub enum Method {
     /// APGD on the targeted DLR loss, one run per target class: the classes
     /// the clean model ranks 2nd to 10th (AutoAttack's `apgd-t`).
     ApgdT,
+    /// The Square Attack: random squares, forward passes only
+    /// (Andriushchenko et al. 2020; AutoAttack's `square`).
+    Square,
 }
 
 /// Every method name `--method` takes.
-pub const METHOD_NAMES: [&str; 8] = [
-    "fgsm", "fgm", "bim", "pgd", "mifgsm", "apgd-ce", "apgd-dlr", "apgd-t",
+pub const METHOD_NAMES: [&str; 9] = [
+    "fgsm", "fgm", "bim", "pgd", "mifgsm", "apgd-ce", "apgd-dlr", "apgd-t", "square",
 ];
 
 /// AutoAttack's `apgd-t` attacks the 9 classes ranked after the top one.
@@ -44,6 +47,7 @@ impl Method {
             "apgd-ce" | "apgd" => Method::ApgdCe,
             "apgd-dlr" => Method::ApgdDlr,
             "apgd-t" | "apgd-dlr-t" => Method::ApgdT,
+            "square" => Method::Square,
             _ => {
                 return Err(Error::Usage(format!(
                     "--method {s}: unknown method; use one of {}",
@@ -63,10 +67,11 @@ impl Method {
             Method::ApgdCe => "apgd-ce",
             Method::ApgdDlr => "apgd-dlr",
             Method::ApgdT => "apgd-t",
+            Method::Square => "square",
         }
     }
 
-    /// Takes several gradient steps (`--steps`).
+    /// Takes several steps (`--steps`; square's are queries).
     pub fn iterative(self) -> bool {
         !matches!(self, Method::Fgsm | Method::Fgm)
     }
@@ -168,6 +173,12 @@ pub const DEFAULT_STEPS: u32 = 10;
 /// Default `--steps` of APGD (AutoAttack's `standard` version).
 pub const APGD_STEPS: u32 = 100;
 
+/// Default `--steps` of square: queries per image (AutoAttack's standard version).
+pub const SQUARE_QUERIES: u32 = 5000;
+
+/// Square's initial fraction of the pixels a square covers (the reference's `p_init`).
+pub const SQUARE_P_INIT: f64 = 0.8;
+
 impl AttackSpec {
     /// FGSM over `eps`.
     pub fn fgsm(eps: &[Eps], quantize: bool, target: Target) -> Self {
@@ -219,14 +230,15 @@ impl AttackSpec {
             None => method.norm(),
             Some(n) => {
                 let norm = Norm::parse(n)?;
-                let l2_capable = matches!(method, Method::Bim | Method::Pgd);
+                let l2_capable = matches!(method, Method::Bim | Method::Pgd | Method::Square);
                 if norm != method.norm() && !(l2_capable && norm == Norm::L2) {
                     return Err(Error::Usage(match (method, norm) {
                         (Method::Fgsm, Norm::L2) => {
                             "--norm l2 with fgsm: the L2 single step is --method fgm".into()
                         }
                         (_, Norm::L2) => format!(
-                            "--norm l2: {m} runs in L-inf; the L2 attacks are fgm, bim and pgd"
+                            "--norm l2: {m} runs in L-inf; the L2 attacks are fgm, bim, pgd \
+                             and square"
                         ),
                         _ => format!("--norm {}: {m} is an L2 attack", norm.name()),
                     }));
@@ -246,7 +258,8 @@ impl AttackSpec {
         let iterative = method.iterative();
         let only_iterative = |flag: &str| {
             Error::Usage(format!(
-                "{flag} applies to the iterative methods (bim, pgd, mifgsm, apgd-*), not {m}"
+                "{flag} applies to the iterative methods (bim, pgd, mifgsm, apgd-*, square), \
+                 not {m}"
             ))
         };
         let steps = match r.steps {
@@ -254,6 +267,7 @@ impl AttackSpec {
             Some(s) if iterative => s,
             Some(_) => return Err(only_iterative("--steps")),
             None if method.apgd() => APGD_STEPS,
+            None if method == Method::Square => SQUARE_QUERIES,
             None if iterative => DEFAULT_STEPS,
             None => 1,
         };
@@ -272,6 +286,13 @@ impl AttackSpec {
                     "--step-size: {m} adapts its own step (2 eps at first, halved at its \
                      checkpoints); drop the flag"
                 )))
+            }
+            Some(_) if method == Method::Square => {
+                return Err(Error::Usage(
+                    "--step-size: square moves each pixel of its square to the edge of the \
+                     ball and shrinks its squares on AutoAttack's schedule; drop the flag"
+                        .into(),
+                ))
             }
             Some(s) => {
                 let v = super::eps::parse_eps_list(s).map_err(|_| {
@@ -359,6 +380,8 @@ impl AttackSpec {
             Method::Mifgsm => 1.0 / self.steps as f64,
             // APGD's first step; its checkpoints halve it per image.
             Method::ApgdCe | Method::ApgdDlr | Method::ApgdT => 2.0,
+            // Square moves the pixels of its square by 2 eps (then projects).
+            Method::Square => 2.0,
         };
         (0.0, rel)
     }
@@ -370,14 +393,22 @@ impl AttackSpec {
         let need = match self.method {
             Method::ApgdDlr => 3,
             Method::ApgdT => 4,
+            Method::Square => 2,
             _ => return Ok(None),
         };
         let m = self.method.name();
         if classes < need {
-            return Err(Error::Usage(format!(
-                "--method {m} needs a model with at least {need} classes (its DLR loss \
-                 reads the {need} largest logits); this one has {classes}: use apgd-ce"
-            )));
+            return Err(Error::Usage(if self.method == Method::Square {
+                format!(
+                    "--method square needs a model with at least 2 classes (its margin is \
+                     the label's logit minus the largest other); this one has {classes}"
+                )
+            } else {
+                format!(
+                    "--method {m} needs a model with at least {need} classes (its DLR loss \
+                     reads the {need} largest logits); this one has {classes}: use apgd-ce"
+                )
+            }));
         }
         if self.method != Method::ApgdT || self.target != Target::Untargeted {
             return Ok(None);
@@ -416,6 +447,13 @@ impl AttackSpec {
             return s;
         }
         s.push(format!("norm={}", self.norm.name()));
+        if self.method == Method::Square {
+            s.push(format!("queries={}", self.steps));
+            s.push(format!("p_init={}", SQUARE_P_INIT));
+            s.push("loss=margin".into());
+            s.push(format!("seed={}", self.seed));
+            return s;
+        }
         if self.method.iterative() {
             s.push(format!("steps={}", self.steps));
             if !self.method.apgd() {

@@ -1,5 +1,6 @@
 //! Attacks, the algorithms: their settings and checks (`method.rs`, `eps.rs`),
-//! the FGSM family (`family.rs`), APGD (`apgd.rs`), cascades (`cascade.rs`),
+//! the FGSM family (`family.rs`), APGD (`apgd.rs`), Square (`square.rs`),
+//! cascades (`cascade.rs`),
 //! `--minimal` (`minimal.rs`), and the per-batch plan that records any of them
 //! into one submit (`batch_plan/`) with its outcome (`outcome.rs`). The jobs
 //! that run them over folders and shards live in [`crate::run`]; nothing here
@@ -15,6 +16,7 @@ pub mod method;
 pub mod minimal;
 pub mod outcome;
 mod replay;
+pub mod square;
 
 pub use batch_plan::{AttackPlan, FgsmPlan};
 pub use cascade::CascadePlan;

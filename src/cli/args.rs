@@ -112,18 +112,19 @@ pub(crate) enum Command {
         eps: String,
         /// Attack method: fgsm (one signed step), fgm (one L2 step), bim
         /// (projected signed steps), pgd (bim from a random start, with
-        /// restarts), mifgsm (momentum), or AutoAttack's apgd-ce, apgd-dlr and
-        /// apgd-t (APGD on the cross-entropy, DLR and targeted DLR losses).
-        /// Every method runs every eps.
+        /// restarts), mifgsm (momentum), AutoAttack's apgd-ce, apgd-dlr and
+        /// apgd-t (APGD on the cross-entropy, DLR and targeted DLR losses), or
+        /// square (random squares, forward passes only). A comma list is a
+        /// cascade: each attack runs only on the images the earlier ones left
+        /// robust. Every method runs every eps.
         #[arg(long, default_value = "fgsm")]
         method: String,
-        /// Norm of the threat model: linf (the default) or l2 (fgm always; bim
-        /// and pgd with --norm l2, as torchattacks' PGDL2). L2 budgets in --eps
-        /// may exceed 1.
+        /// Norm of the threat model: linf (the default) or l2 (fgm always; bim,
+        /// pgd and square with --norm l2). L2 budgets in --eps may exceed 1.
         #[arg(long)]
         norm: Option<String>,
         /// Gradient steps of bim, pgd and mifgsm [default: 10], of apgd-* per
-        /// run [default: 100].
+        /// run [default: 100]; square's queries per image [default: 5000].
         #[arg(long)]
         steps: Option<u32>,
         /// Step size in [0,1] pixel units, decimal or fraction, the same for
@@ -145,8 +146,9 @@ pub(crate) enum Command {
         /// mifgsm's momentum decay [default: 1.0].
         #[arg(long)]
         decay: Option<f64>,
-        /// Seed of the random starts (with the image's path and the pixel:
-        /// results never depend on batch size, devices or order).
+        /// Seed of the random starts and of square's squares (with the image's
+        /// path and the pixel or query: results never depend on batch size,
+        /// devices or order).
         #[arg(long, default_value_t = 0)]
         seed: u64,
         /// Also find each image's smallest eps on the 8-bit grid (k/255, up to
@@ -221,7 +223,8 @@ pub(crate) enum Command {
         /// The attack timed (see `advex attack --help`).
         #[arg(long, default_value = "fgsm")]
         method: String,
-        /// Gradient steps of bim, pgd and mifgsm [default: 10], apgd-* [default: 100].
+        /// Gradient steps of bim, pgd and mifgsm [default: 10], apgd-* [default: 100];
+        /// square's queries [default: 5000].
         #[arg(long)]
         steps: Option<u32>,
         /// Time the attack with --count-rounding (one more forward per eps).

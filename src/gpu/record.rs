@@ -5,6 +5,7 @@ use std::sync::Arc;
 use super::{GpuBuffer, Kernel};
 
 /// One recorded GPU step.
+#[derive(Clone)]
 pub enum Step {
     Dispatch {
         kernel: Arc<Kernel>,

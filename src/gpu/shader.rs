@@ -65,11 +65,13 @@ pub enum Shader {
     Pool,
     /// Softmax, log-softmax and the cross-entropy loss.
     Softmax,
+    /// The Square Attack's start, proposals and bookkeeping.
+    Square,
 }
 
 impl Shader {
     /// Every module.
-    pub const ALL: [Shader; 17] = [
+    pub const ALL: [Shader; 18] = [
         Shader::Activation,
         Shader::Affine,
         Shader::Attack,
@@ -87,6 +89,7 @@ impl Shader {
         Shader::Elementwise,
         Shader::Pool,
         Shader::Softmax,
+        Shader::Square,
     ];
 
     /// The module's name: labels, error messages, the pipeline cache's key.
@@ -109,6 +112,7 @@ impl Shader {
             Shader::Elementwise => "elementwise",
             Shader::Pool => "pool",
             Shader::Softmax => "softmax",
+            Shader::Square => "square",
         }
     }
 
@@ -118,7 +122,7 @@ impl Shader {
         match self {
             Shader::Activation => module!("common/act.wgsl", "elementwise/activation.wgsl"),
             Shader::Affine => module!("elementwise/affine.wgsl"),
-            Shader::Attack => module!("attack/attack.wgsl"),
+            Shader::Attack => module!("common/random.wgsl", "attack/attack.wgsl"),
             Shader::Binary => module!("elementwise/binary.wgsl"),
             Shader::Concat => module!("elementwise/concat.wgsl"),
             Shader::Conv => module!("common/act.wgsl", "conv/gemm_params.wgsl", "conv/gemm.wgsl"),
@@ -151,6 +155,7 @@ impl Shader {
             Shader::Elementwise => module!("elementwise/elementwise.wgsl"),
             Shader::Pool => module!("pool/pool.wgsl"),
             Shader::Softmax => module!("loss/softmax.wgsl"),
+            Shader::Square => module!("common/random.wgsl", "attack/square.wgsl"),
         }
     }
 
@@ -161,7 +166,9 @@ impl Shader {
     pub fn workgroup_constants(self) -> &'static [(&'static str, u32)] {
         match self {
             Shader::Conv | Shader::ConvCoop => &[],
-            Shader::Attack => &[("WG", WORKGROUP_1D), ("WG_IMAGES", WORKGROUP_IMAGES)],
+            Shader::Attack | Shader::Square => {
+                &[("WG", WORKGROUP_1D), ("WG_IMAGES", WORKGROUP_IMAGES)]
+            }
             Shader::Dlr => &[("WG", WORKGROUP_IMAGES)],
             Shader::ConvBackwardFew
             | Shader::ConvDirectVec4

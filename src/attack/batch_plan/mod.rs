@@ -24,6 +24,7 @@ use super::method::{AttackSpec, Method};
 use super::minimal::Bisect;
 use super::outcome::Target;
 use super::replay::{Builder, Piece};
+use super::square::Square;
 use super::Eps;
 use crate::error::{Error, Result};
 use crate::gpu::{
@@ -84,10 +85,11 @@ struct NormParams {
     out0: u32,
 }
 
-/// The attack body of a plan: the FGSM family, or APGD.
+/// The attack body of a plan: the FGSM family, APGD, or Square.
 enum Body {
     Family(Family),
     Apgd(Apgd),
+    Square(Square),
 }
 
 impl Body {
@@ -102,6 +104,7 @@ impl Body {
         match self {
             Body::Family(f) => f.record_eps(c, b, io, success, slot),
             Body::Apgd(a) => a.record_eps(c, b, io, slot),
+            Body::Square(s) => s.record_eps(c, b, io, slot),
         }
     }
 
@@ -109,6 +112,7 @@ impl Body {
         match self {
             Body::Family(f) => f.point(),
             Body::Apgd(a) => &a.result,
+            Body::Square(s) => &s.result,
         }
     }
 
@@ -116,7 +120,7 @@ impl Body {
     fn scored(&self) -> bool {
         match self {
             Body::Family(f) => f.scored(),
-            Body::Apgd(_) => true,
+            Body::Apgd(_) | Body::Square(_) => true,
         }
     }
 }
@@ -283,6 +287,7 @@ impl AttackPlan {
         }
         let io = Io {
             grad: &grad,
+            fwd: &fwd,
             clean: &clean,
             ids: &ids,
             true_labels: &true_labels,
@@ -310,6 +315,10 @@ impl AttackPlan {
             let a = Apgd::new(c, spec, batch, shape, classes, grad.logits.dtype)?;
             a.record_clean(c, &mut b, &io)?;
             Body::Apgd(a)
+        } else if spec.method == Method::Square {
+            let s = Square::new(c, spec, batch, shape, classes, grad.logits.dtype)?;
+            s.record_clean(c, &mut b, &io)?;
+            Body::Square(s)
         } else {
             // The clean gradient: FGSM's only one, every other attack's first.
             b.shared(Piece::GradBackward);
@@ -434,7 +443,7 @@ impl AttackPlan {
         let lohi = bisect.map(|bs| bs.lohi);
         let g0_norm = match &body {
             Body::Family(f) => f.g0_norm.clone(),
-            Body::Apgd(_) => None,
+            Body::Apgd(_) | Body::Square(_) => None,
         };
         Ok(AttackPlan {
             ctx,
