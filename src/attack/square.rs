@@ -58,7 +58,7 @@ pub fn side(norm: Norm, it: u32, c: u32, h: u32, w: u32) -> u32 {
         Norm::Linf => v.max(1),
         Norm::L2 => {
             let s = v.max(3);
-            s + (s % 2 == 0) as u32
+            s + s.is_multiple_of(2) as u32
         }
     };
     s.min(h.min(w))
