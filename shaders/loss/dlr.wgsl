@@ -12,6 +12,9 @@
 // aliased by the host); arithmetic is f32.
 
 override TARGETED: bool = false;
+// MARGIN (with TARGETED; FAB-T's linearised function): loss = z_t - z_y,
+// grad = scale * (e_t - e_y).
+override MARGIN: bool = false;
 
 // Workgroup size: the host's (`Shader::workgroup_constants`: one thread per
 // row), never written here.
@@ -69,6 +72,16 @@ fn dlr(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3
         return;
     }
     let zy = f32(z[base + label]);
+    if (MARGIN) {
+        loss[r] = f32(z[base + tgt]) - zy;
+        for (var j = 0u; j < p.k; j = j + 1u) {
+            var g = 0.0;
+            if (j == tgt) { g += 1.0; }
+            if (j == label) { g -= 1.0; }
+            grad[base + j] = st(p.scale * g);
+        }
+        return;
+    }
     var other: u32;
     var d: f32;
     if (TARGETED) {

@@ -318,29 +318,15 @@ impl Apgd {
         // The targeted DLR reads the label from `labels` and the target from
         // `targets`.
         match &self.ranked {
-            Some((ranked, count)) => {
-                let k = c.kernel(
-                    Shader::Attack,
-                    io.grad.logits.dtype,
-                    "apgd_targets",
-                    &[Binding::Read, Binding::ReadWriteF32],
-                    &[],
-                )?;
-                let p = c.uniform(&TargetParams {
-                    n: self.batch,
-                    classes: self.classes,
-                    count: *count,
-                    _pad: 0,
-                });
-                let d = c.dispatch(
-                    "apgd_targets",
-                    &k,
-                    &p,
-                    &[&io.grad.logits, ranked],
-                    self.batch.div_ceil(WORKGROUP_IMAGES),
-                )?;
-                b.push(d);
-            }
+            Some((ranked, count)) => rank_targets(
+                c,
+                b,
+                &io.grad.logits,
+                ranked,
+                self.batch,
+                self.classes,
+                *count,
+            )?,
             None => b.copy(io.loss_labels, &io.grad.targets),
         }
         b.copy(io.true_labels, &io.grad.labels);
@@ -432,6 +418,42 @@ impl Apgd {
         }
         Ok(total)
     }
+}
+
+/// Per image, the classes the clean logits rank 2nd, 3rd, ... (`count` of
+/// them) into `ranked[r * n + i]`: the reference's
+/// `output.sort(dim=1)[1][:, -(r + 2)]` (apgd-t's and fab-t's targets).
+pub(super) fn rank_targets(
+    c: &Context,
+    b: &mut Builder,
+    logits: &Tensor,
+    ranked: &Tensor,
+    n: u32,
+    classes: u32,
+    count: u32,
+) -> Result<()> {
+    let k = c.kernel(
+        Shader::Attack,
+        logits.dtype,
+        "apgd_targets",
+        &[Binding::Read, Binding::ReadWriteF32],
+        &[],
+    )?;
+    let p = c.uniform(&TargetParams {
+        n,
+        classes,
+        count,
+        _pad: 0,
+    });
+    let d = c.dispatch(
+        "apgd_targets",
+        &k,
+        &p,
+        &[logits, ranked],
+        n.div_ceil(WORKGROUP_IMAGES),
+    )?;
+    b.push(d);
+    Ok(())
 }
 
 /// This file's uniform structs and their WGSL twins (checked by

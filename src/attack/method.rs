@@ -26,11 +26,14 @@ pub enum Method {
     /// The Square Attack: random squares, forward passes only
     /// (Andriushchenko et al. 2020; AutoAttack's `square`).
     Square,
+    /// FAB-T: the fast adaptive boundary attack toward each of the classes
+    /// the clean model ranks 2nd to 10th (Croce & Hein 2020; AutoAttack's `fab-t`).
+    FabT,
 }
 
 /// Every method name `--method` takes.
-pub const METHOD_NAMES: [&str; 9] = [
-    "fgsm", "fgm", "bim", "pgd", "mifgsm", "apgd-ce", "apgd-dlr", "apgd-t", "square",
+pub const METHOD_NAMES: [&str; 10] = [
+    "fgsm", "fgm", "bim", "pgd", "mifgsm", "apgd-ce", "apgd-dlr", "apgd-t", "fab-t", "square",
 ];
 
 /// AutoAttack's `apgd-t` attacks the 9 classes ranked after the top one.
@@ -48,6 +51,7 @@ impl Method {
             "apgd-dlr" => Method::ApgdDlr,
             "apgd-t" | "apgd-dlr-t" => Method::ApgdT,
             "square" => Method::Square,
+            "fab-t" | "fab" => Method::FabT,
             _ => {
                 return Err(Error::Usage(format!(
                     "--method {s}: unknown method; use one of {}",
@@ -68,6 +72,7 @@ impl Method {
             Method::ApgdDlr => "apgd-dlr",
             Method::ApgdT => "apgd-t",
             Method::Square => "square",
+            Method::FabT => "fab-t",
         }
     }
 
@@ -179,6 +184,13 @@ pub const SQUARE_QUERIES: u32 = 5000;
 /// Square's initial fraction of the pixels a square covers (the reference's `p_init`).
 pub const SQUARE_P_INIT: f64 = 0.8;
 
+/// FAB-T's step settings: the reference's defaults, which AutoAttack keeps
+/// (the largest weight of the clean point's projection, the overshoot, the
+/// step back toward the clean point after a success).
+pub const FAB_ALPHA_MAX: f32 = 0.1;
+pub const FAB_ETA: f32 = 1.05;
+pub const FAB_BETA: f32 = 0.9;
+
 impl AttackSpec {
     /// FGSM over `eps`.
     pub fn fgsm(eps: &[Eps], quantize: bool, target: Target) -> Self {
@@ -230,15 +242,18 @@ impl AttackSpec {
             None => method.norm(),
             Some(n) => {
                 let norm = Norm::parse(n)?;
-                let l2_capable = matches!(method, Method::Bim | Method::Pgd | Method::Square);
+                let l2_capable = matches!(
+                    method,
+                    Method::Bim | Method::Pgd | Method::Square | Method::FabT
+                );
                 if norm != method.norm() && !(l2_capable && norm == Norm::L2) {
                     return Err(Error::Usage(match (method, norm) {
                         (Method::Fgsm, Norm::L2) => {
                             "--norm l2 with fgsm: the L2 single step is --method fgm".into()
                         }
                         (_, Norm::L2) => format!(
-                            "--norm l2: {m} runs in L-inf; the L2 attacks are fgm, bim, pgd \
-                             and square"
+                            "--norm l2: {m} runs in L-inf; the L2 attacks are fgm, bim, pgd, \
+                             fab-t and square"
                         ),
                         _ => format!("--norm {}: {m} is an L2 attack", norm.name()),
                     }));
@@ -258,19 +273,27 @@ impl AttackSpec {
         let iterative = method.iterative();
         let only_iterative = |flag: &str| {
             Error::Usage(format!(
-                "{flag} applies to the iterative methods (bim, pgd, mifgsm, apgd-*, square), \
-                 not {m}"
+                "{flag} applies to the iterative methods (bim, pgd, mifgsm, apgd-*, fab-t, \
+                 square), not {m}"
             ))
         };
         let steps = match r.steps {
             Some(0) => return Err(Error::Usage("--steps must be at least 1".into())),
             Some(s) if iterative => s,
             Some(_) => return Err(only_iterative("--steps")),
-            None if method.apgd() => APGD_STEPS,
+            None if method.apgd() || method == Method::FabT => APGD_STEPS,
             None if method == Method::Square => SQUARE_QUERIES,
             None if iterative => DEFAULT_STEPS,
             None => 1,
         };
+        if method == Method::FabT && target != Target::Untargeted {
+            return Err(Error::Usage(
+                "--target with fab-t: FAB-T aims at each of the clean model's runner-up \
+                 classes in turn and counts any misclassification, as AutoAttack does; for an \
+                 attack that must reach one class use apgd-t --target CLASS"
+                    .into(),
+            ));
+        }
         if method == Method::ApgdDlr && target != Target::Untargeted {
             return Err(Error::Usage(
                 "--target with apgd-dlr: its loss is untargeted; for a targeted APGD use \
@@ -286,6 +309,13 @@ impl AttackSpec {
                     "--step-size: {m} adapts its own step (2 eps at first, halved at its \
                      checkpoints); drop the flag"
                 )))
+            }
+            Some(_) if method == Method::FabT => {
+                return Err(Error::Usage(
+                    "--step-size: fab-t steps onto its linearised decision boundary (with \
+                     the reference's alpha_max 0.1, eta 1.05, beta 0.9); drop the flag"
+                        .into(),
+                ))
             }
             Some(_) if method == Method::Square => {
                 return Err(Error::Usage(
@@ -382,6 +412,8 @@ impl AttackSpec {
             Method::ApgdCe | Method::ApgdDlr | Method::ApgdT => 2.0,
             // Square moves the pixels of its square by 2 eps (then projects).
             Method::Square => 2.0,
+            // FAB-T's steps come from its projections, not from eps.
+            Method::FabT => 0.0,
         };
         (0.0, rel)
     }
@@ -393,15 +425,15 @@ impl AttackSpec {
         let need = match self.method {
             Method::ApgdDlr => 3,
             Method::ApgdT => 4,
-            Method::Square => 2,
+            Method::Square | Method::FabT => 2,
             _ => return Ok(None),
         };
         let m = self.method.name();
         if classes < need {
-            return Err(Error::Usage(if self.method == Method::Square {
+            return Err(Error::Usage(if need == 2 {
                 format!(
-                    "--method square needs a model with at least 2 classes (its margin is \
-                     the label's logit minus the largest other); this one has {classes}"
+                    "--method {m} needs a model with at least 2 classes (it compares the \
+                     label's logit with others); this one has {classes}"
                 )
             } else {
                 format!(
@@ -410,13 +442,14 @@ impl AttackSpec {
                 )
             }));
         }
-        if self.method != Method::ApgdT || self.target != Target::Untargeted {
+        if !matches!(self.method, Method::ApgdT | Method::FabT) || self.target != Target::Untargeted
+        {
             return Ok(None);
         }
         let (n, lowered) = self.apgd_targets(classes);
         let note = lowered.then(|| {
             format!(
-                "apgd-t: the model has {classes} classes, so each image gets {n} target \
+                "{m}: the model has {classes} classes, so each image gets {n} target \
                  runs instead of AutoAttack's {}",
                 self.targets
             )
@@ -467,7 +500,12 @@ impl AttackSpec {
             s.push("rho=0.75".into());
             s.push("momentum=0.75".into());
         }
-        if self.method == Method::ApgdT {
+        if self.method == Method::FabT {
+            s.push(format!("alpha_max={}", FAB_ALPHA_MAX));
+            s.push(format!("eta={}", FAB_ETA));
+            s.push(format!("beta={}", FAB_BETA));
+        }
+        if matches!(self.method, Method::ApgdT | Method::FabT) {
             s.push(format!("targets={}", self.targets));
         }
         if self.method.restarts() {

@@ -1,5 +1,5 @@
 //! Attacks, the algorithms: their settings and checks (`method.rs`, `eps.rs`),
-//! the FGSM family (`family.rs`), APGD (`apgd.rs`), Square (`square.rs`),
+//! the FGSM family (`family.rs`), APGD (`apgd.rs`), FAB-T (`fab.rs`), Square (`square.rs`),
 //! cascades (`cascade.rs`),
 //! `--minimal` (`minimal.rs`), and the per-batch plan that records any of them
 //! into one submit (`batch_plan/`) with its outcome (`outcome.rs`). The jobs
@@ -11,6 +11,7 @@ pub mod batch_plan;
 pub mod cascade;
 pub mod eps;
 pub mod eval;
+pub(crate) mod fab;
 pub(crate) mod family;
 pub mod method;
 pub mod minimal;

@@ -40,6 +40,7 @@ pub fn uniform_layouts() -> Vec<UniformLayout> {
         crate::attack::minimal::uniform_layouts(),
         crate::attack::apgd::uniform_layouts(),
         crate::attack::square::uniform_layouts(),
+        crate::attack::fab::uniform_layouts(),
         crate::attack::family::uniform_layouts(),
         crate::attack::batch_plan::uniform_layouts(),
     ]

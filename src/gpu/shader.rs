@@ -67,11 +67,13 @@ pub enum Shader {
     Softmax,
     /// The Square Attack's start, proposals and bookkeeping.
     Square,
+    /// FAB-T's projections, steps and bookkeeping.
+    Fab,
 }
 
 impl Shader {
     /// Every module.
-    pub const ALL: [Shader; 18] = [
+    pub const ALL: [Shader; 19] = [
         Shader::Activation,
         Shader::Affine,
         Shader::Attack,
@@ -90,6 +92,7 @@ impl Shader {
         Shader::Pool,
         Shader::Softmax,
         Shader::Square,
+        Shader::Fab,
     ];
 
     /// The module's name: labels, error messages, the pipeline cache's key.
@@ -113,6 +116,7 @@ impl Shader {
             Shader::Pool => "pool",
             Shader::Softmax => "softmax",
             Shader::Square => "square",
+            Shader::Fab => "fab",
         }
     }
 
@@ -156,6 +160,7 @@ impl Shader {
             Shader::Pool => module!("pool/pool.wgsl"),
             Shader::Softmax => module!("loss/softmax.wgsl"),
             Shader::Square => module!("common/random.wgsl", "attack/square.wgsl"),
+            Shader::Fab => module!("attack/fab.wgsl"),
         }
     }
 
@@ -166,7 +171,7 @@ impl Shader {
     pub fn workgroup_constants(self) -> &'static [(&'static str, u32)] {
         match self {
             Shader::Conv | Shader::ConvCoop => &[],
-            Shader::Attack | Shader::Square => {
+            Shader::Attack | Shader::Square | Shader::Fab => {
                 &[("WG", WORKGROUP_1D), ("WG_IMAGES", WORKGROUP_IMAGES)]
             }
             Shader::Dlr => &[("WG", WORKGROUP_IMAGES)],

@@ -154,14 +154,60 @@ pub fn dlr(
     loss: &Tensor,
     grad: &Tensor,
 ) -> Result<()> {
-    let op = "dlr";
+    dlr_kernel(ctx, rec, logits, labels, targets, false, scale, loss, grad)
+}
+
+/// FAB-T's linearised function, the target's logit minus the label's:
+/// `loss = z_t - z_y` per sample, `grad = scale * (e_t - e_y)`. Needs 2 classes.
+#[allow(clippy::too_many_arguments)]
+pub fn target_margin(
+    ctx: &Context,
+    rec: &mut Recording,
+    logits: &Tensor,
+    labels: &Tensor,
+    targets: &Tensor,
+    scale: f32,
+    loss: &Tensor,
+    grad: &Tensor,
+) -> Result<()> {
+    dlr_kernel(
+        ctx,
+        rec,
+        logits,
+        labels,
+        Some(targets),
+        true,
+        scale,
+        loss,
+        grad,
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+fn dlr_kernel(
+    ctx: &Context,
+    rec: &mut Recording,
+    logits: &Tensor,
+    labels: &Tensor,
+    targets: Option<&Tensor>,
+    margin: bool,
+    scale: f32,
+    loss: &Tensor,
+    grad: &Tensor,
+) -> Result<()> {
+    let op = if margin { "target_margin" } else { "dlr" };
     let s = check(op, logits, labels)?;
-    let need = if targets.is_some() { 4 } else { 3 };
+    let need = match (margin, targets.is_some()) {
+        (true, _) => 2,
+        (false, true) => 4,
+        (false, false) => 3,
+    };
     if s.c < need {
         return Err(Error::shape(
             op,
             format!(
-                "the DLR loss needs at least {need} classes, the logits have {}",
+                "the {} needs at least {need} classes, the logits have {}",
+                if margin { "target margin" } else { "DLR loss" },
                 s.c
             ),
         ));
@@ -199,7 +245,10 @@ pub fn dlr(
             Binding::ReadWriteF32,
             Binding::ReadWrite,
         ],
-        &[("TARGETED", if targets.is_some() { 1.0 } else { 0.0 })],
+        &[
+            ("TARGETED", if targets.is_some() { 1.0 } else { 0.0 }),
+            ("MARGIN", if margin { 1.0 } else { 0.0 }),
+        ],
     )?;
     let params = ctx.uniform(&DlrParams {
         n: s.n,

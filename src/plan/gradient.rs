@@ -11,6 +11,9 @@ pub enum LossKind {
     Dlr,
     /// AutoAttack's targeted DLR loss: label in `labels`, target in `targets`.
     DlrTargeted,
+    /// FAB-T's function `z_target - z_label` (label in `labels`, target in
+    /// `targets`), whose gradient the attack linearises.
+    TargetMargin,
 }
 
 /// Everything needed to run forward and backward for batches of `batch` images.
@@ -20,7 +23,8 @@ pub struct GradientPlan {
     pub input: Tensor,
     /// u32 labels, one per image.
     pub labels: Tensor,
-    /// u32 target classes, one per image (read by [`LossKind::DlrTargeted`] only).
+    /// u32 target classes, one per image (read by [`LossKind::DlrTargeted`] and
+    /// [`LossKind::TargetMargin`] only).
     pub targets: Tensor,
     /// Logits `[batch, classes, 1, 1]`.
     pub logits: Tensor,
@@ -111,6 +115,16 @@ impl GpuModel {
                 &logits,
                 &labels,
                 (kind == LossKind::DlrTargeted).then_some(&targets),
+                sign * seed,
+                &loss,
+                &g_logits,
+            )?,
+            LossKind::TargetMargin => ops::loss::target_margin(
+                ctx,
+                &mut rec,
+                &logits,
+                &labels,
+                &targets,
                 sign * seed,
                 &loss,
                 &g_logits,

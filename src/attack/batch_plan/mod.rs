@@ -19,6 +19,7 @@ mod batch;
 pub use batch::PendingBatch;
 
 use super::apgd::{Apgd, Io};
+use super::fab::Fab;
 use super::family::{Family, Success};
 use super::method::{AttackSpec, Method};
 use super::minimal::Bisect;
@@ -90,6 +91,7 @@ enum Body {
     Family(Family),
     Apgd(Apgd),
     Square(Square),
+    Fab(Fab),
 }
 
 impl Body {
@@ -105,6 +107,7 @@ impl Body {
             Body::Family(f) => f.record_eps(c, b, io, success, slot),
             Body::Apgd(a) => a.record_eps(c, b, io, slot),
             Body::Square(s) => s.record_eps(c, b, io, slot),
+            Body::Fab(f) => f.record_eps(c, b, io, slot),
         }
     }
 
@@ -113,6 +116,7 @@ impl Body {
             Body::Family(f) => f.point(),
             Body::Apgd(a) => &a.result,
             Body::Square(s) => &s.result,
+            Body::Fab(f) => &f.result,
         }
     }
 
@@ -120,7 +124,7 @@ impl Body {
     fn scored(&self) -> bool {
         match self {
             Body::Family(f) => f.scored(),
-            Body::Apgd(_) | Body::Square(_) => true,
+            Body::Apgd(_) | Body::Square(_) | Body::Fab(_) => true,
         }
     }
 }
@@ -198,6 +202,7 @@ impl AttackPlan {
         let loss_kind = match spec.method {
             Method::ApgdDlr => LossKind::Dlr,
             Method::ApgdT => LossKind::DlrTargeted,
+            Method::FabT => LossKind::TargetMargin,
             _ => LossKind::CrossEntropy,
         };
         // The DLR losses are raised either way; cross-entropy descends to a target.
@@ -218,7 +223,7 @@ impl AttackPlan {
         let ids = labels_tensor(c, batch, "image ids")?;
         let clean = c.tensor(shape, "clean images")?;
         let classes = gpu.num_classes();
-        let loss_labels = if spec.method == Method::ApgdT {
+        let loss_labels = if matches!(spec.method, Method::ApgdT | Method::FabT) {
             labels_tensor(c, batch, "loss labels")?
         } else {
             grad.labels.clone()
@@ -315,6 +320,10 @@ impl AttackPlan {
             let a = Apgd::new(c, spec, batch, shape, classes, grad.logits.dtype)?;
             a.record_clean(c, &mut b, &io)?;
             Body::Apgd(a)
+        } else if spec.method == Method::FabT {
+            let f = Fab::new(c, spec, batch, shape, classes, grad.logits.dtype)?;
+            f.record_clean(c, &mut b, &io)?;
+            Body::Fab(f)
         } else if spec.method == Method::Square {
             let s = Square::new(c, spec, batch, shape, classes, grad.logits.dtype)?;
             s.record_clean(c, &mut b, &io)?;
@@ -443,7 +452,7 @@ impl AttackPlan {
         let lohi = bisect.map(|bs| bs.lohi);
         let g0_norm = match &body {
             Body::Family(f) => f.g0_norm.clone(),
-            Body::Apgd(_) | Body::Square(_) => None,
+            Body::Apgd(_) | Body::Square(_) | Body::Fab(_) => None,
         };
         Ok(AttackPlan {
             ctx,
