@@ -276,7 +276,10 @@ fn randomised_methods_match_the_reference_accuracy() {
             seed: Some(1),
             ..Default::default()
         };
-        let s = AttackSpec::resolve(&r, &eps, false, Target::Untargeted).unwrap();
+        let mut s = AttackSpec::resolve(&r, &eps, false, Target::Untargeted).unwrap();
+        if let Some(t) = case.get("targets").and_then(|t| t.as_u64()) {
+            s.targets = t as u32;
+        }
         let plan = AttackPlan::with_spec(&gpu, batch as u32, &s).unwrap();
         let mut robust = 0usize;
         for start in (0..n).step_by(batch) {
@@ -343,6 +346,8 @@ fn every_method_stays_in_the_ball_on_the_grid() {
         "pgd-l2",
         "square",
         "square-l2",
+        "fab-t",
+        "fab-t-l2",
     ] {
         let method = name.trim_end_matches("-l2");
         let l2_ball = method == "fgm" || name.ends_with("-l2");
@@ -353,7 +358,9 @@ fn every_method_stays_in_the_ball_on_the_grid() {
             count_rounding: true,
             ..Default::default()
         };
-        let s = spec(method, &eps, r, Target::Untargeted);
+        let mut s = spec(method, &eps, r, Target::Untargeted);
+        // FAB-T: two target runs keep the software adapter's time down.
+        s.targets = s.targets.min(2);
         let plan = AttackPlan::with_spec(&gpu, 16, &s).unwrap();
         for (start, out) in run_batches(&plan, pixels, &ids, 16) {
             let images = out.images.unwrap();
@@ -517,6 +524,24 @@ fn results_do_not_depend_on_the_batch_size() {
         "apgd-t predictions differ between batch sizes"
     );
     assert!(c_img == d_img, "apgd-t images differ between batch sizes");
+    // FAB-T: its target ranking, projections and bookkeeping are per image.
+    let mut fab = spec(
+        "fab-t",
+        &eps,
+        AttackRequest {
+            steps: Some(3),
+            ..Default::default()
+        },
+        Target::Untargeted,
+    );
+    fab.targets = 2;
+    let (e_img, e_pred) = run(&fab, 7);
+    let (f_img, f_pred) = run(&fab, 32);
+    assert_eq!(
+        e_pred, f_pred,
+        "fab-t predictions differ between batch sizes"
+    );
+    assert!(e_img == f_img, "fab-t images differ between batch sizes");
     // Square too: its squares are drawn per image and query, in both norms.
     for norm in ["linf", "l2"] {
         let e = if norm == "l2" {

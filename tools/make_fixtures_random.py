@@ -14,6 +14,10 @@ reference implementations reach on them with the MNIST CNN of weights/:
   square    AutoAttack's SquareAttack, L-inf, margin loss, p_init 0.8, the p
             schedule not rescaled (as AutoAttack runs it), `steps` queries
   square-l2 the same in L2
+  fab-t     AutoAttack's FABAttack_PT, targeted (as AutoAttack's fab-t), L-inf,
+            1 restart, `steps` iterations, the targets ranked 2nd to
+            `targets + 1`th (3 here, not 9, to keep the Rust test short)
+  fab-t-l2  the same in L2 (FAB-T is deterministic: every seed agrees)
 
 Robust accuracy = the share of images whose label is still the top-1 class at
 the attack's float32 output (not rounded to 8 bits; images the clean model
@@ -45,6 +49,7 @@ import numpy as np
 import torch
 import torchattacks
 from pyautoattack.autopgd_base import APGDAttack, APGDAttack_targeted
+from pyautoattack.fab_pt import FABAttack_PT
 from pyautoattack.square import SquareAttack
 from safetensors.numpy import save_file
 
@@ -67,7 +72,11 @@ CASES = [
     ("apgd-t", "26/255", 10),
     ("square", "51/255", 100),
     ("square-l2", "2.0", 100),
+    ("fab-t", "26/255", 5),
+    ("fab-t-l2", "1.5", 5),
 ]
+# Target classes of the FAB-T cases.
+FAB_TARGETS = 3
 
 
 def run(method: str, model, x, y, eps: float, steps: int, seed: int):
@@ -83,6 +92,11 @@ def run(method: str, model, x, y, eps: float, steps: int, seed: int):
     if method == "apgd-t":
         atk = APGDAttack_targeted(model, n_iter=steps, norm="Linf", n_restarts=1, eps=eps,
                                   seed=seed, n_target_classes=9, device="cpu")
+        return atk.perturb(x, y)
+    if method in ("fab-t", "fab-t-l2"):
+        atk = FABAttack_PT(model, norm="L2" if method.endswith("-l2") else "Linf",
+                           n_restarts=1, n_iter=steps, eps=eps, seed=seed, targeted=True,
+                           device="cpu", n_target_classes=FAB_TARGETS)
         return atk.perturb(x, y)
     if method in ("square", "square-l2"):
         atk = SquareAttack(model, norm="L2" if method.endswith("-l2") else "Linf",
@@ -120,8 +134,10 @@ def main() -> None:
             assert float(size) <= eps * (1 + 1e-5) + 1e-6
             with torch.no_grad():
                 accs.append(float((model(adv).argmax(1) == y).float().mean()))
-        cases.append({"method": method, "eps": et, "steps": steps,
-                      "robust_accuracy": accs})
+        case = {"method": method, "eps": et, "steps": steps, "robust_accuracy": accs}
+        if method.startswith("fab-t"):
+            case["targets"] = FAB_TARGETS
+        cases.append(case)
         print(f"{method} eps {et} steps {steps}: robust accuracy per seed {accs}")
     with open(os.path.join(ROOT, MODEL), "rb") as fh:
         sha = hashlib.sha256(fh.read()).hexdigest()

@@ -113,18 +113,19 @@ pub(crate) enum Command {
         /// Attack method: fgsm (one signed step), fgm (one L2 step), bim
         /// (projected signed steps), pgd (bim from a random start, with
         /// restarts), mifgsm (momentum), AutoAttack's apgd-ce, apgd-dlr and
-        /// apgd-t (APGD on the cross-entropy, DLR and targeted DLR losses), or
+        /// apgd-t (APGD on the cross-entropy, DLR and targeted DLR losses),
+        /// fab-t (AutoAttack's targeted FAB, the closest boundary point), or
         /// square (random squares, forward passes only). A comma list is a
         /// cascade: each attack runs only on the images the earlier ones left
         /// robust. Every method runs every eps.
         #[arg(long, default_value = "fgsm")]
         method: String,
         /// Norm of the threat model: linf (the default) or l2 (fgm always; bim,
-        /// pgd and square with --norm l2). L2 budgets in --eps may exceed 1.
+        /// pgd, fab-t and square with --norm l2). L2 budgets in --eps may exceed 1.
         #[arg(long)]
         norm: Option<String>,
-        /// Gradient steps of bim, pgd and mifgsm [default: 10], of apgd-* per
-        /// run [default: 100]; square's queries per image [default: 5000].
+        /// Gradient steps of bim, pgd and mifgsm [default: 10], of apgd-* and
+        /// fab-t per run [default: 100]; square's queries per image [default: 5000].
         #[arg(long)]
         steps: Option<u32>,
         /// Step size in [0,1] pixel units, decimal or fraction, the same for
