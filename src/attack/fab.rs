@@ -142,6 +142,7 @@ impl Fab {
         })
     }
 
+    #[allow(clippy::too_many_arguments)] // the kernel's uniform, field by field
     fn track(
         &self,
         c: &Context,

@@ -94,7 +94,22 @@ fn bad_settings_are_refused_with_a_reason() {
         norm: Some("l2".into()),
         ..req("mifgsm")
     })
-    .contains("fgm, bim and pgd"));
+    .contains("fgm, bim, pgd, fab-t and square"));
+    assert!(err(AttackRequest {
+        step_size: Some("2/255".into()),
+        ..req("square")
+    })
+    .contains("square"));
+    assert!(err(AttackRequest {
+        step_size: Some("2/255".into()),
+        ..req("fab-t")
+    })
+    .contains("fab-t"));
+    assert!(err(AttackRequest {
+        restarts: Some(2),
+        ..req("square")
+    })
+    .contains("pgd and apgd"));
     let l2 = resolve(AttackRequest {
         norm: Some("l2".into()),
         ..req("pgd")
@@ -135,6 +150,14 @@ fn bad_settings_are_refused_with_a_reason() {
     .contains("adapts"));
     let dlr_t = AttackSpec::resolve(&req("apgd-dlr"), &eps(), true, Target::Class(3));
     assert!(dlr_t.unwrap_err().to_string().contains("apgd-t"));
+    let fab_t = AttackSpec::resolve(&req("fab-t"), &eps(), true, Target::Class(3));
+    assert!(fab_t.unwrap_err().to_string().contains("apgd-t --target"));
+    let fab = AttackSpec::resolve(&req("fab-t"), &eps(), true, Target::Untargeted).unwrap();
+    assert_eq!((fab.steps, fab.targets), (100, 9));
+    assert!(fab.settings().iter().any(|s| s == "eta=1.05"));
+    let sq = AttackSpec::resolve(&req("square"), &eps(), true, Target::Untargeted).unwrap();
+    assert_eq!(sq.steps, 5000);
+    assert!(sq.settings().iter().any(|s| s == "queries=5000"));
     let several = AttackSpec::resolve(
         &AttackRequest {
             minimal: true,
