@@ -54,7 +54,8 @@ impl Method {
             "fab-t" | "fab" => Method::FabT,
             _ => {
                 return Err(Error::Usage(format!(
-                    "--method {s}: unknown method; use one of {}",
+                    "--method {s}: unknown method; use one of {}, or autoattack (AutoAttack's \
+                     standard version: {AUTOATTACK_STANDARD})",
                     METHOD_NAMES.join(", ")
                 )))
             }
@@ -532,7 +533,22 @@ impl Cascade {
     /// Resolve every method of the comma list with the same flags; a flag that
     /// does not apply to one of them is refused as for that method alone.
     pub fn resolve(r: &AttackRequest, eps: &[Eps], quantize: bool, target: Target) -> Result<Self> {
-        let list = r.method.as_deref().unwrap_or("fgsm");
+        let asked = r.method.as_deref().unwrap_or("fgsm");
+        let list = if asked.trim().eq_ignore_ascii_case(AUTOATTACK) {
+            check_autoattack(r, target)?;
+            AUTOATTACK_STANDARD
+        } else {
+            if asked
+                .split(',')
+                .any(|m| m.trim().eq_ignore_ascii_case(AUTOATTACK))
+            {
+                return Err(Error::Usage(format!(
+                    "--method {asked}: autoattack is a cascade of its own ({AUTOATTACK_STANDARD}); \
+                     give it alone, or list the attacks you want"
+                )));
+            }
+            asked
+        };
         let mut stages = Vec::new();
         for m in list.split(',') {
             if m.trim().is_empty() {
@@ -598,6 +614,56 @@ impl Cascade {
         }
         Ok(notes)
     }
+}
+
+/// `--method autoattack`: AutoAttack's standard version.
+pub const AUTOATTACK: &str = "autoattack";
+
+/// The attacks of AutoAttack's standard version, in its order; each with the
+/// reference's settings, which are advex's defaults for them (apgd-ce: 100
+/// steps, 1 restart; apgd-t and fab-t: 100 steps, 9 targets; square: 5000
+/// queries).
+pub const AUTOATTACK_STANDARD: &str = "apgd-ce,apgd-t,fab-t,square";
+
+/// The standard version's settings are the reference's: flags that would
+/// change them are refused, and so are what advex cannot run in it yet.
+fn check_autoattack(r: &AttackRequest, target: Target) -> Result<()> {
+    let fixed = [
+        ("--steps", r.steps.is_some()),
+        ("--step-size", r.step_size.is_some()),
+        ("--restarts", r.restarts.is_some()),
+        (
+            "--random-start / --no-random-start",
+            r.random_start.is_some(),
+        ),
+        ("--decay", r.decay.is_some()),
+    ];
+    if let Some((flag, _)) = fixed.iter().find(|(_, set)| *set) {
+        return Err(Error::Usage(format!(
+            "{flag} with --method autoattack: the standard version runs the reference's \
+             settings; to change them, list the attacks instead: --method \
+             {AUTOATTACK_STANDARD} {flag} ..."
+        )));
+    }
+    if target != Target::Untargeted {
+        return Err(Error::Usage(
+            "--target with --method autoattack: AutoAttack's standard version is untargeted \
+             (apgd-t and fab-t pick their own target classes); for one target class use \
+             apgd-t --target CLASS"
+                .into(),
+        ));
+    }
+    if let Some(n) = &r.norm {
+        if Norm::parse(n)? == Norm::L2 {
+            return Err(Error::Usage(
+                "--method autoattack --norm l2: advex's APGD runs in L-inf only so far, so the \
+                 L2 standard version cannot run; the L2 attacks it has are --method \
+                 fab-t,square --norm l2"
+                    .into(),
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn stages_len(list: &str) -> usize {

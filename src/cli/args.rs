@@ -117,7 +117,9 @@ pub(crate) enum Command {
         /// fab-t (AutoAttack's targeted FAB, the closest boundary point), or
         /// square (random squares, forward passes only). A comma list is a
         /// cascade: each attack runs only on the images the earlier ones left
-        /// robust. Every method runs every eps.
+        /// robust; autoattack is AutoAttack's standard version, the cascade
+        /// apgd-ce,apgd-t,fab-t,square with the reference's settings. Every
+        /// method runs every eps.
         #[arg(long, default_value = "fgsm")]
         method: String,
         /// Norm of the threat model: linf (the default) or l2 (fgm always; bim,

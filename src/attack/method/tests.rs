@@ -225,3 +225,30 @@ fn bad_settings_are_refused_with_a_reason() {
     })
     .is_ok());
 }
+
+#[test]
+fn autoattack_is_the_standard_cascade_with_the_reference_settings() {
+    let r = |extra: AttackRequest| Cascade::resolve(&extra, &eps(), true, Target::Untargeted);
+    let c = r(req("autoattack")).unwrap();
+    assert_eq!(c.name(), "apgd-ce,apgd-t,fab-t,square");
+    let steps: Vec<u32> = c.stages.iter().map(|s| s.steps).collect();
+    assert_eq!(steps, vec![100, 100, 100, 5000]);
+    assert_eq!(c.stages[1].targets, 9);
+    assert_eq!(c.stages[2].targets, 9);
+    assert_eq!(c.stages[0].restarts, 1);
+    assert!(c.stages[0].random_start);
+    let e = |x: AttackRequest| r(x).unwrap_err().to_string();
+    assert!(e(AttackRequest {
+        steps: Some(10),
+        ..req("autoattack")
+    })
+    .contains("list the attacks"));
+    assert!(e(AttackRequest {
+        norm: Some("l2".into()),
+        ..req("autoattack")
+    })
+    .contains("L-inf only"));
+    assert!(e(req("apgd-ce,autoattack")).contains("give it alone"));
+    let t = Cascade::resolve(&req("AutoAttack"), &eps(), true, Target::Class(2));
+    assert!(t.unwrap_err().to_string().contains("untargeted"));
+}
