@@ -16,9 +16,10 @@
 // min(lambda, room_i) (L-inf; room the distance to the corner) or
 // g_i min(lambda, r_i) (L2; r_i where coordinate i reaches its bound), with
 // lambda the root of sum_i weight_i min(lambda, room_i) = c (weights |g_i|,
-// g_i^2). The reference sorts the rooms per image; here a bisection on lambda
-// brackets the root and one solve on its linear piece finishes it (the same
-// minimiser, no sort). If even the whole box cannot reach the plane, every
+// g_i^2). The reference sorts the rooms per image; here Newton's method on
+// that concave piecewise-linear sum, from lambda = 0, reaches the root from
+// below (24 rounds, each one reduction of the sum and its slope): the same
+// minimiser, no sort. If even the whole box cannot reach the plane, every
 // coordinate goes to its corner, as in the reference.
 
 override WG: u32;
@@ -39,7 +40,7 @@ const FL_ADV: u32 = 1u;
 const FL_KEEP: u32 = 2u;
 const FL_TAKE: u32 = 4u;
 
-const BISECT: u32 = 40u;
+const NEWTON: u32 = 24u;
 
 var<workgroup> fb_red: array<f32, WG>;
 
@@ -54,6 +55,21 @@ fn fb_sum(lid: u32, v: f32) -> f32 {
         workgroupBarrier();
     }
     return fb_red[0];
+}
+
+var<workgroup> fb_red2: array<vec2<f32>, WG>;
+
+fn fb_sum2(lid: u32, v: vec2<f32>) -> vec2<f32> {
+    workgroupBarrier();
+    fb_red2[lid] = v;
+    workgroupBarrier();
+    for (var stride = WG / 2u; stride > 0u; stride = stride >> 1u) {
+        if (lid < stride) {
+            fb_red2[lid] = fb_red2[lid] + fb_red2[lid + stride];
+        }
+        workgroupBarrier();
+    }
+    return fb_red2[0];
 }
 
 fn fb_max(lid: u32, v: f32) -> f32 {
@@ -118,44 +134,29 @@ fn fb_solve(lid: u32, live: bool, base: u32, clean: bool, c_raw: f32) -> f32 {
     let s = select(-1.0, 1.0, c_raw >= 0.0);
     let c = abs(c_raw);
     var tot = 0.0;
-    var top = 0.0;
     if (live) {
         for (var j = lid; j < fs.item; j = j + WG) {
             let k = fb_coord(base + j, clean, s);
             tot = tot + k.x * k.y;
-            if (k.x > 0.0) { top = max(top, k.y); }
         }
     }
     let total = fb_sum(lid, tot);
-    let hi0 = fb_max(lid, top);
     let full = c >= total;
-    var lo = 0.0;
-    var hi = hi0;
-    for (var it = 0u; it < BISECT; it = it + 1u) {
-        let mid = 0.5 * (lo + hi);
-        var g = 0.0;
+    // Newton's method from below: g is concave and piecewise linear, so each
+    // tangent's root stays at or below the root and lands on it once the
+    // tangent is the root's own piece.
+    var lam = 0.0;
+    for (var it = 0u; it < NEWTON; it = it + 1u) {
+        var g = vec2<f32>(0.0, 0.0);
         if (live) {
             for (var j = lid; j < fs.item; j = j + WG) {
                 let k = fb_coord(base + j, clean, s);
-                g = g + k.x * min(mid, k.y);
+                g = g + vec2<f32>(k.x * min(lam, k.y), select(0.0, k.x, k.y > lam));
             }
         }
-        if (fb_sum(lid, g) < c) { lo = mid; } else { hi = mid; }
+        let t = fb_sum2(lid, g);
+        if (t.y > 0.0) { lam = lam + (c - t.x) / t.y; }
     }
-    // The linear piece above lo: saturated coordinates contribute weight *
-    // breakpoint, the others weight * lambda.
-    var sat = 0.0;
-    var lin = 0.0;
-    if (live) {
-        for (var j = lid; j < fs.item; j = j + WG) {
-            let k = fb_coord(base + j, clean, s);
-            if (k.y <= lo) { sat = sat + k.x * k.y; } else { lin = lin + k.x; }
-        }
-    }
-    let satt = fb_sum(lid, sat);
-    let lint = fb_sum(lid, lin);
-    var lam = hi;
-    if (lint > 0.0) { lam = clamp((c - satt) / lint, lo, hi); }
     return select(max(lam, 0.0), 3e38, full);
 }
 

@@ -9,7 +9,7 @@
 //!
 //! Every iteration is a forward and backward of `z_target - z_label` (the
 //! gradient plan's `TargetMargin` loss), the projections on the GPU
-//! (`shaders/attack/fab.wgsl`, a bisection instead of the reference's sort)
+//! (`shaders/attack/fab.wgsl`, Newton's method instead of the reference's sort)
 //! and a forward of the new point, all recorded into the batch's one submit.
 
 use std::sync::Arc;
