@@ -42,21 +42,6 @@ const FL_TAKE: u32 = 4u;
 
 const NEWTON: u32 = 24u;
 
-var<workgroup> fb_red: array<f32, WG>;
-
-fn fb_sum(lid: u32, v: f32) -> f32 {
-    workgroupBarrier();
-    fb_red[lid] = v;
-    workgroupBarrier();
-    for (var stride = WG / 2u; stride > 0u; stride = stride >> 1u) {
-        if (lid < stride) {
-            fb_red[lid] = fb_red[lid] + fb_red[lid + stride];
-        }
-        workgroupBarrier();
-    }
-    return fb_red[0];
-}
-
 var<workgroup> fb_red2: array<vec2<f32>, WG>;
 
 fn fb_sum2(lid: u32, v: vec2<f32>) -> vec2<f32> {
@@ -70,19 +55,6 @@ fn fb_sum2(lid: u32, v: vec2<f32>) -> vec2<f32> {
         workgroupBarrier();
     }
     return fb_red2[0];
-}
-
-fn fb_max(lid: u32, v: f32) -> f32 {
-    workgroupBarrier();
-    fb_red[lid] = v;
-    workgroupBarrier();
-    for (var stride = WG / 2u; stride > 0u; stride = stride >> 1u) {
-        if (lid < stride) {
-            fb_red[lid] = max(fb_red[lid], fb_red[lid + stride]);
-        }
-        workgroupBarrier();
-    }
-    return fb_red[0];
 }
 
 // ---------------------------------------------------------------------------
@@ -140,7 +112,7 @@ fn fb_solve(lid: u32, live: bool, base: u32, clean: bool, c_raw: f32) -> f32 {
             tot = tot + k.x * k.y;
         }
     }
-    let total = fb_sum(lid, tot);
+    let total = wg_sum(lid, tot);
     let full = c >= total;
     // Newton's method from below: g is concave and piecewise linear, so each
     // tangent's root stays at or below the root and lands on it once the
@@ -184,8 +156,8 @@ fn fab_step(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
             p0 = p0 + g * fs_x0[base + j];
         }
     }
-    let gx1 = fb_sum(lid, p1);
-    let gx0 = fb_sum(lid, p0);
+    let gx1 = wg_sum(lid, p1);
+    let gx0 = wg_sum(lid, p0);
     let b = -df + gx1;
     let c1 = gx1 - b;
     let c0 = gx0 - b;
@@ -212,11 +184,11 @@ fn fab_step(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
     var a1 = 0.0;
     var a0 = 0.0;
     if (NORM_L2) {
-        a1 = sqrt(fb_sum(lid, n1));
-        a0 = sqrt(fb_sum(lid, n0));
+        a1 = sqrt(wg_sum(lid, n1));
+        a0 = sqrt(wg_sum(lid, n0));
     } else {
-        a1 = fb_max(lid, n1);
-        a0 = fb_max(lid, n0);
+        a1 = wg_max(lid, n1);
+        a0 = wg_max(lid, n0);
     }
     a1 = max(a1, 1e-8);
     a0 = max(a0, 1e-8);
@@ -236,7 +208,7 @@ fn fab_step(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
         }
     }
     var nd = 0.0;
-    if (NORM_L2) { nd = sqrt(fb_sum(lid, dist)); } else { nd = fb_max(lid, dist); }
+    if (NORM_L2) { nd = sqrt(wg_sum(lid, dist)); } else { nd = wg_max(lid, dist); }
     if (live && lid == 0u) { fs_state[img * FB_S + B_NORM] = nd; }
 }
 

@@ -72,22 +72,6 @@ fn sq_corner(u: f32, room: u32) -> u32 {
     return min(u32(floor(u * f32(room))), max(room, 1u) - 1u);
 }
 
-var<workgroup> sq_red: array<f32, WG>;
-
-// The sum of `v` over the workgroup, the same in every thread.
-fn sq_sum(lid: u32, v: f32) -> f32 {
-    workgroupBarrier();
-    sq_red[lid] = v;
-    workgroupBarrier();
-    for (var stride = WG / 2u; stride > 0u; stride = stride >> 1u) {
-        if (lid < stride) {
-            sq_red[lid] = sq_red[lid] + sq_red[lid + stride];
-        }
-        workgroupBarrier();
-    }
-    return sq_red[0];
-}
-
 // ---------------------------------------------------------------------------
 // square_init (one workgroup per image): the start, into best and input.
 //   L-inf: x + eps * s, s = +-1 per channel and column (vertical stripes).
@@ -149,7 +133,7 @@ fn square_init(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
                 ss = ss + d * d;
             }
         }
-        scale = eps / (sqrt(sq_sum(lid, ss)) + 1e-12);
+        scale = eps / (sqrt(wg_sum(lid, ss)) + 1e-12);
     }
     if (!live) { return; }
     for (var j = lid; j < si.item; j = j + WG) {
@@ -248,7 +232,7 @@ fn square_propose(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups
             ss = ss + d * d;
         }
     }
-    let norm2 = sq_sum(lid, ss);
+    let norm2 = wg_sum(lid, ss);
     let area = s * s;
     for (var ch = 0u; ch < sp.c; ch = ch + 1u) {
         let cb = base + ch * plane;
@@ -269,8 +253,8 @@ fn square_propose(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups
                 }
             }
         }
-        let w1 = sq_sum(lid, a);
-        let win = w1 + sq_sum(lid, b);
+        let w1 = wg_sum(lid, a);
+        let win = w1 + wg_sum(lid, b);
         let inv1 = 1.0 / (1e-12 + sqrt(w1));
         let sg = sq_sign(sq_draw(sp, id, q + 1u, D_SIGN + ch));
         var nn = 0.0;
@@ -284,7 +268,7 @@ fn square_propose(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups
                 nn = nn + t * t;
             }
         }
-        let nd = sq_sum(lid, nn);
+        let nd = wg_sum(lid, nn);
         let scale = sqrt(max(eps * eps - norm2, 0.0) / f32(sp.c) + win) / (1e-12 + sqrt(nd));
         // The new W1 (and the cleared W2) go to input; the pass below reads them.
         if (live && querying) {
@@ -317,7 +301,7 @@ fn square_propose(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups
             ss2 = ss2 + d * d;
         }
     }
-    let f = eps / (sqrt(sq_sum(lid, ss2)) + 1e-12);
+    let f = eps / (sqrt(wg_sum(lid, ss2)) + 1e-12);
     if (!live) { return; }
     for (var j = lid; j < sp.item; j = j + WG) {
         let i = base + j;

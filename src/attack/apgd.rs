@@ -59,6 +59,13 @@ pub fn checkpoints(n_iter: u32) -> Vec<Option<f32>> {
         .collect()
 }
 
+/// Elements of a batch of `shape`, as the attack kernels index them (u32).
+pub(super) fn kernel_numel(shape: Shape) -> Result<u32> {
+    u32::try_from(shape.numel()).map_err(|_| {
+        Error::Usage("batch too large for the attack kernels; lower --batch-size".into())
+    })
+}
+
 /// Mirrors `ApgdStartParams` in `shaders/attack/attack.wgsl`.
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -176,9 +183,7 @@ impl Apgd {
         // Too few classes for the DLR loss is a usage error; the target count fits.
         let mut spec = spec.clone();
         spec.fit_to_model(classes)?;
-        let numel = u32::try_from(shape.numel()).map_err(|_| {
-            Error::Usage("batch too large for the attack kernels; lower --batch-size".into())
-        })?;
+        let numel = kernel_numel(shape)?;
         let item = numel / batch;
         let rw = Binding::ReadWriteF32;
         let r = Binding::ReadF32;

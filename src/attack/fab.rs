@@ -14,10 +14,10 @@
 
 use std::sync::Arc;
 
-use super::apgd::{rank_targets, Io};
+use super::apgd::{kernel_numel, rank_targets, Io};
 use super::method::{AttackSpec, Norm, FAB_ALPHA_MAX, FAB_BETA, FAB_ETA};
 use super::replay::{Builder, Piece};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::gpu::{
     Binding, Context, DType, Kernel, Shader, Shape, Tensor, WORKGROUP_1D, WORKGROUP_IMAGES,
 };
@@ -96,9 +96,7 @@ impl Fab {
     ) -> Result<Self> {
         let mut spec = spec.clone();
         spec.fit_to_model(classes)?;
-        let numel = u32::try_from(shape.numel()).map_err(|_| {
-            Error::Usage("batch too large for the attack kernels; lower --batch-size".into())
-        })?;
+        let numel = kernel_numel(shape)?;
         let item = numel / batch;
         let l2 = ("NORM_L2", if spec.norm == Norm::L2 { 1.0 } else { 0.0 });
         let r = Binding::ReadF32;

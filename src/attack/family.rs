@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use super::apgd::Io;
+use super::apgd::{kernel_numel, Io};
 use super::method::{AttackSpec, Method};
 use super::replay::{Builder, Piece};
 use crate::error::Result;
@@ -194,11 +194,7 @@ impl Family {
         classes: u32,
     ) -> Result<Self> {
         let batch = shape.n;
-        let numel = u32::try_from(shape.numel()).map_err(|_| {
-            crate::error::Error::Usage(
-                "batch too large for the attack kernels; lower --batch-size".into(),
-            )
-        })?;
+        let numel = kernel_numel(shape)?;
         let item = numel / batch;
         let (r, rw) = (Binding::ReadF32, Binding::ReadWriteF32);
         let g0 = if spec.method.iterative() {

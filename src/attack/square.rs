@@ -16,7 +16,7 @@
 
 use std::sync::Arc;
 
-use super::apgd::Io;
+use super::apgd::{kernel_numel, Io};
 use super::method::{AttackSpec, Norm, SQUARE_P_INIT as P_INIT};
 use super::replay::{Builder, Piece};
 use crate::error::{Error, Result};
@@ -204,9 +204,7 @@ impl Square {
         classes: u32,
         logits: DType,
     ) -> Result<Self> {
-        let numel = u32::try_from(shape.numel()).map_err(|_| {
-            Error::Usage("batch too large for the attack kernels; lower --batch-size".into())
-        })?;
+        let numel = kernel_numel(shape)?;
         let item = numel / batch;
         let (ch, h, w) = (shape.c, shape.h, shape.w);
         let init_s = h / 5;

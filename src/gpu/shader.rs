@@ -159,8 +159,14 @@ impl Shader {
             Shader::Elementwise => module!("elementwise/elementwise.wgsl"),
             Shader::Pool => module!("pool/pool.wgsl"),
             Shader::Softmax => module!("loss/softmax.wgsl"),
-            Shader::Square => module!("common/random.wgsl", "attack/square.wgsl"),
-            Shader::Fab => module!("attack/fab.wgsl"),
+            Shader::Square => {
+                module!(
+                    "common/random.wgsl",
+                    "common/reduce.wgsl",
+                    "attack/square.wgsl"
+                )
+            }
+            Shader::Fab => module!("common/reduce.wgsl", "attack/fab.wgsl"),
         }
     }
 
