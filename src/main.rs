@@ -88,8 +88,10 @@ fn run(cli: Cli) -> Result<(), Error> {
             gallery_images,
             no_quantize,
             count_rounding,
+            leaderboard,
         } => {
             let mut o = common.options();
+            o.leaderboard = leaderboard.request()?;
             o.eps = advex::attack::parse_l2_eps_list(&eps)?; // L-inf methods check <= 1
             o.target = match target.as_deref() {
                 None => advex::run::TargetSpec::None,
@@ -287,8 +289,16 @@ fn run(cli: Cli) -> Result<(), Error> {
             );
             Ok(())
         }
-        Command::Merge { dir } => {
+        Command::Merge { dir, leaderboard } => {
+            let lb = leaderboard.request()?;
+            if let Some(lb) = &lb {
+                lb.existing()?;
+            }
             let report = advex::run::write_merged(&dir)?;
+            if let Some(lb) = &lb {
+                advex::run::shards::write_leaderboard(&dir, lb, &report)?;
+                println!("leaderboard entry: {}", lb.path.display());
+            }
             println!(
                 "merged {} images into {}: report.json, predictions.csv, accuracy.svg",
                 report.images,

@@ -1099,6 +1099,147 @@ fn cascades_report_each_attack_and_the_worst_case() {
     );
 }
 
+/// `--leaderboard`: one entry with RobustBench's model-zoo fields and types
+/// (accuracies as percent text), the float robust accuracy equal to a run
+/// that does not round, the 8-bit one the report's, the passes spent; hand
+/// filled fields of an existing entry kept, measured ones replaced; `advex
+/// merge --leaderboard` writes the same entry; bad requests refused first.
+#[test]
+fn leaderboard_entry_follows_the_model_zoo_and_the_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let entry_path = dir.path().join("entry.json");
+    std::fs::write(
+        &entry_path,
+        r#"{"link": "https://example.org/paper", "authors": "A. Person", "clean_acc": "1.00"}"#,
+    )
+    .unwrap();
+    let attack = |out: &str, extra: &[&str]| {
+        let mut c = digits_attack_eps(&dir.path().join(out), "0.1");
+        c.args(["--method", "apgd-ce,square", "--steps", "4"])
+            .args(extra);
+        c
+    };
+    let lb = entry_path.to_str().unwrap();
+    let (code, _, err) = run(&mut attack(
+        "rounded",
+        &[
+            "--leaderboard",
+            lb,
+            "--leaderboard-field",
+            "architecture=SmallCNN",
+            "--leaderboard-field",
+            "additional_data=false",
+        ],
+    ));
+    assert_eq!(code, 0, "{err}");
+    let entry: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&entry_path).unwrap()).unwrap();
+    let (_, report) = merged(&dir.path().join("rounded"));
+    let (code, _, err) = run(&mut attack("float", &["--no-quantize"]));
+    assert_eq!(code, 0, "{err}");
+    let (_, float) = merged(&dir.path().join("float"));
+
+    let pct = |v: &serde_json::Value| format!("{:.2}", v.as_f64().unwrap() * 100.0);
+    let e0 = &report["epsilons"][0];
+    assert_eq!(entry["link"], "https://example.org/paper");
+    assert_eq!(entry["authors"], "A. Person");
+    assert_eq!(entry["architecture"], "SmallCNN");
+    assert_eq!(entry["additional_data"], false);
+    assert_eq!(entry["dataset"], "digits");
+    assert_eq!(entry["name"], report["model"]["name"]);
+    assert_eq!(entry["threat_model"], "Linf");
+    assert_eq!(entry["eps"], "0.1");
+    assert_eq!(entry["n_examples"], 100);
+    assert_eq!(entry["clean_acc"], pct(&report["clean"]["accuracy"]));
+    assert_ne!(entry["clean_acc"], "1.00");
+    assert_eq!(entry["autoattack_acc_8bit"], pct(&e0["robust_accuracy"]));
+    assert_eq!(
+        entry["autoattack_acc"],
+        pct(&float["epsilons"][0]["robust_accuracy"]),
+        "float robust accuracy as a run that does not round"
+    );
+    assert_eq!(
+        pct(&e0["robust_accuracy_float"]),
+        entry["autoattack_acc"].as_str().unwrap()
+    );
+    for k in ["clean_acc", "autoattack_acc", "autoattack_acc_8bit"] {
+        let t = entry[k].as_str().unwrap();
+        let v: f64 = t.parse().unwrap();
+        assert!(
+            (0.0..=100.0).contains(&v) && t.split('.').nth(1).unwrap().len() == 2,
+            "{k}: {t}"
+        );
+    }
+    assert_eq!(entry["attacks"], serde_json::json!(["apgd-ce", "square"]));
+    assert_eq!(entry["version"], "custom");
+    assert_eq!(entry["number_forward_passes"], 1);
+    let (f, b) = (
+        entry["passes"]["forward"].as_u64().unwrap(),
+        entry["passes"]["backward"].as_u64().unwrap(),
+    );
+    assert_eq!(report["passes"]["forward"].as_u64(), Some(f));
+    // every digit ran apgd-ce's gradients; square only forwards, on fewer
+    assert!(
+        b > 0 && b % 100 == 0 && f > b,
+        "passes {f} forward, {b} backward"
+    );
+
+    // merge writes the same entry (its timing aside)
+    let again = dir.path().join("again.json");
+    let (code, out, err) = run(advex()
+        .args(["merge"])
+        .arg(dir.path().join("rounded"))
+        .arg("--leaderboard")
+        .arg(&again)
+        .args(["--leaderboard-field", "architecture=SmallCNN"]));
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("leaderboard entry"), "{out}");
+    let mut second: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&again).unwrap()).unwrap();
+    let mut first = entry.clone();
+    for e in [&mut first, &mut second] {
+        let m = e.as_object_mut().unwrap();
+        for k in ["seconds", "link", "authors", "additional_data"] {
+            m.remove(k);
+        }
+    }
+    assert_eq!(first, second);
+
+    // refused before any work, the file untouched
+    let bad = dir.path().join("bad.json");
+    std::fs::write(&bad, "not json").unwrap();
+    let b = bad.to_str().unwrap();
+    for (extra, want) in [
+        (vec!["--leaderboard", b], "not a JSON object"),
+        (
+            vec!["--leaderboard", lb, "--leaderboard-field", "clean_acc=99"],
+            "measures",
+        ),
+        (vec!["--leaderboard", lb, "--eps", "0.2"], "one eps"),
+        (vec!["--leaderboard", lb, "--target", "3"], "--target"),
+    ] {
+        let mut c = attack("refused", &extra);
+        if extra.contains(&"--eps") {
+            c = advex();
+            c.args([
+                "attack",
+                "-q",
+                "--no-tune",
+                "--model",
+                "weights/mnist_cnn.safetensors",
+            ])
+            .args(["--images", "examples/digits", "--eps", "0.1,0.2"])
+            .args(["--leaderboard", lb])
+            .current_dir(root());
+        }
+        let (code, _, err) = run(&mut c);
+        assert_eq!(code, 1, "{extra:?}");
+        assert!(err.contains(want), "{extra:?}: {err}");
+    }
+    assert_eq!(std::fs::read_to_string(&bad).unwrap(), "not json");
+    assert!(!dir.path().join("refused").exists());
+}
+
 /// `--minimal`: a `min_eps` column (empty on clean rows), the median and
 /// histogram in the report, and several eps refused before any work.
 #[test]

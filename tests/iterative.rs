@@ -344,6 +344,8 @@ fn every_method_stays_in_the_ball_on_the_grid() {
         "apgd-t",
         "bim-l2",
         "pgd-l2",
+        "apgd-ce-l2",
+        "apgd-t-l2",
         "square",
         "square-l2",
         "fab-t",
@@ -524,6 +526,28 @@ fn results_do_not_depend_on_the_batch_size() {
         "apgd-t predictions differ between batch sizes"
     );
     assert!(c_img == d_img, "apgd-t images differ between batch sizes");
+    // APGD in L2: its Gaussian start and its norms are per image.
+    let apgd_l2 = spec(
+        "apgd-ce",
+        &eps,
+        AttackRequest {
+            steps: Some(4),
+            seed: Some(7),
+            norm: Some("l2".into()),
+            ..Default::default()
+        },
+        Target::Untargeted,
+    );
+    let (g_img, g_pred) = run(&apgd_l2, 7);
+    let (h_img, h_pred) = run(&apgd_l2, 32);
+    assert_eq!(
+        g_pred, h_pred,
+        "apgd-ce l2 predictions differ between batch sizes"
+    );
+    assert!(
+        g_img == h_img,
+        "apgd-ce l2 images differ between batch sizes"
+    );
     // FAB-T: its target ranking, projections and bookkeeping are per image.
     let mut fab = spec(
         "fab-t",
@@ -1017,7 +1041,10 @@ fn batches_split_to_fit_a_small_binding_limit() {
 /// Cascades attack later only what is still robust (AutoAttack's saving):
 /// the robust images of a batch run packed in a smaller plan, and every
 /// result (predictions, norms, first successes, pixels, which attack is
-/// kept) is what running each attack on the whole batch gives.
+/// kept) is what running each attack on the whole batch gives. With
+/// `--count-rounding` the unrounded points are a cascade of their own (the
+/// float robust accuracy of a leaderboard): the same as a run that does not
+/// round at all. The passes counted are what each attack ran.
 #[test]
 fn cascades_attack_later_only_what_is_still_robust() {
     let (gpu, paths, pixels) = digits();
@@ -1026,21 +1053,37 @@ fn cascades_attack_later_only_what_is_still_robust() {
     let labels = vec![None; n];
     // 0.05 leaves most digits robust to FGSM, 0.3 almost none
     let eps = parse_eps_list("0.05,0.3").unwrap();
-    for (method, steps) in [("fgsm,bim", None), ("apgd-ce,apgd-t", Some(4))] {
-        let c = advex::attack::Cascade::resolve(
-            &AttackRequest {
-                method: Some(method.into()),
-                steps,
-                ..Default::default()
-            },
-            &eps,
-            true,
-            Target::Untargeted,
-        )
-        .unwrap();
+    for (method, steps, count_rounding) in
+        [("fgsm,bim", None, false), ("apgd-ce,apgd-t", Some(4), true)]
+    {
+        let resolve = |quantize: bool| {
+            advex::attack::Cascade::resolve(
+                &AttackRequest {
+                    method: Some(method.into()),
+                    steps,
+                    count_rounding: count_rounding && quantize,
+                    ..Default::default()
+                },
+                &eps,
+                quantize,
+                Target::Untargeted,
+            )
+            .unwrap()
+        };
+        let c = resolve(true);
         let packed = advex::attack::CascadePlan::new(&gpu, n as u32, &c).unwrap();
         let mut whole = advex::attack::CascadePlan::new(&gpu, n as u32, &c).unwrap();
         whole.set_compaction(false);
+        let float = advex::attack::CascadePlan::new(&gpu, n as u32, &resolve(false)).unwrap();
+        let per_image: Vec<(u32, u32)> = c
+            .stages
+            .iter()
+            .map(|s| {
+                advex::attack::AttackPlan::with_spec(&gpu, 1, s)
+                    .unwrap()
+                    .passes_per_image()
+            })
+            .collect();
         let run = |p: &advex::attack::CascadePlan, range: std::ops::Range<usize>| {
             p.run_ids(
                 &pixels[range.start * 784..range.end * 784],
@@ -1066,7 +1109,41 @@ fn cascades_attack_later_only_what_is_still_robust() {
                     a.images.as_ref().unwrap()[e] == b.images.as_ref().unwrap()[e],
                     "{method} eps {e}: pixels differ with compaction"
                 );
+                if count_rounding {
+                    let raw = |o: &advex::attack::BatchOutcome| -> Vec<u32> {
+                        o.raw_adv.as_ref().unwrap()[e]
+                            .iter()
+                            .map(|p| p.class)
+                            .collect()
+                    };
+                    assert_eq!(raw(&a), raw(&b), "{method} eps {e}: unrounded, compacted");
+                    let f = run(&float, range.clone());
+                    assert_eq!(
+                        raw(&a),
+                        classes(&f),
+                        "{method} eps {e}: unrounded vs float run"
+                    );
+                }
             }
+            // every image ran the first attack; the second only where robust
+            let whole_passes = (
+                per_image[0].0 + per_image[1].0,
+                per_image[0].1 + per_image[1].1,
+            );
+            assert!(b.passes.iter().all(|&p| p == whole_passes), "{method}");
+            assert!(a
+                .passes
+                .iter()
+                .all(|&p| p == per_image[0] || p == whole_passes));
+            for j in 0..range.len() {
+                if (0..eps.len()).any(|e| a.adv[e][j].class == a.labels[j]) {
+                    assert_eq!(a.passes[j], whole_passes, "{method}: robust image {j}");
+                }
+            }
+            assert!(
+                per_image[0].1 > 0 && per_image[0].0 > per_image[0].1,
+                "{per_image:?}"
+            );
         }
         // The second attack ran on fewer images than the batch.
         let sizes = packed.smaller_sizes(1);
@@ -1387,4 +1464,222 @@ fn square_matches_a_cpu_reference() {
             "{norm}: no image needed a query after the start"
         );
     }
+}
+
+// ---------------------------------------------------------------------------
+// APGD-CE in L2 against a CPU reference: `autopgd_base.py`'s L2 run written
+// out in f64 on a linear model (whose cross-entropy gradient is W^T (p - e_y)),
+// from the same Gaussian start (the counter-based generator of
+// shaders/common/random.wgsl, Box-Muller as attack.wgsl's `normal01`).
+
+fn uniform01(seed: u64, image: u32, restart: u32, element: u32) -> f32 {
+    let mut h = mix32(seed as u32 ^ 0x9e3779b9);
+    h = mix32(h ^ (seed >> 32) as u32);
+    h = mix32(h ^ image);
+    h = mix32(h ^ restart.wrapping_mul(0x85ebca6b));
+    h = mix32(h ^ element);
+    (h >> 8) as f32 * (1.0 / 16777216.0)
+}
+
+fn normal01(seed: u64, image: u32, j: u32) -> f64 {
+    let u1 = uniform01(seed, image, 0, 2 * j) as f64;
+    let u2 = uniform01(seed, image, 0, 2 * j + 1) as f64;
+    (-2.0 * (1.0 - u1).ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
+}
+
+/// Logits, cross-entropy of `label` and its gradient for `z = W x + b`.
+fn linear_ce(w: &[f64], b: &[f64], x: &[f64], label: usize) -> (Vec<f64>, f64, Vec<f64>) {
+    let k = x.len();
+    let z: Vec<f64> = (0..b.len())
+        .map(|c| b[c] + (0..k).map(|i| w[c * k + i] * x[i]).sum::<f64>())
+        .collect();
+    let m = z.iter().cloned().fold(f64::MIN, f64::max);
+    let lse = m + z.iter().map(|v| (v - m).exp()).sum::<f64>().ln();
+    let mut g = vec![0.0; k];
+    for c in 0..b.len() {
+        let d = (z[c] - lse).exp() - (c == label) as u8 as f64;
+        for i in 0..k {
+            g[i] += w[c * k + i] * d;
+        }
+    }
+    (z.clone(), lse - z[label], g)
+}
+
+fn top1(z: &[f64]) -> usize {
+    (1..z.len()).fold(0, |best, c| if z[c] > z[best] { c } else { best })
+}
+
+/// One APGD-CE L2 run (1 restart, random start) as the reference; returns
+/// the scored point (the last fooling point, else x) and the step it was
+/// first fooled at (0: at the start).
+#[allow(clippy::too_many_arguments)]
+fn apgd_l2_cpu(
+    w: &[f64],
+    b: &[f64],
+    x: &[f64],
+    label: usize,
+    id: u32,
+    eps: f64,
+    n_iter: u32,
+    seed: u64,
+) -> (Vec<f64>, Option<u32>) {
+    let norm = |v: &[f64]| v.iter().map(|a| a * a).sum::<f64>().sqrt();
+    let project = |v: &[f64]| -> Vec<f64> {
+        let d: Vec<f64> = v.iter().zip(x).map(|(a, c)| a - c).collect();
+        let r = norm(&d);
+        let f = eps.min(r) / (r + 1e-12);
+        d.iter()
+            .zip(x)
+            .map(|(d, c)| (c + d * f).clamp(0.0, 1.0))
+            .collect()
+    };
+    let t: Vec<f64> = (0..x.len() as u32).map(|j| normal01(seed, id, j)).collect();
+    let tn = norm(&t);
+    let mut adv: Vec<f64> = x
+        .iter()
+        .zip(&t)
+        .map(|(c, t)| (c + eps * t / (tn + 1e-12)).clamp(0.0, 1.0))
+        .collect();
+    let (z, mut loss_best, mut grad) = linear_ce(w, b, &adv, label);
+    let mut first = (top1(&z) != label).then_some(0);
+    let mut fooled = first.is_some();
+    let mut best_adv = adv.clone();
+    let (mut best, mut grad_best) = (adv.clone(), grad.clone());
+    let mut old = adv.clone();
+    let mut step = 2.0 * eps;
+    let schedule = advex::attack::apgd::checkpoints(n_iter);
+    let (mut prev, mut count) = (0.0, 0.0f32);
+    let (mut last_check, mut reduced) = (loss_best, true);
+    for (i, check) in schedule.iter().enumerate() {
+        let a = if i == 0 { 1.0 } else { 0.75 };
+        let gn = norm(&grad) + 1e-12;
+        let y: Vec<f64> = adv
+            .iter()
+            .zip(&grad)
+            .map(|(v, g)| v + step * g / gn)
+            .collect();
+        let z1 = project(&y);
+        let m: Vec<f64> = (0..x.len())
+            .map(|j| adv[j] + (z1[j] - adv[j]) * a + (adv[j] - old[j]) * (1.0 - a))
+            .collect();
+        old = adv;
+        adv = project(&m);
+        let (z, loss, g) = linear_ce(w, b, &adv, label);
+        grad = g;
+        if top1(&z) != label {
+            fooled = true;
+            first = first.or(Some(i as u32 + 1));
+            best_adv = adv.clone();
+        }
+        if loss > loss_best {
+            loss_best = loss;
+            best = adv.clone();
+            grad_best = grad.clone();
+        }
+        count += (loss > prev) as u8 as f32;
+        prev = loss;
+        if let Some(threshold) = check {
+            let reduce = count <= *threshold || (!reduced && last_check >= loss_best);
+            reduced = reduce;
+            last_check = loss_best;
+            if reduce {
+                step /= 2.0;
+                adv = best.clone();
+                grad = grad_best.clone();
+            }
+            count = 0.0;
+        }
+    }
+    if fooled {
+        (best_adv, first)
+    } else {
+        (x.to_vec(), None)
+    }
+}
+
+/// APGD-CE `--norm l2` against the CPU reference above on a random linear
+/// model with 3-channel 6x7 images: the same fooled images at the same step
+/// and the same pixels within one 8-bit level (f32 against f64), in one
+/// submit per batch.
+#[test]
+fn apgd_l2_matches_a_cpu_reference() {
+    use common::builder::ModelBuilder;
+    let dir = tempfile::tempdir().unwrap();
+    let mut b = ModelBuilder::new("lin", [3, 6, 7], 11);
+    b.flatten("flat", "input");
+    b.linear("fc", "flat", 5, true);
+    b.tensor_mut("fc.bias").2.iter_mut().for_each(|v| *v = 0.0);
+    let w: Vec<f64> = b
+        .tensor_values("fc.weight")
+        .iter()
+        .map(|&v| v as f64)
+        .collect();
+    let bias = vec![0.0f64; 5];
+    let path = b.write(dir.path(), "lin.safetensors", advex::model::Dtype::F32);
+    let model = Arc::new(advex::model::Model::load(&path).unwrap());
+    let ctx = Arc::new(advex::Context::new(advex::ContextOptions::default()).unwrap());
+    let gpu = GpuModel::new(ctx.clone(), model).unwrap();
+    let (n, item) = (32usize, 3 * 6 * 7);
+    let mut rng = common::rng(8);
+    let pixels: Vec<f32> = (0..n * item)
+        .map(|_| rand::Rng::random_range(&mut rng, 0..=255u32) as f32 / 255.0)
+        .collect();
+    let ids: Vec<u32> = (0..n as u32).map(|i| 900 + 31 * i).collect();
+    let (steps, seed) = (20u32, 9u64);
+    let eps = parse_l2_eps_list("0.5").unwrap();
+    let r = AttackRequest {
+        norm: Some("l2".into()),
+        steps: Some(steps),
+        seed: Some(seed),
+        ..Default::default()
+    };
+    let s = spec("apgd-ce", &eps, r, Target::Untargeted);
+    let plan = AttackPlan::with_spec(&gpu, 8, &s).unwrap();
+    let (mut fooled_late, mut robust) = (0, 0);
+    for start in (0..n).step_by(8) {
+        let end = (start + 8).min(n);
+        let before = ctx.submit_count();
+        let out = plan
+            .run_ids(
+                &pixels[start * item..end * item],
+                &vec![None; end - start],
+                &ids[start..end],
+                true,
+            )
+            .unwrap();
+        assert_eq!(ctx.submit_count() - before, 1, "one submit per batch");
+        let images = out.images.unwrap();
+        for (j, (img, &label)) in images[0].iter().zip(&out.labels).enumerate() {
+            let i = start + j;
+            let x: Vec<f64> = pixels[i * item..(i + 1) * item]
+                .iter()
+                .map(|&v| v as f64)
+                .collect();
+            let (want, first) = apgd_l2_cpu(
+                &w,
+                &bias,
+                &x,
+                label as usize,
+                ids[i],
+                eps[0].exact,
+                steps,
+                seed,
+            );
+            assert_eq!(
+                out.first_success[0][j], first,
+                "image {i} first fooled at another step"
+            );
+            fooled_late += first.is_some_and(|s| s > 1) as usize;
+            robust += first.is_none() as usize;
+            for (p, (&got, (&a, &c))) in img.iter().zip(want.iter().zip(&x)).enumerate() {
+                let level = ball_level(c, a, eps[0].exact, true);
+                assert!(
+                    (got as i32 - level as i32).abs() <= 1,
+                    "image {i} pixel {p}: {got} vs the reference's {level}"
+                );
+            }
+        }
+    }
+    eprintln!("apgd-ce l2: {fooled_late} fooled after step 1, {robust} robust of {n}");
+    assert!(fooled_late > 0, "no image needed a step after the first");
 }

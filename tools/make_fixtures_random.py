@@ -11,6 +11,7 @@ reference implementations reach on them with the MNIST CNN of weights/:
   apgd-ce   AutoAttack's APGDAttack (PyPI pyautoattack), loss 'ce', 1 restart
   apgd-dlr  APGDAttack, loss 'dlr', 1 restart
   apgd-t    APGDAttack_targeted, 9 target classes, 1 restart
+  apgd-ce-l2, apgd-t-l2  the same two in L2
   square    AutoAttack's SquareAttack, L-inf, margin loss, p_init 0.8, the p
             schedule not rescaled (as AutoAttack runs it), `steps` queries
   square-l2 the same in L2
@@ -31,7 +32,9 @@ Tensors: "images" u8 [500, 1, 28, 28], "labels" i32 [500]. Metadata: "rows"
 (row indices in mnist_5k.csv.gz), "cases" (method, eps, steps, per-seed
 robust accuracy), versions and the model's sha256.
 
-Usage: python tools/make_fixtures_random.py
+Usage: python tools/make_fixtures_random.py [--only METHOD,...]
+(--only recomputes those cases and keeps the others' recorded results from
+the existing fixture, whose images must be the same)
 (needs torch, torchattacks 3.5.1, pyautoattack 0.2.0, mlxtend)
 
 Square runs 100 queries here, not AutoAttack's 5000, to keep the Rust test
@@ -70,6 +73,8 @@ CASES = [
     ("apgd-ce", "26/255", 20),
     ("apgd-dlr", "26/255", 20),
     ("apgd-t", "26/255", 10),
+    ("apgd-ce-l2", "1.0", 20),
+    ("apgd-t-l2", "1.0", 10),
     ("square", "51/255", 100),
     ("square-l2", "2.0", 100),
     ("fab-t", "26/255", 5),
@@ -85,12 +90,14 @@ def run(method: str, model, x, y, eps: float, steps: int, seed: int):
         cls = torchattacks.PGD if method == "pgd" else torchattacks.PGDL2
         atk = cls(model, eps=eps, alpha=2.5 * eps / steps, steps=steps, random_start=True)
         return atk(x, y)
-    if method in ("apgd-ce", "apgd-dlr"):
-        atk = APGDAttack(model, n_iter=steps, norm="Linf", n_restarts=1, eps=eps, seed=seed,
-                         loss=method[5:], device="cpu")
+    norm = "L2" if method.endswith("-l2") else "Linf"
+    base = method.removesuffix("-l2")
+    if base in ("apgd-ce", "apgd-dlr"):
+        atk = APGDAttack(model, n_iter=steps, norm=norm, n_restarts=1, eps=eps, seed=seed,
+                         loss=base[5:], device="cpu")
         return atk.perturb(x, y)
-    if method == "apgd-t":
-        atk = APGDAttack_targeted(model, n_iter=steps, norm="Linf", n_restarts=1, eps=eps,
+    if base == "apgd-t":
+        atk = APGDAttack_targeted(model, n_iter=steps, norm=norm, n_restarts=1, eps=eps,
                                   seed=seed, n_target_classes=9, device="cpu")
         return atk.perturb(x, y)
     if method in ("fab-t", "fab-t-l2"):
@@ -122,8 +129,26 @@ def main() -> None:
     with torch.no_grad():
         clean = float((model(x).argmax(1) == y).float().mean())
     print(f"{len(rows)} images, clean accuracy {clean:.4f}")
+    only = None
+    if len(sys.argv) == 3 and sys.argv[1] == "--only":
+        only = set(sys.argv[2].split(","))
+    elif len(sys.argv) != 1:
+        sys.exit("usage: make_fixtures_random.py [--only METHOD,...]")
+    kept = {}
+    if only is not None:
+        from safetensors import safe_open
+        with safe_open(os.path.join(ROOT, OUT), "np") as fh:
+            old_meta = fh.metadata()
+            assert np.array_equal(fh.get_tensor("images"), u8), "the fixture's images changed"
+        kept = {c["method"]: c for c in json.loads(old_meta["cases"])}
     cases = []
     for method, et, steps in CASES:
+        if only is not None and method not in only:
+            case = kept[method]
+            assert (case["eps"], case["steps"]) == (et, steps), method
+            cases.append(case)
+            print(f"{method}: kept {case['robust_accuracy']}")
+            continue
         a, _, b = et.partition("/")
         eps = float(a) / float(b) if b else float(a)
         accs = []

@@ -436,10 +436,21 @@ const F_IMPROVED: u32 = 2u; // x_best = adv, grad_best = grad
 const F_RESET: u32 = 4u;    // adv = x_best, grad = grad_best
 const F_TAKE: u32 = 8u;     // result = x_best_adv
 
-// apgd_start: one workgroup per image. adv = clip01(x + eps * t / (max|t| +
-// 1e-12)), t = 2u - 1 from the counter-based generator (the reference's
-// normalised uniform start), or x itself without RANDOM; the start is also the
-// first x_adv_old, x_best, x_best_adv and the forward's input.
+// apgd_start: one workgroup per image. adv = clip01(x + eps * t / (|t| +
+// 1e-12)), the reference's normalised start: in L-inf t = 2u - 1 from the
+// counter-based generator and |t| its largest magnitude; with APGD_L2, t
+// standard normal (normal01) and |t| its L2 norm; x itself without RANDOM.
+// The start is also the first x_adv_old, x_best, x_best_adv and the
+// forward's input.
+override APGD_L2: bool = false;
+
+fn apgd_draw(id: u32, j: u32) -> f32 {
+    if (APGD_L2) {
+        return normal01(asp.seed_lo, asp.seed_hi, id, asp.restart, j);
+    }
+    return 2.0 * uniform01(asp.seed_lo, asp.seed_hi, id, asp.restart, j) - 1.0;
+}
+
 struct ApgdStartParams {
     item: u32,
     n: u32,
@@ -478,27 +489,31 @@ fn apgd_start(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
     var m = 0.0;
     if (live && random) {
         for (var j = lid; j < asp.item; j = j + WG) {
-            let u = uniform01(asp.seed_lo, asp.seed_hi, id, asp.restart, j);
-            m = max(m, abs(2.0 * u - 1.0));
+            let t = apgd_draw(id, j);
+            if (APGD_L2) { m = m + t * t; } else { m = max(m, abs(t)); }
         }
     }
     amax[lid] = m;
     workgroupBarrier();
     for (var stride = WG / 2u; stride > 0u; stride = stride >> 1u) {
         if (lid < stride) {
-            amax[lid] = max(amax[lid], amax[lid + stride]);
+            if (APGD_L2) {
+                amax[lid] = amax[lid] + amax[lid + stride];
+            } else {
+                amax[lid] = max(amax[lid], amax[lid + stride]);
+            }
         }
         workgroupBarrier();
     }
-    let scale = eps / (amax[0] + 1e-12);
+    let size = select(amax[0], sqrt(amax[0]), APGD_L2);
+    let scale = eps / (size + 1e-12);
     if (!live) { return; }
     let base = img * asp.item;
     for (var j = lid; j < asp.item; j = j + WG) {
         let i = base + j;
         var v = as_x[i];
         if (random) {
-            let u = uniform01(asp.seed_lo, asp.seed_hi, id, asp.restart, j);
-            v = clamp(v + scale * (2.0 * u - 1.0), 0.0, 1.0);
+            v = clamp(v + scale * apgd_draw(id, j), 0.0, 1.0);
         }
         as_adv[i] = v;
         as_old[i] = v;
@@ -546,6 +561,69 @@ fn apgd_step(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
     let v = clamp(clamp(xa + (z - xa) * a + g2 * (1.0 - a), lo, hi), 0.0, 1.0);
     ap_adv[i] = v;
     ap_input[i] = v;
+}
+
+// apgd_step_l2: the same step in L2, one workgroup per image, as the
+// reference: g' = g / (||g|| + 1e-12), P(v) = clip01(x + (v - x) min(eps,
+// ||v - x||) / (||v - x|| + 1e-12)),
+//   z = P(adv + step * g'), adv' = P(adv + (z - adv) * a + (adv - adv_old) * (1 - a)).
+// Four sums per image: ||g||, ||adv + step g' - x||, ||momentum point - x||;
+// z is computed again rather than stored.
+@compute @workgroup_size(WG)
+fn apgd_step_l2(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                @builtin(local_invocation_index) lid: u32) {
+    let img = grid_group(wid, nwg);
+    let live = img < app.numel / app.item;
+    let base = img * app.item;
+    var eps = 0.0;
+    var step = 0.0;
+    if (live) {
+        eps = ap_eps[img];
+        step = ap_state[img * APGD_S + A_STEP];
+    }
+    let a = select(0.75, 1.0, app.first == 1u);
+    var s = 0.0;
+    if (live) {
+        for (var j = lid; j < app.item; j = j + WG) {
+            let g = ap_g[base + j];
+            s = s + g * g;
+        }
+    }
+    let gs = step / (sqrt(l2_reduce(lid, s)) + 1e-12);
+    s = 0.0;
+    if (live) {
+        for (var j = lid; j < app.item; j = j + WG) {
+            let d = ap_adv[base + j] + gs * ap_g[base + j] - ap_x[base + j];
+            s = s + d * d;
+        }
+    }
+    let r1 = sqrt(l2_reduce(lid, s));
+    let f1 = min(eps, r1) / (r1 + 1e-12);
+    s = 0.0;
+    if (live) {
+        for (var j = lid; j < app.item; j = j + WG) {
+            let i = base + j;
+            let x = ap_x[i];
+            let xa = ap_adv[i];
+            let z = clamp(x + (xa + gs * ap_g[i] - x) * f1, 0.0, 1.0);
+            let d = xa + (z - xa) * a + (xa - ap_old[i]) * (1.0 - a) - x;
+            s = s + d * d;
+        }
+    }
+    let r2 = sqrt(l2_reduce(lid, s));
+    let f2 = min(eps, r2) / (r2 + 1e-12);
+    if (!live) { return; }
+    for (var j = lid; j < app.item; j = j + WG) {
+        let i = base + j;
+        let x = ap_x[i];
+        let xa = ap_adv[i];
+        let z = clamp(x + (xa + gs * ap_g[i] - x) * f1, 0.0, 1.0);
+        let v = xa + (z - xa) * a + (xa - ap_old[i]) * (1.0 - a);
+        let out = clamp(x + (v - x) * f2, 0.0, 1.0);
+        ap_old[i] = xa;
+        ap_adv[i] = out;
+        ap_input[i] = out;
+    }
 }
 
 // apgd_track: per image, after a forward (and the loss) at the current point.

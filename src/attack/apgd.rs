@@ -1,4 +1,4 @@
-//! AutoAttack's APGD (Croce & Hein 2020) on the GPU, L-inf: `apgd-ce`,
+//! AutoAttack's APGD (Croce & Hein 2020) on the GPU, L-inf and L2: `apgd-ce`,
 //! `apgd-dlr` and `apgd-t`, with the semantics of `autopgd_base.py` in the
 //! reference code: a normalised uniform random start, step 2 eps with momentum
 //! 0.75, checkpoints after 22%, then 19%, 16%, ... (at least 6%) of the steps
@@ -14,7 +14,7 @@
 
 use std::sync::Arc;
 
-use super::method::{AttackSpec, Method};
+use super::method::{AttackSpec, Method, Norm};
 use super::replay::{Builder, Piece};
 use crate::error::{Error, Result};
 use crate::gpu::{
@@ -187,20 +187,31 @@ impl Apgd {
         let item = numel / batch;
         let rw = Binding::ReadWriteF32;
         let r = Binding::ReadF32;
+        let l2 = spec.norm == Norm::L2;
         let start = c.kernel(
             Shader::Attack,
             DType::F32,
             "apgd_start",
             &[r, r, rw, rw, rw, rw, rw, r],
-            &[],
+            &[("APGD_L2", l2 as u32 as f64)],
         )?;
-        let step = c.kernel(
-            Shader::Attack,
-            DType::F32,
-            "apgd_step",
-            &[r, r, r, rw, rw, rw, r],
-            &[("ITEM", item as f64)],
-        )?;
+        let step = if l2 {
+            c.kernel(
+                Shader::Attack,
+                DType::F32,
+                "apgd_step_l2",
+                &[r, r, r, rw, rw, rw, r],
+                &[],
+            )?
+        } else {
+            c.kernel(
+                Shader::Attack,
+                DType::F32,
+                "apgd_step",
+                &[r, r, r, rw, rw, rw, r],
+                &[("ITEM", item as f64)],
+            )?
+        };
         let track = c.kernel(
             Shader::Attack,
             logits,
@@ -345,6 +356,11 @@ impl Apgd {
         self.track(c, b, io, PHASE_EPS, 0, out0, None)?;
         b.copy(io.clean, &self.result);
         let schedule = checkpoints(self.spec.steps);
+        // L2 steps: a workgroup per image (its norms); L-inf: per element.
+        let step_groups = match self.spec.norm {
+            Norm::L2 => self.batch,
+            Norm::Linf => self.numel.div_ceil(WORKGROUP_1D),
+        };
         let targets = self.ranked.as_ref().map_or(1, |r| r.1);
         let mut total = 0u32;
         for ti in 0..targets {
@@ -408,7 +424,7 @@ impl Apgd {
                             &io.grad.input,
                             io.eps,
                         ],
-                        self.numel.div_ceil(WORKGROUP_1D),
+                        step_groups,
                     )?;
                     b.push(d);
                     b.shared(Piece::GradForward);

@@ -10,7 +10,8 @@
 //!
 //! Each attack is its own [`AttackPlan`], one submit per batch. As in
 //! AutoAttack, a later attack runs only on the images still robust at some
-//! eps after the earlier ones: they are packed, through the host, into a plan
+//! eps after the earlier ones (rounded to the 8-bit grid, or with
+//! `--count-rounding` at the unrounded points, each a cascade of its own): they are packed, through the host, into a plan
 //! of the smallest power-of-two batch that holds them (built on first use,
 //! then kept), so its cost follows the robust count, and an attack with none
 //! left is not run. Results are identical to running every attack on the
@@ -243,14 +244,22 @@ impl CascadePlan {
     ) -> Result<BatchOutcome> {
         let first = &done[0];
         let count = first.labels.len();
+        // Robust at some eps after rounding, or (with --count-rounding) at the
+        // unrounded points: each is a cascade of its own (see `combine`).
         let rows: Vec<usize> = (0..count)
             .filter(|&j| {
                 let label = first.labels[j];
                 let tgt = targeted.then_some(first.loss_labels[j]);
                 (0..first.adv.len()).any(|e| {
-                    !done
+                    let rounded = done
                         .iter()
-                        .any(|o| attack_success(o.adv[e][j].class, label, tgt))
+                        .any(|o| attack_success(o.adv[e][j].class, label, tgt));
+                    let raw = done.iter().any(|o| {
+                        o.raw_adv
+                            .as_ref()
+                            .is_some_and(|r| attack_success(r[e][j].class, label, tgt))
+                    });
+                    !rounded || (first.raw_adv.is_some() && !raw)
                 })
             })
             .collect();
@@ -280,6 +289,7 @@ impl CascadePlan {
             plan.run_ids(&pixels, &labels, &ids, want_images)?
         };
         for (c, &j) in rows.iter().enumerate() {
+            full.passes[j] = o.passes[c];
             for e in 0..full.adv.len() {
                 full.adv[e][j] = o.adv[e][c];
                 full.norms[e][j] = o.norms[e][c];
@@ -316,6 +326,8 @@ fn shadow(o: &BatchOutcome, want_images: bool) -> BatchOutcome {
         stages: None,
         grad_norm: None,
         min_eps: None,
+        // the rows it runs on take their own
+        passes: vec![(0, 0); o.labels.len()],
     }
 }
 
@@ -361,8 +373,47 @@ pub fn combine(mut outs: Vec<BatchOutcome>, targeted: bool) -> BatchOutcome {
             .map(|j| outs.iter().filter_map(|o| o.min_eps.as_ref()?[j]).min())
             .collect::<Vec<_>>()
     });
+    // With --count-rounding, the unrounded points are a cascade of their own:
+    // per eps and image, the first attack whose unrounded point succeeded
+    // (else the last), so they give the float robust accuracy.
+    let raw_kept: Option<Vec<Vec<usize>>> = outs.iter().all(|o| o.raw_adv.is_some()).then(|| {
+        (0..k)
+            .map(|e| {
+                (0..count)
+                    .map(|j| {
+                        let label = outs[0].labels[j];
+                        let tgt = targeted.then_some(outs[0].loss_labels[j]);
+                        (0..n)
+                            .find(|&s| {
+                                let r = outs[s].raw_adv.as_ref().expect("checked");
+                                attack_success(r[e][j].class, label, tgt)
+                            })
+                            .unwrap_or(n - 1)
+                    })
+                    .collect()
+            })
+            .collect()
+    });
+    let raw_adv = raw_kept.map(|kept| {
+        kept.iter()
+            .enumerate()
+            .map(|(e, row)| {
+                row.iter()
+                    .enumerate()
+                    .map(|(j, &s)| outs[s].raw_adv.as_ref().expect("checked")[e][j])
+                    .collect()
+            })
+            .collect()
+    });
+    let passes = (0..count)
+        .map(|j| {
+            outs.iter()
+                .fold((0, 0), |(f, b), o| (f + o.passes[j].0, b + o.passes[j].1))
+        })
+        .collect();
     let mut base = outs.remove(0);
     base.min_eps = min_eps;
+    base.passes = passes;
     base.grad_norm = None; // the linear view is one method's
                            // `outs[s - 1]` is attack s now.
     for (e, row) in stages.iter().enumerate() {
@@ -374,13 +425,13 @@ pub fn combine(mut outs: Vec<BatchOutcome>, targeted: bool) -> BatchOutcome {
             base.adv[e][j] = o.adv[e][j];
             base.norms[e][j] = o.norms[e][j];
             base.first_success[e][j] = o.first_success[e][j];
-            if let (Some(b), Some(r)) = (base.raw_adv.as_mut(), o.raw_adv.as_ref()) {
-                b[e][j] = r[e][j];
-            }
             if let (Some(b), Some(i)) = (base.images.as_mut(), o.images.as_mut()) {
                 b[e][j] = std::mem::take(&mut i[e][j]);
             }
         }
+    }
+    if raw_adv.is_some() {
+        base.raw_adv = raw_adv;
     }
     base.stages = Some(stages);
     base

@@ -245,7 +245,13 @@ impl AttackSpec {
                 let norm = Norm::parse(n)?;
                 let l2_capable = matches!(
                     method,
-                    Method::Bim | Method::Pgd | Method::Square | Method::FabT
+                    Method::Bim
+                        | Method::Pgd
+                        | Method::Square
+                        | Method::FabT
+                        | Method::ApgdCe
+                        | Method::ApgdDlr
+                        | Method::ApgdT
                 );
                 if norm != method.norm() && !(l2_capable && norm == Norm::L2) {
                     return Err(Error::Usage(match (method, norm) {
@@ -254,7 +260,7 @@ impl AttackSpec {
                         }
                         (_, Norm::L2) => format!(
                             "--norm l2: {m} runs in L-inf; the L2 attacks are fgm, bim, pgd, \
-                             fab-t and square"
+                             apgd-*, fab-t and square"
                         ),
                         _ => format!("--norm {}: {m} is an L2 attack", norm.name()),
                     }));
@@ -654,14 +660,7 @@ fn check_autoattack(r: &AttackRequest, target: Target) -> Result<()> {
         ));
     }
     if let Some(n) = &r.norm {
-        if Norm::parse(n)? == Norm::L2 {
-            return Err(Error::Usage(
-                "--method autoattack --norm l2: advex's APGD runs in L-inf only so far, so the \
-                 L2 standard version cannot run; the L2 attacks it has are --method \
-                 fab-t,square --norm l2"
-                    .into(),
-            ));
-        }
+        Norm::parse(n)?;
     }
     Ok(())
 }

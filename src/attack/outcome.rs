@@ -50,6 +50,9 @@ pub struct BatchOutcome {
     /// attack succeeded (0: the clean image already did), `None`: not up to
     /// the run's eps.
     pub min_eps: Option<Vec<Option<u32>>>,
+    /// Per image: the model passes its attack ran, (forward, backward), one
+    /// per image and pass; a cascade sums the attacks that ran on it.
+    pub passes: Vec<(u32, u32)>,
 }
 
 impl BatchOutcome {
@@ -81,6 +84,7 @@ impl BatchOutcome {
         if let (Some(a), Some(b)) = (self.min_eps.as_mut(), o.min_eps) {
             a.extend(b);
         }
+        self.passes.extend(o.passes);
     }
 }
 

@@ -211,6 +211,8 @@ pub(crate) enum Command {
         /// lost_to_rounding): one more forward pass per eps.
         #[arg(long, conflicts_with = "no_quantize")]
         count_rounding: bool,
+        #[command(flatten)]
+        leaderboard: LeaderboardArgs,
     },
     /// Throughput of FGSM on synthetic images: images/s per batch size.
     Bench {
@@ -298,6 +300,8 @@ pub(crate) enum Command {
     Merge {
         /// The run's --out folder.
         dir: PathBuf,
+        #[command(flatten)]
+        leaderboard: LeaderboardArgs,
     },
     /// Check a finished sharded run end to end: its manifest, every shard's
     /// marker, every file the shards wrote (size and digest), and that
@@ -359,4 +363,35 @@ pub(crate) fn parse_batch_sizes(list: &str) -> Result<Vec<u32>, Error> {
                 })
         })
         .collect()
+}
+
+/// `--leaderboard` and its fields (attack and merge).
+#[derive(clap::Args)]
+pub(crate) struct LeaderboardArgs {
+    /// Write one leaderboard entry here in the form of RobustBench's model
+    /// zoo (one eps, untargeted): clean_acc, autoattack_acc on the float
+    /// points as leaderboards evaluate, autoattack_acc_8bit after rounding to
+    /// the 8-bit grid, the attacks, the model passes spent. Scores the
+    /// unrounded points too (--count-rounding). An existing entry keeps the
+    /// fields the run does not measure.
+    #[arg(long, value_name = "FILE.json")]
+    pub(crate) leaderboard: Option<PathBuf>,
+    /// A field of the entry the run cannot know, e.g. architecture=WRN-28-10,
+    /// dataset=cifar10, additional_data=false (repeatable) [default: name and
+    /// architecture the model's name, dataset the images folder's name].
+    #[arg(long, value_name = "KEY=VALUE", requires = "leaderboard")]
+    pub(crate) leaderboard_field: Vec<String>,
+}
+
+impl LeaderboardArgs {
+    pub(crate) fn request(
+        &self,
+    ) -> Result<Option<advex::report::leaderboard::LeaderboardRequest>, Error> {
+        self.leaderboard
+            .as_ref()
+            .map(|p| {
+                advex::report::leaderboard::LeaderboardRequest::parse(p, &self.leaderboard_field)
+            })
+            .transpose()
+    }
 }

@@ -105,6 +105,23 @@ pub struct EpsAccumulator {
     pub linear_measured: f64,
     #[serde(default)]
     pub linear_count: u64,
+    /// Clean-correct images the attack did not fool (AutoAttack's robust
+    /// accuracy, over `images`), and the same at the unrounded points (counted
+    /// where `rounding_counted`).
+    #[serde(default)]
+    pub robust: u64,
+    #[serde(default)]
+    pub robust_float: u64,
+    /// The clean pass's accumulator: model passes the attack spent on these
+    /// images, forward and backward (one per image and pass).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub forward_passes: u64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub backward_passes: u64,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
 }
 
 impl EpsAccumulator {
@@ -143,11 +160,27 @@ impl EpsAccumulator {
         if o.clean_correct {
             self.clean_correct += 1;
             self.successes += success as u64;
+            self.robust += !success as u64;
+            self.robust_float += !o.raw_success.unwrap_or(success) as u64;
             if let Some(s) = o.steps {
                 self.steps_sum += s as u64;
                 self.steps_count += 1;
             }
         }
+    }
+
+    /// Model passes an attack spent on one image (the clean accumulator's).
+    pub fn add_passes(&mut self, (forward, backward): (u32, u32)) {
+        self.forward_passes += forward as u64;
+        self.backward_passes += backward as u64;
+    }
+
+    /// The passes summed so far, `None` when none were recorded (`advex eval`).
+    pub fn passes(&self) -> Option<super::Passes> {
+        (self.forward_passes + self.backward_passes > 0).then_some(super::Passes {
+            forward: self.forward_passes,
+            backward: self.backward_passes,
+        })
     }
 
     /// Add another accumulator's sums (shards merge in shard order, so a split
@@ -173,6 +206,10 @@ impl EpsAccumulator {
         self.linear_predicted += o.linear_predicted;
         self.linear_measured += o.linear_measured;
         self.linear_count += o.linear_count;
+        self.robust += o.robust;
+        self.robust_float += o.robust_float;
+        self.forward_passes += o.forward_passes;
+        self.backward_passes += o.backward_passes;
         if self.min_eps.len() < o.min_eps.len() {
             self.min_eps.resize(o.min_eps.len(), 0);
         }
@@ -246,6 +283,10 @@ impl EpsAccumulator {
             mean_linf: self.linf / n,
             mean_l2: self.l2 / n,
             lost_to_rounding: self.rounding_counted.then_some(self.lost_to_rounding),
+            robust_accuracy: Self::ratio(self.robust, self.images),
+            robust_accuracy_float: self
+                .rounding_counted
+                .then(|| Self::ratio(self.robust_float, self.images)),
             mean_steps_to_success: (self.steps_count > 0)
                 .then(|| self.steps_sum as f64 / self.steps_count as f64),
             min_eps: self.min_eps_stats(),

@@ -1,6 +1,7 @@
 //! Metrics per eps, the JSON report, the predictions CSV and the accuracy plot.
 
 pub mod gallery;
+pub mod leaderboard;
 mod metrics;
 mod plot;
 mod predictions;
@@ -50,6 +51,15 @@ pub struct EpsStats {
     /// too: one more forward per eps).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lost_to_rounding: Option<u64>,
+    /// AutoAttack's robust accuracy: the share of all images classified
+    /// right clean and not fooled by the attack (`accuracy` also counts an
+    /// image the clean model got wrong that the attacked one gets right).
+    pub robust_accuracy: f64,
+    /// The same at the unrounded points, as leaderboards evaluate (only
+    /// with `--count-rounding`; with `--no-quantize`, `robust_accuracy` is
+    /// already the float figure).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub robust_accuracy_float: Option<f64>,
     /// Mean steps (over restarts) to the first success, over the
     /// clean-correct images it fooled at some step; the last step is judged
     /// on the rounded image unless `--count-rounding`.
@@ -89,6 +99,14 @@ pub struct MinEpsStats {
     pub not_fooled: u64,
 }
 
+/// Model passes spent: one per image and pass through the model, forward or
+/// backward to the input (padding of a partial batch not counted).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Passes {
+    pub forward: u64,
+    pub backward: u64,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Timing {
     pub seconds: f64,
@@ -120,6 +138,9 @@ pub struct Report {
     /// one method.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cascade: Option<Vec<String>>,
+    /// The threat model's norm, `linf` or `l2` (absent for `advex eval`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub norm: Option<String>,
     /// `None` for untargeted; else the target (class index, or `least-likely`).
     pub target: Option<String>,
     pub images: usize,
@@ -128,6 +149,10 @@ pub struct Report {
     pub clean: CleanStats,
     pub epsilons: Vec<EpsStats>,
     pub timing: Timing,
+    /// Model passes the attack spent, summed over images (absent for `advex
+    /// eval`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub passes: Option<Passes>,
     pub skipped: Vec<Skipped>,
     /// The share of a sharded run this report covers, when it is not the
     /// whole run (see `advex merge`).

@@ -164,9 +164,10 @@ fn discover(opts: &RunOptions) -> Result<Job> {
             "give at least one eps, e.g. --eps 1/255".into(),
         ));
     }
+    check_leaderboard(opts)?;
     let prep = prepare(opts)?;
     let target = resolve_target(&opts.target, &prep.model)?;
-    let mut attack = Cascade::resolve(&opts.attack, &opts.eps, opts.quantize, target)?;
+    let mut attack = Cascade::resolve(&attack_request(opts), &opts.eps, opts.quantize, target)?;
     if let (Some(_), GalleryPick::Paths(paths)) = (&opts.gallery, &opts.gallery_pick) {
         if let Some(p) = paths
             .iter()
@@ -539,6 +540,10 @@ impl Tally<'_> {
             clean_correct,
             tgt,
         );
+        self.clean.add_passes(o.passes[j]);
+        if let Some(bk) = self.book.as_mut() {
+            bk.clean.add_passes(o.passes[j]);
+        }
         record(
             &obs,
             &mut self.clean,
@@ -663,6 +668,7 @@ fn merge_and_report(opts: &RunOptions, job: &Job, plan: &Plan, ran: Ran) -> Resu
         precision: precision_name(ran.dtype, ran.ran_mixed).into(),
         method: job.method.clone(),
         cascade: job.attack.is_cascade().then(|| job.attack.names()),
+        norm: Some(job.attack.stages[0].norm.name().into()),
         target: target_text(&opts.target),
         images,
         labels: job.prep.label_source,
@@ -670,6 +676,7 @@ fn merge_and_report(opts: &RunOptions, job: &Job, plan: &Plan, ran: Ran) -> Resu
         clean: ran.clean.clean_stats(),
         epsilons: EpsAccumulator::eps_stats(&opts.eps, &ran.per_eps),
         timing: Timing::new(images, seconds),
+        passes: ran.clean.passes(),
         skipped: ran.skipped,
         worker: plan.share.as_ref().map(|s| s.worker.clone()),
     };

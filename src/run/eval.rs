@@ -115,6 +115,7 @@ pub fn run_eval(opts: &RunOptions) -> Result<(Vec<EvalRow>, Report)> {
         precision: precision_name(dtype, gpus.iter().all(|g| g.ctx.coop())).into(),
         method: crate::report::NO_METHOD.into(),
         cascade: None,
+        norm: None,
         target: None,
         images: rows.len(),
         labels: prep.label_source,
@@ -125,6 +126,7 @@ pub fn run_eval(opts: &RunOptions) -> Result<(Vec<EvalRow>, Report)> {
             seconds,
             images_per_second: rows.len() as f64 / seconds.max(1e-9),
         },
+        passes: None,
         skipped,
         worker: None,
     };

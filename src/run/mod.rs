@@ -33,6 +33,7 @@ use crate::gpu::DType;
 use crate::model::Model;
 use crate::plan::GpuModel;
 use crate::report::gallery::{GalleryAdv, GalleryPick, GalleryRow};
+use crate::report::leaderboard::LeaderboardRequest;
 use crate::report::{
     prediction_record, EpsAccumulator, ModelInfo, Observation, PredictionRow, PredictionWriter,
     Report, Timing,
@@ -73,6 +74,9 @@ pub struct RunOptions {
     /// `--verify`: a rerun checks committed shards by digest, not size.
     pub verify: bool,
     pub report: Option<PathBuf>,
+    /// `--leaderboard FILE.json`: one RobustBench-style entry (one eps; the
+    /// unrounded points are scored too, as with `--count-rounding`).
+    pub leaderboard: Option<LeaderboardRequest>,
     pub plot: Option<PathBuf>,
     /// `--gallery FILE.png`: a contact sheet of the images `gallery_pick` picks.
     pub gallery: Option<PathBuf>,
@@ -115,6 +119,7 @@ impl RunOptions {
             overwrite: false,
             verify: false,
             report: None,
+            leaderboard: None,
             plot: None,
             gallery: None,
             gallery_pick: GalleryPick::First(6),
@@ -461,7 +466,79 @@ fn target_text(t: &TargetSpec) -> Option<String> {
     }
 }
 
+/// The attack request as run: `--leaderboard` scores the unrounded points
+/// too (the float robust accuracy), as `--count-rounding` does.
+fn attack_request(opts: &RunOptions) -> AttackRequest {
+    let mut r = opts.attack.clone();
+    if opts.leaderboard.is_some() {
+        r.count_rounding |= opts.quantize;
+    }
+    r
+}
+
+/// `--leaderboard`'s checks before any work: one eps, untargeted, and a file
+/// that is absent or an entry it may update.
+fn check_leaderboard(opts: &RunOptions) -> Result<()> {
+    let Some(lb) = &opts.leaderboard else {
+        return Ok(());
+    };
+    if opts.eps.len() != 1 {
+        return Err(Error::Usage(format!(
+            "--leaderboard: an entry is for one eps, this run has {}; run once per eps",
+            opts.eps.len()
+        )));
+    }
+    if opts.target != TargetSpec::None {
+        return Err(Error::Usage(
+            "--leaderboard with --target: leaderboards rank untargeted robustness; drop --target"
+                .into(),
+        ));
+    }
+    if opts.attack.minimal {
+        return Err(Error::Usage(
+            "--leaderboard with --minimal: an entry reports robust accuracy at one eps; drop              --minimal"
+                .into(),
+        ));
+    }
+    lb.existing()?;
+    check_writable_file(&lb.path)
+}
+
+/// The dataset an entry names when neither its file nor a field does: the
+/// images folder's name.
+pub(crate) fn folder_name(images: &Path) -> String {
+    images
+        .canonicalize()
+        .unwrap_or_else(|_| images.to_path_buf())
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "images".into())
+}
+
+/// Write a `--leaderboard` entry for `report`.
+pub(crate) fn write_leaderboard(
+    lb: &LeaderboardRequest,
+    report: &Report,
+    images: &Path,
+    seed: u64,
+) -> Result<()> {
+    let threat_model = match report.norm.as_deref() {
+        Some("l2") => "L2",
+        _ => "Linf",
+    };
+    let dataset = folder_name(images);
+    let cx = crate::report::leaderboard::EntryContext {
+        threat_model,
+        dataset: &dataset,
+        seed,
+    };
+    crate::report::leaderboard::write(lb, report, &cx)
+}
+
 fn write_reports(opts: &RunOptions, report: &Report) -> Result<()> {
+    if let Some(lb) = &opts.leaderboard {
+        write_leaderboard(lb, report, &opts.images, opts.attack.seed.unwrap_or(0))?;
+    }
     if let Some(p) = &opts.report {
         if p.extension().is_some_and(|e| e == "svg") {
             crate::report::write_svg_plot(p, report)?;

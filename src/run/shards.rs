@@ -436,6 +436,13 @@ fn merge_where(dir: &Path, share: Option<&Worker>) -> Result<(Report, Vec<u8>)> 
             .method
             .contains(',')
             .then(|| m.method.split(',').map(str::to_string).collect()),
+        norm: Some(
+            m.attack
+                .iter()
+                .find_map(|s| s.rsplit(':').next()?.strip_prefix("norm="))
+                .unwrap_or("linf")
+                .to_string(),
+        ),
         target: m.target.clone(),
         images,
         labels: m.labels,
@@ -443,10 +450,28 @@ fn merge_where(dir: &Path, share: Option<&Worker>) -> Result<(Report, Vec<u8>)> 
         clean: clean.clean_stats(),
         epsilons: EpsAccumulator::eps_stats(&eps, &per_eps),
         timing: Timing::new(images, seconds),
+        passes: clean.passes(),
         skipped,
         worker: None,
     };
     Ok((report, csv))
+}
+
+/// `advex merge --leaderboard`: the entry of the merged run in `dir` (its
+/// report as [`write_merged`] gave it; the seed and the images folder from
+/// its manifest).
+pub fn write_leaderboard(
+    dir: &Path,
+    lb: &crate::report::leaderboard::LeaderboardRequest,
+    report: &Report,
+) -> Result<()> {
+    let m = read_manifest(dir)?;
+    let seed = m
+        .attack
+        .iter()
+        .find_map(|s| s.rsplit(':').next()?.strip_prefix("seed=")?.parse().ok())
+        .unwrap_or(0);
+    super::write_leaderboard(lb, report, Path::new(&m.images), seed)
 }
 
 /// The marker of `shard` as it is (unchecked; see [`check_rows`]), if it

@@ -188,6 +188,7 @@ impl AttackPlan {
             stages: None,
             grad_norm,
             min_eps,
+            passes: vec![self.passes_per_image(); count],
         })
     }
 }

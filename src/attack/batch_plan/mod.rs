@@ -497,6 +497,16 @@ impl AttackPlan {
         self.ctx.read(&self.grad.logits)
     }
 
+    /// The model passes each image of a batch goes through, (forward,
+    /// backward): the forward and backward recordings in the replay list.
+    pub fn passes_per_image(&self) -> (u32, u32) {
+        let count = |f: fn(&Piece) -> bool| self.pieces.iter().filter(|p| f(p)).count() as u32;
+        (
+            count(|p| matches!(p, Piece::GradForward | Piece::Forward)),
+            count(|p| matches!(p, Piece::GradBackward)),
+        )
+    }
+
     /// Every recording of one batch, in submit order.
     pub fn recordings(&self) -> Vec<&Recording> {
         self.pieces

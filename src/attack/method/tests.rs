@@ -94,7 +94,7 @@ fn bad_settings_are_refused_with_a_reason() {
         norm: Some("l2".into()),
         ..req("mifgsm")
     })
-    .contains("fgm, bim, pgd, fab-t and square"));
+    .contains("fgm, bim, pgd, apgd-*, fab-t and square"));
     assert!(err(AttackRequest {
         step_size: Some("2/255".into()),
         ..req("square")
@@ -243,11 +243,13 @@ fn autoattack_is_the_standard_cascade_with_the_reference_settings() {
         ..req("autoattack")
     })
     .contains("list the attacks"));
-    assert!(e(AttackRequest {
+    let l2 = r(AttackRequest {
         norm: Some("l2".into()),
         ..req("autoattack")
     })
-    .contains("L-inf only"));
+    .unwrap();
+    assert!(l2.stages.iter().all(|s| s.norm == Norm::L2));
+    assert_eq!(l2.name(), "apgd-ce,apgd-t,fab-t,square");
     assert!(e(req("apgd-ce,autoattack")).contains("give it alone"));
     let t = Cascade::resolve(&req("AutoAttack"), &eps(), true, Target::Class(2));
     assert!(t.unwrap_err().to_string().contains("untargeted"));
