@@ -30,6 +30,8 @@ The file::
          "eps" (iterative only), "step", "iterations"}, ...],
       "torch_only": [PyTorch rows with no advex row beside them],
       "advex_runs": [advex bench rows of the advex-only steps, with "step"],
+      "autoattack": [AutoAttack's standard version, advex against the reference
+                     code (tools/bench_autoattack.py rows)],
       "notes": [skipped modes, precisions, batches, and why],
       "steps": [{"name", "rc", "seconds"} or {"name", "skipped"}]
     }
@@ -209,6 +211,7 @@ def main() -> None:
     torch_only = [{k: v for k, v in r.items() if k != "kind"} for r in rows if r.get("kind") == "torch"
                   and (r.get("tag"), r["model"], r["method"], r["batch_size"], r["eps_count"]) not in covered]
     notes = [{k: v for k, v in r.items() if k != "kind"} for r in rows if r.get("kind") == "note"]
+    autoattack = [{k: v for k, v in r.items() if k != "kind"} for r in rows if r.get("kind") == "autoattack"]
 
     gpu = gpu_info()
     form = "gpu" if gpu else "cpu"
@@ -235,6 +238,7 @@ def main() -> None:
         "configurations": configurations,
         "torch_only": torch_only,
         "advex_runs": advex_runs,
+        "autoattack": autoattack,
         "notes": notes,
         "steps": steps,
     }

@@ -3,7 +3,8 @@
 # PyTorch (CUDA when torch sees a GPU; each of its modes: strict fp32, default
 # with TF32 convolutions, amp fp16) in one run, on EfficientNet-Lite0 and on
 # ResNet-50 and WRN-28-10 made here (tools/bench_models.py), PGD / APGD
-# against torchattacks / AutoAttack, the per-op profiles, the autotune's
+# against torchattacks / AutoAttack, AutoAttack's standard version whole
+# against the reference code, the per-op profiles, the autotune's
 # effect, the per-kernel GFLOP/s table; then ONE machine-readable file,
 # RESULTS_DIR/DATE_GPU.json (tools/bench_results.py; DATE_cpu-ADAPTER.json
 # where torch has no GPU).
@@ -35,6 +36,9 @@
 #                PYTHON imports torchattacks / pyautoattack); ITER_BATCH (default:
 #                the largest of BATCHES), ITER_ITERATIONS (APGD's timed batches,
 #                default 2; PGD times 3)
+#   AUTOATTACK=0 skip AutoAttack's standard version against the reference
+#                code (tools/bench_autoattack.py; AUTOATTACK_EPS default 0.1,
+#                AUTOATTACK_BATCH default 100, the bundled digits)
 #   PROFILES=0   skip the per-op profiles (f32, f16, mixed when offered)
 #   EXTRA=0      skip advex alone: tuned, untuned, 8-eps sweep, MNIST
 #   KERNELS=0    skip the per-kernel table
@@ -161,6 +165,14 @@ if [ "${ITERATIVE:-1}" != 0 ] && "$PYTHON" -c "import torchattacks" 2>/dev/null;
 fi
 if [ "${ITERATIVE:-1}" != 0 ] && "$PYTHON" -c "import pyautoattack.autopgd_base" 2>/dev/null; then
     bt torch_apgd_ce --compare --method apgd-ce --steps 100 --batch-size "$ITER_BATCH" --iterations "$ITER_ITERATIONS"
+fi
+# AutoAttack's standard version, whole: advex against the reference code on
+# the bundled digits (tools/bench_autoattack.py).
+if [ "${AUTOATTACK:-1}" != 0 ] && "$PYTHON" -c "import pyautoattack, PIL" 2>/dev/null; then
+    step torch_autoattack "$PYTHON" tools/bench_autoattack.py --advex "$ADVEX" --json-out "$JSONL" \
+        --tag torch_autoattack --eps "${AUTOATTACK_EPS:-0.1}" --batch-size "${AUTOATTACK_BATCH:-100}"
+elif [ "${AUTOATTACK:-1}" != 0 ]; then
+    skip torch_autoattack "$PYTHON has no pyautoattack or PIL"
 fi
 
 # 5. Where the time goes.
