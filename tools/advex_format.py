@@ -62,7 +62,7 @@ TENSOR_ATTRS = {
 ARITY = {
     "conv2d": 1, "batch_norm": 1, "linear": 1,
     "relu": 1, "relu6": 1, "leaky_relu": 1, "sigmoid": 1, "silu": 1,
-    "hardswish": 1, "hardsigmoid": 1,
+    "hardswish": 1, "hardsigmoid": 1, "gelu": 1,
     "max_pool": 1, "avg_pool": 1, "global_avg_pool": 1,
     "add": 2, "mul": 2, "concat": None,
     "flatten": 1, "dropout": 1, "normalize": 1, "softmax": 1,
@@ -192,6 +192,11 @@ class GraphBuilder:
     def silu(self, name, x): return self.node(name, "silu", [x])
     def hardswish(self, name, x): return self.node(name, "hardswish", [x])
     def hardsigmoid(self, name, x): return self.node(name, "hardsigmoid", [x])
+
+    def gelu(self, name, x, approximate="none"):
+        if approximate == "none":
+            return self.node(name, "gelu", [x])
+        return self.node(name, "gelu", [x], approximate=approximate)
 
     def leaky_relu(self, name, x, negative_slope=0.01):
         return self.node(name, "leaky_relu", [x], negative_slope=negative_slope)
@@ -408,6 +413,8 @@ class TorchExecutor(torch.nn.Module):
             return F.hardswish(x)
         if op == "hardsigmoid":
             return F.hardsigmoid(x)
+        if op == "gelu":
+            return F.gelu(x, approximate=node.get("approximate", "none"))
         if op == "max_pool":
             k, s = pair(node["kernel"]), pair(node.get("stride", node["kernel"]))
             pad = padding4(node.get("padding", 0))

@@ -39,6 +39,14 @@ fn dact(x: f32) -> f32 {
             let y = p.act_alpha * x + p.act_beta;
             return select(0.0, p.act_alpha, y > 0.0 && y < 1.0);
         }
+        // gelu: Phi(x) + x phi(x)
+        case 8u: { return normal_cdf(x) + x * 0.3989422804014327 * exp(-0.5 * x * x); }
+        // tanh form: (1 + t) / 2 + x (1 - t^2) sqrt(2 / pi) (1 + 3 * 0.044715 x^2) / 2
+        case 9u: {
+            let t = gelu_tanh_inner(x);
+            return 0.5 * (1.0 + t)
+                + 0.5 * x * (1.0 - t * t) * 0.7978845608028654 * (1.0 + 0.134145 * x * x);
+        }
         default: { return 1.0; }
     }
 }

@@ -50,6 +50,7 @@
 //! | `relu` `relu6` `sigmoid` `silu` `hardswish` | none |
 //! | `leaky_relu` | `negative_slope` (0.01) |
 //! | `hardsigmoid` | `alpha` (1/6), `beta` (0.5) |
+//! | `gelu` | `approximate` (`"none"`: x Phi(x); `"tanh"`: PyTorch's tanh form) |
 //! | `max_pool` | `kernel`, `stride` (kernel), `padding` (0), `dilation` (1), `ceil_mode` (false) |
 //! | `avg_pool` | `kernel`, `stride` (kernel), `padding` (0), `ceil_mode` (false), `count_include_pad` (true) |
 //! | `global_avg_pool` `flatten` | none |

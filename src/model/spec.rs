@@ -111,6 +111,9 @@ pub struct NodeSpec {
     /// Dropout probability; accepted and ignored (dropout is the identity at inference).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub p: Option<f64>,
+    /// gelu: `"none"` (the exact erf form) or `"tanh"`, as PyTorch's `approximate`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approximate: Option<String>,
 }
 
 impl NodeSpec {
@@ -151,6 +154,7 @@ impl NodeSpec {
         add(self.mean.is_some(), "mean");
         add(self.std.is_some(), "std");
         add(self.p.is_some(), "p");
+        add(self.approximate.is_some(), "approximate");
         v
     }
 }

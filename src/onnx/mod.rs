@@ -23,7 +23,7 @@
 //! `Gemm` (transB, alpha, beta folded into the weights), `MatMul` (+ `Add` of a
 //! constant, as one `linear`), `Relu`, `Clip` (0..6 as relu6, 0..inf as relu;
 //! bounds as attributes or constant inputs), `LeakyRelu`, `Sigmoid`,
-//! `HardSigmoid`, `HardSwish`, `Add`/`Mul` of two run-time values (broadcast,
+//! `HardSigmoid`, `HardSwish`, `Gelu` (opset 20; both forms), `Add`/`Mul` of two run-time values (broadcast,
 //! squeeze-excite), `Add`/`Sub`/`Mul`/`Div` by a scalar or per-channel constant
 //! (an exact per-channel affine), `x * Sigmoid(x)` (silu), `x * HardSigmoid(x)`
 //! with PyTorch's parameters (hardswish), `MaxPool` and `AveragePool` (ceil_mode,
@@ -78,6 +78,8 @@ pub const SUPPORTED_OPS: &[&str] = &[
     "Sigmoid",
     "HardSigmoid",
     "HardSwish",
+    "Gelu",
+    "Erf",
     "Add",
     "Sub",
     "Mul",

@@ -1,5 +1,5 @@
 //! Element-wise activations: relu, relu6, leaky_relu, sigmoid, silu, hardswish,
-//! hardsigmoid. One shader, the function chosen by a specialisation constant.
+//! hardsigmoid, gelu (exact and tanh forms). One shader, the function chosen by a specialisation constant.
 
 use crate::error::{Error, Result};
 use crate::gpu::{Binding, Context, Recording, Shader, Tensor, WORKGROUP_1D};
@@ -22,6 +22,10 @@ pub enum Activation {
         beta: f32,
     },
     Identity,
+    /// x Phi(x), Phi the standard normal CDF (PyTorch's `approximate='none'`).
+    Gelu,
+    /// PyTorch's `approximate='tanh'`: x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) / 2.
+    GeluTanh,
 }
 
 impl Activation {
@@ -37,6 +41,8 @@ impl Activation {
             Activation::Hardswish => (5, 0.0, 0.0),
             Activation::Hardsigmoid { alpha, beta } => (6, alpha, beta),
             Activation::Identity => (7, 0.0, 0.0),
+            Activation::Gelu => (8, 0.0, 0.0),
+            Activation::GeluTanh => (9, 0.0, 0.0),
         }
     }
 
@@ -50,6 +56,8 @@ impl Activation {
             Activation::Hardswish => "hardswish",
             Activation::Hardsigmoid { .. } => "hardsigmoid",
             Activation::Identity => "identity",
+            Activation::Gelu => "gelu",
+            Activation::GeluTanh => "gelu_tanh",
         }
     }
 
@@ -64,7 +72,9 @@ impl Activation {
             | Activation::Sigmoid
             | Activation::Hardsigmoid { .. } => true,
             Activation::LeakyRelu { negative_slope } => negative_slope >= 0.0,
-            Activation::Silu | Activation::Hardswish => false,
+            Activation::Silu | Activation::Hardswish | Activation::Gelu | Activation::GeluTanh => {
+                false
+            }
         }
     }
 
@@ -87,6 +97,11 @@ impl Activation {
                 (alpha as f64 * x + beta as f64).clamp(0.0, 1.0)
             }
             Activation::Identity => x,
+            Activation::Gelu => x * 0.5 * libm::erfc(-x / std::f64::consts::SQRT_2),
+            Activation::GeluTanh => {
+                let k = (2.0 / std::f64::consts::PI).sqrt();
+                0.5 * x * (1.0 + (k * (x + 0.044715 * x * x * x)).tanh())
+            }
         }
     }
 }

@@ -908,12 +908,33 @@ fn format_version() {
 #[test]
 fn unknown_op() {
     let mut b = tiny_cnn(1);
-    b.node_mut("act1")["op"] = json!("gelu");
+    b.node_mut("act1")["op"] = json!("mish");
     expect_err(
         load(&b),
         Some("act1"),
         None,
-        &["unknown op `gelu`", "known ops"],
+        &["unknown op `mish`", "known ops"],
+    );
+}
+
+#[test]
+fn gelu_takes_its_form() {
+    for form in [None, Some("none"), Some("tanh")] {
+        let mut b = tiny_cnn(1);
+        b.node_mut("act1")["op"] = json!("gelu");
+        if let Some(f) = form {
+            b.node_mut("act1")["approximate"] = json!(f);
+        }
+        load_ok(&b);
+    }
+    let mut b = tiny_cnn(1);
+    b.node_mut("act1")["op"] = json!("gelu");
+    b.node_mut("act1")["approximate"] = json!("cubic");
+    expect_err(
+        load(&b),
+        Some("act1"),
+        None,
+        &["approximate `cubic`", "tanh"],
     );
 }
 

@@ -389,6 +389,137 @@ fn activations_map_to_advex_ops() {
         "hardswish",
         &none,
     );
+    check(
+        20,
+        &|g| {
+            g.n("g", "Gelu", &["x"], &["a"], vec![]);
+        },
+        "gelu",
+        &|n| assert_eq!(n.approximate, None, "the exact form is the default"),
+    );
+    check(
+        20,
+        &|g| {
+            g.n(
+                "g",
+                "Gelu",
+                &["x"],
+                &["a"],
+                vec![a_str("approximate", "tanh")],
+            );
+        },
+        "gelu",
+        &|n| assert_eq!(n.approximate.as_deref(), Some("tanh")),
+    );
+}
+
+/// GELU written out as PyTorch's exporters do below opset 20, in the orders
+/// they use: one `gelu` node; Erf anywhere else is refused naming the pattern.
+#[test]
+fn gelu_erf_chains_fuse() {
+    let x: Vec<f32> = vals(32, 4).iter().map(|v| v * 4.0).collect();
+    let want: Vec<f64> = x
+        .iter()
+        .map(|&v| v as f64 * 0.5 * libm::erfc(-(v as f64) / std::f64::consts::SQRT_2))
+        .collect();
+    type Build = fn(&mut G);
+    let orders: [(&str, Build); 3] = [
+        ("legacy: (x * (1 + erf)) * 0.5", |g| {
+            g.n("d", "Div", &["x", "s2"], &["d"], vec![])
+                .n("e", "Erf", &["d"], &["e"], vec![])
+                .n("p", "Add", &["e", "one"], &["f"], vec![])
+                .n("m", "Mul", &["x", "f"], &["m"], vec![])
+                .n("h", "Mul", &["m", "half"], &["a"], vec![]);
+        }),
+        ("torchlib: x * (0.5 * (1 + erf))", |g| {
+            g.n("d", "Div", &["x", "s2"], &["d"], vec![])
+                .n("e", "Erf", &["d"], &["e"], vec![])
+                .n("p", "Add", &["one", "e"], &["f"], vec![])
+                .n("h", "Mul", &["half", "f"], &["m"], vec![])
+                .n("m", "Mul", &["x", "m"], &["a"], vec![]);
+        }),
+        ("written: (0.5 * x) * (1 + erf(x * r))", |g| {
+            g.n("d", "Mul", &["x", "r2"], &["d"], vec![])
+                .n("e", "Erf", &["d"], &["e"], vec![])
+                .n("p", "Add", &["e", "one"], &["f"], vec![])
+                .n("h", "Mul", &["half", "x"], &["hx"], vec![])
+                .n("m", "Mul", &["hx", "f"], &["a"], vec![]);
+        }),
+    ];
+    for (what, build) in orders {
+        let mut g = G::new(17, 4, 1, 1);
+        g.init(tf("s2", &[], &[std::f32::consts::SQRT_2]))
+            .init(tf("r2", &[], &[std::f32::consts::FRAC_1_SQRT_2]))
+            .init(tf("one", &[], &[1.0]))
+            .init(tf("half", &[], &[0.5]));
+        build(&mut g);
+        head(&mut g, "a", 4, 2);
+        let imp = g.import().unwrap();
+        assert_eq!(ops(&imp), ["gelu", "linear"], "{what}");
+        let m = imp.to_model(Path::new("t.onnx")).unwrap();
+        close(what, &cpu(&m, &x), &fc_ref(&want, 2));
+    }
+    // erf(x / sqrt 2) read by something else: refused, naming the pattern
+    let mut g = G::new(17, 4, 1, 1);
+    g.init(tf("s2", &[], &[std::f32::consts::SQRT_2]))
+        .init(tf("one", &[], &[1.0]))
+        .init(tf("half", &[], &[0.5]));
+    g.n("d", "Div", &["x", "s2"], &["d"], vec![])
+        .n("e", "Erf", &["d"], &["e"], vec![])
+        .n("p", "Add", &["e", "one"], &["f"], vec![])
+        .n("m", "Mul", &["x", "f"], &["m"], vec![])
+        .n("h", "Mul", &["m", "half"], &["g"], vec![])
+        .n("z", "Add", &["g", "e"], &["a"], vec![]);
+    head(&mut g, "a", 4, 2);
+    let e = g.import().map(|_| ()).unwrap_err().to_string();
+    assert!(e.contains("GELU") && e.contains("unsupported"), "{e}");
+    // Erf of something that is not x / sqrt 2
+    let mut g = G::new(17, 4, 1, 1);
+    g.n("e", "Erf", &["x"], &["a"], vec![]);
+    head(&mut g, "a", 4, 2);
+    let e = g.import().map(|_| ()).unwrap_err().to_string();
+    assert!(e.contains("not x / sqrt 2"), "{e}");
+}
+
+/// Gelu (opset 20) in both forms, against the f64 formulas.
+#[test]
+fn gelu_imports_with_its_form() {
+    for tanh in [false, true] {
+        let mut g = G::new(20, 4, 1, 1);
+        let attrs = if tanh {
+            vec![a_str("approximate", "tanh")]
+        } else {
+            vec![]
+        };
+        g.n("g", "Gelu", &["x"], &["a"], attrs);
+        head(&mut g, "a", 4, 2);
+        let m = g.import().unwrap().to_model(Path::new("t.onnx")).unwrap();
+        let x: Vec<f32> = vals(31, 4).iter().map(|v| v * 4.0).collect();
+        let a: Vec<f64> = x
+            .iter()
+            .map(|&v| {
+                let v = v as f64;
+                if tanh {
+                    let k = (2.0 / std::f64::consts::PI).sqrt();
+                    0.5 * v * (1.0 + (k * (v + 0.044715 * v * v * v)).tanh())
+                } else {
+                    v * 0.5 * libm::erfc(-v / std::f64::consts::SQRT_2)
+                }
+            })
+            .collect();
+        close(&format!("gelu tanh={tanh}"), &cpu(&m, &x), &fc_ref(&a, 2));
+    }
+    let mut g = G::new(20, 4, 1, 1);
+    g.n(
+        "g",
+        "Gelu",
+        &["x"],
+        &["a"],
+        vec![a_str("approximate", "cubic")],
+    );
+    head(&mut g, "a", 4, 2);
+    let e = g.import().map(|_| ()).unwrap_err().to_string();
+    assert!(e.contains("approximate `cubic`"), "{e}");
 }
 
 #[test]

@@ -2,7 +2,7 @@ use crate::common::*;
 use advex::gpu::{Recording, Shape};
 use advex::ops::activation::{self, Activation};
 
-const ALL: [Activation; 8] = [
+const ALL: [Activation; 10] = [
     Activation::Relu,
     Activation::Relu6,
     Activation::LeakyRelu {
@@ -16,6 +16,8 @@ const ALL: [Activation; 8] = [
         beta: 0.5,
     },
     Activation::Identity,
+    Activation::Gelu,
+    Activation::GeluTanh,
 ];
 
 fn dact(act: Activation, x: f64) -> f64 {

@@ -603,7 +603,7 @@ fn bad_shapes_are_errors() {
 }
 
 /// Every activation code the fused epilogues accept.
-const ACTS: [Activation; 8] = [
+const ACTS: [Activation; 10] = [
     Activation::Relu,
     Activation::Relu6,
     Activation::LeakyRelu {
@@ -617,6 +617,8 @@ const ACTS: [Activation; 8] = [
         beta: 0.5,
     },
     Activation::Identity,
+    Activation::Gelu,
+    Activation::GeluTanh,
 ];
 
 /// forward_act against the reference conv followed by the reference activation.
@@ -1008,6 +1010,8 @@ fn pointwise_direct_and_tiled() {
                 alpha: 0.2,
                 beta: 0.5,
             },
+            Activation::Gelu,
+            Activation::GeluTanh,
         ]
         .into_iter()
         .enumerate()

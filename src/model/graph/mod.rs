@@ -30,7 +30,7 @@ fn item(s: Shape) -> u128 {
 }
 
 /// Every op the format knows.
-pub(crate) const OPS: [&str; 21] = [
+pub(crate) const OPS: [&str; 22] = [
     "conv2d",
     "batch_norm",
     "linear",
@@ -41,6 +41,7 @@ pub(crate) const OPS: [&str; 21] = [
     "silu",
     "hardswish",
     "hardsigmoid",
+    "gelu",
     "max_pool",
     "avg_pool",
     "global_avg_pool",

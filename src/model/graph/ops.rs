@@ -19,6 +19,7 @@ impl Builder<'_, '_> {
             | "mul" | "flatten" | "identity" => &[],
             "leaky_relu" => &["negative_slope"],
             "hardsigmoid" => &["alpha", "beta"],
+            "gelu" => &["approximate"],
             "max_pool" => &["kernel", "stride", "padding", "dilation", "ceil_mode"],
             "avg_pool" => &[
                 "kernel",
@@ -95,6 +96,16 @@ impl Builder<'_, '_> {
                 alpha: finite("alpha", n.alpha.unwrap_or(1.0 / 6.0))?,
                 beta: finite("beta", n.beta.unwrap_or(0.5))?,
             }),
+            "gelu" => match n.approximate.as_deref() {
+                None | Some("none") => act(Activation::Gelu),
+                Some("tanh") => act(Activation::GeluTanh),
+                Some(other) => {
+                    return Err(self.err(
+                        name,
+                        format!("gelu: approximate `{other}`; use \"none\" (erf) or \"tanh\""),
+                    ))
+                }
+            },
             "max_pool" | "avg_pool" => self.pool(n, x)?,
             "global_avg_pool" => final_op(Op::GlobalAvgPool, Shape::new(1, x.c, 1, 1)),
             "add" | "mul" => {

@@ -236,7 +236,12 @@ impl<'a> Converter<'a> {
                 }
             }
         }
-        self.affine(n, idx, x, scale, shift)
+        let scalar = (scale.len() == 1 && matches!(op, "Mul" | "Div")).then(|| scale[0]);
+        let mut out = self.affine(n, idx, x, scale, shift)?;
+        if let (Some(s), Some(Val::Dyn(d))) = (scalar, out.first_mut()) {
+            d.origin = Origin::Scaled(x_name.to_string(), s);
+        }
+        Ok(out)
     }
 
     pub(super) fn reduce_mean(&mut self, n: &NodeProto, idx: usize) -> R<Vec<Val>> {

@@ -18,6 +18,7 @@ mod attrs;
 mod conv;
 mod elementwise;
 mod fold;
+mod gelu;
 mod graph;
 mod layout;
 mod linear;
@@ -76,6 +77,8 @@ enum Origin {
     /// A linear node (index into `nodes`) and the ONNX value it produced: an
     /// `Add` reading exactly that value, its only consumer, may join its bias.
     Linear(usize, String),
+    /// The ONNX value named times a scalar (GELU's `x / sqrt 2` and `0.5 x`).
+    Scaled(String, f32),
 }
 
 /// A run-time value.
@@ -111,6 +114,8 @@ const MAX_MAP: usize = 1 << 22;
 enum Val {
     Const(Rc<Const>),
     Dyn(Dyn),
+    /// Part of GELU's erf chain (see `gelu.rs`).
+    Part(gelu::Part),
     /// Produced by an unsupported node.
     Poison,
 }
@@ -215,6 +220,7 @@ impl<'a> Converter<'a> {
                 "input `{name}` is a constant; {} of constants is not supported",
                 n.op_type.as_deref().unwrap_or("")
             )),
+            Val::Part(_) => unsup(format!("{}; `{name}` is read elsewhere", gelu::PATTERN)),
         }
     }
 
@@ -237,6 +243,7 @@ impl<'a> Converter<'a> {
         match self.get(name)? {
             Val::Const(c) => Ok(c),
             Val::Poison => Err(Fail::Poisoned),
+            Val::Part(_) => unsup(gelu::PATTERN.to_string()),
             Val::Dyn(_) => unsup(format!(
                 "its {what} (`{name}`) is computed at run time; only constant {what} are supported"
             )),
@@ -379,17 +386,26 @@ impl<'a> Converter<'a> {
             return unsup("this operator is not supported");
         }
         let mut any_dyn = false;
+        let mut any_part = false;
         for name in n.input.iter().filter(|s| !s.is_empty()) {
             match self.get(name)? {
                 Val::Poison => return Err(Fail::Poisoned),
                 Val::Dyn(_) => any_dyn = true,
+                Val::Part(_) => any_part = true,
                 Val::Const(_) => {}
             }
+        }
+        if any_part {
+            return match op {
+                "Add" | "Mul" => self.gelu_step(n, idx, op),
+                _ => unsup(gelu::PATTERN.to_string()),
+            };
         }
         if !any_dyn {
             return self.fold(n).map(|c| vec![Val::Const(Rc::new(c))]);
         }
         match op {
+            "Erf" => self.erf(n),
             "Conv" => self.conv(n, idx),
             "BatchNormalization" => self.batch_norm(n, idx),
             "Gemm" => self.gemm(n, idx),
@@ -421,6 +437,18 @@ impl<'a> Converter<'a> {
             "HardSwish" => {
                 let x = self.dyn_in(n, 0)?;
                 self.unary_node(n, idx, "hardswish", &x, false, |_| {})
+            }
+            "Gelu" => {
+                let x = self.dyn_in(n, 0)?;
+                let approximate = attr_s(n, "approximate").unwrap_or_else(|| "none".into());
+                if approximate != "none" && approximate != "tanh" {
+                    return invalid(format!(
+                        "Gelu approximate `{approximate}` (ONNX allows none and tanh)"
+                    ));
+                }
+                self.unary_node(n, idx, "gelu", &x, false, |s| {
+                    s.approximate = (approximate == "tanh").then_some(approximate)
+                })
             }
             "LeakyRelu" => {
                 let x = self.dyn_in(n, 0)?;
