@@ -56,11 +56,12 @@ INPUT_NAME = "input"
 TENSOR_ATTRS = {
     "conv2d": ("weight", "bias"),
     "batch_norm": ("weight", "bias", "running_mean", "running_var"),
+    "layer_norm": ("weight", "bias"),
     "linear": ("weight", "bias"),
 }
 # Number of graph inputs per op (None = any number >= 1).
 ARITY = {
-    "conv2d": 1, "batch_norm": 1, "linear": 1,
+    "conv2d": 1, "batch_norm": 1, "linear": 1, "layer_norm": 1,
     "relu": 1, "relu6": 1, "leaky_relu": 1, "sigmoid": 1, "silu": 1,
     "hardswish": 1, "hardsigmoid": 1, "gelu": 1,
     "max_pool": 1, "avg_pool": 1, "global_avg_pool": 1,
@@ -397,6 +398,10 @@ class TorchExecutor(torch.nn.Module):
                                 self._tensor(node, "running_var"),
                                 self._tensor(node, "weight"), self._tensor(node, "bias"),
                                 training=False, eps=float(node.get("eps", 1e-5)))
+        if op == "layer_norm":  # over channels at each position
+            y = F.layer_norm(x.permute(0, 2, 3, 1), (x.shape[1],), self._tensor(node, "weight"),
+                             self._tensor(node, "bias"), float(node.get("eps", 1e-5)))
+            return y.permute(0, 3, 1, 2)
         if op == "linear":
             return F.linear(x, self._tensor(node, "weight"), self._tensor(node, "bias"))
         if op == "relu":

@@ -30,6 +30,7 @@ pub fn uniform_layouts() -> Vec<UniformLayout> {
     [
         crate::ops::pool::uniform_layouts(),
         crate::ops::softmax::uniform_layouts(),
+        crate::ops::layer_norm::uniform_layouts(),
         crate::ops::elementwise::uniform_layouts(),
         crate::ops::binary::uniform_layouts(),
         crate::ops::conv::uniform_layouts(),

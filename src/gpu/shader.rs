@@ -69,11 +69,13 @@ pub enum Shader {
     Square,
     /// FAB-T's projections, steps and bookkeeping.
     Fab,
+    /// Layer normalisation over channels, forward and backward.
+    LayerNorm,
 }
 
 impl Shader {
     /// Every module.
-    pub const ALL: [Shader; 19] = [
+    pub const ALL: [Shader; 20] = [
         Shader::Activation,
         Shader::Affine,
         Shader::Attack,
@@ -93,6 +95,7 @@ impl Shader {
         Shader::Softmax,
         Shader::Square,
         Shader::Fab,
+        Shader::LayerNorm,
     ];
 
     /// The module's name: labels, error messages, the pipeline cache's key.
@@ -117,6 +120,7 @@ impl Shader {
             Shader::Softmax => "softmax",
             Shader::Square => "square",
             Shader::Fab => "fab",
+            Shader::LayerNorm => "layer_norm",
         }
     }
 
@@ -167,6 +171,7 @@ impl Shader {
                 )
             }
             Shader::Fab => module!("common/reduce.wgsl", "attack/fab.wgsl"),
+            Shader::LayerNorm => module!("common/reduce.wgsl", "norm/layer_norm.wgsl"),
         }
     }
 
@@ -193,7 +198,8 @@ impl Shader {
             | Shader::Depthwise
             | Shader::Elementwise
             | Shader::Pool
-            | Shader::Softmax => &[("WG", WORKGROUP_1D)],
+            | Shader::Softmax
+            | Shader::LayerNorm => &[("WG", WORKGROUP_1D)],
         }
     }
 

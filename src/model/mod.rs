@@ -51,6 +51,7 @@
 //! | `leaky_relu` | `negative_slope` (0.01) |
 //! | `hardsigmoid` | `alpha` (1/6), `beta` (0.5) |
 //! | `gelu` | `approximate` (`"none"`: x Phi(x); `"tanh"`: PyTorch's tanh form) |
+//! | `layer_norm` | over channels at each position: `weight` (1), `bias` (0), `eps` (1e-5) |
 //! | `max_pool` | `kernel`, `stride` (kernel), `padding` (0), `dilation` (1), `ceil_mode` (false) |
 //! | `avg_pool` | `kernel`, `stride` (kernel), `padding` (0), `ceil_mode` (false), `count_include_pad` (true) |
 //! | `global_avg_pool` `flatten` | none |
@@ -165,6 +166,13 @@ pub enum Op {
     Flatten,
     /// Over channels.
     Softmax,
+    /// Layer normalisation over channels at each position, with a weight
+    /// and bias per channel (ConvNeXt's LayerNorm).
+    LayerNorm {
+        eps: f32,
+        weight: Vec<f32>,
+        bias: Vec<f32>,
+    },
 }
 
 impl Op {
@@ -183,6 +191,7 @@ impl Op {
             Op::Concat => "concat",
             Op::Flatten => "flatten",
             Op::Softmax => "softmax",
+            Op::LayerNorm { .. } => "layer_norm",
         }
     }
 }
@@ -319,6 +328,7 @@ impl Model {
                 2u64.saturating_mul(weight.shape[0] as u64 * weight.shape[1] as u64)
             }
             Op::Affine { .. } | Op::Activation(_) | Op::Add | Op::Mul | Op::Softmax => out,
+            Op::LayerNorm { .. } => 8u64.saturating_mul(out),
             Op::MaxPool(p) | Op::AvgPool(p) => {
                 out.saturating_mul(p.kernel[0] as u64 * p.kernel[1] as u64)
             }
@@ -361,6 +371,7 @@ impl Node {
                 weight.data.len() as u64 + opt(bias)
             }
             Op::Affine { scale, shift } => (scale.len() + shift.len()) as u64,
+            Op::LayerNorm { weight, bias, .. } => (weight.len() + bias.len()) as u64,
             _ => 0,
         }
     }

@@ -67,6 +67,7 @@ fn attrs(op: &Op) -> String {
         }
         Op::Linear { weight, .. } => format!("{}->{}", weight.shape[1], weight.shape[0]),
         Op::Affine { scale, .. } => format!("{} channels", scale.len()),
+        Op::LayerNorm { weight, eps, .. } => format!("{} channels eps {eps}", weight.len()),
         Op::Activation(Activation::LeakyRelu { negative_slope }) => {
             format!("slope {negative_slope}")
         }

@@ -16,6 +16,7 @@ pub mod concat;
 pub mod conv;
 
 pub mod elementwise;
+pub mod layer_norm;
 pub mod linear;
 pub mod loss;
 pub mod params;

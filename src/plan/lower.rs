@@ -62,6 +62,9 @@ impl Lowering<'_> {
             (Op::Mul, _) => ops::binary::forward(ctx, rec, BinaryOp::Mul, xs[0], xs[1], y),
             (Op::Concat, _) => ops::concat::forward(ctx, rec, xs, y),
             (Op::Softmax, _) => ops::softmax::forward(ctx, rec, xs[0], y),
+            (Op::LayerNorm { eps, .. }, Weights::Affine { scale, shift }) => {
+                ops::layer_norm::forward(ctx, rec, xs[0], scale, shift, *eps, y)
+            }
             _ => Err(self.missing("")),
         }
     }
@@ -116,6 +119,9 @@ impl Lowering<'_> {
             }
             (Op::Concat, _) => ops::concat::backward(ctx, rec, gy, gxs),
             (Op::Softmax, _) => ops::softmax::backward(ctx, rec, y, gy, gxs[0]),
+            (Op::LayerNorm { eps, .. }, Weights::Affine { scale, .. }) => {
+                ops::layer_norm::backward(ctx, rec, xs[0], scale, *eps, gy, gxs[0])
+            }
             _ => Err(self.missing("backward of ")),
         }
     }

@@ -91,7 +91,12 @@ impl GpuModel {
                     };
                     Weights::Conv { w, b }
                 }
-                Op::Affine { scale, shift } => Weights::Affine {
+                Op::Affine { scale, shift }
+                | Op::LayerNorm {
+                    weight: scale,
+                    bias: shift,
+                    ..
+                } => Weights::Affine {
                     scale: vector(&ctx, scale, dtype, &node.name)?,
                     shift: vector(&ctx, shift, dtype, &node.name)?,
                 },

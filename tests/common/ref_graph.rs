@@ -71,6 +71,9 @@ pub fn forward(model: &Model, x: &[f64], n: u32) -> Vec<Vec<f64>> {
             }
             Op::Flatten => a.to_vec(),
             Op::Softmax => ref_misc::softmax(a, sa),
+            Op::LayerNorm { eps, weight, bias } => {
+                ref_misc::layer_norm(a, sa, &f64s(weight), &f64s(bias), *eps as f64)
+            }
         };
         assert_eq!(
             y.len() as u64,

@@ -281,6 +281,45 @@ pub fn softmax(x: &[f64], s: Shape) -> Vec<f64> {
     y
 }
 
+/// Layer normalisation over channels per position (biased variance).
+pub fn layer_norm(x: &[f64], s: Shape, w: &[f64], b: &[f64], eps: f64) -> Vec<f64> {
+    let mut y = vec![0.0; x.len()];
+    for row in rows(s) {
+        let k = row.len() as f64;
+        let m = row.iter().map(|&i| x[i]).sum::<f64>() / k;
+        let v = row.iter().map(|&i| (x[i] - m) * (x[i] - m)).sum::<f64>() / k;
+        let r = 1.0 / (v + eps).sqrt();
+        for (c, &i) in row.iter().enumerate() {
+            y[i] = (x[i] - m) * r * w[c] + b[c];
+        }
+    }
+    y
+}
+
+/// The gradient of [`layer_norm`] to its input, written out from the chain
+/// rule term by term (not the kernel's closed form).
+pub fn layer_norm_backward(x: &[f64], gy: &[f64], s: Shape, w: &[f64], eps: f64) -> Vec<f64> {
+    let mut gx = vec![0.0; x.len()];
+    for row in rows(s) {
+        let k = row.len();
+        let kf = k as f64;
+        let m = row.iter().map(|&i| x[i]).sum::<f64>() / kf;
+        let v = row.iter().map(|&i| (x[i] - m) * (x[i] - m)).sum::<f64>() / kf;
+        let r = 1.0 / (v + eps).sqrt();
+        // dy_c / dx_j = w_c r (delta_cj - 1/k - (x_c - m)(x_j - m) r^2 / k)
+        for (j, &ij) in row.iter().enumerate() {
+            let mut acc = 0.0;
+            for (c, &ic) in row.iter().enumerate() {
+                let delta = if c == j { 1.0 } else { 0.0 };
+                let d = w[c] * r * (delta - 1.0 / kf - (x[ic] - m) * (x[ij] - m) * r * r / kf);
+                acc += gy[ic] * d;
+            }
+            gx[ij] = acc;
+        }
+    }
+    gx
+}
+
 pub fn softmax_backward(y: &[f64], gy: &[f64], s: Shape) -> Vec<f64> {
     let mut gx = vec![0.0; y.len()];
     for row in rows(s) {

@@ -52,12 +52,23 @@ fn every_op_network(seed: u64) -> ModelBuilder {
     );
     b.node("res", "add", &["gconv_act", "se_mul"], json!({}), s);
     b.bn("res_bn", "res"); // not after a conv: stays an affine op
-                           // dilated 3x3, padding 2 keeps 6x6
+                           // ConvNeXt's layer norm over channels, then GELU
+    let lnw = b.tensor("ln.weight", &[12], 0.5, 1.5);
+    let lnb = b.tensor("ln.bias", &[12], -0.5, 0.5);
+    b.node(
+        "ln",
+        "layer_norm",
+        &["res_bn"],
+        json!({"weight": lnw, "bias": lnb, "eps": 1e-6}),
+        s,
+    );
+    b.unary("ln_gelu", "gelu", "ln");
+    // dilated 3x3, padding 2 keeps 6x6
     let w = b.tensor("dil.weight", &[8, 12, 3, 3], -0.2, 0.2);
     b.node(
         "dil",
         "conv2d",
-        &["res_bn"],
+        &["ln_gelu"],
         json!({"weight": w, "padding": 2, "dilation": 2}),
         [8, 6, 6],
     );

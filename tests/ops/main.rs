@@ -13,6 +13,7 @@ mod conv;
 mod coop;
 mod gradient;
 mod half;
+mod layer_norm;
 mod pool;
 mod softmax_loss;
 mod tune;

@@ -30,7 +30,7 @@ fn item(s: Shape) -> u128 {
 }
 
 /// Every op the format knows.
-pub(crate) const OPS: [&str; 22] = [
+pub(crate) const OPS: [&str; 23] = [
     "conv2d",
     "batch_norm",
     "linear",
@@ -53,6 +53,7 @@ pub(crate) const OPS: [&str; 22] = [
     "identity",
     "normalize",
     "softmax",
+    "layer_norm",
 ];
 
 pub(crate) fn build(

@@ -20,6 +20,7 @@ impl Builder<'_, '_> {
             "leaky_relu" => &["negative_slope"],
             "hardsigmoid" => &["alpha", "beta"],
             "gelu" => &["approximate"],
+            "layer_norm" => &["weight", "bias", "eps"],
             "max_pool" => &["kernel", "stride", "padding", "dilation", "ceil_mode"],
             "avg_pool" => &[
                 "kernel",
@@ -202,6 +203,31 @@ impl Builder<'_, '_> {
                     .map(|(&m, &s)| (-m / s) as f32)
                     .collect();
                 final_op(Op::Affine { scale, shift }, x)
+            }
+            "layer_norm" => {
+                let c = x.c;
+                let eps = n.eps.unwrap_or(1e-5);
+                if !eps.is_finite() || eps < 0.0 {
+                    return Err(
+                        self.err(name, format!("`eps` = {eps} must be a non-negative number"))
+                    );
+                }
+                let weight = match &n.weight {
+                    Some(t) => self.vector(name, t, c)?,
+                    None => vec![1.0; c as usize],
+                };
+                let bias = match &n.bias {
+                    Some(t) => self.vector(name, t, c)?,
+                    None => vec![0.0; c as usize],
+                };
+                final_op(
+                    Op::LayerNorm {
+                        eps: eps as f32,
+                        weight,
+                        bias,
+                    },
+                    x,
+                )
             }
             "softmax" => {
                 let axis = n.axis.unwrap_or(1);
