@@ -62,6 +62,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
 from onnx import numpy_helper
+from torchvision.models.convnext import CNBlockConfig, ConvNeXt
 from torchvision.models.efficientnet import EfficientNet, _efficientnet_conf
 from torchvision.models.mobilenetv2 import MobileNetV2
 from torchvision.models.mobilenetv3 import MobileNetV3, _mobilenet_v3_conf
@@ -73,7 +74,7 @@ from torchvision.ops.misc import Conv2dNormActivation
 NUM_CLASSES = 10
 # Families that also get a TorchScript-exporter copy (weights inline, older op
 # choices). Not all of them: the committed fixtures must stay under 5 MB.
-LEGACY_DEFAULT = ["mobilenet_v2", "squeezenet1_1", "vgg11_bn"]
+LEGACY_DEFAULT = ["mobilenet_v2", "squeezenet1_1", "vgg11_bn", "convnext"]
 EPSILONS = ["1/255", "4/255", "16/255"]
 MASTER_SEED = 20240611
 SCHEMA_VERSION = 1
@@ -237,6 +238,76 @@ def build_squeezenet1_1():
     return net
 
 
+def build_convnext():
+    # torchvision ConvNeXt with convnext_tiny's block (7x7 depthwise conv,
+    # LayerNorm over channels written as permute / LayerNorm / permute, 4x MLP
+    # with GELU, layer scale, residual), its stem (4x4 stride 4 + LayerNorm2d),
+    # downsampling (LayerNorm2d + 2x2 stride 2) and head (pool, LayerNorm2d,
+    # flatten, linear), at widths 16/32/64/128 and depths 1/1/2/1
+    # (convnext_tiny: 96/192/384/768, 3/3/9/3); stochastic depth 0.
+    cfg = [CNBlockConfig(16, 32, 1), CNBlockConfig(32, 64, 1), CNBlockConfig(64, 128, 2),
+           CNBlockConfig(128, None, 1)]
+    return ConvNeXt(cfg, stochastic_depth_prob=0.0, num_classes=NUM_CLASSES)
+
+
+class WideBasic(nn.Module):
+    """The pre-activation block of the WideResNet that CIFAR-10 robustness
+    work uses (Zagoruyko & Komodakis; the definition RobustBench's model zoo
+    and most adversarial-training code carry): BN-ReLU-conv3x3-BN-ReLU-conv3x3,
+    a 1x1 shortcut conv on the activated input where the width or stride
+    changes."""
+
+    def __init__(self, cin, cout, stride):
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(cin)
+        self.relu1 = nn.ReLU(inplace=True)
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.relu2 = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.equal = cin == cout and stride == 1
+        self.shortcut = None if self.equal else nn.Conv2d(cin, cout, 1, stride, 0, bias=False)
+
+    def forward(self, x):
+        a = self.relu1(self.bn1(x))
+        out = self.conv2(self.relu2(self.bn2(self.conv1(a))))
+        return (x if self.equal else self.shortcut(a)) + out
+
+
+class WideResNet(nn.Module):
+    """WRN-depth-widen for 32x32 inputs: conv3x3 16, three groups of
+    (depth - 4) / 6 blocks at 16k, 32k, 64k channels (strides 1, 2, 2), BN-ReLU,
+    8x8 average pool, linear."""
+
+    def __init__(self, depth, widen, num_classes):
+        super().__init__()
+        n = (depth - 4) // 6
+        widths = [16, 16 * widen, 32 * widen, 64 * widen]
+        self.conv1 = nn.Conv2d(3, widths[0], 3, 1, 1, bias=False)
+        blocks, cin = [], widths[0]
+        for g, stride in zip(range(3), (1, 2, 2)):
+            for i in range(n):
+                blocks.append(WideBasic(cin, widths[g + 1], stride if i == 0 else 1))
+                cin = widths[g + 1]
+        self.blocks = nn.Sequential(*blocks)
+        self.bn = nn.BatchNorm2d(cin)
+        self.relu = nn.ReLU(inplace=True)
+        self.fc = nn.Linear(cin, num_classes)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, x):
+        out = self.relu(self.bn(self.blocks(self.conv1(x))))
+        return self.fc(F.avg_pool2d(out, 8).flatten(1))
+
+
+def build_wide_resnet():
+    # WRN-10-1 (one block per group; WRN-28-10 has 4 at 10x the width) at
+    # CIFAR-10's 32x32.
+    return WideResNet(10, 1, NUM_CLASSES)
+
+
 # name -> (builder, input [C,H,W], description of the structure)
 # Input sizes: every stride-2 stage keeps >= 2 pixels, odd sizes occur, and
 # some inputs are not square (catches H/W mix-ups).
@@ -268,6 +339,15 @@ FAMILIES = {
                       "torchvision SqueezeNet('1_1') with all widths / 4 (Fire modules, "
                       "MaxPool2d(3, 2, ceil_mode=True) x3); spatial 50x66 -> 24x32 -> 12x16 -> "
                       "6x8 -> 3x4 (every pool rounds up)"),
+    "wide_resnet": (build_wide_resnet, [3, 32, 32],
+                    "WideResNet-10-1 in the CIFAR-10 robustness definition (pre-activation "
+                    "BN-ReLU-conv blocks, 1x1 shortcut convs on the activated input, final BN-ReLU, "
+                    "8x8 average pool, linear): WRN-28-10's structure with 1 block per group at "
+                    "widths 16/32/64; spatial 32 -> 32 -> 16 -> 8 -> 1"),
+    "convnext": (build_convnext, [3, 64, 72],
+                 "torchvision ConvNeXt(CNBlockConfig 16->32 x1, 32->64 x1, 64->128 x2, 128 x1), "
+                 "convnext_tiny's blocks at 1/6 width and reduced depth; layer norm eps 1e-6; "
+                 "random LayerNorm weights and layer scales; spatial 64x72 -> 16x18 -> 8x9 -> 4x4 -> 2x2"),
 }
 
 
@@ -295,6 +375,15 @@ def randomise(model, calib, gen):
     for m in model.modules():
         if isinstance(m, (nn.Conv2d, nn.Linear)) and m.bias is not None and m is not head:
             m.bias.copy_(torch.randn(m.bias.shape, generator=gen) * 0.05)
+    for m in model.modules():
+        # LayerNorm (ConvNeXt's LayerNorm2d is one) and layer scale: not the
+        # identity (torchvision's layer scale starts at 1e-6, which would hide
+        # every block)
+        if isinstance(m, nn.LayerNorm):
+            m.weight.copy_(torch.rand(m.weight.shape, generator=gen) * 0.8 + 0.6)
+            m.bias.copy_(torch.randn(m.bias.shape, generator=gen) * 0.2)
+        if isinstance(getattr(m, "layer_scale", None), nn.Parameter):
+            m.layer_scale.copy_(torch.rand(m.layer_scale.shape, generator=gen) * 0.5 + 0.25)
     bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
     for bn in bns:
         bn.weight.copy_(torch.rand(bn.weight.shape, generator=gen) * 0.8 + 0.6)
@@ -467,13 +556,21 @@ def export_default(model, x, path):
     return "torch.onnx.export(model, (x,), path)  [dynamo=True is the default since torch 2.9]"
 
 
-def export_legacy(model, x, path):
+# Families whose legacy copy is written at an older opset, as files from older
+# torch releases are: convnext at 17 (the first with LayerNormalization), where
+# GELU is the Div / Erf / Add / Mul / Mul chain, not the Gelu op of opset 20.
+LEGACY_OPSET = {"convnext": 17}
+
+
+def export_legacy(model, x, path, opset=None):
     if path.exists():
         path.unlink()
+    kw = {} if opset is None else {"opset_version": opset}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(model, (x,), str(path), dynamo=False)
-    return "torch.onnx.export(model, (x,), path, dynamo=False)  [TorchScript exporter]"
+        torch.onnx.export(model, (x,), str(path), dynamo=False, **kw)
+    extra = "" if opset is None else f", opset_version={opset}"
+    return f"torch.onnx.export(model, (x,), path, dynamo=False{extra})  [TorchScript exporter]"
 
 
 def _attr_value(a):
@@ -638,7 +735,7 @@ def make_family(name, out_dir, legacy):
         lpath.unlink()
     if legacy:
         try:
-            lhow = export_legacy(model, x1, lpath)
+            lhow = export_legacy(model, x1, lpath, LEGACY_OPSET.get(name))
         except Exception as e:  # e.g. vgg's adaptive pool 1x1 -> 7x7
             msg = str(e).strip().splitlines()[0][:300]
             legacy_info = {"file": None, "export_call": "torch.onnx.export(model, (x,), path, dynamo=False)",

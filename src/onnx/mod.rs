@@ -23,7 +23,11 @@
 //! `Gemm` (transB, alpha, beta folded into the weights), `MatMul` (+ `Add` of a
 //! constant, as one `linear`), `Relu`, `Clip` (0..6 as relu6, 0..inf as relu;
 //! bounds as attributes or constant inputs), `LeakyRelu`, `Sigmoid`,
-//! `HardSigmoid`, `HardSwish`, `Gelu` (opset 20; both forms), `Add`/`Mul` of two run-time values (broadcast,
+//! `HardSigmoid`, `HardSwish`, `Gelu` (opset 20; both forms) and below opset 20
+//! its `x * 0.5 * (1 + Erf(x / sqrt 2))` chain as PyTorch's exporters write it,
+//! `LayerNormalization` over channels (ConvNeXt: `Transpose` to channels-last,
+//! normalise the last axis, `MatMul` by a constant as a pointwise convolution,
+//! element-wise ops, `Transpose` back; the data stays NCHW), `Add`/`Mul` of two run-time values (broadcast,
 //! squeeze-excite), `Add`/`Sub`/`Mul`/`Div` by a scalar or per-channel constant
 //! (an exact per-channel affine), `x * Sigmoid(x)` (silu), `x * HardSigmoid(x)`
 //! with PyTorch's parameters (hardswish), `MaxPool` and `AveragePool` (ceil_mode,
@@ -80,6 +84,7 @@ pub const SUPPORTED_OPS: &[&str] = &[
     "HardSwish",
     "Gelu",
     "Erf",
+    "LayerNormalization",
     "Add",
     "Sub",
     "Mul",

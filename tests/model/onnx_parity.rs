@@ -165,3 +165,14 @@ fn squeezenet1_1() {
     check("squeezenet1_1", "squeezenet1_1.onnx");
     check("squeezenet1_1", "squeezenet1_1.legacy.onnx");
 }
+
+#[test]
+fn convnext() {
+    check("convnext", "convnext.onnx");
+    check("convnext", "convnext.legacy.onnx");
+}
+
+#[test]
+fn wide_resnet() {
+    check("wide_resnet", "wide_resnet.onnx");
+}

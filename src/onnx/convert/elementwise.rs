@@ -20,6 +20,7 @@ impl<'a> Converter<'a> {
         let mut d = Self::out_dyn(name, x.dims.clone())?;
         d.adv = x.adv;
         d.nonneg = nonneg;
+        d.nhwc = x.nhwc;
         Ok(vec![Val::Dyn(d)])
     }
 
@@ -56,6 +57,7 @@ impl<'a> Converter<'a> {
         let (name, _) = self.emit(n, idx, spec);
         let mut d = Self::out_dyn(name, x.dims.clone())?;
         d.adv = x.adv;
+        d.nhwc = x.nhwc;
         Ok(vec![Val::Dyn(d)])
     }
 
@@ -99,9 +101,11 @@ impl<'a> Converter<'a> {
         if t::broadcast_dims(&x.dims, &c.dims).ok()? != x.dims {
             return None;
         }
+        // channels-last views keep their channels on the last axis
+        let channel_axis = if x.nhwc { 3 } else { 1 };
         let off = r - c.dims.len();
         for (j, &d) in c.dims.iter().enumerate() {
-            if j + off != 1 && d != 1 {
+            if j + off != channel_axis && d != 1 {
                 return None;
             }
         }
@@ -139,6 +143,27 @@ impl<'a> Converter<'a> {
                 }
                 if op == "Sub" || op == "Div" {
                     return unsup(format!("{op} of two run-time values is not supported"));
+                }
+                if x.nhwc || y.nhwc {
+                    if !(x.nhwc && y.nhwc && x.dims == y.dims) {
+                        return unsup(format!(
+                            "{op} of channels-last values of shapes {} and {} (only equal \
+                             shapes, both channels-last, are supported)",
+                            fmt_dims(&x.dims),
+                            fmt_dims(&y.dims)
+                        ));
+                    }
+                    let spec = NodeSpec::new(
+                        "",
+                        if op == "Add" { "add" } else { "mul" },
+                        &[&x.src, &y.src],
+                    );
+                    let (name, _) = self.emit(n, idx, spec);
+                    let mut d = Self::out_dyn(name, x.dims.clone())?;
+                    d.adv = x.adv;
+                    d.nhwc = true;
+                    d.nonneg = x.nonneg && y.nonneg;
+                    return Ok(vec![Val::Dyn(d)]);
                 }
                 let dims = t::broadcast_dims(&x.dims, &y.dims)?;
                 if x.dims.len() != y.dims.len() || !(dims.len() == 4 || dims.len() == 2) {

@@ -85,6 +85,7 @@ impl<'a> Converter<'a> {
                 pad: [0; 4],
                 origin: Origin::Other,
                 map: None,
+                nhwc: false,
             }),
         );
         for idx in order {

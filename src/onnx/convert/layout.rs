@@ -19,6 +19,20 @@ impl<'a> Converter<'a> {
             return Ok(vec![Val::Dyn(simplify(d))]);
         }
         let Some(adv) = adv_of(&dims) else {
+            // The graph's batch is 1: a reshape that merges it into other
+            // dimensions (PyTorch's as_strided, decomposed) keeps every
+            // element of the one item; carry the value as an identity map
+            // until a layout advex runs gives it back.
+            let count = numel(&x.dims);
+            if count.is_some() && count == numel(&dims) && count <= Some(MAX_MAP) {
+                let mut d = x.clone();
+                d.map = Some(Rc::new(
+                    (0..count.unwrap_or(0) as u32).map(|i| vec![(i, 1.0)]).collect(),
+                ));
+                d.dims = dims;
+                d.origin = Origin::Other;
+                return Ok(vec![Val::Dyn(simplify(d))]);
+            }
             return unsup(format!(
                 "reshaping {} to {} moves the batch dimension",
                 fmt_dims(&x.dims),

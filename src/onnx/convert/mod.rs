@@ -15,6 +15,7 @@
 //! transposes, slices, concat, pad); [`attrs`] reads attributes.
 
 mod attrs;
+mod channels_last;
 mod conv;
 mod elementwise;
 mod fold;
@@ -102,6 +103,9 @@ struct Dyn {
     /// value can only feed reshapes, more layout ops, or a Gemm/MatMul, into
     /// whose weights the map is folded.
     map: Option<Map>,
+    /// A channels-last view (`dims` `[1, H, W, C]`) of the NCHW tensor `src`
+    /// (see `channels_last.rs`).
+    nhwc: bool,
 }
 
 /// Per element, `(src element, weight)` pairs.
@@ -188,7 +192,11 @@ impl<'a> Converter<'a> {
 
     /// A run-time input, padding allowed.
     fn dyn_padded(&self, n: &NodeProto, k: usize) -> R<Dyn> {
-        let d = self.dyn_any(n, k)?;
+        let mut d = self.dyn_any(n, k)?;
+        let op = n.op_type.as_deref().unwrap_or("");
+        if d.nhwc && !channels_last::KEEPS_VIEW.contains(&op) {
+            d = Self::materialize(d)?;
+        }
         if d.map.is_some() {
             return unsup(format!(
                 "its input `{}` is a rearrangement (Transpose, Gather, GatherND, Slice, Expand or ReduceMean) of a run-time value; advex supports those only when they feed a Gemm or MatMul",
@@ -200,7 +208,7 @@ impl<'a> Converter<'a> {
 
     /// A run-time input without pending padding, possibly rearranged.
     fn dyn_in_any(&self, n: &NodeProto, k: usize) -> R<Dyn> {
-        let d = self.dyn_any(n, k)?;
+        let d = Self::materialize(self.dyn_any(n, k)?)?;
         if d.pad != [0; 4] {
             return unsup(format!(
                 "its input `{}` comes from a Pad; advex folds zero padding only into a directly following Conv, AveragePool or MaxPool",
@@ -332,6 +340,7 @@ impl<'a> Converter<'a> {
             pad: [0; 4],
             origin: Origin::Other,
             map: None,
+            nhwc: false,
         })
     }
 
@@ -409,7 +418,11 @@ impl<'a> Converter<'a> {
             "Conv" => self.conv(n, idx),
             "BatchNormalization" => self.batch_norm(n, idx),
             "Gemm" => self.gemm(n, idx),
-            "MatMul" => self.matmul(n, idx),
+            "MatMul" => match self.matmul_view(n, idx)? {
+                Some(v) => Ok(v),
+                None => self.matmul(n, idx),
+            },
+            "LayerNormalization" => self.layer_norm(n, idx),
             "Relu" => {
                 let x = self.dyn_in(n, 0)?;
                 self.unary_node(n, idx, "relu", &x, true, |_| {})
@@ -506,6 +519,9 @@ impl<'a> Converter<'a> {
             "Concat" => self.concat(n, idx),
             "Pad" => self.pad(n),
             "Transpose" => {
+                if let Some(v) = self.transpose_view(n)? {
+                    return Ok(v);
+                }
                 let perm = attr_ints(n, "perm");
                 self.rearrange(n, |c| t::transpose(c, perm.as_deref()))
             }
