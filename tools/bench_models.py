@@ -11,6 +11,9 @@ there, in seconds:
 * ``resnet50``: torchvision's ResNet-50 (its own class when torchvision imports,
   else the same architecture written here, with the same state_dict names),
   224x224, ImageNet's mean/std, 1000 classes;
+* ``convnext_tiny``: torchvision's ConvNeXt-T (ONNX route only), random
+  LayerNorm weights and layer scales (torchvision's 1e-6 would hide every
+  block), 224x224, ImageNet's mean/std, 1000 classes;
 * ``wrn28_10``: the CIFAR-10 WideResNet-28-10 of the robustness literature
   (3 groups of 4 pre-activation BasicBlocks, BN-ReLU before each conv, widths
   160/320/640, 32x32 input, ``avg_pool2d(8)``, 10 classes), written here,
@@ -78,6 +81,7 @@ CIFAR10 = ([0.4914, 0.4822, 0.4465], [0.2471, 0.2435, 0.2616])
 ARCHS = {
     "resnet50": {"input": [3, 224, 224], "classes": 1000, "norm": IMAGENET, "batch": 64},
     "wrn28_10": {"input": [3, 32, 32], "classes": 10, "norm": CIFAR10, "batch": 512},
+    "convnext_tiny": {"input": [3, 224, 224], "classes": 1000, "norm": IMAGENET, "batch": 64},
 }
 
 
@@ -227,6 +231,25 @@ def build_net(arch: str, seed: int = 0, prefer_torchvision: bool = True) -> tupl
                 how += f"; torchvision unusable: {type(e).__name__}: {e}"
         if net is None:
             net = ResNet50(ARCHS[arch]["classes"])
+    elif arch == "convnext_tiny":
+        # torchvision's own class only (no copy written here), so only the
+        # ONNX route: its layer norms, GELUs and layer scales go through advex's
+        # importer. The layer scale starts at 1e-6 in torchvision, which would
+        # make every block nearly the identity: random weights get a random
+        # scale in [0.25, 0.75] and random LayerNorm weights instead.
+        from torchvision.models import convnext_tiny
+        import torchvision
+        net = convnext_tiny(weights=None)
+        gen = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for m in net.modules():
+                if isinstance(m, nn.LayerNorm):
+                    m.weight.copy_(torch.rand(m.weight.shape, generator=gen) * 0.8 + 0.6)
+                    m.bias.copy_(torch.randn(m.bias.shape, generator=gen) * 0.2)
+                if isinstance(getattr(m, "layer_scale", None), nn.Parameter):
+                    m.layer_scale.copy_(torch.rand(m.layer_scale.shape, generator=gen) * 0.5 + 0.25)
+        how = (f"torchvision.models.convnext_tiny (torchvision {torchvision.__version__}), random "
+               "LayerNorm weights and layer scales")
     else:
         net, how = WideResNet(28, 10, ARCHS[arch]["classes"]), "bench_models.WideResNet(28, 10)"
     return net.eval(), how
@@ -482,8 +505,12 @@ def native_graph(arch: str, net: nn.Module, name: str, mean, std, description: s
     """(spec, tensors) of NET written straight into advex's format: the spec
     `advex import --mean --std` records (name, input, preprocess mean/std, no
     classes, output) with its own description; tensors keep their state_dict names."""
+    graphs = {"resnet50": _resnet50_graph, "wrn28_10": _wrn_graph}
+    if arch not in graphs:
+        raise ValueError(f"{arch} has no native route (only the ONNX one: install onnx, and "
+                         "onnxscript for the dynamo exporter)")
     ng = _NativeGraph(net)
-    out = {"resnet50": _resnet50_graph, "wrn28_10": _wrn_graph}[arch](ng, net)
+    out = graphs[arch](ng, net)
     unused = ng.unused()
     if unused:
         raise ValueError(f"native route: state_dict tensors the graph does not use: {unused[:5]}")

@@ -92,3 +92,61 @@ fn ln_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
         gx[i] = st(m.y * (f32(gy[i]) * f32(weight[j]) - mg - xh * mgx));
     }
 }
+
+// The same, one thread per row (rows = positions): a thread loops over the
+// row's C values, strided by hw in memory, so neighbouring threads read
+// neighbouring addresses; no barriers. The host picks these entries unless
+// the rows are too few to fill the device and long enough to share out
+// (`layer_norm.rs`).
+fn thread_stats(r: u32) -> vec2<f32> {
+    var s = 0.0;
+    for (var j = 0u; j < p.k; j++) {
+        s += f32(x[at(r, j)]);
+    }
+    let mean = s / f32(p.k);
+    var q = 0.0;
+    for (var j = 0u; j < p.k; j++) {
+        let d = f32(x[at(r, j)]) - mean;
+        q += d * d;
+    }
+    return vec2(mean, inverseSqrt(q / f32(p.k) + p.eps));
+}
+
+@compute @workgroup_size(WG)
+fn ln_forward_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                   @builtin(local_invocation_index) lid: u32) {
+    let r = grid_thread(wid, nwg, lid, WG);
+    if (r >= p.rows) {
+        return;
+    }
+    let m = thread_stats(r);
+    for (var j = 0u; j < p.k; j++) {
+        let i = at(r, j);
+        y[i] = st((f32(x[i]) - m.x) * m.y * f32(weight[j]) + f32(bias[j]));
+    }
+}
+
+@compute @workgroup_size(WG)
+fn ln_backward_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                    @builtin(local_invocation_index) lid: u32) {
+    let r = grid_thread(wid, nwg, lid, WG);
+    if (r >= p.rows) {
+        return;
+    }
+    let m = thread_stats(r);
+    var sg = 0.0;
+    var sgx = 0.0;
+    for (var j = 0u; j < p.k; j++) {
+        let i = at(r, j);
+        let g = f32(gy[i]) * f32(weight[j]);
+        sg += g;
+        sgx += g * (f32(x[i]) - m.x) * m.y;
+    }
+    let mg = sg / f32(p.k);
+    let mgx = sgx / f32(p.k);
+    for (var j = 0u; j < p.k; j++) {
+        let i = at(r, j);
+        let xh = (f32(x[i]) - m.x) * m.y;
+        gx[i] = st(m.y * (f32(gy[i]) * f32(weight[j]) - mg - xh * mgx));
+    }
+}

@@ -1,11 +1,55 @@
 //! Layer normalisation over the channel axis (per `(n, h, w)` position, C
 //! values), with a weight and bias per channel: ConvNeXt's LayerNorm.
 //! Forward, and backward to the input (the weight and bias are constants of
-//! the attacked model). One workgroup per position (`shaders/norm/layer_norm.wgsl`).
+//! the attacked model), `shaders/norm/layer_norm.wgsl`: one thread per
+//! position, or one workgroup per position when the positions are too few to
+//! fill a device and long enough to share out ([`Layout::pick`]).
 
 use crate::error::{Error, Result};
 use crate::gpu::{Binding, Context, Recording, Shader, Tensor};
-use crate::ops::elementwise::{count_u32, distinct};
+use crate::ops::elementwise::{count_u32, distinct, groups_1d};
+
+/// How the positions are shared out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// One thread per position, looping over its channels (no barriers).
+    ThreadPerRow,
+    /// One workgroup per position, its channels shared out and summed by a
+    /// tree reduction.
+    GroupPerRow,
+}
+
+impl Layout {
+    /// A workgroup per position only when there are fewer positions than a
+    /// device has threads in flight (4096) and each has at least 512 channels
+    /// (a ViT-B/16 token at a small batch); else a thread per position. On
+    /// llvmpipe the thread per position takes ConvNeXt-T's layer norms from
+    /// 9.2 s to 0.9 s per batch of 4 (BENCHMARKS.md, session 11); neither
+    /// layout has a GPU figure yet.
+    pub fn pick(rows: u32, channels: u32) -> Layout {
+        if rows < 4096 && channels >= 512 {
+            Layout::GroupPerRow
+        } else {
+            Layout::ThreadPerRow
+        }
+    }
+
+    fn entry(self, backward: bool) -> &'static str {
+        match (self, backward) {
+            (Layout::ThreadPerRow, false) => "ln_forward_rows",
+            (Layout::ThreadPerRow, true) => "ln_backward_rows",
+            (Layout::GroupPerRow, false) => "ln_forward",
+            (Layout::GroupPerRow, true) => "ln_backward",
+        }
+    }
+
+    fn groups(self, rows: u32) -> u32 {
+        match self {
+            Layout::ThreadPerRow => groups_1d(rows),
+            Layout::GroupPerRow => rows,
+        }
+    }
+}
 
 /// Mirrors `Params` in `shaders/norm/layer_norm.wgsl`.
 #[repr(C)]
@@ -60,6 +104,23 @@ pub fn forward(
     eps: f32,
     y: &Tensor,
 ) -> Result<()> {
+    let s = x.shape;
+    let layout = Layout::pick(s.n * s.h * s.w, s.c);
+    forward_with(ctx, rec, layout, x, weight, bias, eps, y)
+}
+
+/// [`forward`] with the layout chosen by the caller (tests pin both).
+#[allow(clippy::too_many_arguments)]
+pub fn forward_with(
+    ctx: &Context,
+    rec: &mut Recording,
+    layout: Layout,
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    eps: f32,
+    y: &Tensor,
+) -> Result<()> {
     let op = "layer_norm";
     same_shape(op, x, y)?;
     distinct(op, y, &[x, weight, bias])?;
@@ -73,7 +134,7 @@ pub fn forward(
     let k = ctx.kernel(
         Shader::LayerNorm,
         x.dtype,
-        "ln_forward",
+        layout.entry(false),
         &[
             Binding::Read,
             Binding::Read,
@@ -83,7 +144,8 @@ pub fn forward(
         &[],
     )?;
     let params = ctx.uniform(&p);
-    rec.push(ctx.dispatch(op, &k, &params, &[x, weight, bias, y], p.rows)?);
+    let groups = layout.groups(p.rows);
+    rec.push(ctx.dispatch(op, &k, &params, &[x, weight, bias, y], groups)?);
     Ok(())
 }
 
@@ -91,6 +153,23 @@ pub fn forward(
 pub fn backward(
     ctx: &Context,
     rec: &mut Recording,
+    x: &Tensor,
+    weight: &Tensor,
+    eps: f32,
+    gy: &Tensor,
+    gx: &Tensor,
+) -> Result<()> {
+    let s = x.shape;
+    let layout = Layout::pick(s.n * s.h * s.w, s.c);
+    backward_with(ctx, rec, layout, x, weight, eps, gy, gx)
+}
+
+/// [`backward`] with the layout chosen by the caller.
+#[allow(clippy::too_many_arguments)]
+pub fn backward_with(
+    ctx: &Context,
+    rec: &mut Recording,
+    layout: Layout,
     x: &Tensor,
     weight: &Tensor,
     eps: f32,
@@ -108,7 +187,7 @@ pub fn backward(
     let k = ctx.kernel(
         Shader::LayerNorm,
         x.dtype,
-        "ln_backward",
+        layout.entry(true),
         &[
             Binding::Read,
             Binding::Read,
@@ -118,7 +197,8 @@ pub fn backward(
         &[],
     )?;
     let params = ctx.uniform(&p);
-    rec.push(ctx.dispatch(op, &k, &params, &[x, weight, gy, gx], p.rows)?);
+    let groups = layout.groups(p.rows);
+    rec.push(ctx.dispatch(op, &k, &params, &[x, weight, gy, gx], groups)?);
     Ok(())
 }
 

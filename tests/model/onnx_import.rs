@@ -481,6 +481,98 @@ fn gelu_erf_chains_fuse() {
     assert!(e.contains("not x / sqrt 2"), "{e}");
 }
 
+/// ConvNeXt's channels-last block: Transpose to NHWC, LayerNormalization over
+/// the last axis, MatMul by a constant (+ bias), Gelu, Transpose back. It
+/// runs channels-first: layer_norm, a pointwise conv with the bias, gelu; the
+/// transposes emit nothing. Against the f64 computation of the same graph.
+#[test]
+fn channels_last_blocks_run_channels_first() {
+    let (c, h, w, k) = (3usize, 2usize, 2usize, 5usize);
+    let mut g = G::new(17, c as i64, h as i64, w as i64);
+    let (ln_s, ln_b) = (vals(60, c), vals(61, c));
+    let (mw, mb) = (vals(62, c * k), vals(63, k));
+    g.init(tf("ln.s", &[c as i64], &ln_s))
+        .init(tf("ln.b", &[c as i64], &ln_b))
+        .init(tf("mm.w", &[c as i64, k as i64], &mw))
+        .init(tf("mm.b", &[k as i64], &mb))
+        .n(
+            "t1",
+            "Transpose",
+            &["x"],
+            &["t"],
+            vec![a_ints("perm", &[0, 2, 3, 1])],
+        )
+        .n(
+            "ln",
+            "LayerNormalization",
+            &["t", "ln.s", "ln.b"],
+            &["l"],
+            vec![a_int("axis", -1), a_float("epsilon", 1e-6)],
+        )
+        .n("mm", "MatMul", &["l", "mm.w"], &["m"], vec![])
+        .n("bias", "Add", &["mm.b", "m"], &["mb"], vec![])
+        .n("g", "Gelu", &["mb"], &["ge"], vec![])
+        .n(
+            "t2",
+            "Transpose",
+            &["ge"],
+            &["back"],
+            vec![a_ints("perm", &[0, 3, 1, 2])],
+        )
+        .n("gap", "GlobalAveragePool", &["back"], &["p"], vec![]);
+    head(&mut g, "p", k, 2);
+    let imp = g.import().unwrap();
+    assert_eq!(
+        ops(&imp),
+        ["layer_norm", "conv2d", "gelu", "global_avg_pool", "linear"]
+    );
+    let m = imp.to_model(Path::new("t.onnx")).unwrap();
+    let x: Vec<f32> = vals(64, c * h * w).iter().map(|v| v * 3.0).collect();
+    let mut pooled = vec![0.0f64; k];
+    for pos in 0..h * w {
+        let v: Vec<f64> = (0..c).map(|ch| x[ch * h * w + pos] as f64).collect();
+        let mean = v.iter().sum::<f64>() / c as f64;
+        let var = v.iter().map(|a| (a - mean) * (a - mean)).sum::<f64>() / c as f64;
+        let n: Vec<f64> = (0..c)
+            .map(|ch| (v[ch] - mean) / (var + 1e-6).sqrt() * ln_s[ch] as f64 + ln_b[ch] as f64)
+            .collect();
+        for o in 0..k {
+            let z = mb[o] as f64 + (0..c).map(|ch| n[ch] * mw[ch * k + o] as f64).sum::<f64>();
+            let gelu = z * 0.5 * libm::erfc(-z / std::f64::consts::SQRT_2);
+            pooled[o] += gelu / (h * w) as f64;
+        }
+    }
+    close("channels-last block", &cpu(&m, &x), &fc_ref(&pooled, 2));
+
+    // A channels-last value read by a convolution is a rearrangement, refused
+    // as before.
+    let mut g = G::new(17, c as i64, h as i64, w as i64);
+    g.init(tf("cw", &[2, 2, 1, 1], &vals(65, 4)))
+        .n(
+            "t1",
+            "Transpose",
+            &["x"],
+            &["t"],
+            vec![a_ints("perm", &[0, 2, 3, 1])],
+        )
+        .n("conv", "Conv", &["t", "cw"], &["a"], vec![]);
+    head(&mut g, "a", 2, 2);
+    let e = g.import().map(|_| ()).unwrap_err().to_string();
+    assert!(e.contains("rearrangement"), "{e}");
+    // LayerNormalization over C, H and W of an NCHW value: not advex's
+    let mut g = G::new(17, c as i64, h as i64, w as i64);
+    g.n(
+        "ln",
+        "LayerNormalization",
+        &["x"],
+        &["a"],
+        vec![a_int("axis", 1)],
+    );
+    head(&mut g, "a", c, 2);
+    let e = g.import().map(|_| ()).unwrap_err().to_string();
+    assert!(e.contains("normalises over channels"), "{e}");
+}
+
 /// Gelu (opset 20) in both forms, against the f64 formulas.
 #[test]
 fn gelu_imports_with_its_form() {

@@ -4,7 +4,7 @@
 use crate::common::ref_misc as r;
 use crate::common::*;
 use advex::gpu::{Recording, Shape};
-use advex::ops::layer_norm;
+use advex::ops::layer_norm::{self, Layout};
 use advex::Context;
 
 /// Forward and backward of `s` in storage `st`, inputs `offset + scale * u`
@@ -30,23 +30,25 @@ fn check(ctx: &Context, s: Shape, offset: f32, scale: f32, eps: f32, seed: u64, 
     let wt = st.upload(ctx, &w, Shape::new(c as u32, 1, 1, 1), "w");
     let bt = st.upload(ctx, &b, Shape::new(c as u32, 1, 1, 1), "b");
     let gy = st.upload(ctx, &gys, s, "gy");
-    let y = st.poisoned(ctx, s, "y");
-    let gx = st.poisoned(ctx, s, "gx");
-    let mut rec = Recording::new();
-    layer_norm::forward(ctx, &mut rec, &xt, &wt, &bt, eps, &y).unwrap();
-    layer_norm::backward(ctx, &mut rec, &xt, &wt, eps, &gy, &gx).unwrap();
-    let out = ctx.run_read(&[&rec], &[&y, &gx]).unwrap();
     let (x64, w64) = (to_f64(&x), to_f64(&w));
     let want_y = r::layer_norm(&x64, s, &w64, &to_f64(&b), eps as f64);
     let want_gx = r::layer_norm_backward(&x64, &to_f64(&gys), s, &w64, eps as f64);
-    let what = format!("layer_norm {s} offset {offset} ({st:?})");
-    assert_close(&what, &out[0], &want_y, st.tolerance());
-    assert_close(
-        &format!("{what} backward"),
-        &out[1],
-        &want_gx,
-        st.tolerance(),
-    );
+    for layout in [Layout::ThreadPerRow, Layout::GroupPerRow] {
+        let y = st.poisoned(ctx, s, "y");
+        let gx = st.poisoned(ctx, s, "gx");
+        let mut rec = Recording::new();
+        layer_norm::forward_with(ctx, &mut rec, layout, &xt, &wt, &bt, eps, &y).unwrap();
+        layer_norm::backward_with(ctx, &mut rec, layout, &xt, &wt, eps, &gy, &gx).unwrap();
+        let out = ctx.run_read(&[&rec], &[&y, &gx]).unwrap();
+        let what = format!("layer_norm {s} offset {offset} ({st:?}, {layout:?})");
+        assert_close(&what, &out[0], &want_y, st.tolerance());
+        assert_close(
+            &format!("{what} backward"),
+            &out[1],
+            &want_gx,
+            st.tolerance(),
+        );
+    }
 }
 
 #[test]
@@ -70,11 +72,20 @@ fn f16_layer_norm_matches_reference() {
     check(&ctx, Shape::new(1, 300, 1, 2), 0.0, 1.0, 1e-5, 12, St::F16);
 }
 
-/// More rows than the folded grid holds in one dimension.
+/// More rows than the folded grid holds in one dimension (and, one thread
+/// per row, more than one workgroup of rows).
 #[test]
 fn layer_norm_folds_its_grid() {
     let ctx = ctx_with_fold(4);
     check(&ctx, Shape::new(3, 5, 3, 3), 0.0, 1.0, 1e-5, 21, St::F32);
+    check(&ctx, Shape::new(3, 5, 20, 23), 0.0, 1.0, 1e-5, 22, St::F32);
+}
+
+#[test]
+fn layouts_are_picked_by_rows_and_channels() {
+    assert_eq!(Layout::pick(12544, 96), Layout::ThreadPerRow);
+    assert_eq!(Layout::pick(197, 768), Layout::GroupPerRow);
+    assert_eq!(Layout::pick(64 * 197, 768), Layout::ThreadPerRow);
 }
 
 #[test]

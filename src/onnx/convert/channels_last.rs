@@ -11,8 +11,21 @@ use super::*;
 
 /// Element-wise ops that keep a channels-last view a view.
 pub(super) const KEEPS_VIEW: [&str; 15] = [
-    "Relu", "Sigmoid", "HardSigmoid", "HardSwish", "LeakyRelu", "Clip", "Gelu", "Erf", "Add",
-    "Sub", "Mul", "Div", "Dropout", "Identity", "LayerNormalization",
+    "Relu",
+    "Sigmoid",
+    "HardSigmoid",
+    "HardSwish",
+    "LeakyRelu",
+    "Clip",
+    "Gelu",
+    "Erf",
+    "Add",
+    "Sub",
+    "Mul",
+    "Div",
+    "Dropout",
+    "Identity",
+    "LayerNormalization",
 ];
 
 impl Converter<'_> {
@@ -109,7 +122,9 @@ impl Converter<'_> {
             ));
         };
         if n.output.len() > 1 && n.output[1..].iter().any(|o| !o.is_empty()) {
-            return unsup("LayerNormalization's mean and inverse deviation outputs are not supported");
+            return unsup(
+                "LayerNormalization's mean and inverse deviation outputs are not supported",
+            );
         }
         let base = self.label(n, idx);
         let per_channel = |this: &Self, k: usize, what: &str| -> R<Option<Vec<f32>>> {

@@ -27,7 +27,9 @@ impl<'a> Converter<'a> {
             if count.is_some() && count == numel(&dims) && count <= Some(MAX_MAP) {
                 let mut d = x.clone();
                 d.map = Some(Rc::new(
-                    (0..count.unwrap_or(0) as u32).map(|i| vec![(i, 1.0)]).collect(),
+                    (0..count.unwrap_or(0) as u32)
+                        .map(|i| vec![(i, 1.0)])
+                        .collect(),
                 ));
                 d.dims = dims;
                 d.origin = Origin::Other;
