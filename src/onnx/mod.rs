@@ -70,7 +70,8 @@ pub use convert::{MAX_OPSET, MIN_OPSET};
 /// ONNX operators the importer converts when they act on the image (run-time
 /// values; the layout ops among them only before a `Gemm`/`MatMul`). On
 /// constants it also evaluates `Constant`, `Shape`, `Size`, `Neg`, `Sqrt`,
-/// `Reciprocal`, `Floor`, `Ceil` and `ConstantOfShape`.
+/// `Reciprocal`, `Floor`, `Ceil`, `ConstantOfShape`, `Mod`, `Equal`, `Less`,
+/// `Greater`, `Not` and `Where` (the shape guards of PyTorch's exports).
 pub const SUPPORTED_OPS: &[&str] = &[
     "Conv",
     "BatchNormalization",

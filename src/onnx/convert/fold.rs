@@ -92,6 +92,10 @@ impl<'a> Converter<'a> {
             }
             "Transpose" => t::transpose(&cv(0)?, attr_ints(n, "perm").as_deref()),
             "Add" | "Sub" | "Mul" | "Div" => t::binary(op, &cv(0)?, &cv(1)?),
+            "Mod" => t::modulo(&cv(0)?, &cv(1)?, attr_i(n, "fmod", 0) != 0),
+            "Equal" | "Less" | "Greater" => t::compare(op, &cv(0)?, &cv(1)?),
+            "Not" => t::not(&cv(0)?),
+            "Where" => t::where_(&cv(0)?, &cv(1)?, &cv(2)?),
             "Neg" | "Sqrt" | "Reciprocal" | "Floor" | "Ceil" => t::unary(op, &cv(0)?),
             "ConstantOfShape" => {
                 let shape = c(0)?.to_i64()?;

@@ -617,6 +617,12 @@ impl<'a> Converter<'a> {
 /// Ops the importer evaluates only on constants, besides [`super::SUPPORTED_OPS`].
 const CONSTANT_ONLY: &[&str] = &[
     "Constant",
+    "Mod",
+    "Equal",
+    "Less",
+    "Greater",
+    "Not",
+    "Where",
     "ConstantOfShape",
     "Shape",
     "Size",

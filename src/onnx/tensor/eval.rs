@@ -164,6 +164,102 @@ pub(crate) fn binary(op: &str, a: &Const, b: &Const) -> Result<Const, String> {
     }
 }
 
+/// `Mod`: integers as Python's `%` (the result takes the divisor's sign;
+/// ONNX `fmod = 0`), or with `fmod` the remainder of a truncating division
+/// (C's `fmod`, the only form ONNX allows for floats).
+pub(crate) fn modulo(a: &Const, b: &Const, fmod: bool) -> Result<Const, String> {
+    let dims = broadcast_dims(&a.dims, &b.dims)?;
+    check_grow(&dims, &[a.len(), b.len()])?;
+    let ia = broadcast_index(&a.dims, &dims);
+    let ib = broadcast_index(&b.dims, &dims);
+    match (&a.data, &b.data) {
+        (Data::I64(x), Data::I64(y)) => {
+            let mut out = Vec::with_capacity(ia.len());
+            for (&i, &j) in ia.iter().zip(&ib) {
+                let (p, q) = (x[i], y[j]);
+                if q == 0 {
+                    return Err("integer modulo by zero".into());
+                }
+                let r = p.checked_rem(q).ok_or("integer overflow")?;
+                out.push(if fmod || r == 0 || (r < 0) == (q < 0) {
+                    r
+                } else {
+                    r + q
+                });
+            }
+            Ok(Const::i64(dims, out))
+        }
+        _ if !fmod => Err("Mod of floats needs fmod = 1".into()),
+        _ => {
+            let (x, y) = (a.to_f32(), b.to_f32());
+            let out = ia.iter().zip(&ib).map(|(&i, &j)| x[i] % y[j]).collect();
+            Ok(Const::f32(dims, out))
+        }
+    }
+}
+
+/// `Equal`, `Less`, `Greater`: booleans as integers 0 and 1 (advex's constants
+/// have no boolean type; `Where` and `Not` read any non-zero as true).
+pub(crate) fn compare(op: &str, a: &Const, b: &Const) -> Result<Const, String> {
+    let dims = broadcast_dims(&a.dims, &b.dims)?;
+    check_grow(&dims, &[a.len(), b.len()])?;
+    let ia = broadcast_index(&a.dims, &dims);
+    let ib = broadcast_index(&b.dims, &dims);
+    let cmp: fn(f64, f64) -> bool = match op {
+        "Equal" => |p, q| p == q,
+        "Less" => |p, q| p < q,
+        "Greater" => |p, q| p > q,
+        _ => return Err(format!("{op} is not a comparison")),
+    };
+    let (x, y) = (a.to_f64(), b.to_f64());
+    let out = ia
+        .iter()
+        .zip(&ib)
+        .map(|(&i, &j)| cmp(x[i], y[j]) as i64)
+        .collect();
+    Ok(Const::i64(dims, out))
+}
+
+/// `Not` of booleans held as integers.
+pub(crate) fn not(a: &Const) -> Result<Const, String> {
+    let v = a.to_f64();
+    Ok(Const::i64(
+        a.dims.clone(),
+        v.iter().map(|&x| (x == 0.0) as i64).collect(),
+    ))
+}
+
+/// `Where(cond, x, y)`, broadcast over all three.
+pub(crate) fn where_(cond: &Const, x: &Const, y: &Const) -> Result<Const, String> {
+    let dims = broadcast_dims(&broadcast_dims(&cond.dims, &x.dims)?, &y.dims)?;
+    check_grow(&dims, &[cond.len(), x.len(), y.len()])?;
+    let (ic, ix, iy) = (
+        broadcast_index(&cond.dims, &dims),
+        broadcast_index(&x.dims, &dims),
+        broadcast_index(&y.dims, &dims),
+    );
+    let c = cond.to_f64();
+    match (&x.data, &y.data) {
+        (Data::I64(a), Data::I64(b)) => Ok(Const::i64(
+            dims,
+            ic.iter()
+                .zip(ix.iter().zip(&iy))
+                .map(|(&k, (&i, &j))| if c[k] != 0.0 { a[i] } else { b[j] })
+                .collect(),
+        )),
+        _ => {
+            let (a, b) = (x.to_f32(), y.to_f32());
+            Ok(Const::f32(
+                dims,
+                ic.iter()
+                    .zip(ix.iter().zip(&iy))
+                    .map(|(&k, (&i, &j))| if c[k] != 0.0 { a[i] } else { b[j] })
+                    .collect(),
+            ))
+        }
+    }
+}
+
 /// Resolves a Reshape target (`0` copies the input's dim unless `allowzero`,
 /// one `-1` is inferred).
 pub(crate) fn reshape_target(
@@ -644,4 +740,58 @@ pub(crate) fn reduce_groups(
         }
     }
     Ok((out_dims, groups))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn i(dims: &[usize], v: &[i64]) -> Const {
+        Const::i64(dims.to_vec(), v.to_vec())
+    }
+
+    #[test]
+    fn mod_follows_onnx_both_ways() {
+        let a = i(&[4], &[7, -7, 7, -7]);
+        let b = i(&[4], &[3, 3, -3, -3]);
+        // fmod = 0: the divisor's sign (Python's %)
+        assert_eq!(modulo(&a, &b, false).unwrap(), i(&[4], &[1, 2, -2, -1]));
+        // fmod = 1: truncating division (C's fmod)
+        assert_eq!(modulo(&a, &b, true).unwrap(), i(&[4], &[1, -1, 1, -1]));
+        assert!(modulo(&a, &i(&[1], &[0]), false).is_err());
+        let f = Const::f32(vec![2], vec![5.5, -5.5]);
+        let g = Const::f32(vec![1], vec![2.0]);
+        assert!(modulo(&f, &g, false).is_err(), "floats need fmod = 1");
+        assert_eq!(
+            modulo(&f, &g, true).unwrap(),
+            Const::f32(vec![2], vec![1.5, -1.5])
+        );
+    }
+
+    #[test]
+    fn comparisons_and_where_broadcast() {
+        let shape = i(&[4], &[1, 3, 224, 224]);
+        let eq = compare("Equal", &shape, &i(&[], &[224])).unwrap();
+        assert_eq!(eq, i(&[4], &[0, 0, 1, 1]));
+        assert_eq!(not(&eq).unwrap(), i(&[4], &[1, 1, 0, 0]));
+        assert_eq!(
+            compare("Less", &shape, &i(&[1], &[4])).unwrap(),
+            i(&[4], &[1, 1, 0, 0])
+        );
+        // PyTorch's dynamic-shape guard: where(shape == -1, 1, shape)
+        let w = where_(
+            &compare("Equal", &shape, &i(&[], &[-1])).unwrap(),
+            &i(&[], &[1]),
+            &shape,
+        )
+        .unwrap();
+        assert_eq!(w, shape);
+        let f = where_(
+            &eq,
+            &Const::f32(vec![], vec![0.5]),
+            &Const::f32(vec![4], vec![1.0; 4]),
+        )
+        .unwrap();
+        assert_eq!(f, Const::f32(vec![4], vec![1.0, 1.0, 0.5, 0.5]));
+    }
 }
