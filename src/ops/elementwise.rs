@@ -37,6 +37,17 @@ pub(crate) fn distinct(op: &str, out: &Tensor, inputs: &[&Tensor]) -> Result<()>
     Ok(())
 }
 
+/// The two tensors have the same shape (not only the same element count).
+pub(crate) fn same_shape(op: &str, a: &Tensor, b: &Tensor) -> Result<()> {
+    if a.shape != b.shape {
+        return Err(Error::shape(
+            op,
+            format!("tensor shapes {} and {} differ", a.shape, b.shape),
+        ));
+    }
+    Ok(())
+}
+
 pub(crate) fn same_size(op: &str, a: &Tensor, b: &Tensor) -> Result<()> {
     if a.numel() != b.numel() {
         return Err(Error::shape(

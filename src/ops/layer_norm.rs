@@ -7,7 +7,7 @@
 
 use crate::error::{Error, Result};
 use crate::gpu::{Binding, Context, Recording, Shader, Tensor};
-use crate::ops::elementwise::{count_u32, distinct, groups_1d};
+use crate::ops::elementwise::{count_u32, distinct, groups_1d, same_shape};
 
 /// How the positions are shared out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,16 +84,6 @@ fn params(op: &str, x: &Tensor, weight: &Tensor, eps: f32) -> Result<Params> {
     })
 }
 
-fn same_shape(op: &str, a: &Tensor, b: &Tensor) -> Result<()> {
-    if a.shape != b.shape {
-        return Err(Error::shape(
-            op,
-            format!("tensor shapes {} and {} differ", a.shape, b.shape),
-        ));
-    }
-    Ok(())
-}
-
 /// `y = (x - mean_c) / sqrt(var_c + eps) * weight[c] + bias[c]`.
 pub fn forward(
     ctx: &Context,
@@ -128,25 +118,7 @@ pub fn forward_with(
     if bias.numel() != weight.numel() {
         return Err(Error::shape(op, "bias and weight differ in length"));
     }
-    if p.rows == 0 || p.k == 0 {
-        return Ok(());
-    }
-    let k = ctx.kernel(
-        Shader::LayerNorm,
-        x.dtype,
-        layout.entry(false),
-        &[
-            Binding::Read,
-            Binding::Read,
-            Binding::Read,
-            Binding::ReadWrite,
-        ],
-        &[],
-    )?;
-    let params = ctx.uniform(&p);
-    let groups = layout.groups(p.rows);
-    rec.push(ctx.dispatch(op, &k, &params, &[x, weight, bias, y], groups)?);
-    Ok(())
+    record(ctx, rec, layout, false, op, &p, [x, weight, bias, y])
 }
 
 /// The gradient to the input from the forward's input `x` and `gy`.
@@ -181,24 +153,33 @@ pub fn backward_with(
     same_shape(op, x, gx)?;
     distinct(op, gx, &[x, weight, gy])?;
     let p = params(op, x, weight, eps)?;
+    record(ctx, rec, layout, true, op, &p, [x, weight, gy, gx])
+}
+
+/// One dispatch of the forward or backward entry: three inputs read, the
+/// last tensor written.
+fn record(
+    ctx: &Context,
+    rec: &mut Recording,
+    layout: Layout,
+    backward: bool,
+    op: &str,
+    p: &Params,
+    tensors: [&Tensor; 4],
+) -> Result<()> {
     if p.rows == 0 || p.k == 0 {
         return Ok(());
     }
+    let r = Binding::Read;
     let k = ctx.kernel(
         Shader::LayerNorm,
-        x.dtype,
-        layout.entry(true),
-        &[
-            Binding::Read,
-            Binding::Read,
-            Binding::Read,
-            Binding::ReadWrite,
-        ],
+        tensors[0].dtype,
+        layout.entry(backward),
+        &[r, r, r, Binding::ReadWrite],
         &[],
     )?;
-    let params = ctx.uniform(&p);
-    let groups = layout.groups(p.rows);
-    rec.push(ctx.dispatch(op, &k, &params, &[x, weight, gy, gx], groups)?);
+    let params = ctx.uniform(p);
+    rec.push(ctx.dispatch(op, &k, &params, &tensors, layout.groups(p.rows))?);
     Ok(())
 }
 

@@ -2,9 +2,9 @@
 //! position), forward and backward. One workgroup per row, numerically stable
 //! (the row maximum is subtracted before exponentiating).
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::gpu::{Binding, Context, Recording, Shader, Shape, Tensor};
-use crate::ops::elementwise::{count_u32, distinct};
+use crate::ops::elementwise::{count_u32, distinct, same_shape};
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -24,16 +24,6 @@ pub(crate) fn rows(op: &str, s: Shape, sign: f32) -> Result<Params> {
         hw: s.h * s.w,
         sign,
     })
-}
-
-fn same_shape(op: &str, a: &Tensor, b: &Tensor) -> Result<()> {
-    if a.shape != b.shape {
-        return Err(Error::shape(
-            op,
-            format!("tensor shapes {} and {} differ", a.shape, b.shape),
-        ));
-    }
-    Ok(())
 }
 
 /// `y = softmax(x)` over the channel axis.

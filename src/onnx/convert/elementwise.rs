@@ -144,26 +144,14 @@ impl<'a> Converter<'a> {
                 if op == "Sub" || op == "Div" {
                     return unsup(format!("{op} of two run-time values is not supported"));
                 }
-                if x.nhwc || y.nhwc {
-                    if !(x.nhwc && y.nhwc && x.dims == y.dims) {
-                        return unsup(format!(
-                            "{op} of channels-last values of shapes {} and {} (only equal \
-                             shapes, both channels-last, are supported)",
-                            fmt_dims(&x.dims),
-                            fmt_dims(&y.dims)
-                        ));
-                    }
-                    let spec = NodeSpec::new(
-                        "",
-                        if op == "Add" { "add" } else { "mul" },
-                        &[&x.src, &y.src],
-                    );
-                    let (name, _) = self.emit(n, idx, spec);
-                    let mut d = Self::out_dyn(name, x.dims.clone())?;
-                    d.adv = x.adv;
-                    d.nhwc = true;
-                    d.nonneg = x.nonneg && y.nonneg;
-                    return Ok(vec![Val::Dyn(d)]);
+                let nhwc = x.nhwc || y.nhwc;
+                if nhwc && !(x.nhwc && y.nhwc && x.dims == y.dims) {
+                    return unsup(format!(
+                        "{op} of channels-last values of shapes {} and {} (only equal \
+                         shapes, both channels-last, are supported)",
+                        fmt_dims(&x.dims),
+                        fmt_dims(&y.dims)
+                    ));
                 }
                 let dims = t::broadcast_dims(&x.dims, &y.dims)?;
                 if x.dims.len() != y.dims.len() || !(dims.len() == 4 || dims.len() == 2) {
@@ -180,6 +168,11 @@ impl<'a> Converter<'a> {
                 );
                 let (name, _) = self.emit(n, idx, spec);
                 let mut d = Self::out_dyn(name, dims)?;
+                if nhwc {
+                    // the view's dims are [1, H, W, C]; its tensor is x's shape
+                    d.adv = x.adv;
+                    d.nhwc = true;
+                }
                 d.nonneg = x.nonneg && y.nonneg;
                 Ok(vec![Val::Dyn(d)])
             }

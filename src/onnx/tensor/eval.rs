@@ -123,10 +123,7 @@ pub(crate) fn expand_f32(a: &Const, dims: &[usize]) -> Result<Vec<f32>, String> 
 /// An element-wise binary op on constants, numpy broadcasting. Integer inputs
 /// give integer results (division truncates); a float input makes it float.
 pub(crate) fn binary(op: &str, a: &Const, b: &Const) -> Result<Const, String> {
-    let dims = broadcast_dims(&a.dims, &b.dims)?;
-    check_grow(&dims, &[a.len(), b.len()])?;
-    let ia = broadcast_index(&a.dims, &dims);
-    let ib = broadcast_index(&b.dims, &dims);
+    let (dims, ia, ib) = broadcast_pair(a, b)?;
     match (&a.data, &b.data) {
         (Data::I64(x), Data::I64(y)) => {
             let mut out = Vec::with_capacity(ia.len());
@@ -168,10 +165,7 @@ pub(crate) fn binary(op: &str, a: &Const, b: &Const) -> Result<Const, String> {
 /// ONNX `fmod = 0`), or with `fmod` the remainder of a truncating division
 /// (C's `fmod`, the only form ONNX allows for floats).
 pub(crate) fn modulo(a: &Const, b: &Const, fmod: bool) -> Result<Const, String> {
-    let dims = broadcast_dims(&a.dims, &b.dims)?;
-    check_grow(&dims, &[a.len(), b.len()])?;
-    let ia = broadcast_index(&a.dims, &dims);
-    let ib = broadcast_index(&b.dims, &dims);
+    let (dims, ia, ib) = broadcast_pair(a, b)?;
     match (&a.data, &b.data) {
         (Data::I64(x), Data::I64(y)) => {
             let mut out = Vec::with_capacity(ia.len());
@@ -201,10 +195,7 @@ pub(crate) fn modulo(a: &Const, b: &Const, fmod: bool) -> Result<Const, String> 
 /// `Equal`, `Less`, `Greater`: booleans as integers 0 and 1 (advex's constants
 /// have no boolean type; `Where` and `Not` read any non-zero as true).
 pub(crate) fn compare(op: &str, a: &Const, b: &Const) -> Result<Const, String> {
-    let dims = broadcast_dims(&a.dims, &b.dims)?;
-    check_grow(&dims, &[a.len(), b.len()])?;
-    let ia = broadcast_index(&a.dims, &dims);
-    let ib = broadcast_index(&b.dims, &dims);
+    let (dims, ia, ib) = broadcast_pair(a, b)?;
     let cmp: fn(f64, f64) -> bool = match op {
         "Equal" => |p, q| p == q,
         "Less" => |p, q| p < q,
@@ -258,6 +249,18 @@ pub(crate) fn where_(cond: &Const, x: &Const, y: &Const) -> Result<Const, String
             ))
         }
     }
+}
+
+/// A broadcast shape and, per element, each operand's index.
+type Broadcast = (Vec<usize>, Vec<usize>, Vec<usize>);
+
+/// The broadcast shape of two operands and, per element, each one's index.
+fn broadcast_pair(a: &Const, b: &Const) -> Result<Broadcast, String> {
+    let dims = broadcast_dims(&a.dims, &b.dims)?;
+    check_grow(&dims, &[a.len(), b.len()])?;
+    let ia = broadcast_index(&a.dims, &dims);
+    let ib = broadcast_index(&b.dims, &dims);
+    Ok((dims, ia, ib))
 }
 
 /// Resolves a Reshape target (`0` copies the input's dim unless `allowzero`,
